@@ -1,0 +1,61 @@
+"""ift: instruction fine-tuning with TOML recipes and pluggy plugins.
+
+This module is the public API for plugin authors. Importing it never imports torch.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ift.components import (
+    Component,
+    EncodedExample,
+    EvalOutputs,
+    InstructionSource,
+    Metric,
+    ModelAdapter,
+    Renderer,
+    Segment,
+    Tally,
+    Trainer,
+    Transform,
+)
+from ift.config import ComponentConfig, TrainerConfig
+from ift.errors import DataError, IftError, PluginError, Problem, RecipeError, RunError
+from ift.hookspecs import HOOK_API_VERSION, hookimpl
+from ift.records import InstructionRecord, Message
+from ift.training import TrainContext, TrainResult
+
+try:
+    __version__ = version("ift")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0+unknown"
+
+__all__ = [
+    "HOOK_API_VERSION",
+    "Component",
+    "ComponentConfig",
+    "DataError",
+    "EncodedExample",
+    "EvalOutputs",
+    "IftError",
+    "InstructionRecord",
+    "InstructionSource",
+    "Message",
+    "Metric",
+    "ModelAdapter",
+    "PluginError",
+    "Problem",
+    "RecipeError",
+    "Renderer",
+    "RunError",
+    "Segment",
+    "Tally",
+    "TrainContext",
+    "TrainResult",
+    "Trainer",
+    "TrainerConfig",
+    "Transform",
+    "__version__",
+    "hookimpl",
+]

@@ -1,0 +1,149 @@
+"""The ``ift`` command line. Each command parses, calls the core, prints; errors become one line and a
+documented exit code (see README, "Exit codes")."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ift.errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, IftError
+
+
+def _host(ctx: click.Context, local: list[str] | tuple[str, ...] = ()) -> Any:
+    host = ctx.obj["host"]
+    for path in local:
+        host.load_local(Path(path))
+    return host
+
+
+def _load(ctx: click.Context, recipe_path: str, overrides: tuple[str, ...] = ()) -> Any:
+    from ift.recipe import load_recipe, read_toml
+
+    raw, _ = read_toml(Path(recipe_path))
+    local = raw.get("plugins", {}).get("local", []) if isinstance(raw.get("plugins"), dict) else []
+    base = Path(recipe_path).resolve().parent
+    host = _host(ctx, [str(base / p) for p in local if isinstance(p, str)])
+    return load_recipe(recipe_path, host, list(overrides)), host
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ift")
+def cli() -> None:
+    """Instruction fine-tuning from TOML recipes."""
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--output-dir", "-o", type=click.Path(file_okay=False), help="Run directory (default runs/<name>-<time>).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. trainer.epochs=2.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty --output-dir.")
+@click.pass_context
+def run(ctx: click.Context, recipe: str, output_dir: str | None, overrides: tuple[str, ...], overwrite: bool) -> None:
+    """Train and evaluate as the RECIPE says; leave a run directory."""
+    from ift.pipeline import Run, default_output_dir
+    from ift.report import before_after_table
+    from ift.rundir import prepare_output_dir
+    from ift.runtime import is_main_process
+
+    parsed, host = _load(ctx, recipe, overrides)
+    out = Path(output_dir) if output_dir else default_output_dir(parsed)
+    main_process = is_main_process()  # under torchrun only rank 0 touches the run directory or prints
+    if main_process:
+        prepare_output_dir(out, overwrite=overwrite)
+        click.echo(f"run directory: {out}")
+    metrics = Run(parsed, host, out, echo=click.echo).execute()
+    if main_process:
+        click.echo(before_after_table(metrics))
+        click.echo(f"done: {out}  (model: {out / 'model'})")
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--json", "as_json", is_flag=True, help="Print the resolved recipe as JSON.")
+@click.pass_context
+def validate(ctx: click.Context, recipe: str, overrides: tuple[str, ...], as_json: bool) -> None:
+    """Check RECIPE without loading data or models; report every problem at once."""
+    from ift.pipeline import make_renderer
+
+    parsed, host = _load(ctx, recipe, overrides)
+    make_renderer(parsed, host)  # compiles the template: syntax errors are recipe errors
+    if as_json:
+        click.echo(json.dumps(parsed.resolved(), indent=2))
+    else:
+        click.echo(f"{recipe}: valid ({len(parsed.data)} data source(s), template {parsed.template.name!r}, "
+                   f"model adapter {parsed.model.name!r}, trainer {parsed.trainer.name!r})")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def plugins(ctx: click.Context, as_json: bool) -> None:
+    """List loaded plugins, what they register, and plugins that failed to load."""
+    host = _host(ctx)
+    rows = host.describe()
+    failures = [vars(f) for f in host.failures]
+    if as_json:
+        click.echo(json.dumps({"plugins": rows, "failed": failures}, indent=2))
+        return
+    for row in rows:
+        click.echo(f"{row['name']}  ({row['distribution']} {row['version']}, {row['origin']})")
+        for kind, names in sorted(row["registered"].items()):
+            click.echo(f"    {kind}: {', '.join(names)}")
+    for failure in failures:
+        click.echo(f"FAILED {failure['name']}  ({failure['distribution']} {failure['version']}): {failure['error']}")
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("-n", "count", default=3, show_default=True, help="How many training examples to show.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.pass_context
+def preview(ctx: click.Context, recipe: str, count: int, overrides: tuple[str, ...]) -> None:
+    """Show rendered training examples with the trainable text marked, and token counts."""
+    from ift.preview import preview as show
+
+    parsed, host = _load(ctx, recipe, overrides)
+    show(parsed, host, count, color=sys.stdout.isatty())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: build the plugin host, add plugin commands, run, map errors to exit codes."""
+    import warnings
+
+    from ift.host import PluginHost
+
+    warnings.filterwarnings("default", module="ift.host")
+    try:
+        host = PluginHost()
+        host.register_commands(cli)
+        cli.main(args=argv, obj={"host": host}, standalone_mode=False)
+    except IftError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except SystemExit as exc:  # --help, --version
+        return int(exc.code or 0)
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        click.echo("error: internal error (a bug in ift or a plugin); the traceback is above", err=True)
+        return EXIT_BUG
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

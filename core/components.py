@@ -1,0 +1,240 @@
+"""Base classes of the plugin kinds. Plugins subclass one, set ``name`` and ``Config``, and return the
+class from the matching registration hook.
+
+Nothing here imports torch: recipes are validated against these classes before any model code loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from ift.config import ComponentConfig, TrainerConfig
+from ift.records import InstructionRecord
+
+if TYPE_CHECKING:
+    from ift.training import TrainContext, TrainResult
+
+
+class Component:
+    """What every plugin component has: a registered ``name`` and a ``Config`` model."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[ComponentConfig]] = ComponentConfig
+
+    def __init__(self, config: ComponentConfig) -> None:
+        self.config = config
+
+
+# --- sources -----------------------------------------------------------------------------------
+
+
+class InstructionSource(Component, ABC):
+    """Yields canonical records. ``source_name`` is the recipe's name for this table, ``base_dir`` the
+    folder relative paths in the recipe are resolved against."""
+
+    def __init__(self, config: ComponentConfig, *, source_name: str, base_dir: Path) -> None:
+        super().__init__(config)
+        self.source_name = source_name
+        self.base_dir = base_dir
+
+    @abstractmethod
+    def records(self) -> Iterable[InstructionRecord]:
+        """Every record of this source, each with a stable ``id`` and ``source == self.source_name``."""
+
+    def fingerprint(self) -> str:
+        """A string that changes whenever the data changes (file hash, dataset revision...)."""
+        return hashlib.sha256(self.config.model_dump_json().encode()).hexdigest()[:16]
+
+
+# --- transforms --------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """What a transform did, by reason. The core checks that every dropped record was counted."""
+
+    dropped: Counter[str] = field(default_factory=Counter)
+    changed: Counter[str] = field(default_factory=Counter)
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] += n
+
+    def change(self, reason: str, n: int = 1) -> None:
+        self.changed[reason] += n
+
+
+class Transform(Component, ABC):
+    """Cleans, filters or rewrites a whole list of records at once (never one hook call per record)."""
+
+    @abstractmethod
+    def apply(self, records: list[InstructionRecord], tally: Tally) -> list[InstructionRecord]:
+        """Return the kept records; call ``tally.drop(reason)`` for each dropped one."""
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A piece of rendered text and whether the model is trained to produce it."""
+
+    text: str
+    trainable: bool
+
+
+class Renderer(Component, ABC):
+    """Turns a record into segments. ``bind`` gives it the tokenizer before the first render, for
+    renderers that use the model's own chat template. ``prepare_jinja_env`` applies the plugins'
+    ``ift_prepare_jinja_env`` hooks to a Jinja environment (see :mod:`ift.templating`)."""
+
+    def __init__(self, config: ComponentConfig, *, base_dir: Path,
+                 prepare_jinja_env: Callable[[Any], None] | None = None) -> None:
+        super().__init__(config)
+        self.base_dir = base_dir
+        self.prepare_jinja_env = prepare_jinja_env
+
+    def bind(self, tokenizer: Any) -> None:  # noqa: B027 - optional hook, empty by default
+        """Receive the tokenizer. Most text templates ignore it."""
+
+    @abstractmethod
+    def render(self, record: InstructionRecord) -> list[Segment]:
+        """Segments whose texts concatenate to the full training text."""
+
+    def prompt(self, record: InstructionRecord) -> str:
+        """Text given to the model to generate the final answer: everything before the last trainable
+        segment."""
+        segments = self.render(record)
+        last = max((i for i, s in enumerate(segments) if s.trainable), default=len(segments))
+        return "".join(s.text for s in segments[:last])
+
+    @abstractmethod
+    def template_hash(self) -> str:
+        """Hash of the template text, recorded in the manifest."""
+
+
+# --- model adapters ----------------------------------------------------------------------------
+
+
+@dataclass
+class EncodedExample:
+    """Token ids of one example and labels (-100 where no loss is taken)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    source: str
+    record_id: str
+    truncated: bool = False
+
+    @property
+    def trainable_tokens(self) -> int:
+        return sum(1 for label in self.labels if label != -100)
+
+
+class ModelAdapter(Component, ABC):
+    """Loads a model family, tokenizes segments into ids and labels, generates, and saves."""
+
+    def __init__(self, config: ComponentConfig, *, base_dir: Path) -> None:
+        super().__init__(config)
+        self.base_dir = base_dir
+
+    @abstractmethod
+    def load_tokenizer(self) -> Any:
+        """The tokenizer, without loading model weights."""
+
+    @abstractmethod
+    def load_model(self, tokenizer: Any) -> Any:
+        """The model, with PEFT applied when the config asks for it."""
+
+    @abstractmethod
+    def encode(self, tokenizer: Any, segments: Sequence[Segment], *, source: str,
+               record_id: str) -> EncodedExample:
+        """Ids and labels (-100 = no loss) for one rendered example, before any length policy."""
+
+    def fit(self, example: EncodedExample, *, max_length: int,
+            overlong: Literal["truncate", "drop"]) -> tuple[EncodedExample | None, str | None]:
+        """Apply the length policy. Returns the example (or None) and the reason it was dropped or
+        changed ("too long", "truncated", "no trainable tokens after truncation")."""
+        if len(example.input_ids) <= max_length:
+            return example, None
+        if overlong == "drop":
+            return None, "longer than max_length"
+        cut = EncodedExample(example.input_ids[:max_length], example.labels[:max_length], example.source,
+                             example.record_id, truncated=True)
+        if cut.trainable_tokens == 0:
+            return None, "no trainable tokens left after truncation"
+        return cut, "truncated to max_length"
+
+    @abstractmethod
+    def collate(self, tokenizer: Any, examples: Sequence[EncodedExample]) -> dict[str, Any]:
+        """A training batch of tensors from encoded examples."""
+
+    @abstractmethod
+    def loss_sum(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+        """Summed cross-entropy over trainable tokens of a batch, and how many tokens that is."""
+
+    @abstractmethod
+    def generate(self, model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int,
+                 batch_size: int, stop: Sequence[str] = ()) -> list[str]:
+        """Greedy completions for prompts: the answer text only, cut at the first stop string."""
+
+    @abstractmethod
+    def save(self, model: Any, tokenizer: Any, path: Path) -> None:
+        """Write a folder loadable with plain transformers / peft ``from_pretrained``."""
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about the model for the manifest (parameter counts, origin)."""
+        return {}
+
+
+# --- trainers ----------------------------------------------------------------------------------
+
+
+class Trainer(Component, ABC):
+    """A training algorithm. Its Config must subclass :class:`~ift.config.TrainerConfig`."""
+
+    Config: ClassVar[type[ComponentConfig]] = TrainerConfig
+
+    @abstractmethod
+    def train(self, ctx: TrainContext) -> TrainResult:
+        """Train ``ctx.model`` on ``ctx.train_examples``; report steps through ``ctx.log_step``."""
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalOutputs:
+    """What metrics see for one group of eval examples (all of them, or one source's)."""
+
+    predictions: list[str]
+    references: list[str]
+    records: list[InstructionRecord]
+    loss_sum: float = 0.0
+    loss_tokens: int = 0
+
+
+class Metric(Component, ABC):
+    """A number computed from eval outputs. ``needs`` says whether generation must run for it."""
+
+    needs: ClassVar[Literal["generation", "loss"]] = "generation"
+    higher_is_better: ClassVar[bool] = True
+
+    @abstractmethod
+    def compute(self, outputs: EvalOutputs) -> float:
+        """The metric over one group of examples."""
+
+
+KINDS: dict[str, type[Component]] = {
+    "source": InstructionSource,
+    "transform": Transform,
+    "renderer": Renderer,
+    "model_adapter": ModelAdapter,
+    "trainer": Trainer,
+    "metric": Metric,
+}

@@ -1,0 +1,166 @@
+"""The data half of a run: read sources, apply transforms, split train/eval, render and tokenize.
+
+Every record that is dropped is counted by reason; the counts end up in the manifest.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from ift.components import EncodedExample, InstructionSource, ModelAdapter, Renderer, Tally, Transform
+from ift.config import TrainerConfig
+from ift.errors import DataError, PluginError
+from ift.host import PluginHost
+from ift.recipe import Recipe
+from ift.records import InstructionRecord
+
+
+@dataclass
+class DataReport:
+    """Counts for the manifest: what was read, dropped (by stage and reason), and kept."""
+
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    transforms: list[dict[str, Any]] = field(default_factory=list)
+    split: dict[str, Any] = field(default_factory=dict)
+    encoding: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sources": self.sources, "transforms": self.transforms, "split": self.split,
+                "encoding": self.encoding}
+
+
+def read_sources(recipe: Recipe, host: PluginHost, report: DataReport) -> list[InstructionRecord]:
+    records: list[InstructionRecord] = []
+    for spec in recipe.data:
+        source: InstructionSource = spec.cls(spec.config, source_name=spec.source_name, base_dir=recipe.base_dir)
+        plugin = host.get("source", spec.name)
+        got = list(source.records())
+        seen: set[str] = set()
+        for record in got:
+            if record.source != spec.source_name:
+                raise PluginError(f"source {spec.name!r} returned a record with source={record.source!r}, "
+                                  f"expected {spec.source_name!r}", plugin=plugin.plugin,
+                                  distribution=plugin.distribution)
+            if record.id in seen:
+                raise DataError(f"source {spec.source_name!r} has two records with id {record.id!r}; "
+                                "ids must be unique within a source")
+            seen.add(record.id)
+            if record.task is None and spec.task is not None:
+                record.task = spec.task
+            record.metadata.setdefault("split", spec.split)
+        report.sources.append({"name": spec.source_name, "source": spec.name, "records": len(got),
+                               "fingerprint": source.fingerprint(), "weight": spec.weight})
+        records.extend(got)
+    return records
+
+
+def apply_transforms(recipe: Recipe, host: PluginHost, records: list[InstructionRecord],
+                     report: DataReport) -> list[InstructionRecord]:
+    for spec in recipe.transforms:
+        transform: Transform = spec.cls(spec.config)
+        tally = Tally()
+        before = len(records)
+        records = transform.apply(list(records), tally)
+        counted = sum(tally.dropped.values())
+        if before - len(records) != counted:
+            plugin = host.get("transform", spec.name)
+            raise PluginError(f"transform {spec.name!r} dropped {before - len(records)} records but counted "
+                              f"{counted}; every drop must be counted with tally.drop(reason)",
+                              plugin=plugin.plugin, distribution=plugin.distribution)
+        report.transforms.append({"name": spec.name, "in": before, "out": len(records),
+                                  "dropped": dict(tally.dropped), "changed": dict(tally.changed)})
+    return records
+
+
+def split_records(recipe: Recipe, records: list[InstructionRecord],
+                  report: DataReport) -> tuple[list[InstructionRecord], list[InstructionRecord]]:
+    """Hold out ``eval.fraction`` of each source (seeded), then remove from training every record whose
+    content equals a held-out one, so the eval split never leaks into training."""
+    rng = random.Random(recipe.run.seed)
+    by_source: dict[str, list[InstructionRecord]] = defaultdict(list)
+    for record in records:
+        by_source[record.source].append(record)
+    spec_of = {d.source_name: d for d in recipe.data}
+    cap = recipe.eval.max_examples
+    auto_total = sum(len(v) for k, v in by_source.items() if spec_of[k].split == "auto")
+    train: list[InstructionRecord] = []
+    held: list[InstructionRecord] = []
+    for name, group in by_source.items():
+        split = spec_of[name].split
+        if split == "eval":
+            held.extend(group[:cap] if cap else group)
+            continue
+        if split == "train" or recipe.eval.fraction == 0:
+            train.extend(group)
+            continue
+        group = list(group)
+        rng.shuffle(group)
+        n_eval = max(1, round(recipe.eval.fraction * len(group))) if len(group) > 1 else 0
+        if cap and auto_total:
+            n_eval = min(n_eval, max(1, math.floor(cap * len(group) / auto_total)))
+        held.extend(group[:n_eval])
+        train.extend(group[n_eval:])
+    held_keys = {r.content_key() for r in held}
+    kept = [r for r in train if r.content_key() not in held_keys]
+    report.split = {"train": len(kept), "eval": len(held), "removed_overlapping_eval": len(train) - len(kept)}
+    return _apply_weights(recipe, kept, rng, report), held
+
+
+def _apply_weights(recipe: Recipe, train: list[InstructionRecord], rng: random.Random,
+                   report: DataReport) -> list[InstructionRecord]:
+    """A source's weight scales how many times its records are seen: 2.0 repeats each record twice,
+    0.5 keeps a seeded half."""
+    weights = {d.source_name: d.weight for d in recipe.data}
+    if all(w == 1.0 for w in weights.values()):
+        return train
+    out: list[InstructionRecord] = []
+    by_source: dict[str, list[InstructionRecord]] = defaultdict(list)
+    for record in train:
+        by_source[record.source].append(record)
+    mixture = {}
+    for name, group in by_source.items():
+        target = round(weights[name] * len(group))
+        whole, rest = divmod(target, len(group))
+        chosen = group * whole + rng.sample(group, rest)
+        mixture[name] = len(chosen)
+        out.extend(chosen)
+    report.split["weighted_train"] = mixture
+    return out
+
+
+def encode_records(records: list[InstructionRecord], renderer: Renderer, adapter: ModelAdapter,
+                   tokenizer: Any, trainer_cfg: TrainerConfig, stage: str,
+                   report: DataReport) -> tuple[list[EncodedExample], list[InstructionRecord]]:
+    """Render and tokenize; apply the length policy. Returns examples and the records they came from."""
+    examples: list[EncodedExample] = []
+    kept: list[InstructionRecord] = []
+    reasons: Counter[str] = Counter()
+    for record in records:
+        example = adapter.encode(tokenizer, renderer.render(record), source=record.source, record_id=record.id)
+        fitted, reason = adapter.fit(example, max_length=trainer_cfg.max_length, overlong=trainer_cfg.overlong)
+        if reason:
+            reasons[reason] += 1
+        if fitted is None:
+            continue
+        if fitted.trainable_tokens == 0:
+            reasons["no trainable tokens"] += 1
+            continue
+        examples.append(fitted)
+        kept.append(record)
+    report.encoding[stage] = {"in": len(records), "out": len(examples), "reasons": dict(reasons),
+                              "tokens": sum(len(e.input_ids) for e in examples),
+                              "trainable_tokens": sum(e.trainable_tokens for e in examples)}
+    return examples, kept
+
+
+def stop_strings(renderer: Renderer, record: InstructionRecord) -> list[str]:
+    """The text a renderer puts after an answer inside the trainable span (EOS, end-of-turn)."""
+    trainable = [s.text for s in renderer.render(record) if s.trainable]
+    if trainable and trainable[-1].startswith(record.answer):
+        suffix = trainable[-1][len(record.answer):].strip()
+        return [suffix] if suffix else []
+    return []

@@ -1,0 +1,98 @@
+"""One exception family for everything a user can cause.
+
+The CLI turns an :class:`IftError` into one clear line and its documented exit code; any other
+exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Exit codes, documented in the README. Click's own usage errors also exit with 2.
+EXIT_OK = 0
+EXIT_BUG = 1
+EXIT_RECIPE = 2
+EXIT_DATA = 3
+EXIT_PLUGIN = 4
+EXIT_RUN = 5
+EXIT_INTERRUPTED = 130
+
+
+class IftError(Exception):
+    """Base class of every error caused by input (recipe, data, plugins) rather than by a bug."""
+
+    exit_code = EXIT_RUN
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem in a recipe: where (a dotted key path) and what."""
+
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}" if self.key else self.message
+
+
+class RecipeError(IftError):
+    """The recipe is invalid. Carries every problem found, not only the first."""
+
+    exit_code = EXIT_RECIPE
+
+    def __init__(self, problems: list[Problem] | str, *, path: str | None = None) -> None:
+        if isinstance(problems, str):
+            problems = [Problem("", problems)]
+        self.problems = problems
+        self.path = path
+        where = f"{path}: " if path else ""
+        if len(problems) == 1:
+            message = f"{where}invalid recipe: {problems[0]}"
+        else:
+            lines = "\n".join(f"  - {p}" for p in problems)
+            message = f"{where}invalid recipe, {len(problems)} problems:\n{lines}"
+        super().__init__(message)
+
+
+class DataError(IftError):
+    """Instruction data cannot be read or is unusable; names the file and line where known."""
+
+    exit_code = EXIT_DATA
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None) -> None:
+        self.file = file
+        self.line = line
+        where = ""
+        if file is not None:
+            where = f"{file}:{line}: " if line is not None else f"{file}: "
+        super().__init__(f"{where}{message}")
+
+
+class PluginError(IftError):
+    """A plugin failed to load, registered a clashing name, or broke its contract."""
+
+    exit_code = EXIT_PLUGIN
+
+    def __init__(self, message: str, *, plugin: str | None = None, distribution: str | None = None) -> None:
+        self.plugin = plugin
+        self.distribution = distribution
+        who = ""
+        if plugin:
+            who = f"plugin {plugin!r}"
+            if distribution:
+                who += f" (from {distribution})"
+            who += ": "
+        super().__init__(f"{who}{message}")
+
+
+class RunError(IftError):
+    """The run itself failed (model loading, training, evaluation, writing results)."""
+
+    exit_code = EXIT_RUN

@@ -1,0 +1,96 @@
+"""Evaluation on the held-out split: loss-based and generation-based metrics, overall and per source."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+from ift.components import EncodedExample, EvalOutputs, Metric, ModelAdapter, Renderer
+from ift.records import InstructionRecord
+from ift.runtime import is_main_process
+
+
+class Evaluator:
+    """Callable as ``evaluator(model, stage)``; returns ``{"overall": {...}, "per_source": {...}}``."""
+
+    def __init__(self, *, adapter: ModelAdapter, tokenizer: Any, renderer: Renderer, metrics: list[Metric],
+                 records: list[InstructionRecord], examples: list[EncodedExample], batch_size: int,
+                 max_new_tokens: int, stop: list[str], samples: int) -> None:
+        self.adapter, self.tokenizer, self.renderer = adapter, tokenizer, renderer
+        self.metrics = metrics
+        self.records, self.examples = records, examples
+        self.batch_size, self.max_new_tokens, self.stop = batch_size, max_new_tokens, stop
+        self.samples = samples
+        self.generations: dict[str, list[str]] = {}
+        self.needs_generation = any(m.needs == "generation" for m in metrics)
+
+    def __call__(self, model: Any, stage: str) -> dict[str, Any]:
+        if not is_main_process() or not self.records or not self.metrics:
+            return {}
+        losses = self._losses(model)
+        predictions = [""] * len(self.records)
+        if self.needs_generation:
+            prompts = [self.renderer.prompt(r) for r in self.records]
+            predictions = self.adapter.generate(model, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens,
+                                                batch_size=self.batch_size, stop=self.stop)
+            self.generations[stage] = predictions
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, record in enumerate(self.records):
+            groups[record.source].append(i)
+        total = (sum(v[0] for v in losses.values()), sum(v[1] for v in losses.values()))
+        result: dict[str, Any] = {"overall": self._compute(range(len(self.records)), predictions, total)}
+        result["per_source"] = {name: self._compute(idx, predictions, losses.get(name, (0.0, 0)))
+                                for name, idx in groups.items()}
+        return result
+
+    def _compute(self, indices: Any, predictions: list[str], loss: tuple[float, int]) -> dict[str, Any]:
+        idx = list(indices)
+        outputs = EvalOutputs(predictions=[predictions[i] for i in idx],
+                              references=[self.records[i].answer for i in idx],
+                              records=[self.records[i] for i in idx], loss_sum=loss[0], loss_tokens=loss[1])
+        values = {}
+        for metric in self.metrics:
+            value = metric.compute(outputs)
+            values[metric.name] = None if value is None or math.isnan(value) else round(float(value), 6)
+        values["n"] = len(idx)
+        return values
+
+    def _losses(self, model: Any) -> dict[str, tuple[float, int]]:
+        """Summed loss and trainable-token count per source (batches never mix sources)."""
+        if not any(m.needs == "loss" for m in self.metrics):
+            return {}
+        import torch
+
+        device = next(model.parameters()).device
+        by_source: dict[str, list[EncodedExample]] = defaultdict(list)
+        for example in self.examples:
+            by_source[example.source].append(example)
+        out: dict[str, tuple[float, int]] = {}
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for source, group in by_source.items():
+                    group = sorted(group, key=lambda e: len(e.input_ids))  # less padding
+                    total, count = 0.0, 0
+                    for start in range(0, len(group), self.batch_size):
+                        batch = self.adapter.collate(self.tokenizer, group[start:start + self.batch_size])
+                        batch = {k: v.to(device) for k, v in batch.items()}
+                        loss_sum, n = self.adapter.loss_sum(model, batch)
+                        total, count = total + float(loss_sum), count + int(n)
+                    out[source] = (total, count)
+        finally:
+            model.train(was_training)
+        return out
+
+    def sample_rows(self) -> list[dict[str, Any]]:
+        """A few eval prompts with their reference and every stage's generation."""
+        rows = []
+        for i, record in enumerate(self.records[: self.samples]):
+            row = {"id": record.id, "source": record.source, "prompt": record.messages[-2].content
+                   if len(record.messages) > 1 else "", "reference": record.answer}
+            for stage, predictions in self.generations.items():
+                row[stage] = predictions[i]
+            rows.append(row)
+        return rows

@@ -1,0 +1,272 @@
+"""The plugin host: discovers plugins, collects the components they register, and calls lifecycle hooks.
+
+Order: builtin plugins, then the ``ift`` entry-point group (one at a time, so one broken package cannot
+hide the others), then recipe-local plugin files. Core code calls hooks only through this class.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata as md
+import importlib.util
+import os
+import sys
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from ift import hookspecs
+from ift.components import KINDS, Component
+from ift.config import ComponentConfig, TrainerConfig
+from ift.errors import PluginError
+
+ENTRY_POINT_GROUP = "ift"
+BUILTIN_MODULES = (
+    "ift.builtin_plugins.sources",
+    "ift.builtin_plugins.transforms",
+    "ift.builtin_plugins.renderers",
+    "ift.builtin_plugins.causal_lm",
+    "ift.builtin_plugins.sft",
+    "ift.builtin_plugins.metrics",
+)
+_REGISTER_HOOKS = {
+    "source": "ift_register_sources",
+    "transform": "ift_register_transforms",
+    "renderer": "ift_register_renderers",
+    "model_adapter": "ift_register_model_adapters",
+    "trainer": "ift_register_trainers",
+    "metric": "ift_register_metrics",
+}
+KIND_LABELS = {"source": "source", "transform": "transform", "renderer": "template renderer",
+               "model_adapter": "model adapter", "trainer": "trainer", "metric": "metric"}
+
+
+@dataclass
+class PluginInfo:
+    """A loaded plugin: its name in the host, where it came from, and what it registered."""
+
+    name: str
+    distribution: str
+    version: str
+    origin: str  # "builtin", "entry-point" or "local"
+    registered: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class PluginFailure:
+    """A plugin that could not be loaded or whose registration hook failed."""
+
+    name: str
+    distribution: str
+    version: str
+    error: str
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A component class and the plugin that provides it."""
+
+    cls: type[Component]
+    plugin: str
+    distribution: str
+    version: str
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest choice, or ''."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class PluginHost:
+    """Owns one pluggy PluginManager. Build it in ``main()`` or a test, never at import time."""
+
+    def __init__(self, *, entry_points: bool = True, local_plugins: Iterable[Path] = ()) -> None:
+        self.pm = pluggy.PluginManager("ift")
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: dict[str, PluginInfo] = {}
+        self.failures: list[PluginFailure] = []
+        self._registry: dict[str, dict[str, Registered]] | None = None
+        version = _version("ift")
+        for module_name in BUILTIN_MODULES:
+            module = importlib.import_module(module_name)
+            self._register(module, module_name.rsplit(".", 1)[-1], "ift", version, "builtin")
+        if entry_points and os.environ.get("IFT_DISABLE_ENTRY_POINTS", "") not in ("1", "true"):
+            self._load_entry_points()
+        for path in local_plugins:
+            self.load_local(path)
+
+    # --- loading -------------------------------------------------------------------------------
+
+    def _register(self, plugin: object, name: str, dist: str, version: str, origin: str) -> None:
+        if name in self.plugins:
+            other = self.plugins[name]
+            raise PluginError(f"a plugin named {name!r} is already loaded from {other.distribution}",
+                              plugin=name, distribution=dist)
+        self.pm.register(plugin, name=name)
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self.pm.unregister(name=name)
+            raise PluginError(self._explain_validation(plugin), plugin=name, distribution=dist) from exc
+        self.plugins[name] = PluginInfo(name, dist, version, origin)
+        self._registry = None
+
+    def _explain_validation(self, plugin: object) -> str:
+        known = [n for n in dir(hookspecs) if n.startswith("ift_")]
+        bad = [n for n in dir(plugin) if n.startswith("ift_") and n not in known
+               and callable(getattr(plugin, n))]
+        if bad:
+            return "; ".join(f"unknown hook {n!r}{did_you_mean(n, known)}" for n in bad)
+        return "implements a hook with arguments the hook does not have"
+
+    def _load_entry_points(self) -> None:
+        allow = os.environ.get("IFT_PLUGINS")
+        allowed = {a.strip() for a in allow.split(",")} if allow else None
+        seen: set[tuple[str, str]] = set()
+        for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist.name if ep.dist else "unknown distribution"
+            version = ep.dist.version if ep.dist else "?"
+            if (allowed is not None and ep.name not in allowed) or (dist, ep.name) in seen:
+                continue  # the same distribution twice on sys.path: the first one wins, as for imports
+            seen.add((dist, ep.name))
+            try:
+                plugin = ep.load()
+                self._register(plugin, ep.name, dist, version, "entry-point")
+            except Exception as exc:  # a broken plugin must not stop the others
+                message = f"{type(exc).__name__}: {exc}"
+                self.failures.append(PluginFailure(ep.name, dist, version, message))
+                warnings.warn(f"plugin {ep.name!r} ({dist} {version}) failed to load: {message}",
+                              stacklevel=2)
+
+    def load_local(self, path: Path) -> None:
+        """Register a one-file plugin (a recipe's ``[plugins] local = [...]``)."""
+        path = Path(path).resolve()
+        name = f"local:{path.stem}"
+        if not path.is_file():
+            raise PluginError(f"local plugin file not found: {path}", plugin=name)
+        spec = importlib.util.spec_from_file_location(f"ift_local_{path.stem}", path)
+        assert spec is not None and spec.loader is not None
+        module: ModuleType = importlib.util.module_from_spec(spec)
+        try:
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise PluginError(f"failed to import {path}: {type(exc).__name__}: {exc}", plugin=name) from exc
+        self._register(module, name, str(path), "local", "local")
+
+    def register(self, plugin: object, name: str, *, distribution: str = "test", version: str = "0") -> None:
+        """Register an object or module implementing hooks (used by tests and embedding code)."""
+        self._register(plugin, name, distribution, version, "runtime")
+
+    def unregister(self, name: str) -> None:
+        self.pm.unregister(name=name)
+        self.plugins.pop(name, None)
+        self._registry = None
+
+    # --- registry ------------------------------------------------------------------------------
+
+    @property
+    def registry(self) -> dict[str, dict[str, Registered]]:
+        if self._registry is None:
+            self._registry = self._collect()
+        return self._registry
+
+    def _collect(self) -> dict[str, dict[str, Registered]]:
+        registry: dict[str, dict[str, Registered]] = {kind: {} for kind in KINDS}
+        for kind, hook_name in _REGISTER_HOOKS.items():
+            caller = getattr(self.pm.hook, hook_name)
+            for impl in caller.get_hookimpls():
+                info = self.plugins.get(impl.plugin_name) or PluginInfo(impl.plugin_name, "?", "?", "?")
+                try:
+                    classes = impl.function() or []
+                except Exception as exc:
+                    raise PluginError(f"{hook_name}() raised {type(exc).__name__}: {exc}",
+                                      plugin=info.name, distribution=info.distribution) from exc
+                for cls in classes:
+                    self._check_class(kind, cls, info)
+                    name = cls.name
+                    if name in registry[kind]:
+                        other = registry[kind][name]
+                        raise PluginError(
+                            f"{KIND_LABELS[kind]} name {name!r} is registered twice: by plugin "
+                            f"{other.plugin!r} ({other.distribution} {other.version}) and by plugin "
+                            f"{info.name!r} ({info.distribution} {info.version})",
+                            plugin=info.name, distribution=info.distribution)
+                    registry[kind][name] = Registered(cls, info.name, info.distribution, info.version)
+                    info.registered.setdefault(kind, []).append(name)
+        return registry
+
+    @staticmethod
+    def _check_class(kind: str, cls: Any, info: PluginInfo) -> None:
+        base = KINDS[kind]
+        problem = None
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            problem = f"returned {cls!r}, which is not a subclass of ift.{base.__name__}"
+        elif not isinstance(getattr(cls, "name", None), str) or not cls.name:
+            problem = f"{cls.__name__} has no 'name'"
+        elif not (isinstance(cls.Config, type) and issubclass(cls.Config, ComponentConfig)):
+            problem = f"{cls.__name__}.Config must subclass ift.ComponentConfig"
+        elif kind == "trainer" and not issubclass(cls.Config, TrainerConfig):
+            problem = f"{cls.__name__}.Config must subclass ift.TrainerConfig"
+        if problem:
+            raise PluginError(f"{_REGISTER_HOOKS[kind]}: {problem}", plugin=info.name,
+                              distribution=info.distribution)
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.registry[kind])
+
+    def get(self, kind: str, name: str) -> Registered:
+        """The class registered under ``name``; a clear error (with failed plugins) otherwise."""
+        try:
+            return self.registry[kind][name]
+        except KeyError:
+            raise PluginError(self.unknown_message(kind, name)) from None
+
+    def unknown_message(self, kind: str, name: str) -> str:
+        choices = self.names(kind)
+        message = f"unknown {KIND_LABELS[kind]} {name!r}{did_you_mean(name, choices)}; " \
+                  f"available: {', '.join(choices) or 'none'}"
+        for failure in self.failures:
+            message += (f"; plugin {failure.name!r} ({failure.distribution} {failure.version}) failed "
+                        f"to load and may provide it: {failure.error}")
+        return message
+
+    # --- typed facade over the remaining hooks -------------------------------------------------
+
+    def register_commands(self, cli: Any) -> None:
+        self.pm.hook.ift_register_commands(cli=cli)
+
+    def prepare_jinja_env(self, env: Any) -> None:
+        self.pm.hook.ift_prepare_jinja_env(env=env)
+
+    def run_start(self, run_dir: str, resolved: dict[str, Any]) -> None:
+        self.pm.hook.ift_run_start(run_dir=run_dir, resolved=resolved)
+
+    def step_end(self, run_dir: str, event: dict[str, Any]) -> None:
+        self.pm.hook.ift_step_end(run_dir=run_dir, event=event)
+
+    def evaluate_end(self, run_dir: str, stage: str, metrics: dict[str, Any]) -> None:
+        self.pm.hook.ift_evaluate_end(run_dir=run_dir, stage=stage, metrics=metrics)
+
+    def run_end(self, run_dir: str, status: str, metrics: dict[str, Any]) -> None:
+        self.pm.hook.ift_run_end(run_dir=run_dir, status=status, metrics=metrics)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Loaded plugins for ``ift plugins`` and the manifest."""
+        _ = self.registry
+        return [{"name": p.name, "distribution": p.distribution, "version": p.version,
+                 "origin": p.origin, "registered": p.registered} for p in self.plugins.values()]
+
+
+def _version(dist: str) -> str:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,205 @@
+"""``ift run``: one run from recipe to run directory, stage by stage (see DESIGN.md section 2)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ift.components import Metric
+from ift.data import DataReport, apply_transforms, encode_records, read_sources, split_records, stop_strings
+from ift.errors import DataError, IftError
+from ift.evaluation import Evaluator
+from ift.host import PluginHost
+from ift.progress import Progress
+from ift.recipe import Recipe
+from ift.rundir import RunDirectory
+from ift.runtime import is_main_process, seed_everything
+from ift.training import TrainContext
+
+PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "tokenizers", "pluggy", "jinja2",
+            "scikit-learn", "pydantic")
+
+
+def default_output_dir(recipe: Recipe) -> Path:
+    if recipe.run.output_dir:
+        path = Path(recipe.run.output_dir)
+        return path if path.is_absolute() else recipe.base_dir / path
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{recipe.run.name}-{stamp}"
+
+
+def make_renderer(recipe: Recipe, host: PluginHost) -> Any:
+    return recipe.template.cls(recipe.template.config, base_dir=recipe.base_dir,
+                               prepare_jinja_env=host.prepare_jinja_env)
+
+
+class Run:
+    """Holds the stages' results so the CLI can print them; ``execute()`` does the work."""
+
+    def __init__(self, recipe: Recipe, host: PluginHost, output_dir: Path, *, echo: Any = print,
+                 interactive: bool | None = None) -> None:
+        self.recipe, self.host, self.output_dir = recipe, host, output_dir
+        self.echo = echo if is_main_process() else (lambda *a, **k: None)
+        self.interactive = interactive
+        self.report = DataReport()
+        self.metrics: dict[str, Any] = {}
+        self.manifest: dict[str, Any] = {}
+
+    def execute(self) -> dict[str, Any]:
+        main = is_main_process()
+        rundir = RunDirectory(self.output_dir, enabled=main)
+        self.rundir = rundir
+        status, error = "failed", None
+        try:
+            self._stage_files(rundir)
+            self.host.run_start(str(self.output_dir), self.recipe.resolved())
+            self._run(rundir)
+            status = "completed"
+            return self.metrics
+        except IftError as exc:
+            error = str(exc)
+            raise
+        except KeyboardInterrupt:
+            error = "interrupted"
+            raise
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self.manifest["finished"] = time.time()
+            rundir.write_json("manifest.json", self.manifest)
+            rundir.status(status, **({"error": error} if error else {}))
+            rundir.close()
+            self.host.run_end(str(self.output_dir), status, self.metrics)
+
+    def _stage_files(self, rundir: RunDirectory) -> None:
+        recipe = self.recipe
+        rundir.write_text("recipe.toml", recipe.text)
+        rundir.write_json("resolved.json", recipe.resolved())
+        self.manifest = {
+            "ift": _version("ift"), "hook_api": _hook_api(), "python": platform.python_version(),
+            "platform": platform.platform(), "command": sys.argv, "seed": recipe.run.seed,
+            "packages": {p: _version(p) for p in PACKAGES}, "plugins": self.host.describe(),
+            "git": _git_sha(recipe.base_dir), "started": rundir.started,
+        }
+        rundir.write_json("manifest.json", self.manifest)
+
+    def _run(self, rundir: RunDirectory) -> None:
+        recipe, host, report = self.recipe, self.host, self.report
+        seed_everything(recipe.run.seed)
+        records = read_sources(recipe, host, report)
+        records = apply_transforms(recipe, host, records, report)
+        train_records, eval_records = split_records(recipe, records, report)
+        self.manifest["data"] = report.to_dict()
+        if not train_records:
+            raise DataError("no training examples are left after filtering and the eval split "
+                            f"(counts: {report.to_dict()})")
+        self.echo(f"data: {len(train_records)} train / {len(eval_records)} eval records "
+                  f"from {len(recipe.data)} source(s)")
+
+        adapter = recipe.model.cls(recipe.model.config, base_dir=recipe.base_dir)
+        tokenizer = adapter.load_tokenizer()
+        renderer = make_renderer(recipe, host)
+        renderer.bind(tokenizer)
+        trainer_cfg = recipe.trainer_config
+        train_examples, _ = encode_records(train_records, renderer, adapter, tokenizer, trainer_cfg, "train", report)
+        eval_examples, eval_records = encode_records(eval_records, renderer, adapter, tokenizer, trainer_cfg,
+                                                     "eval", report)
+        self.manifest["data"] = report.to_dict()
+        self.manifest["template"] = {"name": recipe.template.name, "hash": renderer.template_hash()}
+        if not train_examples:
+            raise DataError(f"every training example was dropped while tokenizing (trainer.max_length = "
+                            f"{trainer_cfg.max_length}): {report.encoding['train']['reasons']}")
+
+        seed_everything(recipe.run.seed)
+        model = adapter.load_model(tokenizer)
+        self.manifest["model"] = {**adapter.describe(), **_param_counts(model), "device": str(_device(model))}
+        rundir.write_json("manifest.json", self.manifest)
+        self.echo(f"model: {self.manifest['model']['origin']} on {self.manifest['model']['device']}, "
+                  f"{self.manifest['model']['parameters']:,} parameters "
+                  f"({self.manifest['model']['trainable_parameters']:,} trainable)")
+
+        metrics: list[Metric] = []
+        for name in recipe.eval.metrics:
+            cls = host.get("metric", name).cls
+            metrics.append(cls(cls.Config()))
+        evaluator = Evaluator(adapter=adapter, tokenizer=tokenizer, renderer=renderer, metrics=metrics,
+                              records=eval_records, examples=eval_examples, batch_size=recipe.eval.batch_size,
+                              max_new_tokens=recipe.eval.max_new_tokens,
+                              stop=stop_strings(renderer, eval_records[0]) if eval_records else [],
+                              samples=recipe.eval.samples)
+        results: dict[str, Any] = {}
+        if recipe.eval.baseline and eval_records and metrics:
+            self.echo("evaluating before training ...")
+            results["baseline"] = self._evaluate(evaluator, model, "baseline")
+
+        progress = Progress(0, interactive=self.interactive, enabled=is_main_process())
+
+        def log_step(event: dict[str, Any]) -> None:
+            rundir.event(event)
+            progress.step(event["step"], event)
+            host.step_end(str(self.output_dir), event)
+
+        trainer = recipe.trainer.cls(recipe.trainer.config)
+        ctx = TrainContext(model=model, tokenizer=tokenizer, adapter=adapter, train_examples=train_examples,
+                           eval_examples=eval_examples, seed=recipe.run.seed, run_dir=self.output_dir,
+                           log_step=log_step, evaluate=lambda m, stage: self._evaluate(evaluator, m, stage),
+                           progress=progress)
+        try:
+            result = trainer.train(ctx)
+        finally:
+            progress.close()
+        if eval_records and metrics:
+            self.echo("evaluating after training ...")
+            results["final"] = self._evaluate(evaluator, result.model, "final")
+        results["train"] = {"steps": result.steps, **result.summary}
+        results["samples"] = evaluator.sample_rows()
+        if is_main_process():
+            rundir.save_dir("model", lambda path: adapter.save(result.model, tokenizer, path))
+        self.metrics = results
+        rundir.write_json("metrics.json", results)
+
+    def _evaluate(self, evaluator: Evaluator, model: Any, stage: str) -> dict[str, Any]:
+        result = evaluator(model, stage)
+        if result:
+            self.host.evaluate_end(str(self.output_dir), stage, result)
+            if stage.startswith("step-"):
+                self.rundir.event({"eval": stage, **result["overall"]})
+        return result
+
+
+def _param_counts(model: Any) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"parameters": total, "trainable_parameters": trainable}
+
+
+def _device(model: Any) -> Any:
+    return next(model.parameters()).device
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _hook_api() -> int:
+    from ift.hookspecs import HOOK_API_VERSION
+
+    return HOOK_API_VERSION
+
+
+def _git_sha(folder: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None

@@ -1,0 +1,329 @@
+"""Recipes: TOML in, a validated :class:`Recipe` out, with every problem reported at once.
+
+Components are named by their registered name; each component's keys are validated by the ``Config``
+model of the class that owns the name, so plugins validate their own sections.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ift.config import ComponentConfig, TrainerConfig
+from ift.errors import Problem, RecipeError
+from ift.host import KIND_LABELS, PluginHost, did_you_mean
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SECTIONS = ("run", "data", "transforms", "template", "model", "trainer", "eval", "plugins")
+
+
+class RunSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seed: int = 42
+    output_dir: str | None = None
+
+
+class EvalSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of each source held out for eval.")
+    max_examples: int | None = Field(200, gt=0, description="Cap on held-out examples (all sources).")
+    metrics: list[str] = Field(default_factory=lambda: ["loss", "exact_match"])
+    baseline: bool = Field(True, description="Also evaluate before training.")
+    max_new_tokens: int = Field(64, gt=0)
+    batch_size: int = Field(32, gt=0)
+    samples: int = Field(3, ge=0, description="Generations printed and kept in metrics.json.")
+
+
+class PluginsSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    local: list[str] = Field(default_factory=list, description="One-file plugins, relative to the recipe.")
+
+
+# Component used when a section does not name one.
+DEFAULTS = {"template": "alpaca", "model": "causal-lm", "trainer": "sft"}
+
+# Keys of a [[data]] table that the core owns; the rest belong to the source's Config.
+DATA_KEYS = ("source", "name", "weight", "task", "split")
+
+
+@dataclass
+class Component:
+    """A named component from the recipe with its validated config."""
+
+    name: str
+    cls: type
+    config: ComponentConfig
+
+
+@dataclass
+class DataSpec(Component):
+    source_name: str = ""
+    weight: float = 1.0
+    task: str | None = None
+    split: Literal["auto", "train", "eval"] = "auto"
+
+
+@dataclass
+class Recipe:
+    path: Path | None
+    base_dir: Path
+    raw: dict[str, Any]
+    text: str
+    run: RunSection
+    data: list[DataSpec]
+    transforms: list[Component]
+    template: Component
+    model: Component
+    trainer: Component
+    eval: EvalSection
+    plugins: PluginsSection
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def trainer_config(self) -> TrainerConfig:
+        assert isinstance(self.trainer.config, TrainerConfig)
+        return self.trainer.config
+
+    def resolved(self) -> dict[str, Any]:
+        """The recipe with every default filled in (secrets masked by their field types)."""
+        def dump(c: Component, key: str) -> dict[str, Any]:
+            return {key: c.name, **c.config.model_dump(mode="json")}
+        return {
+            "run": self.run.model_dump(mode="json"),
+            "data": [{"source": d.name, "name": d.source_name, "weight": d.weight, "task": d.task,
+                      "split": d.split, **d.config.model_dump(mode="json")} for d in self.data],
+            "transforms": [dump(t, "name") for t in self.transforms],
+            "template": dump(self.template, "name"),
+            "model": dump(self.model, "adapter"),
+            "trainer": dump(self.trainer, "name"),
+            "eval": self.eval.model_dump(mode="json"),
+            "plugins": self.plugins.model_dump(mode="json"),
+            "overrides": self.overrides,
+        }
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def read_toml(path: Path) -> tuple[dict[str, Any], str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError(f"cannot read recipe: {exc.strerror}", path=str(path)) from None
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"not valid TOML: {exc}", path=str(path)) from None
+
+
+_SEGMENT = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply ``key.path=value`` (``data.0.path=x`` or ``data[0].path=x``); value parsed as TOML."""
+    if "=" not in assignment:
+        raise RecipeError(f"--set {assignment!r}: expected KEY=VALUE")
+    key, value_text = assignment.split("=", 1)
+    parts: list[str | int] = []
+    for name, index in _SEGMENT.findall(key.strip()):
+        parts.append(int(index) if index else (int(name) if name.isdigit() else name))
+    if not parts:
+        raise RecipeError(f"--set {assignment!r}: empty key")
+    try:
+        value = tomllib.loads(f"v = {value_text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = value_text
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                raise RecipeError(f"--set {key}: index {part} is out of range")
+            node = node[part]
+        else:
+            if part not in node:
+                node[part] = [] if isinstance(nxt, int) else {}
+            node = node[part]
+    last = parts[-1]
+    if isinstance(last, int):
+        if not isinstance(node, list) or last >= len(node):
+            raise RecipeError(f"--set {key}: index {last} is out of range")
+    node[last] = value
+
+
+def load_recipe(path: Path | str, host: PluginHost, overrides: list[str] = ()) -> Recipe:  # type: ignore[assignment]
+    path = Path(path)
+    raw, text = read_toml(path)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return validate_recipe(raw, host, base_dir=path.resolve().parent, path=path, text=text,
+                           overrides=list(overrides))
+
+
+# --- validation --------------------------------------------------------------------------------
+
+
+def _problems_from(exc: ValidationError, prefix: str, model: type[BaseModel]) -> list[Problem]:
+    problems = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join([prefix, *loc]) if prefix else ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            fields = _field_names(model, err["loc"][:-1])
+            problems.append(Problem(key, f"unknown key{did_you_mean(loc[-1], fields)}"))
+        elif err["type"] == "missing":
+            problems.append(Problem(key, "required key is missing"))
+        else:
+            problems.append(Problem(key, f"{err['msg']} (got {err.get('input')!r})"))
+    return problems
+
+
+def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    for part in loc:  # walk into nested models where we can
+        info = model.model_fields.get(str(part))
+        annotation = getattr(info, "annotation", None)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            break
+    return list(model.model_fields)
+
+
+def _section(raw: Any, key: str, model: type[BaseModel], problems: list[Problem]) -> Any:
+    if raw is not None and not isinstance(raw, dict):
+        problems.append(Problem(key, f"must be a table, got {type(raw).__name__}"))
+        raw = None
+    try:
+        return model.model_validate(raw or {})
+    except ValidationError as exc:
+        problems.extend(_problems_from(exc, key, model))
+        return model.model_construct()
+
+
+def _component(host: PluginHost, kind: str, table: dict[str, Any], name_key: str, key: str,
+               problems: list[Problem], own_keys: tuple[str, ...] = ()) -> Component | None:
+    name = table.get(name_key)
+    if not isinstance(name, str):
+        problems.append(Problem(f"{key}.{name_key}", f"required: the {KIND_LABELS[kind]}'s name; "
+                                f"available: {', '.join(host.names(kind))}"))
+        return None
+    if name not in host.registry[kind]:
+        problems.append(Problem(f"{key}.{name_key}", host.unknown_message(kind, name)))
+        return None
+    registered = host.registry[kind][name]
+    body = {k: v for k, v in table.items() if k != name_key and k not in own_keys}
+    try:
+        config = registered.cls.Config.model_validate(body)
+    except ValidationError as exc:
+        problems.extend(_problems_from(exc, key, registered.cls.Config))
+        return None
+    return Component(name, registered.cls, config)
+
+
+def validate_recipe(raw: dict[str, Any], host: PluginHost, *, base_dir: Path, path: Path | None = None,
+                    text: str = "", overrides: list[str] | None = None) -> Recipe:
+    """Validate a parsed recipe; raise one RecipeError listing every problem."""
+    problems: list[Problem] = []
+    for key in raw:
+        if key not in SECTIONS:
+            problems.append(Problem(key, f"unknown section{did_you_mean(key, SECTIONS)}; "
+                                    f"sections are {', '.join(SECTIONS)}"))
+    run = _section(raw.get("run"), "run", RunSection, problems)
+    eval_section = _section(raw.get("eval"), "eval", EvalSection, problems)
+    plugins = _section(raw.get("plugins"), "plugins", PluginsSection, problems)
+
+    for i, metric in enumerate(eval_section.metrics if isinstance(eval_section.metrics, list) else []):
+        if metric not in host.registry["metric"]:
+            problems.append(Problem(f"eval.metrics[{i}]", host.unknown_message("metric", metric)))
+
+    data: list[DataSpec] = []
+    tables = raw.get("data")
+    if tables is None:
+        problems.append(Problem("data", "at least one [[data]] table is required"))
+        tables = []
+    elif not isinstance(tables, list):
+        problems.append(Problem("data", "must be an array of tables: write [[data]], not [data]"))
+        tables = []
+    seen_names: dict[str, int] = {}
+    for i, table in enumerate(tables):
+        key = f"data[{i}]"
+        if not isinstance(table, dict):
+            problems.append(Problem(key, "must be a table"))
+            continue
+        comp = _component(host, "source", table, "source", key, problems, own_keys=DATA_KEYS[1:])
+        weight = table.get("weight", 1.0)
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight <= 0:
+            problems.append(Problem(f"{key}.weight", f"must be a positive number (got {weight!r})"))
+            weight = 1.0
+        split = table.get("split", "auto")
+        if split not in ("auto", "train", "eval"):
+            problems.append(Problem(f"{key}.split", f"must be 'auto', 'train' or 'eval' (got {split!r})"))
+        source_name = table.get("name") or _default_source_name(table, i)
+        if source_name in seen_names:
+            problems.append(Problem(f"{key}.name", f"{source_name!r} is already the name of "
+                                    f"data[{seen_names[source_name]}]; give each table a distinct name"))
+        seen_names[source_name] = i
+        task = table.get("task")
+        if comp is not None:
+            data.append(DataSpec(comp.name, comp.cls, comp.config, source_name=str(source_name),
+                                 weight=float(weight), task=task, split=split))
+
+    transforms: list[Component] = []
+    t_tables = raw.get("transforms", [])
+    if not isinstance(t_tables, list):
+        problems.append(Problem("transforms", "must be an array of tables: write [[transforms]]"))
+        t_tables = []
+    for i, table in enumerate(t_tables):
+        comp = _component(host, "transform", table if isinstance(table, dict) else {}, "name",
+                          f"transforms[{i}]", problems)
+        if comp:
+            transforms.append(comp)
+
+    template_table = _table(raw, "template", problems)
+    template_table.setdefault("name", "jinja" if "path" in template_table else DEFAULTS["template"])
+    template = _component(host, "renderer", template_table, "name", "template", problems)
+    model_table = _table(raw, "model", problems)
+    model_table.setdefault("adapter", DEFAULTS["model"])
+    model = _component(host, "model_adapter", model_table, "adapter", "model", problems)
+    trainer_table = _table(raw, "trainer", problems)
+    trainer_table.setdefault("name", DEFAULTS["trainer"])
+    trainer = _component(host, "trainer", trainer_table, "name", "trainer", problems)
+
+    if eval_section.fraction == 0 and not any(d.split == "eval" for d in data) and \
+            any(m for m in eval_section.metrics):
+        problems.append(Problem("eval.fraction", "is 0 and no [[data]] table has split = 'eval', so there "
+                                "is nothing to evaluate; set a fraction or set eval.metrics = []"))
+    if data and all(d.split == "eval" for d in data):
+        problems.append(Problem("data", "every [[data]] table has split = 'eval': nothing to train on"))
+    if problems:
+        raise RecipeError(problems, path=str(path) if path else None)
+    assert template and model and trainer
+    return Recipe(path=path, base_dir=base_dir, raw=raw, text=text, run=run, data=data,
+                  transforms=transforms, template=template, model=model, trainer=trainer,
+                  eval=eval_section, plugins=plugins, overrides=overrides or [])
+
+
+def _table(raw: dict[str, Any], key: str, problems: list[Problem]) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        problems.append(Problem(key, f"must be a table, got {type(value).__name__}"))
+        return {}
+    return dict(value)
+
+
+def _default_source_name(table: dict[str, Any], index: int) -> str:
+    for key in ("path", "dataset"):
+        if isinstance(table.get(key), str):
+            stem = Path(table[key]).stem or table[key]
+            return re.sub(r"[^A-Za-z0-9._-]", "-", stem)
+    return f"{table.get('source', 'data')}-{index}"

@@ -1,0 +1,148 @@
+"""The canonical instruction record every source produces, and the normalizers that build it.
+
+Alpaca rows, OpenAI-style ``messages``, ShareGPT ``conversations`` and prompt/completion rows all
+become one :class:`InstructionRecord`, so every renderer, adapter and metric works with every source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ROLES = ("system", "user", "assistant")
+FORMATS = ("auto", "alpaca", "messages", "sharegpt", "prompt-completion")
+_SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
+                   "assistant": "assistant", "bot": "assistant", "model": "assistant"}
+
+
+@dataclass(frozen=True)
+class Message:
+    """One turn of a conversation."""
+
+    role: str
+    content: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass
+class InstructionRecord:
+    """One training or evaluation example, whatever its origin.
+
+    ``id`` is stable across runs (it comes from the source: file and row, or the dataset's own id);
+    ``source`` is the name of the ``[[data]]`` table it came from.
+    """
+
+    id: str
+    source: str
+    messages: list[Message]
+    task: str | None = None
+    label: str | None = None
+    choices: list[str] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def answer(self) -> str:
+        """The final assistant turn: the reference for generation metrics."""
+        for message in reversed(self.messages):
+            if message.role == "assistant":
+                return message.content
+        return ""
+
+    def content_key(self) -> str:
+        """A hash of what the model sees (roles and text), used to keep eval examples out of training."""
+        text = json.dumps([[m.role, " ".join(m.content.split())] for m in self.messages])
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "source": self.source, "task": self.task, "label": self.label,
+                "choices": self.choices, "metadata": self.metadata,
+                "messages": [m.to_dict() for m in self.messages]}
+
+
+class RowError(ValueError):
+    """A row does not fit the declared format; sources turn this into a DataError with file and line."""
+
+
+def detect_format(row: Mapping[str, Any]) -> str:
+    """Guess a row's format from its keys."""
+    if "messages" in row:
+        return "messages"
+    if "conversations" in row:
+        return "sharegpt"
+    if "instruction" in row and "output" in row:
+        return "alpaca"
+    if "prompt" in row and "completion" in row:
+        return "prompt-completion"
+    raise RowError(
+        "cannot tell the row's format from its keys "
+        f"{sorted(row)}; expected 'instruction'+'output' (alpaca), 'messages', 'conversations' "
+        "(sharegpt) or 'prompt'+'completion'; set format = ... on the [[data]] table"
+    )
+
+
+def _text(row: Mapping[str, Any], key: str, *, required: bool = True) -> str:
+    value = row.get(key)
+    if value is None:
+        if required:
+            raise RowError(f"missing field {key!r}")
+        return ""
+    if not isinstance(value, str):
+        raise RowError(f"field {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _messages(turns: Any, role_key: str, content_key: str, role_map: Mapping[str, str] | None) -> list[Message]:
+    if not isinstance(turns, list) or not turns:
+        raise RowError("conversation must be a non-empty list of turns")
+    out = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, Mapping) or role_key not in turn or content_key not in turn:
+            raise RowError(f"turn {i} must have {role_key!r} and {content_key!r}")
+        role = str(turn[role_key])
+        role = role_map.get(role.lower(), "") if role_map else role
+        if role not in ROLES:
+            raise RowError(f"turn {i} has unknown role {turn[role_key]!r}")
+        content = turn[content_key]
+        if not isinstance(content, str):
+            raise RowError(f"turn {i} content must be a string")
+        out.append(Message(role, content))
+    return out
+
+
+def normalize_row(row: Mapping[str, Any], fmt: str = "auto", *, system: str | None = None) -> tuple[list[Message], dict[str, Any]]:
+    """Turn one raw row into messages plus the extra fields (label, choices, task, metadata)."""
+    if fmt == "auto":
+        fmt = detect_format(row)
+    if fmt == "alpaca":
+        instruction = _text(row, "instruction")
+        extra_input = _text(row, "input", required=False)
+        user = f"{instruction}\n\n{extra_input}" if extra_input.strip() else instruction
+        messages = [Message("user", user), Message("assistant", _text(row, "output"))]
+    elif fmt == "prompt-completion":
+        messages = [Message("user", _text(row, "prompt")), Message("assistant", _text(row, "completion"))]
+    elif fmt == "messages":
+        messages = _messages(row.get("messages"), "role", "content", None)
+    elif fmt == "sharegpt":
+        messages = _messages(row.get("conversations"), "from", "value", _SHAREGPT_ROLES)
+    else:
+        raise RowError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if system and messages[0].role != "system":
+        messages.insert(0, Message("system", system))
+    if messages[-1].role != "assistant":
+        raise RowError("the last turn must be the assistant's answer")
+    extras: dict[str, Any] = {}
+    for key in ("label", "task"):
+        if row.get(key) is not None:
+            extras[key] = str(row[key])
+    if row.get("choices") is not None:
+        if not isinstance(row["choices"], list):
+            raise RowError("field 'choices' must be a list")
+        extras["choices"] = [str(c) for c in row["choices"]]
+    if isinstance(row.get("metadata"), Mapping):
+        extras["metadata"] = dict(row["metadata"])
+    return messages, extras

@@ -1,0 +1,85 @@
+"""Sandboxed Jinja2 for recipe templates, and the ``{% generation %}`` block that marks trainable text.
+
+A template wraps what the model must learn to produce in ``{% generation %}...{% endgeneration %}``.
+The block emits private-use sentinel characters around its body; :func:`split_segments` turns the
+rendered string into segments. The trainable span is therefore decided while the text is made, never
+recovered later by searching token ids for a response marker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from jinja2 import StrictUndefined, nodes
+from jinja2.ext import Extension
+from jinja2.parser import Parser
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from ift.components import Segment
+
+GEN_START = "\ue000"
+GEN_END = "\ue001"
+
+
+class GenerationExtension(Extension):
+    """``{% generation %}body{% endgeneration %}``: body is trainable."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: Parser) -> nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.CallBlock(self.call_method("_wrap"), [], [], body).set_lineno(lineno)
+
+    def _wrap(self, caller: Callable[[], str]) -> str:
+        return GEN_START + caller() + GEN_END
+
+
+def sandboxed_environment(prepare: Callable[[Any], None] | None = None) -> ImmutableSandboxedEnvironment:
+    """The environment every text template renders in: sandboxed, undefined variables are errors."""
+    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True,
+                                        extensions=[GenerationExtension], autoescape=False)
+    if prepare is not None:
+        prepare(env)
+    return env
+
+
+def split_segments(text: str) -> list[Segment]:
+    """Split text with generation sentinels into segments (empty pieces dropped)."""
+    segments: list[Segment] = []
+    trainable = False
+    buffer: list[str] = []
+    for char in text:
+        if char in (GEN_START, GEN_END):
+            opening = char == GEN_START
+            if opening == trainable:
+                raise ValueError("nested or unbalanced {% generation %} blocks")
+            if buffer:
+                segments.append(Segment("".join(buffer), trainable))
+                buffer = []
+            trainable = opening
+        else:
+            buffer.append(char)
+    if trainable:
+        raise ValueError("unclosed {% generation %} block")
+    if buffer:
+        segments.append(Segment("".join(buffer), trainable))
+    return merge_segments(segments)
+
+
+def merge_segments(segments: list[Segment]) -> list[Segment]:
+    """Join neighbours with the same flag and drop empty ones."""
+    merged: list[Segment] = []
+    for seg in segments:
+        if not seg.text:
+            continue
+        if merged and merged[-1].trainable == seg.trainable:
+            merged[-1] = Segment(merged[-1].text + seg.text, seg.trainable)
+        else:
+            merged.append(seg)
+    return merged
+
+
+def contains_sentinel(text: str) -> bool:
+    return GEN_START in text or GEN_END in text

@@ -1,0 +1,39 @@
+"""What a trainer receives and returns. Trainers are plugins; this is their whole contract with the core."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ift.components import EncodedExample, ModelAdapter
+    from ift.progress import Progress
+
+
+@dataclass
+class TrainContext:
+    """Everything a trainer needs. ``log_step`` writes one ``events.jsonl`` line (and feeds the progress
+    display and lifecycle hooks); ``evaluate`` runs the recipe's metrics on the held-out split and
+    returns them (call it on the unwrapped model, from every process: only the main one computes)."""
+
+    model: Any
+    tokenizer: Any
+    adapter: ModelAdapter
+    train_examples: list[EncodedExample]
+    eval_examples: list[EncodedExample]
+    seed: int
+    run_dir: Path
+    log_step: Callable[[dict[str, Any]], None]
+    evaluate: Callable[[Any, str], dict[str, Any]]
+    progress: Progress
+
+
+@dataclass
+class TrainResult:
+    """The trained model (unwrapped from any distributed wrapper) and facts for ``metrics.json``."""
+
+    model: Any
+    steps: int
+    summary: dict[str, Any] = field(default_factory=dict)

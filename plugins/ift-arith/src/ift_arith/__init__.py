@@ -1,0 +1,1 @@
+"""Example third-party ift plugin (see README.md)."""

@@ -1,0 +1,115 @@
+"""Hooks of the ift-arith plugin. Uses only the public ``ift`` API (plus the builtin ``sft`` trainer as a
+base class, which is a supported extension point)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from importlib import resources
+from typing import Any, Literal
+
+from pydantic import Field
+
+import ift
+from ift.builtin_plugins.sft import SFTConfig, SFTTrainer
+from ift.builtin_plugins.renderers import JinjaRenderer
+
+OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+class ArithmeticConfig(ift.ComponentConfig):
+    n: int = Field(1000, gt=0)
+    seed: int = 0
+    max_operand: int = Field(20, gt=0)
+    operations: list[Literal["+", "-", "*"]] = ["+", "-"]
+
+
+class ArithmeticSource(ift.InstructionSource):
+    """Questions like "What is 7 + 12?" with the exact answer."""
+
+    name = "arithmetic"
+    Config = ArithmeticConfig
+    config: ArithmeticConfig
+
+    def records(self) -> Iterable[ift.InstructionRecord]:
+        rng = random.Random(self.config.seed)
+        for i in range(self.config.n):
+            a, b = rng.randint(0, self.config.max_operand), rng.randint(0, self.config.max_operand)
+            op = rng.choice(self.config.operations)
+            yield ift.InstructionRecord(
+                id=f"arith-{self.config.seed}-{i}", source=self.source_name, task=f"arith{op}",
+                messages=[ift.Message("user", f"What is {a} {op} {b}?"),
+                          ift.Message("assistant", str(OPS[op](a, b)))])
+
+
+class QARenderer(JinjaRenderer):
+    """``Q: question`` then ``A: answer<eos>``."""
+
+    name = "qa"
+
+    def _read(self) -> tuple[str, str]:
+        return resources.files("ift_arith").joinpath("qa.jinja").read_text("utf-8"), "ift-arith template 'qa'"
+
+
+class NumericMatchConfig(ift.ComponentConfig):
+    tolerance: float = Field(0.0, ge=0)
+
+
+class NumericMatch(ift.Metric):
+    """Share of answers that parse as a number within ``tolerance`` of the reference."""
+
+    name = "numeric_match"
+    Config = NumericMatchConfig
+    config: NumericMatchConfig
+
+    def compute(self, outputs: ift.EvalOutputs) -> float:
+        if not outputs.references:
+            return float("nan")
+        hits = 0
+        for prediction, reference in zip(outputs.predictions, outputs.references, strict=True):
+            try:
+                hits += abs(float(prediction.strip()) - float(reference)) <= self.config.tolerance
+            except ValueError:
+                pass
+        return hits / len(outputs.references)
+
+
+class SmoothedConfig(SFTConfig):
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+
+
+class LabelSmoothingTrainer(SFTTrainer):
+    """Supervised fine-tuning whose loss mixes the target with a uniform distribution."""
+
+    name = "sft-smoothed"
+    Config = SmoothedConfig
+    config: SmoothedConfig
+
+    def loss(self, ctx: ift.TrainContext, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+        import torch.nn.functional as F
+
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
+                               ignore_index=-100, reduction="sum", label_smoothing=self.config.label_smoothing)
+        return loss, (labels != -100).sum()
+
+
+@ift.hookimpl
+def ift_register_sources() -> list[type]:
+    return [ArithmeticSource]
+
+
+@ift.hookimpl
+def ift_register_renderers() -> list[type]:
+    return [QARenderer]
+
+
+@ift.hookimpl
+def ift_register_metrics() -> list[type]:
+    return [NumericMatch]
+
+
+@ift.hookimpl
+def ift_register_trainers() -> list[type]:
+    return [LabelSmoothingTrainer]

@@ -1,0 +1,51 @@
+"""Every shipped example recipe validates, and the quickstart's held-out split never leaks into training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ift.data import DataReport, apply_transforms, read_sources, split_records
+from ift.host import PluginHost
+from ift.recipe import load_recipe
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(scope="module")
+def builtin_host() -> PluginHost:
+    return PluginHost(entry_points=False)
+
+
+@pytest.mark.parametrize("recipe", sorted(EXAMPLES.glob("*.toml")), ids=lambda p: p.name)
+def test_example_recipe_is_valid(recipe: Path, builtin_host: PluginHost):
+    parsed = load_recipe(recipe, builtin_host)
+    assert parsed.data
+
+
+def test_quickstart_eval_split_is_disjoint_from_training(builtin_host: PluginHost):
+    recipe = load_recipe(EXAMPLES / "quickstart.toml", builtin_host)
+    report = DataReport()
+    records = apply_transforms(recipe, builtin_host, read_sources(recipe, builtin_host, report), report)
+    train, held = split_records(recipe, records, report)
+    assert len(held) == 100 and len(train) + len(held) == len(records)
+    train_prompts = {r.messages[0].content for r in train}
+    assert not any(r.messages[0].content in train_prompts for r in held)
+    assert not {r.id for r in train} & {r.id for r in held}
+    # every task is represented in the held-out split
+    assert {r.task for r in held} == {"uppercase", "reverse", "first-letter", "last-letter", "repeat"}
+
+
+def test_quickstart_data_is_what_the_generator_writes(tmp_path: Path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_quickstart", EXAMPLES / "data" / "make_quickstart.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "__file__", str(tmp_path / "make_quickstart.py"))
+    module.main()
+    assert (tmp_path / "quickstart.jsonl").read_text() == (EXAMPLES / "data" / "quickstart.jsonl").read_text()
+    first = json.loads((EXAMPLES / "data" / "quickstart.jsonl").read_text().splitlines()[0])
+    assert set(first) == {"id", "task", "instruction", "input", "output"}
