@@ -4,9 +4,9 @@ accelerate launch (the engine is ``accelerate``)."""
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from typing import Any, Literal
 
 from pydantic import Field

@@ -112,10 +112,22 @@ class JsonlSource(FileSource):
         return self._lines[row_index] if row_index < len(self._lines) else None
 
 
+class JsonSourceConfig(FileSourceConfig):
+    field: str | None = Field(None, description="Key of the list of rows when the file is an object.")
+
+
 class JsonSource(FileSource):
-    """A JSON array of objects (or an object with a list under ``field``)."""
+    """A JSON array of objects, or an object with the list of rows under ``field``."""
 
     name = "json"
+    Config = JsonSourceConfig
+
+    def _load(self) -> Any:
+        import datasets
+
+        datasets.disable_progress_bars()
+        field = getattr(self.config, "field", None)
+        return datasets.load_dataset("json", data_files=str(self.path), split="train", field=field)
 
     def check_file(self) -> None:
         try:
@@ -174,7 +186,8 @@ class HubSource(ift.InstructionSource):
                 messages, extras = normalize_row(row, cfg.format, system=cfg.system)
             except RowError as exc:
                 raise ift.DataError(f"dataset {cfg.dataset!r} row {i}: {exc}") from None
-            yield ift.InstructionRecord(id=str(row.get("id", f"{cfg.dataset}:{cfg.split}:{i}")),
+            row_id = row.get("id")
+            yield ift.InstructionRecord(id=str(row_id) if row_id is not None else f"{cfg.dataset}:{cfg.split}:{i}",
                                         source=self.source_name, messages=messages,
                                         metadata={"row": i, **extras.pop("metadata", {})}, **extras)
 

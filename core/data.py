@@ -86,22 +86,27 @@ def split_records(recipe: Recipe, records: list[InstructionRecord],
         by_source[record.source].append(record)
     spec_of = {d.source_name: d for d in recipe.data}
     cap = recipe.eval.max_examples
-    auto_total = sum(len(v) for k, v in by_source.items() if spec_of[k].split == "auto")
     train: list[InstructionRecord] = []
     held: list[InstructionRecord] = []
+    # eval-only tables first: they take from the cap before the automatic hold-out does
     for name, group in by_source.items():
-        split = spec_of[name].split
-        if split == "eval":
-            held.extend(group[:cap] if cap else group)
+        if spec_of[name].split == "eval":
+            room = len(group) if cap is None else max(0, cap - len(held))
+            held.extend(group[:room])
+    budget = None if cap is None else max(0, cap - len(held))
+    auto = {k: v for k, v in by_source.items() if spec_of[k].split == "auto" and recipe.eval.fraction > 0}
+    auto_total = sum(len(v) for v in auto.values())
+    for name, group in by_source.items():
+        if spec_of[name].split == "eval":
             continue
-        if split == "train" or recipe.eval.fraction == 0:
+        if name not in auto:
             train.extend(group)
             continue
         group = list(group)
         rng.shuffle(group)
         n_eval = max(1, round(recipe.eval.fraction * len(group))) if len(group) > 1 else 0
-        if cap and auto_total:
-            n_eval = min(n_eval, max(1, math.floor(cap * len(group) / auto_total)))
+        if budget is not None:
+            n_eval = min(n_eval, math.floor(budget * len(group) / auto_total))
         held.extend(group[:n_eval])
         train.extend(group[n_eval:])
     held_keys = {r.content_key() for r in held}

@@ -109,7 +109,10 @@ class PluginHost:
             other = self.plugins[name]
             raise PluginError(f"a plugin named {name!r} is already loaded from {other.distribution}",
                               plugin=name, distribution=dist)
-        self.pm.register(plugin, name=name)
+        try:
+            self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"invalid hook implementation: {exc}", plugin=name, distribution=dist) from exc
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
@@ -122,9 +125,7 @@ class PluginHost:
         known = [n for n in dir(hookspecs) if n.startswith("ift_")]
         bad = [n for n in dir(plugin) if n.startswith("ift_") and n not in known
                and callable(getattr(plugin, n))]
-        if bad:
-            return "; ".join(f"unknown hook {n!r}{did_you_mean(n, known)}" for n in bad)
-        return "implements a hook with arguments the hook does not have"
+        return "; ".join(f"unknown hook {n!r}{did_you_mean(n, known)}" for n in bad) or "invalid hook"
 
     def _load_entry_points(self) -> None:
         allow = os.environ.get("IFT_PLUGINS")
@@ -180,6 +181,8 @@ class PluginHost:
 
     def _collect(self) -> dict[str, dict[str, Registered]]:
         registry: dict[str, dict[str, Registered]] = {kind: {} for kind in KINDS}
+        for info in self.plugins.values():
+            info.registered = {}
         for kind, hook_name in _REGISTER_HOOKS.items():
             caller = getattr(self.pm.hook, hook_name)
             for impl in caller.get_hookimpls():

@@ -10,7 +10,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -146,6 +146,8 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     node: Any = raw
     for i, part in enumerate(parts[:-1]):
         nxt = parts[i + 1]
+        if not isinstance(node, (dict, list)):
+            raise RecipeError(f"--set {key}: {'.'.join(map(str, parts[:i]))} is a value, not a table")
         if isinstance(part, int):
             if not isinstance(node, list) or part >= len(node):
                 raise RecipeError(f"--set {key}: index {part} is out of range")
@@ -155,6 +157,8 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
                 node[part] = [] if isinstance(nxt, int) else {}
             node = node[part]
     last = parts[-1]
+    if not isinstance(node, (dict, list)):
+        raise RecipeError(f"--set {key}: {'.'.join(map(str, parts[:-1]))} is a value, not a table")
     if isinstance(last, int):
         if not isinstance(node, list) or last >= len(node):
             raise RecipeError(f"--set {key}: index {last} is out of range")
@@ -173,11 +177,18 @@ def load_recipe(path: Path | str, host: PluginHost, overrides: list[str] = ()) -
 # --- validation --------------------------------------------------------------------------------
 
 
+def _key(prefix: str, loc: tuple[Any, ...]) -> str:
+    key = prefix
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return key
+
+
 def _problems_from(exc: ValidationError, prefix: str, model: type[BaseModel]) -> list[Problem]:
     problems = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
-        key = ".".join([prefix, *loc]) if prefix else ".".join(loc)
+        key = _key(prefix, err["loc"])
         if err["type"] == "extra_forbidden":
             fields = _field_names(model, err["loc"][:-1])
             problems.append(Problem(key, f"unknown key{did_you_mean(loc[-1], fields)}"))
@@ -189,13 +200,14 @@ def _problems_from(exc: ValidationError, prefix: str, model: type[BaseModel]) ->
 
 
 def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    for part in loc:  # walk into nested models where we can
+    for part in loc:  # walk into nested models where we can, through Optional[...] and unions
         info = model.model_fields.get(str(part))
         annotation = getattr(info, "annotation", None)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
-        else:
+        nested = [a for a in (annotation, *get_args(annotation))
+                  if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not nested:
             break
+        model = nested[0]
     return list(model.model_fields)
 
 
@@ -242,8 +254,10 @@ def validate_recipe(raw: dict[str, Any], host: PluginHost, *, base_dir: Path, pa
     eval_section = _section(raw.get("eval"), "eval", EvalSection, problems)
     plugins = _section(raw.get("plugins"), "plugins", PluginsSection, problems)
 
-    for i, metric in enumerate(eval_section.metrics if isinstance(eval_section.metrics, list) else []):
-        if metric not in host.registry["metric"]:
+    raw_eval = raw.get("eval") if isinstance(raw.get("eval"), dict) else {}
+    raw_metrics = raw_eval.get("metrics", eval_section.metrics)
+    for i, metric in enumerate(raw_metrics if isinstance(raw_metrics, list) else []):
+        if isinstance(metric, str) and metric not in host.registry["metric"]:
             problems.append(Problem(f"eval.metrics[{i}]", host.unknown_message("metric", metric)))
 
     data: list[DataSpec] = []

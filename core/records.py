@@ -70,17 +70,20 @@ class RowError(ValueError):
 
 def detect_format(row: Mapping[str, Any]) -> str:
     """Guess a row's format from its keys."""
-    if "messages" in row:
+    def has(key: str) -> bool:  # datasets fills a column missing from a row with None
+        return row.get(key) is not None
+
+    if has("messages"):
         return "messages"
-    if "conversations" in row:
+    if has("conversations"):
         return "sharegpt"
-    if "instruction" in row and "output" in row:
-        return "alpaca"
-    if "prompt" in row and "completion" in row:
+    if has("instruction"):
+        return "alpaca"  # a missing output is then reported as such
+    if has("prompt"):
         return "prompt-completion"
     raise RowError(
         "cannot tell the row's format from its keys "
-        f"{sorted(row)}; expected 'instruction'+'output' (alpaca), 'messages', 'conversations' "
+        f"{sorted(k for k, v in row.items() if v is not None)}; expected 'instruction'+'output' (alpaca), 'messages', 'conversations' "
         "(sharegpt) or 'prompt'+'completion'; set format = ... on the [[data]] table"
     )
 

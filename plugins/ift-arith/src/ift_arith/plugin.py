@@ -11,8 +11,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 import ift
-from ift.builtin_plugins.sft import SFTConfig, SFTTrainer
 from ift.builtin_plugins.renderers import JinjaRenderer
+from ift.builtin_plugins.sft import SFTConfig, SFTTrainer
 
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
