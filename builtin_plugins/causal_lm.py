@@ -153,7 +153,18 @@ class CausalLMAdapter(ift.ModelAdapter):
                                            f"{', '.join(names[:40])}")]) from exc
 
     def describe(self) -> dict[str, Any]:
-        return {"origin": self.config.name_or_path or "from_config", "tokenizer": self.config.tokenizer}
+        cfg = self.config
+        if cfg.from_config is not None:
+            summary = (f"a {cfg.from_config['model_type']} model built from model.from_config with RANDOM weights "
+                       "(no pretrained model is used)")
+        else:
+            summary = f"pretrained {cfg.name_or_path}"
+        tokenizer = cfg.tokenizer or cfg.name_or_path
+        if tokenizer == "byte-level":
+            tokenizer = "byte-level tokenizer built in (no download)"
+        method = f", {cfg.peft.method} r={cfg.peft.r}" if cfg.peft else ", full fine-tuning"
+        return {"origin": cfg.name_or_path or "from_config", "tokenizer": cfg.tokenizer or cfg.name_or_path,
+                "summary": f"{summary}; tokenizer: {tokenizer}{method}"}
 
     # --- tokenizing ----------------------------------------------------------------------------
 

@@ -38,8 +38,10 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
-@click.option("--output-dir", "-o", type=click.Path(file_okay=False), help="Run directory (default runs/<name>-<time>).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. trainer.epochs=2.")
+@click.option("--output-dir", "-o", type=click.Path(file_okay=False),
+              help="Run directory (default runs/<name>-<time>).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe key, e.g. trainer.epochs=2.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty --output-dir.")
 @click.pass_context
 def run(ctx: click.Context, recipe: str, output_dir: str | None, overrides: tuple[str, ...], overwrite: bool) -> None:

@@ -121,9 +121,10 @@ class Run:
         model = adapter.load_model(tokenizer)
         self.manifest["model"] = {**adapter.describe(), **_param_counts(model), "device": str(_device(model))}
         rundir.write_json("manifest.json", self.manifest)
-        self.echo(f"model: {self.manifest['model']['origin']} on {self.manifest['model']['device']}, "
-                  f"{self.manifest['model']['parameters']:,} parameters "
-                  f"({self.manifest['model']['trainable_parameters']:,} trainable)")
+        described = self.manifest["model"]
+        self.echo(f"model: {described.get('summary', described.get('origin', recipe.model.name))}")
+        self.echo(f"       {described['parameters']:,} parameters ({described['trainable_parameters']:,} trainable) "
+                  f"on {described['device']}")
 
         metrics: list[Metric] = []
         for name in recipe.eval.metrics:

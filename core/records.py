@@ -83,8 +83,8 @@ def detect_format(row: Mapping[str, Any]) -> str:
         return "prompt-completion"
     raise RowError(
         "cannot tell the row's format from its keys "
-        f"{sorted(k for k, v in row.items() if v is not None)}; expected 'instruction'+'output' (alpaca), 'messages', 'conversations' "
-        "(sharegpt) or 'prompt'+'completion'; set format = ... on the [[data]] table"
+        f"{sorted(k for k, v in row.items() if v is not None)}; expected 'instruction'+'output' (alpaca), "
+        "'messages', 'conversations' (sharegpt) or 'prompt'+'completion'; set format = ... on the [[data]] table"
     )
 
 
@@ -117,7 +117,8 @@ def _messages(turns: Any, role_key: str, content_key: str, role_map: Mapping[str
     return out
 
 
-def normalize_row(row: Mapping[str, Any], fmt: str = "auto", *, system: str | None = None) -> tuple[list[Message], dict[str, Any]]:
+def normalize_row(row: Mapping[str, Any], fmt: str = "auto", *,
+                  system: str | None = None) -> tuple[list[Message], dict[str, Any]]:
     """Turn one raw row into messages plus the extra fields (label, choices, task, metadata)."""
     if fmt == "auto":
         fmt = detect_format(row)

@@ -203,8 +203,11 @@ def test_loss_sum_counts_only_trainable_tokens(adapter: CausalLMAdapter, tok: An
     assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
 
 
-def test_describe(adapter: CausalLMAdapter) -> None:
-    assert adapter.describe() == {"origin": "from_config", "tokenizer": "byte-level"}
+def test_describe_says_plainly_that_the_model_is_random(adapter: CausalLMAdapter) -> None:
+    described = adapter.describe()
+    assert described["origin"] == "from_config" and described["tokenizer"] == "byte-level"
+    assert "RANDOM weights (no pretrained model is used)" in described["summary"]
+    assert "byte-level tokenizer built in (no download)" in described["summary"]
 
 
 # --- generation --------------------------------------------------------------------------------
