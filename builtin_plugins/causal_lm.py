@@ -186,6 +186,8 @@ class CausalLMAdapter(ift.ModelAdapter):
             labels.insert(0, -100)
         return ift.EncodedExample(ids, labels, source, record_id)
 
+    supports_packing = True
+
     def collate(self, tokenizer: Any, examples: Sequence[ift.EncodedExample]) -> dict[str, Any]:
         import torch
 
@@ -199,12 +201,42 @@ class CausalLMAdapter(ift.ModelAdapter):
             input_ids[i, :n] = torch.tensor(e.input_ids)
             labels[i, :n] = torch.tensor(e.labels)
             attention[i, :n] = 1
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
+                "real_tokens": attention.sum(), "num_examples": torch.tensor(len(examples))}
+
+    def collate_packed(self, tokenizer: Any, rows: Sequence[Sequence[ift.EncodedExample]]) -> dict[str, Any]:
+        import torch
+
+        width = max(sum(len(e.input_ids) for e in row) for row in rows)
+        input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        real = 0
+        for r, row in enumerate(rows):
+            pos = 0
+            for e in row:
+                n = len(e.input_ids)
+                input_ids[r, pos:pos + n] = torch.tensor(e.input_ids)
+                labels[r, pos:pos + n] = torch.tensor(e.labels)
+                labels[r, pos] = -100  # an example's first token is never predicted from the one before it
+                positions[r, pos:pos + n] = torch.arange(n)
+                pos += n
+            real += pos
+            positions[r, pos:] = torch.arange(width - pos)  # padding tail: a separate sequence, no labels
+        # No attention_mask: transformers then derives a block-diagonal causal mask from the position
+        # resets (varlen kernels with flash attention), so attention never crosses examples.
+        return {"input_ids": input_ids, "position_ids": positions, "labels": labels,
+                "real_tokens": torch.tensor(real), "num_examples": torch.tensor(sum(len(row) for row in rows))}
 
     def loss_sum(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
         import torch.nn.functional as F
 
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        inputs = {"input_ids": batch["input_ids"], "use_cache": False}
+        if "position_ids" in batch:
+            inputs["position_ids"] = batch["position_ids"]
+        else:
+            inputs["attention_mask"] = batch["attention_mask"]
+        logits = model(**inputs).logits
         labels = batch["labels"][:, 1:]
         logits = logits[:, :-1].float()
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),

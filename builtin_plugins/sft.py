@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 from contextlib import nullcontext
 from typing import Any, Literal
 
 from pydantic import Field
 
 import ift
+from ift.batching import BatchPlan, pack_best_fit_decreasing
+from ift.throughput import flops_per_token, gpu_peak_flops, peak_memory_bytes
 
 
 class SFTConfig(ift.TrainerConfig):
@@ -30,28 +31,23 @@ class SFTConfig(ift.TrainerConfig):
         "auto", description="auto: bf16 autocast on a GPU that supports it, fp32 otherwise.")
 
 
-class EpochShuffle:
-    """Indices in a seeded order that changes every epoch (same order on every process)."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        import torch
-
-        generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.n
+def resolve_batching(requested: str, adapter: ift.ModelAdapter, device: Any) -> str:
+    """``auto``: padding-free where the adapter packs and a GPU runs variable-length attention; on a CPU,
+    length-grouped batches (a padding-free row makes one long attention matrix there, which costs more than
+    the little padding that length grouping leaves)."""
+    if requested != "auto":
+        if requested in ("padding-free", "packing") and not adapter.supports_packing:
+            raise ift.RecipeError([ift.Problem("trainer.batching", f"{requested!r} needs an adapter that "
+                                               f"supports packed batches; {adapter.name!r} does not")])
+        return requested
+    if adapter.supports_packing and getattr(device, "type", "cpu") == "cuda":
+        return "padding-free"
+    return "length-grouped"
 
 
 class SFTTrainer(ift.Trainer):
     """AdamW, warmup then cosine/linear decay, gradient accumulation with exact token-level loss
-    normalisation, gradient clipping, periodic evaluation."""
+    normalisation, gradient clipping, periodic evaluation, four batching modes."""
 
     name = "sft"
     Config = SFTConfig
@@ -61,10 +57,29 @@ class SFTTrainer(ift.Trainer):
         """Summed loss and trainable-token count of a micro-batch. Subclasses change the objective here."""
         return ctx.adapter.loss_sum(model, batch)
 
+    def build_loader(self, ctx: ift.TrainContext, mode: str) -> Any:
+        """A DataLoader whose ``batch_sampler`` has ``set_epoch``; examples become batches per ``mode``."""
+        from torch.utils.data import DataLoader
+
+        cfg, adapter, tokenizer = self.config, ctx.adapter, ctx.tokenizer
+        examples = ctx.train_examples
+        lengths = [len(e.input_ids) for e in examples]
+        if mode == "packing":
+            bins = [[examples[i] for i in b] for b in pack_best_fit_decreasing(lengths, cfg.max_length)]
+            plan = BatchPlan("padding", [1] * len(bins), cfg.batch_size, ctx.seed)
+            return DataLoader(bins, batch_sampler=plan,  # type: ignore[arg-type]
+                              collate_fn=lambda rows: adapter.collate_packed(tokenizer, rows))
+        plan = BatchPlan("length-grouped" if mode == "length-grouped" else "padding", lengths, cfg.batch_size,
+                         ctx.seed)
+        if mode == "padding-free":
+            return DataLoader(examples, batch_sampler=plan,  # type: ignore[arg-type]
+                              collate_fn=lambda batch: adapter.collate_packed(tokenizer, [batch]))
+        return DataLoader(examples, batch_sampler=plan,  # type: ignore[arg-type]
+                          collate_fn=lambda batch: adapter.collate(tokenizer, batch))
+
     def train(self, ctx: ift.TrainContext) -> ift.TrainResult:
         import torch
         from accelerate import Accelerator
-        from torch.utils.data import DataLoader
         from transformers import get_scheduler
 
         cfg = self.config
@@ -75,11 +90,9 @@ class SFTTrainer(ift.Trainer):
             precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
         accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision,
                                   cpu=device.type == "cpu")
-
-        examples = ctx.train_examples
-        sampler = EpochShuffle(len(examples), ctx.seed)
-        loader = DataLoader(examples, batch_size=cfg.batch_size, sampler=sampler,
-                            collate_fn=lambda batch: ctx.adapter.collate(ctx.tokenizer, batch))
+        mode = resolve_batching(cfg.batching, ctx.adapter, device)
+        loader = self.build_loader(ctx, mode)
+        plan = loader.batch_sampler
         decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -92,37 +105,41 @@ class SFTTrainer(ift.Trainer):
         scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total),
                                   num_training_steps=total)
         ctx.progress.total = total
+        meter = _Meter(accelerator, device, model, cfg.max_length)
 
         step, epoch = 0, 0
-        window = {"loss": 0.0, "trainable": 0, "tokens": 0, "start": time.perf_counter()}
         started = time.perf_counter()
         last_event: dict[str, Any] = {}
         model.train()
         while step < total:
-            sampler.set_epoch(epoch)
+            plan.set_epoch(epoch)
             batches = iter(loader)
             while step < total:
-                micro = [b for _, b in zip(range(cfg.gradient_accumulation_steps), batches, strict=False)]
+                micro = []
+                for _ in range(cfg.gradient_accumulation_steps):
+                    waited = time.perf_counter()
+                    batch = next(batches, None)
+                    meter.wait += time.perf_counter() - waited
+                    if batch is None:
+                        break
+                    micro.append(batch)
                 if not micro:
                     break
                 n_trainable = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
                 n_trainable = int(accelerator.reduce(torch.tensor(n_trainable, device=accelerator.device),
                                                      reduction="sum"))
                 for i, batch in enumerate(micro):
-                    sync = i == len(micro) - 1
-                    context = accelerator.no_sync(model) if not sync else nullcontext()
+                    context = accelerator.no_sync(model) if i < len(micro) - 1 else nullcontext()
                     with context, accelerator.autocast():
                         loss_sum, _ = self.loss(ctx, model, batch)
                         # Divide by the tokens of the whole optimizer step (all micro-batches, all
                         # processes) so accumulation and data parallelism give the same gradient.
                         loss = loss_sum * accelerator.num_processes / max(n_trainable, 1)
                         accelerator.backward(loss)
-                    window["loss"] += float(loss_sum.detach())
-                    window["tokens"] += int(batch["attention_mask"].sum())
-                if not math.isfinite(window["loss"]):
-                    raise ift.RunError(f"training loss became {window['loss']} at step {step + 1}; "
+                    meter.add_batch(float(loss_sum.detach()), batch)
+                if not math.isfinite(meter.loss):
+                    raise ift.RunError(f"training loss became {meter.loss} at step {step + 1}; "
                                        "lower trainer.learning_rate or check the data")
-                window["trainable"] += n_trainable // accelerator.num_processes
                 grad_norm = None
                 if cfg.max_grad_norm:
                     grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
@@ -131,10 +148,9 @@ class SFTTrainer(ift.Trainer):
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 if step % cfg.log_every == 0 or step == total:
-                    last_event = self._event(accelerator, window, step, epoch, steps_per_epoch,
-                                             scheduler.get_last_lr()[0], grad_norm, started)
+                    last_event = meter.event(step, round(step / steps_per_epoch, 4), scheduler.get_last_lr()[0],
+                                             grad_norm, started)
                     ctx.log_step(last_event)
-                    window = {"loss": 0.0, "trainable": 0, "tokens": 0, "start": time.perf_counter()}
                 else:
                     ctx.progress.step(step)
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
@@ -142,24 +158,67 @@ class SFTTrainer(ift.Trainer):
                     model.train()
             epoch += 1
         model.eval()
-        return ift.TrainResult(model=accelerator.unwrap_model(model), steps=step,
-                               summary={"train_loss": last_event.get("loss"), "epochs": step / steps_per_epoch,
-                                        "train_seconds": round(time.perf_counter() - started, 2)})
+        seconds = time.perf_counter() - started
+        summary = {"train_loss": last_event.get("loss"), "epochs": round(step / steps_per_epoch, 4),
+                   "train_seconds": round(seconds, 2), "batching": mode, **meter.totals(seconds)}
+        return ift.TrainResult(model=accelerator.unwrap_model(model), steps=step, summary=summary)
 
-    @staticmethod
-    def _event(accelerator: Any, window: dict[str, Any], step: int, epoch: int, steps_per_epoch: int,
-               lr: float, grad_norm: float | None, started: float) -> dict[str, Any]:
+
+class _Meter:
+    """Counts what actually went through the model, from the batch tensors."""
+
+    def __init__(self, accelerator: Any, device: Any, model: Any, max_length: int) -> None:
+        self.accelerator, self.device = accelerator, device
+        self.peak_flops = gpu_peak_flops(device)
+        self.adapters = any(not p.requires_grad for p in model.parameters())
+        self.model = model
+        self.all = {"real": 0, "supervised": 0, "slots": 0, "wait": 0.0}
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss, self.real, self.supervised, self.slots, self.wait, self.examples = 0.0, 0, 0, 0, 0.0, 0
+        self.start = time.perf_counter()
+
+    def add_batch(self, loss_sum: float, batch: dict[str, Any]) -> None:
+        self.loss += loss_sum
+        self.real += int(batch["real_tokens"])
+        self.examples += int(batch["num_examples"])
+        self.supervised += int((batch["labels"][:, 1:] != -100).sum())
+        self.slots += batch["input_ids"].numel()
+
+    def event(self, step: int, epoch: float, lr: float, grad_norm: float | None, started: float) -> dict[str, Any]:
         import torch
 
-        totals = torch.tensor([window["loss"], window["trainable"], window["tokens"]], dtype=torch.float64,
-                              device=accelerator.device)
-        loss_sum, trainable, tokens = accelerator.reduce(totals, reduction="sum").tolist()
-        elapsed = max(time.perf_counter() - window["start"], 1e-9)
-        return {"step": step, "epoch": round(step / steps_per_epoch, 4),
-                "loss": loss_sum / max(trainable, 1), "learning_rate": lr,
-                "tokens": int(tokens), "trainable_tokens": int(trainable),
-                "tokens_per_s": round(tokens / elapsed, 1), "grad_norm": grad_norm,
-                "elapsed_s": round(time.perf_counter() - started, 2)}
+        totals = torch.tensor([self.loss, self.supervised, self.real, self.slots], dtype=torch.float64,
+                              device=self.accelerator.device)
+        loss_sum, supervised, real, slots = self.accelerator.reduce(totals, reduction="sum").tolist()
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        peak, kind = peak_memory_bytes(self.device)
+        event = {"step": step, "epoch": epoch, "loss": loss_sum / max(supervised, 1), "learning_rate": lr,
+                 "tokens": int(real), "trainable_tokens": int(supervised),
+                 "tokens_per_s": round(real / elapsed, 1), "supervised_tokens_per_s": round(supervised / elapsed, 1),
+                 "padding_fraction": round(1 - real / max(slots, 1), 4),
+                 "data_wait_fraction": round(min(self.wait / elapsed, 1.0), 4), "grad_norm": grad_norm,
+                 "peak_memory_mb": round(peak / 2**20, 1), "memory": kind,
+                 "elapsed_s": round(time.perf_counter() - started, 2)}
+        examples = float(self.accelerator.reduce(torch.tensor(float(self.examples), device=self.accelerator.device),
+                                                 reduction="sum"))
+        if self.peak_flops:
+            mean_length = real / max(examples, 1)  # each token attends within its own example
+            flops = flops_per_token(self.model, self.adapters, mean_length) * real
+            event["mfu"] = round(flops / elapsed / (self.peak_flops * self.accelerator.num_processes), 4)
+        for key, value in (("real", real), ("supervised", supervised), ("slots", slots), ("wait", self.wait)):
+            self.all[key] += value
+        self._reset()
+        return event
+
+    def totals(self, seconds: float) -> dict[str, Any]:
+        peak, kind = peak_memory_bytes(self.device)
+        return {"tokens": int(self.all["real"]), "trainable_tokens": int(self.all["supervised"]),
+                "tokens_per_s": round(self.all["real"] / max(seconds, 1e-9), 1),
+                "padding_fraction": round(1 - self.all["real"] / max(self.all["slots"], 1), 4),
+                "data_wait_fraction": round(self.all["wait"] / max(seconds, 1e-9), 4),
+                "peak_memory_mb": round(peak / 2**20, 1), "memory": kind}
 
 
 @ift.hookimpl

@@ -36,12 +36,34 @@ class Component:
 
 class InstructionSource(Component, ABC):
     """Yields canonical records. ``source_name`` is the recipe's name for this table, ``base_dir`` the
-    folder relative paths in the recipe are resolved against."""
+    folder relative paths in the recipe are resolved against. ``host`` (set by the core) lets a source
+    read other sources through :meth:`open_nested`."""
 
-    def __init__(self, config: ComponentConfig, *, source_name: str, base_dir: Path) -> None:
+    def __init__(self, config: ComponentConfig, *, source_name: str, base_dir: Path, host: Any = None) -> None:
         super().__init__(config)
         self.source_name = source_name
         self.base_dir = base_dir
+        self.host = host
+
+    def open_nested(self, table: dict[str, Any], key: str) -> InstructionSource:
+        """Instantiate the source a nested table names (``{source = "csv", path = "rows.csv"}``), validating
+        its keys with that source's Config; errors name ``key`` (e.g. ``data[0].rows.path``)."""
+        from pydantic import ValidationError
+
+        from ift.errors import Problem, RecipeError
+
+        if self.host is None:
+            raise RuntimeError("open_nested needs the plugin host; construct the source with host=...")
+        name = table.get("source")
+        if not isinstance(name, str) or name not in self.host.registry["source"]:
+            raise RecipeError([Problem(f"{key}.source", self.host.unknown_message("source", str(name)))])
+        cls = self.host.registry["source"][name].cls
+        try:
+            config = cls.Config.model_validate({k: v for k, v in table.items() if k != "source"})
+        except ValidationError as exc:
+            raise RecipeError([Problem(f"{key}.{'.'.join(map(str, e['loc']))}", e["msg"])
+                               for e in exc.errors()]) from None
+        return cls(config, source_name=self.source_name, base_dir=self.base_dir, host=self.host)
 
     @abstractmethod
     def records(self) -> Iterable[InstructionRecord]:
@@ -173,6 +195,14 @@ class ModelAdapter(Component, ABC):
     @abstractmethod
     def collate(self, tokenizer: Any, examples: Sequence[EncodedExample]) -> dict[str, Any]:
         """A training batch of tensors from encoded examples."""
+
+    #: Whether :meth:`collate_packed` is implemented (padding-free batches and packing).
+    supports_packing: ClassVar[bool] = False
+
+    def collate_packed(self, tokenizer: Any, rows: Sequence[Sequence[EncodedExample]]) -> dict[str, Any]:
+        """A batch whose rows each concatenate several examples, with per-example positions so attention
+        never crosses examples. Only for adapters with ``supports_packing``."""
+        raise NotImplementedError(f"{type(self).__name__} does not support packed batches")
 
     @abstractmethod
     def loss_sum(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:

@@ -23,4 +23,6 @@ class TrainerConfig(ComponentConfig):
     overlong: Literal["truncate", "drop"] = Field(
         "truncate", description="Examples longer than max_length: cut at max_length, or dropped (counted)."
     )
-    batch_size: int = Field(8, gt=0, description="Examples per device per micro-batch.")
+    batch_size: int = Field(8, gt=0, description="Examples (packing: packed rows) per device per micro-batch.")
+    batching: Literal["auto", "padding", "length-grouped", "padding-free", "packing"] = Field(
+        "auto", description="How examples become batches; auto picks the fastest the model and hardware allow.")

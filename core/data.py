@@ -36,7 +36,8 @@ class DataReport:
 def read_sources(recipe: Recipe, host: PluginHost, report: DataReport) -> list[InstructionRecord]:
     records: list[InstructionRecord] = []
     for spec in recipe.data:
-        source: InstructionSource = spec.cls(spec.config, source_name=spec.source_name, base_dir=recipe.base_dir)
+        source: InstructionSource = spec.cls(spec.config, source_name=spec.source_name, base_dir=recipe.base_dir,
+                                             host=host)
         plugin = host.get("source", spec.name)
         got = list(source.records())
         seen: set[str] = set()
