@@ -48,6 +48,9 @@ class FileSource(ift.InstructionSource):
         """The file line of row ``row_index`` where the format has lines."""
         return None
 
+    def content_fingerprint(self) -> str | None:
+        return self.fingerprint() if self.path.is_file() else None
+
     def _load(self) -> Any:
         import datasets
 
@@ -190,6 +193,11 @@ class HubSource(ift.InstructionSource):
             yield ift.InstructionRecord(id=str(row_id) if row_id is not None else f"{cfg.dataset}:{cfg.split}:{i}",
                                         source=self.source_name, messages=messages,
                                         metadata={"row": i, **extras.pop("metadata", {})}, **extras)
+
+    def content_fingerprint(self) -> str | None:
+        # Only a pinned revision identifies the data before it is downloaded.
+        return f"{self.config.dataset}@{self.config.revision}:{self.config.subset}:{self.config.split}" \
+            if self.config.revision else None
 
     def fingerprint(self) -> str:
         revision = self.config.revision or "default"

@@ -69,6 +69,11 @@ class InstructionSource(Component, ABC):
     def records(self) -> Iterable[InstructionRecord]:
         """Every record of this source, each with a stable ``id`` and ``source == self.source_name``."""
 
+    def content_fingerprint(self) -> str | None:
+        """A fingerprint of the data known *before* reading it (a file's hash, a pinned revision), or None.
+        Sources returning None make the prepared-data cache step aside, since it could not tell a change."""
+        return None
+
     def fingerprint(self) -> str:
         """A string that changes whenever the data changes (file hash, dataset revision...)."""
         return hashlib.sha256(self.config.model_dump_json().encode()).hexdigest()[:16]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import platform
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ift.cache import Prepared, PreparedCache, make_key, tokenizer_fingerprint
 from ift.components import Metric
 from ift.data import DataReport, apply_transforms, encode_records, read_sources, split_records, stop_strings
 from ift.errors import DataError, IftError
@@ -90,9 +92,17 @@ class Run:
         }
         rundir.write_json("manifest.json", self.manifest)
 
-    def _run(self, rundir: RunDirectory) -> None:
+    def _prepare(self, adapter: Any, tokenizer: Any, renderer: Any) -> Prepared:
+        """Read, clean, split, render and tokenize, or reuse an identical earlier preparation."""
         recipe, host, report = self.recipe, self.host, self.report
-        seed_everything(recipe.run.seed)
+        key = self._cache_key(adapter, tokenizer, renderer)
+        cache = PreparedCache()
+        started = time.perf_counter()
+        if key is not None and (hit := cache.load(key)) is not None:
+            self.manifest["data"] = hit.report
+            self.manifest["cache"] = {"key": key, "hit": True, "seconds": round(time.perf_counter() - started, 3)}
+            self.echo(f"data: reusing prepared data {cache.root / key}")
+            return hit
         records = read_sources(recipe, host, report)
         records = apply_transforms(recipe, host, records, report)
         train_records, eval_records = split_records(recipe, records, report)
@@ -100,22 +110,52 @@ class Run:
         if not train_records:
             raise DataError("no training examples are left after filtering and the eval split "
                             f"(counts: {report.to_dict()})")
-        self.echo(f"data: {len(train_records)} train / {len(eval_records)} eval records "
-                  f"from {len(recipe.data)} source(s)")
-
-        adapter = recipe.model.cls(recipe.model.config, base_dir=recipe.base_dir)
-        tokenizer = adapter.load_tokenizer()
-        renderer = make_renderer(recipe, host)
-        renderer.bind(tokenizer)
         trainer_cfg = recipe.trainer_config
         train_examples, _ = encode_records(train_records, renderer, adapter, tokenizer, trainer_cfg, "train", report)
         eval_examples, eval_records = encode_records(eval_records, renderer, adapter, tokenizer, trainer_cfg,
                                                      "eval", report)
         self.manifest["data"] = report.to_dict()
-        self.manifest["template"] = {"name": recipe.template.name, "hash": renderer.template_hash()}
         if not train_examples:
             raise DataError(f"every training example was dropped while tokenizing (trainer.max_length = "
                             f"{trainer_cfg.max_length}): {report.encoding['train']['reasons']}")
+        prepared = Prepared(train_examples, eval_examples, eval_records, report.to_dict())
+        self.manifest["cache"] = {"key": key, "hit": False, "seconds": round(time.perf_counter() - started, 3)}
+        if key is not None and is_main_process():
+            cache.store(key, prepared)
+        return prepared
+
+    def _cache_key(self, adapter: Any, tokenizer: Any, renderer: Any) -> str | None:
+        recipe = self.recipe
+        if not recipe.run.cache or os.environ.get("IFT_NO_CACHE") == "1":
+            return None
+        fingerprints = []
+        for spec in recipe.data:
+            source = spec.cls(spec.config, source_name=spec.source_name, base_dir=recipe.base_dir, host=self.host)
+            fingerprint = source.content_fingerprint()
+            if fingerprint is None:
+                return None
+            fingerprints.append(fingerprint)
+        resolved = recipe.resolved()
+        return make_key({"ift": _version("ift"), "cache_format": 1, "fingerprints": fingerprints,
+                         "data": resolved["data"], "transforms": resolved["transforms"],
+                         "split": {"seed": recipe.run.seed, "fraction": recipe.eval.fraction,
+                                   "max_examples": recipe.eval.max_examples},
+                         "template": resolved["template"], "template_hash": renderer.template_hash(),
+                         "tokenizer": tokenizer_fingerprint(tokenizer), "model": resolved["model"],
+                         "length": [recipe.trainer_config.max_length, recipe.trainer_config.overlong]})
+
+    def _run(self, rundir: RunDirectory) -> None:
+        recipe, host = self.recipe, self.host
+        seed_everything(recipe.run.seed)
+        adapter = recipe.model.cls(recipe.model.config, base_dir=recipe.base_dir)
+        tokenizer = adapter.load_tokenizer()
+        renderer = make_renderer(recipe, host)
+        renderer.bind(tokenizer)
+        self.manifest["template"] = {"name": recipe.template.name, "hash": renderer.template_hash()}
+        prepared = self._prepare(adapter, tokenizer, renderer)
+        train_examples, eval_examples, eval_records = prepared.train, prepared.eval, prepared.eval_records
+        self.echo(f"data: {len(train_examples)} train / {len(eval_examples)} eval examples "
+                  f"from {len(recipe.data)} source(s)")
 
         seed_everything(recipe.run.seed)
         model = adapter.load_model(tokenizer)

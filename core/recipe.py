@@ -31,6 +31,7 @@ class RunSection(BaseModel):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     seed: int = 42
     output_dir: str | None = None
+    cache: bool = Field(True, description="Reuse prepared (tokenized) data across runs; see IFT_CACHE_DIR.")
 
 
 class EvalSection(BaseModel):

@@ -43,6 +43,18 @@ def _datasets_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         os.environ["HF_DATASETS_CACHE"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _ift_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep ift's prepared-data cache out of the user's home (subprocesses inherit it)."""
+    old = os.environ.get("IFT_CACHE_DIR")
+    os.environ["IFT_CACHE_DIR"] = str(tmp_path_factory.mktemp("ift-cache"))
+    yield
+    if old is None:
+        os.environ.pop("IFT_CACHE_DIR", None)
+    else:
+        os.environ["IFT_CACHE_DIR"] = old
+
+
 @pytest.fixture
 def host() -> Iterator[PluginHost]:
     """A fresh host with the builtin plugins only; whatever a test registers is unregistered after."""

@@ -1,0 +1,103 @@
+"""The prepared-data cache: exact round trip, never trusts a damaged or unfinished entry, and its key
+changes with the template, the tokenizer and the data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import ift
+from ift.cache import Prepared, PreparedCache, tokenizer_fingerprint
+from ift.cli import main
+
+
+def sample() -> Prepared:
+    examples = [ift.EncodedExample([5, 6, 7], [-100, 6, 7], "a", "r1"),
+                ift.EncodedExample([9], [9], "b", "r2", truncated=True)]
+    record = ift.InstructionRecord("r2", "b", [ift.Message("user", "q"), ift.Message("assistant", "é")],
+                                   task="t", label="x", choices=["x", "y"], metadata={"row": 3})
+    return Prepared(examples, examples[1:], [record], {"split": {"train": 2}})
+
+
+def test_round_trip_is_exact(tmp_path: Path):
+    cache = PreparedCache(tmp_path)
+    cache.store("k", sample())
+    loaded = cache.load("k")
+    assert loaded == sample()
+
+
+def test_damaged_or_unfinished_entries_are_not_trusted(tmp_path: Path):
+    cache = PreparedCache(tmp_path)
+    entry = cache.store("k", sample())
+    with (entry / "train.npz").open("r+b") as handle:
+        handle.seek(-5, 2)
+        handle.write(b"\0\0\0\0\0")
+    assert cache.load("k") is None
+    # a preparation killed before its final rename leaves only a hidden temporary folder
+    partial = tmp_path / ".k2.tmp-123"
+    partial.mkdir()
+    (partial / "meta.json").write_text("{}")
+    assert cache.load("k2") is None
+    entry2 = cache.store("k3", sample())
+    (entry2 / "complete.json").unlink()  # killed between writing arrays and the completion record
+    assert cache.load("k3") is None
+
+
+def test_tokenizer_fingerprint_sees_vocabulary_and_chat_template(tokenizer):
+    from ift.builtin_plugins.byte_tokenizer import build_byte_tokenizer
+
+    other = build_byte_tokenizer()
+    assert tokenizer_fingerprint(other) == tokenizer_fingerprint(tokenizer)
+    other.chat_template = "{{ messages }}"
+    assert tokenizer_fingerprint(other) != tokenizer_fingerprint(tokenizer)
+    other = build_byte_tokenizer()
+    other.add_special_tokens({"additional_special_tokens": ["<|tool|>"]})
+    assert tokenizer_fingerprint(other) != tokenizer_fingerprint(tokenizer)
+
+
+RECIPE = """
+[[data]]
+source = "jsonl"
+path = "data.jsonl"
+
+[template]
+name = "{template}"
+
+[model]
+adapter = "causal-lm"
+tokenizer = "byte-level"
+from_config = {{ model_type = "llama", hidden_size = 16, intermediate_size = 32, num_hidden_layers = 1, num_attention_heads = 2 }}
+
+[trainer]
+max_steps = 1
+batch_size = 4
+
+[eval]
+fraction = 0.2
+metrics = ["loss"]
+baseline = false
+"""
+
+
+@pytest.mark.slow
+def test_second_run_reuses_prepared_data_and_a_new_template_does_not(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("IFT_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps({"prompt": f"p{i}", "completion": f"c{i}"}) + "\n"
+                                                 for i in range(10)))
+
+    def run(name: str, template: str) -> dict:
+        (tmp_path / "r.toml").write_text(RECIPE.format(template=template))
+        assert main(["run", str(tmp_path / "r.toml"), "-o", str(tmp_path / name)]) == 0
+        return json.loads((tmp_path / name / "manifest.json").read_text())
+
+    first, second, third = run("a", "alpaca"), run("b", "alpaca"), run("c", "chatml")
+    assert first["cache"]["hit"] is False and second["cache"]["hit"] is True
+    assert second["cache"]["key"] == first["cache"]["key"]
+    assert third["cache"]["hit"] is False and third["cache"]["key"] != first["cache"]["key"]
+    assert second["data"] == first["data"]  # the manifest still reports the original counts
+    metrics = [json.loads((tmp_path / n / "metrics.json").read_text())["final"]["overall"]["loss"] for n in "ab"]
+    assert metrics[0] == pytest.approx(metrics[1], rel=1e-6)  # same data, same seed, same result
+    (tmp_path / "data.jsonl").write_text((tmp_path / "data.jsonl").read_text() + '{"prompt": "x", "completion": "y"}\n')
+    assert run("d", "alpaca")["cache"]["hit"] is False  # changed data, new key
