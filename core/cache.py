@@ -120,5 +120,8 @@ class PreparedCache:
         files["meta.json"] = _digest(tmp / "meta.json")
         (tmp / "complete.json").write_text(json.dumps({"format": FORMAT, "files": files}))
         shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process stored the same entry meanwhile; keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
         return final
