@@ -27,6 +27,7 @@ class SFTConfig(ift.TrainerConfig):
     max_grad_norm: float | None = Field(1.0, gt=0)
     log_every: int = Field(10, gt=0)
     eval_every: int | None = Field(None, gt=0, description="Evaluate every N optimizer steps.")
+    shuffle: bool = Field(True, description="false: batches in data order (no length grouping either).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast on a GPU that supports it, fp32 otherwise.")
 
@@ -66,11 +67,11 @@ class SFTTrainer(ift.Trainer):
         lengths = [len(e.input_ids) for e in examples]
         if mode == "packing":
             bins = [[examples[i] for i in b] for b in pack_best_fit_decreasing(lengths, cfg.max_length)]
-            plan = BatchPlan("padding", [1] * len(bins), cfg.batch_size, ctx.seed)
+            plan = BatchPlan("padding", [1] * len(bins), cfg.batch_size, ctx.seed, cfg.shuffle)
             return DataLoader(bins, batch_sampler=plan,  # type: ignore[arg-type]
                               collate_fn=lambda rows: adapter.collate_packed(tokenizer, rows))
         plan = BatchPlan("length-grouped" if mode == "length-grouped" else "padding", lengths, cfg.batch_size,
-                         ctx.seed)
+                         ctx.seed, cfg.shuffle)
         if mode == "padding-free":
             return DataLoader(examples, batch_sampler=plan,  # type: ignore[arg-type]
                               collate_fn=lambda batch: adapter.collate_packed(tokenizer, [batch]))

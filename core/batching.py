@@ -72,14 +72,18 @@ class BatchPlan:
 
     For ``packing`` the dataset is the list of bins, so each index names a packed row."""
 
-    def __init__(self, mode: str, lengths: Sequence[int], batch_size: int, seed: int) -> None:
+    def __init__(self, mode: str, lengths: Sequence[int], batch_size: int, seed: int, shuffle: bool = True) -> None:
         self.mode, self.lengths, self.batch_size, self.seed = mode, list(lengths), batch_size, seed
+        self.shuffle = shuffle
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def batches(self) -> list[list[int]]:
+        if not self.shuffle:  # data order as given (curricula, exact comparisons with other trainers)
+            n = len(self.lengths)
+            return [list(range(i, min(i + self.batch_size, n))) for i in range(0, n, self.batch_size)]
         if self.mode == "length-grouped":
             return length_grouped_batches(self.lengths, self.batch_size, self.seed, self.epoch)
         return random_batches(len(self.lengths), self.batch_size, self.seed, self.epoch)

@@ -59,3 +59,8 @@ def test_batch_plan_follows_set_epoch():
     first = list(plan)
     plan.set_epoch(1)
     assert list(plan) != first and len(plan) == 7
+
+
+def test_unshuffled_plan_keeps_data_order():
+    plan = BatchPlan("length-grouped", [5, 1, 9, 2, 7], 2, seed=1, shuffle=False)
+    assert list(plan) == [[0, 1], [2, 3], [4]]
