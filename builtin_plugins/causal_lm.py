@@ -202,7 +202,8 @@ class CausalLMAdapter(ift.ModelAdapter):
             labels[i, :n] = torch.tensor(e.labels)
             attention[i, :n] = 1
         return {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
-                "real_tokens": attention.sum(), "num_examples": torch.tensor(len(examples))}
+                "real_tokens": attention.sum(), "num_examples": torch.tensor(len(examples)),
+                "record_ids": [e.record_id for e in examples]}
 
     def collate_packed(self, tokenizer: Any, rows: Sequence[Sequence[ift.EncodedExample]]) -> dict[str, Any]:
         import torch
@@ -226,7 +227,8 @@ class CausalLMAdapter(ift.ModelAdapter):
         # No attention_mask: transformers then derives a block-diagonal causal mask from the position
         # resets (varlen kernels with flash attention), so attention never crosses examples.
         return {"input_ids": input_ids, "position_ids": positions, "labels": labels,
-                "real_tokens": torch.tensor(real), "num_examples": torch.tensor(sum(len(row) for row in rows))}
+                "real_tokens": torch.tensor(real), "num_examples": torch.tensor(sum(len(row) for row in rows)),
+                "record_ids": [e.record_id for row in rows for e in row]}
 
     def loss_sum(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
         import torch.nn.functional as F

@@ -6,12 +6,15 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field
 
 import ift
+from ift import faults
 from ift.batching import BatchPlan, pack_best_fit_decreasing
+from ift.checkpoint import load_checkpoint, rotate, save_checkpoint
 from ift.throughput import flops_per_token, gpu_peak_flops, peak_memory_bytes
 
 
@@ -27,6 +30,10 @@ class SFTConfig(ift.TrainerConfig):
     max_grad_norm: float | None = Field(1.0, gt=0)
     log_every: int = Field(10, gt=0)
     eval_every: int | None = Field(None, gt=0, description="Evaluate every N optimizer steps.")
+    save_every: int | None = Field(None, gt=0, description="Checkpoint every N optimizer steps.")
+    keep_last: int = Field(2, gt=0, description="Committed checkpoints to keep.")
+    skip_nonfinite_steps: int = Field(0, ge=0, description="Updates with a non-finite loss/gradient to skip "
+                                      "before stopping the run.")
     shuffle: bool = Field(True, description="false: batches in data order (no length grouping either).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast on a GPU that supports it, fp32 otherwise.")
@@ -59,8 +66,15 @@ class SFTTrainer(ift.Trainer):
         return ctx.adapter.loss_sum(model, batch)
 
     def build_loader(self, ctx: ift.TrainContext, mode: str) -> Any:
-        """A DataLoader whose ``batch_sampler`` has ``set_epoch``; examples become batches per ``mode``."""
+        """A DataLoader whose ``batch_sampler`` is a :class:`BatchPlan`; examples become batches per ``mode``.
+        It has a generator of its own so that starting an epoch never draws from the global RNG (which
+        dropout uses, and which a resume restores)."""
+        import torch
         from torch.utils.data import DataLoader
+
+        def loader(dataset: Any, plan: BatchPlan, collate: Any) -> Any:
+            return DataLoader(dataset, batch_sampler=plan, collate_fn=collate,  # type: ignore[arg-type]
+                              generator=torch.Generator().manual_seed(ctx.seed))
 
         cfg, adapter, tokenizer = self.config, ctx.adapter, ctx.tokenizer
         examples = ctx.train_examples
@@ -68,15 +82,12 @@ class SFTTrainer(ift.Trainer):
         if mode == "packing":
             bins = [[examples[i] for i in b] for b in pack_best_fit_decreasing(lengths, cfg.max_length)]
             plan = BatchPlan("padding", [1] * len(bins), cfg.batch_size, ctx.seed, cfg.shuffle)
-            return DataLoader(bins, batch_sampler=plan,  # type: ignore[arg-type]
-                              collate_fn=lambda rows: adapter.collate_packed(tokenizer, rows))
+            return loader(bins, plan, lambda rows: adapter.collate_packed(tokenizer, rows))
         plan = BatchPlan("length-grouped" if mode == "length-grouped" else "padding", lengths, cfg.batch_size,
                          ctx.seed, cfg.shuffle)
         if mode == "padding-free":
-            return DataLoader(examples, batch_sampler=plan,  # type: ignore[arg-type]
-                              collate_fn=lambda batch: adapter.collate_packed(tokenizer, [batch]))
-        return DataLoader(examples, batch_sampler=plan,  # type: ignore[arg-type]
-                          collate_fn=lambda batch: adapter.collate(tokenizer, batch))
+            return loader(examples, plan, lambda batch: adapter.collate_packed(tokenizer, [batch]))
+        return loader(examples, plan, lambda batch: adapter.collate(tokenizer, batch))
 
     def train(self, ctx: ift.TrainContext) -> ift.TrainResult:
         import torch
@@ -107,15 +118,33 @@ class SFTTrainer(ift.Trainer):
                                   num_training_steps=total)
         ctx.progress.total = total
         meter = _Meter(accelerator, device, model, cfg.max_length)
+        loop = _Position()
+        if ctx.resume_from is not None:
+            state = load_checkpoint(ctx.resume_from, model=accelerator.unwrap_model(model), optimizer=optimizer,
+                                    scheduler=scheduler)
+            loop = _Position(**state["position"]["loop"])
+            meter.restore(state["position"]["meter"])
+            ctx.progress.write(f"resumed from {ctx.resume_from.name}: step {loop.step}, epoch {loop.epoch}, "
+                               f"{loop.consumed} batches into the epoch")
 
-        step, epoch = 0, 0
+        def checkpoint() -> None:
+            if ctx.checkpoint_dir is None or not accelerator.is_main_process:
+                accelerator.wait_for_everyone()
+                return
+            save_checkpoint(ctx.checkpoint_dir, loop.step, model=accelerator.unwrap_model(model),
+                            optimizer=optimizer, scheduler=scheduler,
+                            position={"loop": vars(loop), "meter": meter.state()}, identity=ctx.identity,
+                            before_commit=lambda _: faults.point(f"checkpoint-write-{loop.step}"))
+            rotate(ctx.checkpoint_dir, cfg.keep_last)
+            accelerator.wait_for_everyone()
+
         started = time.perf_counter()
         last_event: dict[str, Any] = {}
         model.train()
-        while step < total:
-            plan.set_epoch(epoch)
+        while loop.step < total:
+            plan.select(loop.epoch, skip=loop.consumed)
             batches = iter(loader)
-            while step < total:
+            while loop.step < total:
                 micro = []
                 for _ in range(cfg.gradient_accumulation_steps):
                     waited = time.perf_counter()
@@ -129,6 +158,7 @@ class SFTTrainer(ift.Trainer):
                 n_trainable = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
                 n_trainable = int(accelerator.reduce(torch.tensor(n_trainable, device=accelerator.device),
                                                      reduction="sum"))
+                step_loss = 0.0
                 for i, batch in enumerate(micro):
                     context = accelerator.no_sync(model) if i < len(micro) - 1 else nullcontext()
                     with context, accelerator.autocast():
@@ -137,32 +167,65 @@ class SFTTrainer(ift.Trainer):
                         # processes) so accumulation and data parallelism give the same gradient.
                         loss = loss_sum * accelerator.num_processes / max(n_trainable, 1)
                         accelerator.backward(loss)
-                    meter.add_batch(float(loss_sum.detach()), batch)
-                if not math.isfinite(meter.loss):
-                    raise ift.RunError(f"training loss became {meter.loss} at step {step + 1}; "
-                                       "lower trainer.learning_rate or check the data")
-                grad_norm = None
-                if cfg.max_grad_norm:
-                    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
-                optimizer.step()
+                    step_loss += float(loss_sum.detach())
+                    faults.point(f"micro-{loop.step + 1}-{i}")
+                grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf))
+                loop.consumed += len(micro) * accelerator.num_processes
+                if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
+                    ids = [rid for b in micro for rid in b.get("record_ids", [])]
+                    if loop.skipped >= cfg.skip_nonfinite_steps:
+                        raise ift.RunError(
+                            f"non-finite {'loss' if not math.isfinite(step_loss) else 'gradient norm'} at step "
+                            f"{loop.step + 1} (examples {', '.join(ids[:8])}{' ...' if len(ids) > 8 else ''}); "
+                            "lower trainer.learning_rate, check these examples, or allow a few skips with "
+                            "trainer.skip_nonfinite_steps")
+                    loop.skipped += 1  # the update is skipped; the data is consumed, the schedule moves on
+                    ctx.progress.write(f"step {loop.step + 1}: non-finite loss or gradient, update skipped "
+                                       f"({loop.skipped}/{cfg.skip_nonfinite_steps})")
+                else:
+                    for batch in micro:
+                        meter.add_batch(batch)
+                    meter.loss += step_loss
+                    optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                step += 1
-                if step % cfg.log_every == 0 or step == total:
-                    last_event = meter.event(step, round(step / steps_per_epoch, 4), scheduler.get_last_lr()[0],
-                                             grad_norm, started)
+                loop.step += 1
+                if loop.step % cfg.log_every == 0 or loop.step == total:
+                    last_event = meter.event(loop.step, round(loop.step / steps_per_epoch, 4),
+                                             scheduler.get_last_lr()[0], grad_norm, started)
                     ctx.log_step(last_event)
                 else:
-                    ctx.progress.step(step)
-                if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
-                    ctx.evaluate(accelerator.unwrap_model(model), f"step-{step}")
+                    ctx.progress.step(loop.step)
+                if cfg.save_every and loop.step % cfg.save_every == 0 and loop.step < total:
+                    checkpoint()
+                faults.point(f"step-{loop.step}")
+                if ctx.should_stop():
+                    checkpoint()
+                    raise ift.Preempted(f"stopped by a signal at step {loop.step}; checkpoint saved, "
+                                        "continue with: ift run RECIPE --output-dir RUN_DIR --resume")
+                if cfg.eval_every and loop.step % cfg.eval_every == 0 and loop.step < total:
+                    ctx.evaluate(accelerator.unwrap_model(model), f"step-{loop.step}")
                     model.train()
-            epoch += 1
+            else:
+                continue  # max steps reached inside the epoch
+            loop.epoch += 1
+            loop.consumed = 0
         model.eval()
         seconds = time.perf_counter() - started
-        summary = {"train_loss": last_event.get("loss"), "epochs": round(step / steps_per_epoch, 4),
-                   "train_seconds": round(seconds, 2), "batching": mode, **meter.totals(seconds)}
-        return ift.TrainResult(model=accelerator.unwrap_model(model), steps=step, summary=summary)
+        summary = {"train_loss": last_event.get("loss"), "epochs": round(loop.step / steps_per_epoch, 4),
+                   "train_seconds": round(seconds, 2), "batching": mode, "skipped_nonfinite_steps": loop.skipped,
+                   **meter.totals(seconds)}
+        return ift.TrainResult(model=accelerator.unwrap_model(model), steps=loop.step, summary=summary)
+
+
+@dataclass
+class _Position:
+    """Where training is: enough to continue exactly after a resume."""
+
+    step: int = 0
+    epoch: int = 0
+    consumed: int = 0  # batches (all processes) already taken from this epoch's plan
+    skipped: int = 0
 
 
 class _Meter:
@@ -180,8 +243,14 @@ class _Meter:
         self.loss, self.real, self.supervised, self.slots, self.wait, self.examples = 0.0, 0, 0, 0, 0.0, 0
         self.start = time.perf_counter()
 
-    def add_batch(self, loss_sum: float, batch: dict[str, Any]) -> None:
-        self.loss += loss_sum
+    def state(self) -> dict[str, Any]:
+        return {"window": [self.loss, self.real, self.supervised, self.slots, self.examples], "all": self.all}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.loss, self.real, self.supervised, self.slots, self.examples = state["window"]
+        self.all = state["all"]
+
+    def add_batch(self, batch: dict[str, Any]) -> None:
         self.real += int(batch["real_tokens"])
         self.examples += int(batch["num_examples"])
         self.supervised += int((batch["labels"][:, 1:] != -100).sum())

@@ -21,7 +21,7 @@ from ift.components import (
     Transform,
 )
 from ift.config import ComponentConfig, TrainerConfig
-from ift.errors import DataError, IftError, PluginError, Problem, RecipeError, RunError
+from ift.errors import DataError, IftError, PluginError, Preempted, Problem, RecipeError, RunError
 from ift.hookspecs import HOOK_API_VERSION, hookimpl
 from ift.records import InstructionRecord, Message
 from ift.training import TrainContext, TrainResult
@@ -45,6 +45,7 @@ __all__ = [
     "Metric",
     "ModelAdapter",
     "PluginError",
+    "Preempted",
     "Problem",
     "RecipeError",
     "Renderer",

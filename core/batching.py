@@ -76,9 +76,14 @@ class BatchPlan:
         self.mode, self.lengths, self.batch_size, self.seed = mode, list(lengths), batch_size, seed
         self.shuffle = shuffle
         self.epoch = 0
+        self.skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def select(self, epoch: int, skip: int = 0) -> None:
+        """Select the epoch's order; ``skip`` batches already trained on (a resumed run) are left out.
+
+        Deliberately not called ``set_epoch``: accelerate calls a sampler's ``set_epoch`` with its own
+        iteration count, which knows nothing of resumed runs."""
+        self.epoch, self.skip = epoch, skip
 
     def batches(self) -> list[list[int]]:
         if not self.shuffle:  # data order as given (curricula, exact comparisons with other trainers)
@@ -89,7 +94,7 @@ class BatchPlan:
         return random_batches(len(self.lengths), self.batch_size, self.seed, self.epoch)
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches())
+        return iter(self.batches()[self.skip:])
 
     def __len__(self) -> int:
         return -(-len(self.lengths) // self.batch_size)

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ift.errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, IftError
+from ift.errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, IftError, RecipeError
 
 
 def _host(ctx: click.Context, local: list[str] | tuple[str, ...] = ()) -> Any:
@@ -43,8 +43,11 @@ def cli() -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe key, e.g. trainer.epochs=2.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty --output-dir.")
+@click.option("--resume", is_flag=False, flag_value="auto", default=None, metavar="[CHECKPOINT]",
+              help="Continue the run in --output-dir from its newest good checkpoint, or from CHECKPOINT.")
 @click.pass_context
-def run(ctx: click.Context, recipe: str, output_dir: str | None, overrides: tuple[str, ...], overwrite: bool) -> None:
+def run(ctx: click.Context, recipe: str, output_dir: str | None, overrides: tuple[str, ...], overwrite: bool,
+        resume: str | None) -> None:
     """Train and evaluate as the RECIPE says; leave a run directory."""
     from ift.pipeline import Run, default_output_dir
     from ift.report import before_after_table
@@ -52,12 +55,22 @@ def run(ctx: click.Context, recipe: str, output_dir: str | None, overrides: tupl
     from ift.runtime import is_main_process
 
     parsed, host = _load(ctx, recipe, overrides)
+    if resume and not (output_dir or parsed.run.output_dir):
+        raise RecipeError("--resume needs the run directory to continue: pass --output-dir (or set run.output_dir)")
     out = Path(output_dir) if output_dir else default_output_dir(parsed)
     main_process = is_main_process()  # under torchrun only rank 0 touches the run directory or prints
-    if main_process:
+    if resume:
+        status_file = out / "status.json"
+        if not status_file.is_file():
+            raise RecipeError(f"--resume: {out} is not a run directory (no status.json)")
+        if json.loads(status_file.read_text()).get("status") == "completed":
+            click.echo(f"{out}: the run already completed; nothing to resume")
+            return
+    elif main_process:
         prepare_output_dir(out, overwrite=overwrite)
-        click.echo(f"run directory: {out}")
-    metrics = Run(parsed, host, out, echo=click.echo).execute()
+    if main_process:
+        click.echo(f"run directory: {out}" + (" (resuming)" if resume else ""))
+    metrics = Run(parsed, host, out, echo=click.echo, resume=resume).execute()
     if main_process:
         click.echo(before_after_table(metrics))
         click.echo(f"done: {out}  (model: {out / 'model'})")

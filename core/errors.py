@@ -15,6 +15,7 @@ EXIT_RECIPE = 2
 EXIT_DATA = 3
 EXIT_PLUGIN = 4
 EXIT_RUN = 5
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM after saving a checkpoint; requeue with --resume
 EXIT_INTERRUPTED = 130
 
 
@@ -96,3 +97,9 @@ class RunError(IftError):
     """The run itself failed (model loading, training, evaluation, writing results)."""
 
     exit_code = EXIT_RUN
+
+
+class Preempted(IftError):
+    """The run was asked to stop (SIGTERM) and saved a checkpoint first."""
+
+    exit_code = EXIT_PREEMPTED

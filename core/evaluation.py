@@ -76,7 +76,7 @@ class Evaluator:
                     total, count = 0.0, 0
                     for start in range(0, len(group), self.batch_size):
                         batch = self.adapter.collate(self.tokenizer, group[start:start + self.batch_size])
-                        batch = {k: v.to(device) for k, v in batch.items()}
+                        batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
                         loss_sum, n = self.adapter.loss_sum(model, batch)
                         total, count = total + float(loss_sum), count + int(n)
                     out[source] = (total, count)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -15,13 +18,14 @@ from typing import Any
 from ift.cache import Prepared, PreparedCache, make_key, tokenizer_fingerprint
 from ift.components import Metric
 from ift.data import DataReport, apply_transforms, encode_records, read_sources, split_records, stop_strings
-from ift.errors import DataError, IftError
+from ift.errors import DataError, IftError, Preempted
 from ift.evaluation import Evaluator
 from ift.host import PluginHost
 from ift.progress import Progress
 from ift.recipe import Recipe
+from ift.resume import check_same_run, checkpoint_step, choose_checkpoint, run_identity, trim_events
 from ift.rundir import RunDirectory
-from ift.runtime import is_main_process, seed_everything
+from ift.runtime import finish_distributed, is_main_process, seed_everything, world_size
 from ift.training import TrainContext
 
 PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "tokenizers", "pluggy", "jinja2",
@@ -45,8 +49,10 @@ class Run:
     """Holds the stages' results so the CLI can print them; ``execute()`` does the work."""
 
     def __init__(self, recipe: Recipe, host: PluginHost, output_dir: Path, *, echo: Any = print,
-                 interactive: bool | None = None) -> None:
+                 interactive: bool | None = None, resume: str | None = None) -> None:
         self.recipe, self.host, self.output_dir = recipe, host, output_dir
+        self.resume = resume
+        self._stop_requested = False
         self.echo = echo if is_main_process() else (lambda *a, **k: None)
         self.interactive = interactive
         self.report = DataReport()
@@ -58,12 +64,18 @@ class Run:
         rundir = RunDirectory(self.output_dir, enabled=main)
         self.rundir = rundir
         status, error = "failed", None
+        previous = signal.getsignal(signal.SIGTERM)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             self._stage_files(rundir)
             self.host.run_start(str(self.output_dir), self.recipe.resolved())
             self._run(rundir)
             status = "completed"
             return self.metrics
+        except Preempted as exc:
+            status, error = "interrupted", str(exc)
+            raise
         except IftError as exc:
             error = str(exc)
             raise
@@ -74,14 +86,28 @@ class Run:
             error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, previous)
             self.manifest["finished"] = time.time()
             rundir.write_json("manifest.json", self.manifest)
             rundir.status(status, **({"error": error} if error else {}))
             rundir.close()
             self.host.run_end(str(self.output_dir), status, self.metrics)
+            finish_distributed()
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self._stop_requested = True  # the trainer saves a checkpoint at the next step and stops
+        self.echo("SIGTERM: saving a checkpoint at the end of this step, then stopping")
 
     def _stage_files(self, rundir: RunDirectory) -> None:
         recipe = self.recipe
+        old_manifest = self.output_dir / "manifest.json"
+        if self.resume and old_manifest.is_file():
+            # keep the original recipe files: the checkpoint's identity check decides if this is the same run
+            self.manifest = json.loads(old_manifest.read_text())
+            self.manifest.setdefault("resumes", []).append({"at": time.time(), "command": sys.argv,
+                                                            "overrides": recipe.overrides})
+            return
         rundir.write_text("recipe.toml", recipe.text)
         rundir.write_json("resolved.json", recipe.resolved())
         self.manifest = {
@@ -154,6 +180,17 @@ class Run:
         self.manifest["template"] = {"name": recipe.template.name, "hash": renderer.template_hash()}
         prepared = self._prepare(adapter, tokenizer, renderer)
         train_examples, eval_examples, eval_records = prepared.train, prepared.eval, prepared.eval_records
+        identity = run_identity(recipe.resolved(), data=prepared.report["sources"],
+                                tokenizer=tokenizer_fingerprint(tokenizer), template=renderer.template_hash(),
+                                world_size=world_size())
+        checkpoint = None
+        if self.resume:
+            checkpoint = choose_checkpoint(self.output_dir, self.resume)
+            if checkpoint is None:
+                self.echo("resume: no checkpoint in this run directory; starting from the beginning")
+            else:
+                check_same_run(checkpoint, identity)
+                trim_events(self.output_dir / "events.jsonl", checkpoint_step(checkpoint))
         self.echo(f"data: {len(train_examples)} train / {len(eval_examples)} eval examples "
                   f"from {len(recipe.data)} source(s)")
 
@@ -176,9 +213,14 @@ class Run:
                               stop=stop_strings(renderer, eval_records[0]) if eval_records else [],
                               samples=recipe.eval.samples)
         results: dict[str, Any] = {}
+        baseline_file = self.output_dir / "baseline.json"
         if recipe.eval.baseline and eval_records and metrics:
-            self.echo("evaluating before training ...")
-            results["baseline"] = self._evaluate(evaluator, model, "baseline")
+            if checkpoint is not None and baseline_file.is_file():
+                results["baseline"] = json.loads(baseline_file.read_text())
+            else:
+                self.echo("evaluating before training ...")
+                results["baseline"] = self._evaluate(evaluator, model, "baseline")
+                rundir.write_json("baseline.json", results["baseline"])
 
         progress = Progress(0, interactive=self.interactive, enabled=is_main_process())
 
@@ -191,7 +233,8 @@ class Run:
         ctx = TrainContext(model=model, tokenizer=tokenizer, adapter=adapter, train_examples=train_examples,
                            eval_examples=eval_examples, seed=recipe.run.seed, run_dir=self.output_dir,
                            log_step=log_step, evaluate=lambda m, stage: self._evaluate(evaluator, m, stage),
-                           progress=progress)
+                           progress=progress, checkpoint_dir=self.output_dir / "checkpoints",
+                           resume_from=checkpoint, identity=identity, should_stop=lambda: self._stop_requested)
         try:
             result = trainer.train(ctx)
         finally:

@@ -47,3 +47,19 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def finish_distributed() -> None:
+    """Wait for every process, then tear the process group down, so no rank exits while another still
+    writes results (an undestroyed gloo/NCCL group aborts the process at exit)."""
+    import sys
+
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()

@@ -16,7 +16,11 @@ if TYPE_CHECKING:
 class TrainContext:
     """Everything a trainer needs. ``log_step`` writes one ``events.jsonl`` line (and feeds the progress
     display and lifecycle hooks); ``evaluate`` runs the recipe's metrics on the held-out split and
-    returns them (call it on the unwrapped model, from every process: only the main one computes)."""
+    returns them (call it on the unwrapped model, from every process: only the main one computes).
+    ``checkpoint_dir`` is where to save checkpoints (see :mod:`ift.checkpoint`), ``resume_from`` a verified
+    checkpoint to continue from, ``identity`` what a checkpoint must record so a resume can tell whether the
+    run changed, and ``should_stop`` turns true on SIGTERM: save a checkpoint and raise
+    :class:`ift.Preempted`."""
 
     model: Any
     tokenizer: Any
@@ -28,6 +32,10 @@ class TrainContext:
     log_step: Callable[[dict[str, Any]], None]
     evaluate: Callable[[Any, str], dict[str, Any]]
     progress: Progress
+    checkpoint_dir: Path | None = None
+    resume_from: Path | None = None
+    identity: dict[str, Any] = field(default_factory=dict)
+    should_stop: Callable[[], bool] = lambda: False
 
 
 @dataclass

@@ -54,11 +54,14 @@ def test_packing_rejects_an_example_longer_than_a_bin():
         pack_best_fit_decreasing([3, 9], 8)
 
 
-def test_batch_plan_follows_set_epoch():
+def test_batch_plan_follows_the_selected_epoch_and_skips():
     plan = BatchPlan("length-grouped", lognormal_lengths(50), 8, seed=1)
     first = list(plan)
-    plan.set_epoch(1)
+    plan.select(1)
     assert list(plan) != first and len(plan) == 7
+    second = list(plan)
+    plan.select(1, skip=3)
+    assert list(plan) == second[3:] and len(plan) == 7
 
 
 def test_unshuffled_plan_keeps_data_order():

@@ -151,7 +151,7 @@ def test_failed_run_is_marked_failed_without_metrics_or_model(tmp_path: Path, ca
     err = capsys.readouterr().err
     assert code == 5, err
     status = json.loads((out / "status.json").read_text())
-    assert status["status"] == "failed" and "loss became" in status["error"]
+    assert status["status"] == "failed" and "non-finite loss at step 2 (examples data.jsonl:" in status["error"]
     assert not (out / "metrics.json").exists() and not (out / "model").exists()
 
 
