@@ -10,10 +10,18 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from jinja2 import TemplateError, TemplateSyntaxError
+from jinja2.exceptions import SecurityError
 from pydantic import Field
 
 import ift
-from ift.templating import contains_sentinel, merge_segments, sandboxed_environment, split_segments
+from ift.templating import (
+    RenderBudgetExceeded,
+    contains_sentinel,
+    merge_segments,
+    sandboxed_environment,
+    split_segments,
+    time_budget,
+)
 
 
 class RenderError(ift.DataError):
@@ -21,10 +29,11 @@ class RenderError(ift.DataError):
 
 
 class JinjaConfig(ift.ComponentConfig):
-    pass
+    max_seconds: float = Field(2.0, ge=0, description="Time budget for rendering one record (0: none).")
+    max_chars: int = Field(1_000_000, gt=0, description="Largest rendered text for one record.")
 
 
-class JinjaFileConfig(ift.ComponentConfig):
+class JinjaFileConfig(JinjaConfig):
     path: str = Field(description="Jinja2 template file, relative to the recipe's folder.")
 
 
@@ -61,13 +70,24 @@ class JinjaRenderer(ift.Renderer):
         for message in record.messages:
             if contains_sentinel(message.content):
                 raise RenderError(f"record {record.id!r} contains reserved characters U+E000/U+E001")
+        cfg = self.config
         try:
-            text = self.template.render(
-                messages=[m.to_dict() for m in record.messages],
-                record={"id": record.id, "source": record.source, "task": record.task,
-                        "label": record.label, "choices": record.choices, "metadata": record.metadata},
-                eos_token=self.eos_token, bos_token=self.bos_token)
+            with time_budget(cfg.max_seconds):  # type: ignore[attr-defined]
+                text = self.template.render(
+                    messages=[m.to_dict() for m in record.messages],
+                    record={"id": record.id, "source": record.source, "task": record.task,
+                            "label": record.label, "choices": record.choices, "metadata": record.metadata},
+                    eos_token=self.eos_token, bos_token=self.bos_token)
+            if len(text) > cfg.max_chars:  # type: ignore[attr-defined]
+                raise RenderBudgetExceeded(f"rendered {len(text):,} characters, more than max_chars = "
+                                           f"{cfg.max_chars:,}")  # type: ignore[attr-defined]
             segments = split_segments(text)
+        except SecurityError as exc:
+            raise RenderError(f"{self.origin}: refused by the template sandbox (security) while rendering record "
+                              f"{record.id!r}: {exc}") from None
+        except RenderBudgetExceeded as exc:
+            raise RenderError(f"{self.origin}: record {record.id!r}: {exc} (template.max_seconds / "
+                              "template.max_chars)") from None
         except (TemplateError, ValueError) as exc:
             raise RenderError(f"{self.origin}: cannot render record {record.id!r} "
                               f"(source {record.source!r}): {exc}") from None

@@ -1,5 +1,7 @@
-"""Builtin instruction sources: local files (JSONL, JSON, CSV, Parquet) and Hugging Face Hub datasets,
-all read through ``datasets``."""
+"""Builtin instruction sources: local files (JSONL, JSON, CSV, Parquet) and Hugging Face Hub datasets.
+
+JSON Lines are parsed line by line here (exact line numbers in errors, a bad row can be skipped and counted);
+the other formats are read through ``datasets``."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -19,6 +21,9 @@ class SourceConfig(ift.ComponentConfig):
     format: str = Field("auto", description="alpaca, messages, sharegpt, prompt-completion or auto.")
     system: str | None = Field(None, description="System prompt added to records that have none.")
     limit: int | None = Field(None, gt=0, description="Read at most this many rows.")
+    on_bad_rows: Literal["error", "skip"] = Field(
+        "error", description="error: stop at the first bad row; skip: drop bad rows, counted by reason.")
+    max_bad_fraction: float = Field(0.01, ge=0, le=1, description="With skip: more bad rows than this is an error.")
 
 
 class FileSourceConfig(SourceConfig):
@@ -67,13 +72,29 @@ class FileSource(ift.InstructionSource):
         except Exception as exc:  # datasets/pyarrow messages are long; keep the first line
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ift.DataError(f"cannot read as {self.name}: {first}", file=str(path)) from exc
-        return self._normalize(table)
+        self.stats = {}
+        return self._normalize(table, total=len(table))
 
     def check_file(self) -> None:
         """Find syntax errors with a line number before ``datasets`` reports them without one."""
 
-    def _normalize(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[ift.InstructionRecord]:
+    #: Bad rows skipped, by reason (``on_bad_rows = "skip"``); lands in the manifest.
+    stats: dict[str, Any]
+
+    def bad_row(self, reason: str, message: str, line: int | None, total: int) -> None:
+        """Raise, or count and allow the row to be skipped while under ``max_bad_fraction``."""
+        if self.config.on_bad_rows == "error":
+            raise ift.DataError(message, file=str(self.path), line=line)
+        skipped = self.stats.setdefault("skipped_rows", {})
+        skipped[reason] = skipped.get(reason, 0) + 1
+        if sum(skipped.values()) > self.config.max_bad_fraction * max(total, 1):
+            raise ift.DataError(f"{sum(skipped.values())} bad rows of {total} exceed max_bad_fraction = "
+                                f"{self.config.max_bad_fraction} (by reason: {skipped}); last: {message}",
+                                file=str(self.path), line=line)
+
+    def _normalize(self, rows: Iterable[Mapping[str, Any]], total: int = 0) -> Iterator[ift.InstructionRecord]:
         prefix = self.path.name
+        self.stats = getattr(self, "stats", {})
         for i, row in enumerate(rows):
             if self.config.limit is not None and i >= self.config.limit:
                 break
@@ -81,8 +102,9 @@ class FileSource(ift.InstructionSource):
                 messages, extras = normalize_row(row, self.config.format, system=self.config.system)
             except RowError as exc:
                 line = self.line_of(i)
-                raise ift.DataError(str(exc) if line else f"row {i}: {exc}", file=str(self.path),
-                                    line=line) from None
+                self.bad_row("row does not fit the format", str(exc) if line else f"row {i}: {exc}", line,
+                             total or i + 1)
+                continue
             row_id = row.get("id")
             yield ift.InstructionRecord(
                 id=str(row_id) if row_id is not None else f"{prefix}:{i}",
@@ -91,25 +113,44 @@ class FileSource(ift.InstructionSource):
 
 
 class JsonlSource(FileSource):
-    """JSON Lines: one object per line."""
+    """JSON Lines: one object per line. UTF-8 (a BOM is accepted), LF or CRLF, blank lines ignored."""
 
     name = "jsonl"
 
-    def check_file(self) -> None:
+    def records(self) -> Iterable[ift.InstructionRecord]:
+        if not self.path.is_file():
+            raise ift.DataError(f"data file not found (source {self.source_name!r})", file=str(self.path))
+        self.stats = {}
+        rows = self._rows()
+        return self._normalize(rows, total=len(rows))
+
+    def _rows(self) -> list[dict[str, Any]]:
         self._lines: list[int] = []
-        with self.path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    value = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ift.DataError(f"invalid JSON: {exc.msg} (column {exc.colno})", file=str(self.path),
-                                        line=number) from None
-                if not isinstance(value, dict):
-                    raise ift.DataError(f"expected a JSON object, got {type(value).__name__}",
-                                        file=str(self.path), line=number)
-                self._lines.append(number)
+        rows: list[dict[str, Any]] = []
+        raw_lines = self.path.read_bytes().split(b"\n")
+        total = sum(1 for raw in raw_lines if raw.strip())
+        for number, raw in enumerate(raw_lines, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                self.bad_row("invalid UTF-8", f"invalid UTF-8 (byte column {exc.start + 1})", number, total)
+                continue
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                self.bad_row("invalid JSON", f"invalid JSON: {exc.msg} (column {exc.colno})", number, total)
+                continue
+            if not isinstance(value, dict):
+                self.bad_row("not a JSON object", f"expected a JSON object, got {type(value).__name__}", number,
+                             total)
+                continue
+            self._lines.append(number)
+            rows.append(value)
+        return rows
 
     def line_of(self, row_index: int) -> int | None:
         return self._lines[row_index] if row_index < len(self._lines) else None

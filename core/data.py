@@ -53,8 +53,10 @@ def read_sources(recipe: Recipe, host: PluginHost, report: DataReport) -> list[I
             if record.task is None and spec.task is not None:
                 record.task = spec.task
             record.metadata.setdefault("split", spec.split)
-        report.sources.append({"name": spec.source_name, "source": spec.name, "records": len(got),
-                               "fingerprint": source.fingerprint(), "weight": spec.weight})
+        entry = {"name": spec.source_name, "source": spec.name, "records": len(got),
+                 "fingerprint": source.fingerprint(), "weight": spec.weight}
+        entry.update(getattr(source, "stats", None) or {})
+        report.sources.append(entry)
         records.extend(got)
     return records
 
@@ -81,7 +83,7 @@ def split_records(recipe: Recipe, records: list[InstructionRecord],
                   report: DataReport) -> tuple[list[InstructionRecord], list[InstructionRecord]]:
     """Hold out ``eval.fraction`` of each source (seeded), then remove from training every record whose
     content equals a held-out one, so the eval split never leaks into training."""
-    rng = random.Random(recipe.run.seed)
+    rng = random.Random(recipe.run.order_seed)
     by_source: dict[str, list[InstructionRecord]] = defaultdict(list)
     for record in records:
         by_source[record.source].append(record)

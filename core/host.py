@@ -66,6 +66,7 @@ class PluginFailure:
     distribution: str
     version: str
     error: str
+    entry_point: str = ""
 
 
 @dataclass(frozen=True)
@@ -128,13 +129,15 @@ class PluginHost:
         return "; ".join(f"unknown hook {n!r}{did_you_mean(n, known)}" for n in bad) or "invalid hook"
 
     def _load_entry_points(self) -> None:
-        allow = os.environ.get("IFT_PLUGINS")
+        # IFT_LOAD_PLUGINS: only these entry points; IFT_DISABLE_PLUGINS: all but these (IFT_PLUGINS: old name)
+        allow = os.environ.get("IFT_LOAD_PLUGINS") or os.environ.get("IFT_PLUGINS")
         allowed = {a.strip() for a in allow.split(",")} if allow else None
+        denied = {a.strip() for a in os.environ.get("IFT_DISABLE_PLUGINS", "").split(",") if a.strip()}
         seen: set[tuple[str, str]] = set()
         for ep in md.entry_points(group=ENTRY_POINT_GROUP):
             dist = ep.dist.name if ep.dist else "unknown distribution"
             version = ep.dist.version if ep.dist else "?"
-            if (allowed is not None and ep.name not in allowed) or (dist, ep.name) in seen:
+            if (allowed is not None and ep.name not in allowed) or ep.name in denied or (dist, ep.name) in seen:
                 continue  # the same distribution twice on sys.path: the first one wins, as for imports
             seen.add((dist, ep.name))
             try:
@@ -142,9 +145,9 @@ class PluginHost:
                 self._register(plugin, ep.name, dist, version, "entry-point")
             except Exception as exc:  # a broken plugin must not stop the others
                 message = f"{type(exc).__name__}: {exc}"
-                self.failures.append(PluginFailure(ep.name, dist, version, message))
-                warnings.warn(f"plugin {ep.name!r} ({dist} {version}) failed to load: {message}",
-                              stacklevel=2)
+                self.failures.append(PluginFailure(ep.name, dist, version, message, ep.value))
+                warnings.warn(f"plugin {ep.name!r} ({dist} {version}, entry point {ep.value}) failed to load: "
+                              f"{message}", stacklevel=2)
 
     def load_local(self, path: Path) -> None:
         """Register a one-file plugin (a recipe's ``[plugins] local = [...]``)."""
@@ -237,8 +240,8 @@ class PluginHost:
         message = f"unknown {KIND_LABELS[kind]} {name!r}{did_you_mean(name, choices)}; " \
                   f"available: {', '.join(choices) or 'none'}"
         for failure in self.failures:
-            message += (f"; plugin {failure.name!r} ({failure.distribution} {failure.version}) failed "
-                        f"to load and may provide it: {failure.error}")
+            message += (f"; plugin {failure.name!r} ({failure.distribution} {failure.version}, entry point "
+                        f"{failure.entry_point}) failed to load and may provide it: {failure.error}")
         return message
 
     # --- typed facade over the remaining hooks -------------------------------------------------
@@ -249,17 +252,28 @@ class PluginHost:
     def prepare_jinja_env(self, env: Any) -> None:
         self.pm.hook.ift_prepare_jinja_env(env=env)
 
+    def _observe(self, hook_name: str, where: str, **kwargs: Any) -> None:
+        """Call every implementation of a lifecycle hook; a failure names the plugin, the hook and where."""
+        caller = getattr(self.pm.hook, hook_name)
+        for impl in reversed(caller.get_hookimpls()):  # pluggy's own call order
+            try:
+                impl.function(**{k: kwargs[k] for k in impl.argnames})
+            except Exception as exc:
+                info = self.plugins.get(impl.plugin_name)
+                raise PluginError(f"{hook_name} ({where}) raised {type(exc).__name__}: {exc}",
+                                  plugin=impl.plugin_name, distribution=info.distribution if info else None) from exc
+
     def run_start(self, run_dir: str, resolved: dict[str, Any]) -> None:
-        self.pm.hook.ift_run_start(run_dir=run_dir, resolved=resolved)
+        self._observe("ift_run_start", "run start", run_dir=run_dir, resolved=resolved)
 
     def step_end(self, run_dir: str, event: dict[str, Any]) -> None:
-        self.pm.hook.ift_step_end(run_dir=run_dir, event=event)
+        self._observe("ift_step_end", f"step {event.get('step')}", run_dir=run_dir, event=event)
 
     def evaluate_end(self, run_dir: str, stage: str, metrics: dict[str, Any]) -> None:
-        self.pm.hook.ift_evaluate_end(run_dir=run_dir, stage=stage, metrics=metrics)
+        self._observe("ift_evaluate_end", f"evaluation {stage}", run_dir=run_dir, stage=stage, metrics=metrics)
 
     def run_end(self, run_dir: str, status: str, metrics: dict[str, Any]) -> None:
-        self.pm.hook.ift_run_end(run_dir=run_dir, status=status, metrics=metrics)
+        self._observe("ift_run_end", f"run end, {status}", run_dir=run_dir, status=status, metrics=metrics)
 
     def describe(self) -> list[dict[str, Any]]:
         """Loaded plugins for ``ift plugins`` and the manifest."""

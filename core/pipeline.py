@@ -113,6 +113,7 @@ class Run:
         self.manifest = {
             "ift": _version("ift"), "hook_api": _hook_api(), "python": platform.python_version(),
             "platform": platform.platform(), "command": sys.argv, "seed": recipe.run.seed,
+            "data_seed": recipe.run.order_seed,
             "packages": {p: _version(p) for p in PACKAGES}, "plugins": self.host.describe(),
             "git": _git_sha(recipe.base_dir), "started": rundir.started,
         }
@@ -164,7 +165,7 @@ class Run:
         resolved = recipe.resolved()
         return make_key({"ift": _version("ift"), "cache_format": 1, "fingerprints": fingerprints,
                          "data": resolved["data"], "transforms": resolved["transforms"],
-                         "split": {"seed": recipe.run.seed, "fraction": recipe.eval.fraction,
+                         "split": {"seed": recipe.run.order_seed, "fraction": recipe.eval.fraction,
                                    "max_examples": recipe.eval.max_examples},
                          "template": resolved["template"], "template_hash": renderer.template_hash(),
                          "tokenizer": tokenizer_fingerprint(tokenizer), "model": resolved["model"],
@@ -231,7 +232,7 @@ class Run:
 
         trainer = recipe.trainer.cls(recipe.trainer.config)
         ctx = TrainContext(model=model, tokenizer=tokenizer, adapter=adapter, train_examples=train_examples,
-                           eval_examples=eval_examples, seed=recipe.run.seed, run_dir=self.output_dir,
+                           eval_examples=eval_examples, seed=recipe.run.order_seed, run_dir=self.output_dir,
                            log_step=log_step, evaluate=lambda m, stage: self._evaluate(evaluator, m, stage),
                            progress=progress, checkpoint_dir=self.output_dir / "checkpoints",
                            resume_from=checkpoint, identity=identity, should_stop=lambda: self._stop_requested)

@@ -29,7 +29,12 @@ SECTIONS = ("run", "data", "transforms", "template", "model", "trainer", "eval",
 class RunSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    seed: int = 42
+    seed: int = Field(42, description="Model initialisation and everything random in training.")
+    data_seed: int | None = Field(None, description="Eval split and batch order; defaults to seed.")
+
+    @property
+    def order_seed(self) -> int:
+        return self.seed if self.data_seed is None else self.data_seed
     output_dir: str | None = None
     cache: bool = Field(True, description="Reuse prepared (tokenized) data across runs; see IFT_CACHE_DIR.")
 
@@ -223,12 +228,46 @@ def _section(raw: Any, key: str, model: type[BaseModel], problems: list[Problem]
         return model.model_construct()
 
 
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+(:[A-Za-z_][\w.]*)?$|^[\w.]+:[A-Za-z_][\w.]*$")
+_SECRET_KEY = re.compile(r"(^|_)(token|secret|password|passwd|api_?key|access_key|credentials?)$", re.I)
+_SECRET_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{30,}|\bsk-[A-Za-z0-9_-]{20,}|\bgh[pousr]_[A-Za-z0-9]{30,}|"
+                           r"\bAKIA[0-9A-Z]{16}\b|://[^/@\s:]+:[^/@\s]+@")
+
+
+def looks_like_import_path(name: str) -> bool:
+    return bool(_IMPORT_PATH.match(name))
+
+
+def find_secrets(value: Any, key: str = "") -> list[Problem]:
+    """Recipe values that look like credentials. Recipes are copied into run directories and shared;
+    secrets belong in the environment."""
+    problems = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            problems += find_secrets(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            problems += find_secrets(v, f"{key}[{i}]")
+    elif isinstance(value, str) and value:
+        name = key.rsplit(".", 1)[-1]
+        if _SECRET_KEY.search(name) or _SECRET_VALUE.search(value):
+            problems.append(Problem(key, "looks like a secret, and recipes are copied into run directories: put "
+                                    "it in an environment variable instead (HF_TOKEN for the Hugging Face Hub, "
+                                    "or the variable the plugin documents) and remove it from the recipe"))
+    return problems
+
+
 def _component(host: PluginHost, kind: str, table: dict[str, Any], name_key: str, key: str,
                problems: list[Problem], own_keys: tuple[str, ...] = ()) -> Component | None:
     name = table.get(name_key)
     if not isinstance(name, str):
         problems.append(Problem(f"{key}.{name_key}", f"required: the {KIND_LABELS[kind]}'s name; "
                                 f"available: {', '.join(host.names(kind))}"))
+        return None
+    if name not in host.registry[kind] and looks_like_import_path(name):
+        problems.append(Problem(f"{key}.{name_key}", f"{name!r} looks like an import path; recipes name "
+                                "registered components only (a recipe is data, not code): register the class "
+                                "from a plugin and use its name"))
         return None
     if name not in host.registry[kind]:
         problems.append(Problem(f"{key}.{name_key}", host.unknown_message(kind, name)))
@@ -246,7 +285,7 @@ def _component(host: PluginHost, kind: str, table: dict[str, Any], name_key: str
 def validate_recipe(raw: dict[str, Any], host: PluginHost, *, base_dir: Path, path: Path | None = None,
                     text: str = "", overrides: list[str] | None = None) -> Recipe:
     """Validate a parsed recipe; raise one RecipeError listing every problem."""
-    problems: list[Problem] = []
+    problems: list[Problem] = find_secrets(raw)
     for key in raw:
         if key not in SECTIONS:
             problems.append(Problem(key, f"unknown section{did_you_mean(key, SECTIONS)}; "

@@ -8,7 +8,10 @@ recovered later by searching token ids for a response marker.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from jinja2 import StrictUndefined, nodes
@@ -83,3 +86,26 @@ def merge_segments(segments: list[Segment]) -> list[Segment]:
 
 def contains_sentinel(text: str) -> bool:
     return GEN_START in text or GEN_END in text
+
+
+class RenderBudgetExceeded(Exception):
+    """A template took too long or produced too much text."""
+
+
+@contextmanager
+def time_budget(seconds: float) -> Iterator[None]:
+    """Interrupt a render that runs longer than ``seconds`` (main thread only; elsewhere no limit)."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise RenderBudgetExceeded(f"rendering took longer than {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

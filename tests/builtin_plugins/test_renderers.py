@@ -153,6 +153,20 @@ def test_sandbox_blocks_unsafe_access(tmp_path: Path, expression: str, blocked: 
         renderer.render(SINGLE)
     assert blocked in str(info.value)
     assert "'r1'" in str(info.value)
+    assert "refused by the template sandbox (security)" in str(info.value)
+
+
+def test_render_budget_stops_runaway_templates(tmp_path: Path) -> None:
+    slow = file_renderer(tmp_path, "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}"
+                                   "{% endfor %}{% generation %}x{% endgeneration %}")
+    slow.config = slow.Config(path=slow.config.path, max_seconds=0.2)
+    with pytest.raises(RenderError, match=r"record 'r1': rendering took longer than 0.2 s"):
+        slow.render(SINGLE)
+    big = file_renderer(tmp_path, "{% for a in range(20000) %}xxxxxxxxxx{% endfor %}{% generation %}x"
+                                  "{% endgeneration %}")
+    with pytest.raises(RenderError, match=r"rendered 200,00[0-9] characters, more than max_chars = 100,000"):
+        big.config = big.Config(path=big.config.path, max_chars=100_000)
+        big.render(SINGLE)
 
 
 def test_template_without_generation_block_is_an_error(tmp_path: Path) -> None:

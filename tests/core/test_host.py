@@ -192,7 +192,7 @@ def test_registration_hook_that_raises_names_plugin_and_hook(host: PluginHost) -
 
 def test_unknown_name_message_has_did_you_mean_and_choices(host: PluginHost) -> None:
     assert host.unknown_message("source", "jsnl") == \
-        "unknown source 'jsnl' (did you mean 'jsonl'?); available: csv, hf, json, jsonl, parquet"
+        f"unknown source 'jsnl' (did you mean 'jsonl'?); available: {', '.join(host.names('source'))}"
     assert host.unknown_message("renderer", "zzz") == \
         "unknown template renderer 'zzz'; available: alpaca, chat, chatml, jinja, plain"
     with pytest.raises(PluginError, match=r"unknown metric 'rouge' \(did you mean 'rouge_l'\?\)"):
@@ -212,6 +212,7 @@ class FakeEntryPoint:
         self.name = name
         self._load = load
         self.dist = SimpleNamespace(name=dist, version=version)
+        self.value = f"{name.replace('-', '_')}_module"
 
     def load(self) -> Any:
         return self._load()
@@ -229,6 +230,8 @@ def _fake_entry_points(monkeypatch: pytest.MonkeyPatch, eps: list[FakeEntryPoint
     monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
     monkeypatch.delenv("IFT_DISABLE_ENTRY_POINTS", raising=False)
     monkeypatch.delenv("IFT_PLUGINS", raising=False)
+    monkeypatch.delenv("IFT_LOAD_PLUGINS", raising=False)
+    monkeypatch.delenv("IFT_DISABLE_PLUGINS", raising=False)
 
 
 def test_broken_entry_point_is_recorded_and_the_others_still_load(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -236,14 +239,16 @@ def test_broken_entry_point_is_recorded_and_the_others_still_load(monkeypatch: p
         FakeEntryPoint("zz-good", lambda: SourcePlugin(_Source), dist="ift-good", version="1.0"),
         FakeEntryPoint("aa-broken", _broken, dist="ift-broken", version="0.1"),
     ])
-    with pytest.warns(UserWarning, match=r"plugin 'aa-broken' \(ift-broken 0.1\) failed to load"):
+    with pytest.warns(UserWarning, match=r"plugin 'aa-broken' \(ift-broken 0.1, entry point aa_broken_module\) "
+                                         r"failed to load"):
         host = PluginHost()
     assert [(f.name, f.distribution, f.version, f.error) for f in host.failures] == [
         ("aa-broken", "ift-broken", "0.1", "ImportError: No module named 'missing_dependency'")]
     assert host.plugins["zz-good"].origin == "entry-point"
     assert host.get("source", "memory").distribution == "ift-good"
     message = host.unknown_message("source", "private-db")
-    assert message.endswith("; plugin 'aa-broken' (ift-broken 0.1) failed to load and may provide it: "
+    assert message.endswith("; plugin 'aa-broken' (ift-broken 0.1, entry point aa_broken_module) failed to load "
+                            "and may provide it: "
                             "ImportError: No module named 'missing_dependency'")
 
 
@@ -267,10 +272,14 @@ def test_plugin_allow_list_skips_other_entry_points(monkeypatch: pytest.MonkeyPa
 
     _fake_entry_points(monkeypatch, [FakeEntryPoint("one", lambda: SourcePlugin(_Source)),
                                      FakeEntryPoint("two", lambda: SourcePlugin(Other))])
-    monkeypatch.setenv("IFT_PLUGINS", "two")
+    monkeypatch.setenv("IFT_LOAD_PLUGINS", "two")
     host = PluginHost()
     assert "one" not in host.plugins and "two" in host.plugins
     assert "other" in host.names("source") and "memory" not in host.names("source")
+    monkeypatch.delenv("IFT_LOAD_PLUGINS")
+    monkeypatch.setenv("IFT_DISABLE_PLUGINS", "two")
+    host = PluginHost()
+    assert "one" in host.plugins and "two" not in host.plugins
 
 
 def test_entry_points_can_be_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -348,14 +357,33 @@ def test_lifecycle_hooks_reach_every_observer(host: PluginHost) -> None:
     host.run_end("runs/x", "completed", {})
     env: dict[str, Any] = {}
     host.prepare_jinja_env(env)
-    commands: list[str] = []
+    class Commands(list):  # stands in for the click group
+        def add_command(self, command: Any) -> None:
+            self.append(command.name)
+
+    commands = Commands()
     host.register_commands(commands)
     assert calls == [("start", "runs/x", {"a": 1}), ("step", 3), ("eval", "final", {"loss": 0.5}),
                      ("end", "completed")]
     assert env == {"touched": True}
-    assert commands == ["cmd"]
+    assert sorted(commands) == ["cmd", "data"]  # "data" is the builtin `ift data` group
 
 
 def test_pluggy_project_name_is_ift(host: PluginHost) -> None:
     assert isinstance(host.pm, pluggy.PluginManager)
     assert host.pm.project_name == "ift"
+
+
+
+def test_an_observer_that_raises_is_named_with_hook_and_step(host: PluginHost) -> None:
+    class Tracker:
+        @ift.hookimpl
+        def ift_step_end(self, run_dir: str, event: dict[str, Any]) -> None:
+            raise ConnectionError("tracker offline")
+
+    host.register(Tracker(), "tracker", distribution="ift-tracker", version="2.0")
+    with pytest.raises(PluginError) as err:
+        host.step_end("run", {"step": 40, "loss": 1.0})
+    assert str(err.value) == ("plugin 'tracker' (from ift-tracker): ift_step_end (step 40) raised ConnectionError: "
+                              "tracker offline")
+    assert isinstance(err.value.__cause__, ConnectionError)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import ift
 from ift.builtin_plugins.causal_lm import CausalLMAdapter
 from ift.builtin_plugins.sft import SFTConfig, SFTTrainer
 from ift.errors import Problem, RecipeError
@@ -59,6 +60,7 @@ def test_resolved_fills_every_default(host: PluginHost) -> None:
     resolved = validate_recipe(raw, host, base_dir=Path(".")).resolved()
     assert resolved["data"] == [{"source": "jsonl", "name": "tickets", "weight": 2.0, "task": "qa",
                                  "split": "auto", "format": "auto", "system": None, "limit": None,
+                                 "on_bad_rows": "error", "max_bad_fraction": 0.01,
                                  "path": "a.jsonl"}]
     assert resolved["template"] == {"name": "alpaca"}
     assert resolved["trainer"]["epochs"] == 3.0
@@ -98,8 +100,8 @@ def test_every_problem_is_reported_at_once_with_key_paths(host: PluginHost) -> N
                    "model, trainer, eval, plugins"),
         ("eval.metrics[0]", "unknown metric 'exact_mach' (did you mean 'exact_match'?); available: accuracy, "
                             "exact_match, f1, loss, perplexity, precision, recall, rouge_l"),
-        ("data[0].source", "unknown source 'jsnl' (did you mean 'jsonl'?); available: csv, hf, json, jsonl, "
-                           "parquet"),
+        ("data[0].source", "unknown source 'jsnl' (did you mean 'jsonl'?); available: "
+                           + ", ".join(host.names("source"))),
         ("data[1].path", "required key is missing"),
         ("data[1].pth", "unknown key (did you mean 'path'?)"),
         ("data[2].weight", "must be a positive number (got -1)"),
@@ -127,7 +129,7 @@ def test_missing_and_misshapen_data(host: PluginHost) -> None:
     assert as_pairs(problems_of({"data": {"source": "jsonl"}, "model": MODEL}, host)) == \
         [("data", "must be an array of tables: write [[data]], not [data]")]
     assert as_pairs(problems_of(minimal(data=[{"path": "a.jsonl"}]), host)) == \
-        [("data[0].source", "required: the source's name; available: csv, hf, json, jsonl, parquet")]
+        [("data[0].source", f"required: the source's name; available: {', '.join(host.names('source'))}")]
 
 
 def test_duplicate_source_names_and_bad_split(host: PluginHost) -> None:
@@ -279,3 +281,28 @@ def test_unreadable_recipe(tmp_path: Path) -> None:
     assert str(info.value) == f"{tmp_path / 'absent.toml'}: invalid recipe: cannot read recipe: " \
                               "No such file or directory"
 
+
+
+def test_secrets_in_a_recipe_are_refused(host, tmp_path):
+    from ift.recipe import validate_recipe
+
+    raw = {"data": [{"source": "hf", "dataset": "org/set", "revision": "hf_" + "a1" * 20}],
+           "model": {"adapter": "causal-lm", "name_or_path": "https://user:pa55@example.com/model"},
+           "plugins": {"local": []}}
+    with pytest.raises(ift.RecipeError) as err:
+        validate_recipe(raw, host, base_dir=tmp_path)
+    keys = [p.key for p in err.value.problems if "looks like a secret" in p.message]
+    assert keys == ["data[0].revision", "model.name_or_path"]
+    assert "HF_TOKEN" in str(err.value)
+    assert "a1a1" not in str(err.value) and "pa55" not in str(err.value)  # the values are never echoed
+
+
+def test_component_given_as_import_path_is_refused(host, tmp_path):
+    from ift.recipe import validate_recipe
+
+    raw = {"data": [{"source": "mypkg.sources:CsvSource", "path": "x"}], "trainer": {"name": "my.trainers.Fancy"}}
+    with pytest.raises(ift.RecipeError) as err:
+        validate_recipe(raw, host, base_dir=tmp_path)
+    messages = {p.key: p.message for p in err.value.problems}
+    assert "looks like an import path" in messages["data[0].source"]
+    assert "looks like an import path" in messages["trainer.name"]

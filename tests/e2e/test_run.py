@@ -228,7 +228,7 @@ def test_empty_dataset_after_filtering_fails_before_the_model_loads(tmp_path: Pa
     code = main(["run", str(recipe), "--output-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 3
-    assert "no training examples are left" in err and "'empty turn': 5" in err
+    assert "no training examples are left" in err and "'empty output': 5" in err
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert "model" not in manifest  # failed before any model was loaded
 

@@ -100,4 +100,4 @@ def test_recipe_naming_a_missing_component_points_at_the_broken_plugin(tmp_path:
     result = ift(["validate", str(recipe)], tmp_path, tmp_path)
     assert result.returncode == 2
     assert "unknown source 'acme-db'" in result.stderr
-    assert "plugin 'broken' (ift-broken 0.3) failed to load" in result.stderr
+    assert "plugin 'broken' (ift-broken 0.3, entry point ift_broken_plugin) failed to load" in result.stderr
