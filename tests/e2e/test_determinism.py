@@ -101,3 +101,24 @@ def test_two_processes_match_one_process_with_the_same_global_batch(work: Path):
     assert log(ddp) == pytest.approx(log(single), rel=1e-5)
     final = [json.loads((d / "metrics.json").read_text())["final"]["overall"]["loss"] for d in (single, ddp)]
     assert final[1] == pytest.approx(final[0], rel=1e-5)
+
+
+def test_two_process_run_killed_and_resumed_is_bitwise_identical(work: Path):
+    (work / "ckpt.toml").write_text(RECIPE.replace("log_every = 1", "log_every = 1\nsave_every = 1"))
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def launch(out: str, *extra: str, fault: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "ift.cli", "run", str(work / "ckpt.toml"),
+                               "-o", str(work / out), "--set", "trainer.batch_size=4", *extra],
+                              capture_output=True, text=True, env={**env, "IFT_FAULT": fault}, timeout=300)
+
+    assert launch("ddp-ref").returncode == 0
+    assert launch("ddp-killed", fault="step-3").returncode != 0
+    checkpoints = sorted(p.name for p in (work / "ddp-killed" / "checkpoints").iterdir())
+    assert checkpoints == ["step-00000002", "step-00000003"]  # written once (rank 0), the older rotated away
+    resumed = launch("ddp-killed", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert log(work / "ddp-killed") == log(work / "ddp-ref")
+    assert (work / "ddp-killed" / "model" / "model.safetensors").read_bytes() == \
+        (work / "ddp-ref" / "model" / "model.safetensors").read_bytes()
