@@ -1,28 +1,61 @@
-"""Builtin transforms: the basic cleaning every run wants. Each counts what it drops by reason."""
+"""Builtin transforms: the basic cleaning every run wants (more in :mod:`ift.builtin_plugins.cleaning`).
+Each counts what it drops by reason."""
 
 from __future__ import annotations
 
 from pydantic import Field
 
 import ift
+from ift.builtin_plugins.cleaning.text import is_eval, structure_problem
+
+
+class DropInvalidConfig(ift.ComponentConfig):
+    check_choices: bool = Field(True, description="Drop records whose label is not one of their declared choices.")
 
 
 class DropInvalid(ift.Transform):
-    """Drop records with an empty turn or an answer identical to the prompt."""
+    """Drop records that cannot be trained on, counted by the first reason that applies:
+
+    - ``missing output``: no turns, or the last turn is not the assistant's;
+    - ``missing prompt``: no user turn;
+    - ``bad role order``: turns do not alternate user / assistant after an optional leading system turn;
+    - ``empty output``: the answer is blank; ``empty turn``: another turn is blank;
+    - ``answer identical to prompt``: the answer equals the user turn before it (case and spacing ignored);
+    - ``label outside choices``: the record declares ``choices`` and a ``label`` that is not among them.
+    """
 
     name = "drop-invalid"
+    Config = DropInvalidConfig
+    config: DropInvalidConfig
+
+    def reason(self, record: ift.InstructionRecord) -> str | None:
+        problem = structure_problem(record)
+        if problem is not None:
+            return problem
+        if not record.answer.strip():
+            return "empty output"
+        if any(not m.content.strip() for m in record.messages):
+            return "empty turn"
+        if _norm(record.answer) == _norm(record.messages[-2].content):
+            return "answer identical to prompt"
+        if self.config.check_choices and record.choices and record.label is not None \
+                and record.label.strip() not in {c.strip() for c in record.choices}:
+            return "label outside choices"
+        return None
 
     def apply(self, records: list[ift.InstructionRecord], tally: ift.Tally) -> list[ift.InstructionRecord]:
         kept = []
         for record in records:
-            if any(not m.content.strip() for m in record.messages):
-                tally.drop("empty turn")
-            elif record.answer.strip() == record.messages[-2].content.strip() if len(record.messages) > 1 \
-                    else False:
-                tally.drop("answer identical to prompt")
-            else:
+            reason = self.reason(record)
+            if reason is None:
                 kept.append(record)
+            else:
+                tally.drop(reason)
         return kept
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split()).lower()
 
 
 class DedupConfig(ift.ComponentConfig):
@@ -31,23 +64,31 @@ class DedupConfig(ift.ComponentConfig):
 
 
 class ExactDedup(ift.Transform):
-    """Drop exact duplicates after whitespace normalisation; the first occurrence is kept."""
+    """Drop exact duplicates after whitespace and case normalisation; the first occurrence is kept.
+    Records of an eval-only table are looked at first and never dropped, so a training record equal to an
+    eval record is the one that goes."""
 
     name = "dedup"
     Config = DedupConfig
+    config: DedupConfig
 
     def apply(self, records: list[ift.InstructionRecord], tally: ift.Tally) -> list[ift.InstructionRecord]:
-        seen: set[tuple[tuple[str, str], ...]] = set()
+        keys = [self.key(r) for r in records]
+        seen = {key for key, r in zip(keys, records, strict=True) if is_eval(r)}
         kept = []
-        for record in records:
-            messages = record.messages if self.config.by == "conversation" else record.messages[:-1]  # type: ignore[attr-defined]
-            key = tuple((m.role, " ".join(m.content.split()).lower()) for m in messages)
-            if key in seen:
+        for key, record in zip(keys, records, strict=True):
+            if is_eval(record):
+                kept.append(record)
+            elif key in seen:
                 tally.drop("duplicate")
             else:
                 seen.add(key)
                 kept.append(record)
         return kept
+
+    def key(self, record: ift.InstructionRecord) -> tuple[tuple[str, str], ...]:
+        messages = record.messages if self.config.by == "conversation" else record.messages[:-1]
+        return tuple((m.role, " ".join(m.content.split()).lower()) for m in messages)
 
 
 @ift.hookimpl

@@ -265,6 +265,22 @@ class Metric(Component, ABC):
         """The metric over one group of examples."""
 
 
+# --- similarity backends ----------------------------------------------------------------------
+
+
+class SimilarityBackend(Component, ABC):
+    """Scores queries against a collection of texts (1.0: same meaning, 0.0: nothing in common); used by
+    retrieval-based sources. Plugins bring embeddings this way."""
+
+    @abstractmethod
+    def fit(self, texts: Sequence[str]) -> None:
+        """Index the collection (called once, before :meth:`scores`)."""
+
+    @abstractmethod
+    def scores(self, queries: Sequence[str]) -> Any:
+        """A ``len(queries) x len(texts)`` matrix (nested lists or an array) of similarities in [0, 1]."""
+
+
 KINDS: dict[str, type[Component]] = {
     "source": InstructionSource,
     "transform": Transform,
@@ -272,4 +288,5 @@ KINDS: dict[str, type[Component]] = {
     "model_adapter": ModelAdapter,
     "trainer": Trainer,
     "metric": Metric,
+    "similarity_backend": SimilarityBackend,
 }

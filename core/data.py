@@ -55,7 +55,9 @@ def read_sources(recipe: Recipe, host: PluginHost, report: DataReport) -> list[I
             record.metadata.setdefault("split", spec.split)
         entry = {"name": spec.source_name, "source": spec.name, "records": len(got),
                  "fingerprint": source.fingerprint(), "weight": spec.weight}
-        entry.update(getattr(source, "stats", None) or {})
+        stats = getattr(source, "stats", None)
+        if stats:
+            entry["stats"] = stats
         report.sources.append(entry)
         records.extend(got)
     return records

@@ -68,6 +68,12 @@ def ift_register_metrics() -> list[type]:
 
 
 @hookspec
+def ift_register_similarity_backends() -> list[type]:
+    """Return similarity backend classes (subclasses of ``ift.SimilarityBackend``), used by retrieval-based
+    sources with ``backend = "<name>"`` (options validated by the class's ``Config``)."""
+
+
+@hookspec
 def ift_register_commands(cli: Any) -> None:
     """Add subcommands to the ``ift`` click group ``cli`` (``cli.add_command(...)``)."""
 

@@ -30,10 +30,13 @@ ENTRY_POINT_GROUP = "ift"
 BUILTIN_MODULES = (
     "ift.builtin_plugins.sources",
     "ift.builtin_plugins.transforms",
+    "ift.builtin_plugins.cleaning",
     "ift.builtin_plugins.renderers",
     "ift.builtin_plugins.causal_lm",
     "ift.builtin_plugins.sft",
     "ift.builtin_plugins.metrics",
+    "ift.builtin_plugins.builders",
+    "ift.builtin_plugins.data_cli",
 )
 _REGISTER_HOOKS = {
     "source": "ift_register_sources",
@@ -42,9 +45,11 @@ _REGISTER_HOOKS = {
     "model_adapter": "ift_register_model_adapters",
     "trainer": "ift_register_trainers",
     "metric": "ift_register_metrics",
+    "similarity_backend": "ift_register_similarity_backends",
 }
 KIND_LABELS = {"source": "source", "transform": "transform", "renderer": "template renderer",
-               "model_adapter": "model adapter", "trainer": "trainer", "metric": "metric"}
+               "model_adapter": "model adapter", "trainer": "trainer", "metric": "metric",
+               "similarity_backend": "similarity backend"}
 
 
 @dataclass

@@ -200,6 +200,8 @@ def _problems_from(exc: ValidationError, prefix: str, model: type[BaseModel]) ->
             problems.append(Problem(key, f"unknown key{did_you_mean(loc[-1], fields)}"))
         elif err["type"] == "missing":
             problems.append(Problem(key, "required key is missing"))
+        elif err["type"] == "value_error":  # a validator's own message says what is wrong; no pydantic prefix
+            problems.append(Problem(key, str(err.get("ctx", {}).get("error", err["msg"]))))
         else:
             problems.append(Problem(key, f"{err['msg']} (got {err.get('input')!r})"))
     return problems
@@ -275,7 +277,7 @@ def _component(host: PluginHost, kind: str, table: dict[str, Any], name_key: str
     registered = host.registry[kind][name]
     body = {k: v for k, v in table.items() if k != name_key and k not in own_keys}
     try:
-        config = registered.cls.Config.model_validate(body)
+        config = registered.cls.Config.model_validate(body, context={"host": host})
     except ValidationError as exc:
         problems.extend(_problems_from(exc, key, registered.cls.Config))
         return None

@@ -229,7 +229,7 @@ def test_transforms_report_counts_by_reason(make_recipe: MakeRecipe, host: Plugi
     assert [r.id for r in kept] == ["d-0"]
     assert report.transforms == [
         {"name": "drop-invalid", "in": 4, "out": 2,
-         "dropped": {"empty turn": 1, "answer identical to prompt": 1}, "changed": {}},
+         "dropped": {"empty output": 1, "answer identical to prompt": 1}, "changed": {}},
         {"name": "dedup", "in": 2, "out": 1, "dropped": {"duplicate": 1}, "changed": {}},
     ]
 

@@ -17,8 +17,8 @@ from ift.errors import PluginError
 from ift.host import PluginHost, did_you_mean
 
 BUILTIN_NAMES = {
-    "source": ["csv", "hf", "json", "jsonl", "parquet"],
-    "transform": ["dedup", "drop-invalid"],
+    "source": ["csv", "hf", "json", "jsonl", "parquet", "retrieved", "self-instruct", "templated"],
+    "transform": ["decontaminate", "dedup", "drop-invalid", "length-filter", "mask-pii", "near-dedup", "tag"],
     "renderer": ["alpaca", "chat", "chatml", "jinja", "plain"],
     "model_adapter": ["causal-lm"],
     "trainer": ["sft"],
@@ -55,7 +55,8 @@ def test_builtins_register_every_component_under_its_name(host: PluginHost) -> N
 
 def test_builtin_plugins_are_described_with_origin_and_registered_names(host: PluginHost) -> None:
     described = {row["name"]: row for row in host.describe()}
-    assert set(described) == {"sources", "transforms", "renderers", "causal_lm", "sft", "metrics"}
+    assert set(described) == {"sources", "transforms", "renderers", "causal_lm", "sft", "metrics", "cleaning",
+                              "builders", "data_cli"}
     assert described["transforms"]["origin"] == "builtin"
     assert described["transforms"]["distribution"] == "ift"
     assert described["transforms"]["registered"] == {"transform": ["drop-invalid", "dedup"]}

@@ -1,0 +1,201 @@
+"""The numbers of the data quality report: a pure function of a record list (no model, no torch).
+
+Each record's features are computed once; the overall and per-source sections aggregate them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ift.builtin_plugins.cleaning.decontam import contamination
+from ift.builtin_plugins.cleaning.minhash import NearDuplicateFinder, shingle_set
+from ift.builtin_plugins.cleaning.tagging import KeywordTagger
+from ift.builtin_plugins.cleaning.text import conversation, instruction, is_eval, structure_problem, words
+from ift.builtin_plugins.quality.heuristics import (
+    CONTAMINATION_N,
+    DEFINITIONS,
+    SHORT_WORDS,
+    copies_input,
+    is_fragmentary,
+    looks_truncated,
+    outside_choices,
+    schema,
+)
+from ift.builtin_plugins.quality.verbs import leading_verb
+from ift.records import InstructionRecord
+
+REPORT_VERSION = 1
+TOP = 20  # entries kept in top-verb / verb-object lists
+TREE_VERBS, TREE_OBJECTS = 20, 4  # the verb -> object tree behind the sunburst plot
+LENGTH_BINS = [1, 3, 5, 10, 20, 50, 100, 200, 500]  # histogram edges, in words (last bin open)
+NEAR_DUPLICATE = {"threshold": 0.7, "shingle_size": 3}  # minhash on word 3-grams of the conversation
+
+
+@dataclass(slots=True)
+class Features:
+    """What the report needs from one record."""
+
+    tokens: list[str]  # instruction words
+    verb: str | None
+    obj: str | None
+    task: str  # the record's own, else inferred ("(none)" when no rule matched)
+    task_inferred: bool
+    domain: str
+    domain_inferred: bool
+    fragmentary: bool
+    answer_words: int
+    schema: str
+    turns: int
+    problem: str | None
+    empty: bool
+    copied: bool
+    truncated: bool
+    choices: bool
+    outside: bool
+    shingles: set[int]
+
+
+def features(record: InstructionRecord, tagger: KeywordTagger) -> Features:
+    text = instruction(record)
+    verb, obj = leading_verb(text)
+    domain = record.metadata.get("domain")
+    whole = conversation(record)
+    return Features(
+        tokens=words(text), verb=verb, obj=obj,
+        task=record.task if record.task is not None else (tagger.task(text) or "(none)"),
+        task_inferred=record.task is None,
+        domain=str(domain) if domain is not None else (tagger.domain(whole) or "(none)"),
+        domain_inferred=domain is None, fragmentary=is_fragmentary(text), answer_words=len(words(record.answer)),
+        schema=schema(record), turns=len(record.messages), problem=structure_problem(record),
+        empty=not record.answer.strip(), copied=copies_input(record), truncated=looks_truncated(record.answer),
+        choices=bool(record.choices), outside=bool(record.choices) and outside_choices(record),
+        shingles=shingle_set(whole, "word", NEAR_DUPLICATE["shingle_size"]))
+
+
+def _count(n: int, total: int) -> dict[str, Any]:
+    return {"count": n, "share": round(n / total, 4) if total else 0.0}
+
+
+def _percentiles(values: Sequence[int]) -> dict[str, Any]:
+    if not values:
+        return {"min": 0, "p10": 0, "p25": 0, "median": 0, "p75": 0, "p90": 0, "max": 0, "mean": 0.0}
+    ordered = sorted(values)
+
+    def at(q: float) -> int:  # nearest-rank percentile: the smallest value with at least q of the values <= it
+        return ordered[max(0, math.ceil(q * len(ordered) - 1e-9) - 1)]
+
+    return {"min": ordered[0], "p10": at(0.10), "p25": at(0.25), "median": at(0.5), "p75": at(0.75),
+            "p90": at(0.90), "max": ordered[-1], "mean": round(sum(ordered) / len(ordered), 2)}
+
+
+def _histogram(values: Sequence[int]) -> dict[str, Any]:
+    edges = zip(LENGTH_BINS, LENGTH_BINS[1:], strict=False)
+    labels = [f"{lo}-{hi - 1}" if hi - 1 > lo else str(lo) for lo, hi in edges]
+    labels = ["0", *labels, f"{LENGTH_BINS[-1]}+"]
+    counts = [0] * len(labels)
+    for v in values:
+        counts[0 if v < LENGTH_BINS[0] else sum(v >= edge for edge in LENGTH_BINS)] += 1
+    return {"bins": labels, "counts": counts}
+
+
+def distinct_n(texts: Sequence[list[str]], n: int) -> float:
+    grams = [tuple(t[i:i + n]) for t in texts for i in range(len(t) - n + 1)]
+    return round(len(set(grams)) / len(grams), 4) if grams else 0.0
+
+
+def _labels(values: Sequence[str], inferred: Sequence[bool]) -> dict[str, Any]:
+    return {"counts": dict(Counter(values).most_common()), "inferred": sum(inferred)}
+
+
+def _verb_tree(verbs: Counter[str], pairs: Counter[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The most common verbs, each with its most common objects (the Self-Instruct sunburst's data)."""
+    objects: dict[str, Counter[str]] = defaultdict(Counter)
+    for (verb, obj), count in pairs.items():
+        objects[verb][obj] = count
+    return [{"verb": v, "count": c,
+             "objects": [{"object": o, "count": k} for o, k in objects[v].most_common(TREE_OBJECTS)]}
+            for v, c in verbs.most_common(TREE_VERBS)]
+
+
+def group_report(group: Sequence[Features]) -> dict[str, Any]:
+    """Every section of the report for one group of records."""
+    n = len(group)
+    verbs = Counter(f.verb for f in group if f.verb)
+    pairs = Counter((f.verb, f.obj) for f in group if f.verb and f.obj)
+    finder = NearDuplicateFinder(method="minhash", shingles="word", **NEAR_DUPLICATE)  # type: ignore[arg-type]
+    near = finder.find([""] * n, sets=[f.shingles for f in group])
+    lengths = [len(f.tokens) for f in group]
+    schemas = Counter(f.schema for f in group)
+    problems = Counter(f.problem for f in group if f.problem)
+    with_choices = sum(f.choices for f in group)
+    return {
+        "records": n,
+        "diversity": {
+            "distinct_1": distinct_n([f.tokens for f in group], 1),
+            "distinct_2": distinct_n([f.tokens for f in group], 2),
+            "leading_verbs": {**_count(sum(verbs.values()), n), "unique": len(verbs),
+                              "top": [{"verb": v, "count": c} for v, c in verbs.most_common(TOP)]},
+            "verb_objects": {"unique": len(pairs),
+                             "top": [{"verb": v, "object": o, "count": c} for (v, o), c in pairs.most_common(TOP)],
+                             "tree": _verb_tree(verbs, pairs)},  # type: ignore[arg-type]
+            "tasks": _labels([f.task for f in group], [f.task_inferred for f in group]),
+            "domains": _labels([f.domain for f in group], [f.domain_inferred for f in group]),
+            "near_duplicates": _count(sum(m is not None for m in near), n),
+        },
+        "clarity": {
+            "instruction_words": _percentiles(lengths), "histogram": _histogram(lengths),
+            "very_short": _count(sum(x < SHORT_WORDS for x in lengths), n),
+            "fragmentary": _count(sum(f.fragmentary for f in group), n),
+            "answer_words": _percentiles([f.answer_words for f in group]),
+        },
+        "consistency": {
+            "schema_conformity": round(schemas.most_common(1)[0][1] / n, 4) if n else 0.0,
+            "schemas": [{"fields": s, "count": c} for s, c in schemas.most_common()],
+            "turns": {str(k): v for k, v in sorted(Counter(f.turns for f in group).items())},
+            "role_order_problems": {**_count(sum(problems.values()), n), "by_kind": dict(problems.most_common())},
+        },
+        "accuracy": {
+            "empty_outputs": _count(sum(f.empty for f in group), n),
+            "copied_input": _count(sum(f.copied for f in group), n),
+            "truncated_outputs": _count(sum(f.truncated for f in group), n),
+            "with_choices": with_choices,
+            "outside_choices": _count(sum(f.outside for f in group), with_choices),
+        },
+    }
+
+
+def quality_report(records: list[InstructionRecord], *,
+                   eval_records: list[InstructionRecord] | None = None) -> dict[str, Any]:
+    """Diversity, clarity, consistency and accuracy proxies of ``records``, overall and per source.
+
+    With ``eval_records`` (and/or records of eval-only tables among ``records``), also the share of the
+    other records that overlap them (``contamination``). The result is plain JSON-serialisable data.
+    """
+    tagger = KeywordTagger()
+    every = [features(r, tagger) for r in records]
+    by_source: dict[str, list[Features]] = defaultdict(list)
+    for record, feature in zip(records, every, strict=True):
+        by_source[record.source].append(feature)
+    overall = group_report(every)
+    report: dict[str, Any] = {
+        "version": REPORT_VERSION, "records": len(records), "sources": {k: len(v) for k, v in by_source.items()},
+        "overall": overall,
+        "per_source": {name: overall if len(by_source) == 1 else group_report(group)
+                       for name, group in by_source.items()},
+        "definitions": DEFINITIONS,
+    }
+    reference = [r for r in records if is_eval(r)] + list(eval_records or [])
+    if reference:
+        subjects = [r for r in records if not is_eval(r)]
+        shares = contamination(subjects, reference, n=CONTAMINATION_N, fields="prompt")
+        hit: Counter[str] = Counter(r.source for r, s in zip(subjects, shares, strict=True) if s > 0)
+        totals = Counter(r.source for r in subjects)
+        report["contamination"] = {
+            "n": CONTAMINATION_N, "eval_records": len(reference), **_count(sum(hit.values()), len(subjects)),
+            "per_source": {name: _count(hit[name], totals[name]) for name in totals},
+        }
+    return report
