@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         host = PluginHost()
         host.register_commands(cli)
-        cli.main(args=argv, obj={"host": host}, standalone_mode=False)
+        cli.main(args=argv, prog_name="ift", obj={"host": host}, standalone_mode=False)
     except IftError as exc:
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code
