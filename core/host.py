@@ -37,6 +37,7 @@ BUILTIN_MODULES = (
     "ift.builtin_plugins.metrics",
     "ift.builtin_plugins.builders",
     "ift.builtin_plugins.data_cli",
+    "ift.builtin_plugins.reporting",
 )
 _REGISTER_HOOKS = {
     "source": "ift_register_sources",
