@@ -97,7 +97,12 @@ class Tally:
 
 
 class Transform(Component, ABC):
-    """Cleans, filters or rewrites a whole list of records at once (never one hook call per record)."""
+    """Cleans, filters or rewrites a whole list of records at once (never one hook call per record).
+    ``base_dir`` is the recipe's folder, for relative paths in the config."""
+
+    def __init__(self, config: ComponentConfig, *, base_dir: Path | None = None) -> None:
+        super().__init__(config)
+        self.base_dir = base_dir
 
     @abstractmethod
     def apply(self, records: list[InstructionRecord], tally: Tally) -> list[InstructionRecord]:

@@ -66,7 +66,7 @@ def read_sources(recipe: Recipe, host: PluginHost, report: DataReport) -> list[I
 def apply_transforms(recipe: Recipe, host: PluginHost, records: list[InstructionRecord],
                      report: DataReport) -> list[InstructionRecord]:
     for spec in recipe.transforms:
-        transform: Transform = spec.cls(spec.config)
+        transform: Transform = spec.cls(spec.config, base_dir=recipe.base_dir)
         tally = Tally()
         before = len(records)
         records = transform.apply(list(records), tally)

@@ -87,6 +87,13 @@ def ift_prepare_jinja_env(env: Any) -> None:
 
 
 @hookspec
+def ift_data_prepared(run_dir: str, train_records: list[Any], eval_records: list[Any]) -> None:
+    """Called once per run when the data has been read, cleaned and split (the whole lists, after weights:
+    a record repeated by its source's weight appears repeatedly). Write data reports into ``run_dir``
+    here; files named ``data_report*`` are cached with the prepared data and restored on a cache hit."""
+
+
+@hookspec
 def ift_run_start(run_dir: str, resolved: dict[str, Any]) -> None:
     """Called once when a run starts, after the run directory is created and the recipe resolved."""
 

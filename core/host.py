@@ -38,6 +38,7 @@ BUILTIN_MODULES = (
     "ift.builtin_plugins.builders",
     "ift.builtin_plugins.data_cli",
     "ift.builtin_plugins.reporting",
+    "ift.builtin_plugins.quality",
 )
 _REGISTER_HOOKS = {
     "source": "ift_register_sources",
@@ -268,6 +269,10 @@ class PluginHost:
                 info = self.plugins.get(impl.plugin_name)
                 raise PluginError(f"{hook_name} ({where}) raised {type(exc).__name__}: {exc}",
                                   plugin=impl.plugin_name, distribution=info.distribution if info else None) from exc
+
+    def data_prepared(self, run_dir: str, train_records: list[Any], eval_records: list[Any]) -> None:
+        self._observe("ift_data_prepared", "data prepared", run_dir=run_dir, train_records=train_records,
+                      eval_records=eval_records)
 
     def run_start(self, run_dir: str, resolved: dict[str, Any]) -> None:
         self._observe("ift_run_start", "run start", run_dir=run_dir, resolved=resolved)

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,6 +130,9 @@ class Run:
             self.manifest["data"] = hit.report
             self.manifest["cache"] = {"key": key, "hit": True, "seconds": round(time.perf_counter() - started, 3)}
             self.echo(f"data: reusing prepared data {cache.root / key}")
+            if is_main_process():
+                for report in (cache.root / key).glob("data_report*"):
+                    shutil.copyfile(report, self.output_dir / report.name)
             return hit
         records = read_sources(recipe, host, report)
         records = apply_transforms(recipe, host, records, report)
@@ -137,6 +141,8 @@ class Run:
         if not train_records:
             raise DataError("no training examples are left after filtering and the eval split "
                             f"(counts: {report.to_dict()})")
+        if is_main_process():
+            host.data_prepared(str(self.output_dir), train_records, eval_records)
         trainer_cfg = recipe.trainer_config
         train_examples, _ = encode_records(train_records, renderer, adapter, tokenizer, trainer_cfg, "train", report)
         eval_examples, eval_records = encode_records(eval_records, renderer, adapter, tokenizer, trainer_cfg,
@@ -148,7 +154,10 @@ class Run:
         prepared = Prepared(train_examples, eval_examples, eval_records, report.to_dict())
         self.manifest["cache"] = {"key": key, "hit": False, "seconds": round(time.perf_counter() - started, 3)}
         if key is not None and is_main_process():
-            cache.store(key, prepared)
+            entry = cache.store(key, prepared)
+            for report in self.output_dir.glob("data_report*"):  # plugins' data reports travel with the data
+                if report.is_file():
+                    shutil.copyfile(report, entry / report.name)
         return prepared
 
     def _cache_key(self, adapter: Any, tokenizer: Any, renderer: Any) -> str | None:

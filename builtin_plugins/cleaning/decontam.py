@@ -96,8 +96,7 @@ class Decontaminate(ift.Transform):
     config: DecontaminateConfig
 
     def __init__(self, config: ift.ComponentConfig, *, base_dir: Path | None = None, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
-        self.base_dir = base_dir
+        super().__init__(config, base_dir=base_dir, **kwargs)
 
     def eval_records(self, records: list[ift.InstructionRecord]) -> list[ift.InstructionRecord]:
         c = self.config

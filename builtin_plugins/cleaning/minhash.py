@@ -3,22 +3,20 @@ Leskovec, Rajaraman & Ullman, *Mining of Massive Datasets*, ch. 3).
 
 Each text becomes a set of shingles (word or character n-grams, hashed to 32 bits). A MinHash signature of
 ``num_perm`` values estimates the Jaccard similarity of two sets; LSH cuts the signature into ``bands`` of
-``rows`` values, and two texts become a *candidate pair* when one band is identical. Work is linear in the
-number of texts (plus the candidates), never quadratic. Every candidate pair is then checked exactly
-(Jaccard of the shingle sets, or ROUGE-L), so the stated threshold is exact: LSH only decides which pairs
-are looked at, and its bands are chosen so that a pair at the threshold is proposed with probability
->= 0.95 (more similar pairs: higher).
+``rows`` values, and two texts become a *candidate pair* when one band is identical. Every candidate pair is
+then checked exactly (Jaccard of the shingle sets, or ROUGE-L), so the stated threshold is exact: LSH only
+decides which pairs are looked at, and its bands are chosen so that a pair at the threshold is proposed with
+probability >= 0.95 (more similar pairs: higher). Each text is compared with at most ``max_candidates``
+earlier texts, so the work is linear in the number of texts even when many of them look alike.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from ift.builtin_plugins.cleaning.text import normalize, words
-from ift.builtin_plugins.metrics import lcs_length
 
 if TYPE_CHECKING:
     import numpy as np
@@ -39,6 +37,17 @@ def shingle_set(text: str, kind: Shingles = "word", size: int = 3) -> set[int]:
         flat = normalize(text)
         grams = [flat[i:i + size] for i in range(max(1, len(flat) - size + 1))] if flat else []
     return {zlib.crc32(g.encode()) for g in grams}
+
+
+def word_bag(text: str) -> set[int]:
+    """The words of the normalised text as a multiset, written as a set of (word, occurrence) hashes, so
+    the Jaccard similarity of two bags is that of the multisets: |A & B| / |A | B| counting repeats."""
+    seen: dict[str, int] = {}
+    out = set()
+    for token in words(text):
+        k = seen[token] = seen.get(token, 0) + 1
+        out.add(zlib.crc32(f"{token}\x00{k}".encode()))
+    return out
 
 
 def signatures(sets: Sequence[set[int]], num_perm: int = 128, seed: int = 1) -> np.ndarray:
@@ -100,7 +109,23 @@ def jaccard(a: set[int], b: set[int]) -> float:
     return len(a & b) / len(a | b) if a or b else 0.0
 
 
-def rouge_l_f1(a: list[str], b: list[str]) -> float:
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence, bit-parallel (Allison & Dix 1986; Hyyro 2004): one
+    big-integer step per token of ``b`` instead of len(a) Python steps, same result as the dynamic program."""
+    if not a or not b:
+        return 0
+    masks: dict[str, int] = {}
+    for i, token in enumerate(a):
+        masks[token] = masks.get(token, 0) | (1 << i)
+    full = (1 << len(a)) - 1
+    row = full
+    for token in b:
+        match = row & masks.get(token, 0)
+        row = ((row + match) | (row - match)) & full
+    return len(a) - row.bit_count()
+
+
+def rouge_l_f1(a: Sequence[str], b: Sequence[str]) -> float:
     """ROUGE-L F1 of two token lists (the ``rouge_l`` metric's definition)."""
     lcs = lcs_length(a, b)
     return 0.0 if lcs == 0 else 2 * lcs / (len(a) + len(b))
@@ -110,30 +135,32 @@ class NearDuplicateFinder:
     """Finds, for each text, an earlier *kept* text it nearly duplicates.
 
     ``method = "minhash"``: Jaccard similarity of the shingle sets >= ``threshold``.
-    ``method = "rouge-l"``: ROUGE-L F1 of the word sequences >= ``threshold``; candidates come from LSH
-    at ``candidate_threshold`` (default ``0.8 * t / (2 - t)``, just under the word-set Jaccard a pair
-    with ROUGE-L F1 ``t`` has at least, since the LCS never exceeds the common words).
+    ``method = "rouge-l"``: ROUGE-L F1 of the word sequences >= ``threshold``. Candidates come from LSH over
+    the texts' word multisets at Jaccard ``t / (2 - t)``: the LCS never exceeds the common words ``c``, so
+    F1 = 2 LCS / (m + n) >= t implies c / (m + n - c) >= t / (2 - t). Pairs under that bound are rejected
+    before the LCS is computed.
     """
 
     def __init__(self, *, method: Literal["minhash", "rouge-l"] = "minhash", threshold: float = 0.7,
                  shingles: Shingles = "word", shingle_size: int | None = None, num_perm: int = 128,
-                 bands: int | None = None, candidate_threshold: float | None = None, seed: int = 1) -> None:
+                 bands: int | None = None, max_candidates: int = 100, seed: int = 1) -> None:
         self.method = method
         self.threshold = threshold
         self.shingles = shingles
-        self.shingle_size = shingle_size or (1 if method == "rouge-l" else 3 if shingles == "word" else 5)
+        self.shingle_size = shingle_size or (3 if shingles == "word" else 5)
         self.num_perm = num_perm
-        if candidate_threshold is None:
-            candidate_threshold = threshold if method == "minhash" else 0.8 * threshold / (2 - threshold)
-        self.candidate_threshold = candidate_threshold
+        self.set_threshold = threshold if method == "minhash" else threshold / (2 - threshold)
         if bands is None:
-            self.bands, self.rows = band_layout(candidate_threshold, num_perm)
+            self.bands, self.rows = band_layout(self.set_threshold, num_perm)
         else:
             self.bands, self.rows = bands, num_perm // bands
+        self.max_candidates = max_candidates
         self.seed = seed
         self.candidates_checked = 0
 
     def shingle_sets(self, texts: Sequence[str]) -> list[set[int]]:
+        if self.method == "rouge-l":
+            return [word_bag(t) for t in texts]
         return [shingle_set(t, self.shingles, self.shingle_size) for t in texts]
 
     def find(self, texts: Sequence[str], *, protected: Sequence[bool] | None = None,
@@ -157,7 +184,8 @@ class NearDuplicateFinder:
         protect = list(protected) if protected is not None else [False] * len(texts)
         active = np.flatnonzero(shared.any(axis=1)).tolist()
         order = [i for i in active if protect[i]] + [i for i in active if not protect[i]]
-        buckets: dict[int, list[int]] = {}
+        cap = self.max_candidates
+        buckets: dict[int, list[int]] = {}  # band key -> kept texts (at most `cap` each)
         result: list[int | None] = [None] * len(texts)
         checked = 0
         for i in order:
@@ -168,36 +196,36 @@ class NearDuplicateFinder:
                 for j in buckets.get(key, ()):
                     if j not in seen:
                         seen.add(j)
-                        checked += 1
                         if same(i, j):
                             match = j
                             break
-                if match is not None:
+                        if len(seen) >= cap:
+                            break
+                if match is not None or len(seen) >= cap:
                     break
+            checked += len(seen)
             if match is not None and not protect[i]:
                 result[i] = match
                 continue
             for key in row:
-                buckets.setdefault(key, []).append(i)
+                bucket = buckets.setdefault(key, [])
+                if len(bucket) < cap:
+                    bucket.append(i)
         self.candidates_checked = checked
         return result
 
     def _verifier(self, texts: Sequence[str], sets: Sequence[set[int]]) -> Callable[[int, int], bool]:
-        threshold = self.threshold
+        threshold, bound = self.threshold, self.set_threshold
         if self.method == "minhash":
             return lambda i, j: jaccard(sets[i], sets[j]) >= threshold
         tokens: dict[int, list[str]] = {}
 
-        def toks(i: int) -> list[str]:
-            if i not in tokens:
-                tokens[i] = words(texts[i])
-            return tokens[i]
-
         def same(i: int, j: int) -> bool:
-            a, b = toks(i), toks(j)
-            common = sum((Counter(a) & Counter(b)).values())  # LCS <= common words: a cheap upper bound
-            if 2 * common < threshold * (len(a) + len(b)):
+            if jaccard(sets[i], sets[j]) < bound - 1e-12:  # exact necessary condition, cheap
                 return False
-            return rouge_l_f1(a, b) >= threshold
+            for k in (i, j):
+                if k not in tokens:
+                    tokens[k] = words(texts[k])
+            return rouge_l_f1(tokens[i], tokens[j]) >= threshold
 
         return same

@@ -18,21 +18,22 @@ class NearDedupConfig(ift.ComponentConfig):
         "minhash", description="minhash: Jaccard similarity of shingle sets; rouge-l: ROUGE-L F1 of the words "
                                "(candidates still come from MinHash LSH, so it is never quadratic).")
     threshold: float = Field(0.7, gt=0, le=1, description="A pair at or above this similarity is a near-duplicate.")
-    shingles: Literal["word", "char"] = Field("word", description="Shingle unit for MinHash.")
-    shingle_size: int | None = Field(
-        None, gt=0, description="n of the n-gram shingles; default 3 words, 5 characters, or 1 word for rouge-l.")
+    shingles: Literal["word", "char"] = Field("word", description="Shingle unit (minhash).")
+    shingle_size: int | None = Field(None, gt=0, description="n of the n-gram shingles (minhash); default 3 words "
+                                                             "or 5 characters.")
     num_perm: int = Field(128, ge=8, le=1024, description="MinHash permutations.")
     bands: int | None = Field(None, gt=0, description="LSH bands; default: the layout that proposes a pair at "
                                                       "the threshold with probability >= 0.95.")
-    candidate_threshold: float | None = Field(
-        None, gt=0, le=1, description="Jaccard similarity LSH aims at; default the threshold (minhash) or "
-                                      "0.8*t/(2-t) (rouge-l).")
+    max_candidates: int = Field(100, gt=0, description="Most earlier records one record is compared with; keeps "
+                                                       "the work linear when many records look alike.")
     seed: int = Field(1, description="Seed of the MinHash permutations.")
 
     @model_validator(mode="after")
-    def _bands_fit(self) -> NearDedupConfig:
+    def _consistent(self) -> NearDedupConfig:
         if self.bands is not None and self.bands > self.num_perm:
             raise ValueError(f"bands ({self.bands}) cannot exceed num_perm ({self.num_perm})")
+        if self.method == "rouge-l" and {"shingles", "shingle_size"} & self.model_fields_set:
+            raise ValueError("shingles and shingle_size apply to method = \"minhash\"; rouge-l compares words")
         return self
 
 
@@ -49,7 +50,7 @@ class NearDedup(ift.Transform):
         c = self.config
         return NearDuplicateFinder(method=c.method, threshold=c.threshold, shingles=c.shingles,
                                    shingle_size=c.shingle_size, num_perm=c.num_perm, bands=c.bands,
-                                   candidate_threshold=c.candidate_threshold, seed=c.seed)
+                                   max_candidates=c.max_candidates, seed=c.seed)
 
     def apply(self, records: list[ift.InstructionRecord], tally: ift.Tally) -> list[ift.InstructionRecord]:
         text = conversation if self.config.by == "conversation" else prompt

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import replace
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -84,8 +84,8 @@ class MaskPII(ift.Transform):
     Config = MaskPIIConfig
     config: MaskPIIConfig
 
-    def __init__(self, config: ift.ComponentConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: ift.ComponentConfig, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
         c = self.config
         # extra patterns run one by one (their own groups and backreferences keep their numbers)
         self._extra = [(name, re.compile(pattern)) for name, pattern in c.patterns.items()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from pydantic import Field, field_validator
 
@@ -112,8 +113,8 @@ class Tag(ift.Transform):
     Config = TagConfig
     config: TagConfig
 
-    def __init__(self, config: ift.ComponentConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: ift.ComponentConfig, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
         self.tagger = KeywordTagger(self.config.task_keywords, self.config.domain_keywords)
 
     def apply(self, records: list[ift.InstructionRecord], tally: ift.Tally) -> list[ift.InstructionRecord]:

@@ -11,8 +11,19 @@ HTML page's plots.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import ift
 from ift.builtin_plugins.quality.compute import DEFINITIONS, REPORT_VERSION, quality_report
 from ift.builtin_plugins.quality.html import render_html, write_report
 from ift.builtin_plugins.quality.table import format_report_table
 
 __all__ = ["DEFINITIONS", "REPORT_VERSION", "format_report_table", "quality_report", "render_html", "write_report"]
+
+
+@ift.hookimpl
+def ift_data_prepared(run_dir: str, train_records: list[Any], eval_records: list[Any]) -> None:
+    """Every run gets data_report.json / .html for the records it trains on (each record once)."""
+    unique = list({id(r): r for r in train_records}.values())
+    write_report(quality_report(unique, eval_records=eval_records), Path(run_dir))

@@ -10,8 +10,18 @@ import pytest
 from pydantic import ValidationError
 
 import ift
-from ift.builtin_plugins.cleaning.minhash import NearDuplicateFinder, band_layout, jaccard, shingle_set, signatures
+from ift.builtin_plugins.cleaning.minhash import (
+    NearDuplicateFinder,
+    band_layout,
+    jaccard,
+    lcs_length,
+    rouge_l_f1,
+    shingle_set,
+    signatures,
+    word_bag,
+)
 from ift.builtin_plugins.cleaning.neardup import NearDedup, NearDedupConfig
+from ift.builtin_plugins.metrics import lcs_length as metric_lcs_length
 from ift.builtin_plugins.transforms import DedupConfig, ExactDedup
 from ift.records import normalize_row
 
@@ -74,6 +84,9 @@ def test_rouge_l_verifies_candidates_that_share_words_in_another_order() -> None
     finder = NearDuplicateFinder(method="rouge-l", threshold=0.7)
     assert finder.find([POEM, "sky the and sea the about poem short a write"]) == [None, None]
     assert finder.candidates_checked == 1  # same word set: LSH proposes the pair, ROUGE-L rejects it
+    # candidates come from word multisets at Jaccard t / (2 - t), the least a pair with ROUGE-L F1 t shares
+    assert finder.set_threshold == pytest.approx(0.7 / 1.3)
+    assert jaccard(word_bag("a a b"), word_bag("a b b")) == pytest.approx(2 / 4)
 
 
 def test_eval_records_are_never_dropped_and_win_over_earlier_training_records() -> None:
@@ -96,6 +109,23 @@ def test_work_is_linear_candidates_stay_few_and_planted_copies_are_all_found() -
     assert result[:3000] == [None] * 3000
     assert result[3000:] == list(range(100))
     assert finder.candidates_checked < 300  # an all-pairs search would make 4.7 million comparisons
+
+
+def test_max_candidates_bounds_the_work_when_every_text_looks_alike() -> None:
+    rng = random.Random(1)
+    texts = [" ".join(rng.choice("abcde") for _ in range(12)) for _ in range(1500)]  # 5-word vocabulary
+    finder = NearDuplicateFinder(method="rouge-l", threshold=0.95, max_candidates=10)
+    finder.find(texts)
+    assert 0 < finder.candidates_checked <= 10 * len(texts)
+
+
+def test_bit_parallel_lcs_equals_the_dynamic_program() -> None:
+    rng = random.Random(2)
+    for _ in range(500):
+        a = [rng.choice("abcd") for _ in range(rng.randint(0, 25))]
+        b = [rng.choice("abcde") for _ in range(rng.randint(0, 25))]
+        assert lcs_length(a, b) == metric_lcs_length(a, b)
+    assert rouge_l_f1("a b c d".split(), "a c d e f".split()) == 2 * 3 / 9
 
 
 def test_band_layout_proposes_a_pair_at_the_threshold_with_probability_095() -> None:
@@ -128,3 +158,5 @@ def test_config_is_validated() -> None:
         NearDedupConfig(method="simhash")
     with pytest.raises(ValidationError):
         NearDedupConfig(shingle=3)  # unknown key
+    with pytest.raises(ValidationError, match="rouge-l compares words"):
+        NearDedupConfig(method="rouge-l", shingle_size=2)

@@ -97,6 +97,9 @@ def test_second_run_reuses_prepared_data_and_a_new_template_does_not(tmp_path: P
     assert second["cache"]["key"] == first["cache"]["key"]
     assert third["cache"]["hit"] is False and third["cache"]["key"] != first["cache"]["key"]
     assert second["data"] == first["data"]  # the manifest still reports the original counts
+    # the data quality report is written for fresh data and restored with cached data
+    assert (tmp_path / "a" / "data_report.json").read_text() == (tmp_path / "b" / "data_report.json").read_text()
+    assert json.loads((tmp_path / "a" / "data_report.json").read_text())["records"] == 8
     metrics = [json.loads((tmp_path / n / "metrics.json").read_text())["final"]["overall"]["loss"] for n in "ab"]
     assert metrics[0] == pytest.approx(metrics[1], rel=1e-6)  # same data, same seed, same result
     (tmp_path / "data.jsonl").write_text((tmp_path / "data.jsonl").read_text() + '{"prompt": "x", "completion": "y"}\n')
