@@ -88,9 +88,10 @@ def ift_prepare_jinja_env(env: Any) -> None:
 
 @hookspec
 def ift_data_prepared(run_dir: str, train_records: list[Any], eval_records: list[Any]) -> None:
-    """Called once per run when the data has been read, cleaned and split (the whole lists, after weights:
-    a record repeated by its source's weight appears repeatedly). Write data reports into ``run_dir``
-    here; files named ``data_report*`` are cached with the prepared data and restored on a cache hit."""
+    """Called once per run with the data it was trained on, after training (so reports never delay the
+    first step): the whole lists after cleaning and the split, weights applied (a record repeated by its
+    source's weight appears repeatedly). Write data reports into ``run_dir`` here; files named
+    ``data_report*`` are cached with the prepared data and restored when a later run reuses it."""
 
 
 @hookspec

@@ -54,6 +54,7 @@ class Run:
         self.recipe, self.host, self.output_dir = recipe, host, output_dir
         self.resume = resume
         self._stop_requested = False
+        self._fresh_records: tuple[list[Any], list[Any]] | None = None
         self.echo = echo if is_main_process() else (lambda *a, **k: None)
         self.interactive = interactive
         self.report = DataReport()
@@ -141,8 +142,7 @@ class Run:
         if not train_records:
             raise DataError("no training examples are left after filtering and the eval split "
                             f"(counts: {report.to_dict()})")
-        if is_main_process():
-            host.data_prepared(str(self.output_dir), train_records, eval_records)
+        self._fresh_records = (train_records, eval_records)  # reported after training, off the critical path
         trainer_cfg = recipe.trainer_config
         train_examples, _ = encode_records(train_records, renderer, adapter, tokenizer, trainer_cfg, "train", report)
         eval_examples, eval_records = encode_records(eval_records, renderer, adapter, tokenizer, trainer_cfg,
@@ -154,11 +154,20 @@ class Run:
         prepared = Prepared(train_examples, eval_examples, eval_records, report.to_dict())
         self.manifest["cache"] = {"key": key, "hit": False, "seconds": round(time.perf_counter() - started, 3)}
         if key is not None and is_main_process():
-            entry = cache.store(key, prepared)
-            for report in self.output_dir.glob("data_report*"):  # plugins' data reports travel with the data
+            self._cache_entry = cache.store(key, prepared)
+        return prepared
+
+    def _report_data(self) -> None:
+        """Let plugins write data reports (``ift_data_prepared``) for freshly prepared data; their
+        ``data_report*`` files go into the cache entry too, and come back from it on a cache hit."""
+        if not is_main_process() or self._fresh_records is None:
+            return
+        self.host.data_prepared(str(self.output_dir), *self._fresh_records)
+        entry = getattr(self, "_cache_entry", None)
+        if entry is not None and entry.is_dir():
+            for report in self.output_dir.glob("data_report*"):
                 if report.is_file():
                     shutil.copyfile(report, entry / report.name)
-        return prepared
 
     def _cache_key(self, adapter: Any, tokenizer: Any, renderer: Any) -> str | None:
         recipe = self.recipe
@@ -254,6 +263,7 @@ class Run:
             results["final"] = self._evaluate(evaluator, result.model, "final")
         results["train"] = {"steps": result.steps, **result.summary}
         results["samples"] = evaluator.sample_rows()
+        self._report_data()
         if is_main_process():
             rundir.save_dir("model", lambda path: adapter.save(result.model, tokenizer, path))
         self.metrics = results
