@@ -39,6 +39,8 @@ BUILTIN_MODULES = (
     "ift.builtin_plugins.data_cli",
     "ift.builtin_plugins.reporting",
     "ift.builtin_plugins.quality",
+    "ift.builtin_plugins.tensorboard",
+    "ift.builtin_plugins.serve",
 )
 _REGISTER_HOOKS = {
     "source": "ift_register_sources",

@@ -37,6 +37,7 @@ class RunSection(BaseModel):
         return self.seed if self.data_seed is None else self.data_seed
     output_dir: str | None = None
     cache: bool = Field(True, description="Reuse prepared (tokenized) data across runs; see IFT_CACHE_DIR.")
+    tensorboard: bool = Field(True, description="Log to <run_dir>/tensorboard/.")
 
 
 class EvalSection(BaseModel):

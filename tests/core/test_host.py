@@ -57,7 +57,7 @@ def test_builtin_plugins_are_described_with_origin_and_registered_names(host: Pl
     described = {row["name"]: row for row in host.describe()}
     assert set(described) == {"sources", "transforms", "renderers", "causal_lm", "sft", "metrics", "cleaning",
                               "builders", "data_cli", "reporting",
-                              "quality"}
+                              "quality", "tensorboard", "serve"}
     assert described["transforms"]["origin"] == "builtin"
     assert described["transforms"]["distribution"] == "ift"
     assert described["transforms"]["registered"] == {"transform": ["drop-invalid", "dedup"]}
@@ -368,7 +368,7 @@ def test_lifecycle_hooks_reach_every_observer(host: PluginHost) -> None:
     assert calls == [("start", "runs/x", {"a": 1}), ("step", 3), ("eval", "final", {"loss": 0.5}),
                      ("end", "completed")]
     assert env == {"touched": True}
-    assert sorted(commands) == ["cmd", "compare", "data", "report", "runs"]  # the builtin commands
+    assert sorted(commands) == ["cmd", "compare", "data", "report", "runs", "serve"]  # the builtin commands
 
 
 def test_pluggy_project_name_is_ift(host: PluginHost) -> None:

@@ -1,0 +1,1 @@
+"""Weights & Biases logging for ift: the ``wandb`` entry point of the ``ift`` plugin group."""
