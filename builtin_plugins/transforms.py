@@ -13,7 +13,7 @@ class DropInvalidConfig(ift.ComponentConfig):
     check_choices: bool = Field(True, description="Drop records whose label is not one of their declared choices.")
 
 
-class DropInvalid(ift.Transform):
+class DropInvalid(ift.RecordFilter):
     """Drop records that cannot be trained on, counted by the first reason that applies:
 
     - ``missing output``: no turns, or the last turn is not the assistant's;
@@ -42,16 +42,6 @@ class DropInvalid(ift.Transform):
                 and record.label.strip() not in {c.strip() for c in record.choices}:
             return "label outside choices"
         return None
-
-    def apply(self, records: list[ift.InstructionRecord], tally: ift.Tally) -> list[ift.InstructionRecord]:
-        kept = []
-        for record in records:
-            reason = self.reason(record)
-            if reason is None:
-                kept.append(record)
-            else:
-                tally.drop(reason)
-        return kept
 
 
 def _norm(text: str) -> str:

@@ -109,6 +109,24 @@ class Transform(Component, ABC):
         """Return the kept records; call ``tally.drop(reason)`` for each dropped one."""
 
 
+class RecordFilter(Transform):
+    """A transform that keeps or drops each record on its own: implement :meth:`reason`."""
+
+    @abstractmethod
+    def reason(self, record: InstructionRecord) -> str | None:
+        """Why ``record`` is dropped, or None to keep it."""
+
+    def apply(self, records: list[InstructionRecord], tally: Tally) -> list[InstructionRecord]:
+        kept = []
+        for record in records:
+            reason = self.reason(record)
+            if reason is None:
+                kept.append(record)
+            else:
+                tally.drop(reason)
+        return kept
+
+
 # --- rendering ---------------------------------------------------------------------------------
 
 

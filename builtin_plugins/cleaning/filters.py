@@ -26,7 +26,7 @@ class LengthFilterConfig(ift.ComponentConfig):
         return self
 
 
-class LengthFilter(ift.Transform):
+class LengthFilter(ift.RecordFilter):
     """Drop records whose prompt or answer length is out of bounds. Each record is counted once, under
     the first failed bound in the order: prompt too short, prompt too long, answer too short, answer
     too long."""
@@ -50,13 +50,3 @@ class LengthFilter(ift.Transform):
             if high is not None and n > high:
                 return f"{part} too long"
         return None
-
-    def apply(self, records: list[ift.InstructionRecord], tally: ift.Tally) -> list[ift.InstructionRecord]:
-        kept = []
-        for record in records:
-            reason = self.reason(record)
-            if reason is None:
-                kept.append(record)
-            else:
-                tally.drop(reason)
-        return kept
