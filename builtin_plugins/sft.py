@@ -259,9 +259,9 @@ class _Meter:
     def event(self, step: int, epoch: float, lr: float, grad_norm: float | None, started: float) -> dict[str, Any]:
         import torch
 
-        totals = torch.tensor([self.loss, self.supervised, self.real, self.slots], dtype=torch.float64,
-                              device=self.accelerator.device)
-        loss_sum, supervised, real, slots = self.accelerator.reduce(totals, reduction="sum").tolist()
+        totals = torch.tensor([self.loss, self.supervised, self.real, self.slots, self.examples],
+                              dtype=torch.float64, device=self.accelerator.device)
+        loss_sum, supervised, real, slots, examples = self.accelerator.reduce(totals, reduction="sum").tolist()
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         peak, kind = peak_memory_bytes(self.device)
         event = {"step": step, "epoch": epoch, "loss": loss_sum / max(supervised, 1), "learning_rate": lr,
@@ -271,8 +271,6 @@ class _Meter:
                  "data_wait_fraction": round(min(self.wait / elapsed, 1.0), 4), "grad_norm": grad_norm,
                  "peak_memory_mb": round(peak / 2**20, 1), "memory": kind,
                  "elapsed_s": round(time.perf_counter() - started, 2)}
-        examples = float(self.accelerator.reduce(torch.tensor(float(self.examples), device=self.accelerator.device),
-                                                 reduction="sum"))
         if self.peak_flops:
             mean_length = real / max(examples, 1)  # each token attends within its own example
             flops = flops_per_token(self.model, self.adapters, mean_length) * real
