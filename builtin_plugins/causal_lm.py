@@ -12,18 +12,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 import ift
+from ift.builtin_plugins.peft_methods import PeftSection, apply_peft
 from ift.errors import Problem
-
-
-class PeftSection(ift.ComponentConfig):
-    method: Literal["lora"] = "lora"
-    r: int = Field(16, gt=0)
-    alpha: float = Field(32, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: str | list[str] = Field("all-linear", description="'all-linear' or module names.")
-    use_dora: bool = False
-    use_rslora: bool = False
-    modules_to_save: list[str] | None = None
 
 
 class CausalLMConfig(ift.ComponentConfig):
@@ -133,24 +123,8 @@ class CausalLMAdapter(ift.ModelAdapter):
                 # A random base exists nowhere else: keep a copy to save beside the adapter.
                 self._base_snapshot = Path(tempfile.mkdtemp(prefix="ift-base-"))
                 model.save_pretrained(str(self._base_snapshot))
-            model = self._apply_peft(model)
+            model = apply_peft(model, cfg.peft, task_type="CAUSAL_LM")
         return model.to(device)
-
-    def _apply_peft(self, model: Any) -> Any:
-        from peft import LoraConfig, get_peft_model
-
-        p = self.config.peft
-        assert p is not None
-        lora = LoraConfig(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=p.target_modules,
-                          use_dora=p.use_dora, use_rslora=p.use_rslora, modules_to_save=p.modules_to_save,
-                          task_type="CAUSAL_LM")
-        try:
-            return get_peft_model(model, lora)
-        except ValueError as exc:
-            names = sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n})
-            raise ift.RecipeError([Problem("model.peft.target_modules",
-                                           f"{_first_line(exc)}; module names in this model: "
-                                           f"{', '.join(names[:40])}")]) from exc
 
     def describe(self) -> dict[str, Any]:
         cfg = self.config
@@ -202,7 +176,8 @@ class CausalLMAdapter(ift.ModelAdapter):
             labels[i, :n] = torch.tensor(e.labels)
             attention[i, :n] = 1
         return {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
-                "real_tokens": attention.sum(), "num_examples": torch.tensor(len(examples)),
+                "real_tokens": attention.sum(), "loss_tokens": (labels[:, 1:] != -100).sum(),
+                "num_examples": torch.tensor(len(examples)),
                 "record_ids": [e.record_id for e in examples]}
 
     def collate_packed(self, tokenizer: Any, rows: Sequence[Sequence[ift.EncodedExample]]) -> dict[str, Any]:
@@ -227,7 +202,8 @@ class CausalLMAdapter(ift.ModelAdapter):
         # No attention_mask: transformers then derives a block-diagonal causal mask from the position
         # resets (varlen kernels with flash attention), so attention never crosses examples.
         return {"input_ids": input_ids, "position_ids": positions, "labels": labels,
-                "real_tokens": torch.tensor(real), "num_examples": torch.tensor(sum(len(row) for row in rows)),
+                "real_tokens": torch.tensor(real), "loss_tokens": (labels[:, 1:] != -100).sum(),
+                "num_examples": torch.tensor(sum(len(row) for row in rows)),
                 "record_ids": [e.record_id for row in rows for e in row]}
 
     def loss_sum(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:

@@ -155,7 +155,7 @@ class SFTTrainer(ift.Trainer):
                     micro.append(batch)
                 if not micro:
                     break
-                n_trainable = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+                n_trainable = sum(int(b["loss_tokens"]) for b in micro)
                 n_trainable = int(accelerator.reduce(torch.tensor(n_trainable, device=accelerator.device),
                                                      reduction="sum"))
                 step_loss = 0.0
@@ -253,7 +253,7 @@ class _Meter:
     def add_batch(self, batch: dict[str, Any]) -> None:
         self.real += int(batch["real_tokens"])
         self.examples += int(batch["num_examples"])
-        self.supervised += int((batch["labels"][:, 1:] != -100).sum())
+        self.supervised += int(batch["loss_tokens"])
         self.slots += batch["input_ids"].numel()
 
     def event(self, step: int, epoch: float, lr: float, grad_norm: float | None, started: float) -> dict[str, Any]:

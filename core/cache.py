@@ -23,7 +23,7 @@ from typing import Any
 from ift.components import EncodedExample
 from ift.records import InstructionRecord, Message
 
-FORMAT = 1
+FORMAT = 2  # 2: labels stored with their own lengths (encoder-decoder examples differ)
 
 
 def cache_root() -> Path:
@@ -54,19 +54,23 @@ def _to_arrays(examples: list[EncodedExample]) -> dict[str, Any]:
     import numpy as np
 
     lengths = np.array([len(e.input_ids) for e in examples], dtype=np.int64)
+    label_lengths = np.array([len(e.labels) for e in examples], dtype=np.int64)
     ids = np.fromiter((t for e in examples for t in e.input_ids), dtype=np.int32, count=int(lengths.sum()))
-    labels = np.fromiter((t for e in examples for t in e.labels), dtype=np.int32, count=int(lengths.sum()))
-    return {"lengths": lengths, "ids": ids, "labels": labels}
+    labels = np.fromiter((t for e in examples for t in e.labels), dtype=np.int32, count=int(label_lengths.sum()))
+    return {"lengths": lengths, "label_lengths": label_lengths, "ids": ids, "labels": labels}
 
 
 def _from_arrays(arrays: dict[str, Any], meta: list[list[Any]]) -> list[EncodedExample]:
     import numpy as np
 
-    offsets = np.concatenate([[0], np.cumsum(arrays["lengths"])])
+    def spans(lengths: Any) -> list[tuple[int, int]]:
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+        return list(zip(offsets[:-1], offsets[1:], strict=True))
+
     ids, labels = arrays["ids"].tolist(), arrays["labels"].tolist()
-    spans = zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)
-    return [EncodedExample(ids[a:b], labels[a:b], source, record_id, truncated)
-            for (a, b), (source, record_id, truncated) in zip(spans, meta, strict=True)]
+    return [EncodedExample(ids[a:b], labels[c:d], source, record_id, truncated)
+            for (a, b), (c, d), (source, record_id, truncated)
+            in zip(spans(arrays["lengths"]), spans(arrays["label_lengths"]), meta, strict=True)]
 
 
 def _digest(path: Path) -> str:

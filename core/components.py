@@ -206,6 +206,13 @@ class ModelAdapter(Component, ABC):
                record_id: str) -> EncodedExample:
         """Ids and labels (-100 = no loss) for one rendered example, before any length policy."""
 
+    def encode_record(self, tokenizer: Any, record: InstructionRecord,
+                      segments: Sequence[Segment]) -> EncodedExample:
+        """Encode one rendered record. The core calls this; the default passes the segments to
+        :meth:`encode`. Adapters that need more of the record than its text (a classifier's ``label``)
+        override it."""
+        return self.encode(tokenizer, segments, source=record.source, record_id=record.id)
+
     def fit(self, example: EncodedExample, *, max_length: int,
             overlong: Literal["truncate", "drop"]) -> tuple[EncodedExample | None, str | None]:
         """Apply the length policy. Returns the example (or None) and the reason it was dropped or
@@ -222,7 +229,9 @@ class ModelAdapter(Component, ABC):
 
     @abstractmethod
     def collate(self, tokenizer: Any, examples: Sequence[EncodedExample]) -> dict[str, Any]:
-        """A training batch of tensors from encoded examples."""
+        """A training batch of tensors from encoded examples. Besides the model's inputs and ``labels`` it
+        holds ``loss_tokens`` (how many positions contribute to the loss, a 0-d tensor), ``real_tokens``
+        (non-padding tokens), ``num_examples`` and ``record_ids`` (a list, in example order)."""
 
     #: Whether :meth:`collate_packed` is implemented (padding-free batches and packing).
     supports_packing: ClassVar[bool] = False
@@ -244,6 +253,11 @@ class ModelAdapter(Component, ABC):
     @abstractmethod
     def save(self, model: Any, tokenizer: Any, path: Path) -> None:
         """Write a folder loadable with plain transformers / peft ``from_pretrained``."""
+
+    def load_trained(self, path: Path) -> tuple[Any, Any]:
+        """Model and tokenizer from a folder written by :meth:`save` (``ift generate``, ``chat``,
+        ``export``), ready for :meth:`generate`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot load a saved model")
 
     def describe(self) -> dict[str, Any]:
         """Facts about the model for the manifest (parameter counts, origin)."""
@@ -286,6 +300,10 @@ class Metric(Component, ABC):
     @abstractmethod
     def compute(self, outputs: EvalOutputs) -> float:
         """The metric over one group of examples."""
+
+    def details(self, outputs: EvalOutputs) -> dict[str, Any] | None:
+        """Optional breakdown kept beside the number in ``metrics.json`` (a per-label report, say)."""
+        return None
 
 
 # --- similarity backends ----------------------------------------------------------------------

@@ -150,7 +150,7 @@ def encode_records(records: list[InstructionRecord], renderer: Renderer, adapter
     kept: list[InstructionRecord] = []
     reasons: Counter[str] = Counter()
     for record in records:
-        example = adapter.encode(tokenizer, renderer.render(record), source=record.source, record_id=record.id)
+        example = adapter.encode_record(tokenizer, record, renderer.render(record))
         fitted, reason = adapter.fit(example, max_length=trainer_cfg.max_length, overlong=trainer_cfg.overlong)
         if reason:
             reasons[reason] += 1

@@ -36,15 +36,31 @@ class Evaluator:
                                                 batch_size=self.batch_size, stop=self.stop)
             self.generations[stage] = predictions
         groups: dict[str, list[int]] = defaultdict(list)
+        tasks: dict[str, list[int]] = defaultdict(list)
         for i, record in enumerate(self.records):
             groups[record.source].append(i)
+            if record.task is not None:
+                tasks[record.task].append(i)
         total = (sum(v[0] for v in losses.values()), sum(v[1] for v in losses.values()))
-        result: dict[str, Any] = {"overall": self._compute(range(len(self.records)), predictions, total)}
+        details: dict[str, Any] = {}
+        result: dict[str, Any] = {"overall": self._compute(range(len(self.records)), predictions, total, details)}
         result["per_source"] = {name: self._compute(idx, predictions, losses.get(name, (0.0, 0)))
                                 for name, idx in groups.items()}
+        if tasks:
+            # Loss is kept per source (batches never mix sources); a task's loss is not computed separately.
+            result["per_task"] = {name: {k: v for k, v in self._compute(idx, predictions, (0.0, 0)).items()
+                                         if k not in self.loss_metrics}
+                                  for name, idx in tasks.items()}
+        if details:
+            result["details"] = details
         return result
 
-    def _compute(self, indices: Any, predictions: list[str], loss: tuple[float, int]) -> dict[str, Any]:
+    @property
+    def loss_metrics(self) -> set[str]:
+        return {m.name for m in self.metrics if m.needs == "loss"}
+
+    def _compute(self, indices: Any, predictions: list[str], loss: tuple[float, int],
+                 details: dict[str, Any] | None = None) -> dict[str, Any]:
         idx = list(indices)
         outputs = EvalOutputs(predictions=[predictions[i] for i in idx],
                               references=[self.records[i].answer for i in idx],
@@ -53,6 +69,8 @@ class Evaluator:
         for metric in self.metrics:
             value = metric.compute(outputs)
             values[metric.name] = None if value is None or math.isnan(value) else round(float(value), 6)
+            if details is not None and (extra := metric.details(outputs)) is not None:
+                details[metric.name] = extra
         values["n"] = len(idx)
         return values
 

@@ -134,6 +134,8 @@ class Run:
             if is_main_process():
                 for report in (cache.root / key).glob("data_report*"):
                     shutil.copyfile(report, self.output_dir / report.name)
+                if (cache.root / key / "data").is_dir():
+                    shutil.copytree(cache.root / key / "data", self.output_dir / "data", dirs_exist_ok=True)
             return hit
         records = read_sources(recipe, host, report)
         records = apply_transforms(recipe, host, records, report)
@@ -158,16 +160,21 @@ class Run:
         return prepared
 
     def _report_data(self) -> None:
-        """Let plugins write data reports (``ift_data_prepared``) for freshly prepared data; their
-        ``data_report*`` files go into the cache entry too, and come back from it on a cache hit."""
+        """Write the records trained and evaluated on (``data/train.jsonl``, ``data/eval.jsonl``: what a later
+        ``continual`` run replays) and let plugins write data reports (``ift_data_prepared``) for freshly
+        prepared data. These files go into the cache entry too, and come back from it on a cache hit."""
         if not is_main_process() or self._fresh_records is None:
             return
+        for name, records in zip(("train", "eval"), self._fresh_records, strict=True):
+            self.rundir.write_text(f"data/{name}.jsonl", "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n"
+                                                               for r in records))
         self.host.data_prepared(str(self.output_dir), *self._fresh_records)
         entry = getattr(self, "_cache_entry", None)
         if entry is not None and entry.is_dir():
             for report in self.output_dir.glob("data_report*"):
                 if report.is_file():
                     shutil.copyfile(report, entry / report.name)
+            shutil.copytree(self.output_dir / "data", entry / "data", dirs_exist_ok=True)
 
     def _cache_key(self, adapter: Any, tokenizer: Any, renderer: Any) -> str | None:
         recipe = self.recipe
@@ -253,7 +260,11 @@ class Run:
                            eval_examples=eval_examples, seed=recipe.run.order_seed, run_dir=self.output_dir,
                            log_step=log_step, evaluate=lambda m, stage: self._evaluate(evaluator, m, stage),
                            progress=progress, checkpoint_dir=self.output_dir / "checkpoints",
-                           resume_from=checkpoint, identity=identity, should_stop=lambda: self._stop_requested)
+                           resume_from=checkpoint, identity=identity, should_stop=lambda: self._stop_requested,
+                           encode_records=lambda records: encode_records(
+                               records, renderer, adapter, tokenizer, recipe.trainer_config, "extra", DataReport())[0],
+                           evaluate_records=lambda m, records, stage: self._evaluate(
+                               self._evaluator_for(records, adapter, tokenizer, renderer, metrics), m, stage))
         try:
             result = trainer.train(ctx)
         finally:
@@ -268,6 +279,16 @@ class Run:
             rundir.save_dir("model", lambda path: adapter.save(result.model, tokenizer, path))
         self.metrics = results
         rundir.write_json("metrics.json", results)
+
+    def _evaluator_for(self, records: list[Any], adapter: Any, tokenizer: Any, renderer: Any,
+                       metrics: list[Metric]) -> Evaluator:
+        recipe = self.recipe
+        examples, records = encode_records(records, renderer, adapter, tokenizer, recipe.trainer_config, "extra",
+                                           DataReport())
+        return Evaluator(adapter=adapter, tokenizer=tokenizer, renderer=renderer, metrics=metrics, records=records,
+                         examples=examples, batch_size=recipe.eval.batch_size,
+                         max_new_tokens=recipe.eval.max_new_tokens,
+                         stop=stop_strings(renderer, records[0]) if records else [], samples=0)
 
     def _evaluate(self, evaluator: Evaluator, model: Any, stage: str) -> dict[str, Any]:
         result = evaluator(model, stage)

@@ -47,6 +47,7 @@ class RunDirectory:
 
     def write_text(self, name: str, text: str) -> None:
         if self.enabled:
+            (self.path / name).parent.mkdir(parents=True, exist_ok=True)
             atomic_write(self.path / name, text)
 
     def write_json(self, name: str, data: Any) -> None:

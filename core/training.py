@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ift.components import EncodedExample, ModelAdapter
     from ift.progress import Progress
+    from ift.records import InstructionRecord
 
 
 @dataclass
@@ -36,6 +37,8 @@ class TrainContext:
     resume_from: Path | None = None
     identity: dict[str, Any] = field(default_factory=dict)
     should_stop: Callable[[], bool] = lambda: False
+    encode_records: Callable[[list[InstructionRecord]], list[EncodedExample]] | None = None
+    evaluate_records: Callable[[Any, list[InstructionRecord], str], dict[str, Any]] | None = None
 
 
 @dataclass
