@@ -187,6 +187,7 @@ class SFTTrainer(ift.Trainer):
                         meter.add_batch(batch)
                     meter.loss += step_loss
                     optimizer.step()
+                    ctx.adapter.on_optimizer_step(accelerator.unwrap_model(model), loop.step + 1, total)
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 loop.step += 1

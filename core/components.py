@@ -245,6 +245,16 @@ class ModelAdapter(Component, ABC):
     def loss_sum(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
         """Summed cross-entropy over trainable tokens of a batch, and how many tokens that is."""
 
+    def loss_by_example(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any] | None:
+        """Summed loss and loss-token count of each example (two 1-d tensors in ``record_ids`` order), from
+        one forward pass; their sums equal :meth:`loss_sum`. None when the adapter cannot split its loss by
+        example (per-source training loss is then not reported)."""
+        return None
+
+    def on_optimizer_step(self, model: Any, step: int, total_steps: int) -> None:  # noqa: B027 - optional
+        """Called by trainers after each optimizer update, before gradients are cleared (AdaLoRA's rank
+        allocation needs them). ``step`` counts from 1."""
+
     @abstractmethod
     def generate(self, model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int,
                  batch_size: int, stop: Sequence[str] = ()) -> list[str]:
