@@ -198,6 +198,16 @@ class Run:
 
     def _run(self, rundir: RunDirectory) -> None:
         recipe, host = self.recipe, self.host
+        progress = self.progress = Progress(0, interactive=self.interactive, enabled=is_main_process())
+        try:
+            self._stages(rundir, progress)
+        finally:
+            progress.close()
+
+    def _stages(self, rundir: RunDirectory, progress: Progress) -> None:
+        recipe, host = self.recipe, self.host
+        progress.stage("preparing data")
+        _quiet_library_progress_bars()
         seed_everything(recipe.run.seed)
         adapter = recipe.model.cls(recipe.model.config, base_dir=recipe.base_dir)
         tokenizer = adapter.load_tokenizer()
@@ -220,6 +230,7 @@ class Run:
         self.echo(f"data: {len(train_examples)} train / {len(eval_examples)} eval examples "
                   f"from {len(recipe.data)} source(s)")
 
+        progress.stage("loading model")
         seed_everything(recipe.run.seed)
         model = adapter.load_model(tokenizer)
         self.manifest["model"] = {**adapter.describe(), **_param_counts(model), "device": str(_device(model))}
@@ -244,11 +255,10 @@ class Run:
             if checkpoint is not None and baseline_file.is_file():
                 results["baseline"] = json.loads(baseline_file.read_text())
             else:
-                self.echo("evaluating before training ...")
                 results["baseline"] = self._evaluate(evaluator, model, "baseline")
                 rundir.write_json("baseline.json", results["baseline"])
 
-        progress = Progress(0, interactive=self.interactive, enabled=is_main_process())
+        progress.stage("training")
 
         def log_step(event: dict[str, Any]) -> None:
             rundir.event(event)
@@ -265,16 +275,14 @@ class Run:
                                records, renderer, adapter, tokenizer, recipe.trainer_config, "extra", DataReport())[0],
                            evaluate_records=lambda m, records, stage: self._evaluate(
                                self._evaluator_for(records, adapter, tokenizer, renderer, metrics), m, stage))
-        try:
-            result = trainer.train(ctx)
-        finally:
-            progress.close()
+        result = trainer.train(ctx)
         if eval_records and metrics:
-            self.echo("evaluating after training ...")
             results["final"] = self._evaluate(evaluator, result.model, "final")
         results["train"] = {"steps": result.steps, **result.summary}
         results["samples"] = evaluator.sample_rows()
+        progress.stage("writing reports")
         self._report_data()
+        progress.stage("saving model")
         if is_main_process():
             rundir.save_dir("model", lambda path: adapter.save(result.model, tokenizer, path))
         self.metrics = results
@@ -291,12 +299,29 @@ class Run:
                          stop=stop_strings(renderer, records[0]) if records else [], samples=0)
 
     def _evaluate(self, evaluator: Evaluator, model: Any, stage: str) -> dict[str, Any]:
+        progress: Progress | None = getattr(self, "progress", None)
+        previous = progress._stage if progress is not None else ""
+        if progress is not None:
+            progress.stage(f"evaluating {stage}")
         result = evaluator(model, stage)
+        if progress is not None:
+            progress.evaluation(stage, result)
+            if stage.startswith("step-"):
+                progress.stage(previous)
         if result:
             self.host.evaluate_end(str(self.output_dir), stage, result)
             if stage.startswith("step-"):
                 self.rundir.event({"eval": stage, **result["overall"]})
         return result
+
+
+def _quiet_library_progress_bars() -> None:
+    """The run's own view reports progress; transformers' bars (writing shards...) would interleave with it."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return
+    hf_logging.disable_progress_bar()
 
 
 def _param_counts(model: Any) -> dict[str, int]:

@@ -1,48 +1,140 @@
-"""Training progress: a tqdm bar on a terminal, plain log lines otherwise (CI, log files)."""
+"""What a run shows while it works: a live view on a terminal, plain log lines otherwise (CI, log files).
+
+The live view (rich) keeps one line at the bottom of the terminal: the stage, a bar with step / total, the
+last logged loss, learning rate and tokens/s, and the time left; evaluation results and messages are printed
+above it as they arrive, so they stay in the scroll-back. Without a terminal the same facts come as one plain
+line per logged step and per evaluation, with no control characters.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any, TextIO
 
 
-class Progress:
-    """Shows steps, loss, learning rate and tokens/s. ``interactive=None`` decides from the stream."""
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
-    def __init__(self, total: int, *, stream: TextIO | None = None, interactive: bool | None = None,
+
+def format_eval(stage: str, result: dict[str, Any]) -> str:
+    """``eval step-100: loss 1.2345  exact_match 0.4000  (n=20)`` from an evaluator's result."""
+    overall = result.get("overall", {})
+    parts = [f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}"
+             for name, value in overall.items() if name != "n" and value is not None]
+    missing = [name for name, value in overall.items() if value is None]
+    if missing:
+        parts.append(f"({', '.join(missing)}: undefined)")
+    if "n" in overall:
+        parts.append(f"(n={overall['n']})")
+    return f"eval {stage}: " + "  ".join(parts)
+
+
+class Progress:
+    """Shows the run's stage, steps, loss, learning rate, tokens/s, ETA and eval results.
+
+    ``interactive=None`` decides from the stream (a terminal gets the live view). ``enabled=False`` (the
+    non-main processes of a distributed run) shows nothing.
+    """
+
+    def __init__(self, total: int = 0, *, stream: TextIO | None = None, interactive: bool | None = None,
                  enabled: bool = True) -> None:
         self.stream = stream or sys.stderr
-        self.total = total
         self.enabled = enabled
-        self.interactive = self.stream.isatty() if interactive is None else interactive
-        self._bar: Any = None
+        self.interactive = bool(getattr(self.stream, "isatty", lambda: False)()) if interactive is None \
+            else interactive
+        self._total = total
+        self._stage = "starting"
+        self._step = 0
+        self._first: tuple[int, float] | None = None  # (step, time) when stepping started: for the ETA
+        self._stats = ""
+        self._live: Any = None
+        self._task: Any = None
         if enabled and self.interactive:
-            from tqdm.auto import tqdm
+            self._start_live()
 
-            self._bar = tqdm(total=total, desc="train", unit="step", file=self.stream, dynamic_ncols=True)
+    # --- state ----------------------------------------------------------------------------------
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    @total.setter
+    def total(self, value: int) -> None:
+        self._total = value
+        self._refresh()
+
+    def stage(self, name: str) -> None:
+        """Name what the run is doing now ("preparing data", "training", "evaluating step-100", ...)."""
+        if not self.enabled or name == self._stage:
+            return
+        self._stage = name
+        if self._live is None:
+            self._print(f"[{name}]")
+        self._refresh()
 
     def step(self, step: int, event: dict[str, Any] | None = None) -> None:
         """Advance to ``step``; ``event`` is a logged step (loss, learning_rate, tokens_per_s)."""
         if not self.enabled:
             return
-        if self._bar is not None:
-            self._bar.update(step - self._bar.n)
-            if event:
-                self._bar.set_postfix(loss=f"{event['loss']:.4f}", lr=f"{event['learning_rate']:.2e}",
-                                      tok_s=f"{event['tokens_per_s']:.0f}")
-        elif event:
-            self.write(f"step {step}/{self.total}  loss {event['loss']:.4f}  lr {event['learning_rate']:.2e}"
-                       f"  tokens/s {event['tokens_per_s']:.0f}")
+        if self._first is None:
+            self._first = (step - 1 if step > 0 else 0, time.perf_counter())
+        self._step = step
+        if event:
+            self._stats = (f"loss {event['loss']:.4f}  lr {event['learning_rate']:.2e}  "
+                           f"{event['tokens_per_s']:,.0f} tok/s")
+            if self._live is None:
+                self._print(f"step {step}/{self._total}  {self._stats}  eta {self.eta()}")
+        self._refresh()
+
+    def eta(self) -> str:
+        """Time left at the pace of the steps taken so far in this process (a resume starts a new pace)."""
+        if self._first is None or not self._total or self._step <= self._first[0]:
+            return "?"
+        first_step, started = self._first
+        per_step = (time.perf_counter() - started) / (self._step - first_step)
+        return format_duration(per_step * max(self._total - self._step, 0))
+
+    def evaluation(self, stage: str, result: dict[str, Any]) -> None:
+        """Print an evaluation's overall results as soon as they are known."""
+        if self.enabled and result:
+            self._print(format_eval(stage, result))
 
     def write(self, message: str) -> None:
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.write(message, file=self.stream)
+        if self.enabled:
+            self._print(message)
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._refresh()
+            self._live.stop()
+            self._live = None
+
+    # --- output ---------------------------------------------------------------------------------
+
+    def _print(self, message: str) -> None:
+        if self._live is not None:
+            self._live.console.print(message, markup=False, highlight=False)
         else:
             print(message, file=self.stream, flush=True)
 
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+    def _start_live(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn
+        from rich.progress import Progress as RichProgress
+
+        console = Console(file=self.stream, force_terminal=True)
+        self._live = RichProgress(SpinnerColumn(), TextColumn("[bold]{task.fields[stage]}"), BarColumn(),
+                                  MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+                                  TextColumn("eta {task.fields[eta]}"), console=console, transient=False,
+                                  refresh_per_second=4, redirect_stdout=True, redirect_stderr=False)
+        self._task = self._live.add_task("run", total=self._total or None, stage=self._stage, stats="", eta="?")
+        self._live.start()
+
+    def _refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self._task, total=self._total or None, completed=self._step, stage=self._stage,
+                              stats=self._stats, eta=self.eta())

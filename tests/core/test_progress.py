@@ -1,0 +1,64 @@
+"""The run's progress display: plain lines off a terminal, a live view on one."""
+
+from __future__ import annotations
+
+import io
+import re
+
+from ift.progress import Progress, format_duration, format_eval
+
+EVENT = {"loss": 1.23456, "learning_rate": 3e-4, "tokens_per_s": 1234.5}
+RESULT = {"overall": {"loss": 0.5, "exact_match": 0.25, "n": 20}, "per_source": {}}
+
+
+def test_plain_lines_show_step_loss_lr_tokens_and_eta() -> None:
+    out = io.StringIO()
+    progress = Progress(10, stream=out, interactive=False)
+    progress.stage("training")
+    progress.step(1)
+    progress.step(5, EVENT)
+    progress.evaluation("step-5", RESULT)
+    progress.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "[training]"
+    assert re.fullmatch(r"step 5/10  loss 1\.2346  lr 3\.00e-04  1,234 tok/s  eta \d+:\d\d", lines[1])
+    assert lines[2] == "eval step-5: loss 0.5000  exact_match 0.2500  (n=20)"
+    assert "\x1b" not in out.getvalue()  # no control characters in logs
+
+
+def test_eta_follows_the_pace_of_the_steps_taken() -> None:
+    progress = Progress(100, stream=io.StringIO(), interactive=False)
+    assert progress.eta() == "?"
+    progress.step(10)
+    progress._first = (0, progress._first[1] - 20.0)  # pretend 10 steps took 20 s: 90 steps left -> 180 s
+    assert progress.eta() == "3:00"
+
+
+def test_live_view_shows_stage_counts_stats_and_eval_lines() -> None:
+    out = io.StringIO()
+    progress = Progress(4, stream=out, interactive=True)
+    progress.stage("training")
+    progress.step(2, EVENT)
+    progress.evaluation("step-2", RESULT)
+    progress.write("a message")
+    progress.close()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+    assert "training" in text and "2/4" in text and "loss 1.2346" in text and "1,234 tok/s" in text
+    assert "eval step-2: loss 0.5000  exact_match 0.2500  (n=20)" in text
+    assert "a message" in text
+
+
+def test_disabled_progress_prints_nothing() -> None:
+    out = io.StringIO()
+    progress = Progress(3, stream=out, interactive=False, enabled=False)
+    progress.stage("training")
+    progress.step(1, EVENT)
+    progress.evaluation("final", RESULT)
+    progress.write("x")
+    assert out.getvalue() == ""
+
+
+def test_formatting_helpers() -> None:
+    assert format_duration(3725) == "1:02:05"
+    assert format_duration(65) == "1:05"
+    assert format_eval("final", {"overall": {"bleu": None, "n": 3}}) == "eval final: (bleu: undefined)  (n=3)"
