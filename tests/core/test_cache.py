@@ -28,6 +28,14 @@ def test_round_trip_is_exact(tmp_path: Path):
     assert loaded == sample()
 
 
+def test_labels_of_another_length_than_the_ids_round_trip(tmp_path: Path):
+    """Encoder-decoder examples: encoder ids and decoder labels have lengths of their own."""
+    examples = [ift.EncodedExample([1, 2, 3, 4, 5], [7, 8], "a", "r1"), ift.EncodedExample([6], [9, 10, 11], "a", "r2")]
+    cache = PreparedCache(tmp_path)
+    cache.store("k", Prepared(examples, [], [], {}))
+    assert cache.load("k").train == examples
+
+
 def test_damaged_or_unfinished_entries_are_not_trusted(tmp_path: Path):
     cache = PreparedCache(tmp_path)
     entry = cache.store("k", sample())
