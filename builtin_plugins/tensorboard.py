@@ -19,8 +19,10 @@ from typing import Any
 import ift
 from ift.runtime import is_main_process
 
-#: Open writers by run directory (a process may run several recipes, e.g. in tests).
+#: Open writers by run directory (a process may run several recipes, e.g. in tests). A run's writer is
+#: opened at its first scalar: a resumed run then purges the steps it is about to repeat (see _writer).
 _writers: dict[str, Any] = {}
+_pending: dict[str, Any] = {}
 _last_step: dict[str, int] = {}
 
 
@@ -57,16 +59,30 @@ def ift_run_start(run_dir: str, resolved: dict[str, Any]) -> None:
         warnings.warn(f"TensorBoard logging is off: {exc} (pip install tensorboard)", stacklevel=2)
         return
     _close(run_dir)
-    _writers[run_dir] = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+    _pending[run_dir] = SummaryWriter
     _last_step[run_dir] = 0
+
+
+def _writer(run_dir: str, step: int) -> Any:
+    """The run's writer, opened on first use. When the folder already holds events (a resumed run), events at
+    ``step`` and later are purged, so the steps repeated after the checkpoint appear once, not twice."""
+    writer = _writers.get(run_dir)
+    if writer is None and run_dir in _pending:
+        log_dir = Path(run_dir) / "tensorboard"
+        resumed = log_dir.is_dir() and any(log_dir.glob("events.out.tfevents.*"))
+        writer = _pending.pop(run_dir)(log_dir=str(log_dir), purge_step=step if resumed else None)
+        _writers[run_dir] = writer
+    return writer
 
 
 @ift.hookimpl
 def ift_step_end(run_dir: str, event: dict[str, Any]) -> None:
-    writer = _writers.get(run_dir)
-    if writer is None or "step" not in event:
+    if "step" not in event:
         return
     step = int(event["step"])
+    writer = _writer(run_dir, step)
+    if writer is None:
+        return
     _last_step[run_dir] = step
     for key, value in scalars(event).items():
         if key != "step":
@@ -75,10 +91,10 @@ def ift_step_end(run_dir: str, event: dict[str, Any]) -> None:
 
 @ift.hookimpl
 def ift_evaluate_end(run_dir: str, stage: str, metrics: dict[str, Any]) -> None:
-    writer = _writers.get(run_dir)
+    step = eval_step(run_dir, stage)
+    writer = _writer(run_dir, step)
     if writer is None:
         return
-    step = eval_step(run_dir, stage)
     for key, value in scalars(metrics.get("overall", {})).items():
         writer.add_scalar(f"eval/{key}", value, step)
     for source, values in (metrics.get("per_source") or {}).items():
@@ -94,6 +110,7 @@ def ift_run_end(run_dir: str, status: str, metrics: dict[str, Any]) -> None:
 
 def _close(run_dir: str) -> None:
     writer = _writers.pop(run_dir, None)
+    _pending.pop(run_dir, None)
     _last_step.pop(run_dir, None)
     if writer is not None:
         writer.close()

@@ -115,3 +115,24 @@ def test_only_the_main_process_writes(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_eval_steps_and_scalars():
     assert tb.eval_step("nowhere", "baseline") == 0 and tb.eval_step("nowhere", "step-12") == 12
     assert tb.scalars({"a": 1, "b": 0.5, "c": None, "d": True, "e": "cpu"}) == {"a": 1.0, "b": 0.5}
+
+
+def test_a_resumed_run_shows_each_step_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """After a resume from step 2 the steps 3 and 4 are logged again; TensorBoard keeps the new ones only."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.delenv("IFT_TENSORBOARD", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    run_dir = str(tmp_path)
+    tb.ift_run_start(run_dir, {"run": {}})
+    for step in (1, 2, 3, 4):  # killed after step 4, last checkpoint at step 2
+        tb.ift_step_end(run_dir, {"step": step, "loss": float(step)})
+    tb.ift_run_end(run_dir, "failed", {})
+    tb.ift_run_start(run_dir, {"run": {}})
+    for step in (3, 4, 5):
+        tb.ift_step_end(run_dir, {"step": step, "loss": 10.0 + step})
+    tb.ift_run_end(run_dir, "completed", {})
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(1, 1.0), (2, 2.0), (3, 13.0), (4, 14.0),
+                                                                      (5, 15.0)]
