@@ -3,40 +3,16 @@ from a config (tests and the quickstart), fully fine-tuned or with LoRA through 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import Field, model_validator
+from typing import Any
 
 import ift
-from ift.builtin_plugins.peft_methods import PeftSection, apply_peft
-from ift.errors import Problem
+from ift.builtin_plugins import hf_loading, peft_methods
 
 
-class CausalLMConfig(ift.ComponentConfig):
-    name_or_path: str | None = Field(None, description="Hub id or local folder of a pretrained model.")
-    from_config: dict[str, Any] | None = Field(
-        None, description="Build a randomly initialised model: {model_type = 'llama', hidden_size = ...}.")
-    tokenizer: str | None = Field(None, description="Tokenizer id/path, or 'byte-level' (no download).")
-    revision: str | None = None
-    trust_remote_code: bool = False
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
-    attn_implementation: str | None = Field(None, description="e.g. sdpa, eager, flash_attention_2.")
-    peft: PeftSection | None = None
-
-    @model_validator(mode="after")
-    def _one_origin(self) -> CausalLMConfig:
-        if (self.name_or_path is None) == (self.from_config is None):
-            raise ValueError("set exactly one of name_or_path (a pretrained model) or from_config")
-        if self.from_config is not None and "model_type" not in self.from_config:
-            raise ValueError("from_config needs model_type (e.g. 'llama')")
-        if self.from_config is not None and self.tokenizer is None:
-            raise ValueError("a model built from_config needs tokenizer = 'byte-level' or a tokenizer path")
-        return self
+class CausalLMConfig(hf_loading.PretrainedModelConfig):
+    """Which model to load and how (the keys are shared with the other Hugging Face adapters)."""
 
 
 class CausalLMAdapter(ift.ModelAdapter):
@@ -49,96 +25,22 @@ class CausalLMAdapter(ift.ModelAdapter):
 
     # --- loading -------------------------------------------------------------------------------
 
-    def _path(self, value: str) -> str:
-        local = Path(value).expanduser()
-        if not local.is_absolute():
-            local = self.base_dir / local
-        return str(local) if local.exists() else value
-
     def load_tokenizer(self) -> Any:
-        cfg = self.config
-        if cfg.tokenizer == "byte-level":
-            from ift.builtin_plugins.byte_tokenizer import build_byte_tokenizer
-
-            tokenizer = build_byte_tokenizer()
-        else:
-            from transformers import AutoTokenizer
-
-            source = self._path(cfg.tokenizer or cfg.name_or_path or "")
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision,
-                                                          trust_remote_code=cfg.trust_remote_code)
-            except (OSError, ValueError) as exc:
-                raise ift.RunError(f"cannot load tokenizer {source!r} (model.tokenizer / "
-                                   f"model.name_or_path): {_first_line(exc)}") from exc
-        if not getattr(tokenizer, "is_fast", False):
-            raise ift.RunError("causal-lm needs a fast tokenizer (character offsets are used to place the "
-                               "trainable boundary exactly)")
-        if tokenizer.eos_token is None:
-            raise ift.RunError("the tokenizer has no eos_token; the model could not learn to stop")
-        if tokenizer.pad_token is None:
-            # Safe: padding is masked by length, never by comparing ids, so EOS labels stay trained.
-            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer = hf_loading.load_tokenizer(self.config, self.base_dir, fast_needed_for=(
+            "causal-lm (character offsets are used to place the trainable boundary exactly)"))
         self._adds_bos = _adds_bos(tokenizer)
         return tokenizer
 
     def load_model(self, tokenizer: Any) -> Any:
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM
 
-        from ift.runtime import bf16_supported, select_device
-
-        cfg = self.config
-        device = select_device(cfg.device)
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.dtype)
-        if dtype is None:  # auto: bf16 weights only for adapters on a bf16 GPU; full fine-tuning keeps fp32
-            dtype = torch.bfloat16 if (cfg.peft and bf16_supported(device)) else torch.float32
-        kwargs: dict[str, Any] = {"dtype": dtype}
-        if cfg.attn_implementation:
-            kwargs["attn_implementation"] = cfg.attn_implementation
-        if cfg.from_config is not None:
-            options = dict(cfg.from_config)
-            model_type = options.pop("model_type")
-            options.setdefault("vocab_size", len(tokenizer))
-            options.setdefault("pad_token_id", tokenizer.pad_token_id)
-            options.setdefault("eos_token_id", tokenizer.eos_token_id)
-            options.setdefault("bos_token_id", tokenizer.bos_token_id)
-            try:
-                config = AutoConfig.for_model(model_type, **options)
-                model = AutoModelForCausalLM.from_config(config, **kwargs)
-            except (ValueError, TypeError, KeyError) as exc:
-                raise ift.RecipeError([Problem("model.from_config", _first_line(exc))]) from exc
-        else:
-            source = self._path(cfg.name_or_path or "")
-            try:
-                model = AutoModelForCausalLM.from_pretrained(source, revision=cfg.revision,
-                                                             trust_remote_code=cfg.trust_remote_code, **kwargs)
-            except (OSError, ValueError) as exc:
-                raise ift.RunError(f"cannot load model {source!r} (model.name_or_path): "
-                                   f"{_first_line(exc)}") from exc
-        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-            model.resize_token_embeddings(len(tokenizer))
-        if cfg.peft is not None:
-            if cfg.from_config is not None:
-                # A random base exists nowhere else: keep a copy to save beside the adapter.
-                self._base_snapshot = Path(tempfile.mkdtemp(prefix="ift-base-"))
-                model.save_pretrained(str(self._base_snapshot))
-            model = apply_peft(model, cfg.peft, task_type="CAUSAL_LM")
-        return model.to(device)
+        loaded = hf_loading.load_model(self.config, self.base_dir, AutoModelForCausalLM, tokenizer,
+                                       task_type="CAUSAL_LM")
+        self._base_snapshot = loaded.base_snapshot
+        return loaded.model
 
     def describe(self) -> dict[str, Any]:
-        cfg = self.config
-        if cfg.from_config is not None:
-            summary = (f"a {cfg.from_config['model_type']} model built from model.from_config with RANDOM weights "
-                       "(no pretrained model is used)")
-        else:
-            summary = f"pretrained {cfg.name_or_path}"
-        tokenizer = cfg.tokenizer or cfg.name_or_path
-        if tokenizer == "byte-level":
-            tokenizer = "byte-level tokenizer built in (no download)"
-        method = f", {cfg.peft.method} r={cfg.peft.r}" if cfg.peft else ", full fine-tuning"
-        return {"origin": cfg.name_or_path or "from_config", "tokenizer": cfg.tokenizer or cfg.name_or_path,
-                "summary": f"{summary}; tokenizer: {tokenizer}{method}"}
+        return hf_loading.describe_origin(self.config)
 
     # --- tokenizing ----------------------------------------------------------------------------
 
@@ -160,7 +62,13 @@ class CausalLMAdapter(ift.ModelAdapter):
             labels.insert(0, -100)
         return ift.EncodedExample(ids, labels, source, record_id)
 
-    supports_packing = True
+    @property
+    def supports_packing(self) -> bool:  # type: ignore[override]
+        # Virtual-token methods (prefix / prompt tuning) assume one sequence per row.
+        return peft_methods.supports_packing(self.config.peft)
+
+    def on_optimizer_step(self, model: Any, step: int, total_steps: int) -> None:
+        peft_methods.on_optimizer_step(model, self.config.peft, step, total_steps)
 
     def collate(self, tokenizer: Any, examples: Sequence[ift.EncodedExample]) -> dict[str, Any]:
         import torch
@@ -187,7 +95,8 @@ class CausalLMAdapter(ift.ModelAdapter):
         input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
         labels = torch.full((len(rows), width), -100, dtype=torch.long)
         positions = torch.zeros((len(rows), width), dtype=torch.long)
-        real = 0
+        owner = torch.full((len(rows), width), -1, dtype=torch.long)  # each token's example, in record_ids order
+        real = example = 0
         for r, row in enumerate(rows):
             pos = 0
             for e in row:
@@ -196,12 +105,14 @@ class CausalLMAdapter(ift.ModelAdapter):
                 labels[r, pos:pos + n] = torch.tensor(e.labels)
                 labels[r, pos] = -100  # an example's first token is never predicted from the one before it
                 positions[r, pos:pos + n] = torch.arange(n)
+                owner[r, pos:pos + n] = example
                 pos += n
+                example += 1
             real += pos
             positions[r, pos:] = torch.arange(width - pos)  # padding tail: a separate sequence, no labels
         # No attention_mask: transformers then derives a block-diagonal causal mask from the position
         # resets (varlen kernels with flash attention), so attention never crosses examples.
-        return {"input_ids": input_ids, "position_ids": positions, "labels": labels,
+        return {"input_ids": input_ids, "position_ids": positions, "labels": labels, "example_index": owner,
                 "real_tokens": torch.tensor(real), "loss_tokens": (labels[:, 1:] != -100).sum(),
                 "num_examples": torch.tensor(sum(len(row) for row in rows)),
                 "record_ids": [e.record_id for row in rows for e in row]}
@@ -209,17 +120,48 @@ class CausalLMAdapter(ift.ModelAdapter):
     def loss_sum(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
         import torch.nn.functional as F
 
+        logits, labels = self._shifted_logits(model, batch)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
+                               ignore_index=-100, reduction="sum")
+        count = (labels != -100).sum()
+        return peft_methods.add_training_penalty(model, loss, count), count
+
+    def loss_by_example(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any] | None:
+        """Per-example summed loss (carrying the graph: the trainer backpropagates through their sum) and
+        loss-token counts. A padded batch holds one example per row; a packed one says in ``example_index`` which
+        example each token belongs to, and a predicted token is charged to the example it is part of (an example's
+        first token is never predicted, so nothing is charged across a boundary). A PEFT method's training penalty
+        is charged per loss token, as :meth:`loss_sum` adds it. The gradient of the sum equals :meth:`loss_sum`'s
+        bit for bit; the value may differ in its last bits (another summation order)."""
+        import torch
+        import torch.nn.functional as F
+
+        logits, labels = self._shifted_logits(model, batch)
+        per_token = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
+                                    ignore_index=-100, reduction="none").view_as(labels)  # 0 where ignored
+        counted = labels != -100
+        if "example_index" in batch:
+            owner = batch["example_index"][:, 1:].clamp(min=0).reshape(-1)  # padding adds loss 0 and count 0
+            n = len(batch["record_ids"])
+            sums = per_token.new_zeros(n).index_add(0, owner, per_token.reshape(-1))
+            counts = torch.zeros(n, dtype=torch.long, device=owner.device).index_add(0, owner,
+                                                                                       counted.reshape(-1).long())
+        elif "position_ids" in batch:
+            return None  # rows packed without saying which example owns each token
+        else:
+            sums, counts = per_token.sum(dim=1), counted.sum(dim=1)
+        penalty = peft_methods.training_penalty(model)
+        return (sums if penalty is None else sums + penalty * counts), counts
+
+    def _shifted_logits(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+        """Logits of positions 0..n-2 (in float32) and the labels they predict (positions 1..n-1)."""
         inputs = {"input_ids": batch["input_ids"], "use_cache": False}
         if "position_ids" in batch:
             inputs["position_ids"] = batch["position_ids"]
         else:
             inputs["attention_mask"] = batch["attention_mask"]
         logits = model(**inputs).logits
-        labels = batch["labels"][:, 1:]
-        logits = logits[:, :-1].float()
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
-                               ignore_index=-100, reduction="sum")
-        return loss, (labels != -100).sum()
+        return logits[:, :-1].float(), batch["labels"][:, 1:]
 
     # --- generating and saving -----------------------------------------------------------------
 
@@ -263,28 +205,17 @@ class CausalLMAdapter(ift.ModelAdapter):
         return outputs
 
     def save(self, model: Any, tokenizer: Any, path: Path) -> None:
-        target = model
-        if hasattr(target, "generation_config") and target.generation_config is not None:
-            target.generation_config.pad_token_id = tokenizer.pad_token_id
-        target.save_pretrained(str(path))
-        tokenizer.save_pretrained(str(path))
-        snapshot = getattr(self, "_base_snapshot", None)
-        if snapshot is not None:
-            # The base was built from a config: keep it beside the adapter so peft can load both.
-            shutil.copytree(snapshot, path / "base_model")
-            tokenizer.save_pretrained(str(path / "base_model"))
-            _rewrite_base_path(path, "base_model")
+        hf_loading.save_model_folder(model, tokenizer, path, getattr(self, "_base_snapshot", None))
 
+    def load_trained(self, path: Path) -> tuple[Any, Any]:
+        """Model and tokenizer from a folder :meth:`save` wrote (a full model, or a peft adapter with its base), an
+        ``ift export`` folder, or its int8 copy (CPU). A peft model comes back unmerged, so ``ift export
+        --merge`` can check the merge."""
+        from transformers import AutoModelForCausalLM
 
-def _rewrite_base_path(path: Path, relative: str) -> None:
-    import json
-
-    config_file = path / "adapter_config.json"
-    data = json.loads(config_file.read_text())
-    # Relative on purpose: the run directory can be moved. Load with
-    # PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("<model>/base_model"), "<model>").
-    data["base_model_name_or_path"] = relative
-    config_file.write_text(json.dumps(data, indent=2))
+        model, tokenizer = hf_loading.load_saved_model(self.config, path, AutoModelForCausalLM)
+        self._adds_bos = _adds_bos(tokenizer)  # generate() encodes prompts exactly as training did
+        return model, tokenizer
 
 
 def _adds_bos(tokenizer: Any) -> bool:
@@ -293,11 +224,6 @@ def _adds_bos(tokenizer: Any) -> bool:
         return False
     with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
     return bool(with_special) and with_special[0] == bos
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @ift.hookimpl

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import re
 import string
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -119,6 +119,29 @@ class LabelMetric(ift.Metric):
         fn = {"precision": precision_score, "recall": recall_score, "f1": f1_score}[kind]
         return float(fn(truth, predicted, labels=labels, average=self.config.average,  # type: ignore[attr-defined]
                         zero_division=0))
+
+    def details(self, outputs: ift.EvalOutputs) -> dict[str, Any] | None:
+        """scikit-learn's classification report: precision, recall, F1 and support of each true label (named as
+        in the data), the macro / weighted averages, and how many predictions were none of the labels."""
+        from sklearn.metrics import classification_report
+
+        truth, predicted = self.labels(outputs)
+        if not truth:
+            return None
+        names: dict[str, str] = {}
+        for record, reference, key in zip(outputs.records, outputs.references, truth, strict=True):
+            names.setdefault(key, (record.label if record.label is not None else reference).strip())
+        keys = sorted(names)
+        report = classification_report(truth, predicted, labels=keys, output_dict=True, zero_division=0)
+        per_label = {names[k]: {"precision": round(report[k]["precision"], 6), "recall": round(report[k]["recall"], 6),
+                                "f1": round(report[k]["f1-score"], 6), "support": int(report[k]["support"])}
+                     for k in keys}
+        averages = {name: {"precision": round(report[name]["precision"], 6),
+                           "recall": round(report[name]["recall"], 6), "f1": round(report[name]["f1-score"], 6)}
+                    for name in ("macro avg", "weighted avg") if name in report}
+        return {"average": self.config.average, "labels": per_label,  # type: ignore[attr-defined]
+                "macro": averages.get("macro avg"), "weighted": averages.get("weighted avg"),
+                "outside_labels": sum(1 for p in predicted if p not in names)}
 
 
 class AccuracyMetric(LabelMetric):

@@ -213,6 +213,16 @@ class ModelAdapter(Component, ABC):
         override it."""
         return self.encode(tokenizer, segments, source=record.source, record_id=record.id)
 
+    def prepare_data(self, train_records: Sequence[InstructionRecord]) -> dict[str, Any] | None:
+        """Called once with the training split before any record is encoded, for what an adapter learns from
+        the data itself (a classifier's label set). Return it as plain JSON: it is stored with the prepared data
+        (and shown in the manifest), and given back through :meth:`restore_data` when a later run reuses that
+        data from the cache, since nothing is encoded then."""
+        return None
+
+    def restore_data(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook, empty by default
+        """Take back what :meth:`prepare_data` returned, for prepared data reused from the cache."""
+
     def fit(self, example: EncodedExample, *, max_length: int,
             overlong: Literal["truncate", "drop"]) -> tuple[EncodedExample | None, str | None]:
         """Apply the length policy. Returns the example (or None) and the reason it was dropped or

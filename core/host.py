@@ -33,7 +33,10 @@ BUILTIN_MODULES = (
     "ift.builtin_plugins.cleaning",
     "ift.builtin_plugins.renderers",
     "ift.builtin_plugins.causal_lm",
+    "ift.builtin_plugins.seq2seq",
+    "ift.builtin_plugins.classifier",
     "ift.builtin_plugins.sft",
+    "ift.builtin_plugins.trainers",
     "ift.builtin_plugins.metrics",
     "ift.builtin_plugins.builders",
     "ift.builtin_plugins.data_cli",
@@ -41,6 +44,8 @@ BUILTIN_MODULES = (
     "ift.builtin_plugins.quality",
     "ift.builtin_plugins.tensorboard",
     "ift.builtin_plugins.serve",
+    "ift.builtin_plugins.inference",
+    "ift.builtin_plugins.scaffold",
 )
 _REGISTER_HOOKS = {
     "source": "ift_register_sources",

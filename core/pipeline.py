@@ -112,6 +112,12 @@ class Run:
             return
         rundir.write_text("recipe.toml", recipe.text)
         rundir.write_json("resolved.json", recipe.resolved())
+        template_file = getattr(recipe.template.config, "path", None)
+        if isinstance(template_file, str):  # keep the exact template text: inference rebuilds the renderer from it
+            source = Path(template_file).expanduser()
+            source = source if source.is_absolute() else recipe.base_dir / source
+            if source.is_file():  # a missing file is reported when the renderer is built
+                rundir.write_text(f"template/{source.name}", source.read_text(encoding="utf-8"))
         self.manifest = {
             "ift": _version("ift"), "hook_api": _hook_api(), "python": platform.python_version(),
             "platform": platform.platform(), "command": sys.argv, "seed": recipe.run.seed,
@@ -128,6 +134,8 @@ class Run:
         cache = PreparedCache()
         started = time.perf_counter()
         if key is not None and (hit := cache.load(key)) is not None:
+            if "adapter" in hit.report:  # what the adapter learned from the training split (a classifier's labels)
+                adapter.restore_data(hit.report["adapter"])
             self.manifest["data"] = hit.report
             self.manifest["cache"] = {"key": key, "hit": True, "seconds": round(time.perf_counter() - started, 3)}
             self.echo(f"data: reusing prepared data {cache.root / key}")
@@ -145,6 +153,7 @@ class Run:
             raise DataError("no training examples are left after filtering and the eval split "
                             f"(counts: {report.to_dict()})")
         self._fresh_records = (train_records, eval_records)  # reported after training, off the critical path
+        adapter_state = adapter.prepare_data(train_records)  # before encoding: e.g. a classifier's label set
         trainer_cfg = recipe.trainer_config
         train_examples, _ = encode_records(train_records, renderer, adapter, tokenizer, trainer_cfg, "train", report)
         eval_examples, eval_records = encode_records(eval_records, renderer, adapter, tokenizer, trainer_cfg,
@@ -154,6 +163,8 @@ class Run:
             raise DataError(f"every training example was dropped while tokenizing (trainer.max_length = "
                             f"{trainer_cfg.max_length}): {report.encoding['train']['reasons']}")
         prepared = Prepared(train_examples, eval_examples, eval_records, report.to_dict())
+        if adapter_state is not None:  # kept with the cached data, handed back to restore_data on a cache hit
+            prepared.report["adapter"] = self.manifest["data"]["adapter"] = adapter_state
         self.manifest["cache"] = {"key": key, "hit": False, "seconds": round(time.perf_counter() - started, 3)}
         if key is not None and is_main_process():
             self._cache_entry = cache.store(key, prepared)
@@ -189,7 +200,7 @@ class Run:
             fingerprints.append(fingerprint)
         resolved = recipe.resolved()
         return make_key({"ift": _version("ift"), "cache_format": 1, "fingerprints": fingerprints,
-                         "data": resolved["data"], "transforms": resolved["transforms"],
+                         "data": resolved["data"], "mixture": resolved["mixture"], "transforms": resolved["transforms"],
                          "split": {"seed": recipe.run.order_seed, "fraction": recipe.eval.fraction,
                                    "max_examples": recipe.eval.max_examples},
                          "template": resolved["template"], "template_hash": renderer.template_hash(),
@@ -197,7 +208,6 @@ class Run:
                          "length": [recipe.trainer_config.max_length, recipe.trainer_config.overlong]})
 
     def _run(self, rundir: RunDirectory) -> None:
-        recipe, host = self.recipe, self.host
         progress = self.progress = Progress(0, interactive=self.interactive, enabled=is_main_process())
         try:
             self._stages(rundir, progress)
@@ -280,6 +290,8 @@ class Run:
             results["final"] = self._evaluate(evaluator, result.model, "final")
         results["train"] = {"steps": result.steps, **result.summary}
         results["samples"] = evaluator.sample_rows()
+        # what each source contributed to training (examples, tokens), next to the per-source eval metrics
+        results["data"] = {"mixture": prepared.report.get("mixture", {})}
         progress.stage("writing reports")
         self._report_data()
         progress.stage("saving model")

@@ -21,6 +21,7 @@ def preview(recipe: Recipe, host: PluginHost, n: int, *, color: bool) -> list[di
     train, held = split_records(recipe, records, report)
     adapter = recipe.model.cls(recipe.model.config, base_dir=recipe.base_dir)
     tokenizer = adapter.load_tokenizer()
+    adapter.prepare_data(train)  # as a run does before encoding (a classifier derives its labels here)
     renderer = make_renderer(recipe, host)
     renderer.bind(tokenizer)
     shown = []

@@ -1,7 +1,8 @@
 """The canonical instruction record every source produces, and the normalizers that build it.
 
-Alpaca rows, OpenAI-style ``messages``, ShareGPT ``conversations`` and prompt/completion rows all
-become one :class:`InstructionRecord`, so every renderer, adapter and metric works with every source.
+Alpaca rows, OpenAI-style ``messages``, ShareGPT ``conversations``, prompt/completion rows and classification
+rows (a text and its ``label``) all become one :class:`InstructionRecord`, so every renderer, adapter and metric
+works with every source.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
-FORMATS = ("auto", "alpaca", "messages", "sharegpt", "prompt-completion")
+FORMATS = ("auto", "alpaca", "messages", "sharegpt", "prompt-completion", "classification")
 _SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
                    "assistant": "assistant", "bot": "assistant", "model": "assistant"}
 
@@ -77,6 +78,8 @@ def detect_format(row: Mapping[str, Any]) -> str:
         return "messages"
     if has("conversations"):
         return "sharegpt"
+    if has("label") and not (has("output") or has("prompt") or has("completion")):
+        return "classification"  # a text (or instruction) with its label and no answer of its own
     if has("instruction"):
         return "alpaca"  # a missing output is then reported as such
     if has("prompt"):
@@ -84,7 +87,8 @@ def detect_format(row: Mapping[str, Any]) -> str:
     raise RowError(
         "cannot tell the row's format from its keys "
         f"{sorted(k for k, v in row.items() if v is not None)}; expected 'instruction'+'output' (alpaca), "
-        "'messages', 'conversations' (sharegpt) or 'prompt'+'completion'; set format = ... on the [[data]] table"
+        "'messages', 'conversations' (sharegpt), 'prompt'+'completion' or 'text'+'label' (classification); "
+        "set format = ... on the [[data]] table"
     )
 
 
@@ -117,6 +121,36 @@ def _messages(turns: Any, role_key: str, content_key: str, role_map: Mapping[str
     return out
 
 
+def _label(row: Mapping[str, Any]) -> str:
+    value = row.get("label")
+    if value is None:
+        raise RowError("missing field 'label'")
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise RowError(f"field 'label' must be a string or an integer, got {type(value).__name__}")
+    label = str(value).strip()
+    if not label:
+        raise RowError("field 'label' is empty")
+    return label
+
+
+def _classification(row: Mapping[str, Any]) -> list[Message]:
+    """``text`` (or ``instruction`` with an optional ``input``) and ``label``; the label is also the answer, so
+    generation metrics and causal-LM adapters work on classification data too."""
+    if row.get("text") is not None and row.get("instruction") is not None:
+        raise RowError("a classification row has either 'text' or 'instruction' (+ 'input'), not both")
+    if row.get("text") is not None:
+        user = _text(row, "text")
+    elif row.get("instruction") is not None:
+        instruction = _text(row, "instruction")
+        extra_input = _text(row, "input", required=False)
+        user = f"{instruction}\n\n{extra_input}" if extra_input.strip() else instruction
+    else:
+        raise RowError("missing field 'text' (or 'instruction') of a classification row")
+    if not user.strip():
+        raise RowError("the text to classify is empty")
+    return [Message("user", user), Message("assistant", _label(row))]
+
+
 def normalize_row(row: Mapping[str, Any], fmt: str = "auto", *,
                   system: str | None = None) -> tuple[list[Message], dict[str, Any]]:
     """Turn one raw row into messages plus the extra fields (label, choices, task, metadata)."""
@@ -129,6 +163,8 @@ def normalize_row(row: Mapping[str, Any], fmt: str = "auto", *,
         messages = [Message("user", user), Message("assistant", _text(row, "output"))]
     elif fmt == "prompt-completion":
         messages = [Message("user", _text(row, "prompt")), Message("assistant", _text(row, "completion"))]
+    elif fmt == "classification":
+        messages = _classification(row)
     elif fmt == "messages":
         messages = _messages(row.get("messages"), "role", "content", None)
     elif fmt == "sharegpt":
@@ -143,6 +179,8 @@ def normalize_row(row: Mapping[str, Any], fmt: str = "auto", *,
     for key in ("label", "task"):
         if row.get(key) is not None:
             extras[key] = str(row[key])
+    if fmt == "classification":
+        extras["label"] = messages[-1].content  # validated and stripped
     if row.get("choices") is not None:
         if not isinstance(row["choices"], list):
             raise RowError("field 'choices' must be a list")

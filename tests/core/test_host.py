@@ -20,8 +20,8 @@ BUILTIN_NAMES = {
     "source": ["csv", "hf", "json", "jsonl", "parquet", "retrieved", "self-instruct", "templated"],
     "transform": ["decontaminate", "dedup", "drop-invalid", "length-filter", "mask-pii", "near-dedup", "tag"],
     "renderer": ["alpaca", "chat", "chatml", "jinja", "plain"],
-    "model_adapter": ["causal-lm"],
-    "trainer": ["sft"],
+    "model_adapter": ["causal-lm", "classifier", "seq2seq"],
+    "trainer": ["continual", "distill", "sft", "sft-adversarial"],
     "metric": ["accuracy", "exact_match", "f1", "loss", "perplexity", "precision", "recall", "rouge_l"],
 }
 
@@ -55,9 +55,9 @@ def test_builtins_register_every_component_under_its_name(host: PluginHost) -> N
 
 def test_builtin_plugins_are_described_with_origin_and_registered_names(host: PluginHost) -> None:
     described = {row["name"]: row for row in host.describe()}
-    assert set(described) == {"sources", "transforms", "renderers", "causal_lm", "sft", "metrics", "cleaning",
-                              "builders", "data_cli", "reporting",
-                              "quality", "tensorboard", "serve"}
+    assert set(described) == {"sources", "transforms", "renderers", "causal_lm", "seq2seq", "classifier", "sft",
+                              "trainers", "metrics", "cleaning", "builders", "data_cli", "reporting", "quality",
+                              "tensorboard", "serve", "inference", "scaffold"}
     assert described["transforms"]["origin"] == "builtin"
     assert described["transforms"]["distribution"] == "ift"
     assert described["transforms"]["registered"] == {"transform": ["drop-invalid", "dedup"]}
@@ -368,7 +368,7 @@ def test_lifecycle_hooks_reach_every_observer(host: PluginHost) -> None:
     assert calls == [("start", "runs/x", {"a": 1}), ("step", 3), ("eval", "final", {"loss": 0.5}),
                      ("end", "completed")]
     assert env == {"touched": True}
-    assert sorted(commands) == ["cmd", "compare", "data", "report", "runs", "serve"]  # the builtin commands
+    assert sorted(commands) == ["chat", "cmd", "compare", "data", "export", "generate", "init", "report", "runs", "serve"]  # the builtin commands
 
 
 def test_pluggy_project_name_is_ift(host: PluginHost) -> None:

@@ -1,4 +1,4 @@
-"""Normalising alpaca / messages / sharegpt / prompt-completion rows into InstructionRecords."""
+"""Normalising alpaca / messages / sharegpt / prompt-completion / classification rows into InstructionRecords."""
 
 from __future__ import annotations
 
@@ -81,7 +81,19 @@ def test_extras_label_task_choices_metadata() -> None:
          "turn 0 must have 'from' and 'value'"),
         ({"instruction": "q", "output": "a", "choices": "a,b"}, "auto", "field 'choices' must be a list"),
         ({"instruction": "q", "output": "a"}, "csv",
-         "unknown format 'csv'; choose one of auto, alpaca, messages, sharegpt, prompt-completion"),
+         "unknown format 'csv'; choose one of auto, alpaca, messages, sharegpt, prompt-completion, classification"),
+        ({"label": "refund"}, "auto", "missing field 'text' (or 'instruction') of a classification row"),
+        ({"text": "money back"}, "classification", "missing field 'label'"),
+        ({"text": "money back", "label": 1.5}, "classification",
+         "field 'label' must be a string or an integer, got float"),
+        ({"text": "money back", "label": True}, "auto", "field 'label' must be a string or an integer, got bool"),
+        ({"text": "money back", "label": ["refund"]}, "auto",
+         "field 'label' must be a string or an integer, got list"),
+        ({"text": "money back", "label": "  "}, "auto", "field 'label' is empty"),
+        ({"text": " \n", "label": "refund"}, "auto", "the text to classify is empty"),
+        ({"text": 42, "label": "refund"}, "auto", "field 'text' must be a string, got int"),
+        ({"text": "a", "instruction": "b", "label": "refund"}, "auto",
+         "a classification row has either 'text' or 'instruction' (+ 'input'), not both"),
     ],
 )
 def test_bad_rows(row: dict[str, Any], fmt: str, message: str) -> None:
@@ -104,6 +116,11 @@ def test_undetectable_format_lists_the_keys_and_the_options() -> None:
         ({"conversations": []}, "sharegpt"),
         ({"instruction": "", "output": "", "prompt": "", "completion": ""}, "alpaca"),
         ({"prompt": "", "completion": ""}, "prompt-completion"),
+        ({"text": "t", "label": "x"}, "classification"),
+        ({"instruction": "i", "label": "x"}, "classification"),
+        ({"instruction": "i", "output": "o", "label": "x"}, "alpaca"),  # an answer of its own: label is extra
+        ({"prompt": "p", "label": "x"}, "prompt-completion"),
+        ({"messages": [], "label": "x"}, "messages"),
     ],
 )
 def test_detect_format(row: dict[str, Any], fmt: str) -> None:
@@ -126,3 +143,46 @@ def test_record_answer_content_key_and_dict() -> None:
                                                              {"role": "assistant", "content": "first"},
                                                              {"role": "user", "content": "again"},
                                                              {"role": "assistant", "content": "last"}]}
+
+
+def test_classification_text_and_label() -> None:
+    messages, extras = normalize_row({"text": "Where is my parcel?", "label": " track_order ", "task": "intent"})
+    assert pairs(messages) == [(U, "Where is my parcel?"), (A, "track_order")]
+    assert extras == {"label": "track_order", "task": "intent"}  # stripped, and also the answer
+
+
+def test_classification_instruction_input_and_integer_label() -> None:
+    row = {"instruction": "Is this review positive?", "input": "Great kettle.", "label": 1}
+    messages, extras = normalize_row(row)
+    assert pairs(messages) == [(U, "Is this review positive?\n\nGreat kettle."), (A, "1")]
+    assert extras == {"label": "1"}
+    messages, _ = normalize_row({"instruction": "Classify.", "input": " ", "label": 0}, "classification")
+    assert pairs(messages) == [(U, "Classify."), (A, "0")]
+
+
+def test_classification_with_a_system_prompt() -> None:
+    messages, _ = normalize_row({"text": "hi", "label": "greeting"}, system="Classify the intent.")
+    assert pairs(messages) == [(S, "Classify the intent."), (U, "hi"), (A, "greeting")]
+
+
+def test_classification_rows_through_a_jsonl_source(tmp_path: Any) -> None:
+    """A file source turns classification rows into records with their label, and a bad row into an error
+    naming file and line."""
+    import json
+
+    from ift.builtin_plugins.sources import JsonlSource
+    from ift.errors import DataError
+
+    path = tmp_path / "intents.jsonl"
+    path.write_text(json.dumps({"text": "cancel it", "label": "cancel_order"}) + "\n"
+                    + json.dumps({"text": "refund please", "label": "refund"}) + "\n")
+    source = JsonlSource(JsonlSource.Config(path=str(path)), source_name="intents", base_dir=tmp_path)
+    records = list(source.records())
+    assert [(r.label, r.answer, r.messages[0].content) for r in records] == [
+        ("cancel_order", "cancel_order", "cancel it"), ("refund", "refund", "refund please")]
+    path.write_text(json.dumps({"text": "ok", "label": "a"}) + "\n" + json.dumps({"text": "x", "label": {}}) + "\n")
+    bad = JsonlSource(JsonlSource.Config(path=str(path), format="classification"), source_name="intents",
+                      base_dir=tmp_path)
+    with pytest.raises(DataError) as info:
+        list(bad.records())
+    assert str(info.value) == f"{path}:2: field 'label' must be a string or an integer, got dict"
