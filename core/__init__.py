@@ -28,6 +28,26 @@ from ift.hookspecs import HOOK_API_VERSION, hookimpl
 from ift.records import InstructionRecord, Message
 from ift.training import TrainContext, TrainResult
 
+#: Public names defined outside the core, imported on first use: the ``sft`` trainer and its config are
+#: the base classes of trainer plugins (override ``SFTTrainer.loss``), and importing them here eagerly would
+#: import the builtin plugins (and make a cycle, since they import ``ift``).
+_LAZY = {"SFTTrainer": "ift.builtin_plugins.sft", "SFTConfig": "ift.builtin_plugins.sft"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        from importlib import import_module
+
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'ift' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
 try:
     __version__ = version("ift")
 except PackageNotFoundError:  # running from a source tree without installation
@@ -53,6 +73,8 @@ __all__ = [
     "RecordFilter",
     "Renderer",
     "RunError",
+    "SFTConfig",
+    "SFTTrainer",
     "Segment",
     "SimilarityBackend",
     "Tally",

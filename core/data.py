@@ -1,4 +1,4 @@
-"""The data half of a run: read sources, apply transforms, split train/eval, render and tokenize.
+"""The data half of a run: read sources, apply transforms, split train/eval, mix, render and tokenize.
 
 Every record that is dropped is counted by reason; the counts end up in the manifest.
 """
@@ -15,7 +15,8 @@ from ift.components import EncodedExample, InstructionSource, ModelAdapter, Rend
 from ift.config import TrainerConfig
 from ift.errors import DataError, PluginError
 from ift.host import PluginHost
-from ift.recipe import Recipe
+from ift.mixture import MixturePlan, describe, mix, plan_mixture
+from ift.recipe import Recipe, default_strategy
 from ift.records import InstructionRecord
 
 
@@ -27,10 +28,15 @@ class DataReport:
     transforms: list[dict[str, Any]] = field(default_factory=list)
     split: dict[str, Any] = field(default_factory=dict)
     encoding: dict[str, Any] = field(default_factory=dict)
+    mixture: MixturePlan | None = None
+    encoded_per_source: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # stage -> source
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sources": self.sources, "transforms": self.transforms, "split": self.split,
-                "encoding": self.encoding}
+        out = {"sources": self.sources, "transforms": self.transforms, "split": self.split,
+               "encoding": self.encoding}
+        if self.mixture is not None:  # the mixture's arithmetic, and each source's contribution once encoded
+            out["mixture"] = describe(self.mixture, self.encoded_per_source.get("train"))
+        return out
 
 
 def read_sources(recipe: Recipe, host: PluginHost, report: DataReport) -> list[InstructionRecord]:
@@ -117,29 +123,25 @@ def split_records(recipe: Recipe, records: list[InstructionRecord],
     held_keys = {r.content_key() for r in held}
     kept = [r for r in train if r.content_key() not in held_keys]
     report.split = {"train": len(kept), "eval": len(held), "removed_overlapping_eval": len(train) - len(kept)}
-    return _apply_weights(recipe, kept, rng, report), held
+    return _mix(recipe, kept, rng, report), held
 
 
-def _apply_weights(recipe: Recipe, train: list[InstructionRecord], rng: random.Random,
-                   report: DataReport) -> list[InstructionRecord]:
-    """A source's weight scales how many times its records are seen: 2.0 repeats each record twice,
-    0.5 keeps a seeded half."""
-    weights = {d.source_name: d.weight for d in recipe.data}
-    if all(w == 1.0 for w in weights.values()):
-        return train
-    out: list[InstructionRecord] = []
-    by_source: dict[str, list[InstructionRecord]] = defaultdict(list)
+def _mix(recipe: Recipe, train: list[InstructionRecord], rng: random.Random,
+         report: DataReport) -> list[InstructionRecord]:
+    """Apply ``[mixture]`` (see ``ift.mixture``) to the training records; the eval split is already out, so
+    upsampling never repeats a held-out record. Draws continue the split's seeded generator."""
+    sizes: dict[str, int] = {d.source_name: 0 for d in recipe.data if d.split != "eval"}
     for record in train:
-        by_source[record.source].append(record)
-    mixture = {}
-    for name, group in by_source.items():
-        target = round(weights[name] * len(group))
-        whole, rest = divmod(target, len(group))
-        chosen = group * whole + rng.sample(group, rest)
-        mixture[name] = len(chosen)
-        out.extend(chosen)
-    report.split["weighted_train"] = mixture
-    return out
+        sizes[record.source] = sizes.get(record.source, 0) + 1
+    mixture = recipe.mixture
+    plan = plan_mixture(sizes, strategy=mixture.strategy or default_strategy(recipe.data),
+                        weights={d.source_name: d.weight for d in recipe.data}, temperature=mixture.temperature,
+                        cap=mixture.cap, total=mixture.total)
+    report.mixture = plan
+    if plan.strategy == "concat":
+        return train
+    report.split["weighted_train"] = {name: count for name, count in plan.counts().items() if sizes[name]}
+    return mix(train, plan, rng)
 
 
 def encode_records(records: list[InstructionRecord], renderer: Renderer, adapter: ModelAdapter,
@@ -164,6 +166,13 @@ def encode_records(records: list[InstructionRecord], renderer: Renderer, adapter
     report.encoding[stage] = {"in": len(records), "out": len(examples), "reasons": dict(reasons),
                               "tokens": sum(len(e.input_ids) for e in examples),
                               "trainable_tokens": sum(e.trainable_tokens for e in examples)}
+    per_source: dict[str, dict[str, int]] = {}
+    for example in examples:
+        counts = per_source.setdefault(example.source, {"examples": 0, "tokens": 0, "trainable_tokens": 0})
+        counts["examples"] += 1
+        counts["tokens"] += len(example.input_ids)
+        counts["trainable_tokens"] += example.trainable_tokens
+    report.encoded_per_source[stage] = per_source
     return examples, kept
 
 

@@ -12,18 +12,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ift.config import ComponentConfig, TrainerConfig
 from ift.errors import Problem, RecipeError
 from ift.host import KIND_LABELS, PluginHost, did_you_mean
+from ift.mixture import STRATEGIES
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-SECTIONS = ("run", "data", "transforms", "template", "model", "trainer", "eval", "plugins")
+SECTIONS = ("run", "data", "mixture", "transforms", "template", "model", "trainer", "eval", "plugins")
 
 
 class RunSection(BaseModel):
@@ -49,6 +50,31 @@ class EvalSection(BaseModel):
     max_new_tokens: int = Field(64, gt=0)
     batch_size: int = Field(32, gt=0)
     samples: int = Field(3, ge=0, description="Generations printed and kept in metrics.json.")
+
+
+class MixtureSection(BaseModel):
+    """How several [[data]] tables are mixed into one training list (see ``ift.mixture`` for the arithmetic).
+
+    One training epoch is one pass over the mixed list. Without a strategy, a recipe whose weights are all 1
+    concatenates its sources and one with any other weight uses ``weighted``, as recipes always did."""
+
+    model_config = ConfigDict(extra="forbid")
+    strategy: Literal["concat", "proportional", "weighted", "temperature"] | None = Field(
+        None, description="concat | proportional | weighted | temperature; default: concat when every weight "
+                          "is 1, else weighted.")
+    temperature: float | None = Field(None, gt=0, description="temperature only: T in rate ~ min(n, cap)^(1/T).")
+    cap: int | None = Field(None, gt=0, description="Per-source limit: K in the rate (proportional, temperature), "
+                                                    "a hard cap on the count (weighted).")
+    total: int | None = Field(None, gt=0, description="Examples in the mixed list (proportional, temperature); "
+                                                      "default: sum of min(n, cap).")
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _known_strategy(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in STRATEGIES:
+            raise ValueError(f"unknown strategy {value!r}{did_you_mean(value, STRATEGIES)}; strategies are "
+                             f"{', '.join(STRATEGIES)}")
+        return value
 
 
 class PluginsSection(BaseModel):
@@ -95,6 +121,7 @@ class Recipe:
     eval: EvalSection
     plugins: PluginsSection
     overrides: list[str] = field(default_factory=list)
+    mixture: MixtureSection = field(default_factory=lambda: MixtureSection.model_validate({}))
 
     @property
     def trainer_config(self) -> TrainerConfig:
@@ -109,6 +136,8 @@ class Recipe:
             "run": self.run.model_dump(mode="json"),
             "data": [{"source": d.name, "name": d.source_name, "weight": d.weight, "task": d.task,
                       "split": d.split, **d.config.model_dump(mode="json")} for d in self.data],
+            "mixture": {**self.mixture.model_dump(mode="json"),
+                        "strategy": self.mixture.strategy or default_strategy(self.data)},
             "transforms": [dump(t, "name") for t in self.transforms],
             "template": dump(self.template, "name"),
             "model": dump(self.model, "adapter"),
@@ -261,7 +290,10 @@ def find_secrets(value: Any, key: str = "") -> list[Problem]:
 
 
 def _component(host: PluginHost, kind: str, table: dict[str, Any], name_key: str, key: str,
-               problems: list[Problem], own_keys: tuple[str, ...] = ()) -> Component | None:
+               problems: list[Problem], own_keys: tuple[str, ...] = (),
+               context: dict[str, Any] | None = None) -> Component | None:
+    """Validate one component's table with its own Config. The validation context holds ``host`` and, for
+    ``context``, validated sections a component may check itself against (a trainer sees ``eval``)."""
     name = table.get(name_key)
     if not isinstance(name, str):
         problems.append(Problem(f"{key}.{name_key}", f"required: the {KIND_LABELS[kind]}'s name; "
@@ -278,7 +310,7 @@ def _component(host: PluginHost, kind: str, table: dict[str, Any], name_key: str
     registered = host.registry[kind][name]
     body = {k: v for k, v in table.items() if k != name_key and k not in own_keys}
     try:
-        config = registered.cls.Config.model_validate(body, context={"host": host})
+        config = registered.cls.Config.model_validate(body, context={"host": host, **(context or {})})
     except ValidationError as exc:
         problems.extend(_problems_from(exc, key, registered.cls.Config))
         return None
@@ -354,7 +386,10 @@ def validate_recipe(raw: dict[str, Any], host: PluginHost, *, base_dir: Path, pa
     model = _component(host, "model_adapter", model_table, "adapter", "model", problems)
     trainer_table = _table(raw, "trainer", problems)
     trainer_table.setdefault("name", DEFAULTS["trainer"])
-    trainer = _component(host, "trainer", trainer_table, "name", "trainer", problems)
+    # A trainer may check its keys against the evaluation (e.g. an early-stopping metric among eval.metrics).
+    trainer = _component(host, "trainer", trainer_table, "name", "trainer", problems, context={"eval": eval_section})
+
+    mixture = _mixture(raw, data, problems)
 
     if eval_section.fraction == 0 and not any(d.split == "eval" for d in data) and \
             any(m for m in eval_section.metrics):
@@ -367,7 +402,46 @@ def validate_recipe(raw: dict[str, Any], host: PluginHost, *, base_dir: Path, pa
     assert template and model and trainer
     return Recipe(path=path, base_dir=base_dir, raw=raw, text=text, run=run, data=data,
                   transforms=transforms, template=template, model=model, trainer=trainer,
-                  eval=eval_section, plugins=plugins, overrides=overrides or [])
+                  eval=eval_section, plugins=plugins, overrides=overrides or [], mixture=mixture)
+
+
+def default_strategy(data: list[DataSpec]) -> str:
+    """The strategy of a recipe without ``mixture.strategy``: what its weights have always meant."""
+    return "concat" if all(d.weight == 1.0 for d in data) else "weighted"
+
+
+# Which [mixture] keys each strategy reads; any other key given is a problem, not silently ignored.
+_MIXTURE_KEYS = {"concat": (), "proportional": ("cap", "total"), "weighted": ("cap",),
+                 "temperature": ("temperature", "cap", "total")}
+
+
+def _mixture(raw: dict[str, Any], data: list[DataSpec], problems: list[Problem]) -> MixtureSection:
+    """Validate [mixture] and how it fits the [[data]] weights; the result carries the resolved strategy."""
+    before = len(problems)
+    mixture = _section(raw.get("mixture"), "mixture", MixtureSection, problems)
+    if len(problems) > before:
+        return MixtureSection.model_validate({"strategy": default_strategy(data)})
+    strategy = mixture.strategy or default_strategy(data)
+    how = f"mixture.strategy = {strategy!r}" + ("" if mixture.strategy else " (the default for these weights)")
+    for key in ("temperature", "cap", "total"):
+        if getattr(mixture, key) is not None and key not in _MIXTURE_KEYS[strategy]:
+            users = [repr(s) for s, keys in _MIXTURE_KEYS.items() if key in keys]
+            readers = f"strategy {users[0]}" if len(users) == 1 else \
+                f"strategies {', '.join(users[:-1])} and {users[-1]}"
+            verb = "reads" if len(users) == 1 else "read"
+            problems.append(Problem(f"mixture.{key}", f"is not used by {how}; only {readers} {verb} it"))
+    if strategy == "temperature" and mixture.temperature is None:
+        problems.append(Problem("mixture.temperature", "required by strategy 'temperature': e.g. 2.0 (1 gives "
+                                "the proportional shares; larger values move the shares toward equal)"))
+    if strategy in ("concat", "proportional", "temperature"):
+        tables = raw.get("data")
+        for i, table in enumerate(tables if isinstance(tables, list) else []):
+            weight = table.get("weight", 1.0) if isinstance(table, dict) else 1.0
+            if isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0 and weight != 1:
+                effect = "uses every record once" if strategy == "concat" else "sets the shares from source sizes"
+                problems.append(Problem(f"data[{i}].weight", f"is {weight:g}, but {how} {effect}; only strategy "
+                                        "'weighted' reads weights"))
+    return mixture.model_copy(update={"strategy": strategy})
 
 
 def _table(raw: dict[str, Any], key: str, problems: list[Problem]) -> dict[str, Any]:

@@ -49,3 +49,20 @@ def test_quickstart_data_is_what_the_generator_writes(tmp_path: Path, monkeypatc
     assert (tmp_path / "quickstart.jsonl").read_text() == (EXAMPLES / "data" / "quickstart.jsonl").read_text()
     first = json.loads((EXAMPLES / "data" / "quickstart.jsonl").read_text().splitlines()[0])
     assert set(first) == {"id", "task", "instruction", "input", "output"}
+
+
+def test_mixture_example_mixes_with_the_temperature_shares_its_comment_states(builtin_host: PluginHost):
+    recipe = load_recipe(EXAMPLES / "mixture.toml", builtin_host)
+    assert (recipe.mixture.strategy, recipe.mixture.temperature, recipe.mixture.cap, recipe.mixture.total) == \
+        ("temperature", 3.0, 4000, 3000)
+    report = DataReport()
+    records = apply_transforms(recipe, builtin_host, read_sources(recipe, builtin_host, report), report)
+    train, held = split_records(recipe, records, report)
+    sources = report.to_dict()["mixture"]["sources"]
+    assert {name: s["records"] for name, s in sources.items()} == {"strings": 19800, "words": 320, "colours": 11}
+    assert {name: round(s["target_share"], 3) for name, s in sources.items()} == \
+        {"strings": 0.637, "words": 0.274, "colours": 0.089}
+    assert {name: s["planned_examples"] for name, s in sources.items()} == \
+        {"strings": 1910, "words": 823, "colours": 267}
+    assert len(train) == 3000 and {r.source for r in held} == {"strings", "words", "colours"}
+    assert not {r.id for r in train} & {r.id for r in held}

@@ -96,8 +96,8 @@ def test_every_problem_is_reported_at_once_with_key_paths(host: PluginHost) -> N
     )
     problems = problems_of(raw, host)
     assert as_pairs(problems) == [
-        ("trainr", "unknown section (did you mean 'trainer'?); sections are run, data, transforms, template, "
-                   "model, trainer, eval, plugins"),
+        ("trainr", "unknown section (did you mean 'trainer'?); sections are run, data, mixture, transforms, "
+                   "template, model, trainer, eval, plugins"),
         ("eval.metrics[0]", "unknown metric 'exact_mach' (did you mean 'exact_match'?); available: accuracy, "
                             "exact_match, f1, loss, perplexity, precision, recall, rouge_l"),
         ("data[0].source", "unknown source 'jsnl' (did you mean 'jsonl'?); available: "
@@ -116,7 +116,7 @@ def test_recipe_error_message_lists_every_problem(host: PluginHost) -> None:
                         base_dir=Path("."), path=Path("r.toml"))
     assert str(info.value).splitlines() == [
         "r.toml: invalid recipe, 2 problems:",
-        "  - trainr: unknown section (did you mean 'trainer'?); sections are run, data, transforms, "
+        "  - trainr: unknown section (did you mean 'trainer'?); sections are run, data, mixture, transforms, "
         "template, model, trainer, eval, plugins",
         "  - trainer.learnig_rate: unknown key (did you mean 'learning_rate'?)",
     ]
@@ -306,3 +306,76 @@ def test_component_given_as_import_path_is_refused(host, tmp_path):
     messages = {p.key: p.message for p in err.value.problems}
     assert "looks like an import path" in messages["data[0].source"]
     assert "looks like an import path" in messages["trainer.name"]
+
+
+# --- [mixture] ---------------------------------------------------------------------------------
+
+
+def two_tables(*weights: float) -> list[dict[str, Any]]:
+    return [{"source": "jsonl", "path": f"{name}.jsonl", "weight": w} for name, w in zip("ab", weights, strict=True)]
+
+
+def test_mixture_strategy_defaults_to_what_the_weights_meant(host: PluginHost) -> None:
+    recipe = validate_recipe(minimal(data=two_tables(1, 1)), host, base_dir=Path("."))
+    assert recipe.mixture.strategy == "concat"
+    assert recipe.resolved()["mixture"] == {"strategy": "concat", "temperature": None, "cap": None, "total": None}
+    recipe = validate_recipe(minimal(data=two_tables(2, 1)), host, base_dir=Path("."))
+    assert recipe.resolved()["mixture"]["strategy"] == "weighted"
+    recipe = validate_recipe(minimal(data=two_tables(1, 1), mixture={"strategy": "temperature", "temperature": 2,
+                                                                     "cap": 1000, "total": 500}),
+                             host, base_dir=Path("."))
+    assert recipe.resolved()["mixture"] == {"strategy": "temperature", "temperature": 2.0, "cap": 1000, "total": 500}
+
+
+def test_mixture_problems_are_reported_together_with_key_paths(host: PluginHost) -> None:
+    raw = minimal(data=two_tables(1, 1), mixture={"stratgy": "temperature", "temprature": 2, "cap": 0,
+                                                  "total": 1.5})
+    assert as_pairs(problems_of(raw, host)) == [
+        ("mixture.cap", "Input should be greater than 0 (got 0)"),
+        ("mixture.total", "Input should be a valid integer, got a number with a fractional part (got 1.5)"),
+        ("mixture.stratgy", "unknown key (did you mean 'strategy'?)"),
+        ("mixture.temprature", "unknown key (did you mean 'temperature'?)"),
+    ]
+    assert as_pairs(problems_of(minimal(mixture={"strategy": "temprature"}), host)) == [
+        ("mixture.strategy", "unknown strategy 'temprature' (did you mean 'temperature'?); strategies are concat, "
+                             "proportional, weighted, temperature")]
+    assert as_pairs(problems_of(minimal(mixture={"strategy": "temperature", "temperature": -1}), host)) == [
+        ("mixture.temperature", "Input should be greater than 0 (got -1)")]
+    assert as_pairs(problems_of(minimal(mixture="temperature"), host)) == [("mixture", "must be a table, got str")]
+
+
+def test_mixture_keys_must_fit_the_strategy(host: PluginHost) -> None:
+    assert as_pairs(problems_of(minimal(mixture={"strategy": "temperature"}), host)) == [
+        ("mixture.temperature", "required by strategy 'temperature': e.g. 2.0 (1 gives the proportional shares; "
+                                "larger values move the shares toward equal)")]
+    assert as_pairs(problems_of(minimal(data=two_tables(1, 1), mixture={"temperature": 2.0, "total": 10}),
+                                host)) == [
+        ("mixture.temperature", "is not used by mixture.strategy = 'concat' (the default for these weights); only "
+                                "strategy 'temperature' reads it"),
+        ("mixture.total", "is not used by mixture.strategy = 'concat' (the default for these weights); only "
+                          "strategies 'proportional' and 'temperature' read it"),
+    ]
+    assert as_pairs(problems_of(minimal(data=two_tables(2, 1), mixture={"total": 10}), host)) == [
+        ("mixture.total", "is not used by mixture.strategy = 'weighted' (the default for these weights); only "
+                          "strategies 'proportional' and 'temperature' read it")]
+    assert as_pairs(problems_of(minimal(mixture={"strategy": "concat", "cap": 5}), host)) == [
+        ("mixture.cap", "is not used by mixture.strategy = 'concat'; only strategies 'proportional', 'weighted' "
+                        "and 'temperature' read it")]
+
+
+def test_weights_outside_the_weighted_strategy_are_refused(host: PluginHost) -> None:
+    raw = minimal(data=two_tables(0.5, 3), mixture={"strategy": "temperature", "temperature": 2.0})
+    assert as_pairs(problems_of(raw, host)) == [
+        ("data[0].weight", "is 0.5, but mixture.strategy = 'temperature' sets the shares from source sizes; only "
+                           "strategy 'weighted' reads weights"),
+        ("data[1].weight", "is 3, but mixture.strategy = 'temperature' sets the shares from source sizes; only "
+                           "strategy 'weighted' reads weights"),
+    ]
+    raw = minimal(data=two_tables(1, 2), mixture={"strategy": "concat"})
+    assert as_pairs(problems_of(raw, host)) == [
+        ("data[1].weight", "is 2, but mixture.strategy = 'concat' uses every record once; only strategy 'weighted' "
+                           "reads weights")]
+    recipe = validate_recipe(minimal(data=two_tables(1, 2), mixture={"strategy": "weighted", "cap": 100}), host,
+                             base_dir=Path("."))
+    assert (recipe.mixture.strategy, recipe.mixture.cap, [d.weight for d in recipe.data]) == ("weighted", 100,
+                                                                                               [1.0, 2.0])

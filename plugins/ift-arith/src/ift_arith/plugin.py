@@ -1,5 +1,5 @@
-"""Hooks of the ift-arith plugin. Uses only the public ``ift`` API (plus the builtin ``sft`` trainer as a
-base class, which is a supported extension point)."""
+"""Hooks of the ift-arith plugin. Uses the public ``ift`` API (its trainer subclasses ``ift.SFTTrainer``),
+plus the builtin Jinja renderer as the base of its template."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from pydantic import Field
 
 import ift
 from ift.builtin_plugins.renderers import JinjaRenderer
-from ift.builtin_plugins.sft import SFTConfig, SFTTrainer
 
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
@@ -74,25 +73,30 @@ class NumericMatch(ift.Metric):
         return hits / len(outputs.references)
 
 
-class SmoothedConfig(SFTConfig):
+class SmoothedConfig(ift.SFTConfig):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
 
 
-class LabelSmoothingTrainer(SFTTrainer):
-    """Supervised fine-tuning whose loss mixes the target with a uniform distribution."""
+class LabelSmoothingTrainer(ift.SFTTrainer):
+    """Supervised fine-tuning whose loss mixes the target with a uniform distribution. Everything else
+    (optimizer, schedule, accumulation, checkpoints) is the ``sft`` trainer's: only :meth:`loss` changes."""
 
     name = "sft-smoothed"
     Config = SmoothedConfig
     config: SmoothedConfig
 
     def loss(self, ctx: ift.TrainContext, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+        """Summed smoothed cross-entropy over the positions the batch's ``loss_tokens`` counts (labels
+        shifted by one, as in every causal LM), so the trainer's token normalisation stays exact."""
         import torch.nn.functional as F
 
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        # Padding-free and packed batches carry position_ids instead of an attention mask.
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+        logits = model(**inputs, use_cache=False).logits[:, :-1]
         labels = batch["labels"][:, 1:]
         loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
                                ignore_index=-100, reduction="sum", label_smoothing=self.config.label_smoothing)
-        return loss, (labels != -100).sum()
+        return loss, batch["loss_tokens"]
 
 
 @ift.hookimpl

@@ -1,0 +1,203 @@
+"""The ``distill`` trainer: knowledge distillation from a teacher model into the model being trained.
+
+Per trainable position (label != -100, labels shifted by one as in every causal LM) the loss is
+``(1 - alpha) * CE(label) + alpha * T^2 * KL(teacher_T || student_T)``, where ``x_T`` is the softmax of
+logits divided by the temperature ``T``. The ``T^2`` factor keeps the soft-target gradients on the scale of
+the hard-label ones as ``T`` grows (Hinton et al., 2015). Summed over positions, like every trainer's loss, so
+the ``sft`` loop's token normalisation applies unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+import ift
+
+#: What a causal LM's forward pass takes from a batch (the rest are labels and facts about the batch).
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
+
+
+class DistillConfig(ift.SFTConfig):
+    teacher: str = Field(..., min_length=1, description="The teacher: a model folder (full model or peft "
+                         "adapter), a run directory (its model/ is used), or a hub id.")
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the distillation term; 1 - alpha weighs the "
+                         "cross-entropy on the labels.")
+    temperature: float = Field(2.0, gt=0, description="Softmax temperature of both distributions in the KL.")
+    teacher_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: the dtype of the student's weights.")
+
+
+class DistillTrainer(ift.SFTTrainer):
+    """Supervised fine-tuning that also matches a frozen teacher's token distributions."""
+
+    name = "distill"
+    Config = DistillConfig
+    config: DistillConfig
+
+    def train(self, ctx: ift.TrainContext) -> ift.TrainResult:
+        self.teacher = self.load_teacher(ctx)
+        self._totals: Any = None  # summed CE, summed KL, loss tokens (on the device: no syncs per batch)
+        try:
+            result = super().train(ctx)
+        finally:
+            self.teacher = None  # free its memory before the final evaluation and saving
+        ce, kl, tokens = self._totals.tolist() if self._totals is not None else (0.0, 0.0, 0)
+        cfg = self.config
+        result.summary["distill"] = {"teacher": self.teacher_path, "alpha": cfg.alpha,
+                                     "temperature": cfg.temperature,
+                                     # token means over the micro-batches this process trained on
+                                     "ce_loss": ce / tokens if tokens else None,
+                                     "kl": kl / tokens if tokens else None}
+        return result
+
+    def loss(self, ctx: ift.TrainContext, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+        """``(1 - alpha) * CE + alpha * T^2 * KL``, summed over the batch's loss tokens, and their count."""
+        import torch
+
+        ce, kl, count = self.terms(model, batch)
+        cfg = self.config
+        if hasattr(self, "_totals"):
+            values = torch.stack([ce.sum().detach().double(), kl.sum().detach().double(), count.double()])
+            self._totals = values if self._totals is None else self._totals + values
+        per_position = (1 - cfg.alpha) * ce + cfg.alpha * cfg.temperature ** 2 * kl
+        owner = self._owners(batch)
+        if owner is None:
+            return per_position.sum(), count
+        # Summed per example, so the trainer's per-source training loss reports this objective.
+        n = len(batch["record_ids"])
+        sums = per_position.new_zeros(n).index_add(0, owner, per_position)
+        counts = torch.zeros(n, dtype=torch.long, device=owner.device).index_add(0, owner, torch.ones_like(owner))
+        return self.example_losses(batch, sums, counts)
+
+    @staticmethod
+    def _owners(batch: dict[str, Any]) -> Any:
+        """The example each trainable position belongs to (padded rows: the row; packed rows: the batch's
+        ``example_index``), or None where the batch does not say."""
+        positions = batch["labels"][:, 1:] != -100
+        if "example_index" in batch:
+            return batch["example_index"][:, 1:][positions]
+        if "position_ids" in batch:
+            return None
+        return positions.nonzero()[:, 0]
+
+    def terms(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any, Any]:
+        """Per trainable position (in batch order): cross-entropy and ``KL(teacher_T || student_T)``; and
+        how many positions there are."""
+        import torch
+        import torch.nn.functional as F
+
+        inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+        labels = batch["labels"][:, 1:]
+        positions = labels != -100
+        # Only the trainable positions' logits are kept in fp32: (positions x vocabulary), not the whole batch.
+        student = model(**inputs, use_cache=False).logits[:, :-1][positions].float()
+        with torch.no_grad():
+            teacher = self.teacher(**inputs, use_cache=False).logits[:, :-1][positions].float()
+        if teacher.shape[-1] != student.shape[-1]:
+            raise vocabulary_error(f"the teacher's logits have {teacher.shape[-1]} entries per token, the "
+                                   f"student's {student.shape[-1]}")
+        ce = F.cross_entropy(student, labels[positions], reduction="none")
+        t = self.config.temperature
+        kl = F.kl_div(F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1), log_target=True,
+                      reduction="none").sum(dim=-1)
+        return ce, kl, positions.sum()
+
+    # --- the teacher -----------------------------------------------------------------------------
+
+    def load_teacher(self, ctx: ift.TrainContext) -> Any:
+        """The teacher on the student's device, in eval mode, without gradients; its vocabulary checked
+        against the student's."""
+        import torch
+
+        cfg = self.config
+        student = ctx.model
+        reference = next(student.parameters())
+        dtype = reference.dtype if cfg.teacher_dtype == "auto" else getattr(torch, cfg.teacher_dtype)
+        path = teacher_folder(cfg.teacher, getattr(ctx.adapter, "base_dir", Path(".")))
+        self.teacher_path = str(path) if path is not None else cfg.teacher
+        ctx.progress.write(f"distill: loading the teacher {self.teacher_path}")
+        teacher = _load(path, cfg.teacher, dtype)
+        teacher.to(reference.device).eval().requires_grad_(False)
+        if path is not None:
+            check_tokenizer(path, ctx.tokenizer)
+        student_out, teacher_out = _output_rows(student), _output_rows(teacher)
+        if student_out is not None and teacher_out is not None and student_out != teacher_out:
+            raise vocabulary_error(f"the teacher predicts {teacher_out} tokens, the student {student_out}")
+        return teacher
+
+
+def vocabulary_error(detail: str) -> ift.RecipeError:
+    return ift.RecipeError([ift.Problem("trainer.teacher", f"{detail}; distillation compares distributions "
+                                        "token by token, so teacher and student need the same vocabulary")])
+
+
+def teacher_folder(spec: str, base_dir: Path) -> Path | None:
+    """The folder ``trainer.teacher`` names (relative to the recipe's folder, else to the working
+    directory; a run directory stands for its ``model/``), or None for a hub id."""
+    candidate = Path(spec).expanduser()
+    for path in ([candidate] if candidate.is_absolute() else [base_dir / candidate, candidate]):
+        if path.is_dir():
+            if not _is_model_folder(path) and _is_model_folder(path / "model"):
+                return path / "model"
+            if not _is_model_folder(path):
+                raise ift.RecipeError([ift.Problem("trainer.teacher", f"{path} is neither a model folder "
+                                                   "(config.json or adapter_config.json) nor a run directory "
+                                                   "with a model/ folder")])
+            return path
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise ift.RecipeError([ift.Problem("trainer.teacher", f"no folder {spec!r} (looked in {base_dir} and "
+                                           "the working directory)")])
+    return None
+
+
+def _is_model_folder(path: Path) -> bool:
+    return (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
+
+
+def _load(path: Path | None, spec: str, dtype: Any) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        if path is not None and (path / "adapter_config.json").is_file():
+            from peft import PeftModel
+
+            base = str(json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+                       ["base_model_name_or_path"])
+            if (path / base).is_dir():  # ift saves a base built from a config beside the adapter
+                base = str(path / base)
+            model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), str(path))
+            return model.merge_and_unload()  # plain weights: the teacher only runs forward passes
+        return AutoModelForCausalLM.from_pretrained(str(path) if path is not None else spec, dtype=dtype)
+    except (OSError, ValueError, KeyError) as exc:
+        text = str(exc).strip()
+        raise ift.RecipeError([ift.Problem("trainer.teacher", f"cannot load the teacher {spec!r}: "
+                                           f"{text.splitlines()[0] if text else type(exc).__name__}")]) from exc
+
+
+def check_tokenizer(path: Path, tokenizer: Any) -> None:
+    """Where the teacher folder carries a tokenizer, it must map every token to the same id as the
+    student's (equal vocabulary sizes alone would let two different tokenizers through)."""
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        return
+    from transformers import AutoTokenizer
+
+    try:
+        theirs = AutoTokenizer.from_pretrained(str(path)).get_vocab()
+    except (OSError, ValueError) as exc:
+        raise ift.RecipeError([ift.Problem("trainer.teacher", f"cannot read the tokenizer in {path}: "
+                                           f"{str(exc).strip().splitlines()[0]}")]) from exc
+    ours = tokenizer.get_vocab()
+    if theirs != ours:
+        differ = sorted(t for t in set(ours) | set(theirs) if ours.get(t) != theirs.get(t))
+        raise vocabulary_error(f"the teacher's tokenizer ({len(theirs)} tokens) differs from the student's "
+                               f"({len(ours)} tokens) in {len(differ)} tokens, e.g. {differ[:5]}")
+
+
+def _output_rows(model: Any) -> int | None:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    return int(weight.shape[0]) if weight is not None else None
