@@ -1,5 +1,6 @@
-"""The model behind ``ift serve``: a run directory's ``model/`` (plain transformers, or a peft adapter on its
-base), its tokenizer, and the run's own renderer rebuilt from ``resolved.json``.
+"""The model behind ``ift serve``: a run directory's ``model/`` loaded through the run's own model adapter (a
+peft adapter is merged into its base), its tokenizer, and the run's renderer rebuilt from ``resolved.json`` and
+checked against the template hash in ``manifest.json`` (see :mod:`ift.builtin_plugins.inference.runs`).
 
 Generation is a small decoding loop (greedy, or temperature / top-p sampling) over the model's KV cache, so
 text can be streamed token by token and stop strings are honoured exactly. One model serves one request at a
@@ -9,7 +10,6 @@ time: :attr:`ServedModel.lock` is held for the whole of a generation.
 from __future__ import annotations
 
 import inspect
-import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,8 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import ift
+from ift.builtin_plugins.inference.runs import build_renderer, conversation_prompt, open_run, stop_texts
+from ift.builtin_plugins.inference.runs import context_length as _context_length
 
 from .protocol import RequestError, Sampling
+
+__all__ = ["Piece", "ServedModel", "build_renderer", "stop_texts"]
 
 
 @dataclass
@@ -30,60 +34,18 @@ class Piece:
     finish_reason: str | None = None
 
 
-def build_renderer(run_dir: Path, host: Any, recipe_dir: Path | None = None) -> Any:
-    """The run's renderer, rebuilt from the ``template`` section of ``resolved.json`` through the plugin host.
-
-    A template file path is relative to the recipe's folder: ``recipe_dir`` when given, else the run
-    directory, else the current folder.
-    """
-    try:
-        resolved = json.loads((run_dir / "resolved.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ift.RunError(f"{run_dir} is not an ift run directory (cannot read resolved.json: {exc})") from None
-    section = dict(resolved["template"])
-    registered = host.get("renderer", section.pop("name"))
-    config = registered.cls.Config(**section)
-    candidates = [recipe_dir] if recipe_dir else [run_dir, Path.cwd()]
-    base_dir = candidates[0]
-    path = section.get("path")
-    if isinstance(path, str) and not Path(path).is_absolute():
-        base_dir = next((c for c in candidates if (c / path).is_file()), candidates[0])
-    try:
-        return registered.cls(config, base_dir=base_dir, prepare_jinja_env=host.prepare_jinja_env)
-    except ift.RecipeError as exc:
-        raise ift.RunError(f"cannot rebuild the run's template ({exc}); if it is a file next to the recipe, "
-                           "pass --recipe-dir") from None
-
-
-def stop_texts(renderer: Any) -> list[str]:
-    """What the template writes after an answer inside the trained span (EOS, ``<|im_end|>``...)."""
-    probe = "\u2402probe"
-    record = ift.InstructionRecord("serve-probe", "serve", [ift.Message("user", "hi"),
-                                                             ift.Message("assistant", probe)])
-    trained = [s.text for s in renderer.render(record) if s.trainable]
-    if trained and probe in trained[-1]:
-        suffix = trained[-1].split(probe, 1)[1].strip()
-        return [suffix] if suffix else []
-    return []
-
-
 class ServedModel:
     """Loads ``RUN_DIR/model`` and answers prompts; thread-safe through :attr:`lock`."""
 
     def __init__(self, run_dir: Path, host: Any, *, device: str = "auto", recipe_dir: Path | None = None) -> None:
-        from transformers import AutoTokenizer
-
-        self.run_dir = Path(run_dir)
-        model_dir = self.run_dir / "model"
-        if not model_dir.is_dir():
-            raise ift.RunError(f"{self.run_dir} has no model/ folder (did the run complete?)")
-        self.renderer = build_renderer(self.run_dir, host, recipe_dir)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.renderer.bind(self.tokenizer)
-        self.template_stops = stop_texts(self.renderer)
-        self.model = self._load_model(model_dir, device)
+        run = open_run(Path(run_dir), host, device=device, recipe_dir=recipe_dir, merge=True)
+        model = run.model
+        if getattr(model.config, "is_encoder_decoder", False) or not getattr(model, "can_generate", bool)():
+            raise ift.RunError(f"ift serve decodes decoder-only language models; {run_dir} has a "
+                               f"{type(run.model).__name__} (model adapter {run.adapter.name!r})")
+        self.run_dir = run.run_dir
+        self.renderer, self.tokenizer, self.model = run.renderer, run.tokenizer, run.model
+        self.template_stops = run.stop()
         self.context_length = _context_length(self.model)
         # newer transformers name the KV cache argument ``cache``; older ones ``past_key_values``
         self._cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters \
@@ -92,34 +54,12 @@ class ServedModel:
         bos = self.tokenizer.bos_token_id
         self._adds_bos = bos is not None and self.tokenizer("a")["input_ids"][:1] == [bos]
 
-    @staticmethod
-    def _load_model(model_dir: Path, device: str) -> Any:
-        from transformers import AutoModelForCausalLM
-
-        from ift.runtime import select_device
-
-        adapter_config = model_dir / "adapter_config.json"
-        if adapter_config.is_file():
-            from peft import PeftModel
-
-            base = model_dir / "base_model"
-            base_path = str(base) if base.is_dir() else json.loads(adapter_config.read_text())[
-                "base_model_name_or_path"]
-            adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path, dtype="auto"),
-                                                str(model_dir))
-            model: Any = adapted.merge_and_unload()  # plain weights: faster decoding, same outputs
-        else:
-            model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="auto")
-        return model.to(select_device(device)).eval()
-
     # --- prompts -------------------------------------------------------------------------------
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         """The run's template applied to the conversation, up to where the next assistant answer starts."""
-        turns = [ift.Message(m["role"], m["content"]) for m in messages] + [ift.Message("assistant", "")]
-        record = ift.InstructionRecord("request", "serve", turns)
         try:
-            return self.renderer.prompt(record)
+            return conversation_prompt(self.renderer, [ift.Message(m["role"], m["content"]) for m in messages])
         except ift.IftError as exc:
             raise RequestError(f"the run's template cannot render these messages: {exc}",
                                param="messages") from None
@@ -202,12 +142,3 @@ def _pick(logits: Any, sampling: Sampling, generator: Any) -> int:
         keep = torch.cumsum(ordered, dim=-1) - ordered < sampling.top_p  # always keeps the most likely token
         probs = torch.zeros_like(probs).scatter(0, order[keep], ordered[keep])
     return int(torch.multinomial(probs, 1, generator=generator))
-
-
-def _context_length(model: Any) -> int:
-    config = model.config
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 1 << 30

@@ -1,0 +1,354 @@
+"""``ift export``: a run's model as a standalone Hugging Face folder (LoRA merged into its base), optionally
+with an int8 copy for CPU inference whose size and metric change are measured on the run's eval split.
+
+The export is assembled in a hidden temporary folder beside ``--output`` and renamed into place only when
+every file (weights, tokenizer, README, ``export_report.json``) is written: a folder named like the output
+is always a finished export.
+
+Layout::
+
+    OUTPUT/                 loadable with AutoModelForCausalLM.from_pretrained(OUTPUT) (or the adapter's class)
+      config.json  model.safetensors  generation_config.json  tokenizer files
+      README.md             run, template hash, merge, prompt format, eval table
+      export_report.json    the same facts as JSON
+      int8/                 with --quantize int8: config, tokenizer, model_int8.pt, quantization.json
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ift
+from ift.builtin_plugins.inference.quantize import (
+    QUANTIZATION_FILE,
+    WEIGHTS_FILE,
+    quantize_int8,
+    save_quantized,
+    weights_size,
+)
+from ift.builtin_plugins.inference.runs import TrainedRun, open_run, read_records, read_run
+
+PROBE_EXAMPLES = 4
+
+
+def export_run(run_dir: Path, host: Any, *, output: Path | None = None, merge: bool = False,
+               quantize: str | None = None, overwrite: bool = False, device: str = "cpu",
+               echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Export ``run_dir``'s model; returns the report also written to ``OUTPUT/export_report.json``.
+
+    A LoRA run needs ``merge`` (the export must stand alone); a fully fine-tuned run refuses it, since its
+    model is already standalone and there is nothing to merge (export it without ``--merge``).
+    """
+    run_dir = Path(run_dir)
+    output = Path(output) if output is not None else run_dir / "export"
+    read_run(run_dir)  # not a finished run: say so before anything else
+    _check_output(run_dir, output, overwrite)
+    run = open_run(run_dir, host, device=device)
+    peft = hasattr(run.model, "merge_and_unload") and hasattr(run.model, "peft_config")
+    if merge and not peft:
+        raise ift.RunError(f"--merge: {run_dir} was fully fine-tuned ({run.model_dir} holds complete weights), so "
+                           "there are no LoRA weights to merge; run `ift export` without --merge to copy it as a "
+                           "standalone folder (with --quantize int8 for a CPU copy)")
+    if peft and not merge:
+        raise ift.RunError(f"{run_dir} trained a LoRA adapter: pass --merge to fold it into the base model, so the "
+                           "export loads with plain transformers")
+    records = _records(run_dir)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's private 0700 would otherwise stay on the finished export
+    try:
+        report = _build(run, tmp, records, merge=merge, quantize=quantize, host=host, echo=echo)
+        report["output"] = str(output)
+        (tmp / "README.md").write_text(model_card(run, report), encoding="utf-8")
+        (tmp / "export_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        _commit(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
+
+
+def _build(run: TrainedRun, folder: Path, records: list[ift.InstructionRecord], *, merge: bool,
+           quantize: str | None, host: Any, echo: Callable[[str], None]) -> dict[str, Any]:
+    import torch
+
+    report: dict[str, Any] = {
+        "run": str(run.run_dir.resolve()), "run_name": run.name, "ift": ift.__version__, "torch": torch.__version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "adapter": run.adapter.name,
+        "template": {"name": run.resolved["template"].get("name"), "hash": run.renderer.template_hash()},
+        "base_model": (run.manifest.get("model") or {}).get("summary"), "merge": None, "int8": None, "eval": None,
+    }
+    model = run.model
+    if merge:
+        echo("merging the LoRA weights into the base model ...")
+        model, report["merge"] = merge_checked(run, records)
+    run.adapter.save(model, run.tokenizer, folder)
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    report["export"] = {"path": ".", "dtype": dtype, "weights_bytes": weights_size(folder)}
+    if not quantize:
+        return report
+    evaluation: dict[str, Any] = {"records": len(records), "metrics": list(run.resolved["eval"]["metrics"])}
+    if records and evaluation["metrics"]:
+        echo(f"evaluating the export on {len(records)} eval records ...")
+        evaluation["export"] = evaluate(run, model, records, host, stage="export")
+    echo("quantizing Linear layers to int8 (torch dynamic quantization) ...")
+    quantized = quantize_int8(model)  # in place: the full-precision model is saved and measured already
+    int8 = folder / "int8"
+    int8.mkdir()
+    save_quantized(quantized, run.tokenizer, int8, source=report["run"])
+    info = json.loads((int8 / QUANTIZATION_FILE).read_text())
+    int8_bytes = (int8 / WEIGHTS_FILE).stat().st_size
+    from_disk = True
+    try:  # measure what is shipped: the copy as the adapter loads it back
+        quantized, _ = run.adapter.load_trained(int8)
+    except (ift.RunError, NotImplementedError, OSError) as exc:
+        from_disk = False
+        echo(f"note: the {run.adapter.name!r} adapter cannot load the int8 copy ({exc}); measuring it in memory")
+    report["int8"] = {"path": "int8", "weights_bytes": int8_bytes, "quantized_layers": info["quantized_layers"],
+                      "size_ratio": round(int8_bytes / max(report["export"]["weights_bytes"], 1), 4),
+                      "loadable_by_adapter": from_disk}
+    if "export" in evaluation:
+        echo("evaluating the int8 copy on the CPU ...")
+        evaluation["int8"] = evaluate(run, quantized, records, host, stage="int8")
+        evaluation["change"] = {k: _delta(evaluation["int8"].get(k), v) for k, v in evaluation["export"].items()
+                                if k != "n"}
+        final = _read_final(run.run_dir)
+        if final:
+            evaluation["run_final"] = final
+    report["eval"] = evaluation
+    return report
+
+
+def merge_checked(run: TrainedRun, records: list[ift.InstructionRecord]) -> tuple[Any, dict[str, Any]]:
+    """``merge_and_unload`` the run's peft model, and measure how far the merged model's logits are from base +
+    adapter on a few eval examples (float rounding only, when the merge is right)."""
+    import torch
+
+    batch = _probe_batch(run, records)
+    before = _logits(run.model, batch) if batch is not None else None
+    try:
+        merged = run.model.merge_and_unload()
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        raise ift.RunError(f"peft cannot merge this adapter into its base: {exc}") from None
+    peft_section = run.resolved.get("model", {}).get("peft") or {}
+    info: dict[str, Any] = {"method": peft_section.get("method", "lora"), "r": peft_section.get("r"),
+                            "alpha": peft_section.get("alpha"), "target_modules": peft_section.get("target_modules"),
+                            "probe_examples": 0, "max_abs_logit_diff": None}
+    if before is not None:
+        after = _logits(merged, batch)
+        info["probe_examples"] = int(before.shape[0])
+        info["max_abs_logit_diff"] = float(torch.max(torch.abs(after - before)))
+    return merged, info
+
+
+def _probe_batch(run: TrainedRun, records: list[ift.InstructionRecord]) -> dict[str, Any] | None:
+    examples = []
+    for record in records[:PROBE_EXAMPLES]:
+        try:
+            examples.append(run.adapter.encode_record(run.tokenizer, record, run.renderer.render(record)))
+        except ift.IftError:
+            continue
+    return run.adapter.collate(run.tokenizer, examples) if examples else None
+
+
+def _logits(model: Any, batch: dict[str, Any]) -> Any:
+    """Logits of a collated batch: the inputs the model's forward accepts (labels too, which some model
+    families need to build decoder inputs), in float32 on the CPU."""
+    import inspect
+
+    import torch
+
+    accepted = inspect.signature(model.forward).parameters
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in batch.items() if k in accepted and hasattr(v, "to")}
+    with torch.no_grad():
+        return model(**inputs).logits.float().cpu()
+
+
+def evaluate(run: TrainedRun, model: Any, records: list[ift.InstructionRecord], host: Any,
+             *, stage: str) -> dict[str, Any]:
+    """The run's eval metrics (``eval.metrics``, same batch size and max_new_tokens) for ``model`` on
+    ``records``, encoded exactly as ``ift run`` encodes its eval split; the ``overall`` group."""
+    from ift.data import DataReport, encode_records, stop_strings
+    from ift.evaluation import Evaluator
+
+    section = run.resolved["eval"]
+    metrics = []
+    for name in section["metrics"]:
+        cls = host.get("metric", name).cls
+        metrics.append(cls(cls.Config()))
+    examples, kept = encode_records(records, run.renderer, run.adapter, run.tokenizer, _trainer_config(run, host),
+                                    "eval", DataReport())
+    evaluator = Evaluator(adapter=run.adapter, tokenizer=run.tokenizer, renderer=run.renderer, metrics=metrics,
+                          records=kept, examples=examples, batch_size=int(section.get("batch_size", 8)),
+                          max_new_tokens=int(section.get("max_new_tokens", 64)),
+                          stop=stop_strings(run.renderer, kept[0]) if kept else [], samples=0)
+    result = evaluator(model, stage)
+    return dict(result.get("overall", {}))
+
+
+def _trainer_config(run: TrainedRun, host: Any) -> Any:
+    """The run's trainer config (its max_length / overlong decide how eval examples are cut)."""
+    from pydantic import ValidationError
+
+    section = dict(run.resolved.get("trainer") or {})
+    name = section.pop("name", "sft")
+    try:
+        return host.get("trainer", name).cls.Config.model_validate(section)
+    except (ift.PluginError, ValidationError):
+        keep = {k: section[k] for k in ("max_length", "overlong") if k in section}
+        return ift.TrainerConfig.model_validate(keep)
+
+
+def _records(run_dir: Path) -> list[ift.InstructionRecord]:
+    path = run_dir / "data" / "eval.jsonl"
+    return read_records(path) if path.is_file() else []
+
+
+def _read_final(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    final = metrics.get("final", {}).get("overall")
+    return dict(final) if isinstance(final, dict) else None
+
+
+def _delta(new: Any, old: Any) -> float | None:
+    if isinstance(new, (int, float)) and isinstance(old, (int, float)):
+        return round(float(new) - float(old), 6)
+    return None
+
+
+def _check_output(run_dir: Path, output: Path, overwrite: bool) -> None:
+    target, run = output.resolve(), run_dir.resolve()
+    if target == run or target == run / "model" or run.is_relative_to(target):
+        raise ift.RunError(f"--output {output} would replace the run directory or its model; choose another folder")
+    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
+        raise ift.RunError(f"{output} already exists; choose another --output or pass --overwrite")
+
+
+def _commit(tmp: Path, output: Path) -> None:
+    """Rename the finished folder into place; an old export (with --overwrite) is moved aside first and
+    removed only after the new one is in place."""
+    old = None
+    if output.exists():
+        old = output.with_name(f".{output.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(output, old)
+    os.replace(tmp, output)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --- what is printed and written -------------------------------------------------------------------
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 10_000 else f"{n / 1e3:.1f} kB"
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "-" if value is None else str(value)
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """What the export measured, as a small text table (sizes, then each metric: export, int8, change)."""
+    export, int8 = report["export"], report.get("int8")
+    rows = [("", "export", "int8" if int8 else "", "change" if int8 else "")]
+    rows.append(("weights", f"{_megabytes(export['weights_bytes'])} ({export['dtype']})",
+                 _megabytes(int8["weights_bytes"]) if int8 else "",
+                 f"{(int8['size_ratio'] - 1) * 100:+.1f}%" if int8 else ""))
+    evaluation = report.get("eval") or {}
+    for name, value in (evaluation.get("export") or {}).items():
+        if name == "n":
+            continue
+        change = (evaluation.get("change") or {}).get(name)
+        rows.append((name, _number(value), _number((evaluation.get("int8") or {}).get(name)),
+                     f"{change:+.4f}" if isinstance(change, float) else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    merge = report.get("merge")
+    if merge and merge.get("max_abs_logit_diff") is not None:
+        lines.append(f"merge check: max |logit difference| vs base + adapter = {merge['max_abs_logit_diff']:.2e} "
+                     f"on {merge['probe_examples']} eval examples")
+    if evaluation.get("export"):
+        lines.append(f"eval: {evaluation['export'].get('n', evaluation['records'])} records of the run's eval split")
+    return "\n".join(lines)
+
+
+def model_card(run: TrainedRun, report: dict[str, Any]) -> str:
+    """README.md of the export: where it came from, the prompt format it was trained on, how to load it."""
+    merge = report.get("merge")
+    if merge:
+        tuned = (f"LoRA (r={merge.get('r')}, alpha={merge.get('alpha')}, target modules "
+                 f"{merge.get('target_modules')}), merged into the base weights with peft's merge_and_unload")
+    else:
+        tuned = "full fine-tuning"
+    example = run.prompt([ift.Message("user", "{your message}")])
+    stops = run.stop()
+    lines = [
+        f"# {run.name}",
+        "",
+        f"Exported by ift {report['ift']} on {report['created']} from the run `{report['run']}`.",
+        "",
+        f"- Base model: {report.get('base_model') or 'see the run manifest'}",
+        f"- Fine-tuning: {tuned}",
+        f"- Template: `{report['template']['name']}`, hash `{report['template']['hash']}` (the hash `ift run` "
+        "recorded in the run's manifest.json; prompts must use this template)",
+        f"- Weights: {report['export']['dtype']}, {_megabytes(report['export']['weights_bytes'])}",
+        "",
+        "## Prompt format",
+        "",
+        "The model was trained on prompts rendered like this (the answer follows; generation should stop at "
+        + (f"`{stops[0]}`" if stops else "the end-of-sequence token") + "):",
+        "",
+        "```text",
+        example,
+        "```",
+        "",
+        "## Loading",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer  # or the class of this model family",
+        "",
+        'model = AutoModelForCausalLM.from_pretrained("PATH/TO/THIS/FOLDER")',
+        'tokenizer = AutoTokenizer.from_pretrained("PATH/TO/THIS/FOLDER")',
+        "```",
+        "",
+        "With ift, the run's template is applied for you: `ift generate RUN_DIR \"message\" --model THIS_FOLDER`.",
+    ]
+    int8 = report.get("int8")
+    if int8:
+        lines += [
+            "",
+            "## int8 copy (`int8/`)",
+            "",
+            f"torch dynamic int8 quantization of {int8['quantized_layers']} Linear layers, for CPU inference: "
+            f"{_megabytes(int8['weights_bytes'])} of weights ({(int8['size_ratio'] - 1) * 100:+.1f}% vs the export). "
+            "Use it with `ift generate RUN_DIR \"message\" --model THIS_FOLDER/int8`, or in Python:",
+            "",
+            "```python",
+            "from ift.builtin_plugins.inference.quantize import load_quantized_model",
+            "from transformers import AutoModelForCausalLM",
+            "",
+            'model = load_quantized_model("PATH/TO/THIS/FOLDER/int8", AutoModelForCausalLM)',
+            "```",
+            "",
+            "(It rebuilds the model from `config.json`, applies `torch.ao.quantization.quantize_dynamic` to its "
+            "Linear layers and loads `model_int8.pt` with `torch.load(..., weights_only=True)`.)",
+        ]
+    evaluation = report.get("eval") or {}
+    if evaluation.get("export"):
+        lines += ["", "## Evaluation", "", f"On the run's eval split ({evaluation['export'].get('n')} records):", "",
+                  "```text", summary_table(report), "```"]
+    return "\n".join(lines) + "\n"
