@@ -14,6 +14,9 @@ import pytest
 
 from ift.host import PluginHost
 
+# ift's own pytest plugin: ift_host, ift_tiny_model, ift_run and the contract suites (see ift.testing).
+pytest_plugins = ["ift.testing"]
+
 # No test may touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -56,14 +59,10 @@ def _ift_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 @pytest.fixture
-def host() -> Iterator[PluginHost]:
-    """A fresh host with the builtin plugins only; whatever a test registers is unregistered after."""
-    h = PluginHost(entry_points=False)
-    builtins = set(h.plugins)
-    yield h
-    for name in list(h.plugins):
-        if name not in builtins:
-            h.unregister(name)
+def host(ift_host: PluginHost) -> PluginHost:
+    """A fresh host with the builtin plugins only (ift.testing's ``ift_host``); whatever a test registers is
+    unregistered after."""
+    return ift_host
 
 
 @pytest.fixture(scope="session")

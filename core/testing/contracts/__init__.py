@@ -1,0 +1,24 @@
+"""Contract suites, one per plugin kind: subclass one in a ``Test...`` class, set ``component`` and
+``config`` (plus sample input), and pytest runs every check of that kind against your component."""
+
+from __future__ import annotations
+
+from ift.testing.contracts.adapter import ModelAdapterContract
+from ift.testing.contracts.base import ComponentContract, record_problems
+from ift.testing.contracts.metric import MetricCase, MetricContract
+from ift.testing.contracts.renderer import RendererContract
+from ift.testing.contracts.similarity import SimilarityBackendContract
+from ift.testing.contracts.source import SourceContract
+from ift.testing.contracts.trainer import TrainerContract
+from ift.testing.contracts.transform import TransformContract
+
+#: The contract suite of each plugin kind (keys: ``ift.components.KINDS``).
+CONTRACTS: dict[str, type[ComponentContract]] = {
+    "source": SourceContract, "transform": TransformContract, "renderer": RendererContract,
+    "model_adapter": ModelAdapterContract, "trainer": TrainerContract, "metric": MetricContract,
+    "similarity_backend": SimilarityBackendContract,
+}
+
+__all__ = ["CONTRACTS", "ComponentContract", "MetricCase", "MetricContract", "ModelAdapterContract",
+           "RendererContract", "SimilarityBackendContract", "SourceContract", "TrainerContract",
+           "TransformContract", "record_problems"]
