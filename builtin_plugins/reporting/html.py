@@ -167,8 +167,16 @@ def _data(run: RunData) -> str:
     split = data.get("split") or {}
     if split:
         rows = [[k.replace("_", " "), fmt(v)] for k, v in split.items() if not isinstance(v, dict)]
-        rows += [[f"train after weights: {k}", fmt(v)] for k, v in (split.get("weighted_train") or {}).items()]
         blocks.append(("Split", _table(["", "records"], rows, right={1})))
+    mixture = data.get("mixture") or {}
+    if mixture.get("sources"):
+        title = f"Mixture: {mixture.get('strategy')}" + (f", T = {mixture['temperature']:g}"
+                                                         if mixture.get("temperature") else "")
+        blocks.append((title, _table(
+            ["source", "records", "target share", "examples", "trainable tokens", "token share"],
+            [[name, fmt(m.get("records")), f"{m.get('target_share', 0):.3f}", fmt(m.get("examples",
+             m.get("planned_examples"))), fmt(m.get("trainable_tokens")), f"{m.get('trainable_token_share', 0):.3f}"]
+             for name, m in mixture["sources"].items()], right={1, 2, 3, 4, 5})))
     encoding = data.get("encoding") or {}
     if encoding:
         blocks.append(("Tokenization and length policy", _table(

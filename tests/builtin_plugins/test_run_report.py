@@ -39,6 +39,10 @@ source = "jsonl"
 name = "second"
 path = "b.jsonl"
 
+[mixture]
+strategy = "temperature"
+temperature = 2.0
+
 [template]
 name = "alpaca"
 
@@ -79,6 +83,19 @@ def test_completed_run_has_a_report_with_its_numbers(run_dir: Path):
     for sample in metrics["samples"]:
         assert sample["prompt"] in html
     assert "completed" in html and "Manifest" in html and "drop" in html
+
+
+def test_report_shows_what_each_source_of_the_mixture_contributed(run_dir: Path):
+    html = (run_dir / "report.html").read_text()
+    mixture = json.loads((run_dir / "metrics.json").read_text())["data"]["mixture"]
+    assert "Mixture: temperature, T = 2" in html
+    for name in ("first", "second"):
+        row = re.search(rf"<td>{name}</td>(.*?)</tr>", html.split("Mixture:")[1], re.S)
+        assert row, name
+        cells = re.findall(r"<td[^>]*>([^<]*)</td>", row.group(1))
+        source = mixture["sources"][name]
+        assert cells == [fmt(source["records"]), f"{source['target_share']:.3f}", fmt(source["examples"]),
+                         fmt(source["trainable_tokens"]), f"{source['trainable_token_share']:.3f}"]
 
 
 def test_report_is_self_contained(run_dir: Path):
