@@ -167,42 +167,20 @@ class CausalLMAdapter(ift.ModelAdapter):
 
     def generate(self, model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int,
                  batch_size: int, stop: Sequence[str] = ()) -> list[str]:
-        import torch
-
         device = next(model.parameters()).device
-        stop_ids = {tokenizer.eos_token_id}
-        for s in stop:
-            ids = tokenizer(s, add_special_tokens=False)["input_ids"]
-            if len(ids) == 1:
-                stop_ids.add(ids[0])
-        outputs: list[str] = []
-        was_training = model.training
-        model.eval()
-        try:
-            for start in range(0, len(prompts), batch_size):
-                chunk = prompts[start:start + batch_size]
-                encoded = [self.encode(tokenizer, [ift.Segment(p, False)], source="", record_id="").input_ids
-                           for p in chunk]
-                width = max(len(e) for e in encoded)
-                ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for i, e in enumerate(encoded):  # left padding for generation
-                    ids[i, width - len(e):] = torch.tensor(e)
-                    mask[i, width - len(e):] = 1
-                with torch.no_grad():
-                    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                         max_new_tokens=max_new_tokens, do_sample=False,
-                                         eos_token_id=sorted(stop_ids), pad_token_id=tokenizer.pad_token_id)
-                for row in out[:, width:].tolist():
-                    cut = next((i for i, t in enumerate(row) if t in stop_ids), len(row))
-                    text = tokenizer.decode(row[:cut], skip_special_tokens=True)
-                    for s in stop:
-                        if s and s in text:
-                            text = text[: text.index(s)]
-                    outputs.append(text.strip())
-        finally:
-            model.train(was_training)
-        return outputs
+
+        def generate_batch(chunk: Sequence[str], stop_ids: list[int]) -> list[list[int]]:
+            encoded = [self.encode(tokenizer, [ift.Segment(p, False)], source="", record_id="").input_ids
+                       for p in chunk]
+            # Left padding: every prompt ends at the last position, where generation continues it.
+            ids, mask = hf_loading.pad_batch(encoded, tokenizer.pad_token_id, left=True)
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_ids,
+                                 pad_token_id=tokenizer.pad_token_id)
+            return out[:, ids.shape[1]:].tolist()  # the continuation, after the prompts
+
+        return hf_loading.generate_texts(model, tokenizer, prompts, batch_size=batch_size, stop=stop,
+                                         generate_batch=generate_batch)
 
     def save(self, model: Any, tokenizer: Any, path: Path) -> None:
         hf_loading.save_model_folder(model, tokenizer, path, getattr(self, "_base_snapshot", None))

@@ -11,38 +11,24 @@ unchanged; the saved model carries ``id2label`` / ``label2id`` in its config.
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 import ift
-from ift.builtin_plugins import peft_methods
-from ift.builtin_plugins.model_paths import resolve_model_path
-from ift.builtin_plugins.peft_methods import PeftSection
-from ift.errors import Problem
+from ift.builtin_plugins import hf_loading, peft_methods
 
 _UNLIMITED = 1_000_000  # tokenizers without a real limit report model_max_length as ~1e30
 
 
-class ClassifierConfig(ift.ComponentConfig):
-    name_or_path: str | None = Field(
-        None, description="Hub id, local folder, or 'package:NAME' (a model folder inside an installed package).")
-    from_config: dict[str, Any] | None = Field(
-        None, description="Build a randomly initialised encoder: {model_type = 'bert', hidden_size = ...}.")
-    tokenizer: str | None = Field(None, description="Tokenizer id/path, or 'byte-level' (no download).")
+class ClassifierConfig(hf_loading.PretrainedModelConfig):
+    """Which model to load and how (the keys shared with the other Hugging Face adapters), and the label set."""
+
     labels: list[str] | None = Field(
         None, description="Class names in id order; default: the sorted labels of the training split.")
-    revision: str | None = None
-    trust_remote_code: bool = False
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
-    peft: PeftSection | None = None
 
     @field_validator("labels")
     @classmethod
@@ -58,16 +44,6 @@ class ClassifierConfig(ift.ComponentConfig):
         if len(cleaned) < 2:
             raise ValueError("a classifier needs at least two labels")
         return cleaned
-
-    @model_validator(mode="after")
-    def _one_origin(self) -> ClassifierConfig:
-        if (self.name_or_path is None) == (self.from_config is None):
-            raise ValueError("set exactly one of name_or_path (a pretrained model) or from_config")
-        if self.from_config is not None and "model_type" not in self.from_config:
-            raise ValueError("from_config needs model_type (e.g. 'bert')")
-        if self.from_config is not None and self.tokenizer is None:
-            raise ValueError("a model built from_config needs tokenizer = 'byte-level' or a tokenizer path")
-        return self
 
 
 class ClassifierAdapter(ift.ModelAdapter):
@@ -87,6 +63,7 @@ class ClassifierAdapter(ift.ModelAdapter):
         self._tail = 0  # special tokens the tokenizer appends ([SEP]); truncation keeps them
         self._positions = _UNLIMITED  # the longest input the model accepts
         self._limit = _UNLIMITED  # the length examples were cut to (generation cuts prompts the same way)
+        self._base_snapshot: Path | None = None  # a base built from a config, saved beside a PEFT adapter
 
     # --- labels ----------------------------------------------------------------------------------
 
@@ -118,25 +95,8 @@ class ClassifierAdapter(ift.ModelAdapter):
 
     # --- loading ---------------------------------------------------------------------------------
 
-    def _source(self, value: str, key: str) -> str:
-        return resolve_model_path(value, self.base_dir, key=key)
-
     def load_tokenizer(self) -> Any:
-        cfg = self.config
-        if cfg.tokenizer == "byte-level":
-            from ift.builtin_plugins.byte_tokenizer import build_byte_tokenizer
-
-            tokenizer = build_byte_tokenizer()
-        else:
-            from transformers import AutoTokenizer
-
-            key = "model.tokenizer" if cfg.tokenizer else "model.name_or_path"
-            source = self._source(cfg.tokenizer or cfg.name_or_path or "", key)
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision,
-                                                          trust_remote_code=cfg.trust_remote_code)
-            except (OSError, ValueError) as exc:
-                raise ift.RunError(f"cannot load tokenizer {source!r} ({key}): {_first_line(exc)}") from exc
+        tokenizer = hf_loading.open_tokenizer(self.config, self.base_dir)
         self._setup_tokenizer(tokenizer)
         self._positions = min(self._positions, self._config_positions())
         return tokenizer
@@ -171,7 +131,7 @@ class ClassifierAdapter(ift.ModelAdapter):
                 options = dict(cfg.from_config)
                 config = AutoConfig.for_model(options.pop("model_type"), **options)
             else:
-                config = AutoConfig.from_pretrained(self._source(cfg.name_or_path or "", "model.name_or_path"),
+                config = AutoConfig.from_pretrained(hf_loading.resolve_path(self.base_dir, cfg.name_or_path or ""),
                                                     revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
         except (OSError, ValueError, TypeError, KeyError):
             return _UNLIMITED  # reported with its real cause when the model is loaded
@@ -179,67 +139,25 @@ class ClassifierAdapter(ift.ModelAdapter):
         return positions if isinstance(positions, int) and positions > 0 else _UNLIMITED
 
     def load_model(self, tokenizer: Any) -> Any:
-        import torch
-        from transformers import AutoConfig, AutoModelForSequenceClassification
+        from transformers import AutoModelForSequenceClassification
 
-        from ift.runtime import bf16_supported, select_device
-
-        cfg = self.config
         label2id = self._label_ids()
-        id2label = {i: label for label, i in label2id.items()}
-        device = select_device(cfg.device)
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.dtype)
-        if dtype is None:  # auto: bf16 weights only for adapters on a bf16 GPU; full fine-tuning keeps fp32
-            dtype = torch.bfloat16 if (cfg.peft and bf16_supported(device)) else torch.float32
-        heads = {"num_labels": len(id2label), "id2label": id2label, "label2id": label2id}
-        if cfg.from_config is not None:
-            options = dict(cfg.from_config)
-            model_type = options.pop("model_type")
-            options.setdefault("vocab_size", len(tokenizer))
-            options.setdefault("pad_token_id", tokenizer.pad_token_id)
-            try:
-                config = AutoConfig.for_model(model_type, **options, **heads)
-                model = AutoModelForSequenceClassification.from_config(config, dtype=dtype)
-            except (ValueError, TypeError, KeyError) as exc:
-                raise ift.RecipeError([Problem("model.from_config", _first_line(exc))]) from exc
-        else:
-            source = self._source(cfg.name_or_path or "", "model.name_or_path")
-            try:
-                # A checkpoint's own head is replaced when its size differs from this label set.
-                model = AutoModelForSequenceClassification.from_pretrained(
-                    source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=dtype,
-                    ignore_mismatched_sizes=True, **heads)
-            except (OSError, ValueError) as exc:
-                raise ift.RunError(f"cannot load model {source!r} (model.name_or_path): "
-                                   f"{_first_line(exc)}") from exc
+        heads = {"num_labels": len(label2id), "id2label": {i: label for label, i in label2id.items()},
+                 "label2id": label2id}
+        # A checkpoint's own head is replaced when its size differs from this label set.
+        loaded = hf_loading.load_model(self.config, self.base_dir, AutoModelForSequenceClassification, tokenizer,
+                                       task_type="SEQ_CLS", config_values=heads, ignore_mismatched_sizes=True)
+        self._base_snapshot = loaded.base_snapshot
+        model = loaded.model
         if model.config.pad_token_id is None:  # decoder heads find each row's last token through it
             model.config.pad_token_id = tokenizer.pad_token_id
-        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-            model.resize_token_embeddings(len(tokenizer))
-        if cfg.peft is not None:
-            if cfg.from_config is not None:
-                # A random base exists nowhere else: keep a copy to save beside the adapter.
-                self._base_snapshot = Path(tempfile.mkdtemp(prefix="ift-base-"))
-                model.save_pretrained(str(self._base_snapshot))
-            model = peft_methods.apply_peft(model, cfg.peft, task_type="SEQ_CLS", tokenizer=tokenizer)
-        return model.to(device)
+        return model
 
     def describe(self) -> dict[str, Any]:
-        cfg = self.config
-        if cfg.from_config is not None:
-            summary = (f"a {cfg.from_config['model_type']} classifier built from model.from_config with RANDOM "
-                       "weights (no pretrained model is used)")
-        else:
-            summary = f"pretrained {cfg.name_or_path}"
-        tokenizer = cfg.tokenizer or cfg.name_or_path
-        if tokenizer == "byte-level":
-            tokenizer = "byte-level tokenizer built in (no download)"
         labels = self.labels or []
-        return {"origin": cfg.name_or_path or "from_config", "tokenizer": cfg.tokenizer or cfg.name_or_path,
-                "labels": labels, "label_origin": self.label_origin,
-                "peft": cfg.peft.method if cfg.peft else None,
-                "summary": f"{summary}; tokenizer: {tokenizer}; {len(labels)} labels from {self.label_origin}; "
-                           f"{peft_methods.describe_peft(cfg.peft)}"}
+        described = hf_loading.describe_origin(self.config, "classifier",
+                                               [f"{len(labels)} labels from {self.label_origin}"])
+        return {**described, "labels": labels, "label_origin": self.label_origin}
 
     # --- tokenizing ------------------------------------------------------------------------------
 
@@ -348,60 +266,23 @@ class ClassifierAdapter(ift.ModelAdapter):
     def save(self, model: Any, tokenizer: Any, path: Path) -> None:
         """A full model folder (config with ``id2label`` / ``label2id``), or with ``[model.peft]`` the adapter plus
         the base's config.json carrying the labels, and ``base_model/`` when the base was built from a config."""
-        model.save_pretrained(str(path))
-        tokenizer.save_pretrained(str(path))
+        hf_loading.save_model_folder(model, tokenizer, path, self._base_snapshot)
         if hasattr(model, "peft_config"):
             model.get_base_model().config.save_pretrained(str(path))  # the label set, for plain transformers + peft
-            snapshot = getattr(self, "_base_snapshot", None)
-            if snapshot is not None:
-                shutil.copytree(snapshot, path / "base_model")
-                tokenizer.save_pretrained(str(path / "base_model"))
-                adapter_config = path / "adapter_config.json"
-                data = json.loads(adapter_config.read_text(encoding="utf-8"))
-                data["base_model_name_or_path"] = "base_model"  # relative: the run directory can move
-                adapter_config.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
     def load_trained(self, path: Path) -> tuple[Any, Any]:
         """Model and tokenizer from a folder :meth:`save` wrote, an ``ift export`` folder or its int8 copy; the
         labels come from the saved config."""
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
-        from ift.builtin_plugins.inference.quantize import QUANTIZATION_FILE, load_quantized_model
-        from ift.runtime import select_device
-
-        cfg, path = self.config, Path(path)
-        remote = {"trust_remote_code": cfg.trust_remote_code}
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path), **remote)
-        except (OSError, ValueError) as exc:
-            raise ift.RunError(f"cannot load the tokenizer saved in {path}: {_first_line(exc)}") from exc
+        model, tokenizer = hf_loading.load_saved_model(self.config, path, AutoModelForSequenceClassification)
         self._setup_tokenizer(tokenizer)
-        adapter_config = path / "adapter_config.json"
-        try:
-            if (path / QUANTIZATION_FILE).is_file():
-                model = load_quantized_model(path, AutoModelForSequenceClassification, **remote)
-            elif adapter_config.is_file():
-                from peft import PeftModel
-
-                base = str(json.loads(adapter_config.read_text(encoding="utf-8"))["base_model_name_or_path"])
-                if (path / base).is_dir():  # relative to the adapter folder, as save() writes it
-                    base = str(path / base)
-                config = AutoConfig.from_pretrained(str(path), **remote)
-                model = AutoModelForSequenceClassification.from_pretrained(base, config=config, dtype=cfg.dtype,
-                                                                           **remote)
-                model = PeftModel.from_pretrained(model, str(path))
-            else:
-                model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=cfg.dtype, **remote)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ift.RunError(f"cannot load the model saved in {path}: {_first_line(exc)}") from exc
         self.labels = _config_labels(model)
         positions = getattr(model.config, "max_position_embeddings", None)
         if isinstance(positions, int) and positions > 0:
             self._positions = min(self._positions, positions)
         self._limit = self._positions
-        if (path / QUANTIZATION_FILE).is_file():
-            return model.eval(), tokenizer
-        return model.to(select_device(cfg.device)).eval(), tokenizer
+        return model, tokenizer
 
 
 def _label_of(record: ift.InstructionRecord) -> str:
@@ -423,11 +304,6 @@ def _truncate(ids: list[int], limit: int, tail: int) -> list[int]:
         return ids
     keep = tail if 0 < tail < limit else 0
     return ids[:limit - keep] + (ids[len(ids) - keep:] if keep else [])
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @ift.hookimpl

@@ -16,7 +16,6 @@ retained checkpoint and not the current best refer to are deleted.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import ift
-from ift.checkpoint import MANIFEST, step_name, verify
+from ift.checkpoint import commit_folder, step_name, verify
 
 KEY = "trainer.early_stopping_metric"
 PREFIX = "best-"
@@ -151,19 +150,8 @@ class EarlyStopping:
         weights = {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
         save_file(weights, str(tmp / "weights.safetensors"), metadata={"step": str(step), "metric": self.metric,
                                                                           "value": repr(self.best_value)})
-        files = {}
-        for file in sorted(tmp.iterdir()):
-            with file.open("rb") as handle:
-                os.fsync(handle.fileno())
-            files[file.name] = {"bytes": file.stat().st_size, "sha256": _sha256(file)}
-        manifest = {"format": 1, "step": step, "metric": self.metric, "value": self.best_value, "files": files}
-        with (tmp / MANIFEST).open("w", encoding="utf-8") as handle:
-            handle.write(json.dumps(manifest, indent=2))
-            handle.flush()
-            os.fsync(handle.fileno())
-        if final.exists():  # a resumed run reaching the same step again writes the same weights
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        # A resumed run reaching the same step again writes the same weights: the older copy is replaced.
+        commit_folder(tmp, final, {"format": 1, "step": step, "metric": self.metric, "value": self.best_value})
         self.prune()
 
     def load_best(self, model: Any) -> None:
@@ -217,10 +205,3 @@ def _step_of(path: Path) -> int | None:
     digits = path.name.removeprefix(f"{PREFIX}step-")
     return int(digits) if digits.isdigit() else None
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -1,13 +1,15 @@
 """Where a model adapter's Hugging Face model comes from and where it goes: a hub id or local folder, or a
 config with random weights (tests, the quickstart); dtype and device; PEFT; a saved folder that plain
-``transformers`` / ``peft`` load. Shared by the ``causal-lm`` and ``seq2seq`` adapters; plugin adapters for
-other model families can use it the same way (pass their ``AutoModelFor...`` class)."""
+``transformers`` / ``peft`` load; greedy generation in batches. Shared by the ``causal-lm``, ``seq2seq`` and
+``classifier`` adapters; plugin adapters for other model families can use it the same way (pass their
+``AutoModelFor...`` class)."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +17,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 import ift
+from ift.builtin_plugins.model_paths import resolve_model_path
 from ift.builtin_plugins.peft_methods import PeftSection, apply_peft
 from ift.errors import Problem
 
@@ -24,7 +27,8 @@ BASE_FOLDER = "base_model"
 class PretrainedModelConfig(ift.ComponentConfig):
     """The ``[model]`` keys that say which model to load and how."""
 
-    name_or_path: str | None = Field(None, description="Hub id or local folder of a pretrained model.")
+    name_or_path: str | None = Field(
+        None, description="Hub id, local folder, or 'package:NAME' (a model folder inside an installed package).")
     from_config: dict[str, Any] | None = Field(
         None, description="Build a randomly initialised model: {model_type = 'llama', hidden_size = ...}.")
     tokenizer: str | None = Field(None, description="Tokenizer id/path, or 'byte-level' (no download).")
@@ -40,7 +44,7 @@ class PretrainedModelConfig(ift.ComponentConfig):
         if (self.name_or_path is None) == (self.from_config is None):
             raise ValueError("set exactly one of name_or_path (a pretrained model) or from_config")
         if self.from_config is not None and "model_type" not in self.from_config:
-            raise ValueError("from_config needs model_type (e.g. 'llama' or 't5')")
+            raise ValueError("from_config needs model_type (e.g. 'llama', 't5' or 'bert')")
         if self.from_config is not None and self.tokenizer is None:
             raise ValueError("a model built from_config needs tokenizer = 'byte-level' or a tokenizer path")
         return self
@@ -54,12 +58,10 @@ class LoadedModel:
     base_snapshot: Path | None = None
 
 
-def resolve_path(base_dir: Path, value: str) -> str:
-    """A local folder relative to the recipe when it exists, else the value as given (a hub id)."""
-    local = Path(value).expanduser()
-    if not local.is_absolute():
-        local = base_dir / local
-    return str(local) if local.exists() else value
+def resolve_path(base_dir: Path, value: str, *, key: str = "model.name_or_path") -> str:
+    """A local folder relative to the recipe when it exists, the model folder a ``package:NAME`` reference
+    names, else the value as given (a hub id). Problems are reported against the recipe ``key``."""
+    return resolve_model_path(value, base_dir, key=key)
 
 
 def first_line(exc: BaseException) -> str:
@@ -67,23 +69,27 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def load_tokenizer(cfg: PretrainedModelConfig, base_dir: Path, *, fast_needed_for: str | None = None) -> Any:
-    """The configured tokenizer, with a pad token. ``fast_needed_for``: why the adapter needs a fast
-    tokenizer (an error otherwise), or None."""
+def open_tokenizer(cfg: PretrainedModelConfig, base_dir: Path) -> Any:
+    """The configured tokenizer as it comes (``model.tokenizer``, else the model's own), nothing added: adapters
+    whose models need no EOS (encoders) set their special tokens themselves."""
     if cfg.tokenizer == "byte-level":
         from ift.builtin_plugins.byte_tokenizer import build_byte_tokenizer
 
-        tokenizer = build_byte_tokenizer()
-    else:
-        from transformers import AutoTokenizer
+        return build_byte_tokenizer()
+    from transformers import AutoTokenizer
 
-        source = resolve_path(base_dir, cfg.tokenizer or cfg.name_or_path or "")
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision,
-                                                      trust_remote_code=cfg.trust_remote_code)
-        except (OSError, ValueError) as exc:
-            raise ift.RunError(f"cannot load tokenizer {source!r} (model.tokenizer / "
-                               f"model.name_or_path): {first_line(exc)}") from exc
+    key = "model.tokenizer" if cfg.tokenizer else "model.name_or_path"
+    source = resolve_path(base_dir, cfg.tokenizer or cfg.name_or_path or "", key=key)
+    try:
+        return AutoTokenizer.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ift.RunError(f"cannot load tokenizer {source!r} ({key}): {first_line(exc)}") from exc
+
+
+def load_tokenizer(cfg: PretrainedModelConfig, base_dir: Path, *, fast_needed_for: str | None = None) -> Any:
+    """The configured tokenizer, with an EOS and a pad token. ``fast_needed_for``: why the adapter needs a fast
+    tokenizer (an error otherwise), or None."""
+    tokenizer = open_tokenizer(cfg, base_dir)
     if fast_needed_for and not getattr(tokenizer, "is_fast", False):
         raise ift.RunError(f"{fast_needed_for} needs a fast tokenizer")
     if tokenizer.eos_token is None:
@@ -95,10 +101,14 @@ def load_tokenizer(cfg: PretrainedModelConfig, base_dir: Path, *, fast_needed_fo
 
 
 def load_model(cfg: PretrainedModelConfig, base_dir: Path, auto_class: Any, tokenizer: Any, *, task_type: str,
-               config_defaults: dict[str, Any] | None = None) -> LoadedModel:
+               config_defaults: dict[str, Any] | None = None, config_values: dict[str, Any] | None = None,
+               ignore_mismatched_sizes: bool = False) -> LoadedModel:
     """Build or load the model with ``auto_class``, size its embeddings to the tokenizer, apply
     ``[model.peft]`` (peft's ``task_type``) and move it to the configured device. ``config_defaults`` are
-    extra defaults for a model built from a config (e.g. an encoder-decoder's ``decoder_start_token_id``)."""
+    extra defaults for a model built from a config (e.g. an encoder-decoder's ``decoder_start_token_id``);
+    ``config_values`` are config entries the adapter decides, for a built and a pretrained model alike (a
+    classifier's label set), and ``ignore_mismatched_sizes`` lets them replace a pretrained head of another
+    size."""
     import torch
     from transformers import AutoConfig
 
@@ -120,15 +130,18 @@ def load_model(cfg: PretrainedModelConfig, base_dir: Path, auto_class: Any, toke
         for key, value in defaults.items():
             options.setdefault(key, value)
         try:
-            config = AutoConfig.for_model(model_type, **options)
+            config = AutoConfig.for_model(model_type, **options, **(config_values or {}))
             model = auto_class.from_config(config, **kwargs)
         except (ValueError, TypeError, KeyError) as exc:
             raise ift.RecipeError([Problem("model.from_config", first_line(exc))]) from exc
     else:
         source = resolve_path(base_dir, cfg.name_or_path or "")
+        pretrained = {**(config_values or {}), **kwargs}
+        if ignore_mismatched_sizes:
+            pretrained["ignore_mismatched_sizes"] = True
         try:
-            model = auto_class.from_pretrained(source, revision=cfg.revision,
-                                               trust_remote_code=cfg.trust_remote_code, **kwargs)
+            model = auto_class.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+                                               **pretrained)
         except (OSError, ValueError) as exc:
             raise ift.RunError(f"cannot load model {source!r} (model.name_or_path): {first_line(exc)}") from exc
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
@@ -163,8 +176,9 @@ def save_model_folder(model: Any, tokenizer: Any, path: Path, base_snapshot: Pat
 def load_saved_model(cfg: PretrainedModelConfig, path: Path, auto_class: Any) -> tuple[Any, Any]:
     """Model and tokenizer from a folder :func:`save_model_folder` wrote: a full model, a peft adapter with
     its base in ``base_model/`` or at its ``base_model_name_or_path``, or an ``ift export --quantize int8``
-    copy. On the configured device, in eval mode; a peft model stays unmerged."""
-    from transformers import AutoTokenizer
+    copy. On the configured device, in eval mode; a peft model stays unmerged. A ``config.json`` beside an adapter
+    (the classifier writes its label set there) configures the base model it is applied to."""
+    from transformers import AutoConfig, AutoTokenizer
 
     from ift.builtin_plugins.inference.quantize import QUANTIZATION_FILE, load_quantized_model
     from ift.runtime import select_device
@@ -175,7 +189,7 @@ def load_saved_model(cfg: PretrainedModelConfig, path: Path, auto_class: Any) ->
         tokenizer = AutoTokenizer.from_pretrained(str(path), **remote)
     except (OSError, ValueError) as exc:
         raise ift.RunError(f"cannot load the tokenizer saved in {path}: {first_line(exc)}") from exc
-    if tokenizer.pad_token is None:
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     kwargs: dict[str, Any] = {"dtype": cfg.dtype, **remote}
     if cfg.attn_implementation:
@@ -190,6 +204,11 @@ def load_saved_model(cfg: PretrainedModelConfig, path: Path, auto_class: Any) ->
             base = str(json.loads(adapter_config.read_text(encoding="utf-8"))["base_model_name_or_path"])
             if (path / base).is_dir():  # relative to the adapter folder, as save_model_folder writes it
                 base = str(path / base)
+            if (path / "config.json").is_file():
+                kwargs["config"] = AutoConfig.from_pretrained(str(path), **remote)
+                # A head sized for this config (the classifier's labels) replaces the base's; the adapter
+                # brings its trained weights (peft saves the head with the adapter).
+                kwargs["ignore_mismatched_sizes"] = True
             model = auto_class.from_pretrained(base, **kwargs)
             if len(tokenizer) > model.get_input_embeddings().num_embeddings:
                 model.resize_token_embeddings(len(tokenizer))  # as load_model did before applying peft
@@ -201,9 +220,9 @@ def load_saved_model(cfg: PretrainedModelConfig, path: Path, auto_class: Any) ->
     return model.to(select_device(cfg.device)).eval(), tokenizer
 
 
-def describe_origin(cfg: PretrainedModelConfig, family: str = "") -> dict[str, Any]:
+def describe_origin(cfg: PretrainedModelConfig, family: str = "", clauses: Sequence[str] = ()) -> dict[str, Any]:
     """Manifest facts: where the model came from, its tokenizer, and a one-line summary with the PEFT
-    method and its key settings."""
+    method and its key settings; ``clauses`` are an adapter's own facts, put before the PEFT method."""
     from ift.builtin_plugins.peft_methods import describe_peft
 
     kind = f"{family} " if family else ""
@@ -217,4 +236,52 @@ def describe_origin(cfg: PretrainedModelConfig, family: str = "") -> dict[str, A
         tokenizer = "byte-level tokenizer built in (no download)"
     return {"origin": cfg.name_or_path or "from_config", "tokenizer": cfg.tokenizer or cfg.name_or_path,
             "peft": cfg.peft.method if cfg.peft else None,
-            "summary": f"{summary}; tokenizer: {tokenizer}; {describe_peft(cfg.peft)}"}
+            "summary": "; ".join([summary, f"tokenizer: {tokenizer}", *clauses, describe_peft(cfg.peft)])}
+
+
+def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, *, left: bool = False) -> tuple[Any, Any]:
+    """``input_ids`` and ``attention_mask`` of token id lists padded with ``pad_id`` to the longest, on the right
+    or (``left``: a decoder-only model generates after the last position of every row) on the left."""
+    import torch
+
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        at = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, at] = torch.tensor(list(row), dtype=torch.long)
+        mask[i, at] = 1
+    return ids, mask
+
+
+def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], *, batch_size: int, stop: Sequence[str],
+                   generate_batch: Callable[[Sequence[str], list[int]], list[list[int]]]) -> list[str]:
+    """Greedy continuations of ``prompts``, the loop the generating adapters share: batches of ``batch_size``,
+    the model in eval mode without gradients (its mode restored afterwards), each continuation decoded up to its
+    first stop id (EOS, or a ``stop`` string that is a single token) and cut at the first ``stop`` string in its
+    text, then stripped. ``generate_batch(prompts, stop_ids)`` is the model-specific part: it runs the model on one
+    batch, passing ``stop_ids`` as ``eos_token_id``, and returns each prompt's newly generated ids."""
+    import torch
+
+    stop_ids = {tokenizer.eos_token_id}
+    for s in stop:
+        ids = tokenizer(s, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1:
+            stop_ids.add(ids[0])
+    ordered = sorted(stop_ids)
+    outputs: list[str] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(prompts), batch_size):
+                for row in generate_batch(prompts[start:start + batch_size], ordered):
+                    cut = next((i for i, t in enumerate(row) if t in stop_ids), len(row))
+                    text = tokenizer.decode(row[:cut], skip_special_tokens=True)
+                    for s in stop:
+                        if s and s in text:
+                            text = text[: text.index(s)]
+                    outputs.append(text.strip())
+    finally:
+        model.train(was_training)
+    return outputs

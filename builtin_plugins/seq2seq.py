@@ -188,41 +188,20 @@ class Seq2SeqAdapter(ift.ModelAdapter):
 
     def generate(self, model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int,
                  batch_size: int, stop: Sequence[str] = ()) -> list[str]:
-        import torch
-
         device = next(model.parameters()).device
-        stop_ids = {tokenizer.eos_token_id}
-        for s in stop:
-            ids = tokenizer(s, add_special_tokens=False)["input_ids"]
-            if len(ids) == 1:
-                stop_ids.add(ids[0])
-        outputs: list[str] = []
-        was_training = model.training
-        model.eval()
-        try:
-            for start in range(0, len(prompts), batch_size):
-                encoded = [self.encode_prompt(tokenizer, p) for p in prompts[start:start + batch_size]]
-                width = max(len(e) for e in encoded)
-                ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for i, e in enumerate(encoded):
-                    ids[i, :len(e)] = torch.tensor(e)
-                    mask[i, :len(e)] = 1
-                with torch.no_grad():
-                    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                         eos_token_id=sorted(stop_ids), pad_token_id=tokenizer.pad_token_id,
-                                         decoder_start_token_id=model.config.decoder_start_token_id)
-                for row in out[:, 1:].tolist():  # the decoder's first position is its start token
-                    cut = next((i for i, t in enumerate(row) if t in stop_ids), len(row))
-                    text = tokenizer.decode(row[:cut], skip_special_tokens=True)
-                    for s in stop:
-                        if s and s in text:
-                            text = text[: text.index(s)]
-                    outputs.append(text.strip())
-        finally:
-            model.train(was_training)
-        return outputs
+
+        def generate_batch(chunk: Sequence[str], stop_ids: list[int]) -> list[list[int]]:
+            # The prompts go to the encoder (right-padded, as in training); the decoder starts from its own token.
+            ids, mask = hf_loading.pad_batch([self.encode_prompt(tokenizer, p) for p in chunk],
+                                             tokenizer.pad_token_id)
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                 eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
+                                 decoder_start_token_id=model.config.decoder_start_token_id)
+            return out[:, 1:].tolist()  # the decoder's first position is its start token
+
+        return hf_loading.generate_texts(model, tokenizer, prompts, batch_size=batch_size, stop=stop,
+                                         generate_batch=generate_batch)
 
     def save(self, model: Any, tokenizer: Any, path: Path) -> None:
         """``AutoModelForSeq2SeqLM.from_pretrained(path)``, or with PEFT

@@ -84,13 +84,21 @@ def save_checkpoint(root: Path, step: int, *, model: Any, optimizer: Any, schedu
                 "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]},
     }
     _fsync_write(tmp / "trainer_state.json", json.dumps(trainer_state))
-    for name in ("weights.safetensors", "optimizer.safetensors"):
-        _fsync_file(tmp / name)
     if before_commit is not None:
         before_commit(tmp)
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
-    _fsync_write(tmp / MANIFEST, json.dumps({"format": FORMAT, "step": step, "files": files}, indent=2))
-    if final.exists():
+    return commit_folder(tmp, final, {"format": FORMAT, "step": step})
+
+
+def commit_folder(tmp: Path, final: Path, info: dict[str, Any]) -> Path:
+    """Make every file written in ``tmp`` durable, write ``manifest.json`` last (``info`` plus the size and
+    sha256 of each file, which :func:`verify` checks), then rename ``tmp`` to ``final``, replacing an older
+    copy: a folder under its final name is always complete. Returns ``final``."""
+    files = {}
+    for file in sorted(tmp.iterdir()):
+        _fsync_file(file)
+        files[file.name] = {"bytes": file.stat().st_size, "sha256": _sha256(file)}
+    _fsync_write(tmp / MANIFEST, json.dumps({**info, "files": files}, indent=2))
+    if final.exists():  # e.g. a resumed run reaching the same step again
         shutil.rmtree(final)
     os.replace(tmp, final)
     return final

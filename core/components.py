@@ -322,7 +322,9 @@ class Metric(Component, ABC):
         """The metric over one group of examples."""
 
     def details(self, outputs: EvalOutputs) -> dict[str, Any] | None:
-        """Optional breakdown kept beside the number in ``metrics.json`` (a per-label report, say)."""
+        """Optional breakdown kept beside the number in ``metrics.json`` (a per-label report, say). A breakdown
+        equal to one an earlier metric of the run gave is stored once: this metric's entry is then
+        ``{"same_as": "<that metric>"}``."""
         return None
 
 

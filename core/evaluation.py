@@ -70,7 +70,9 @@ class Evaluator:
             value = metric.compute(outputs)
             values[metric.name] = None if value is None or math.isnan(value) else round(float(value), 6)
             if details is not None and (extra := metric.details(outputs)) is not None:
-                details[metric.name] = extra
+                # Metrics of one family (accuracy, precision, recall, f1) give the same report: keep it once.
+                same = next((name for name, kept in details.items() if kept == extra), None)
+                details[metric.name] = extra if same is None else {"same_as": same}
         values["n"] = len(idx)
         return values
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,15 @@ import ift
 RUN_DIR = click.Path(exists=True, file_okay=False)
 MODEL_HELP = ("Use this model folder instead of RUN_DIR/model: an `ift export` folder, or its int8/ copy "
               "(CPU). The template still comes from the run.")
+
+
+def _model_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--model`` and ``--device``: which model folder of the run to load, and where; the same wherever
+    :func:`_open` loads one."""
+    command = click.option("--device", default=None,
+                           help="auto, cpu, cuda, cuda:N or mps (default: the run's model.device).")(command)
+    return click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
+                        help=MODEL_HELP)(command)
 
 
 def _open(ctx: click.Context, run_dir: str, model_dir: str | None, device: str | None) -> Any:
@@ -53,8 +62,7 @@ def _messages(user: str, system: str | None) -> list[ift.Message]:
 @click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(1))
 @click.option("--system", help="System message placed before each prompt (rendered by the run's template).")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
-@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), help=MODEL_HELP)
-@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: the run's model.device).")
+@_model_options
 @click.option("--show-prompt", is_flag=True, help="Also print each rendered prompt (to stderr).")
 @click.pass_context
 def generate(ctx: click.Context, run_dir: str, prompt: str | None, input_file: str | None, max_new_tokens: int,
@@ -150,8 +158,7 @@ def _prompt_row(row: Any, system: str | None, path: str, number: int) -> dict[st
 @click.argument("run_dir", type=RUN_DIR)
 @click.option("--system", help="System message at the start of the conversation.")
 @click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(1))
-@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), help=MODEL_HELP)
-@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: the run's model.device).")
+@_model_options
 @click.option("--show-prompt", is_flag=True, help="Print the rendered prompt of each turn (to stderr).")
 @click.pass_context
 def chat(ctx: click.Context, run_dir: str, system: str | None, max_new_tokens: int, model_dir: str | None,

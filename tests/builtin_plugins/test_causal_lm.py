@@ -272,3 +272,37 @@ def test_batched_greedy_generation_equals_one_at_a_time(adapter: CausalLMAdapter
     alone = [adapter.generate(model, tok, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
     assert batched == alone
     assert len(batched) == 3 and all(isinstance(a, str) for a in batched)
+
+
+# --- package: model paths ------------------------------------------------------------------------
+
+
+def test_a_model_shipped_in_an_installed_package_loads_by_package_name(
+        adapter: CausalLMAdapter, tok: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    import torch
+
+    torch.manual_seed(0)
+    model = adapter.load_model(tok)
+    site = tmp_path / "site"
+    folder = site / "ift_test_packaged_lm" / "weights"
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    # importing the package would fail: the model folder must be found without running its code
+    (site / "ift_test_packaged_lm" / "__init__.py").write_text("raise RuntimeError('imported')\n")
+    monkeypatch.syspath_prepend(str(site))
+
+    packaged = CausalLMAdapter(CausalLMConfig(name_or_path="package:ift_test_packaged_lm", device="cpu",
+                                              dtype="float32"), base_dir=tmp_path / "elsewhere")
+    loaded = packaged.load_model(packaged.load_tokenizer())  # the tokenizer comes from the package too
+    for (name, want), (_, got) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(want, got), name
+    assert "ift_test_packaged_lm" not in sys.modules
+    assert packaged.describe()["origin"] == "package:ift_test_packaged_lm"
+
+    missing = CausalLMAdapter(CausalLMConfig(name_or_path="package:ift_test_missing_lm", device="cpu"),
+                              base_dir=tmp_path)
+    with pytest.raises(ift.RunError, match="model.name_or_path = 'package:ift_test_missing_lm': the Python "
+                                           "package 'ift_test_missing_lm' is not installed"):
+        missing.load_tokenizer()

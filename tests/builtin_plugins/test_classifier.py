@@ -215,7 +215,7 @@ def test_describe_names_origin_labels_and_method() -> None:
     a = adapter(labels=LABELS, peft={"r": 4, "alpha": 8})
     described = a.describe()
     assert described["labels"] == LABELS and described["label_origin"] == "model.labels"
-    assert described["summary"] == ("a bert classifier built from model.from_config with RANDOM weights (no "
+    assert described["summary"] == ("a bert classifier model built from model.from_config with RANDOM weights (no "
                                     "pretrained model is used); tokenizer: byte-level tokenizer built in (no "
                                     "download); 3 labels from model.labels; " + describe_peft(a.config.peft))
     assert described["peft"] == "lora" and adapter(labels=LABELS).describe()["summary"].endswith("full fine-tuning")
@@ -289,7 +289,10 @@ def test_run_writes_classification_metrics_with_per_label_details(full_run: Path
     for stage in ("baseline", "final"):
         overall = metrics[stage]["overall"]
         assert {"loss", "accuracy", "precision", "recall", "f1"} <= set(overall) and overall["n"] == 9
-        details = metrics[stage]["details"]["f1"]
+        # accuracy, precision, recall and f1 give one per-label report: kept once, the others refer to it
+        assert {k: v for k, v in metrics[stage]["details"].items() if k != "accuracy"} == {
+            "precision": {"same_as": "accuracy"}, "recall": {"same_as": "accuracy"}, "f1": {"same_as": "accuracy"}}
+        details = metrics[stage]["details"]["accuracy"]
         assert set(details["labels"]) == {"billing", "login", "shipping"}
         assert sum(row["support"] for row in details["labels"].values()) == 9
         assert details["macro"]["f1"] == pytest.approx(overall["f1"], abs=1e-6)
@@ -360,6 +363,43 @@ def test_lora_run_saves_an_adapter_plain_peft_loads(tmp_path: Path) -> None:
         plain = [config.id2label[int(model(**tokenizer(s["prompt"] + "\n", return_tensors="pt")).logits.argmax())]
                  for s in samples]
     assert plain == [s["final"] for s in samples]
+
+
+def test_lora_on_a_pretrained_decoder_with_another_head_size_saves_and_reloads(tmp_path: Path) -> None:
+    """A pretrained checkpoint with a 2-label head and no pad id, tuned with LoRA for 3 labels: the head is
+    replaced, the pad id set (a decoder head finds each row's last token through it), and :meth:`load_trained`
+    rebuilds the 3-label base from the config saved beside the adapter."""
+    import torch
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from ift.builtin_plugins.byte_tokenizer import build_byte_tokenizer
+
+    tok = build_byte_tokenizer()
+    GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=64,
+                                             num_labels=2, pad_token_id=None)).save_pretrained(tmp_path / "gpt2")
+    options = {"name_or_path": "gpt2", "tokenizer": "byte-level", "device": "cpu", "dtype": "float32"}
+    a = ClassifierAdapter(ClassifierConfig(**options, labels=LABELS,
+                                           peft={"r": 2, "alpha": 4, "target_modules": ["c_attn"]}),
+                          base_dir=tmp_path)
+    tok = a.load_tokenizer()
+    torch.manual_seed(0)
+    model = a.load_model(tok)
+    assert model.config.num_labels == 3 and model.config.pad_token_id == tok.pad_token_id
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.05)  # trained weights differ from a fresh adapter and head
+    prompts = ["hello", "where is my parcel", "x"]
+    expected = a.generate(model, tok, prompts, max_new_tokens=1, batch_size=2)
+    a.save(model, tok, tmp_path / "model")
+
+    again = ClassifierAdapter(ClassifierConfig(**options), base_dir=tmp_path)
+    reloaded, tok2 = again.load_trained(tmp_path / "model")
+    assert again.labels == LABELS and again.generate(reloaded, tok2, prompts, max_new_tokens=1,
+                                                     batch_size=2) == expected
+    batch = tok(["hello", "where is my parcel"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(**batch).logits, reloaded(**batch).logits, atol=1e-6)
 
 
 # --- the real MiniLM encoder through its package --------------------------------------------------

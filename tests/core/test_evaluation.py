@@ -68,3 +68,32 @@ def test_no_per_task_group_when_records_have_no_task() -> None:
                           batch_size=2, max_new_tokens=4, stop=[], samples=0)
     result = evaluator(None, "final")
     assert "per_task" not in result and "details" not in result
+
+
+class _CountsAgain(_CountsCorrect):
+    """Another metric of the same family: the same report, another number."""
+
+    name = "counts_again"
+
+    def compute(self, outputs: ift.EvalOutputs) -> float:
+        return 2 * super().compute(outputs)
+
+
+class _OtherReport(_CountsCorrect):
+    name = "other"
+
+    def details(self, outputs: ift.EvalOutputs) -> dict[str, Any]:
+        return {"n": len(outputs.records)}
+
+
+def test_a_report_identical_to_an_earlier_one_is_stored_once_as_a_reference() -> None:
+    records = [_record("1", "a", None, "p1", "x"), _record("2", "a", None, "p2", "y")]
+    metrics = [_CountsCorrect(ift.ComponentConfig()), _OtherReport(ift.ComponentConfig()),
+               _CountsAgain(ift.ComponentConfig())]
+    evaluator = Evaluator(adapter=_Answers({"p1": "x", "p2": "no"}), tokenizer=None,  # type: ignore[arg-type]
+                          renderer=_Renderer(), metrics=metrics, records=records,  # type: ignore[arg-type]
+                          examples=[], batch_size=2, max_new_tokens=4, stop=[], samples=0)
+    result = evaluator(None, "final")
+    assert result["overall"] == {"counts": 1.0, "other": 1.0, "counts_again": 2.0, "n": 2}
+    assert result["details"] == {"counts": {"wrong": ["2"]}, "other": {"n": 2},
+                                 "counts_again": {"same_as": "counts"}}

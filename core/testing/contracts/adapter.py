@@ -17,10 +17,16 @@ from ift.testing.samples import sample_records
 BATCH_KEYS = ("labels", "loss_tokens", "real_tokens", "num_examples", "record_ids")
 
 
-def default_renderer() -> type[Renderer]:
-    from ift.builtin_plugins.renderers import AlpacaRenderer
+def bound_renderer(renderer_cls: type[Renderer] | None, folder: Path, tokenizer: Any) -> Renderer:
+    """The contract's renderer (``alpaca`` unless it names one) with its default config, bound to ``tokenizer``:
+    how the adapter and trainer contracts render their sample records."""
+    if renderer_cls is None:
+        from ift.builtin_plugins.renderers import AlpacaRenderer
 
-    return AlpacaRenderer
+        renderer_cls = AlpacaRenderer
+    renderer = renderer_cls(renderer_cls.Config(), base_dir=folder)
+    renderer.bind(tokenizer)
+    return renderer
 
 
 @dataclass
@@ -77,9 +83,7 @@ class ModelAdapterContract(ComponentContract):
         tokenizer = adapter.load_tokenizer()
         seed_everything(0)
         model = adapter.load_model(tokenizer)
-        renderer_cls = self.renderer or default_renderer()
-        renderer = renderer_cls(renderer_cls.Config(), base_dir=folder)
-        renderer.bind(tokenizer)
+        renderer = bound_renderer(self.renderer, folder, tokenizer)
         records = list(self.records if self.records is not None else sample_records())
         examples = [adapter.encode_record(tokenizer, r, renderer.render(r)) for r in records]
         return LoadedAdapter(adapter, tokenizer, model, renderer, records, examples, folder)

@@ -11,9 +11,9 @@ import pytest
 
 from ift.components import Renderer, Trainer
 from ift.records import InstructionRecord
-from ift.testing.contracts.adapter import default_renderer, to_device
+from ift.testing.contracts.adapter import bound_renderer, to_device
 from ift.testing.contracts.base import ComponentContract, finite
-from ift.testing.models import TinyModel, component_config, tiny_model_table
+from ift.testing.models import TinyModel, load_tiny_model, tiny_model_table
 from ift.testing.samples import sample_records
 
 
@@ -48,17 +48,10 @@ class TrainerContract(ComponentContract):
         return cls(self.make_config(base_dir))
 
     def make_model(self, base_dir: Path) -> TinyModel:
-        from ift.runtime import seed_everything
-
-        table = self.model_table if self.model_table is not None else tiny_model_table()
         from ift.host import PluginHost
 
-        host = PluginHost(entry_points=False)
-        cls = host.get("model_adapter", table.get("adapter", "causal-lm")).cls
-        adapter = cls(cls.Config.model_validate(component_config(table)), base_dir=base_dir)
-        tokenizer = adapter.load_tokenizer()
-        seed_everything(0)
-        return TinyModel(adapter, tokenizer, adapter.load_model(tokenizer), table)
+        table = self.model_table if self.model_table is not None else tiny_model_table()
+        return load_tiny_model(PluginHost(entry_points=False), table, base_dir=base_dir)
 
     def prepare(self, folder: Path) -> None:
         """Make what the trainer needs besides its config (a teacher model, an earlier run) in ``folder``,
@@ -80,9 +73,7 @@ class TrainerContract(ComponentContract):
         self.prepare(folder)
         trainer = self.make_trainer(folder)
         tiny = self.make_model(folder)
-        renderer_cls = self.renderer or default_renderer()
-        renderer = renderer_cls(renderer_cls.Config(), base_dir=folder)
-        renderer.bind(tiny.tokenizer)
+        renderer = bound_renderer(self.renderer, folder, tiny.tokenizer)
         records = list(self.records if self.records is not None else sample_records(8))
         cfg = trainer.config
 
