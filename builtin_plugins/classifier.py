@@ -71,7 +71,8 @@ class ClassifierAdapter(ift.ModelAdapter):
     def label_origin(self) -> str:
         return "model.labels" if self.config.labels else "the training split"
 
-    def prepare_data(self, train_records: Sequence[ift.InstructionRecord]) -> dict[str, Any]:
+    def prepare_data(self, train_records: Sequence[ift.InstructionRecord], *,
+                     max_length: int | None = None) -> dict[str, Any]:
         counts = Counter(_label_of(record) for record in train_records)
         self.label_counts = dict(sorted(counts.items()))
         if self.config.labels is None:
@@ -79,13 +80,17 @@ class ClassifierAdapter(ift.ModelAdapter):
                 raise ift.DataError(f"the training split has {len(counts)} distinct label(s) "
                                     f"{sorted(counts)}; a classifier needs at least two")
             self.labels = sorted(counts)
+        if max_length is not None:  # what fit() cuts inputs to; kept so a cache hit generates from the same cut
+            self._limit = min(max_length, self._positions)
         return {"labels": list(self.labels or []), "label_origin": self.label_origin,
-                "train_label_counts": self.label_counts}
+                "train_label_counts": self.label_counts, "input_limit": self._limit}
 
     def restore_data(self, state: dict[str, Any]) -> None:
         if self.config.labels is None:
             self.labels = [str(label) for label in state["labels"]]
         self.label_counts = dict(state.get("train_label_counts", {}))
+        if isinstance(state.get("input_limit"), int):
+            self._limit = min(state["input_limit"], self._positions)
 
     def _label_ids(self) -> dict[str, int]:
         if self.labels is None:

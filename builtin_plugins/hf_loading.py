@@ -6,6 +6,7 @@ config with random weights (tests, the quickstart); dtype and device; PEFT; a sa
 
 from __future__ import annotations
 
+import atexit
 import json
 import shutil
 import tempfile
@@ -151,6 +152,7 @@ def load_model(cfg: PretrainedModelConfig, base_dir: Path, auto_class: Any, toke
         if cfg.from_config is not None:
             # A random base exists nowhere else: keep a copy to save beside the adapter.
             snapshot = Path(tempfile.mkdtemp(prefix="ift-base-"))
+            atexit.register(shutil.rmtree, snapshot, True)  # needed only until the run saves its model
             model.save_pretrained(str(snapshot))
         model = apply_peft(model, cfg.peft, task_type=task_type, tokenizer=tokenizer)
     return LoadedModel(model.to(device), snapshot)

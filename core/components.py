@@ -213,11 +213,12 @@ class ModelAdapter(Component, ABC):
         override it."""
         return self.encode(tokenizer, segments, source=record.source, record_id=record.id)
 
-    def prepare_data(self, train_records: Sequence[InstructionRecord]) -> dict[str, Any] | None:
+    def prepare_data(self, train_records: Sequence[InstructionRecord], *,
+                     max_length: int | None = None) -> dict[str, Any] | None:
         """Called once with the training split before any record is encoded, for what an adapter learns from
-        the data itself (a classifier's label set). Return it as plain JSON: it is stored with the prepared data
-        (and shown in the manifest), and given back through :meth:`restore_data` when a later run reuses that
-        data from the cache, since nothing is encoded then."""
+        the data itself (a classifier's label set) and the run's length policy (``trainer.max_length``). Return it
+        as plain JSON: it is stored with the prepared data (and shown in the manifest), and given back through
+        :meth:`restore_data` when a later run reuses that data from the cache, since nothing is encoded then."""
         return None
 
     def restore_data(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook, empty by default

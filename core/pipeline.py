@@ -153,8 +153,9 @@ class Run:
             raise DataError("no training examples are left after filtering and the eval split "
                             f"(counts: {report.to_dict()})")
         self._fresh_records = (train_records, eval_records)  # reported after training, off the critical path
-        adapter_state = adapter.prepare_data(train_records)  # before encoding: e.g. a classifier's label set
         trainer_cfg = recipe.trainer_config
+        # before encoding: e.g. a classifier's label set and the input length its generation cuts prompts to
+        adapter_state = adapter.prepare_data(train_records, max_length=trainer_cfg.max_length)
         train_examples, _ = encode_records(train_records, renderer, adapter, tokenizer, trainer_cfg, "train", report)
         eval_examples, eval_records = encode_records(eval_records, renderer, adapter, tokenizer, trainer_cfg,
                                                      "eval", report)
@@ -177,6 +178,7 @@ class Run:
         if not is_main_process() or self._fresh_records is None:
             return
         for name, records in zip(("train", "eval"), self._fresh_records, strict=True):
+            records = list({(r.source, r.id): r for r in records}.values())  # a mixture's repeats: once each
             self.rundir.write_text(f"data/{name}.jsonl", "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n"
                                                                for r in records))
         self.host.data_prepared(str(self.output_dir), *self._fresh_records)

@@ -21,7 +21,8 @@ def preview(recipe: Recipe, host: PluginHost, n: int, *, color: bool) -> list[di
     train, held = split_records(recipe, records, report)
     adapter = recipe.model.cls(recipe.model.config, base_dir=recipe.base_dir)
     tokenizer = adapter.load_tokenizer()
-    adapter.prepare_data(train)  # as a run does before encoding (a classifier derives its labels here)
+    # as a run does before encoding (a classifier derives its labels here)
+    adapter.prepare_data(train, max_length=recipe.trainer_config.max_length)
     renderer = make_renderer(recipe, host)
     renderer.bind(tokenizer)
     shown = []

@@ -18,7 +18,10 @@ from ift.errors import Problem, RecipeError, RunError
 # Changing these does not change what the model sees or how it is updated up to the checkpoint.
 SAFE_TO_CHANGE = ("run.output_dir", "overrides", "trainer.log_every", "trainer.max_steps", "trainer.epochs",
                   "trainer.save_every", "trainer.keep_last", "trainer.eval_every", "trainer.skip_nonfinite_steps",
-                  "trainer.early_stopping_patience", "trainer.early_stopping_min_delta", "eval.")
+                  "trainer.early_stopping_patience", "trainer.early_stopping_min_delta",
+                  # evaluation settings that do not touch the split (eval.fraction / max_examples change the
+                  # training data, so they are part of the run's identity)
+                  "eval.metrics", "eval.baseline", "eval.max_new_tokens", "eval.batch_size", "eval.samples")
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -58,13 +58,15 @@ def test_recipe_problems_name_the_model_keys(make_recipe: Callable[..., Any]) ->
 def test_labels_derived_from_the_training_split_sorted_and_restored() -> None:
     a = adapter()
     state = a.prepare_data([record("1", "x", "shipping"), record("2", "y", None, answer=" billing "),
-                            record("3", "z", "shipping"), record("4", "w", "login")])
+                            record("3", "z", "shipping"), record("4", "w", "login")], max_length=32)
     assert a.labels == ["billing", "login", "shipping"]
     assert state == {"labels": ["billing", "login", "shipping"], "label_origin": "the training split",
-                     "train_label_counts": {"billing": 1, "login": 1, "shipping": 2}}
+                     "train_label_counts": {"billing": 1, "login": 1, "shipping": 2}, "input_limit": 32}
     fresh = adapter()
     fresh.restore_data(json.loads(json.dumps(state)))  # as it comes back from the cache's meta.json
     assert fresh.labels == a.labels and fresh.label_counts == a.label_counts
+    # generation after a cache hit cuts prompts where a fresh run's fit() cut the examples
+    assert fresh._limit == a._limit == 32
     with pytest.raises(ift.DataError, match=r"the training split has 1 distinct label\(s\) \['login'\]"):
         adapter().prepare_data([record("1", "x", "login"), record("2", "y", "login")])
 
