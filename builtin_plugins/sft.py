@@ -137,6 +137,16 @@ class SFTTrainer(ift.Trainer):
             return ctx.adapter.loss_sum(model, batch)
         return self.example_losses(batch, *split)
 
+    def checkpoint_state(self) -> dict[str, Any] | None:
+        """What a subclass keeps across a resume besides the loop's position (running totals of its own
+        figures, say): JSON values saved with every checkpoint of the main process and handed back to
+        :meth:`restore_checkpoint_state` on resume. None (the default): nothing."""
+        return None
+
+    def restore_checkpoint_state(self, state: dict[str, Any] | None) -> None:
+        """Take back what :meth:`checkpoint_state` saved (None when the checkpoint holds nothing for it). Called
+        inside :meth:`train`, after the model, optimizer and scheduler are restored and before the first step."""
+
     def example_losses(self, batch: dict[str, Any], sums: Any, counts: Any) -> tuple[Any, Any]:
         """Record each example's summed loss and loss-token count (1-d tensors in ``batch["record_ids"]`` order)
         for the per-source training loss; returns ``(sums.sum(), counts.sum())`` to hand back from :meth:`loss`."""
@@ -226,6 +236,7 @@ class SFTTrainer(ift.Trainer):
             meter.restore(state["position"]["meter"])
             if stopping is not None:
                 stopping.restore(state["position"].get("early_stopping"), ctx.resume_from)
+            self.restore_checkpoint_state(state["position"].get("trainer"))
             ctx.progress.write(f"resumed from {ctx.resume_from.name}: step {loop.step}, epoch {loop.epoch}, "
                                f"{loop.consumed} batches into the epoch")
 
@@ -236,6 +247,8 @@ class SFTTrainer(ift.Trainer):
             position = {"loop": vars(loop), "meter": meter.state()}
             if stopping is not None:
                 position["early_stopping"] = stopping.state()
+            if (own := self.checkpoint_state()) is not None:
+                position["trainer"] = own
             save_checkpoint(ctx.checkpoint_dir, loop.step, model=accelerator.unwrap_model(model),
                             optimizer=optimizer, scheduler=scheduler, position=position, identity=ctx.identity,
                             before_commit=lambda _: faults.point(f"checkpoint-write-{loop.step}"))

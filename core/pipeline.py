@@ -286,7 +286,8 @@ class Run:
                            encode_records=lambda records: encode_records(
                                records, renderer, adapter, tokenizer, recipe.trainer_config, "extra", DataReport())[0],
                            evaluate_records=lambda m, records, stage: self._evaluate(
-                               self._evaluator_for(records, adapter, tokenizer, renderer, metrics), m, stage))
+                               self._evaluator_for(records, adapter, tokenizer, renderer, metrics), m, stage),
+                           eval_records=list(eval_records))
         result = trainer.train(ctx)
         if eval_records and metrics:
             results["final"] = self._evaluate(evaluator, result.model, "final")

@@ -386,8 +386,10 @@ def validate_recipe(raw: dict[str, Any], host: PluginHost, *, base_dir: Path, pa
     model = _component(host, "model_adapter", model_table, "adapter", "model", problems)
     trainer_table = _table(raw, "trainer", problems)
     trainer_table.setdefault("name", DEFAULTS["trainer"])
-    # A trainer may check its keys against the evaluation (e.g. an early-stopping metric among eval.metrics).
-    trainer = _component(host, "trainer", trainer_table, "name", "trainer", problems, context={"eval": eval_section})
+    # A trainer may check its keys against the evaluation (e.g. an early-stopping metric among eval.metrics)
+    # and the model adapter (None when [model] is invalid; e.g. a trainer that needs a causal LM).
+    trainer = _component(host, "trainer", trainer_table, "name", "trainer", problems,
+                         context={"eval": eval_section, "model": model})
 
     mixture = _mixture(raw, data, problems)
 

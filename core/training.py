@@ -39,6 +39,9 @@ class TrainContext:
     should_stop: Callable[[], bool] = lambda: False
     encode_records: Callable[[list[InstructionRecord]], list[EncodedExample]] | None = None
     evaluate_records: Callable[[Any, list[InstructionRecord], str], dict[str, Any]] | None = None
+    #: The records behind ``eval_examples`` (what ``evaluate`` measures), for trainers that add training data
+    #: of their own and must keep it out of the held-out split.
+    eval_records: list[InstructionRecord] = field(default_factory=list)
 
 
 @dataclass

@@ -1,5 +1,7 @@
-"""``ift export``: a run's model as a standalone Hugging Face folder (LoRA merged into its base), optionally
-with an int8 copy for CPU inference whose size and metric change are measured on the run's eval split.
+"""``ift export``: a run's model as a standalone Hugging Face folder (LoRA, AdaLoRA or IA3 merged into its
+base), optionally with an int8 copy for CPU inference whose size and metric change are measured on the run's
+eval split. Prompt- and prefix-tuning runs are refused: their virtual tokens are extra inputs, not a change of
+weights, so nothing can be merged and the run's ``model/`` folder is already the thing to ship.
 
 The export is assembled in a hidden temporary folder beside ``--output`` and renamed into place only when
 every file (weights, tokenizer, README, ``export_report.json``) is written: a folder named like the output
@@ -34,6 +36,7 @@ from ift.builtin_plugins.inference.quantize import (
     weights_size,
 )
 from ift.builtin_plugins.inference.runs import TrainedRun, open_run, read_records, read_run
+from ift.builtin_plugins.peft_methods import VIRTUAL_TOKEN_METHODS
 
 PROBE_EXAMPLES = 4
 
@@ -43,21 +46,25 @@ def export_run(run_dir: Path, host: Any, *, output: Path | None = None, merge: b
                echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Export ``run_dir``'s model; returns the report also written to ``OUTPUT/export_report.json``.
 
-    A LoRA run needs ``merge`` (the export must stand alone); a fully fine-tuned run refuses it, since its
-    model is already standalone and there is nothing to merge (export it without ``--merge``).
+    A peft run (LoRA, AdaLoRA, IA3) needs ``merge`` (the export must stand alone); a fully fine-tuned run refuses
+    it, since its model is already standalone and there is nothing to merge (export it without ``--merge``). A
+    prompt- or prefix-tuning run is refused either way (see :func:`unmergeable_message`).
     """
     run_dir = Path(run_dir)
     output = Path(output) if output is not None else run_dir / "export"
     read_run(run_dir)  # not a finished run: say so before anything else
     _check_output(run_dir, output, overwrite)
     run = open_run(run_dir, host, device=device)
-    peft = hasattr(run.model, "merge_and_unload") and hasattr(run.model, "peft_config")
+    method = peft_method(run.model)
+    peft = method is not None
+    if method in VIRTUAL_TOKEN_METHODS:
+        raise ift.RunError(unmergeable_message(run_dir, run.model_dir, method))
     if merge and not peft:
         raise ift.RunError(f"--merge: {run_dir} was fully fine-tuned ({run.model_dir} holds complete weights), so "
                            "there are no LoRA weights to merge; run `ift export` without --merge to copy it as a "
                            "standalone folder (with --quantize int8 for a CPU copy)")
     if peft and not merge:
-        raise ift.RunError(f"{run_dir} trained a LoRA adapter: pass --merge to fold it into the base model, so the "
+        raise ift.RunError(f"{run_dir} trained a {method} adapter: pass --merge to fold it into the base model, so the "
                            "export loads with plain transformers")
     records = _records(run_dir)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -77,6 +84,29 @@ def export_run(run_dir: Path, host: Any, *, output: Path | None = None, merge: b
     return report
 
 
+def peft_method(model: Any) -> str | None:
+    """The peft method a loaded model carries, as the recipe names it (``lora``, ``ia3``, ``prompt-tuning``...),
+    or None for a plain model. Decided by peft's own config, not by which methods the model happens to have:
+    prompt- and prefix-tuning models have no ``merge_and_unload`` and are still peft models."""
+    configs = getattr(model, "peft_config", None)
+    if not isinstance(configs, dict) or not configs:
+        return None
+    config = configs.get(getattr(model, "active_adapter", None)) or next(iter(configs.values()))
+    kind = getattr(config, "peft_type", None)
+    return str(getattr(kind, "value", kind) or "unknown").lower().replace("_", "-")  # PROMPT_TUNING: prompt-tuning
+
+
+def unmergeable_message(run_dir: Path, model_dir: Path, method: str) -> str:
+    """Why a virtual-token run has no standalone export, and what to load instead (one line)."""
+    base = model_dir / "base_model"
+    base_text = (f"with its base from {base}" if base.is_dir() else
+                 "with its base model (adapter_config.json: base_model_name_or_path)")
+    return (f"{run_dir} trained a {method} adapter: its virtual tokens are extra inputs prepended to every "
+            "sequence, not a change of the model's weights, so they cannot be merged into the weights and there "
+            f"is no standalone export (with or without --merge); load {model_dir} with peft instead "
+            f"(PeftModel.from_pretrained, {base_text}), or use it with `ift generate {run_dir}`")
+
+
 def _build(run: TrainedRun, folder: Path, records: list[ift.InstructionRecord], *, merge: bool,
            quantize: str | None, host: Any, echo: Callable[[str], None]) -> dict[str, Any]:
     import torch
@@ -89,7 +119,7 @@ def _build(run: TrainedRun, folder: Path, records: list[ift.InstructionRecord], 
     }
     model = run.model
     if merge:
-        echo("merging the LoRA weights into the base model ...")
+        echo(f"merging the {peft_method(run.model)} weights into the base model ...")
         model, report["merge"] = merge_checked(run, records)
     run.adapter.save(model, run.tokenizer, folder)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
@@ -140,7 +170,8 @@ def merge_checked(run: TrainedRun, records: list[ift.InstructionRecord]) -> tupl
     except (ValueError, TypeError, NotImplementedError) as exc:
         raise ift.RunError(f"peft cannot merge this adapter into its base: {exc}") from None
     peft_section = run.resolved.get("model", {}).get("peft") or {}
-    info: dict[str, Any] = {"method": peft_section.get("method", "lora"), "r": peft_section.get("r"),
+    info: dict[str, Any] = {"method": peft_section.get("method") or peft_method(run.model) or "lora",
+                            "r": peft_section.get("r", peft_section.get("init_r")),
                             "alpha": peft_section.get("alpha"), "target_modules": peft_section.get("target_modules"),
                             "probe_examples": 0, "max_abs_logit_diff": None}
     if before is not None:
@@ -161,13 +192,16 @@ def _probe_batch(run: TrainedRun, records: list[ift.InstructionRecord]) -> dict[
 
 
 def _logits(model: Any, batch: dict[str, Any]) -> Any:
-    """Logits of a collated batch: the inputs the model's forward accepts (labels too, which some model
-    families need to build decoder inputs), in float32 on the CPU."""
+    """Logits of a collated batch: the inputs the model's forward accepts, in float32 on the CPU. Labels only
+    for encoder-decoder models, which need them to build decoder inputs: with labels, a loaded AdaLoRA model's
+    forward adds its training-only regulariser and fails outside training."""
     import inspect
 
     import torch
 
-    accepted = inspect.signature(model.forward).parameters
+    accepted = set(inspect.signature(model.forward).parameters)
+    if not getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        accepted.discard("labels")
     device = next(model.parameters()).device
     inputs = {k: v.to(device) for k, v in batch.items() if k in accepted and hasattr(v, "to")}
     with torch.no_grad():
@@ -290,8 +324,11 @@ def model_card(run: TrainedRun, report: dict[str, Any]) -> str:
     """README.md of the export: where it came from, the prompt format it was trained on, how to load it."""
     merge = report.get("merge")
     if merge:
-        tuned = (f"LoRA (r={merge.get('r')}, alpha={merge.get('alpha')}, target modules "
-                 f"{merge.get('target_modules')}), merged into the base weights with peft's merge_and_unload")
+        method = merge.get("method", "lora")
+        settings = [f"{k}={merge[k]}" for k in ("r", "alpha") if merge.get(k) is not None]
+        settings.append(f"target modules {merge.get('target_modules') or 'peft default'}")
+        label = {"lora": "LoRA", "adalora": "AdaLoRA", "ia3": "IA3"}.get(method, method)
+        tuned = f"{label} ({', '.join(settings)}), merged into the base weights with peft's merge_and_unload"
     else:
         tuned = "full fine-tuning"
     example = run.prompt([ift.Message("user", "{your message}")])

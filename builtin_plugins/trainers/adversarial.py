@@ -78,6 +78,17 @@ class AdversarialTrainer(ift.SFTTrainer):
             "adversarial_loss": adversarial / tokens if tokens else None}
         return result
 
+    def checkpoint_state(self) -> dict[str, Any] | None:
+        """The running totals, so that after a resume the reported means still cover every step."""
+        totals = getattr(self, "_totals", None)
+        return {"totals": totals.tolist()} if totals is not None else None
+
+    def restore_checkpoint_state(self, state: dict[str, Any] | None) -> None:
+        import torch
+
+        if state and state.get("totals") is not None and hasattr(self, "_totals"):
+            self._totals = torch.tensor(state["totals"], dtype=torch.float64)  # to the device when next added to
+
     def loss(self, ctx: ift.TrainContext, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
         """The weighted sum of clean and adversarial summed losses, and the clean loss-token count."""
         import torch
@@ -119,7 +130,7 @@ class AdversarialTrainer(ift.SFTTrainer):
         if hasattr(self, "_totals"):
             values = torch.stack([clean.detach().double(), adversarial.detach().double(),
                                   torch.as_tensor(count, device=clean.device).double()])
-            self._totals = values if self._totals is None else self._totals + values
+            self._totals = values if self._totals is None else self._totals.to(values.device) + values
         sums = (1 - weight) * clean_sums + weight * adversarial_sums
         if sums.dim() == 1:  # per example: the per-source training loss reports the objective trained on
             return self.example_losses(batch, sums, counts)

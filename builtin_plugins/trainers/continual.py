@@ -1,9 +1,10 @@
 """The ``continual`` trainer: train on a new task while limiting forgetting of an earlier run's tasks.
 
 The earlier run is named by its run directory (``previous_run``). Its ``data/train.jsonl`` supplies replayed
-examples (a seeded sample, mixed evenly into this run's training examples, keeping their source names) and
-the data of an optional EWC penalty; its ``data/eval.jsonl`` is evaluated with this recipe's metrics before
-and after training, so forgetting is measured, not guessed. The model to continue from is the recipe's
+examples (a seeded sample, mixed evenly into this run's training examples, keeping their source names; a
+sampled record whose content equals one of this run's eval records is left out, or the held-out split would be
+trained on) and the data of an optional EWC penalty; its ``data/eval.jsonl`` is evaluated with this recipe's
+metrics before and after training, so forgetting is measured, not guessed. The model to continue from is the recipe's
 ``[model]`` as usual, normally ``name_or_path = "<previous_run>/model"``; anything else is warned about.
 """
 
@@ -93,8 +94,13 @@ class ContinualTrainer(ift.SFTTrainer):
             report["warnings"] = notes
 
         chosen = replay_sample(old_train, fraction=cfg.replay_fraction, count=cfg.replay_examples, seed=ctx.seed)
+        # The split kept this run's eval records out of its training data; replay must not bring them back.
+        held_out = {r.content_key() for r in ctx.eval_records}
+        leaking = [r for r in chosen if r.content_key() in held_out]
+        chosen = [r for r in chosen if r.content_key() not in held_out]
         replayed = ctx.encode_records(chosen) if chosen else []
         report["replay"] = {"records": len(chosen), "examples": len(replayed),
+                            "dropped_in_eval_split": len(leaking),
                             "of_previous_train_records": len(old_train),
                             "by_source": dict(sorted(Counter(e.source for e in replayed).items()))}
         if len(replayed) < len(chosen):
@@ -102,6 +108,9 @@ class ContinualTrainer(ift.SFTTrainer):
                          f"(trainer.max_length = {cfg.max_length}, trainer.overlong = {cfg.overlong!r})")
             ctx.progress.write(f"continual: {notes[-1]}")
             report["warnings"] = notes
+        if leaking:
+            ctx.progress.write(f"continual: {len(leaking)} sampled previous-run record(s) equal records of this "
+                               "run's eval split and were not replayed (they would leak into training)")
 
         self.ewc: list[tuple[Any, Any, Any]] = []
         if cfg.ewc_lambda > 0:
@@ -193,8 +202,8 @@ def find_previous_run(spec: str, base_dir: Path) -> Path:
     candidates = [path] if path.is_absolute() else [base_dir / path, path]
     found = next((c for c in candidates if c.is_dir()), None)
     if found is None:
-        raise ift.RecipeError([ift.Problem("trainer.previous_run", f"no run directory {spec!r} (looked in "
-                                           f"{', '.join(str(c.parent.resolve()) for c in candidates)})")])
+        where = str(path.parent.resolve()) if path.is_absolute() else f"{base_dir.resolve()} and {Path.cwd()}"
+        raise ift.RecipeError([ift.Problem("trainer.previous_run", f"no folder {spec!r} (looked in {where})")])
     if not (found / "data").is_dir():
         raise ift.RecipeError([ift.Problem("trainer.previous_run", f"{found} has no data/ folder: it is not a "
                                            "run directory, or its run stopped before preparing data")])

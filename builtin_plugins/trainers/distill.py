@@ -5,15 +5,22 @@ Per trainable position (label != -100, labels shifted by one as in every causal 
 logits divided by the temperature ``T``. The ``T^2`` factor keeps the soft-target gradients on the scale of
 the hard-label ones as ``T`` grows (Hinton et al., 2015). Summed over positions, like every trainer's loss, so
 the ``sft`` loop's token normalisation applies unchanged.
+
+Only causal language models can be distilled this way: the adapter must be ``causal-lm``, a subclass of its
+class, or an adapter class that declares ``causal = True`` (same next-token labels and an
+``AutoModelForCausalLM`` teacher). Anything else is refused when the recipe is validated, and again at the start
+of training for configs built in code. A ``teacher`` that is missing locally and looks like a path is refused
+at the start of training, before anything is loaded, instead of being tried on the Hugging Face Hub.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, model_validator
 
 import ift
 
@@ -30,6 +37,13 @@ class DistillConfig(ift.SFTConfig):
     teacher_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: the dtype of the student's weights.")
 
+    @model_validator(mode="after")
+    def _student_is_causal(self, info: ValidationInfo) -> DistillConfig:
+        model = (info.context or {}).get("model")
+        if model is not None and not is_causal(model.cls):
+            raise ValueError(not_causal_message(model.name))
+        return self
+
 
 class DistillTrainer(ift.SFTTrainer):
     """Supervised fine-tuning that also matches a frozen teacher's token distributions."""
@@ -39,6 +53,8 @@ class DistillTrainer(ift.SFTTrainer):
     config: DistillConfig
 
     def train(self, ctx: ift.TrainContext) -> ift.TrainResult:
+        if not is_causal(type(ctx.adapter)):
+            raise ift.RecipeError([ift.Problem("trainer.name", not_causal_message(ctx.adapter.name))])
         self.teacher = self.load_teacher(ctx)
         self._totals: Any = None  # summed CE, summed KL, loss tokens (on the device: no syncs per batch)
         try:
@@ -54,6 +70,17 @@ class DistillTrainer(ift.SFTTrainer):
                                      "kl": kl / tokens if tokens else None}
         return result
 
+    def checkpoint_state(self) -> dict[str, Any] | None:
+        """The running totals, so that after a resume the reported means still cover every step."""
+        totals = getattr(self, "_totals", None)
+        return {"totals": totals.tolist()} if totals is not None else None
+
+    def restore_checkpoint_state(self, state: dict[str, Any] | None) -> None:
+        import torch
+
+        if state and state.get("totals") is not None and hasattr(self, "_totals"):
+            self._totals = torch.tensor(state["totals"], dtype=torch.float64)  # to the device when next added to
+
     def loss(self, ctx: ift.TrainContext, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
         """``(1 - alpha) * CE + alpha * T^2 * KL``, summed over the batch's loss tokens, and their count."""
         import torch
@@ -62,7 +89,7 @@ class DistillTrainer(ift.SFTTrainer):
         cfg = self.config
         if hasattr(self, "_totals"):
             values = torch.stack([ce.sum().detach().double(), kl.sum().detach().double(), count.double()])
-            self._totals = values if self._totals is None else self._totals + values
+            self._totals = values if self._totals is None else self._totals.to(values.device) + values
         per_position = (1 - cfg.alpha) * ce + cfg.alpha * cfg.temperature ** 2 * kl
         owner = self._owners(batch)
         if owner is None:
@@ -130,6 +157,21 @@ class DistillTrainer(ift.SFTTrainer):
         return teacher
 
 
+def is_causal(adapter_cls: type) -> bool:
+    """Whether the adapter trains a causal LM the way this trainer assumes (labels predicting the next token,
+    a teacher loadable with ``AutoModelForCausalLM``): the builtin ``causal-lm`` adapter or a subclass of it
+    (a class registered as ``causal-lm`` in its ancestry; registered names are unique), or any adapter class
+    declaring ``causal = True``. By name rather than by import, since trainers use only the public ``ift`` API."""
+    return getattr(adapter_cls, "causal", False) is True or \
+        any(vars(cls).get("name") == "causal-lm" for cls in adapter_cls.__mro__)
+
+
+def not_causal_message(adapter: str) -> str:
+    return (f"'distill' needs a causal language model, but model.adapter is {adapter!r}: it compares next-token "
+            "distributions position by position with an AutoModelForCausalLM teacher. Use adapter = "
+            "'causal-lm' (or an adapter class declaring causal = True), or trainer.name = 'sft'")
+
+
 def vocabulary_error(detail: str) -> ift.RecipeError:
     return ift.RecipeError([ift.Problem("trainer.teacher", f"{detail}; distillation compares distributions "
                                         "token by token, so teacher and student need the same vocabulary")])
@@ -148,10 +190,37 @@ def teacher_folder(spec: str, base_dir: Path) -> Path | None:
                                                    "(config.json or adapter_config.json) nor a run directory "
                                                    "with a model/ folder")])
             return path
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise ift.RecipeError([ift.Problem("trainer.teacher", f"no folder {spec!r} (looked in {base_dir} and "
-                                           "the working directory)")])
+    if looks_local(spec, base_dir):
+        raise ift.RecipeError([ift.Problem("trainer.teacher", f"no folder {spec!r} (looked in "
+                                           f"{base_dir.resolve()} and {Path.cwd()})")])
     return None
+
+
+def looks_local(spec: str, base_dir: Path) -> bool:
+    """Whether a name that exists nowhere locally is meant as a local path rather than a hub id, so that it
+    fails at once instead of after the hub client's retries: it starts like a path (``./``, ``../``, ``/``,
+    ``~``), has more parts than ``org/name``, starts with a folder that exists (``runs/quickstart`` while
+    ``runs/`` is there), or the hub is switched off (``HF_HUB_OFFLINE``) and the local hub cache does not hold
+    it either."""
+    if spec.startswith(("./", "../", "/", "~", ".\\", "..\\")) or spec in (".", "..") or spec.count("/") > 1:
+        return True
+    first = Path(spec).parts[0] if Path(spec).parts else ""
+    if "/" in spec and first and ((base_dir / first).is_dir() or Path(first).is_dir()):
+        return True
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("1", "true", "yes", "on"):
+        return False
+    return not _in_hub_cache(spec)
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the hub cache holds ``repo_id``'s config (what an offline load would read)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return any(isinstance(try_to_load_from_cache(repo_id, name), str)
+                   for name in ("config.json", "adapter_config.json"))
+    except Exception:  # an id the hub client rejects: not in the cache  # noqa: BLE001
+        return False
 
 
 def _is_model_folder(path: Path) -> bool:

@@ -242,3 +242,98 @@ def test_a_failure_midway_leaves_no_export_folder(lora_run: Path, tmp_path: Path
     assert main(["export", str(lora_run), "--merge", "--quantize", "int8", "-o", str(tmp_path / "out")]) == 5
     assert "quantization failed on purpose" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # neither the output nor its .partial folder
+
+
+# --- other peft methods ----------------------------------------------------------------------------
+
+
+def peft_run(folder: Path, peft: str) -> Path:
+    """A tiny run of the uppercase task with the given ``[model] peft`` table (2 steps, loss only)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    (folder / "recipe.toml").write_text(f"""
+[run]
+name = "tiny-peft"
+cache = false
+
+[[data]]
+source = "jsonl"
+path = "data.jsonl"
+
+[model]
+adapter = "causal-lm"
+tokenizer = "byte-level"
+device = "cpu"
+from_config = {TINY}
+peft = {peft}
+
+[trainer]
+name = "sft"
+max_steps = 2
+batch_size = 4
+learning_rate = 5e-2
+max_length = 64
+
+[eval]
+fraction = 0.25
+metrics = ["loss"]
+baseline = false
+""")
+    out = folder / "run"
+    assert main(["run", str(folder / "recipe.toml"), "--output-dir", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("method", ["prompt-tuning", "prefix-tuning"])
+def test_virtual_token_runs_are_refused_with_or_without_merge(method: str, tmp_path: Path, capsys):
+    run = peft_run(tmp_path / method, f'{{ method = "{method}", num_virtual_tokens = 4 }}')
+    capsys.readouterr()
+    for merge in ([], ["--merge"]):
+        assert main(["export", str(run), *merge, "-o", str(tmp_path / "out")]) == 5
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err  # one line, no traceback
+        assert f"trained a {method} adapter" in err and "cannot be merged into the weights" in err
+        assert f"load {run / 'model'} with peft" in err and str(run / "model" / "base_model") in err
+        assert "fully fine-tuned" not in err
+        assert not (tmp_path / "out").exists()
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    # what the message says to load does load, and reproduces the run's adapted model
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from ift.builtin_plugins.inference.runs import open_run
+
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run / "model" / "base_model"),
+                                       run / "model").eval()
+    opened = open_run(run, PluginHost(entry_points=False))
+    ids = ids_of(opened.tokenizer, PROBE)
+    with torch.no_grad():
+        assert torch.allclose(loaded(input_ids=ids).logits, opened.model.eval()(input_ids=ids).logits, atol=1e-6)
+
+
+@pytest.mark.parametrize(("method", "peft", "label"), [
+    ("ia3", '{ method = "ia3" }', "IA3"),
+    ("adalora", '{ method = "adalora", init_r = 4, target_r = 2, alpha = 8, dropout = 0.0 }', "AdaLoRA"),
+])
+def test_ia3_and_adalora_runs_merge_into_a_standalone_model(method: str, peft: str, label: str, tmp_path: Path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = peft_run(tmp_path / method, peft)
+    out = tmp_path / "merged"
+    assert main(["export", str(run), "--merge", "-o", str(out)]) == 0
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["merge"]["method"] == method and report["merge"]["max_abs_logit_diff"] < 1e-4
+    assert not (out / "adapter_config.json").exists()
+    assert f"Fine-tuning: {label} (" in (out / "README.md").read_text()
+    tokenizer_ids = ids_of(AutoTokenizer.from_pretrained(out), PROBE + "DOG")
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run / "model" / "base_model"),
+                                        run / "model").eval()
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    base = AutoModelForCausalLM.from_pretrained(run / "model" / "base_model").eval()
+    with torch.no_grad():
+        expected, got = adapted(input_ids=tokenizer_ids).logits, merged(input_ids=tokenizer_ids).logits
+        assert not torch.allclose(got, base(input_ids=tokenizer_ids).logits, atol=1e-4)  # training changed it
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4)

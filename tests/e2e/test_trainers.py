@@ -80,7 +80,7 @@ def test_continual_run_replays_and_reports_the_previous_tasks(first_run: Path, t
     old_eval = (first_run / "data" / "eval.jsonl").read_text().splitlines()
     assert report["previous_run"] == str(first_run) and "warnings" not in report
     assert report["replay"] == {"records": round(0.5 * len(old_train)), "examples": round(0.5 * len(old_train)),
-                                "of_previous_train_records": len(old_train),
+                                "dropped_in_eval_split": 0, "of_previous_train_records": len(old_train),
                                 "by_source": {"upper": round(0.5 * len(old_train))}}
     before, after = report["previous_tasks"]["before"], report["previous_tasks"]["after"]
     assert before["overall"]["n"] == after["overall"]["n"] == len(old_eval)
@@ -109,3 +109,41 @@ def test_distill_run_with_a_run_directory_as_teacher(first_run: Path, tmp_path: 
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events] == [2, 4]
     assert events[-1]["loss_by_source"]["upper"] == pytest.approx(events[-1]["loss"], rel=1e-4)  # the objective
+
+
+def test_continual_never_replays_this_runs_eval_records(first_run: Path, tmp_path: Path):
+    """The same task again with another seed: its eval split holds records the first run trained on, and
+    replaying all of the first run's training records must not bring them back into training."""
+    trainer = f'name = "continual"\nprevious_run = "{first_run}"\nreplay_fraction = 1.0\nevaluate_previous = false'
+    recipe = write_run(tmp_path, "upper", f'name_or_path = "{first_run / "model"}"', trainer)
+    recipe.write_text(recipe.read_text().replace("seed = 3", "seed = 11"))
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--output-dir", str(out)]) == 0
+
+    def rows(path: Path) -> list[dict]:
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    old_train, new_eval = rows(first_run / "data" / "train.jsonl"), rows(out / "data" / "eval.jsonl")
+    held = {json.dumps(r["messages"]) for r in new_eval}
+    leaking = [r for r in old_train if json.dumps(r["messages"]) in held]
+    assert leaking  # the seeds split differently: the test has something to catch
+    replay = json.loads((out / "metrics.json").read_text())["train"]["continual"]["replay"]
+    assert replay["dropped_in_eval_split"] == len(leaking)
+    assert replay["records"] == len(old_train) - len(leaking)
+
+
+def test_a_teacher_folder_that_does_not_exist_yet_fails_at_once(tmp_path: Path, capsys):
+    """``teacher = "runs/quickstart"`` before the first run: refused naming the key, never tried on the hub."""
+    import time
+
+    (tmp_path / "runs").mkdir()
+    recipe = write_run(tmp_path, "upper", MODEL, 'name = "distill"\nteacher = "runs/quickstart"')
+    assert main(["validate", str(recipe)]) == 0  # an earlier step may still produce it
+    began = time.perf_counter()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("HF_HUB_OFFLINE", raising=False)  # the hub would be tried if it were taken for an id
+        assert main(["run", str(recipe), "--output-dir", str(tmp_path / "run")]) == 2
+    assert time.perf_counter() - began < 20
+    err = capsys.readouterr().err
+    assert f"trainer.teacher: no folder 'runs/quickstart' (looked in {tmp_path} and {Path.cwd()})" in err
+    assert "Traceback" not in err and not (tmp_path / "run" / "model").exists()

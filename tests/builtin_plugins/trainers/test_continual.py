@@ -120,7 +120,7 @@ def test_replay_adds_a_seeded_sample_that_keeps_its_source(setup, previous):
     replayed_ctx, report = trainer.prepare(ctx)
     again, _ = ContinualTrainer(ContinualConfig(previous_run=str(previous), replay_examples=3)).prepare(ctx)
     examples = replayed_ctx.train_examples
-    assert len(examples) == 6 + 3 and report["replay"] == {"records": 3, "examples": 3,
+    assert len(examples) == 6 + 3 and report["replay"] == {"records": 3, "examples": 3, "dropped_in_eval_split": 0,
                                                            "of_previous_train_records": 8, "by_source": {"old": 3}}
     old = [e for e in examples if e.source == "old"]
     assert len(old) == 3 and all(e.record_id.startswith("old.jsonl:") for e in old)
@@ -162,7 +162,8 @@ def test_previous_tasks_are_evaluated_before_and_after(setup, previous):
 
 def test_errors_name_the_key(setup, previous, tmp_path, make_recipe):
     ctx, _, _ = setup
-    for target, message in ((tmp_path / "nowhere", "trainer.previous_run: no run directory"),
+    for target, message in ((tmp_path / "nowhere", f"trainer.previous_run: no folder '{tmp_path / 'nowhere'}' "
+                                                   f"(looked in {tmp_path})"),
                             (tmp_path, "has no data/ folder")):
         with pytest.raises(ift.RecipeError) as err:
             ContinualTrainer(ContinualConfig(previous_run=str(target))).prepare(ctx)
@@ -172,7 +173,8 @@ def test_errors_name_the_key(setup, previous, tmp_path, make_recipe):
         ContinualTrainer(ContinualConfig(previous_run=str(previous))).prepare(ctx)
 
     with pytest.raises(ift.RecipeError) as err:
-        make_recipe(trainer={"name": "continual", "previous_run": "a", "replay_fraction": 0.1, "replay_examples": 3})
+        make_recipe(trainer={"name": "continual", "previous_run": str(previous), "replay_fraction": 0.1,
+                             "replay_examples": 3})
     assert "set trainer.replay_fraction or trainer.replay_examples, not both" in str(err.value)
     with pytest.raises(ift.RecipeError) as err:
         make_recipe(trainer={"name": "continual", "ewc_examples": 3})
@@ -187,3 +189,35 @@ def test_malformed_record_rows_name_file_and_line(tmp_path):
     path.write_text(json.dumps(old_record("ant", 0).to_dict()) + "\n")
     (record,) = read_records(path)
     assert record.to_dict() == old_record("ant", 0).to_dict()
+
+
+def test_replayed_records_equal_to_this_runs_eval_records_are_not_replayed(setup, previous):
+    import dataclasses
+
+    ctx, encoded, _ = setup
+    # this run's eval split holds, under other ids and another source, the content of two old training records
+    held = [dataclasses.replace(old_record("bee", 1), id="new.jsonl:40", source="new"),
+            dataclasses.replace(old_record("hen", 6), id="new.jsonl:41", source="new", metadata={"x": 1}),
+            dataclasses.replace(old_record("zzz", 99), source="new")]  # content no old record has
+    ctx = dataclasses.replace(ctx, eval_records=held)
+    replayed_ctx, report = ContinualTrainer(ContinualConfig(previous_run=str(previous), replay_examples=8)).prepare(ctx)
+    assert report["replay"]["dropped_in_eval_split"] == 2
+    assert report["replay"]["records"] == report["replay"]["examples"] == 6
+    old_ids = [e.record_id for e in replayed_ctx.train_examples if e.source == "old"]
+    assert sorted(old_ids) == sorted(f"old.jsonl:{i}" for i in (0, 2, 3, 4, 5, 7))
+    assert [r.id for r in encoded[-1]] == sorted(old_ids, key=lambda rid: int(rid.split(":")[1]))
+    assert any("2 sampled previous-run record(s) equal records of this run's eval split" in line
+               for line in ctx.progress.lines)
+
+
+def test_a_missing_previous_run_names_both_places_looked_in(setup, make_recipe, tmp_path, monkeypatch):
+    ctx, encoded, _ = setup
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    recipe = make_recipe(trainer={"name": "continual", "previous_run": "runs/quickstart"})  # made by an earlier step
+    trainer = ContinualTrainer(recipe.trainer.config)
+    with pytest.raises(ift.RecipeError) as err:
+        trainer.prepare(ctx)
+    assert str(err.value) == (f"invalid recipe: trainer.previous_run: no folder 'runs/quickstart' (looked in "
+                              f"{ctx.adapter.base_dir.resolve()} and {tmp_path / 'cwd'})")
+    assert encoded == []  # refused before anything was encoded

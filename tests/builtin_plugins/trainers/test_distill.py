@@ -109,3 +109,80 @@ def test_packed_rows_give_the_padded_loss_with_a_breakdown_per_example(tiny, mak
     assert int(count) == sum(e.trainable_tokens for e in examples)  # every answer token, in both layouts
     owners = trainer._owners(packed_batch)
     assert owners.tolist() == sorted(owners.tolist()) and set(owners.tolist()) == {0, 1, 2, 3}
+
+
+# --- what distill refuses before training --------------------------------------------------------
+
+
+@pytest.mark.parametrize("adapter", ["seq2seq", "classifier"])
+def test_non_causal_adapters_are_refused_by_validation(make_recipe, adapter, tmp_path):
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "config.json").write_text("{}")
+    with pytest.raises(ift.RecipeError) as err:
+        make_recipe(model={"adapter": adapter, "name_or_path": "some/model"},
+                    trainer={"name": "distill", "teacher": "teacher"})
+    text = str(err.value)
+    assert f"'distill' needs a causal language model, but model.adapter is {adapter!r}" in text
+    assert text.count("causal language model") == 1
+    make_recipe(trainer={"name": "distill", "teacher": "teacher"})  # causal-lm: accepted
+
+
+def test_non_causal_adapter_is_refused_at_the_start_of_training(tiny, make_context, tmp_path):
+    from ift.builtin_plugins.seq2seq import Seq2SeqAdapter
+
+    adapter, tokenizer, model = tiny
+    other = Seq2SeqAdapter(Seq2SeqAdapter.Config(name_or_path="some/model"), base_dir=tmp_path)
+    ctx = make_context(other, tokenizer, model, [encode(adapter, tokenizer, "abc")])
+    with pytest.raises(ift.RecipeError) as err:
+        DistillTrainer(DistillConfig(teacher=str(tmp_path))).train(ctx)
+    assert err.value.exit_code == 2 and err.value.problems[0].key == "trainer.name"
+    assert "model.adapter is 'seq2seq'" in str(err.value)
+
+
+def test_causal_is_a_capability_subclasses_and_declared_adapters_qualify():
+    from ift.builtin_plugins.causal_lm import CausalLMAdapter
+    from ift.builtin_plugins.seq2seq import Seq2SeqAdapter
+    from ift.builtin_plugins.trainers.distill import is_causal
+
+    class Mine(CausalLMAdapter):
+        name = "mine"
+
+    class Declared(Seq2SeqAdapter):
+        causal = True
+
+    assert is_causal(CausalLMAdapter) and is_causal(Mine) and is_causal(Declared)
+    assert not is_causal(Seq2SeqAdapter)
+
+
+def test_a_missing_local_teacher_fails_at_once(tmp_path, monkeypatch, make_recipe):
+    from ift.builtin_plugins.trainers.distill import teacher_folder
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    recipe_dir = tmp_path / "recipes"
+    (recipe_dir / "runs").mkdir(parents=True)
+    for spec in ("runs/quickstart", "./teacher", "../teacher", "/nowhere/teacher", "~/no-such-teacher", "a/b/c"):
+        with pytest.raises(ift.RecipeError) as err:
+            teacher_folder(spec, recipe_dir)
+        assert err.value.problems[0].key == "trainer.teacher"
+        assert f"no folder {spec!r} (looked in {recipe_dir} and {tmp_path})" in str(err.value)
+    assert teacher_folder("org/model", recipe_dir) is None  # a hub id
+    (tmp_path / "org").mkdir()  # ... unless its first part is a local folder
+    with pytest.raises(ift.RecipeError, match="no folder 'org/model'"):
+        teacher_folder("org/model", recipe_dir)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no hub: nothing can be a hub id
+    with pytest.raises(ift.RecipeError, match="no folder 'other/model'"):
+        teacher_folder("other/model", recipe_dir)
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"  # ... except one the hub cache holds, which loads offline
+    snapshot = cache / "models--other--cached" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (cache / "models--other--cached" / "refs").mkdir()
+    (cache / "models--other--cached" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    assert teacher_folder("other/cached", recipe_dir) is None
+    # validation accepts it (an earlier step may produce it); training refuses it before loading anything
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    make_recipe(trainer={"name": "distill", "teacher": "runs/quickstart"})
