@@ -1,6 +1,6 @@
 """The ``sft`` trainer: supervised fine-tuning on trainable tokens, on one device or under torchrun /
-accelerate launch (the engine is ``accelerate``), with per-source training loss, early stopping on an eval metric
-and best-checkpoint selection (see :mod:`ift.builtin_plugins.early_stopping`)."""
+accelerate launch (the engine is ``accelerate``), with per-source and per-task training loss, early stopping on an
+eval metric and best-checkpoint selection (see :mod:`ift.builtin_plugins.early_stopping`)."""
 
 from __future__ import annotations
 
@@ -109,8 +109,8 @@ def resolve_batching(requested: str, adapter: ift.ModelAdapter, device: Any) -> 
 
 class SFTTrainer(ift.Trainer):
     """AdamW, warmup then cosine/linear decay, gradient accumulation with exact token-level loss
-    normalisation, gradient clipping, periodic evaluation, four batching modes, per-source training loss,
-    early stopping and best-checkpoint selection."""
+    normalisation, gradient clipping, periodic evaluation, four batching modes, per-source and per-task training
+    loss, early stopping and best-checkpoint selection."""
 
     name = "sft"
     Config = SFTConfig
@@ -123,7 +123,9 @@ class SFTTrainer(ift.Trainer):
         :meth:`~ift.ModelAdapter.loss_by_example` gives each example's summed loss, and
         :meth:`example_losses` records them and returns their sum. The loop reports per-source figures for a
         micro-batch only when the summed loss returned here *is* the tensor :meth:`example_losses` returned, so that
-        the per-source figures always add up to the logged loss. Hence, for an override:
+        the per-source figures always add up to the logged loss. The per-task figures (``loss_by_task``, present
+        when at least one training example has a task) come from the same per-example sums and follow the same
+        rules; examples without a task are left out of them. Hence, for an override:
 
         - returning ``super().loss(...)`` unchanged keeps per-source loss;
         - changing the objective (a penalty, label smoothing, a teacher term) drops per-source loss for the steps
@@ -158,7 +160,8 @@ class SFTTrainer(ift.Trainer):
         """A DataLoader whose ``batch_sampler`` is a :class:`BatchPlan`; examples become batches per ``mode``.
         It has a generator of its own so that starting an epoch never draws from the global RNG (which
         dropout uses, and which a resume restores). Each batch also carries ``sources``, the [[data]] table name
-        of each example in ``record_ids`` order (for the per-source training loss)."""
+        of each example in ``record_ids`` order, and ``tasks``, each example's task or None (for the per-source and
+        per-task training loss)."""
         import torch
         from torch.utils.data import DataLoader
 
@@ -167,10 +170,12 @@ class SFTTrainer(ift.Trainer):
                               generator=torch.Generator().manual_seed(ctx.seed))
 
         def packed(rows: list[list[ift.EncodedExample]]) -> dict[str, Any]:
-            return {**adapter.collate_packed(tokenizer, rows), "sources": [e.source for row in rows for e in row]}
+            return {**adapter.collate_packed(tokenizer, rows), "sources": [e.source for row in rows for e in row],
+                    "tasks": [e.task for row in rows for e in row]}
 
         def padded(batch: list[ift.EncodedExample]) -> dict[str, Any]:
-            return {**adapter.collate(tokenizer, batch), "sources": [e.source for e in batch]}
+            return {**adapter.collate(tokenizer, batch), "sources": [e.source for e in batch],
+                    "tasks": [e.task for e in batch]}
 
         cfg, adapter, tokenizer = self.config, ctx.adapter, ctx.tokenizer
         examples = ctx.train_examples
@@ -225,8 +230,11 @@ class SFTTrainer(ift.Trainer):
         scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total),
                                   num_training_steps=total)
         ctx.progress.total = total
-        # every process lists the sources in the same order: the per-source totals are reduced position-wise
-        meter = TrainMeter(accelerator, device, model, cfg.max_length, sorted({e.source for e in ctx.train_examples}))
+        # every process lists the sources and tasks in the same order: the per-group totals are reduced
+        # position-wise. Examples without a task count under no task (left out of the per-task figures).
+        meter = TrainMeter(accelerator, device, model, cfg.max_length,
+                           {"source": sorted({e.source for e in ctx.train_examples}),
+                            "task": sorted({e.task for e in ctx.train_examples if e.task is not None})})
         loop = _Position()
         stopping = self.early_stopping(ctx, accelerator.is_main_process)
         if ctx.resume_from is not None:
@@ -301,7 +309,7 @@ class SFTTrainer(ift.Trainer):
                 n_trainable = int(accelerator.reduce(torch.tensor(n_trainable, device=accelerator.device),
                                                      reduction="sum"))
                 step_loss = 0.0
-                step_sources = meter.zeros()
+                step_groups = meter.zeros()
                 unsplit = 0
                 for i, batch in enumerate(micro):
                     context = accelerator.no_sync(model) if i < len(micro) - 1 else nullcontext()
@@ -314,8 +322,8 @@ class SFTTrainer(ift.Trainer):
                         accelerator.backward(loss)
                     step_loss += float(loss_sum.detach())
                     split, self._split = self._split, None
-                    if not (split is not None and split[0] is loss_sum and meter.add_examples(step_sources, batch,
-                                                                                              *split[1:])):
+                    if not (split is not None and split[0] is loss_sum and meter.add_examples(step_groups, batch,
+                                                                                             *split[1:])):
                         unsplit += 1
                     faults.point(f"micro-{loop.step + 1}-{i}")
                 grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf))
@@ -335,7 +343,7 @@ class SFTTrainer(ift.Trainer):
                     for batch in micro:
                         meter.add_batch(batch)
                     meter.loss += step_loss
-                    meter.add_sources(step_sources, unsplit)
+                    meter.add_groups(step_groups, unsplit)
                     optimizer.step()
                     ctx.adapter.on_optimizer_step(accelerator.unwrap_model(model), loop.step + 1, total)
                 scheduler.step()

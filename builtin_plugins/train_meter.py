@@ -1,5 +1,5 @@
-"""What the ``sft`` trainer logs: token counts, throughput, padding, data wait, and the training loss overall and
-per source, windowed between logged steps and totalled over the run."""
+"""What the ``sft`` trainer logs: token counts, throughput, padding, data wait, and the training loss overall,
+per source and per task, windowed between logged steps and totalled over the run."""
 
 from __future__ import annotations
 
@@ -10,49 +10,68 @@ from ift.throughput import flops_per_token, gpu_peak_flops, peak_memory_bytes
 
 
 class TrainMeter:
-    """Counts what actually went through the model, from the batch tensors, and the training loss per source.
+    """Counts what actually went through the model, from the batch tensors, and the training loss per group of
+    examples: per source ([[data]] table) and per task (the record's ``task``).
 
-    Per-source sums stay on the device (a ``2 x sources`` float64 tensor: summed loss, loss tokens) and travel in
-    the same reduction as the other totals of a logged step, so data parallelism costs one collective per event."""
+    Groups are given as ``{"source": names, "task": names}``, each list in the same order on every process; a
+    group with no names is left out (no ``loss_by_task`` when no training example has a task). An example whose
+    value is None (no task) counts in the overall figures but under no name of that group, so the per-task tokens
+    add up to ``trainable_tokens`` only when every example has a task. All groups share one ``2 x columns``
+    float64 tensor on the device (summed loss, loss tokens; the columns of each group one after the other) that
+    travels in the same reduction as the other totals of a logged step, so data parallelism costs one collective
+    per event however many groups there are."""
 
-    def __init__(self, accelerator: Any, device: Any, model: Any, max_length: int, sources: list[str]) -> None:
+    def __init__(self, accelerator: Any, device: Any, model: Any, max_length: int,
+                 groups: dict[str, list[str]]) -> None:
         self.accelerator, self.device = accelerator, device
         self.peak_flops = gpu_peak_flops(device)
         self.adapters = any(not p.requires_grad for p in model.parameters())
         self.model = model
-        self.sources = sources
-        self.source_index = {name: i for i, name in enumerate(sources)}
-        # over the whole run: by_source is [summed loss, loss tokens] per source; split is false once a trained
-        # micro-batch came without a per-example breakdown (per-source figures are then left out)
+        # group key -> name -> column of the shared tensor
+        self.columns: dict[str, dict[str, int]] = {}
+        self.width = 0  # columns of the per-group tensor
+        for key, names in groups.items():
+            if names:
+                self.columns[key] = {name: self.width + i for i, name in enumerate(names)}
+                self.width += len(names)
+        # over the whole run: by_group is [summed loss, loss tokens] per column; split is false once a trained
+        # micro-batch came without a per-example breakdown (per-group figures are then left out)
         self.all: dict[str, Any] = {"real": 0, "supervised": 0, "slots": 0, "wait": 0.0, "loss": 0.0,
-                                    "by_source": [[0.0, 0.0] for _ in sources], "split": True}
+                                    "by_group": [[0.0, 0.0] for _ in range(self.width)], "split": True}
         self._reset()
 
     def _reset(self) -> None:
         self.loss, self.real, self.supervised, self.slots, self.wait, self.examples = 0.0, 0, 0, 0, 0.0, 0
-        self.by_source, self.unsplit = self.zeros(), 0
+        self.by_group, self.unsplit = self.zeros(), 0
         self.start = time.perf_counter()
 
     def zeros(self) -> Any:
         import torch
 
-        return torch.zeros((2, len(self.sources)), dtype=torch.float64, device=self.accelerator.device)
+        return torch.zeros((2, self.width), dtype=torch.float64, device=self.accelerator.device)
 
     def state(self) -> dict[str, Any]:
         return {"window": [self.loss, self.real, self.supervised, self.slots, self.examples], "all": self.all,
-                "by_source": self.by_source.tolist(), "unsplit": self.unsplit}
+                "by_group": self.by_group.tolist(), "unsplit": self.unsplit}
 
     def restore(self, state: dict[str, Any]) -> None:
         import torch
 
         self.loss, self.real, self.supervised, self.slots, self.examples = state["window"]
-        self.all = {**self.all, **state["all"]}
-        if "by_source" in state:
-            self.by_source = torch.tensor(state["by_source"], dtype=torch.float64,
-                                          device=self.accelerator.device).reshape(2, len(self.sources))
+        saved = dict(state["all"])
+        old = saved.pop("by_source", None)
+        window = state.get("by_group")
+        if window is None and "by_source" in state and list(self.columns) == ["source"]:
+            # a checkpoint from before per-task loss: its per-source columns are all the columns there are
+            window, saved["by_group"] = state["by_source"], old
+        self.all = {**self.all, **saved}
+        if window is not None:
+            self.by_group = torch.tensor(window, dtype=torch.float64,
+                                         device=self.accelerator.device).reshape(2, self.width)
             self.unsplit = state["unsplit"]
-        else:  # a checkpoint from before per-source loss was kept
+        else:  # a checkpoint from before per-source (or, with tasks, per-task) loss was kept
             self.all["split"], self.unsplit = False, 1
+            self.all["by_group"] = [[0.0, 0.0] for _ in range(self.width)]
 
     def add_batch(self, batch: dict[str, Any]) -> None:
         self.real += int(batch["real_tokens"])
@@ -61,30 +80,52 @@ class TrainMeter:
         self.slots += batch["input_ids"].numel()
 
     def add_examples(self, into: Any, batch: dict[str, Any], sums: Any, counts: Any) -> bool:
-        """Add a micro-batch's per-example losses to ``into`` by source; False when the batch cannot be split."""
+        """Add a micro-batch's per-example losses to ``into``, by every group at once (the batch lists each
+        example's value of group ``key`` under ``key + "s"``: ``sources``, ``tasks``); False when the batch cannot
+        be split."""
         import torch
 
-        names = batch.get("sources")
-        if names is None or len(names) != sums.numel() or not self.sources:
+        if not self.columns:
             return False
-        index = torch.tensor([self.source_index[n] for n in names], device=into.device)
-        into[0].index_add_(0, index, sums.to(into.device, torch.float64))
-        into[1].index_add_(0, index, counts.to(into.device, torch.float64))
+        positions: list[int] = []
+        columns: list[int] = []
+        for key, column_of in self.columns.items():
+            names = batch.get(f"{key}s")
+            if names is None or len(names) != sums.numel():
+                return False
+            for i, name in enumerate(names):
+                if name is not None:
+                    positions.append(i)
+                    columns.append(column_of[name])
+        where = torch.tensor(positions, dtype=torch.long, device=sums.device)
+        index = torch.tensor(columns, dtype=torch.long, device=into.device)
+        into[0].index_add_(0, index, sums.index_select(0, where).to(into.device, torch.float64))
+        into[1].index_add_(0, index, counts.index_select(0, where).to(into.device, torch.float64))
         return True
 
-    def add_sources(self, step_sources: Any, unsplit: int) -> None:
-        """Count a trained (not skipped) optimizer step's per-source sums."""
-        self.by_source += step_sources
+    def add_groups(self, step_groups: Any, unsplit: int) -> None:
+        """Count a trained (not skipped) optimizer step's per-group sums."""
+        self.by_group += step_groups
         self.unsplit += unsplit
+
+    def figures(self, sums: list[float], counts: list[float]) -> dict[str, Any]:
+        """``loss_by_<key>`` and ``trainable_tokens_by_<key>`` of each group from per-column sums; a name with no
+        loss tokens is left out."""
+        out: dict[str, Any] = {}
+        for key, column_of in self.columns.items():
+            out[f"loss_by_{key}"] = {name: sums[c] / counts[c] for name, c in column_of.items() if counts[c] > 0}
+            out[f"trainable_tokens_by_{key}"] = {name: int(counts[c]) for name, c in column_of.items()
+                                                 if counts[c] > 0}
+        return out
 
     def event(self, step: int, epoch: float, lr: float, grad_norm: float | None, started: float) -> dict[str, Any]:
         import torch
 
         totals = torch.tensor([self.loss, self.supervised, self.real, self.slots, self.examples, self.unsplit],
                               dtype=torch.float64, device=self.accelerator.device)
-        reduced = self.accelerator.reduce(torch.cat([totals, self.by_source.flatten()]), reduction="sum").tolist()
+        reduced = self.accelerator.reduce(torch.cat([totals, self.by_group.flatten()]), reduction="sum").tolist()
         loss_sum, supervised, real, slots, examples, unsplit = reduced[:6]
-        by_source = [reduced[6:6 + len(self.sources)], reduced[6 + len(self.sources):]]
+        by_group = [reduced[6:6 + self.width], reduced[6 + self.width:]]
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         peak, kind = peak_memory_bytes(self.device)
         event = {"step": step, "epoch": epoch, "loss": loss_sum / max(supervised, 1), "learning_rate": lr,
@@ -94,11 +135,8 @@ class TrainMeter:
                  "data_wait_fraction": round(min(self.wait / elapsed, 1.0), 4), "grad_norm": grad_norm,
                  "peak_memory_mb": round(peak / 2**20, 1), "memory": kind,
                  "elapsed_s": round(time.perf_counter() - started, 2)}
-        if unsplit == 0 and self.sources:
-            event["loss_by_source"] = {name: by_source[0][i] / by_source[1][i]
-                                       for i, name in enumerate(self.sources) if by_source[1][i] > 0}
-            event["trainable_tokens_by_source"] = {name: int(by_source[1][i])
-                                                   for i, name in enumerate(self.sources) if by_source[1][i] > 0}
+        if unsplit == 0:
+            event.update(self.figures(*by_group))
         if self.peak_flops:
             mean_length = real / max(examples, 1)  # each token attends within its own example
             flops = flops_per_token(self.model, self.adapters, mean_length) * real
@@ -106,9 +144,9 @@ class TrainMeter:
         for key, value in (("real", real), ("supervised", supervised), ("slots", slots), ("wait", self.wait),
                            ("loss", loss_sum)):
             self.all[key] += value
-        for i in range(len(self.sources)):
-            self.all["by_source"][i][0] += by_source[0][i]
-            self.all["by_source"][i][1] += by_source[1][i]
+        for column, whole in enumerate(self.all["by_group"]):
+            whole[0] += by_group[0][column]
+            whole[1] += by_group[1][column]
         self.all["split"] = self.all["split"] and unsplit == 0
         self._reset()
         return event
@@ -121,11 +159,7 @@ class TrainMeter:
                "padding_fraction": round(1 - self.all["real"] / max(self.all["slots"], 1), 4),
                "data_wait_fraction": round(self.all["wait"] / max(seconds, 1e-9), 4),
                "peak_memory_mb": round(peak / 2**20, 1), "memory": kind}
-        if self.all["split"] and self.sources:
+        if self.all["split"]:
             # token-weighted mean over every logged step of the run, like mean_loss
-            out["loss_by_source"] = {name: s / n for name, (s, n) in zip(self.sources, self.all["by_source"],
-                                                                         strict=True) if n > 0}
-            out["trainable_tokens_by_source"] = {name: int(n) for name, (_, n) in zip(self.sources,
-                                                                                      self.all["by_source"],
-                                                                                      strict=True) if n > 0}
+            out.update(self.figures([s for s, _ in self.all["by_group"]], [n for _, n in self.all["by_group"]]))
         return out

@@ -23,7 +23,7 @@ from typing import Any
 from ift.components import EncodedExample
 from ift.records import InstructionRecord, Message
 
-FORMAT = 2  # 2: labels stored with their own lengths (encoder-decoder examples differ)
+FORMAT = 3  # 2: labels stored with their own lengths (encoder-decoder examples differ); 3: each example's task
 
 
 def cache_root() -> Path:
@@ -68,8 +68,8 @@ def _from_arrays(arrays: dict[str, Any], meta: list[list[Any]]) -> list[EncodedE
         return list(zip(offsets[:-1], offsets[1:], strict=True))
 
     ids, labels = arrays["ids"].tolist(), arrays["labels"].tolist()
-    return [EncodedExample(ids[a:b], labels[c:d], source, record_id, truncated)
-            for (a, b), (c, d), (source, record_id, truncated)
+    return [EncodedExample(ids[a:b], labels[c:d], source, record_id, truncated, task)
+            for (a, b), (c, d), (source, record_id, truncated, task)
             in zip(spans(arrays["lengths"]), spans(arrays["label_lengths"]), meta, strict=True)]
 
 
@@ -117,8 +117,8 @@ class PreparedCache:
         for split, examples in (("train", prepared.train), ("eval", prepared.eval)):
             np.savez(tmp / f"{split}.npz", **_to_arrays(examples))
             files[f"{split}.npz"] = _digest(tmp / f"{split}.npz")
-        meta = {"train": [[e.source, e.record_id, e.truncated] for e in prepared.train],
-                "eval": [[e.source, e.record_id, e.truncated] for e in prepared.eval],
+        meta = {"train": [[e.source, e.record_id, e.truncated, e.task] for e in prepared.train],
+                "eval": [[e.source, e.record_id, e.truncated, e.task] for e in prepared.eval],
                 "eval_records": [r.to_dict() for r in prepared.eval_records], "report": prepared.report}
         (tmp / "meta.json").write_text(json.dumps(meta))
         files["meta.json"] = _digest(tmp / "meta.json")

@@ -173,13 +173,18 @@ class Renderer(Component, ABC):
 
 @dataclass
 class EncodedExample:
-    """Token ids of one example and labels (-100 where no loss is taken)."""
+    """Token ids of one example and labels (-100 where no loss is taken).
+
+    ``task`` is the record's task (None when it has none). Adapters need not set it: the core copies it from the
+    record after :meth:`ModelAdapter.encode_record` and the length policy, so that trainers can group figures
+    (the ``sft`` per-task training loss) by task as well as by source."""
 
     input_ids: list[int]
     labels: list[int]
     source: str
     record_id: str
     truncated: bool = False
+    task: str | None = None
 
     @property
     def trainable_tokens(self) -> int:
@@ -233,7 +238,7 @@ class ModelAdapter(Component, ABC):
         if overlong == "drop":
             return None, "longer than max_length"
         cut = EncodedExample(example.input_ids[:max_length], example.labels[:max_length], example.source,
-                             example.record_id, truncated=True)
+                             example.record_id, truncated=True, task=example.task)
         if cut.trainable_tokens == 0:
             return None, "no trainable tokens left after truncation"
         return cut, "truncated to max_length"

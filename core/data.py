@@ -158,6 +158,7 @@ def encode_records(records: list[InstructionRecord], renderer: Renderer, adapter
             reasons[reason] += 1
         if fitted is None:
             continue
+        fitted.task = record.task  # set here, not by each adapter (nor lost by an adapter's own fit())
         if fitted.trainable_tokens == 0:
             reasons["no trainable tokens"] += 1
             continue

@@ -1,9 +1,13 @@
-"""Per-source training loss: ``loss_by_example`` splits one forward pass exactly (padded and packed batches), the
-trainer's events and summary carry the loss of each [[data]] table, those numbers equal running each source's
-examples through the model on their own, and they add up (weighted by tokens) to the overall loss."""
+"""Per-source and per-task training loss: ``loss_by_example`` splits one forward pass exactly (padded and packed
+batches), the trainer's events and summary carry the loss of each [[data]] table and of each task, those numbers
+equal running each group's examples through the model on their own, and they add up (weighted by tokens) to the
+overall loss; examples without a task are left out of the per-task figures, which are absent when no example has
+a task. The meter's saved state carries both windows, so a resume reports the same figures."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,7 @@ import torch
 import ift
 from ift.builtin_plugins.causal_lm import CausalLMAdapter
 from ift.builtin_plugins.sft import SFTConfig, SFTTrainer
+from ift.builtin_plugins.train_meter import TrainMeter
 
 TINY = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
         "num_attention_heads": 2}
@@ -93,8 +98,10 @@ def test_the_gradient_is_that_of_loss_sum_bit_for_bit(setup):
     assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
 
 
-def train(setup: Any, trainer_cls: type = SFTTrainer, **config: Any) -> tuple[ift.TrainResult, list[dict[str, Any]]]:
-    adapter, tokenizer, examples = setup
+def train(setup: Any, trainer_cls: type = SFTTrainer, examples: list[ift.EncodedExample] | None = None,
+          **config: Any) -> tuple[ift.TrainResult, list[dict[str, Any]]]:
+    adapter, tokenizer, default = setup
+    examples = default if examples is None else examples
     events: list[dict[str, Any]] = []
     ctx = ift.TrainContext(model=fresh_model(adapter, tokenizer), tokenizer=tokenizer, adapter=adapter,
                            train_examples=examples, eval_examples=[], seed=0, run_dir=Path("."),
@@ -172,3 +179,133 @@ def test_subclasses_that_override_loss(setup):
     assert own["loss_by_source"] == pytest.approx({s: v + 0.5 for s, v in plain["loss_by_source"].items()},
                                                   rel=1e-6)
     assert own_result.summary["loss_by_source"] == pytest.approx(own["loss_by_source"], rel=1e-9)
+
+
+def with_tasks(examples: list[ift.EncodedExample]) -> list[ift.EncodedExample]:
+    """arith (task "math"), words split by parity into two sources "words" and "spell" that share the task "text",
+    and one arith example moved to a source "plain" without a task."""
+    out = []
+    for e in examples:
+        if e.source == "arith":
+            out.append(replace(e, source="plain", task=None) if e.record_id == "5" else replace(e, task="math"))
+        else:
+            out.append(replace(e, source="words" if int(e.record_id) % 2 == 0 else "spell", task="text"))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["padding", "packing"])
+def test_per_task_loss_combines_the_sources_of_a_task(setup, mode):
+    adapter, tokenizer, examples = setup
+    tagged = with_tasks(examples)
+    micro = 4 if mode != "packing" else 8
+    _, (event,) = train(setup, examples=tagged, batching=mode, batch_size=3 if mode != "packing" else 1,
+                        max_steps=1, gradient_accumulation_steps=micro)
+    assert set(event["loss_by_source"]) == {"arith", "plain", "words", "spell"}
+    assert set(event["loss_by_task"]) == set(event["trainable_tokens_by_task"]) == {"math", "text"}
+    by_source, tokens = event["loss_by_source"], event["trainable_tokens_by_source"]
+    # one task from one source, one task from two: the token-weighted combination of those sources
+    assert event["loss_by_task"]["math"] == by_source["arith"]
+    assert event["trainable_tokens_by_task"]["math"] == tokens["arith"]
+    assert event["trainable_tokens_by_task"]["text"] == tokens["words"] + tokens["spell"]
+    assert event["loss_by_task"]["text"] == pytest.approx(
+        (by_source["words"] * tokens["words"] + by_source["spell"] * tokens["spell"])
+        / (tokens["words"] + tokens["spell"]), rel=1e-9)
+    # and the same as running the task's examples alone; the example without a task is in no task's figures
+    model = fresh_model(adapter, tokenizer)
+    for task in ("math", "text"):
+        expected, n = alone(adapter, tokenizer, model, [e for e in tagged if e.task == task])
+        assert event["trainable_tokens_by_task"][task] == n
+        assert event["loss_by_task"][task] == pytest.approx(expected / n, rel=1e-5)
+    assert sum(event["trainable_tokens_by_task"].values()) == event["trainable_tokens"] - tokens["plain"] > 0
+
+
+def test_per_task_summary_and_absence_without_tasks(setup):
+    result, events = train(setup, examples=with_tasks(setup[2]), batching="padding", max_steps=4, log_every=2)
+    summary = result.summary
+    for task in ("math", "text"):
+        tokens = [e["trainable_tokens_by_task"].get(task, 0) for e in events]
+        losses = [e["loss_by_task"].get(task, 0.0) for e in events]
+        assert summary["trainable_tokens_by_task"][task] == sum(tokens) > 0
+        assert summary["loss_by_task"][task] == pytest.approx(
+            sum(v * n for v, n in zip(losses, tokens, strict=True)) / sum(tokens), rel=1e-9)
+
+    plain_result, plain_events = train(setup, batching="padding", max_steps=2, log_every=1)
+    assert all("loss_by_source" in e and "loss_by_task" not in e and "trainable_tokens_by_task" not in e
+               for e in plain_events)
+    assert "loss_by_source" in plain_result.summary and "loss_by_task" not in plain_result.summary
+
+
+class OneProcess:
+    """What the meter uses of an Accelerator, for one process on the CPU."""
+
+    device = torch.device("cpu")
+    num_processes = 1
+
+    def reduce(self, tensor: Any, reduction: str) -> Any:
+        return tensor
+
+
+def test_meter_state_keeps_the_per_task_window_across_a_resume(setup):
+    adapter, tokenizer, _ = setup
+    model = fresh_model(adapter, tokenizer)
+    groups = {"source": ["a", "b"], "task": ["t", "u"]}
+
+    def meter() -> TrainMeter:
+        return TrainMeter(OneProcess(), torch.device("cpu"), model, 64, groups)
+
+    batch = {"sources": ["a", "b", "b", "a"], "tasks": ["t", None, "u", "t"], "input_ids": torch.zeros(4, 5),
+             "real_tokens": 20, "num_examples": 4, "loss_tokens": 10}
+    sums, counts = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([1, 2, 3, 4])
+    first = meter()
+    first.add_batch(batch)
+    first.loss += 10.0
+    step = first.zeros()
+    assert first.add_examples(step, batch, sums, counts)
+    first.add_groups(step, 0)
+    done = first.event(1, 0.5, 1e-3, 1.0, 0.0)  # a logged step: goes into the run totals
+    assert done["loss_by_task"] == {"t": 5 / 5, "u": 3 / 3} and done["trainable_tokens_by_task"] == {"t": 5, "u": 3}
+    assert done["loss_by_source"] == {"a": 5 / 5, "b": 5 / 5}
+    step = first.zeros()
+    assert first.add_examples(step, batch, sums * 2, counts)
+    first.add_groups(step, 0)
+    first.add_batch(batch)
+    first.loss += 20.0
+
+    resumed = meter()
+    resumed.restore(json.loads(json.dumps(first.state())))  # checkpoints store the state as JSON
+    a, b = first.event(2, 1.0, 1e-3, 1.0, 0.0), resumed.event(2, 1.0, 1e-3, 1.0, 0.0)
+    for key in ("loss_by_task", "trainable_tokens_by_task", "loss_by_source", "trainable_tokens_by_source"):
+        assert a[key] == b[key]
+    assert a["loss_by_task"] == {"t": 2.0, "u": 2.0}
+    assert first.totals(1.0)["loss_by_task"] == resumed.totals(1.0)["loss_by_task"] == {"t": 1.5, "u": 1.5}
+
+    without = meter()  # a batch that lists no tasks cannot be split by task: no per-group figures for it
+    assert not without.add_examples(without.zeros(), {"sources": batch["sources"]}, sums, counts)
+
+
+class RebuildingFit(CausalLMAdapter):
+    """An adapter whose own length policy builds a new example and knows nothing of tasks (as seq2seq's does)."""
+
+    def fit(self, example: ift.EncodedExample, *, max_length: int, overlong: Any) -> tuple[Any, Any]:
+        return ift.EncodedExample(example.input_ids, example.labels, example.source, example.record_id), None
+
+
+@pytest.mark.parametrize("adapter_cls", [CausalLMAdapter, RebuildingFit])
+def test_encoded_examples_carry_the_record_task(adapter_cls, tmp_path):
+    from ift.builtin_plugins.renderers import ChatMLRenderer
+    from ift.data import DataReport, encode_records
+
+    adapter = adapter_cls(adapter_cls.Config(tokenizer="byte-level", from_config=TINY), base_dir=tmp_path)
+    tokenizer = adapter.load_tokenizer()
+    renderer = ChatMLRenderer(ChatMLRenderer.Config(), base_dir=tmp_path)
+    renderer.bind(tokenizer)
+    records = [ift.InstructionRecord(f"r{i}", "s", [ift.Message("user", "q" * (i + 1)), ift.Message("assistant", "a")],
+                                     task=task) for i, task in enumerate(["qa", None, "chat"])]
+    config = ift.TrainerConfig(max_length=200, overlong="truncate")
+    examples, kept = encode_records(records, renderer, adapter, tokenizer, config, "train", DataReport())
+    assert [(e.record_id, e.task) for e in examples] == [("r0", "qa"), ("r1", None), ("r2", "chat")]
+    assert [r.task for r in kept] == [e.task for e in examples]
+    # the core length policy keeps the task of an example it truncates
+    longer = replace(examples[0], input_ids=examples[0].input_ids + [0, 0], labels=examples[0].labels + [-100, -100])
+    cut, reason = ift.ModelAdapter.fit(adapter, longer, max_length=len(examples[0].input_ids), overlong="truncate")
+    assert reason == "truncated to max_length" and cut.truncated and cut.task == "qa"

@@ -15,7 +15,7 @@ from ift.cli import main
 
 def sample() -> Prepared:
     examples = [ift.EncodedExample([5, 6, 7], [-100, 6, 7], "a", "r1"),
-                ift.EncodedExample([9], [9], "b", "r2", truncated=True)]
+                ift.EncodedExample([9], [9], "b", "r2", truncated=True, task="t")]
     record = ift.InstructionRecord("r2", "b", [ift.Message("user", "q"), ift.Message("assistant", "é")],
                                    task="t", label="x", choices=["x", "y"], metadata={"row": 3})
     return Prepared(examples, examples[1:], [record], {"split": {"train": 2}})
@@ -26,6 +26,7 @@ def test_round_trip_is_exact(tmp_path: Path):
     cache.store("k", sample())
     loaded = cache.load("k")
     assert loaded == sample()
+    assert [e.task for e in loaded.train] == [None, "t"]
 
 
 def test_labels_of_another_length_than_the_ids_round_trip(tmp_path: Path):
