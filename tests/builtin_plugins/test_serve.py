@@ -287,11 +287,14 @@ def test_serve_command_end_to_end(server: Serving, tmp_path: Path):
     process = subprocess.Popen([sys.executable, "-m", "ift.cli", "serve", str(run_dir), "--port", "0",
                                 "--api-key-env", "IFT_TEST_SERVE_KEY", "--device", "cpu"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines: list[str] = []  # the server's log, read as it is written (a line is logged just after its response)
+    reader = threading.Thread(target=lambda: lines.extend(iter(process.stderr.readline, "")), daemon=True)
+    reader.start()
     try:
         line = ""
         while "serving model" not in line:
             line = process.stdout.readline()
-            assert line, process.stderr.read()
+            assert line, "".join(lines)
         url = line.split(" at ", 1)[1].split()[0]
         assert url.startswith("http://127.0.0.1:") and KEY not in line
         client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=30)
@@ -300,8 +303,12 @@ def test_serve_command_end_to_end(server: Serving, tmp_path: Path):
         assert reply.model == run_dir.name and reply.usage.prompt_tokens > 0
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=url, api_key="nope", max_retries=0).models.list()
+        deadline = time.monotonic() + 10
+        while "GET /v1/models 401" not in "".join(lines) and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         process.terminate()
         process.wait(timeout=10)
-    log = process.stderr.read()
+        reader.join(timeout=10)
+    log = "".join(lines)
     assert "POST /v1/chat/completions 200" in log and "GET /v1/models 401" in log
