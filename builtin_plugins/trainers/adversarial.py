@@ -29,6 +29,8 @@ from pydantic import Field, model_validator
 
 import ift
 
+from .totals import RunningTotals
+
 
 class AdversarialConfig(ift.SFTConfig):
     epsilon: float = Field(1.0, ge=0, description="L2 radius of the perturbation (0: no attack, plain sft "
@@ -57,7 +59,7 @@ class AdversarialConfig(ift.SFTConfig):
         return self.pgd_alpha if self.pgd_alpha is not None else 2.5 * self.epsilon / self.pgd_steps
 
 
-class AdversarialTrainer(ift.SFTTrainer):
+class AdversarialTrainer(RunningTotals, ift.SFTTrainer):
     """Supervised fine-tuning on clean and adversarially perturbed input embeddings."""
 
     name = "sft-adversarial"
@@ -65,9 +67,9 @@ class AdversarialTrainer(ift.SFTTrainer):
     config: AdversarialConfig
 
     def train(self, ctx: ift.TrainContext) -> ift.TrainResult:
-        self._totals: Any = None  # clean loss, adversarial loss, loss tokens (summed on the device: no syncs)
+        self.start_totals()  # clean loss, adversarial loss, loss tokens
         result = super().train(ctx)
-        clean, adversarial, tokens = self._totals.tolist() if self._totals is not None else (0.0, 0.0, 0)
+        clean, adversarial, tokens = self.totals(3)
         cfg = self.config
         result.summary["adversarial"] = {
             "attack": cfg.attack, "perturb": cfg.perturb, "epsilon": cfg.epsilon,
@@ -77,17 +79,6 @@ class AdversarialTrainer(ift.SFTTrainer):
             "clean_loss": clean / tokens if tokens else None,
             "adversarial_loss": adversarial / tokens if tokens else None}
         return result
-
-    def checkpoint_state(self) -> dict[str, Any] | None:
-        """The running totals, so that after a resume the reported means still cover every step."""
-        totals = getattr(self, "_totals", None)
-        return {"totals": totals.tolist()} if totals is not None else None
-
-    def restore_checkpoint_state(self, state: dict[str, Any] | None) -> None:
-        import torch
-
-        if state and state.get("totals") is not None and hasattr(self, "_totals"):
-            self._totals = torch.tensor(state["totals"], dtype=torch.float64)  # to the device when next added to
 
     def loss(self, ctx: ift.TrainContext, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
         """The weighted sum of clean and adversarial summed losses, and the clean loss-token count."""
@@ -127,10 +118,7 @@ class AdversarialTrainer(ift.SFTTrainer):
         adversarial_sums, _ = losses_at(delta.detach())
         adversarial = adversarial_sums.sum()
         weight = cfg.adversarial_weight
-        if hasattr(self, "_totals"):
-            values = torch.stack([clean.detach().double(), adversarial.detach().double(),
-                                  torch.as_tensor(count, device=clean.device).double()])
-            self._totals = values if self._totals is None else self._totals.to(values.device) + values
+        self.add_totals(clean, adversarial, torch.as_tensor(count, device=clean.device))
         sums = (1 - weight) * clean_sums + weight * adversarial_sums
         if sums.dim() == 1:  # per example: the per-source training loss reports the objective trained on
             return self.example_losses(batch, sums, counts)

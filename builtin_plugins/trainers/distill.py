@@ -24,6 +24,8 @@ from pydantic import Field, ValidationInfo, model_validator
 
 import ift
 
+from .totals import RunningTotals
+
 #: What a causal LM's forward pass takes from a batch (the rest are labels and facts about the batch).
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
@@ -45,7 +47,7 @@ class DistillConfig(ift.SFTConfig):
         return self
 
 
-class DistillTrainer(ift.SFTTrainer):
+class DistillTrainer(RunningTotals, ift.SFTTrainer):
     """Supervised fine-tuning that also matches a frozen teacher's token distributions."""
 
     name = "distill"
@@ -56,12 +58,12 @@ class DistillTrainer(ift.SFTTrainer):
         if not is_causal(type(ctx.adapter)):
             raise ift.RecipeError([ift.Problem("trainer.name", not_causal_message(ctx.adapter.name))])
         self.teacher = self.load_teacher(ctx)
-        self._totals: Any = None  # summed CE, summed KL, loss tokens (on the device: no syncs per batch)
+        self.start_totals()  # summed CE, summed KL, loss tokens
         try:
             result = super().train(ctx)
         finally:
             self.teacher = None  # free its memory before the final evaluation and saving
-        ce, kl, tokens = self._totals.tolist() if self._totals is not None else (0.0, 0.0, 0)
+        ce, kl, tokens = self.totals(3)
         cfg = self.config
         result.summary["distill"] = {"teacher": self.teacher_path, "alpha": cfg.alpha,
                                      "temperature": cfg.temperature,
@@ -70,26 +72,13 @@ class DistillTrainer(ift.SFTTrainer):
                                      "kl": kl / tokens if tokens else None}
         return result
 
-    def checkpoint_state(self) -> dict[str, Any] | None:
-        """The running totals, so that after a resume the reported means still cover every step."""
-        totals = getattr(self, "_totals", None)
-        return {"totals": totals.tolist()} if totals is not None else None
-
-    def restore_checkpoint_state(self, state: dict[str, Any] | None) -> None:
-        import torch
-
-        if state and state.get("totals") is not None and hasattr(self, "_totals"):
-            self._totals = torch.tensor(state["totals"], dtype=torch.float64)  # to the device when next added to
-
     def loss(self, ctx: ift.TrainContext, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
         """``(1 - alpha) * CE + alpha * T^2 * KL``, summed over the batch's loss tokens, and their count."""
         import torch
 
         ce, kl, count = self.terms(model, batch)
         cfg = self.config
-        if hasattr(self, "_totals"):
-            values = torch.stack([ce.sum().detach().double(), kl.sum().detach().double(), count.double()])
-            self._totals = values if self._totals is None else self._totals.to(values.device) + values
+        self.add_totals(ce.sum(), kl.sum(), count)
         per_position = (1 - cfg.alpha) * ce + cfg.alpha * cfg.temperature ** 2 * kl
         owner = self._owners(batch)
         if owner is None:
