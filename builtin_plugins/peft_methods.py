@@ -19,7 +19,6 @@ before any training starts (AdaLoRA's schedule, which needs the run's step count
 from __future__ import annotations
 
 import math
-import re
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -34,11 +33,18 @@ from pydantic import (
 )
 
 import ift
+from ift.builtin_plugins.peft_checks import (
+    KEY,
+    VIRTUAL_TOKEN_METHODS,
+    check_method_fits,
+    check_modules,
+    classification_head,
+    head_pattern,
+    module_hint,
+    with_head,
+)
 from ift.errors import Problem
 from ift.host import did_you_mean
-
-KEY = "model.peft"
-VIRTUAL_TOKEN_METHODS = ("prefix-tuning", "prompt-tuning")
 
 
 class _Method(ift.ComponentConfig):
@@ -82,8 +88,8 @@ class LoraSection(_Method):
 
         return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
                           target_modules=self.target_modules, use_dora=self.use_dora, use_rslora=self.use_rslora,
-                          modules_to_save=_with_head(self.modules_to_save, head),
-                          exclude_modules=_head_pattern(head), task_type=task_type)
+                          modules_to_save=with_head(self.modules_to_save, head),
+                          exclude_modules=head_pattern(head), task_type=task_type)
 
     def describe(self) -> str:
         kind = "DoRA" if self.use_dora else "LoRA"
@@ -147,8 +153,8 @@ class AdaLoraSection(_Method):
                              lora_dropout=self.dropout, target_modules=self.target_modules, tinit=0, tfinal=0,
                              deltaT=self.delta_t, beta1=self.beta1, beta2=self.beta2,
                              orth_reg_weight=self.orth_reg_weight, total_step=_PLACEHOLDER_STEPS,
-                             modules_to_save=_with_head(self.modules_to_save, head),
-                             exclude_modules=_head_pattern(head), task_type=task_type)
+                             modules_to_save=with_head(self.modules_to_save, head),
+                             exclude_modules=head_pattern(head), task_type=task_type)
 
     def describe(self) -> str:
         def when(value: float) -> str:
@@ -183,8 +189,8 @@ class IA3Section(_Method):
         from peft import IA3Config
 
         return IA3Config(target_modules=self.target_modules, feedforward_modules=self.feedforward_modules,
-                         modules_to_save=_with_head(self.modules_to_save, head),
-                         exclude_modules=_head_pattern(head), task_type=task_type)
+                         modules_to_save=with_head(self.modules_to_save, head),
+                         exclude_modules=head_pattern(head), task_type=task_type)
 
     def describe(self) -> str:
         ff = f"; feed-forward: {', '.join(self.feedforward_modules)}" if self.feedforward_modules else ""
@@ -323,16 +329,16 @@ def apply_peft(model: Any, section: Any, *, task_type: str, tokenizer: Any = Non
     way for every method."""
     from peft import get_peft_model
 
-    head = _classification_head(model) if task_type == "SEQ_CLS" else []
-    _check_modules(model, section, head)
-    _check_method_fits(model, section, task_type)
+    head = classification_head(model) if task_type == "SEQ_CLS" else []
+    check_modules(model, section, head)
+    check_method_fits(model, section, task_type)
     try:
         config = section.peft_config(model, task_type, head)
         wrapped = get_peft_model(model, config)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         key = "method" if section.method in VIRTUAL_TOKEN_METHODS else "target_modules"
         raise ift.RecipeError([Problem(f"{KEY}.{key}", f"{section.label} cannot be applied to this "
-                                       f"{type(model).__name__}: {_first_line(exc)}{_module_hint(model)}")]) from exc
+                                       f"{type(model).__name__}: {_first_line(exc)}{module_hint(model)}")]) from exc
     if isinstance(section, PromptTuningSection) and section.init_text:
         _init_prompt_from_text(wrapped, section.init_text, tokenizer)
     if isinstance(section, PromptTuningSection) and task_type == "CAUSAL_LM":
@@ -402,105 +408,6 @@ def add_training_penalty(model: Any, loss_sum: Any, count: Any) -> Any:
     the step's token count the penalty enters the mean loss exactly once."""
     penalty = training_penalty(model)
     return loss_sum if penalty is None else loss_sum + penalty * count
-
-
-# --- checks --------------------------------------------------------------------------------------
-
-
-def _classification_head(model: Any) -> list[str]:
-    backbone = getattr(model, "base_model_prefix", "")
-    head = [name for name, child in model.named_children()
-            if name != backbone and any(True for _ in child.parameters())]
-    if not head:
-        raise ift.RecipeError([Problem(f"{KEY}.modules_to_save", f"cannot find the classification head of this "
-                                       f"{type(model).__name__} (children: "
-                                       f"{', '.join(n for n, _ in model.named_children())})")])
-    return head
-
-
-def _with_head(modules: list[str] | None, head: list[str]) -> list[str] | None:
-    merged = list(dict.fromkeys([*(modules or []), *head]))
-    return merged or None
-
-
-def _head_pattern(head: list[str]) -> str | None:
-    # The head is trained fully (modules_to_save); an adapter on it too would be trained twice.
-    return "(" + "|".join(re.escape(h) for h in head) + r")(\..*)?" if head else None
-
-
-def _module_names(model: Any) -> list[str]:
-    return [name for name, _ in model.named_modules() if name]
-
-
-def _matches(names: list[str], target: str, regex: bool) -> bool:
-    if regex:
-        return any(re.fullmatch(target, n) for n in names)
-    return any(n == target or n.endswith("." + target) for n in names)
-
-
-def _module_hint(model: Any) -> str:
-    """The model's module names by kind, so a wrong target can be fixed without reading its source."""
-    import torch
-
-    linear, other = set(), set()
-    for name, module in model.named_modules():
-        short = name.rsplit(".", 1)[-1]
-        if not name or short.isdigit():
-            continue
-        (linear if isinstance(module, torch.nn.Linear) else other).add(short)
-    other -= linear
-    return (f"; linear layers in this model: {', '.join(sorted(linear)) or 'none'}; other modules: "
-            f"{', '.join(sorted(other)[:40])}")
-
-
-def _check_modules(model: Any, section: Any, head: list[str]) -> None:
-    names = _module_names(model)
-    problems = []
-    targets = getattr(section, "target_modules", None)
-    if isinstance(targets, str) and targets != "all-linear":
-        if not _matches(names, targets, regex=True):
-            problems.append(Problem(f"{KEY}.target_modules", f"the pattern {targets!r} matches no module "
-                                    f"name of this {type(model).__name__}{_module_hint(model)}"))
-    elif isinstance(targets, list):
-        missing = [t for t in targets if not _matches(names, t, regex=False)]
-        if missing:
-            problems.append(Problem(f"{KEY}.target_modules", f"{', '.join(map(repr, missing))} not found in "
-                                    f"this {type(model).__name__}{_module_hint(model)}"))
-    elif targets is None and isinstance(section, IA3Section):
-        from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING
-
-        model_type = getattr(getattr(model, "config", None), "model_type", None)
-        if model_type not in TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING:
-            problems.append(Problem(f"{KEY}.target_modules", f"IA3 has no default modules for model type "
-                                    f"{model_type!r}: set target_modules and feedforward_modules"
-                                    f"{_module_hint(model)}"))
-    for key in ("feedforward_modules", "modules_to_save"):
-        wanted = getattr(section, key, None) or []
-        missing = [t for t in wanted if not _matches(names, t, regex=False)]
-        if missing:
-            problems.append(Problem(f"{KEY}.{key}", f"{', '.join(map(repr, missing))} not found in this "
-                                    f"{type(model).__name__}{_module_hint(model)}"))
-    if problems:
-        raise ift.RecipeError(problems)
-
-
-def _check_method_fits(model: Any, section: Any, task_type: str) -> None:
-    import inspect
-
-    if isinstance(section, PrefixTuningSection) and task_type not in ("CAUSAL_LM", "SEQ_2_SEQ_LM"):
-        # Prefix tuning hands its prefixes to the model as a key/value cache; language models take one through
-        # their keyword arguments, while for the other tasks peft looks for it in the signature of the model's
-        # or its backbone's forward, and fails at the first batch when neither has it.
-        from transformers import PreTrainedModel
-
-        owners = [model, *(child for _, child in model.named_children() if isinstance(child, PreTrainedModel))]
-        if not any("past_key_values" in inspect.signature(o.forward).parameters for o in owners):
-            raise ift.RecipeError([Problem(f"{KEY}.method", f"prefix-tuning needs a model that takes a key/value "
-                                           f"cache (past_key_values), and {type(model).__name__} does not; use "
-                                           "prompt-tuning or lora")])
-    if section.method in VIRTUAL_TOKEN_METHODS and model.get_input_embeddings() is None:
-        raise ift.RecipeError([Problem(f"{KEY}.method", f"{section.method} needs the model's input embeddings, "
-                                       f"which {type(model).__name__} does not expose")])
 
 
 def _hidden_size(model: Any) -> int:
