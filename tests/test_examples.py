@@ -26,7 +26,7 @@ def test_example_recipe_is_valid(recipe: Path, builtin_host: PluginHost):
 
 
 def test_quickstart_eval_split_is_disjoint_from_training(builtin_host: PluginHost):
-    recipe = load_recipe(EXAMPLES / "quickstart.toml", builtin_host)
+    recipe = load_recipe(EXAMPLES / "tiny.toml", builtin_host)
     report = DataReport()
     records = apply_transforms(recipe, builtin_host, read_sources(recipe, builtin_host, report), report)
     train, held = split_records(recipe, records, report)
@@ -66,3 +66,56 @@ def test_mixture_example_mixes_with_the_temperature_shares_its_comment_states(bu
         {"strings": 1910, "words": 823, "colours": 267}
     assert len(train) == 3000 and {r.source for r in held} == {"strings", "words", "colours"}
     assert not {r.id for r in train} & {r.id for r in held}
+
+
+def _load_generator(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / "data" / "support" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _phrasing_pattern(phrasing: str):
+    import re
+
+    # a slot stands for any text; the message may carry a greeting before and a sign-off after, may be typed
+    # in lower case and may have lost its final punctuation
+    body = re.escape(phrasing.rstrip(".!?。！？")).replace(r"\{order\}", ".+?").replace(r"\{product\}", ".+?")
+    body = body.replace(r"\{when\}", ".+?")
+    return re.compile(body, re.IGNORECASE)
+
+
+@pytest.mark.parametrize(("recipe_name", "generator", "files"), [
+    ("smollm2-support.toml", "make_support", ("train.jsonl", "test.jsonl")),
+    ("smollm2-support-zh.toml", "make_support_zh", ("train_zh.jsonl", "test_zh.jsonl")),
+])
+def test_support_held_out_wordings_never_occur_in_training(recipe_name: str, generator: str, files: tuple[str, str],
+                                                          builtin_host: PluginHost, tmp_path: Path, monkeypatch):
+    module = _load_generator(generator)
+    if hasattr(module, "EXTRA_PHRASINGS"):  # the English file adds its own wordings to the classifier example's
+        phrasings = {k: v + module.EXTRA_PHRASINGS[k] for k, v in module._intents_module().PHRASINGS.items()}
+    else:
+        phrasings = module.PHRASINGS
+    recipe = load_recipe(EXAMPLES / recipe_name, builtin_host)
+    report = DataReport()
+    records = apply_transforms(recipe, builtin_host, read_sources(recipe, builtin_host, report), report)
+    train, held = split_records(recipe, records, report)
+    assert len(held) >= 100 and len(train) >= 400
+    held_patterns = {intent: [_phrasing_pattern(p) for p in ps[3::4]] for intent, ps in phrasings.items()}
+    seen_patterns = {intent: [_phrasing_pattern(p) for p in ps if p not in ps[3::4]] for intent, ps in phrasings.items()}
+    every_held = [p for ps in held_patterns.values() for p in ps]
+    for record in held:
+        message = record.messages[1].content  # [0] is the recipe's system prompt
+        assert any(p.search(message) for p in held_patterns[record.task]), message
+    for record in train:
+        message = record.messages[1].content
+        assert not any(p.search(message) for p in every_held), message
+        assert any(p.search(message) for p in seen_patterns[record.task]), message
+    # the files are what the generator writes
+    monkeypatch.setattr(module, "__file__", str(tmp_path / f"{generator}.py"))
+    module.main()
+    for name in files:
+        assert (tmp_path / name).read_text(encoding="utf-8") == \
+            (EXAMPLES / "data" / "support" / name).read_text(encoding="utf-8")
