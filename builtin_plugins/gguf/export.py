@@ -5,7 +5,10 @@ prompts, its tokenizer's ids compared with the run's, and the run's eval metrics
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,8 +60,14 @@ def export_gguf(run: Any, model: Any, folder: Path, *, quant: str, probe: Callab
     echo(f"loading {name} back with transformers to check it ...")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    loaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name, dtype=torch.float32).eval()
-    loaded_tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=name)
+    # From a folder holding the GGUF alone: beside the export's tokenizer files, transformers would mix those in.
+    alone = Path(tempfile.mkdtemp(prefix=".gguf-check-", dir=folder.parent))
+    try:
+        os.symlink((folder / name).resolve(), alone / name)
+        loaded = AutoModelForCausalLM.from_pretrained(str(alone), gguf_file=name, dtype=torch.float32).eval()
+        loaded_tokenizer = AutoTokenizer.from_pretrained(str(alone), gguf_file=name)
+    finally:
+        shutil.rmtree(alone, ignore_errors=True)
     check: dict[str, Any] = {"max_abs_logit_diff": None, "probe_examples": 0}
     if probe is not None:
         before, after = probe(model), probe(loaded)

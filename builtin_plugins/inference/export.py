@@ -61,7 +61,7 @@ def export_run(run_dir: Path, host: Any, *, output: Path | None = None, merge: b
     run = open_run(run_dir, host, device=device)
     method = peft_method(run.model)
     peft = method is not None
-    if method in VIRTUAL_TOKEN_METHODS:
+    if method is not None and method in VIRTUAL_TOKEN_METHODS:
         raise ift.RunError(unmergeable_message(run_dir, run.model_dir, method))
     if gguf and peft:
         merge = True  # a GGUF file holds one set of weights: the adapter is merged first
@@ -142,9 +142,12 @@ def _build(run: TrainedRun, folder: Path, records: list[ift.InstructionRecord], 
 
         batch = _probe_batch(run, records)
         scored = "export" in evaluation
+
+        def probe(candidate: Any, probe_batch: dict[str, Any] | None = batch) -> Any:
+            return _logits(candidate, probe_batch) if probe_batch is not None else None
+
         report["gguf"] = export_gguf(
-            run, model, folder, quant=gguf, echo=echo,
-            probe=(lambda m: _logits(m, batch)) if batch is not None else None,
+            run, model, folder, quant=gguf, echo=echo, probe=probe if batch is not None else None,
             evaluate=(lambda m, stage: evaluate(run, m, records, host, stage=stage)) if scored else None)
         if scored:
             measured = report["gguf"]["check"]["eval"]
