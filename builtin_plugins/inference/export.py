@@ -200,7 +200,7 @@ def merge_checked(run: TrainedRun, records: list[ift.InstructionRecord]) -> tupl
                             "r": peft_section.get("r", peft_section.get("init_r")),
                             "alpha": peft_section.get("alpha"), "target_modules": peft_section.get("target_modules"),
                             "probe_examples": 0, "max_abs_logit_diff": None}
-    if before is not None:
+    if before is not None and batch is not None:
         after = _logits(merged, batch)
         info["probe_examples"] = int(before.shape[0])
         info["max_abs_logit_diff"] = float(torch.max(torch.abs(after - before)))
