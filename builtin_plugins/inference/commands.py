@@ -270,3 +270,7 @@ def export(ctx: click.Context, run_dir: str, merge: bool, quantize: str | None, 
     click.echo(summary_table(report))
     click.echo(f"exported: {report['output']}" + (f"  (int8 copy: {Path(report['output']) / 'int8'})"
                                                     if report.get("int8") else ""))
+    if report.get("gguf"):
+        gguf_path = Path(report["output"]) / report["gguf"]["file"]
+        click.echo(f"gguf: {gguf_path}  (Ollama: cd {gguf_path.parent} && ollama create {report['run_name']} "
+                   "-f Modelfile)")
