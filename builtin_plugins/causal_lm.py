@@ -40,7 +40,7 @@ class CausalLMAdapter(ift.ModelAdapter):
         return loaded.model
 
     def describe(self) -> dict[str, Any]:
-        return hf_loading.describe_origin(self.config)
+        return hf_loading.describe_origin(self.config, base_dir=self.base_dir)
 
     # --- tokenizing ----------------------------------------------------------------------------
 

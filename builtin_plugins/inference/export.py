@@ -14,6 +14,8 @@ Layout::
       README.md             run, template hash, merge, prompt format, eval table
       export_report.json    the same facts as JSON
       int8/                 with --quantize int8: config, tokenizer, model_int8.pt, quantization.json
+      <name>-<quant>.gguf   with --gguf: llama.cpp / Ollama file (tokenizer and chat template in its metadata)
+      Modelfile             with --gguf: Ollama's recipe for it (ollama create NAME -f Modelfile)
 """
 
 from __future__ import annotations
@@ -43,12 +45,14 @@ PROBE_EXAMPLES = 4
 
 def export_run(run_dir: Path, host: Any, *, output: Path | None = None, merge: bool = False,
                quantize: str | None = None, overwrite: bool = False, device: str = "cpu",
-               echo: Callable[[str], None] = print) -> dict[str, Any]:
+               gguf: str | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Export ``run_dir``'s model; returns the report also written to ``OUTPUT/export_report.json``.
 
     A peft run (LoRA, AdaLoRA, IA3) needs ``merge`` (the export must stand alone); a fully fine-tuned run refuses
     it, since its model is already standalone and there is nothing to merge (export it without ``--merge``). A
-    prompt- or prefix-tuning run is refused either way (see :func:`unmergeable_message`).
+    prompt- or prefix-tuning run is refused either way (see :func:`unmergeable_message`). ``gguf`` (a quant:
+    ``f16``, ``q8_0``) also writes ``<name>-<quant>.gguf`` and an Ollama ``Modelfile``; it merges a peft adapter
+    without needing ``merge``.
     """
     run_dir = Path(run_dir)
     output = Path(output) if output is not None else run_dir / "export"
@@ -57,9 +61,11 @@ def export_run(run_dir: Path, host: Any, *, output: Path | None = None, merge: b
     run = open_run(run_dir, host, device=device)
     method = peft_method(run.model)
     peft = method is not None
-    if method in VIRTUAL_TOKEN_METHODS:
+    if method is not None and method in VIRTUAL_TOKEN_METHODS:
         raise ift.RunError(unmergeable_message(run_dir, run.model_dir, method))
-    if merge and not peft:
+    if gguf and peft:
+        merge = True  # a GGUF file holds one set of weights: the adapter is merged first
+    if merge and not peft and not gguf:
         raise ift.RunError(f"--merge: {run_dir} was fully fine-tuned ({run.model_dir} holds complete weights), so "
                            "there are no LoRA weights to merge; run `ift export` without --merge to copy it as a "
                            "standalone folder (with --quantize int8 for a CPU copy)")
@@ -73,7 +79,7 @@ def export_run(run_dir: Path, host: Any, *, output: Path | None = None, merge: b
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp's private 0700 would otherwise stay on the finished export
     try:
-        report = _build(run, tmp, records, merge=merge, quantize=quantize, host=host, echo=echo)
+        report = _build(run, tmp, records, merge=merge, quantize=quantize, host=host, echo=echo, gguf=gguf)
         report["output"] = str(output)
         (tmp / "README.md").write_text(model_card(run, report), encoding="utf-8")
         (tmp / "export_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -108,7 +114,7 @@ def unmergeable_message(run_dir: Path, model_dir: Path, method: str) -> str:
 
 
 def _build(run: TrainedRun, folder: Path, records: list[ift.InstructionRecord], *, merge: bool,
-           quantize: str | None, host: Any, echo: Callable[[str], None]) -> dict[str, Any]:
+           quantize: str | None, host: Any, echo: Callable[[str], None], gguf: str | None = None) -> dict[str, Any]:
     import torch
 
     report: dict[str, Any] = {
@@ -116,6 +122,7 @@ def _build(run: TrainedRun, folder: Path, records: list[ift.InstructionRecord], 
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "adapter": run.adapter.name,
         "template": {"name": run.resolved["template"].get("name"), "hash": run.renderer.template_hash()},
         "base_model": (run.manifest.get("model") or {}).get("summary"), "merge": None, "int8": None, "eval": None,
+        "gguf": None,
     }
     model = run.model
     if merge:
@@ -124,12 +131,31 @@ def _build(run: TrainedRun, folder: Path, records: list[ift.InstructionRecord], 
     run.adapter.save(model, run.tokenizer, folder)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     report["export"] = {"path": ".", "dtype": dtype, "weights_bytes": weights_size(folder)}
-    if not quantize:
+    if not quantize and not gguf:
         return report
     evaluation: dict[str, Any] = {"records": len(records), "metrics": list(run.resolved["eval"]["metrics"])}
     if records and evaluation["metrics"]:
         echo(f"evaluating the export on {len(records)} eval records ...")
         evaluation["export"] = evaluate(run, model, records, host, stage="export")
+    if gguf:
+        from ift.builtin_plugins.gguf.export import export_gguf
+
+        batch = _probe_batch(run, records)
+        scored = "export" in evaluation
+
+        def probe(candidate: Any, probe_batch: dict[str, Any] | None = batch) -> Any:
+            return _logits(candidate, probe_batch) if probe_batch is not None else None
+
+        report["gguf"] = export_gguf(
+            run, model, folder, quant=gguf, echo=echo, probe=probe if batch is not None else None,
+            evaluate=(lambda m, stage: evaluate(run, m, records, host, stage=stage)) if scored else None)
+        if scored:
+            measured = report["gguf"]["check"]["eval"]
+            report["gguf"]["check"]["change"] = {k: _delta(measured.get(k), v)
+                                                 for k, v in evaluation["export"].items() if k != "n"}
+        report["eval"] = evaluation
+    if not quantize:
+        return report
     echo("quantizing Linear layers to int8 (torch dynamic quantization) ...")
     quantized = quantize_int8(model)  # in place: the full-precision model is saved and measured already
     int8 = folder / "int8"
@@ -174,7 +200,7 @@ def merge_checked(run: TrainedRun, records: list[ift.InstructionRecord]) -> tupl
                             "r": peft_section.get("r", peft_section.get("init_r")),
                             "alpha": peft_section.get("alpha"), "target_modules": peft_section.get("target_modules"),
                             "probe_examples": 0, "max_abs_logit_diff": None}
-    if before is not None:
+    if before is not None and batch is not None:
         after = _logits(merged, batch)
         info["probe_examples"] = int(before.shape[0])
         info["max_abs_logit_diff"] = float(torch.max(torch.abs(after - before)))
@@ -317,6 +343,17 @@ def summary_table(report: dict[str, Any]) -> str:
                      f"on {merge['probe_examples']} eval examples")
     if evaluation.get("export"):
         lines.append(f"eval: {evaluation['export'].get('n', evaluation['records'])} records of the run's eval split")
+    gguf = report.get("gguf")
+    if gguf:
+        check = gguf.get("check") or {}
+        diff = check.get("max_abs_logit_diff")
+        lines.append(f"gguf: {gguf['file']} ({gguf['quant']}, {_megabytes(gguf['bytes'])}) and an Ollama Modelfile; "
+                     "loaded back with transformers: max |logit difference| vs the export = "
+                     + (f"{diff:.2e} on {check.get('probe_examples')} eval examples" if diff is not None else "-"))
+        for name, change in (check.get("change") or {}).items():
+            value = (check.get("eval") or {}).get(name)
+            lines.append(f"gguf {name}: {_number(value)} ({change:+.4f} vs the export)" if isinstance(change, float)
+                         else f"gguf {name}: {_number(value)}")
     return "\n".join(lines)
 
 

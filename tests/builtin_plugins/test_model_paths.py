@@ -54,8 +54,8 @@ def test_several_or_no_model_folders_ask_for_a_path(site: Path) -> None:
                                     "'package:ift_test_encoder_c/large', 'package:ift_test_encoder_c/small'")
     assert package_model_dir("ift_test_encoder_c/small").name == "small"
     make_package(site, "ift_test_encoder_d", [])
-    with pytest.raises(ift.RunError, match=r"ships no model folder \(a folder with config.json\) at its top level; "
-                                           r"name the folder as 'package:ift_test_encoder_d/path/inside/the/package'"):
+    with pytest.raises(ift.RunError, match=r"ships no model folder \(a folder with config.json\) at its top level and no "
+                                           r"GGUF file; name the folder as 'package:ift_test_encoder_d/path/inside/the/package'"):
         package_model_dir("ift_test_encoder_d")
     with pytest.raises(ift.RunError, match=r"model.name_or_path = 'package:ift_test_encoder_c/medium': .*medium has "
                                            r"no config.json"):
