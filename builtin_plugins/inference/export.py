@@ -65,7 +65,7 @@ def export_run(run_dir: Path, host: Any, *, output: Path | None = None, merge: b
         raise ift.RunError(unmergeable_message(run_dir, run.model_dir, method))
     if gguf and peft:
         merge = True  # a GGUF file holds one set of weights: the adapter is merged first
-    if merge and not peft and not gguf:
+    if merge and not peft:
         raise ift.RunError(f"--merge: {run_dir} was fully fine-tuned ({run.model_dir} holds complete weights), so "
                            "there are no LoRA weights to merge; run `ift export` without --merge to copy it as a "
                            "standalone folder (with --quantize int8 for a CPU copy)")
