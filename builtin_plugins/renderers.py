@@ -91,7 +91,8 @@ class JinjaRenderer(ift.Renderer):
         self.bos_token = ""
 
     def _read(self) -> tuple[str, str]:
-        text = resources.files("ift.builtin_plugins").joinpath("templates", self.builtin_file).read_text("utf-8")
+        folder = resources.files("ift.builtin_plugins").joinpath("templates")
+        text = folder.joinpath(self.builtin_file).read_text("utf-8")
         return text, f"builtin template {self.name!r}"
 
     def bind(self, tokenizer: Any) -> None:

@@ -109,11 +109,7 @@ class FileSource(ift.InstructionSource):
             yield ift.InstructionRecord(
                 id=str(row_id) if row_id is not None else f"{prefix}:{i}",
                 source=self.source_name, messages=messages,
-                metadata={"row": i, **self._line_metadata(i), **extras.pop("metadata", {})}, **extras)
-
-    def _line_metadata(self, row_index: int) -> dict[str, int]:
-        line = self.line_of(row_index)
-        return {} if line is None else {"line": line}
+                metadata={"row": i, **extras.pop("metadata", {})}, **extras)
 
 
 class JsonlSource(FileSource):

@@ -164,12 +164,13 @@ def encode_records(records: list[InstructionRecord], renderer: Renderer, adapter
             segments = renderer.render(record)
         except DataError as exc:  # the template refuses this conversation: an error of the record, not the run
             policy, path = bad.get(record.source, ("error", None))
-            line = record.metadata.get("line") if isinstance(record.metadata, dict) else None
             if policy == "skip":
                 reasons["the template refuses the record"] += 1
                 continue
-            raise DataError(f"source {record.source!r}, record {record.id!r}: {exc} (on_bad_rows = \"skip\" "
-                            "skips such records)", file=path, line=line if path else None) from None
+            row = record.metadata.get("row") if isinstance(record.metadata, dict) else None
+            where = f" (row {row} of the file, counting from 0)" if path and row is not None else ""
+            raise DataError(f"source {record.source!r}, record {record.id!r}{where}: {exc} (on_bad_rows = "
+                            "\"skip\" skips such records)", file=path) from None
         example = adapter.encode_record(tokenizer, record, segments)
         if example.straddling:
             straddling[record.id] = example.straddling

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-import ift
 from ift.builtin_plugins.causal_lm import CausalLMAdapter
 from ift.builtin_plugins.renderers import ChatTemplateRenderer, RenderError
 from ift.records import InstructionRecord, Message
@@ -218,8 +217,8 @@ def test_labels_are_exact_for_every_conversation(template: str, style: str) -> N
             ids, labels = [tok.bos_token_id, *ids], [-100, *labels]
         assert "".join(s.text for s in segments) == text, name
         assert example.input_ids == ids, name
-        assert example.labels == labels, (name, [(tok.convert_ids_to_tokens(i), l != -100)
-                                                 for i, l in zip(ids, example.labels, strict=True)])
+        assert example.labels == labels, (name, [(tok.convert_ids_to_tokens(i), lab != -100)
+                                                 for i, lab in zip(ids, example.labels, strict=True)])
         assert example.straddling == straddles, name
         if eot is not None:  # nothing inserted: exactly the template's own token ids
             template_ids = _template_ids(tok, messages)
