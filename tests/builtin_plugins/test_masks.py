@@ -168,7 +168,7 @@ def test_a_conversation_the_template_refuses_is_a_record_error_or_skipped(
         recipe = make_recipe([{"source": "jsonl", "path": "d.jsonl", "name": "d", "on_bad_rows": policy}])
         report = DataReport()
         if policy == "error":
-            with pytest.raises(DataError, match=r"d\.jsonl: source 'd', record 'd\.jsonl:1' \(row 1 of the file\): "
+            with pytest.raises(DataError, match=r"d\.jsonl: source 'd', record 'd\.jsonl:1' \(row 1 of the file, counting from 0\): "
                                                 r"the chat template refuses .*alternate"):
                 encode_records([good, bad], renderer, adapter(), tok, cfg, "train", report,
                                bad_records=bad_record_policy(recipe))
