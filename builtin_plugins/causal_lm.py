@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import ift
-from ift.builtin_plugins import hf_loading, peft_methods
+from ift.builtin_plugins import hf_loading, peft_methods, token_labels
 
 
 class CausalLMConfig(hf_loading.PretrainedModelConfig):
@@ -46,21 +46,18 @@ class CausalLMAdapter(ift.ModelAdapter):
 
     def encode(self, tokenizer: Any, segments: Sequence[ift.Segment], *, source: str,
                record_id: str) -> ift.EncodedExample:
-        text = "".join(s.text for s in segments)
-        trainable = bytearray(len(text))
-        pos = 0
-        for seg in segments:
-            if seg.trainable:
-                trainable[pos:pos + len(seg.text)] = b"\x01" * len(seg.text)
-            pos += len(seg.text)
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids: list[int] = list(enc["input_ids"])
-        labels = [tid if end > start and any(trainable[start:end]) else -100
-                  for tid, (start, end) in zip(ids, enc["offset_mapping"], strict=True)]
-        if getattr(self, "_adds_bos", False) and not text.startswith(tokenizer.bos_token or "\0"):
+        """Ids of the whole rendered text (as ``apply_chat_template(..., tokenize=True)`` gives them) and labels
+        from each token's exact character span (:func:`token_labels.labels_from_offsets`). When the tokenizer adds a
+        BOS by itself and the text does not start with one (leading whitespace ignored), it is prepended, untrained,
+        as ``tokenizer(text)`` would; a template that writes its own BOS never gets a second one."""
+        text, trainable = token_labels.trainable_mask(segments)
+        ids, offsets = token_labels.encode_with_offsets(tokenizer, text)
+        result = token_labels.labels_from_offsets(ids, offsets, trainable)
+        labels = result.labels
+        if getattr(self, "_adds_bos", False) and not text.lstrip().startswith(tokenizer.bos_token or "\0"):
             ids.insert(0, tokenizer.bos_token_id)
             labels.insert(0, -100)
-        return ift.EncodedExample(ids, labels, source, record_id)
+        return ift.EncodedExample(ids, labels, source, record_id, straddling=len(result.straddling))
 
     @property
     def supports_packing(self) -> bool:  # type: ignore[override]

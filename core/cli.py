@@ -116,14 +116,16 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
 @cli.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("-n", "count", default=3, show_default=True, help="How many training examples to show.")
+@click.option("--tokens", "tokens", is_flag=True, help="List every token with its label state (straddling "
+              "tokens marked).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 @click.pass_context
-def preview(ctx: click.Context, recipe: str, count: int, overrides: tuple[str, ...]) -> None:
+def preview(ctx: click.Context, recipe: str, count: int, tokens: bool, overrides: tuple[str, ...]) -> None:
     """Show rendered training examples with the trainable text marked, and token counts."""
     from ift.preview import preview as show
 
     parsed, host = _load(ctx, recipe, overrides)
-    show(parsed, host, count, color=sys.stdout.isatty())
+    show(parsed, host, count, color=sys.stdout.isatty(), tokens=tokens)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -152,6 +152,12 @@ class Renderer(Component, ABC):
     def bind(self, tokenizer: Any) -> None:  # noqa: B027 - optional hook, empty by default
         """Receive the tokenizer. Most text templates ignore it."""
 
+    def notices(self) -> list[str]:
+        """What a user should know about how records were rendered so far (a template with no end-of-turn text
+        after the answer, a generation prompt that differs from the rendered turn), each once; ``preview`` and
+        ``run`` print them."""
+        return []
+
     @abstractmethod
     def render(self, record: InstructionRecord) -> list[Segment]:
         """Segments whose texts concatenate to the full training text."""
@@ -185,6 +191,8 @@ class EncodedExample:
     record_id: str
     truncated: bool = False
     task: str | None = None
+    #: Tokens that begin before a trainable span and reach into it (left untrained; counted in the manifest).
+    straddling: int = 0
 
     @property
     def trainable_tokens(self) -> int:
@@ -238,7 +246,7 @@ class ModelAdapter(Component, ABC):
         if overlong == "drop":
             return None, "longer than max_length"
         cut = EncodedExample(example.input_ids[:max_length], example.labels[:max_length], example.source,
-                             example.record_id, truncated=True, task=example.task)
+                             example.record_id, truncated=True, task=example.task, straddling=example.straddling)
         if cut.trainable_tokens == 0:
             return None, "no trainable tokens left after truncation"
         return cut, "truncated to max_length"

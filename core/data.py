@@ -145,14 +145,35 @@ def _mix(recipe: Recipe, train: list[InstructionRecord], rng: random.Random,
 
 
 def encode_records(records: list[InstructionRecord], renderer: Renderer, adapter: ModelAdapter,
-                   tokenizer: Any, trainer_cfg: TrainerConfig, stage: str,
-                   report: DataReport) -> tuple[list[EncodedExample], list[InstructionRecord]]:
-    """Render and tokenize; apply the length policy. Returns examples and the records they came from."""
+                   tokenizer: Any, trainer_cfg: TrainerConfig, stage: str, report: DataReport, *,
+                   bad_records: dict[str, tuple[str, str | None]] | None = None,
+                   ) -> tuple[list[EncodedExample], list[InstructionRecord]]:
+    """Render and tokenize; apply the length policy. Returns examples and the records they came from.
+
+    A record the template refuses is a data error naming its source and record (file and line where known);
+    ``bad_records`` (source name -> (``on_bad_rows``, file), see :func:`bad_record_policy`) lets a source with
+    ``on_bad_rows = "skip"`` drop it instead, counted by reason. Tokens straddling a trainable boundary are counted
+    per example (``straddling``) and the renderer's notices are kept (``warnings``)."""
     examples: list[EncodedExample] = []
     kept: list[InstructionRecord] = []
     reasons: Counter[str] = Counter()
+    straddling: dict[str, int] = {}
+    bad = bad_records or {}
     for record in records:
-        example = adapter.encode_record(tokenizer, record, renderer.render(record))
+        try:
+            segments = renderer.render(record)
+        except DataError as exc:  # the template refuses this conversation: an error of the record, not the run
+            policy, path = bad.get(record.source, ("error", None))
+            if policy == "skip":
+                reasons["the template refuses the record"] += 1
+                continue
+            row = record.metadata.get("row") if isinstance(record.metadata, dict) else None
+            where = f" (row {row} of the file, counting from 0)" if path and row is not None else ""
+            raise DataError(f"source {record.source!r}, record {record.id!r}{where}: {exc} (on_bad_rows = "
+                            "\"skip\" skips such records)", file=path) from None
+        example = adapter.encode_record(tokenizer, record, segments)
+        if example.straddling:
+            straddling[record.id] = example.straddling
         fitted, reason = adapter.fit(example, max_length=trainer_cfg.max_length, overlong=trainer_cfg.overlong)
         if reason:
             reasons[reason] += 1
@@ -167,6 +188,16 @@ def encode_records(records: list[InstructionRecord], renderer: Renderer, adapter
     report.encoding[stage] = {"in": len(records), "out": len(examples), "reasons": dict(reasons),
                               "tokens": sum(len(e.input_ids) for e in examples),
                               "trainable_tokens": sum(e.trainable_tokens for e in examples)}
+    if straddling:
+        report.encoding[stage]["straddling"] = {
+            "tokens": sum(straddling.values()), "examples": len(straddling),
+            "by_example": dict(list(straddling.items())[:STRADDLE_LISTED])}
+    warnings = list(renderer.notices())
+    if straddling:
+        warnings.append(f"{sum(straddling.values())} token(s) in {len(straddling)} example(s) begin in the prompt "
+                        "and reach into the answer; they are not trained (see docs/masks.md, 'straddling tokens')")
+    if warnings:
+        report.encoding[stage]["warnings"] = warnings
     per_source: dict[str, dict[str, int]] = {}
     for example in examples:
         counts = per_source.setdefault(example.source, {"examples": 0, "tokens": 0, "trainable_tokens": 0})
@@ -175,6 +206,19 @@ def encode_records(records: list[InstructionRecord], renderer: Renderer, adapter
         counts["trainable_tokens"] += example.trainable_tokens
     report.encoded_per_source[stage] = per_source
     return examples, kept
+
+
+STRADDLE_LISTED = 50  # examples named in the manifest's straddling counts
+
+
+def bad_record_policy(recipe: Recipe) -> dict[str, tuple[str, str | None]]:
+    """Each source's ``on_bad_rows`` (``"error"`` when it has none) and file (when it reads one)."""
+    out: dict[str, tuple[str, str | None]] = {}
+    for spec in recipe.data:
+        policy = str(getattr(spec.config, "on_bad_rows", "error"))
+        path = getattr(spec.config, "path", None)
+        out[spec.source_name] = (policy, str(recipe.base_dir / path) if isinstance(path, str) else None)
+    return out
 
 
 def stop_strings(renderer: Renderer, record: InstructionRecord) -> list[str]:

@@ -18,7 +18,15 @@ from typing import Any
 
 from ift.cache import Prepared, PreparedCache, make_key, tokenizer_fingerprint
 from ift.components import Metric
-from ift.data import DataReport, apply_transforms, encode_records, read_sources, split_records, stop_strings
+from ift.data import (
+    DataReport,
+    apply_transforms,
+    bad_record_policy,
+    encode_records,
+    read_sources,
+    split_records,
+    stop_strings,
+)
 from ift.errors import DataError, IftError, Preempted
 from ift.evaluation import Evaluator
 from ift.host import PluginHost
@@ -156,9 +164,11 @@ class Run:
         trainer_cfg = recipe.trainer_config
         # before encoding: e.g. a classifier's label set and the input length its generation cuts prompts to
         adapter_state = adapter.prepare_data(train_records, max_length=trainer_cfg.max_length)
-        train_examples, _ = encode_records(train_records, renderer, adapter, tokenizer, trainer_cfg, "train", report)
+        bad = bad_record_policy(recipe)
+        train_examples, _ = encode_records(train_records, renderer, adapter, tokenizer, trainer_cfg, "train", report,
+                                           bad_records=bad)
         eval_examples, eval_records = encode_records(eval_records, renderer, adapter, tokenizer, trainer_cfg,
-                                                     "eval", report)
+                                                     "eval", report, bad_records=bad)
         self.manifest["data"] = report.to_dict()
         if not train_examples:
             raise DataError(f"every training example was dropped while tokenizing (trainer.max_length = "
@@ -241,6 +251,8 @@ class Run:
                 trim_events(self.output_dir / "events.jsonl", checkpoint_step(checkpoint))
         self.echo(f"data: {len(train_examples)} train / {len(eval_examples)} eval examples "
                   f"from {len(recipe.data)} source(s)")
+        for warning in prepared.report.get("encoding", {}).get("train", {}).get("warnings", []):
+            self.echo(f"data: warning: {warning}")
 
         progress.stage("loading model")
         seed_everything(recipe.run.seed)

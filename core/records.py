@@ -13,21 +13,52 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 FORMATS = ("auto", "alpaca", "messages", "sharegpt", "prompt-completion", "classification")
 _SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
-                   "assistant": "assistant", "bot": "assistant", "model": "assistant"}
+                   "assistant": "assistant", "bot": "assistant", "model": "assistant", "tool": "tool",
+                   "function": "tool", "observation": "tool", "function_response": "tool"}
+_MESSAGE_ROLES = {"function": "tool"}  # OpenAI's older name for a tool result
 
 
 @dataclass(frozen=True)
 class Message:
-    """One turn of a conversation."""
+    """One turn of a conversation.
+
+    ``train`` (from a ``"train": false`` key in ``messages`` data) set to False keeps an assistant turn in the
+    context but out of the loss. ``tool_calls`` (an assistant's calls, OpenAI-style), ``name`` and ``tool_call_id``
+    (a tool result's) are passed to chat templates that render them; tool results are never trained.
+    """
 
     role: str
     content: str
+    train: bool | None = None
+    tool_calls: tuple[dict[str, Any], ...] | None = None
+    name: str | None = None
+    tool_call_id: str | None = None
 
-    def to_dict(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+    def to_dict(self) -> dict[str, Any]:
+        """The message as a chat template sees it (only the keys that are set; ``train`` is ift's own)."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls is not None:
+            out["tool_calls"] = [dict(call) for call in self.tool_calls]
+        if self.name is not None:
+            out["name"] = self.name
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+    def to_record_dict(self) -> dict[str, Any]:
+        """Everything, ``train`` included (records written to a run's data folder)."""
+        out = self.to_dict()
+        if self.train is not None:
+            out["train"] = self.train
+        return out
+
+    @property
+    def trained(self) -> bool:
+        """Whether an assistant turn is in the loss unless the template's ``train_on`` says otherwise."""
+        return self.role == "assistant" and self.train is not False
 
 
 @dataclass
@@ -62,7 +93,7 @@ class InstructionRecord:
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "source": self.source, "task": self.task, "label": self.label,
                 "choices": self.choices, "metadata": self.metadata,
-                "messages": [m.to_dict() for m in self.messages]}
+                "messages": [m.to_record_dict() for m in self.messages]}
 
 
 class RowError(ValueError):
@@ -108,16 +139,32 @@ def _messages(turns: Any, role_key: str, content_key: str, role_map: Mapping[str
         raise RowError("conversation must be a non-empty list of turns")
     out = []
     for i, turn in enumerate(turns):
-        if not isinstance(turn, Mapping) or role_key not in turn or content_key not in turn:
+        if not isinstance(turn, Mapping) or role_key not in turn:
             raise RowError(f"turn {i} must have {role_key!r} and {content_key!r}")
-        role = str(turn[role_key])
-        role = role_map.get(role.lower(), "") if role_map else role
+        raw_role = str(turn[role_key])
+        role = role_map.get(raw_role.lower(), "") if role_map else _MESSAGE_ROLES.get(raw_role, raw_role)
         if role not in ROLES:
             raise RowError(f"turn {i} has unknown role {turn[role_key]!r}")
-        content = turn[content_key]
+        tool_calls = turn.get("tool_calls")
+        content = turn.get(content_key)
+        if content is None and tool_calls is not None:
+            content = ""  # an assistant turn that only calls tools
+        if content_key not in turn and tool_calls is None:
+            raise RowError(f"turn {i} must have {role_key!r} and {content_key!r}")
         if not isinstance(content, str):
             raise RowError(f"turn {i} content must be a string")
-        out.append(Message(role, content))
+        train = turn.get("train")
+        if train is not None and not isinstance(train, bool):
+            raise RowError(f"turn {i}: 'train' must be true or false, got {train!r}")
+        if tool_calls is not None:
+            if role != "assistant" or not isinstance(tool_calls, list) or \
+                    not all(isinstance(c, Mapping) for c in tool_calls):
+                raise RowError(f"turn {i}: 'tool_calls' must be a list of objects on an assistant turn")
+            tool_calls = tuple(dict(c) for c in tool_calls)
+        name, call_id = turn.get("name"), turn.get("tool_call_id")
+        out.append(Message(role, content, train=train, tool_calls=tool_calls,
+                           name=str(name) if name is not None else None,
+                           tool_call_id=str(call_id) if call_id is not None else None))
     return out
 
 
@@ -175,6 +222,8 @@ def normalize_row(row: Mapping[str, Any], fmt: str = "auto", *,
         messages.insert(0, Message("system", system))
     if messages[-1].role != "assistant":
         raise RowError("the last turn must be the assistant's answer")
+    if not any(m.trained for m in messages):
+        raise RowError("no assistant turn is trained (every one has \"train\": false)")
     extras: dict[str, Any] = {}
     for key in ("label", "task"):
         if row.get(key) is not None:

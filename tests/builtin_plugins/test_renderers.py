@@ -244,7 +244,8 @@ def test_chat_template_that_is_not_prefix_stable_is_refused() -> None:
     tokenizer.chat_template = ("{{ messages | length }} turns\n{% for m in messages %}{{ m['role'] }}: "
                                "{{ m['content'] }}\n{% endfor %}")
     renderer = text_renderer(ChatTemplateRenderer, tokenizer)
-    with pytest.raises(RenderError, match=r"not prefix-stable at turn 1 of record 'r1'"):
+    with pytest.raises(RenderError, match=r"record 'r1': the template rewrites earlier turns when later ones "
+                       r"follow: .*'1 turns\\n"):
         renderer.render(SINGLE)
 
 
