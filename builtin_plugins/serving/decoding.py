@@ -102,7 +102,7 @@ class RowDecoder:
         if finish is not None:
             self.done = True
             # the tokens whose text is (at least partly) shown; those after a cut stop text are not
-            starts = [0, *self.ends[:-1]]
+            starts = [0, *self.ends][:len(self.ends)]
             shown = sum(1 for start, end in zip(starts, self.ends, strict=True)
                         if start < len(text) or end <= len(text))
             return token, Piece(text[self.sent:], counted, finish, self._entries_until(shown))

@@ -57,7 +57,13 @@ class Job:
     decoder: RowDecoder
     out: queue.SimpleQueue[Piece | BaseException] = field(default_factory=queue.SimpleQueue)
     cancelled: threading.Event = field(default_factory=threading.Event)
-    enqueued: float = field(default_factory=time.perf_counter)
+    answered: bool = False
+    """Set once the last piece (or an error) is on :attr:`out`: the request thread then waits no more."""
+
+    def deliver(self, item: Piece | BaseException) -> None:
+        if not self.answered:
+            self.answered = isinstance(item, BaseException) or item.finish_reason is not None
+            self.out.put(item)
 
     def pieces(self, client_gone: Callable[[], bool] = lambda: False) -> Iterator[Piece]:
         """The pieces as they are produced, up to the one with ``finish_reason``; re-raises a worker error.
@@ -134,7 +140,7 @@ class BatchEngine:
             waiting, self._waiting = list(self._waiting), deque()
             self._cond.notify_all()
         for job in waiting:
-            job.out.put(EngineStopped("the server is shutting down"))
+            job.deliver(EngineStopped("the server is shutting down"))
         self._thread.join(timeout=30)
 
     # --- the worker ----------------------------------------------------------------------------
@@ -166,8 +172,7 @@ class BatchEngine:
             except Exception as exc:  # a bug or an out-of-memory: fail these requests, keep serving
                 LOG.error("generation failed for a batch of %d:\n%s", len(batch), traceback.format_exc())
                 for job in batch:
-                    if not job.decoder.done:
-                        job.out.put(exc)
+                    job.deliver(exc)
             finally:
                 with self._cond:
                     self._running = 0
@@ -199,7 +204,7 @@ class BatchEngine:
                         continue
                     token, piece = job.decoder.step(logits[row])
                     if piece is not None:
-                        job.out.put(piece)
+                        job.deliver(piece)
                     if not job.decoder.done:
                         tokens.append(token)
                         keep.append(row)

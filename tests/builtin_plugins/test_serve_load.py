@@ -164,6 +164,32 @@ def test_a_batch_gives_every_row_what_it_would_get_alone(serving: Serving):
     assert "E" not in alone[2][0]  # and its own stop text
 
 
+def test_a_failing_batch_answers_500_and_the_server_keeps_serving(serving: Serving):
+    engine = serving.server.engine
+    decode = engine._decode
+
+    def broken(batch: list[Any]) -> None:
+        engine._decode = decode  # type: ignore[method-assign]
+        for job in batch:
+            job.decoder.done = True  # as if the failure came after the last token was picked
+        raise RuntimeError("out of memory")
+
+    engine._decode = broken  # type: ignore[method-assign]
+    status, body, _ = post(serving.url + "/v1/completions", completion("dog"), timeout=20)
+    assert status == 500 and body["error"]["message"] == "internal error: RuntimeError"
+    assert post(serving.url + "/v1/completions", completion("dog"))[0] == 200
+
+
+def test_a_first_token_that_stops_at_once_is_an_empty_answer(serving: Serving):
+    served = serving.served
+    job = served.new_job(served.encode("abc"), Sampling(max_tokens=4), template_stops=False)
+    job.decoder.stop_ids = set(range(1024))  # whatever is picked first ends the answer
+    job.decoder.logprobs = 1
+    serving.server.engine._decode([job])
+    pieces = list(job.pieces())
+    assert [(p.text, p.completion_tokens, p.finish_reason, p.logprobs) for p in pieces] == [("", 1, "stop", [])]
+
+
 # --- the bounded queue -------------------------------------------------------------------------
 
 
