@@ -1,8 +1,9 @@
 """``ift serve RUN_DIR``: the run's tuned model behind an OpenAI-compatible HTTP API.
 
-The standard library's ``ThreadingHTTPServer`` is enough here: one model answers one request at a time
-(a lock serialises generation), so an async framework would add dependencies without adding throughput.
-Importing this module imports neither torch nor transformers; the command does, when it runs.
+The standard library's ``ThreadingHTTPServer`` is enough here: a thread per connection only parses, queues
+and writes, while one worker thread runs the model over batches of the requests waiting together (see
+:mod:`ift.builtin_plugins.serving.engine`), so an async framework would add dependencies without adding
+throughput. Importing this module imports neither torch nor transformers; the command does, when it runs.
 """
 
 from __future__ import annotations
@@ -38,13 +39,18 @@ def _is_loopback(host: str) -> bool:
               help="Default max_tokens of a request that gives none.")
 @click.option("--max-tokens-limit", default=4096, show_default=True, type=click.IntRange(1),
               help="Largest max_tokens a request may ask for.")
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1),
+              help="Requests decoded together in one batch (1: one at a time).")
+@click.option("--max-queue", default=64, show_default=True, type=click.IntRange(1),
+              help="Requests that may wait for the model; more are answered 503 with Retry-After.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--recipe-dir", type=click.Path(exists=True, file_okay=False),
               help="Folder a template file path in the recipe is relative to (default: RUN_DIR, then .).")
 @click.option("--log-prompts", is_flag=True, help="Also log prompt and completion texts (off by default).")
 @click.pass_context
 def serve(ctx: click.Context, run_dir: str, host: str, port: int, api_key_env: str | None, model_name: str | None,
-          max_tokens: int, max_tokens_limit: int, device: str, recipe_dir: str | None, log_prompts: bool) -> None:
+          max_tokens: int, max_tokens_limit: int, max_batch: int, max_queue: int, device: str, recipe_dir: str | None,
+          log_prompts: bool) -> None:
     """Serve RUN_DIR's model with an OpenAI-compatible API (/v1/chat/completions, /v1/completions)."""
     from ift.builtin_plugins.serving.model import ServedModel
     from ift.builtin_plugins.serving.server import ServerOptions, make_server
@@ -62,11 +68,13 @@ def serve(ctx: click.Context, run_dir: str, host: str, port: int, api_key_env: s
     click.echo(f"loading {path / 'model'} ...")
     served = ServedModel(path, ctx.obj["host"], device=device, recipe_dir=Path(recipe_dir) if recipe_dir else None)
     options = ServerOptions(model_id=model_name or path.resolve().name, api_key=api_key, log_prompts=log_prompts,
-                            default_max_tokens=min(max_tokens, max_tokens_limit), max_tokens_cap=max_tokens_limit)
+                            default_max_tokens=min(max_tokens, max_tokens_limit), max_tokens_cap=max_tokens_limit,
+                            max_batch=max_batch, max_queue=max_queue)
     server = make_server(served, options, host, port)
     bound_host, bound_port = server.server_address[:2]
     click.echo(f"serving model {options.model_id!r} at http://{_url_host(str(bound_host))}:{bound_port}/v1 "
-               f"(auth: {'bearer token from $' + str(api_key_env) if api_key else 'none'}); Ctrl-C stops")
+               f"(auth: {'bearer token from $' + str(api_key_env) if api_key else 'none'}; batches of up to "
+               f"{max_batch}, queue {max_queue}); Ctrl-C stops")
     try:
         server.serve_forever()
     finally:

@@ -7,6 +7,8 @@ each survivor. Survivors are scored (see :mod:`.instruct_filters`) and taken bes
 instance, a score under ``min_quality`` or a ROUGE-L F1 of ``rouge_threshold`` or more against any seed
 or kept instruction rejects the candidate; the others are kept until ``num_instructions`` are.
 
+The model is run locally (``model``) or reached through an OpenAI-compatible endpoint (``openai``, see
+:mod:`.openai_backend`: retries, rate limit, request budget, answers logged in ``<work_dir>/responses.jsonl``).
 Every decision is appended to ``<work_dir>/state.jsonl`` (see :mod:`.instruct_state`). Sampling is seeded
 per round and generation is greedy, so an interrupted build, run again, redoes the unfinished round
 identically, skips the candidates already decided, and continues: nothing is generated twice into the
@@ -18,11 +20,12 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 import ift
 from ift.builtin_plugins.builders import instruct_filters as filters
@@ -35,6 +38,12 @@ from ift.builtin_plugins.builders.instruct_prompts import (
 )
 from ift.builtin_plugins.builders.instruct_state import BuildState, exclusive
 from ift.builtin_plugins.builders.nested import nested_table, open_source
+from ift.builtin_plugins.builders.openai_backend import (
+    TRANSPORT_KEYS,
+    OpenAIBackendConfig,
+    OpenAIGenerator,
+    RequestBudgetSpent,
+)
 from ift.builtin_plugins.causal_lm import CausalLMConfig
 
 Generate = Callable[..., list[str]]
@@ -45,7 +54,10 @@ _RESUME_IRRELEVANT = ("num_instructions", "max_rounds", "batch_size", "work_dir"
 
 class SelfInstructConfig(ift.ComponentConfig):
     seeds: dict[str, Any] = Field(description="Seed tasks: a nested source table, or a JSONL path.")
-    model: CausalLMConfig = Field(description="The generating model (causal-lm keys: name_or_path, ...).")
+    model: CausalLMConfig | None = Field(None, description="The generating model, run locally (causal-lm "
+                                                           "keys: name_or_path, ...).")
+    openai: OpenAIBackendConfig | None = Field(None, description="Or an OpenAI-compatible endpoint (base_url, "
+                                               "model, api_key_env, retries, rate limit, request budget).")
     task_description: str | None = Field(None, description="The stated task: prompts ask for tasks for it "
                                                            "and the quality score rewards relevance to it.")
     num_instructions: int = Field(100, gt=0, description="How many instructions to keep.")
@@ -65,6 +77,15 @@ class SelfInstructConfig(ift.ComponentConfig):
     seed: int = 0
     work_dir: str | None = Field(None, description="Folder of the resumable state (default: "
                                                    "<recipe folder>/<source name>.self-instruct).")
+
+    @model_validator(mode="after")
+    def _one_generator(self) -> SelfInstructConfig:
+        if (self.model is None) == (self.openai is None):
+            raise ValueError("give the generating model as either `model` (run locally) or `openai` (an "
+                             "OpenAI-compatible endpoint), not both" if self.model else
+                             "required: the generating model, as `model` (run locally) or `openai` (an "
+                             "OpenAI-compatible endpoint: base_url, model)")
+        return self
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -105,12 +126,22 @@ class SelfInstructSource(ift.InstructionSource):
             pool = filters.SimilarityPool(cfg.rouge_threshold, [s[0] for s in seeds])
             for entry in state.kept:
                 pool.add(entry["instruction"])
-            for r in range(cfg.max_rounds):
-                if len(state.kept) >= cfg.num_instructions:
-                    break
-                if r not in state.rounds_done:
-                    self._round(r, seeds, state, pool)
+            stopped = None
+            try:
+                for r in range(cfg.max_rounds):
+                    if len(state.kept) >= cfg.num_instructions:
+                        break
+                    if r not in state.rounds_done:
+                        self._round(r, seeds, state, pool)
+            except RequestBudgetSpent as exc:  # stop cleanly: everything decided is in the state already
+                stopped = f"request budget spent ({exc.sent} requests); run again to continue"
+                warnings.warn(f"self-instruct source {self.source_name!r}: {stopped}", stacklevel=2)
         self.stats = {"target": cfg.num_instructions, **state.stats()}
+        if cfg.openai is not None:  # what the endpoint was asked this time, and what the response log answered
+            used = self._generate if isinstance(self._generate, OpenAIGenerator) else None
+            self.stats["requests"] = {"sent": used.sent if used else 0, "from_log": used.cached if used else 0}
+        if stopped:
+            self.stats["stopped"] = stopped
         self._digest = hashlib.sha256(state.settings.encode())
         for entry in state.kept:
             self._digest.update(json.dumps(entry, sort_keys=True).encode())
@@ -190,11 +221,15 @@ class SelfInstructSource(ift.InstructionSource):
 
     def generate(self, prompts: list[str], *, max_new_tokens: int, stop: list[str]) -> list[str]:
         """Completions from the injected function, or from the configured model (loaded on first use)."""
+        if self._generate is None and self.config.openai is not None:
+            self._generate = OpenAIGenerator(self.config.openai, cache_path=self.work_dir / "responses.jsonl",
+                                             owner=f"self-instruct source {self.source_name!r}")
         if self._generate is None:
             import torch
 
             from ift.builtin_plugins.causal_lm import CausalLMAdapter
 
+            assert self.config.model is not None  # the config requires model or openai
             adapter = CausalLMAdapter(self.config.model, base_dir=self.base_dir)
             tokenizer = adapter.load_tokenizer()
             torch.manual_seed(self.config.seed)  # a model built from_config is then the same on every resume
@@ -209,8 +244,14 @@ class SelfInstructSource(ift.InstructionSource):
 
     def _settings(self, seeds_fingerprint: str) -> str:
         settings = self.config.model_dump(mode="json", exclude=set(_RESUME_IRRELEVANT))
+        if settings.get("model") is None:
+            settings.pop("model", None)
         for key in ("device", "attn_implementation"):
-            settings["model"].pop(key, None)
+            settings.get("model", {}).pop(key, None)
+        if settings.get("openai") is None:
+            settings.pop("openai", None)  # so that a local-model build made before this key resumes
+        for key in TRANSPORT_KEYS:
+            settings.get("openai", {}).pop(key, None)
         settings["seeds_fingerprint"] = seeds_fingerprint
         return "sha256:" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -224,5 +265,6 @@ class SelfInstructSource(ift.InstructionSource):
             return super().fingerprint()
         s = self.stats
         rejected = ", ".join(f"{reason} {n}" for reason, n in s["rejected"].items()) or "none"
+        stopped = f"; stopped early: {s['stopped']}" if s.get("stopped") else ""
         return (f"sha256:{digest.hexdigest()[:16]} (kept {s['kept']} of {s['candidates']} candidates in "
-                f"{s['rounds']} rounds; rejected: {rejected})")
+                f"{s['rounds']} rounds; rejected: {rejected}{stopped})")

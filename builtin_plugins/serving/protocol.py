@@ -10,6 +10,8 @@ from typing import Any
 
 ROLES = ("system", "user", "assistant")
 MAX_STOP = 4
+MAX_TOP_LOGPROBS_CHAT = 20  # the OpenAI API's limits on alternatives per token
+MAX_LOGPROBS_COMPLETION = 5
 
 
 class RequestError(ValueError):
@@ -50,6 +52,8 @@ class CompletionRequest:
     include_usage: bool = False
     messages: list[dict[str, str]] | None = None
     prompt: str | None = None
+    logprobs: int | None = None
+    """``None``: no log-probabilities; otherwise how many alternatives to report per token (0 or more)."""
 
 
 def _number(body: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
@@ -91,6 +95,25 @@ def _sampling(body: dict[str, Any], default_max_tokens: int, max_tokens_cap: int
         raise RequestError("'top_p' must be greater than 0", param="top_p")
     return Sampling(max_tokens=max_tokens, temperature=_number(body, "temperature", 0.0, 0.0, 2.0),
                     top_p=top_p, stop=[s for s in stop if s], seed=seed)
+
+
+def _count(body: dict[str, Any], key: str, high: int) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+        raise RequestError(f"'{key}' must be an integer from 0 to {high}, got {value!r}", param=key)
+    return value
+
+
+def _logprobs_asked(body: dict[str, Any]) -> int | None:
+    wanted = body.get("logprobs")
+    if wanted is not None and not isinstance(wanted, bool):
+        raise RequestError("'logprobs' must be true or false", param="logprobs")
+    top = _count(body, "top_logprobs", MAX_TOP_LOGPROBS_CHAT)
+    if top is not None and not wanted:
+        raise RequestError("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+    return (top or 0) if wanted else None
 
 
 def _content(message: dict[str, Any], index: int) -> str:
@@ -150,7 +173,8 @@ def parse_chat(body: Any, *, served_model: str, default_max_tokens: int, max_tok
         raise RequestError("the last message must not be an assistant message: the model writes the next "
                            "assistant turn", param="messages")
     return CompletionRequest(sampling=_sampling(body, default_max_tokens, max_tokens_cap),
-                             stream=body.get("stream", False), include_usage=_include_usage(body), messages=parsed)
+                             stream=body.get("stream", False), include_usage=_include_usage(body), messages=parsed,
+                             logprobs=_logprobs_asked(body))
 
 
 def parse_completion(body: Any, *, served_model: str, default_max_tokens: int,
@@ -163,7 +187,8 @@ def parse_completion(body: Any, *, served_model: str, default_max_tokens: int,
     if not isinstance(prompt, str) or not prompt:
         raise RequestError("'prompt' must be a non-empty string (one prompt per request)", param="prompt")
     return CompletionRequest(sampling=_sampling(body, default_max_tokens, max_tokens_cap),
-                             stream=body.get("stream", False), include_usage=_include_usage(body), prompt=prompt)
+                             stream=body.get("stream", False), include_usage=_include_usage(body), prompt=prompt,
+                             logprobs=_count(body, "logprobs", MAX_LOGPROBS_COMPLETION))
 
 
 # --- responses ---------------------------------------------------------------------------------
@@ -178,33 +203,66 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
+def chat_logprobs(entries: list[Any]) -> dict[str, Any]:
+    """A chat choice's ``logprobs``: ``content`` lists each token with its log-probability, its UTF-8 bytes
+    and the alternatives asked for (``entries`` are :class:`~.decoding.TokenLogprob`)."""
+    def one(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+    return {"content": [{**one(e.token, e.logprob), "top_logprobs": [one(t, lp) for t, lp in e.top]}
+                        for e in entries], "refusal": None}
+
+
+def completion_logprobs(entries: list[Any], offset: int = 0) -> dict[str, Any]:
+    """A completion choice's ``logprobs`` (the legacy shape): parallel lists of tokens, their log-probabilities,
+    the alternatives (``{token: logprob}``, or ``None`` when none were asked) and each token's character
+    offset in the completion text (``offset``: where this chunk starts, when streaming)."""
+    offsets = []
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry.token)
+    return {"tokens": [e.token for e in entries], "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [_top_dict(e.top) if e.top else None for e in entries], "text_offset": offsets}
+
+
+def _top_dict(top: list[tuple[str, float]]) -> dict[str, float]:
+    """``{token: logprob}``, most likely first; tokens that read alike (single bytes of one character all
+    decode as U+FFFD) keep the likeliest one's figure."""
+    out: dict[str, float] = {}
+    for token, logprob in top:
+        out.setdefault(token, logprob)
+    return out
+
+
 def chat_response(rid: str, model: str, text: str, finish_reason: str, prompt_tokens: int,
-                  completion_tokens: int) -> dict[str, Any]:
+                  completion_tokens: int, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "logprobs": None, "finish_reason": finish_reason}],
+                         "logprobs": logprobs, "finish_reason": finish_reason}],
             "usage": usage(prompt_tokens, completion_tokens)}
 
 
 def completion_response(rid: str, model: str, text: str, finish_reason: str, prompt_tokens: int,
-                        completion_tokens: int) -> dict[str, Any]:
+                        completion_tokens: int, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}],
             "usage": usage(prompt_tokens, completion_tokens)}
 
 
 def stream_chunk(chat: bool, rid: str, model: str, text: str | None, finish_reason: str | None,
-                 *, first: bool = False) -> dict[str, Any]:
-    """One server-sent event's payload: a content delta, or the final chunk with ``finish_reason``."""
+                 *, first: bool = False, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One server-sent event's payload: a content delta (with its tokens' ``logprobs`` when asked), or the
+    final chunk with ``finish_reason``."""
     if chat:
         delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
         if text:
             delta["content"] = text
-        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": logprobs,
+                                  "finish_reason": finish_reason}
         return {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
                 "choices": [choice]}
     return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}]}
+            "choices": [{"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}]}
 
 
 def usage_chunk(chat: bool, rid: str, model: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:

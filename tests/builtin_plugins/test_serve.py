@@ -29,7 +29,7 @@ TINY_MODEL = ('{ model_type = "llama", hidden_size = 32, intermediate_size = 64,
               'num_attention_heads = 2, num_key_value_heads = 2, max_position_embeddings = 128 }')
 
 
-def train(folder: Path, extra_model: str = "") -> Path:
+def train(folder: Path, extra_model: str = "", model_config: str = TINY_MODEL) -> Path:
     (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     (folder / "recipe.toml").write_text(f"""
 [run]
@@ -46,7 +46,7 @@ name = "alpaca"
 [model]
 adapter = "causal-lm"
 tokenizer = "byte-level"
-from_config = {TINY_MODEL}
+from_config = {model_config}
 {extra_model}
 
 [trainer]
@@ -153,7 +153,8 @@ def test_streaming_chat_sends_deltas_that_add_up_to_the_answer(server: Serving):
 
 def test_models_and_health(server: Serving):
     assert [m.id for m in server.client().models.list()] == ["tiny"]
-    assert raw(server.url + "/health", key=None) == (200, {"status": "ok", "model": "tiny"})
+    assert raw(server.url + "/health", key=None) == (200, {"status": "ok", "model": "tiny", "waiting": 0, "running": 0,
+                                                          "max_queue": 64, "max_batch": 8})
 
 
 def test_wrong_or_missing_token_is_401(server: Serving):
