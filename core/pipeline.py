@@ -18,7 +18,15 @@ from typing import Any
 
 from ift.cache import Prepared, PreparedCache, make_key, tokenizer_fingerprint
 from ift.components import Metric
-from ift.data import DataReport, apply_transforms, encode_records, read_sources, split_records, stop_strings
+from ift.data import (
+    DataReport,
+    apply_transforms,
+    data_notes,
+    encode_records,
+    read_sources,
+    split_records,
+    stop_strings,
+)
 from ift.errors import DataError, IftError, Preempted
 from ift.evaluation import Evaluator
 from ift.host import PluginHost
@@ -241,6 +249,8 @@ class Run:
                 trim_events(self.output_dir / "events.jsonl", checkpoint_step(checkpoint))
         self.echo(f"data: {len(train_examples)} train / {len(eval_examples)} eval examples "
                   f"from {len(recipe.data)} source(s)")
+        for note in data_notes(prepared.report):
+            self.echo(f"note: {note}")
 
         progress.stage("loading model")
         seed_everything(recipe.run.seed)
