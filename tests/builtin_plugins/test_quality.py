@@ -63,14 +63,21 @@ def test_diversity(report: dict) -> None:
     assert report["overall"]["diversity"]["near_duplicates"] == {"count": 0, "share": 0.0}
 
 
+def counts(value: object) -> object:
+    """A flagged item without its ids and examples."""
+    return {k: v for k, v in value.items() if k not in ("ids", "examples")} if isinstance(value, dict) else value
+
+
 def test_clarity(report: dict) -> None:
     a, b = report["per_source"]["a"]["clarity"], report["per_source"]["b"]["clarity"]
     assert a["instruction_words"] == {"min": 6, "p10": 6, "p25": 6, "median": 6, "p75": 6, "p90": 7, "max": 7,
                                       "mean": 6.25}
     assert a["histogram"]["bins"][:5] == ["0", "1-2", "3-4", "5-9", "10-19"]
     assert a["histogram"]["counts"] == [0, 0, 0, 4, 0, 0, 0, 0, 0, 0]
-    assert b["very_short"] == {"count": 2, "share": 0.5}  # "Hi", "Explain gravity"
-    assert b["fragmentary"] == {"count": 1, "share": 0.25}  # "Classify the sentiment of"
+    assert b["very_short"] == {"count": 2, "share": 0.5, "ids": ["b/b2", "b/b3"],  # "Hi", "Explain gravity"
+                               "examples": [{"id": "b/b2", "instruction": "Hi"},
+                                            {"id": "b/b3", "instruction": "Explain gravity"}]}
+    assert counts(b["fragmentary"]) == {"count": 1, "share": 0.25}  # "Classify the sentiment of"
     assert a["very_short"]["count"] == a["fragmentary"]["count"] == 0
 
 
@@ -81,12 +88,15 @@ def test_consistency(report: dict) -> None:
     assert b["schemas"] == [{"fields": "(messages only)", "count": 2},
                             {"fields": "system, task, label, choices", "count": 1},
                             {"fields": "task, choices", "count": 1}]
-    assert b["role_order_problems"] == {"count": 1, "share": 0.25, "by_kind": {"bad role order": 1}}
+    assert b["role_order_problems"] == {"count": 1, "share": 0.25, "by_kind": {"bad role order": 1},
+                                        "ids": ["b/b4"], "examples": [{"id": "b/b4", "instruction": "Tell me a joke"}]}
     assert b["turns"] == {"2": 2, "3": 2}
 
 
 def test_accuracy_proxies(report: dict) -> None:
     a, b = report["per_source"]["a"]["accuracy"], report["per_source"]["b"]["accuracy"]
+    assert a["copied_input"]["ids"] == ["a/a4"]
+    a, b = {k: counts(v) for k, v in a.items()}, {k: counts(v) for k, v in b.items()}
     assert a == {"empty_outputs": {"count": 0, "share": 0.0}, "copied_input": {"count": 1, "share": 0.25},
                  "truncated_outputs": {"count": 0, "share": 0.0}, "with_choices": 0,
                  "outside_choices": {"count": 0, "share": 0.0}}
