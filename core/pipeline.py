@@ -30,6 +30,7 @@ from ift.data import (
 from ift.errors import DataError, IftError, Preempted
 from ift.evaluation import Evaluator
 from ift.host import PluginHost
+from ift.redact import redact
 from ift.progress import Progress
 from ift.recipe import Recipe
 from ift.resume import check_same_run, checkpoint_step, choose_checkpoint, run_identity, trim_events
@@ -93,7 +94,7 @@ class Run:
             error = "interrupted"
             raise
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = redact(f"{type(exc).__name__}: {exc}")  # a bug's message may quote a URL with credentials
             raise
         finally:
             if threading.current_thread() is threading.main_thread():
