@@ -403,7 +403,12 @@ def validate_recipe(raw: dict[str, Any], host: PluginHost, *, base_dir: Path, pa
     template = _component(host, "renderer", template_table, "name", "template", problems)
     model_table = _table(raw, "model", problems)
     model_table.setdefault("adapter", DEFAULTS["model"])
-    model = _component(host, "model_adapter", model_table, "adapter", "model", problems)
+    model: Component | None = None
+    if "model" not in raw:
+        problems.append(Problem("model", "missing: training needs a [model] table (name_or_path or from_config); "
+                                "a recipe only for `ift data build` / `ift data report` needs none"))
+    else:
+        model = _component(host, "model_adapter", model_table, "adapter", "model", problems)
     trainer_table = _table(raw, "trainer", problems)
     trainer_table.setdefault("name", DEFAULTS["trainer"])
     # A trainer may check its keys against the evaluation (e.g. an early-stopping metric among eval.metrics)

@@ -80,3 +80,12 @@ def test_redact(text: str, expected: str) -> None:
 def test_error_output_never_carries_url_credentials() -> None:
     error = ift.DataError("cannot load from https://user:tok3n@hub.example/d", file="x.jsonl")
     assert "tok3n" not in str(error) and "https://***@hub.example/d" in str(error)
+
+
+def test_validate_agrees_that_data_recipes_need_no_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "d.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
+    (tmp_path / "r.toml").write_text('[[data]]\nsource = "jsonl"\npath = "d.jsonl"\n')
+    assert main(["validate", str(tmp_path / "r.toml")]) == 0
+    assert "valid as a data recipe (1 data source(s), 0 transform(s))" in capsys.readouterr().out
+    assert main(["run", str(tmp_path / "r.toml"), "-o", str(tmp_path / "out")]) == 2
+    assert "model: missing: training needs a [model] table" in capsys.readouterr().err
