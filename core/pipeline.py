@@ -30,9 +30,9 @@ from ift.data import (
 from ift.errors import DataError, IftError, Preempted
 from ift.evaluation import Evaluator
 from ift.host import PluginHost
-from ift.redact import redact
 from ift.progress import Progress
 from ift.recipe import Recipe
+from ift.redact import redact
 from ift.resume import check_same_run, checkpoint_step, choose_checkpoint, run_identity, trim_events
 from ift.rundir import RunDirectory
 from ift.runtime import finish_distributed, is_main_process, seed_everything, world_size
