@@ -170,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         import traceback
 
-        traceback.print_exc()
+        from ift.redact import redact
+
+        click.echo(redact(traceback.format_exc()).rstrip(), err=True)  # a URL with credentials stays masked
         click.echo("error: internal error (a bug in ift or a plugin); the traceback is above", err=True)
         return EXIT_BUG
     return EXIT_OK

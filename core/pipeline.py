@@ -116,7 +116,7 @@ class Run:
         if self.resume and old_manifest.is_file():
             # keep the original recipe files: the checkpoint's identity check decides if this is the same run
             self.manifest = json.loads(old_manifest.read_text())
-            self.manifest.setdefault("resumes", []).append({"at": time.time(), "command": sys.argv,
+            self.manifest.setdefault("resumes", []).append({"at": time.time(), "command": [redact(a) for a in sys.argv],
                                                             "overrides": recipe.overrides})
             return
         rundir.write_text("recipe.toml", recipe.text)

@@ -89,3 +89,21 @@ def test_validate_agrees_that_data_recipes_need_no_model(tmp_path: Path, capsys:
     assert "valid as a data recipe (1 data source(s), 0 transform(s))" in capsys.readouterr().out
     assert main(["run", str(tmp_path / "r.toml"), "-o", str(tmp_path / "out")]) == 2
     assert "model: missing: training needs a [model] table" in capsys.readouterr().err
+
+
+def test_a_bugs_traceback_masks_url_credentials(capsys: pytest.CaptureFixture[str]) -> None:
+    import click
+
+    from ift.cli import cli
+
+    @cli.command("explode-for-test")
+    def explode() -> None:
+        raise RuntimeError("proxy https://user:tok3n@proxy.local:3128 refused")
+
+    try:
+        assert main(["explode-for-test"]) == 1
+    finally:
+        cli.commands.pop("explode-for-test")
+    err = capsys.readouterr().err
+    assert "tok3n" not in err and "https://***@proxy.local:3128" in err and "Traceback" in err
+    assert isinstance(explode, click.Command)
