@@ -86,3 +86,12 @@ def test_csv_ids_are_the_real_line_when_fields_span_lines(tmp_path: Path) -> Non
     (tmp_path / "t.csv").write_text('instruction,output\n"two\nlines",a\n\nnext,b\n')
     records = read(CsvSource, tmp_path, "t.csv")
     assert [r.id for r in records] == ["t.csv:2", "t.csv:5"]
+
+
+def test_self_instruct_seed_file_reads_through_a_nested_source_table() -> None:
+    from ift.builtin_plugins.builders.nested import nested_table
+
+    table = nested_table({"path": str(SEEDS), **SELF_INSTRUCT})
+    assert table["source"] == "jsonl" and table["explode"] == "instances"
+    with pytest.raises(ValueError, match="unknown mapping key 'outptu' \\(did you mean 'output'\\?\\)"):
+        nested_table({"path": str(SEEDS), "fields": {"outptu": "x"}})

@@ -85,6 +85,10 @@ def test_consistency(report: dict) -> None:
     a, b = report["per_source"]["a"]["consistency"], report["per_source"]["b"]["consistency"]
     assert a["schema_conformity"] == 1.0 and a["turns"] == {"2": 4}
     assert b["schema_conformity"] == 0.5
+    # overall: each record against its own source's schema (4 of a + 2 of b), not one schema across sources
+    assert report["overall"]["consistency"]["schema_conformity"] == 0.75
+    assert len(b["schema_nonconforming"]["ids"]) == 2 and all(i.startswith("b/") for i in
+                                                              b["schema_nonconforming"]["ids"])
     assert b["schemas"] == [{"fields": "(messages only)", "count": 2},
                             {"fields": "system, task, label, choices", "count": 1},
                             {"fields": "task, choices", "count": 1}]
@@ -145,3 +149,18 @@ def test_files_and_table(report: dict, tmp_path: Path) -> None:
     assert re.search(r"empty outputs\s+1 \(12\.5%\)\s+0 \(0\.0%\)\s+1 \(25\.0%\)", table)
     assert re.search(r"answers outside choices\s+1 of 2\s+0 of 0\s+1 of 2", table)
     assert lines[-1].startswith("overlapping the eval set (1 eval records")
+
+
+def test_overall_conformity_uses_each_sources_own_schema() -> None:
+    from ift.builtin_plugins.quality import quality_report
+    from ift.records import InstructionRecord, Message
+
+    def record(source: str, i: int, task: str | None) -> InstructionRecord:
+        return InstructionRecord(f"r{i}", source, [Message("user", f"Name a colour number {i}."),
+                                                   Message("assistant", "Blue.")], task=task)
+
+    # two sources, each 100% consistent with its own shape (one carries a task, one does not)
+    records = [record("tasks", i, "colours") for i in range(3)] + [record("plain", i, None) for i in range(2)]
+    report = quality_report(records)
+    assert report["overall"]["consistency"]["schema_conformity"] == 1.0  # was 0.6: one schema across both
+    assert "ids" not in report["overall"]["consistency"]["schema_nonconforming"]
