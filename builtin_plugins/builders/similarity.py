@@ -20,8 +20,9 @@ from typing import Any, Literal
 from pydantic import Field
 
 import ift
+from ift import SimilarityBackend
 
-SimilarityBackend = ift.SimilarityBackend
+__all__ = ["BUILTIN_BACKENDS", "SimilarityBackend", "TfidfBackend", "TfidfConfig", "similarity_backends"]
 
 
 class TfidfConfig(ift.ComponentConfig):
