@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -52,6 +52,8 @@ class ClassifierAdapter(ift.ModelAdapter):
     examples."""
 
     name = "classifier"
+    #: Answers are label names, not generated tokens: inference commands apply no new-token budget.
+    generates_text: ClassVar[bool] = False
     Config = ClassifierConfig
     config: ClassifierConfig
     supports_packing = False

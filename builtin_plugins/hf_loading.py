@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import pickle
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -59,6 +60,11 @@ class LoadedModel:
     #: with PEFT): :func:`save_model_folder` copies it beside the adapter.
     base_snapshot: Path | None = None
 
+
+#: Why a pickle checkpoint holding more than tensors is refused (torch loads pickles with weights_only=True).
+PICKLE_REFUSED = ("its weights are a pickle checkpoint (pytorch_model.bin / .pt) holding objects other than "
+                  "tensors, which could run code when loaded, so it is refused; save the model with "
+                  "save_pretrained(..., safe_serialization=True) to get model.safetensors")
 
 def resolve_path(base_dir: Path, value: str, *, key: str = "model.name_or_path") -> str:
     """A local folder relative to the recipe when it exists, the model folder a ``package:NAME`` reference
@@ -144,6 +150,8 @@ def load_model(cfg: PretrainedModelConfig, base_dir: Path, auto_class: Any, toke
         try:
             model = auto_class.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
                                                **pretrained)
+        except pickle.UnpicklingError:
+            raise ift.RunError(f"cannot load model {source!r} (model.name_or_path): {PICKLE_REFUSED}") from None
         except (OSError, ValueError) as exc:
             raise ift.RunError(f"cannot load model {source!r} (model.name_or_path): {first_line(exc)}") from exc
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
@@ -218,6 +226,8 @@ def load_saved_model(cfg: PretrainedModelConfig, path: Path, auto_class: Any) ->
             model = PeftModel.from_pretrained(model, str(path))
         else:
             model = auto_class.from_pretrained(str(path), **kwargs)
+    except pickle.UnpicklingError:
+        raise ift.RunError(f"cannot load the model saved in {path}: {PICKLE_REFUSED}") from None
     except (OSError, ValueError, KeyError) as exc:
         raise ift.RunError(f"cannot load the model saved in {path}: {first_line(exc)}") from exc
     return model.to(select_device(cfg.device)).eval(), tokenizer

@@ -83,9 +83,14 @@ class JinjaRenderer(ift.Renderer):
         self.source_text, self.origin = self._read()
         env = sandboxed_environment(prepare_jinja_env)
         try:
-            self.template = env.from_string(self.source_text)
+            with time_budget(config.max_seconds):  # type: ignore[attr-defined]
+                self.template = env.from_string(self.source_text)
         except TemplateSyntaxError as exc:
             raise ift.RecipeError([ift.Problem("template", f"{self.origin}:{exc.lineno}: {exc.message}")]) \
+                from None
+        except (RenderBudgetExceeded, RecursionError, MemoryError) as exc:
+            what = "nests too deeply" if isinstance(exc, RecursionError) else f"cannot be compiled: {exc}"
+            raise ift.RecipeError([ift.Problem("template", f"{self.origin}: {what} (template.max_seconds)")]) \
                 from None
         self.eos_token = ""
         self.bos_token = ""
@@ -121,6 +126,12 @@ class JinjaRenderer(ift.Renderer):
         except RenderBudgetExceeded as exc:
             raise RenderError(f"{self.origin}: record {record.id!r}: {exc} (template.max_seconds / "
                               "template.max_chars)") from None
+        except RecursionError:
+            raise RenderError(f"{self.origin}: record {record.id!r}: the template recurses without bound (a macro "
+                              "or include that calls itself)") from None
+        except MemoryError:
+            raise RenderError(f"{self.origin}: record {record.id!r}: rendering ran out of memory (template."
+                              "max_chars)") from None
         except (TemplateError, ValueError) as exc:
             raise RenderError(f"{self.origin}: cannot render record {record.id!r} "
                               f"(source {record.source!r}): {exc}") from None

@@ -11,9 +11,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 import ift
+from ift.builtin_plugins.fieldmap import FieldMap, explode, remap
+from ift.files import check_data_file
+from ift.host import did_you_mean
 from ift.records import RowError, normalize_row
 
 
@@ -24,6 +27,24 @@ class SourceConfig(ift.ComponentConfig):
     on_bad_rows: Literal["error", "skip"] = Field(
         "error", description="error: stop at the first bad row; skip: drop bad rows, counted by reason.")
     max_bad_fraction: float = Field(0.01, ge=0, le=1, description="With skip: more bad rows than this is an error.")
+    fields: FieldMap | None = Field(None, description="Where each canonical field is in a row: dotted paths "
+                                                      "into nested objects (docs/data.md).")
+    explode: str | None = Field(None, description="A list field (dotted path): one record per element, ids "
+                                                  "'<row id>#<k>'.")
+
+    @field_validator("fields", mode="before")
+    @classmethod
+    def _known_fields(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            valid = list(FieldMap.model_fields)
+            for key in value:
+                if key not in valid:
+                    raise ValueError(f"unknown mapping key {key!r}{did_you_mean(str(key), valid)}; the keys are "
+                                     f"{', '.join(valid)}")
+            for key, path in value.items():
+                if not isinstance(path, str) or not path.strip("."):
+                    raise ValueError(f"{key} must be a field name or a dotted path such as \"meta.{key}\"")
+        return value
 
 
 class FileSourceConfig(SourceConfig):
@@ -64,8 +85,7 @@ class FileSource(ift.InstructionSource):
 
     def records(self) -> Iterable[ift.InstructionRecord]:
         path = self.path
-        if not path.is_file():
-            raise ift.DataError(f"data file not found (source {self.source_name!r})", file=str(path))
+        check_data_file(path, "data file", f"(source {self.source_name!r})")
         self.check_file()
         try:
             table = self._load()
@@ -92,24 +112,47 @@ class FileSource(ift.InstructionSource):
                                 f"{self.config.max_bad_fraction} (by reason: {skipped}); last: {message}",
                                 file=str(self.path), line=line)
 
+    def default_id(self, row_index: int) -> str:
+        """The id of a row without an ``id`` field: ``<file>:<line>`` (1-based) where the format has lines,
+        else ``<file>[<row index>]`` (0-based), so an id that looks like ``file:line`` is always the line."""
+        line = self.line_of(row_index)
+        return f"{self.path.name}:{line}" if line is not None else f"{self.path.name}[{row_index}]"
+
     def _normalize(self, rows: Iterable[Mapping[str, Any]], total: int = 0) -> Iterator[ift.InstructionRecord]:
-        prefix = self.path.name
         self.stats = getattr(self, "stats", {})
         for i, row in enumerate(rows):
             if self.config.limit is not None and i >= self.config.limit:
                 break
             try:
-                messages, extras = normalize_row(row, self.config.format, system=self.config.system)
+                yield from mapped_records(self, row, i, self.default_id(i))
             except RowError as exc:
                 line = self.line_of(i)
                 self.bad_row("row does not fit the format", str(exc) if line else f"row {i}: {exc}", line,
                              total or i + 1)
-                continue
-            row_id = row.get("id")
-            yield ift.InstructionRecord(
-                id=str(row_id) if row_id is not None else f"{prefix}:{i}",
-                source=self.source_name, messages=messages,
-                metadata={"row": i, **extras.pop("metadata", {})}, **extras)
+
+
+def mapped_records(source: ift.InstructionSource, row: Mapping[str, Any], index: int,
+                   default_id: str) -> Iterator[ift.InstructionRecord]:
+    """The records of one raw row: ``explode`` and ``fields`` applied (see :mod:`.fieldmap`), then the row's
+    format normalised. Raises RowError for the whole row before yielding any of its records."""
+    cfg: SourceConfig = source.config  # type: ignore[assignment]
+    out = []
+    elements = list(explode(row, cfg.explode))
+    if not elements:
+        stats = source.__dict__.setdefault("stats", {})
+        stats["rows_with_empty_list"] = stats.get("rows_with_empty_list", 0) + 1
+    for k, element in elements:
+        try:
+            flat = remap(element, cfg.fields)
+            messages, extras = normalize_row(flat, cfg.format, system=cfg.system)
+        except RowError as exc:
+            raise RowError(f"{cfg.explode}[{k}]: {exc}" if k is not None else str(exc)) from None
+        row_id = flat.get("id")
+        base = str(row_id) if row_id is not None and row_id != "" else default_id
+        metadata = {"row": index, **({"element": k} if k is not None else {}), **extras.pop("metadata", {})}
+        out.append(ift.InstructionRecord(id=base if k is None else f"{base}#{k}", source=source.source_name,
+                                         messages=messages, metadata=metadata, **extras))
+    yield from out
 
 
 class JsonlSource(FileSource):
@@ -118,8 +161,7 @@ class JsonlSource(FileSource):
     name = "jsonl"
 
     def records(self) -> Iterable[ift.InstructionRecord]:
-        if not self.path.is_file():
-            raise ift.DataError(f"data file not found (source {self.source_name!r})", file=str(self.path))
+        check_data_file(self.path, "data file", f"(source {self.source_name!r})")
         self.stats = {}
         rows = self._rows()
         return self._normalize(rows, total=len(rows))
@@ -187,8 +229,30 @@ class CsvSource(FileSource):
     name = "csv"
     builder = "csv"
 
+    def check_file(self) -> None:
+        """Record where each row starts: a quoted field may span lines, so row i is not always line i + 2."""
+        import csv
+
+        self._lines: list[int] = []
+        with self.path.open(encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle)
+            try:
+                next(reader)  # the header
+                start = reader.line_num + 1
+                for values in reader:
+                    if values:  # blank lines are no rows (as the table reader skips them)
+                        self._lines.append(start)
+                    start = reader.line_num + 1
+            except StopIteration:
+                pass
+            except (csv.Error, UnicodeDecodeError):
+                self._lines = []  # the table reader reports the problem
+
     def line_of(self, row_index: int) -> int | None:
-        return row_index + 2  # header is line 1; exact unless fields contain newlines
+        lines = getattr(self, "_lines", None)
+        if lines:
+            return lines[row_index] if row_index < len(lines) else None
+        return row_index + 2  # header is line 1
 
 
 class ParquetSource(FileSource):
@@ -227,13 +291,9 @@ class HubSource(ift.InstructionSource):
             if cfg.limit is not None and i >= cfg.limit:
                 break
             try:
-                messages, extras = normalize_row(row, cfg.format, system=cfg.system)
+                yield from mapped_records(self, row, i, f"{cfg.dataset}:{cfg.split}:{i}")
             except RowError as exc:
                 raise ift.DataError(f"dataset {cfg.dataset!r} row {i}: {exc}") from None
-            row_id = row.get("id")
-            yield ift.InstructionRecord(id=str(row_id) if row_id is not None else f"{cfg.dataset}:{cfg.split}:{i}",
-                                        source=self.source_name, messages=messages,
-                                        metadata={"row": i, **extras.pop("metadata", {})}, **extras)
 
     def content_fingerprint(self) -> str | None:
         # Only a pinned revision identifies the data before it is downloaded.

@@ -84,7 +84,23 @@ def run(ctx: click.Context, recipe: str, output_dir: str | None, overrides: tupl
 def validate(ctx: click.Context, recipe: str, overrides: tuple[str, ...], as_json: bool) -> None:
     """Check RECIPE without loading data or models; report every problem at once."""
     from ift.pipeline import make_renderer
+    from ift.recipe import read_toml
 
+    raw, _ = read_toml(Path(recipe))
+    if "model" not in raw and not any(o.split("=", 1)[0].strip().startswith("model") for o in overrides):
+        # a data recipe: `ift data build` / `ift data report` need no [model], and validate agrees
+        from ift.builtin_plugins.data_cli import load_data_recipe
+
+        parsed = load_data_recipe(_host(ctx), recipe, overrides)
+        if as_json:
+            resolved = parsed.resolved()
+            resolved.pop("model", None)
+            click.echo(json.dumps(resolved, indent=2))
+        else:
+            click.echo(f"{recipe}: valid as a data recipe ({len(parsed.data)} data source(s), "
+                       f"{len(parsed.transforms)} transform(s)) for `ift data build` and `ift data report`; "
+                       "`ift run` also needs a [model] table")
+        return
     parsed, host = _load(ctx, recipe, overrides)
     make_renderer(parsed, host)  # compiles the template: syntax errors are recipe errors
     if as_json:
@@ -156,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         import traceback
 
-        traceback.print_exc()
+        from ift.redact import redact
+
+        click.echo(redact(traceback.format_exc()).rstrip(), err=True)  # a URL with credentials stays masked
         click.echo("error: internal error (a bug in ift or a plugin); the traceback is above", err=True)
         return EXIT_BUG
     return EXIT_OK

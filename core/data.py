@@ -75,6 +75,7 @@ def apply_transforms(recipe: Recipe, host: PluginHost, records: list[Instruction
         transform: Transform = spec.cls(spec.config, base_dir=recipe.base_dir)
         tally = Tally()
         before = len(records)
+        before_split = Counter(_split_of(r) for r in records)
         records = transform.apply(list(records), tally)
         counted = sum(tally.dropped.values())
         if before - len(records) != counted:
@@ -82,9 +83,33 @@ def apply_transforms(recipe: Recipe, host: PluginHost, records: list[Instruction
             raise PluginError(f"transform {spec.name!r} dropped {before - len(records)} records but counted "
                               f"{counted}; every drop must be counted with tally.drop(reason)",
                               plugin=plugin.plugin, distribution=plugin.distribution)
-        report.transforms.append({"name": spec.name, "in": before, "out": len(records),
-                                  "dropped": dict(tally.dropped), "changed": dict(tally.changed)})
+        entry: dict[str, Any] = {"name": spec.name, "in": before, "out": len(records),
+                                 "dropped": dict(tally.dropped), "changed": dict(tally.changed)}
+        after_split = Counter(_split_of(r) for r in records)
+        entry["by_split"] = {split: {"in": n, "out": after_split.get(split, 0)}
+                             for split, n in sorted(before_split.items())}
+        report.transforms.append(entry)
     return records
+
+
+def _split_of(record: InstructionRecord) -> str:
+    """The split a record's [[data]] table asked for: ``train``, ``eval`` or ``auto`` (held out later)."""
+    return str(record.metadata.get("split", "auto"))
+
+
+def data_notes(report: dict[str, Any]) -> list[str]:
+    """Lines for the run output about records that did not reach the split their table asked for: eval
+    records dropped by transforms, and eval tables cut by ``eval.max_examples``."""
+    notes = []
+    for t in report.get("transforms", []):
+        counts = t.get("by_split", {}).get("eval")
+        if counts and counts["out"] < counts["in"]:
+            notes.append(f"transform {t['name']!r} dropped {counts['in'] - counts['out']} of {counts['in']} records "
+                         "of the eval table(s) (split = 'eval')")
+    for name, cut in report.get("split", {}).get("cut_by_max_examples", {}).items():
+        notes.append(f"eval.max_examples = {cut['max_examples']} kept {cut['kept']} of the {cut['records']} records "
+                     f"of eval table {name!r}; raise eval.max_examples (or set it to nothing) to keep them all")
+    return notes
 
 
 def split_records(recipe: Recipe, records: list[InstructionRecord],
@@ -100,10 +125,13 @@ def split_records(recipe: Recipe, records: list[InstructionRecord],
     train: list[InstructionRecord] = []
     held: list[InstructionRecord] = []
     # eval-only tables first: they take from the cap before the automatic hold-out does
+    cut: dict[str, dict[str, int]] = {}
     for name, group in by_source.items():
         if spec_of[name].split == "eval":
             room = len(group) if cap is None else max(0, cap - len(held))
             held.extend(group[:room])
+            if room < len(group):  # counted and said: these records are neither trained nor evaluated on
+                cut[name] = {"records": len(group), "kept": room, "max_examples": cap or 0}
     budget = None if cap is None else max(0, cap - len(held))
     auto = {k: v for k, v in by_source.items() if spec_of[k].split == "auto" and recipe.eval.fraction > 0}
     auto_total = sum(len(v) for v in auto.values())
@@ -123,6 +151,8 @@ def split_records(recipe: Recipe, records: list[InstructionRecord],
     held_keys = {r.content_key() for r in held}
     kept = [r for r in train if r.content_key() not in held_keys]
     report.split = {"train": len(kept), "eval": len(held), "removed_overlapping_eval": len(train) - len(kept)}
+    if cut:
+        report.split["cut_by_max_examples"] = cut
     return _mix(recipe, kept, rng, report), held
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ift.redact import redact
+
 # Exit codes, documented in the README. Click's own usage errors also exit with 2.
 EXIT_OK = 0
 EXIT_BUG = 1
@@ -25,6 +27,7 @@ class IftError(Exception):
     exit_code = EXIT_RUN
 
     def __init__(self, message: str) -> None:
+        message = redact(message)  # a credential in a URL or value never reaches error output
         super().__init__(message)
         self.message = message
 

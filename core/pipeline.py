@@ -22,6 +22,7 @@ from ift.data import (
     DataReport,
     apply_transforms,
     bad_record_policy,
+    data_notes,
     encode_records,
     read_sources,
     split_records,
@@ -32,6 +33,7 @@ from ift.evaluation import Evaluator
 from ift.host import PluginHost
 from ift.progress import Progress
 from ift.recipe import Recipe
+from ift.redact import redact
 from ift.resume import check_same_run, checkpoint_step, choose_checkpoint, run_identity, trim_events
 from ift.rundir import RunDirectory
 from ift.runtime import finish_distributed, is_main_process, seed_everything, world_size
@@ -93,7 +95,7 @@ class Run:
             error = "interrupted"
             raise
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = redact(f"{type(exc).__name__}: {exc}")  # a bug's message may quote a URL with credentials
             raise
         finally:
             if threading.current_thread() is threading.main_thread():
@@ -115,7 +117,7 @@ class Run:
         if self.resume and old_manifest.is_file():
             # keep the original recipe files: the checkpoint's identity check decides if this is the same run
             self.manifest = json.loads(old_manifest.read_text())
-            self.manifest.setdefault("resumes", []).append({"at": time.time(), "command": sys.argv,
+            self.manifest.setdefault("resumes", []).append({"at": time.time(), "command": [redact(a) for a in sys.argv],
                                                             "overrides": recipe.overrides})
             return
         rundir.write_text("recipe.toml", recipe.text)
@@ -253,6 +255,8 @@ class Run:
                   f"from {len(recipe.data)} source(s)")
         for warning in prepared.report.get("encoding", {}).get("train", {}).get("warnings", []):
             self.echo(f"data: warning: {warning}")
+        for note in data_notes(prepared.report):
+            self.echo(f"note: {note}")
 
         progress.stage("loading model")
         seed_everything(recipe.run.seed)

@@ -18,6 +18,7 @@ from ift.config import ComponentConfig, TrainerConfig
 from ift.errors import Problem, RecipeError
 from ift.host import KIND_LABELS, PluginHost, did_you_mean
 from ift.mixture import STRATEGIES
+from ift.redact import MASK, has_credentials, redact
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -153,9 +154,16 @@ class Recipe:
 
 def read_toml(path: Path) -> tuple[dict[str, Any], str]:
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise RecipeError(f"cannot read recipe: {exc.strerror}", path=str(path)) from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise RecipeError(f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at line {line}, column {column}); "
+                          "save the recipe as UTF-8", path=str(path)) from None
     try:
         return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as exc:
@@ -180,25 +188,25 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     except tomllib.TOMLDecodeError:
         value = value_text
     node: Any = raw
-    for i, part in enumerate(parts[:-1]):
-        nxt = parts[i + 1]
+    for i, part in enumerate(parts):
+        where = ".".join(map(str, parts[:i])) or "the recipe"
         if not isinstance(node, (dict, list)):
-            raise RecipeError(f"--set {key}: {'.'.join(map(str, parts[:i]))} is a value, not a table")
-        if isinstance(part, int):
-            if not isinstance(node, list) or part >= len(node):
-                raise RecipeError(f"--set {key}: index {part} is out of range")
-            node = node[part]
+            raise RecipeError(f"--set {key}: {where} is a value, not a table")
+        if isinstance(node, list):
+            if not isinstance(part, int):
+                raise RecipeError(f"--set {key}: {where} is a list of {len(node)} table(s); index it by number, "
+                                  f"e.g. {where}.0.{part} or {where}[0].{part}")
+            if part >= len(node):
+                raise RecipeError(f"--set {key}: index {part} is out of range ({where} has {len(node)} item(s))")
+        elif isinstance(part, int):
+            raise RecipeError(f"--set {key}: {where} is a table, not a list; it has no item {part}")
+        container: Any = node  # a list indexed by int or a table by name, as checked above
+        if i == len(parts) - 1:
+            container[part] = value
         else:
-            if part not in node:
-                node[part] = [] if isinstance(nxt, int) else {}
-            node = node[part]
-    last = parts[-1]
-    if not isinstance(node, (dict, list)):
-        raise RecipeError(f"--set {key}: {'.'.join(map(str, parts[:-1]))} is a value, not a table")
-    if isinstance(last, int):
-        if not isinstance(node, list) or last >= len(node):
-            raise RecipeError(f"--set {key}: index {last} is out of range")
-    node[last] = value
+            if isinstance(node, dict) and part not in node:
+                node[part] = [] if isinstance(parts[i + 1], int) else {}
+            node = container[part]
 
 
 def load_recipe(path: Path | str, host: PluginHost, overrides: list[str] = ()) -> Recipe:  # type: ignore[assignment]
@@ -262,31 +270,42 @@ def _section(raw: Any, key: str, model: type[BaseModel], problems: list[Problem]
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+(:[A-Za-z_][\w.]*)?$|^[\w.]+:[A-Za-z_][\w.]*$")
 _SECRET_KEY = re.compile(r"(^|_)(token|secret|password|passwd|api_?key|access_key|credentials?)$", re.I)
-_SECRET_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{30,}|\bsk-[A-Za-z0-9_-]{20,}|\bgh[pousr]_[A-Za-z0-9]{30,}|"
-                           r"\bAKIA[0-9A-Z]{16}\b|://[^/@\s:]+:[^/@\s]+@")
+
 
 
 def looks_like_import_path(name: str) -> bool:
     return bool(_IMPORT_PATH.match(name))
 
 
-def find_secrets(value: Any, key: str = "") -> list[Problem]:
+def find_secrets(value: Any, key: str = "", found: set[str] | None = None) -> list[Problem]:
     """Recipe values that look like credentials. Recipes are copied into run directories and shared;
-    secrets belong in the environment."""
+    secrets belong in the environment. Each value flagged is added to ``found`` so that no other message
+    echoes it."""
     problems = []
     if isinstance(value, dict):
         for k, v in value.items():
-            problems += find_secrets(v, f"{key}.{k}" if key else str(k))
+            problems += find_secrets(v, f"{key}.{k}" if key else str(k), found)
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            problems += find_secrets(v, f"{key}[{i}]")
+            problems += find_secrets(v, f"{key}[{i}]", found)
     elif isinstance(value, str) and value:
         name = key.rsplit(".", 1)[-1]
-        if _SECRET_KEY.search(name) or _SECRET_VALUE.search(value):
+        if _SECRET_KEY.search(name) or has_credentials(value):
+            if found is not None:
+                found.add(value)
             problems.append(Problem(key, "looks like a secret, and recipes are copied into run directories: put "
                                     "it in an environment variable instead (HF_TOKEN for the Hugging Face Hub, "
                                     "or the variable the plugin documents) and remove it from the recipe"))
     return problems
+
+
+def _scrub(problems: list[Problem], secrets: set[str]) -> list[Problem]:
+    """The problems with every flagged secret value masked, wherever another key's message quotes it."""
+    def clean(text: str) -> str:
+        for secret in sorted(secrets, key=len, reverse=True):
+            text = text.replace(secret, MASK).replace(repr(secret)[1:-1], MASK)
+        return redact(text)
+    return [Problem(p.key, clean(p.message)) for p in problems]
 
 
 def _component(host: PluginHost, kind: str, table: dict[str, Any], name_key: str, key: str,
@@ -320,7 +339,8 @@ def _component(host: PluginHost, kind: str, table: dict[str, Any], name_key: str
 def validate_recipe(raw: dict[str, Any], host: PluginHost, *, base_dir: Path, path: Path | None = None,
                     text: str = "", overrides: list[str] | None = None) -> Recipe:
     """Validate a parsed recipe; raise one RecipeError listing every problem."""
-    problems: list[Problem] = find_secrets(raw)
+    secrets: set[str] = set()
+    problems: list[Problem] = find_secrets(raw, found=secrets)
     for key in raw:
         if key not in SECTIONS:
             problems.append(Problem(key, f"unknown section{did_you_mean(key, SECTIONS)}; "
@@ -329,7 +349,7 @@ def validate_recipe(raw: dict[str, Any], host: PluginHost, *, base_dir: Path, pa
     eval_section = _section(raw.get("eval"), "eval", EvalSection, problems)
     plugins = _section(raw.get("plugins"), "plugins", PluginsSection, problems)
 
-    raw_eval = raw.get("eval") if isinstance(raw.get("eval"), dict) else {}
+    raw_eval: dict[str, Any] = raw["eval"] if isinstance(raw.get("eval"), dict) else {}
     raw_metrics = raw_eval.get("metrics", eval_section.metrics)
     for i, metric in enumerate(raw_metrics if isinstance(raw_metrics, list) else []):
         if isinstance(metric, str) and metric not in host.registry["metric"]:
@@ -383,7 +403,12 @@ def validate_recipe(raw: dict[str, Any], host: PluginHost, *, base_dir: Path, pa
     template = _component(host, "renderer", template_table, "name", "template", problems)
     model_table = _table(raw, "model", problems)
     model_table.setdefault("adapter", DEFAULTS["model"])
-    model = _component(host, "model_adapter", model_table, "adapter", "model", problems)
+    model: Component | None = None
+    if "model" not in raw:
+        problems.append(Problem("model", "missing: training needs a [model] table (name_or_path or from_config); "
+                                "a recipe only for `ift data build` / `ift data report` needs none"))
+    else:
+        model = _component(host, "model_adapter", model_table, "adapter", "model", problems)
     trainer_table = _table(raw, "trainer", problems)
     trainer_table.setdefault("name", DEFAULTS["trainer"])
     # A trainer may check its keys against the evaluation (e.g. an early-stopping metric among eval.metrics)
@@ -400,7 +425,7 @@ def validate_recipe(raw: dict[str, Any], host: PluginHost, *, base_dir: Path, pa
     if data and all(d.split == "eval" for d in data):
         problems.append(Problem("data", "every [[data]] table has split = 'eval': nothing to train on"))
     if problems:
-        raise RecipeError(problems, path=str(path) if path else None)
+        raise RecipeError(_scrub(problems, secrets), path=str(path) if path else None)
     assert template and model and trainer
     return Recipe(path=path, base_dir=base_dir, raw=raw, text=text, run=run, data=data,
                   transforms=transforms, template=template, model=model, trainer=trainer,

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from jinja2 import StrictUndefined, nodes
+from jinja2.compiler import CodeGenerator
 from jinja2.ext import Extension
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -39,10 +40,69 @@ class GenerationExtension(Extension):
         return GEN_START + caller() + GEN_END
 
 
+#: Largest string or list one template operation (``*``, ``+``, ``center``, ``indent``) may build; larger
+#: ones are refused before they are built, so one expression cannot exhaust memory in a single step.
+MAX_VALUE_CHARS = 10_000_000
+#: Largest result of ``**`` in bits.
+MAX_POWER_BITS = 1 << 16
+
+
+class _NoFoldingCodeGenerator(CodeGenerator):
+    """Leaves every expression to render time, where the budgets apply: Jinja otherwise evaluates constant
+    expressions while compiling (``{{ "x" * 10**10 }}`` or ``{{ ""|center(10**10) }}`` would run inside
+    ``from_string``, with no time or size limit)."""
+
+    def _output_child_to_const(self, node: nodes.Expr, frame: Any, finalize: Any) -> str:
+        if not isinstance(node, (nodes.TemplateData, nodes.Const)):
+            raise nodes.Impossible()
+        return super()._output_child_to_const(node, frame, finalize)
+
+
+def _size(value: Any) -> int | None:
+    return len(value) if isinstance(value, (str, list, tuple)) else None
+
+
+class BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The sandbox with size limits on the operations that can build a huge value in one step."""
+
+    code_generator_class = _NoFoldingCodeGenerator
+    intercepted_binops = frozenset({"*", "**", "+"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, count in ((left, right), (right, left)):
+                size = _size(seq)
+                if size is not None and isinstance(count, int) and size * count > MAX_VALUE_CHARS:
+                    raise RenderBudgetExceeded(f"'*' would build {size * count:,} items, more than "
+                                               f"{MAX_VALUE_CHARS:,}")
+        elif operator == "**":
+            if isinstance(left, int) and isinstance(right, int) and right > 0 and \
+                    max(left.bit_length(), 1) * right > MAX_POWER_BITS:
+                raise RenderBudgetExceeded(f"'**' would build a number of about {left.bit_length() * right:,} "
+                                           f"bits, more than {MAX_POWER_BITS:,}")
+        elif operator == "+":
+            sizes = (_size(left), _size(right))
+            if sizes[0] is not None and sizes[1] is not None and sizes[0] + sizes[1] > MAX_VALUE_CHARS:
+                raise RenderBudgetExceeded(f"'+' would build {sizes[0] + sizes[1]:,} items, more than "
+                                           f"{MAX_VALUE_CHARS:,}")
+        return super().call_binop(context, operator, left, right)
+
+
+def _width_checked(name: str, filter_: Callable[..., Any]) -> Callable[..., Any]:
+    def checked(value: Any, width: Any = 80, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(width, int) and width > MAX_VALUE_CHARS:
+            raise RenderBudgetExceeded(f"{name}({width:,}) is wider than {MAX_VALUE_CHARS:,} characters")
+        return filter_(value, width, *args, **kwargs)
+    return checked
+
+
 def sandboxed_environment(prepare: Callable[[Any], None] | None = None) -> ImmutableSandboxedEnvironment:
-    """The environment every text template renders in: sandboxed, undefined variables are errors."""
-    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True,
-                                        extensions=[GenerationExtension], autoescape=False)
+    """The environment every text template renders in: sandboxed, undefined variables are errors, nothing
+    evaluated while compiling, and no single operation builds a value past :data:`MAX_VALUE_CHARS`."""
+    env = BoundedSandbox(undefined=StrictUndefined, keep_trailing_newline=True, extensions=[GenerationExtension],
+                         autoescape=False, optimized=False)
+    for name in ("center", "indent"):
+        env.filters[name] = _width_checked(name, env.filters[name])
     if prepare is not None:
         prepare(env)
     return env

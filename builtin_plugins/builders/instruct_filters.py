@@ -11,7 +11,13 @@ that pass:
   quotes); the instance's output is not empty and does not repeat the instruction or the input.
 - relevance to the stated task: the instruction and input share at least two content words (stop words
   removed, a trailing ``s`` ignored) with the task description (one word: 0.5, none: 0). Without a task
-  description relevance counts as 1.
+  description relevance is not scored (``None``) and the score is (0.4 x form + 0.3 x clarity) / 0.7, so a
+  missing description never counts as full relevance.
+
+Before scoring, degenerate text is rejected outright (reason ``repetitive``): :func:`repetition` is the share
+of repeated word bigrams or trigrams (1 - distinct / total, the larger of the two), and an instruction, input
+or output above ``max_repetition`` (default 0.3) is a loop such as ``t t t t`` or ``yes yes yes yes``. Words
+are those of :func:`words` (lower-cased, punctuation and articles removed, split on spaces).
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ class Quality:
     score: float
     form: float
     clarity: float
-    relevance: float
+    relevance: float | None
 
 
 def words(text: str) -> list[str]:
@@ -97,14 +103,25 @@ def quality(instruction: str, input_text: str, output: str, task_description: st
         not _PLACEHOLDER.search(text) and _balanced(text),
         bool(out) and out != normalize_answer(text) and out != normalize_answer(input_text),
     ]
-    if task_description:
-        shared = len(_content(f"{text} {input_text}") & _content(task_description))
-        relevance = min(shared, 2) / 2
-    else:
-        relevance = 1.0
     form = sum(form_checks) / len(form_checks)
     clarity = sum(clarity_checks) / len(clarity_checks)
+    if not task_description:
+        return Quality(round((0.4 * form + 0.3 * clarity) / 0.7, 4), form, clarity, None)
+    shared = len(_content(f"{text} {input_text}") & _content(task_description))
+    relevance = min(shared, 2) / 2
     return Quality(round(0.4 * form + 0.3 * clarity + 0.3 * relevance, 4), form, clarity, relevance)
+
+
+def repetition(text: str) -> float:
+    """How much of ``text`` repeats itself: the larger of 1 - distinct / total over its word bigrams and
+    trigrams (0 for text without repeats or under three words; ``t t t t`` gives 0.67)."""
+    tokens = words(text)
+    worst = 0.0
+    for n in (2, 3):
+        grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+        if len(grams) >= 2:
+            worst = max(worst, 1 - len(set(grams)) / len(grams))
+    return worst
 
 
 class SimilarityPool:

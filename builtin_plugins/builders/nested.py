@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 import ift
+from ift.files import check_data_file
 from ift.host import did_you_mean
 
 FILE_SOURCES = ("csv", "jsonl", "json", "parquet")
@@ -120,8 +121,7 @@ def read_rows(source: ift.InstructionSource) -> Iterator[Row]:
 
     if isinstance(source, FileSource) and source.name in FILE_SOURCES:
         path = source.path
-        if not path.is_file():
-            raise ift.DataError("rows file not found", file=str(path))
+        check_data_file(path, "rows file")
         limit = source.config.limit  # type: ignore[attr-defined]
         rows = _file_rows(path, source.name, getattr(source.config, "field", None))
         for row in rows:

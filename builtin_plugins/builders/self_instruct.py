@@ -74,6 +74,8 @@ class SelfInstructConfig(ift.ComponentConfig):
     max_words: int = Field(150, ge=1)
     blocklist: list[str] = Field(default_factory=lambda: list(filters.DEFAULT_BLOCKLIST))
     min_quality: float = Field(0.5, ge=0, le=1, description="Reject a quality score below this.")
+    max_repetition: float = Field(0.3, ge=0, le=1, description="Reject an instruction, input or output whose "
+                                  "share of repeated word bigrams / trigrams is above this (1: no check).")
     seed: int = 0
     work_dir: str | None = Field(None, description="Folder of the resumable state (default: "
                                                    "<recipe folder>/<source name>.self-instruct).")
@@ -199,6 +201,8 @@ class SelfInstructSource(ift.InstructionSource):
             return "too long"
         if filters.blocked_keyword(text, self.config.blocklist):
             return "blocklisted keyword"
+        if filters.repetition(text) > self.config.max_repetition:
+            return "repetitive"
         return None
 
     def _decide(self, r: int, i: int, text: str, input_text: str, output: str, q: filters.Quality,
@@ -208,6 +212,8 @@ class SelfInstructSource(ift.InstructionSource):
         out = filters.normalize_answer(output)
         if not out or out in (filters.normalize_answer(text), filters.normalize_answer(input_text)):
             entry.update(kept=False, reason="invalid instance")
+        elif max(filters.repetition(input_text), filters.repetition(output)) > self.config.max_repetition:
+            entry.update(kept=False, reason="repetitive")
         elif q.score < self.config.min_quality:
             entry.update(kept=False, reason="low quality")
         else:

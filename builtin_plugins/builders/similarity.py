@@ -20,13 +20,15 @@ from typing import Any, Literal
 from pydantic import Field
 
 import ift
+from ift import SimilarityBackend
 
-SimilarityBackend = ift.SimilarityBackend
+__all__ = ["BUILTIN_BACKENDS", "SimilarityBackend", "TfidfBackend", "TfidfConfig", "similarity_backends"]
 
 
 class TfidfConfig(ift.ComponentConfig):
     ngram_range: tuple[int, int] = Field((1, 1), description="Word n-gram sizes, e.g. [1, 2].")
-    stop_words: Literal["english"] | None = Field("english", description="'english' or none.")
+    stop_words: Literal["english", "none"] | None = Field(
+        "english", description="'english' (scikit-learn's English stop-word list) or 'none' (keep every word).")
     sublinear_tf: bool = Field(False, description="Use 1 + log(tf) instead of raw counts.")
     min_df: int = Field(1, ge=1, description="Ignore words in fewer library texts than this.")
 
@@ -43,7 +45,8 @@ class TfidfBackend(SimilarityBackend):
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         cfg = self.config
-        self.vectorizer = TfidfVectorizer(ngram_range=cfg.ngram_range, stop_words=cfg.stop_words,
+        stop_words = None if cfg.stop_words in (None, "none") else cfg.stop_words  # TOML has no null: "none"
+        self.vectorizer = TfidfVectorizer(ngram_range=cfg.ngram_range, stop_words=stop_words,
                                           sublinear_tf=cfg.sublinear_tf, min_df=cfg.min_df)
         try:
             self.matrix = self.vectorizer.fit_transform(texts)

@@ -21,7 +21,11 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 import ift
 from ift.builtin_plugins.builders.nested import Row, key_of, nested_table, open_source, read_rows
-from ift.templating import sandboxed_environment
+from ift.files import check_data_file
+from ift.templating import MAX_VALUE_CHARS, RenderBudgetExceeded, sandboxed_environment, time_budget
+
+#: Time budget for compiling or rendering one instruction template for one row.
+RENDER_SECONDS = 2.0
 
 
 def _check_syntax(text: str) -> str:
@@ -29,6 +33,8 @@ def _check_syntax(text: str) -> str:
         sandboxed_environment().parse(text)
     except TemplateSyntaxError as exc:
         raise ValueError(f"template syntax error at line {exc.lineno}: {exc.message}") from None
+    except RecursionError:
+        raise ValueError("the template nests too deeply to parse") from None
     return text
 
 
@@ -152,17 +158,23 @@ class TemplatedSource(ift.InstructionSource):
         for i, name in enumerate(task.instruction_files):
             path = Path(name).expanduser()
             path = path if path.is_absolute() else self.base_dir / path
-            if not path.is_file():
+            try:
+                check_data_file(path, "instruction file")
+            except ift.DataError as exc:
                 raise ift.RecipeError([ift.Problem(key_of(self, f"tasks[{t}].instruction_files[{i}]"),
-                                                   f"file not found: {path}")])
+                                                   str(exc))]) from None
             paths.append(path)
         return paths
 
     def _compile(self, env: Any, text: str, origin: str) -> Template:
         try:
-            return env.from_string(text)
+            with time_budget(RENDER_SECONDS):
+                return env.from_string(text)
         except TemplateError as exc:
             raise ift.RecipeError([ift.Problem(key_of(self, origin), str(exc))]) from None
+        except (RenderBudgetExceeded, RecursionError, MemoryError) as exc:
+            what = "nests too deeply" if isinstance(exc, RecursionError) else f"cannot be compiled: {exc}"
+            raise ift.RecipeError([ift.Problem(key_of(self, origin), what)]) from None
 
     def _row_key(self, row: Row) -> str:
         value = row.values.get(self.config.id_column)
@@ -207,7 +219,14 @@ class TemplatedSource(ift.InstructionSource):
 
 def _render(template: Template, ctx: dict[str, Any], origin: str, task: TaskTemplate, row: Row) -> str:
     try:
-        return template.render(**ctx).strip()
+        with time_budget(RENDER_SECONDS):
+            return template.render(**ctx).strip()
+    except (RenderBudgetExceeded, MemoryError) as exc:
+        raise row_error(f"task {task.name!r}, template {origin}: {exc or 'out of memory'} (budget: "
+                        f"{RENDER_SECONDS:g} s and {MAX_VALUE_CHARS:,} characters per operation)", row) from None
+    except RecursionError:
+        raise row_error(f"task {task.name!r}, template {origin}: the template recurses without bound", row) \
+            from None
     except TemplateError as exc:
         columns = json.dumps(sorted(ctx))
         raise row_error(f"task {task.name!r}, template {origin}: {exc} (variables: {columns})", row) from None

@@ -85,21 +85,30 @@ def generate(ctx: click.Context, run_dir: str, prompt: str | None, input_file: s
         rows = [{"prompt": line.strip(), "messages": _messages(line.strip(), system)}
                 for line in sys.stdin if line.strip()]
     run = _open(ctx, run_dir, model_dir, device)
-    from ift.builtin_plugins.inference.runs import context_length
+    from ift.builtin_plugins.inference.runs import context_length, new_token_budget
 
-    limit = context_length(run.model)
-    prompts = []
+    prompts, budgets = [], []
     for row in rows:
         text = run.prompt(row.pop("messages"))
         tokens = run.token_count(text)
-        if tokens + max_new_tokens > limit:
+        budget = new_token_budget(run, tokens, max_new_tokens)
+        if budget < 1:
             where = f"{input_file}:{row['line']}: " if "line" in row else ""
-            raise ift.DataError(f"{where}the prompt is {tokens} tokens; with --max-new-tokens {max_new_tokens} it "
-                                f"does not fit the model's context of {limit} tokens")
+            raise ift.DataError(f"{where}the prompt is {tokens} tokens and fills the model's context of "
+                                f"{context_length(run.model)} tokens; nothing is left to generate")
+        if budget < max_new_tokens:
+            click.echo(f"note: --max-new-tokens {max_new_tokens} lowered to {budget} to fit the model's context "
+                       f"({tokens} prompt tokens)", err=True)
         if show_prompt:
             click.echo(f"--- prompt ---\n{text}\n--- end of prompt ---", err=True)
         prompts.append(text)
-    answers = run.generate(prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        budgets.append(budget)
+    answers = [""] * len(prompts)
+    for budget in sorted(set(budgets)):  # prompts that share a budget are generated together, in batches
+        picked = [i for i, b in enumerate(budgets) if b == budget]
+        for i, answer in zip(picked, run.generate([prompts[i] for i in picked], max_new_tokens=budget,
+                                                   batch_size=batch_size), strict=True):
+            answers[i] = answer
     if prompt is not None:
         click.echo(answers[0])
         return
@@ -171,7 +180,12 @@ def chat(ctx: click.Context, run_dir: str, system: str | None, max_new_tokens: i
 
     run = _open(ctx, run_dir, model_dir, device)
     interactive = sys.stdin.isatty()
-    limit = context_length(run.model) - max_new_tokens
+    context = context_length(run.model)
+    generative = getattr(run.adapter, "generates_text", True)
+    # A reply needs room: at most a quarter of the context is reserved for it (as `ift generate` fits its budget,
+    # a long history is trimmed before the reply is cut); a classifier reserves none.
+    reserve = min(max_new_tokens, max(context // 4, 1)) if generative else 0
+    limit = context - reserve
     if interactive:
         click.echo(f"chatting with {run.name} (template {run.resolved['template'].get('name')!r}, "
                    f"{run.renderer.template_hash()}); /reset clears the conversation, /exit quits")
@@ -201,7 +215,8 @@ def chat(ctx: click.Context, run_dir: str, system: str | None, max_new_tokens: i
             click.echo(f"(dropped the oldest {dropped // 2} exchange(s) to fit the model's context)", err=True)
         if show_prompt:
             click.echo(f"--- prompt ---\n{prompt}\n--- end of prompt ---", err=True)
-        answer = run.generate([prompt], max_new_tokens=max_new_tokens, batch_size=1)[0]
+        budget = max_new_tokens if not generative else max(1, min(max_new_tokens, context - run.token_count(prompt)))
+        answer = run.generate([prompt], max_new_tokens=budget, batch_size=1)[0]
         click.echo(f"assistant> {answer}" if interactive else answer)
         history += [user, ift.Message("assistant", answer)]
 

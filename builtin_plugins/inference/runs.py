@@ -167,6 +167,9 @@ def open_run(run_dir: Path, host: Any, *, model_dir: Path | None = None, device:
         model, tokenizer = adapter.load_trained(path)
     except NotImplementedError as exc:
         raise ift.RunError(f"the {adapter.name!r} model adapter cannot load a saved model ({exc})") from None
+    state = (manifest.get("data") or {}).get("adapter")
+    if isinstance(state, dict):  # e.g. a classifier's labels and the length its inputs were cut to in training
+        adapter.restore_data(state)
     renderer.bind(tokenizer)
     check_template(renderer, manifest, run_dir)
     if merge and hasattr(model, "merge_and_unload"):
@@ -211,6 +214,16 @@ def context_length(model: Any) -> int:
         if isinstance(value, int) and value > 0:
             return value
     return 1 << 30
+
+
+def new_token_budget(run: TrainedRun, prompt_tokens: int, max_new_tokens: int) -> int:
+    """How many new tokens a prompt of ``prompt_tokens`` may get: ``max_new_tokens`` fitted into what the
+    model's context leaves, as ``ift serve`` does (0: the prompt alone fills the context). An adapter whose
+    answers are no generated text (a classifier: ``generates_text = False``; it cuts its inputs to the
+    length it was trained with) is never limited by a new-token budget it does not use."""
+    if not getattr(run.adapter, "generates_text", True):
+        return max_new_tokens
+    return max(0, min(max_new_tokens, context_length(run.model) - prompt_tokens))
 
 
 def read_records(path: Path) -> list[ift.InstructionRecord]:

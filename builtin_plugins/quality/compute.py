@@ -28,7 +28,7 @@ from ift.builtin_plugins.quality.heuristics import (
 from ift.builtin_plugins.quality.verbs import leading_verb
 from ift.records import InstructionRecord
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2  # 2: schema conformity per source's own schema; flagged items list ids
 TOP = 20  # entries kept in top-verb / verb-object lists
 TREE_VERBS, TREE_OBJECTS = 20, 4  # the verb -> object tree behind the sunburst plot
 LENGTH_BINS = [1, 3, 5, 10, 20, 50, 100, 200, 500]  # histogram edges, in words (last bin open)
@@ -57,6 +57,9 @@ class Features:
     choices: bool
     outside: bool
     shingles: set[int]
+    id: str = ""
+    source: str = ""
+    text: str = ""
 
 
 def features(record: InstructionRecord, tagger: KeywordTagger) -> Features:
@@ -73,11 +76,29 @@ def features(record: InstructionRecord, tagger: KeywordTagger) -> Features:
         schema=schema(record), turns=len(record.messages), problem=structure_problem(record),
         empty=not record.answer.strip(), copied=copies_input(record), truncated=looks_truncated(record.answer),
         choices=bool(record.choices), outside=bool(record.choices) and outside_choices(record),
-        shingles=shingle_set(whole, "word", NEAR_DUPLICATE["shingle_size"]))
+        shingles=shingle_set(whole, "word", NEAR_DUPLICATE["shingle_size"]), id=record.id, source=record.source,
+        text=text)
+
+
+FLAGGED_IDS = 50  # record ids listed per flagged item
+FLAGGED_EXAMPLES = 3  # instructions shown per flagged item
+EXAMPLE_CHARS = 160
 
 
 def _count(n: int, total: int) -> dict[str, Any]:
     return {"count": n, "share": round(n / total, 4) if total else 0.0}
+
+
+def _flagged(group: Sequence[Features], flags: Sequence[bool], total: int | None = None) -> dict[str, Any]:
+    """Count and share of the flagged records, with their ids (the first ``FLAGGED_IDS``, as ``source/id``)
+    and a few examples, so that a person can find and fix them."""
+    hits = [f for f, flag in zip(group, flags, strict=True) if flag]
+    out = _count(len(hits), len(group) if total is None else total)
+    if hits:
+        out["ids"] = [f"{f.source}/{f.id}" for f in hits[:FLAGGED_IDS]]
+        out["examples"] = [{"id": f"{f.source}/{f.id}", "instruction": f.text[:EXAMPLE_CHARS]}
+                           for f in hits[:FLAGGED_EXAMPLES]]
+    return out
 
 
 def _percentiles(values: Sequence[int]) -> dict[str, Any]:
@@ -121,8 +142,10 @@ def _verb_tree(verbs: Counter[str], pairs: Counter[tuple[str, str]]) -> list[dic
             for v, c in verbs.most_common(TREE_VERBS)]
 
 
-def group_report(group: Sequence[Features]) -> dict[str, Any]:
-    """Every section of the report for one group of records."""
+def group_report(group: Sequence[Features], expected: dict[str, str] | None = None) -> dict[str, Any]:
+    """Every section of the report for one group of records. ``expected`` is each source's own schema (its
+    most common set of fields): a record conforms when it has its own source's schema, so a mixture of
+    sources with different but consistent shapes is 100% conforming. Default: the group's most common."""
     n = len(group)
     verbs = Counter(f.verb for f in group if f.verb)
     pairs = Counter((f.verb, f.obj) for f in group if f.verb and f.obj)
@@ -130,6 +153,9 @@ def group_report(group: Sequence[Features]) -> dict[str, Any]:
     near = finder.find([""] * n, sets=[f.shingles for f in group])
     lengths = [len(f.tokens) for f in group]
     schemas = Counter(f.schema for f in group)
+    if expected is None:
+        expected = {f.source: schemas.most_common(1)[0][0] for f in group}
+    odd_schema = [f.schema != expected.get(f.source) for f in group]
     problems = Counter(f.problem for f in group if f.problem)
     with_choices = sum(f.choices for f in group)
     return {
@@ -144,26 +170,28 @@ def group_report(group: Sequence[Features]) -> dict[str, Any]:
                              "tree": _verb_tree(verbs, pairs)},  # type: ignore[arg-type]
             "tasks": _labels([f.task for f in group], [f.task_inferred for f in group]),
             "domains": _labels([f.domain for f in group], [f.domain_inferred for f in group]),
-            "near_duplicates": _count(sum(m is not None for m in near), n),
+            "near_duplicates": _flagged(group, [m is not None for m in near]),
         },
         "clarity": {
             "instruction_words": _percentiles(lengths), "histogram": _histogram(lengths),
-            "very_short": _count(sum(x < SHORT_WORDS for x in lengths), n),
-            "fragmentary": _count(sum(f.fragmentary for f in group), n),
+            "very_short": _flagged(group, [x < SHORT_WORDS for x in lengths]),
+            "fragmentary": _flagged(group, [f.fragmentary for f in group]),
             "answer_words": _percentiles([f.answer_words for f in group]),
         },
         "consistency": {
-            "schema_conformity": round(schemas.most_common(1)[0][1] / n, 4) if n else 0.0,
+            "schema_conformity": round(1 - sum(odd_schema) / n, 4) if n else 0.0,
+            "schema_nonconforming": _flagged(group, odd_schema),
             "schemas": [{"fields": s, "count": c} for s, c in schemas.most_common()],
             "turns": {str(k): v for k, v in sorted(Counter(f.turns for f in group).items())},
-            "role_order_problems": {**_count(sum(problems.values()), n), "by_kind": dict(problems.most_common())},
+            "role_order_problems": {**_flagged(group, [bool(f.problem) for f in group]),
+                                    "by_kind": dict(problems.most_common())},
         },
         "accuracy": {
-            "empty_outputs": _count(sum(f.empty for f in group), n),
-            "copied_input": _count(sum(f.copied for f in group), n),
-            "truncated_outputs": _count(sum(f.truncated for f in group), n),
+            "empty_outputs": _flagged(group, [f.empty for f in group]),
+            "copied_input": _flagged(group, [f.copied for f in group]),
+            "truncated_outputs": _flagged(group, [f.truncated for f in group]),
             "with_choices": with_choices,
-            "outside_choices": _count(sum(f.outside for f in group), with_choices),
+            "outside_choices": _flagged(group, [f.outside for f in group], with_choices),
         },
     }
 
@@ -180,11 +208,12 @@ def quality_report(records: list[InstructionRecord], *,
     by_source: dict[str, list[Features]] = defaultdict(list)
     for record, feature in zip(records, every, strict=True):
         by_source[record.source].append(feature)
-    overall = group_report(every)
+    expected = {name: Counter(f.schema for f in group).most_common(1)[0][0] for name, group in by_source.items()}
+    overall = group_report(every, expected)
     report: dict[str, Any] = {
         "version": REPORT_VERSION, "records": len(records), "sources": {k: len(v) for k, v in by_source.items()},
         "overall": overall,
-        "per_source": {name: overall if len(by_source) == 1 else group_report(group)
+        "per_source": {name: overall if len(by_source) == 1 else group_report(group, expected)
                        for name, group in by_source.items()},
         "definitions": DEFINITIONS,
     }

@@ -26,8 +26,10 @@ DEFINITIONS = {
     "very short": f"instruction with fewer than {SHORT_WORDS} words",
     "fragmentary": "instruction ending in a dangling word ('the', 'and', 'of', ...) or in , ; : - (, or with "
                    "unbalanced brackets or double quotes",
-    "schema conformity": "share of records with the source's most common set of optional fields "
-                         "(system turn, task, label, choices, metadata keys other than split)",
+    "schema conformity": "share of records with their own source's most common set of optional fields "
+                         "(system turn, task, label, choices, metadata keys other than split); overall, each "
+                         "record is compared with its own source's set, not one set across all sources",
+    "flagged": "each flagged item lists the ids of its records (source/id, the first 50) and a few examples",
     "role-order problems": "conversations that are not: optional system turn, then user/assistant alternating, "
                            "ending with the assistant",
     "copied input": "answer equal (case, spacing and punctuation ignored) to the user turn or to one of its "

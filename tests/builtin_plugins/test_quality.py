@@ -63,14 +63,21 @@ def test_diversity(report: dict) -> None:
     assert report["overall"]["diversity"]["near_duplicates"] == {"count": 0, "share": 0.0}
 
 
+def counts(value: object) -> object:
+    """A flagged item without its ids and examples."""
+    return {k: v for k, v in value.items() if k not in ("ids", "examples")} if isinstance(value, dict) else value
+
+
 def test_clarity(report: dict) -> None:
     a, b = report["per_source"]["a"]["clarity"], report["per_source"]["b"]["clarity"]
     assert a["instruction_words"] == {"min": 6, "p10": 6, "p25": 6, "median": 6, "p75": 6, "p90": 7, "max": 7,
                                       "mean": 6.25}
     assert a["histogram"]["bins"][:5] == ["0", "1-2", "3-4", "5-9", "10-19"]
     assert a["histogram"]["counts"] == [0, 0, 0, 4, 0, 0, 0, 0, 0, 0]
-    assert b["very_short"] == {"count": 2, "share": 0.5}  # "Hi", "Explain gravity"
-    assert b["fragmentary"] == {"count": 1, "share": 0.25}  # "Classify the sentiment of"
+    assert b["very_short"] == {"count": 2, "share": 0.5, "ids": ["b/b2", "b/b3"],  # "Hi", "Explain gravity"
+                               "examples": [{"id": "b/b2", "instruction": "Hi"},
+                                            {"id": "b/b3", "instruction": "Explain gravity"}]}
+    assert counts(b["fragmentary"]) == {"count": 1, "share": 0.25}  # "Classify the sentiment of"
     assert a["very_short"]["count"] == a["fragmentary"]["count"] == 0
 
 
@@ -78,15 +85,22 @@ def test_consistency(report: dict) -> None:
     a, b = report["per_source"]["a"]["consistency"], report["per_source"]["b"]["consistency"]
     assert a["schema_conformity"] == 1.0 and a["turns"] == {"2": 4}
     assert b["schema_conformity"] == 0.5
+    # overall: each record against its own source's schema (4 of a + 2 of b), not one schema across sources
+    assert report["overall"]["consistency"]["schema_conformity"] == 0.75
+    assert len(b["schema_nonconforming"]["ids"]) == 2 and all(i.startswith("b/") for i in
+                                                              b["schema_nonconforming"]["ids"])
     assert b["schemas"] == [{"fields": "(messages only)", "count": 2},
                             {"fields": "system, task, label, choices", "count": 1},
                             {"fields": "task, choices", "count": 1}]
-    assert b["role_order_problems"] == {"count": 1, "share": 0.25, "by_kind": {"bad role order": 1}}
+    assert b["role_order_problems"] == {"count": 1, "share": 0.25, "by_kind": {"bad role order": 1},
+                                        "ids": ["b/b4"], "examples": [{"id": "b/b4", "instruction": "Tell me a joke"}]}
     assert b["turns"] == {"2": 2, "3": 2}
 
 
 def test_accuracy_proxies(report: dict) -> None:
     a, b = report["per_source"]["a"]["accuracy"], report["per_source"]["b"]["accuracy"]
+    assert a["copied_input"]["ids"] == ["a/a4"]
+    a, b = {k: counts(v) for k, v in a.items()}, {k: counts(v) for k, v in b.items()}
     assert a == {"empty_outputs": {"count": 0, "share": 0.0}, "copied_input": {"count": 1, "share": 0.25},
                  "truncated_outputs": {"count": 0, "share": 0.0}, "with_choices": 0,
                  "outside_choices": {"count": 0, "share": 0.0}}
@@ -135,3 +149,18 @@ def test_files_and_table(report: dict, tmp_path: Path) -> None:
     assert re.search(r"empty outputs\s+1 \(12\.5%\)\s+0 \(0\.0%\)\s+1 \(25\.0%\)", table)
     assert re.search(r"answers outside choices\s+1 of 2\s+0 of 0\s+1 of 2", table)
     assert lines[-1].startswith("overlapping the eval set (1 eval records")
+
+
+def test_overall_conformity_uses_each_sources_own_schema() -> None:
+    from ift.builtin_plugins.quality import quality_report
+    from ift.records import InstructionRecord, Message
+
+    def record(source: str, i: int, task: str | None) -> InstructionRecord:
+        return InstructionRecord(f"r{i}", source, [Message("user", f"Name a colour number {i}."),
+                                                   Message("assistant", "Blue.")], task=task)
+
+    # two sources, each 100% consistent with its own shape (one carries a task, one does not)
+    records = [record("tasks", i, "colours") for i in range(3)] + [record("plain", i, None) for i in range(2)]
+    report = quality_report(records)
+    assert report["overall"]["consistency"]["schema_conformity"] == 1.0  # was 0.6: one schema across both
+    assert "ids" not in report["overall"]["consistency"]["schema_nonconforming"]

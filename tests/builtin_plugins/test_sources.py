@@ -37,7 +37,7 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 def test_jsonl_rows_become_records_with_stable_ids(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "train.jsonl", [*ALPACA, {"instruction": "Hi", "output": "Hello", "id": "own-7"}])
     records = list(source(JsonlSource, tmp_path, "train.jsonl").records())
-    assert [r.id for r in records] == ["train.jsonl:0", "train.jsonl:1", "own-7"]
+    assert [r.id for r in records] == ["train.jsonl:1", "train.jsonl:2", "own-7"]  # file:line, 1-based
     assert {r.source for r in records} == {"src"}
     assert [conversation(r) for r in records] == [
         [("user", "Add 2 and 2."), ("assistant", "4")],
@@ -115,7 +115,7 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_json_array(tmp_path: Path) -> None:
     (tmp_path / "rows.json").write_text(json.dumps(ALPACA, indent=2))
     records = list(source(JsonSource, tmp_path, "rows.json").records())
-    assert [r.id for r in records] == ["rows.json:0", "rows.json:1"]
+    assert [r.id for r in records] == ["rows.json[0]", "rows.json[1]"]  # no lines: the row index
     assert [conversation(r) for r in records] == [
         [("user", "Add 2 and 2."), ("assistant", "4")],
         [("user", "Translate.\n\nbonjour"), ("assistant", "hello")],
@@ -153,7 +153,7 @@ def test_csv_keeps_numbers_as_text_and_empty_input(tmp_path: Path) -> None:
         [("user", "Translate.\n\nbonjour"), ("assistant", "hello")],
         [("user", 'Say "hi"'), ("assistant", "hi, you")],
     ]
-    assert [r.id for r in records] == ["t.csv:0", "t.csv:1", "t.csv:2"]
+    assert [r.id for r in records] == ["t.csv:2", "t.csv:3", "t.csv:4"]  # the header is line 1
 
 
 def test_csv_error_names_the_line_after_the_header(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pydantic import Field
 import ift
 from ift.builtin_plugins.causal_lm import CausalLMAdapter
 from ift.builtin_plugins.renderers import AlpacaRenderer, ChatMLRenderer
-from ift.data import DataReport, apply_transforms, encode_records, read_sources, split_records, stop_strings
+from ift.data import DataReport, apply_transforms, data_notes, encode_records, read_sources, split_records, stop_strings
 from ift.errors import DataError, PluginError
 from ift.host import PluginHost
 from ift.records import InstructionRecord, Message
@@ -96,8 +96,27 @@ def test_max_examples_caps_held_out_records_over_all_sources(make_recipe: MakeRe
         [rec("t", i, question=f"t{i}") for i in range(3)]
     recipe = make_recipe([table("e1", split="eval"), table("e2", split="eval"), table("t", split="train")],
                          eval={"max_examples": 4})
-    _, held = split_records(recipe, records, DataReport())
+    report = DataReport()
+    _, held = split_records(recipe, records, report)
     assert len(held) <= 4
+    # the cut records are neither trained nor evaluated on: counted in the manifest and said in the output
+    assert report.split["cut_by_max_examples"] == {"e2": {"records": 3, "kept": 1, "max_examples": 4}}
+    assert data_notes(report.to_dict()) == [
+        "eval.max_examples = 4 kept 1 of the 3 records of eval table 'e2'; raise eval.max_examples (or set it to "
+        "nothing) to keep them all"]
+
+
+def test_transforms_dropping_eval_records_say_so_per_split(make_recipe: MakeRecipe, host: PluginHost) -> None:
+    records = [rec("t", 0), rec("e", 0, answer=" "), rec("e", 1)]
+    records[0].metadata["split"] = "train"
+    records[1].metadata["split"] = records[2].metadata["split"] = "eval"
+    recipe = make_recipe([table("t", split="train"), table("e", split="eval")],
+                         transforms=[{"name": "drop-invalid"}])
+    report = DataReport()
+    apply_transforms(recipe, host, records, report)
+    assert report.transforms[0]["by_split"] == {"eval": {"in": 2, "out": 1}, "train": {"in": 1, "out": 1}}
+    assert data_notes(report.to_dict()) == [
+        "transform 'drop-invalid' dropped 1 of 2 records of the eval table(s) (split = 'eval')"]
 
 
 # --- weights -----------------------------------------------------------------------------------
@@ -147,8 +166,8 @@ def test_read_sources_sets_task_split_and_reports_counts(make_recipe: MakeRecipe
     report = DataReport()
     records = read_sources(recipe, host, report)
     assert [(r.id, r.source, r.task, r.metadata["split"]) for r in records] == [
-        ("a.jsonl:0", "a", "math", "auto"), ("a.jsonl:1", "a", "own", "auto"),
-        ("b.jsonl:0", "b", None, "eval")]
+        ("a.jsonl:1", "a", "math", "auto"), ("a.jsonl:2", "a", "own", "auto"),
+        ("b.jsonl:1", "b", None, "eval")]
     assert [(s["name"], s["source"], s["records"], s["weight"]) for s in report.sources] == \
         [("a", "jsonl", 2, 1.0), ("b", "jsonl", 1, 1.0)]
     assert all(s["fingerprint"].startswith("sha256:") for s in report.sources)
@@ -229,8 +248,10 @@ def test_transforms_report_counts_by_reason(make_recipe: MakeRecipe, host: Plugi
     assert [r.id for r in kept] == ["d-0"]
     assert report.transforms == [
         {"name": "drop-invalid", "in": 4, "out": 2,
-         "dropped": {"empty output": 1, "answer identical to prompt": 1}, "changed": {}},
-        {"name": "dedup", "in": 2, "out": 1, "dropped": {"duplicate": 1}, "changed": {}},
+         "dropped": {"empty output": 1, "answer identical to prompt": 1}, "changed": {},
+         "by_split": {"auto": {"in": 4, "out": 2}}},
+        {"name": "dedup", "in": 2, "out": 1, "dropped": {"duplicate": 1}, "changed": {},
+         "by_split": {"auto": {"in": 2, "out": 1}}},
     ]
 
 

@@ -60,7 +60,7 @@ def test_resolved_fills_every_default(host: PluginHost) -> None:
     resolved = validate_recipe(raw, host, base_dir=Path(".")).resolved()
     assert resolved["data"] == [{"source": "jsonl", "name": "tickets", "weight": 2.0, "task": "qa",
                                  "split": "auto", "format": "auto", "system": None, "limit": None,
-                                 "on_bad_rows": "error", "max_bad_fraction": 0.01,
+                                 "on_bad_rows": "error", "max_bad_fraction": 0.01, "fields": None, "explode": None,
                                  "path": "a.jsonl"}]
     assert resolved["template"] == {"name": "alpaca", "max_seconds": 2.0, "max_chars": 1_000_000}
     assert resolved["trainer"]["epochs"] == 3.0
@@ -232,8 +232,8 @@ def test_apply_override(assignment: str, path: tuple[Any, ...], value: Any) -> N
     [
         ("trainer.epochs", "invalid recipe: --set 'trainer.epochs': expected KEY=VALUE"),
         ("=3", "invalid recipe: --set '=3': empty key"),
-        ("data[1].path=x", "invalid recipe: --set data[1].path: index 1 is out of range"),
-        ("data.3=x", "invalid recipe: --set data.3: index 3 is out of range"),
+        ("data[1].path=x", "invalid recipe: --set data[1].path: index 1 is out of range (data has 1 item(s))"),
+        ("data.3=x", "invalid recipe: --set data.3: index 3 is out of range (data has 1 item(s))"),
     ],
 )
 def test_bad_overrides(assignment: str, message: str) -> None:

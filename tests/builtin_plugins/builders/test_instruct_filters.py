@@ -13,6 +13,7 @@ from ift.builtin_plugins.builders.instruct_filters import (
     SimilarityPool,
     blocked_keyword,
     quality,
+    repetition,
 )
 from ift.builtin_plugins.builders.instruct_prompts import (
     instance_prompt,
@@ -26,9 +27,10 @@ SEED = "Write a short poem about the sea."
 
 
 def test_quality_score_parts() -> None:
-    assert quality(SEED, "", "Waves fold.", None) == Quality(1.0, 1.0, 1.0, 1.0)
+    assert quality(SEED, "", "Waves fold.", None) == Quality(1.0, 1.0, 1.0, None)  # relevance not scored
     # not capitalised, no final punctuation, a loop of one word; not an instruction word; empty output
-    assert quality("the the the the", "", "", None) == Quality(0.5, 0.25, 1 / 3, 1.0)
+    # without a task description relevance does not count: (0.4 x 0.25 + 0.3 x 1/3) / 0.7, under min_quality 0.5
+    assert quality("the the the the", "", "", None) == Quality(0.2857, 0.25, 1 / 3, None)
     # relevance: two shared content words ("write", "poem" ~ "poems") is full, none is zero
     assert quality(SEED, "", "Waves.", "Write poems about nature and the ocean").relevance == 1.0
     assert quality(SEED, "", "Waves.", "Explain poems").relevance == 0.5
@@ -77,3 +79,12 @@ def test_prompts_and_parsing() -> None:
     assert parse_instance(" none\nOutput: 42") == ("", "42")
     assert parse_instance(" 3, 4\nOutput: 7 ") == ("3, 4", "7")
     assert parse_instance("just text") == ("", "just text")
+
+
+def test_repetition_measures_repeated_bigrams_and_trigrams() -> None:
+    assert repetition("t t t t") == pytest.approx(2 / 3)
+    assert repetition("yes yes yes yes yes yes") > 0.3
+    assert repetition("hello world hello world hello world") == pytest.approx(0.6)
+    assert repetition(SEED) == 0.0
+    assert repetition("Classify the sentiment of the sentence: the food is the best.") == 0.0
+    assert repetition("Hi.") == 0.0

@@ -24,7 +24,7 @@ LINES = ["Compose a brief poem describing the sea.",  # a paraphrase of a seed b
          "Write a short poem about the ocean.",  # above it
          "Draw a picture of a cat.",  # blocklisted
          "Hi.",  # too short
-         "the the the the the",  # low quality
+         "the the the the the",  # a loop: repetitive
          "Explain why the sky is blue.",  # the fake model writes no output for it: invalid instance
          "List three fruits that are red."]
 
@@ -54,9 +54,9 @@ def test_each_filter_counts_its_rejections_and_the_best_are_kept(tmp_path: Path)
     assert {r.source for r in records} == {"gen"}
     # 2 prompts x 7 lines; the second prompt's copies are too similar to what the first one kept
     assert src.stats == {"target": 10, "rounds": 1, "candidates": 14, "kept": 2, "rejected": {
-        "blocklisted keyword": 2, "invalid instance": 2, "low quality": 2, "too short": 2, "too similar": 4}}
+        "blocklisted keyword": 2, "invalid instance": 2, "repetitive": 2, "too short": 2, "too similar": 4}}
     assert "(kept 2 of 14 candidates in 1 rounds; rejected: blocklisted keyword 2, invalid instance 2, " \
-           "low quality 2, too short 2, too similar 4)" in src.fingerprint()
+           "repetitive 2, too short 2, too similar 4)" in src.fingerprint()
     lines = [json.loads(line) for line in (tmp_path / "work" / "state.jsonl").read_text().splitlines()]
     similar = [e for e in lines if e.get("reason") == "too similar"]
     assert [(e["index"], e["similar_to"], e["rouge_l"]) for e in similar] == [
