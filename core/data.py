@@ -9,11 +9,13 @@ import math
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ift.components import EncodedExample, InstructionSource, ModelAdapter, Renderer, Tally, Transform
 from ift.config import TrainerConfig
 from ift.errors import DataError, PluginError
+from ift.examples import TableWriter
 from ift.host import PluginHost
 from ift.mixture import MixturePlan, describe, mix, plan_mixture
 from ift.recipe import Recipe, default_strategy
@@ -144,37 +146,52 @@ def _mix(recipe: Recipe, train: list[InstructionRecord], rng: random.Random,
     return mix(train, plan, rng)
 
 
+ENCODE_BATCH = 512  # records rendered and tokenized per adapter call (ModelAdapter.encode_many)
+
+
 def encode_records(records: list[InstructionRecord], renderer: Renderer, adapter: ModelAdapter,
-                   tokenizer: Any, trainer_cfg: TrainerConfig, stage: str,
-                   report: DataReport) -> tuple[list[EncodedExample], list[InstructionRecord]]:
-    """Render and tokenize; apply the length policy. Returns examples and the records they came from."""
+                   tokenizer: Any, trainer_cfg: TrainerConfig, stage: str, report: DataReport, *,
+                   into: Path | None = None) -> tuple[Any, list[InstructionRecord]]:
+    """Render and tokenize (in batches, through :meth:`ModelAdapter.encode_many`); apply the length policy.
+    Returns examples and the records they came from. The examples are a list, or with ``into`` an
+    :class:`~ift.examples.ExampleTable` streamed into that folder (memory stays bounded)."""
+    writer = TableWriter(into) if into is not None else None
     examples: list[EncodedExample] = []
     kept: list[InstructionRecord] = []
     reasons: Counter[str] = Counter()
-    for record in records:
-        example = adapter.encode_record(tokenizer, record, renderer.render(record))
-        fitted, reason = adapter.fit(example, max_length=trainer_cfg.max_length, overlong=trainer_cfg.overlong)
-        if reason:
-            reasons[reason] += 1
-        if fitted is None:
-            continue
-        fitted.task = record.task  # set here, not by each adapter (nor lost by an adapter's own fit())
-        if fitted.trainable_tokens == 0:
-            reasons["no trainable tokens"] += 1
-            continue
-        examples.append(fitted)
-        kept.append(record)
-    report.encoding[stage] = {"in": len(records), "out": len(examples), "reasons": dict(reasons),
-                              "tokens": sum(len(e.input_ids) for e in examples),
-                              "trainable_tokens": sum(e.trainable_tokens for e in examples)}
     per_source: dict[str, dict[str, int]] = {}
-    for example in examples:
-        counts = per_source.setdefault(example.source, {"examples": 0, "tokens": 0, "trainable_tokens": 0})
-        counts["examples"] += 1
-        counts["tokens"] += len(example.input_ids)
-        counts["trainable_tokens"] += example.trainable_tokens
+    tokens = trainable_total = count = 0
+    for start in range(0, len(records), ENCODE_BATCH):
+        chunk = records[start:start + ENCODE_BATCH]
+        encoded = adapter.encode_many(tokenizer, [(record, renderer.render(record)) for record in chunk])
+        for record, example in zip(chunk, encoded, strict=True):
+            fitted, reason = adapter.fit(example, max_length=trainer_cfg.max_length, overlong=trainer_cfg.overlong)
+            if reason:
+                reasons[reason] += 1
+            if fitted is None:
+                continue
+            fitted.task = record.task  # set here, not by each adapter (nor lost by an adapter's own fit())
+            trainable = fitted.trainable_tokens
+            if trainable == 0:
+                reasons["no trainable tokens"] += 1
+                continue
+            if writer is not None:
+                writer.add(fitted, trainable)
+            else:
+                examples.append(fitted)
+            kept.append(record)
+            n = len(fitted.input_ids)
+            count, tokens, trainable_total = count + 1, tokens + n, trainable_total + trainable
+            counts = per_source.setdefault(fitted.source, {"examples": 0, "tokens": 0, "trainable_tokens": 0})
+            counts["examples"] += 1
+            counts["tokens"] += n
+            counts["trainable_tokens"] += trainable
+    report.encoding[stage] = {"in": len(records), "out": count, "reasons": dict(reasons), "tokens": tokens,
+                              "trainable_tokens": trainable_total}
     report.encoded_per_source[stage] = per_source
-    return examples, kept
+    if writer is None:
+        return examples, kept
+    return writer.close(), kept
 
 
 def stop_strings(renderer: Renderer, record: InstructionRecord) -> list[str]:
