@@ -4,6 +4,7 @@ from a config (tests and the quickstart), fully fine-tuned or with LoRA through 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -223,7 +224,7 @@ def token_labels(segments: Sequence[ift.Segment], ids: Sequence[int],
             trainable[pos + 1:pos + 1 + len(seg.text)] = 1
         pos += len(seg.text)
     np.cumsum(trainable, out=trainable)
-    spans = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    spans = np.fromiter(chain.from_iterable(offsets), dtype=np.int64, count=2 * len(ids)).reshape(-1, 2)
     start, end = spans[:, 0], spans[:, 1]
     hit = (end > start) & (trainable[end] > trainable[start])
     return np.where(hit, np.asarray(ids, dtype=np.int64), -100).tolist()

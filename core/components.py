@@ -188,7 +188,7 @@ class EncodedExample:
 
     @property
     def trainable_tokens(self) -> int:
-        return sum(1 for label in self.labels if label != -100)
+        return len(self.labels) - self.labels.count(-100)
 
 
 class ModelAdapter(Component, ABC):
