@@ -9,8 +9,7 @@ tiny Llama (training costs nothing), ``run.cache = false`` and one training step
 
 - ``wall s``: the whole command, process start to exit;
 - ``prepare s``: reading, cleaning, splitting, rendering and tokenizing (``manifest.json`` ``cache.seconds``);
-- ``report s``: writing ``data/train.jsonl`` and the data quality report after training (from the run's
-  progress view);
+  the rest of ``wall s`` is imports, the model, one step, the data files and the data report, saving;
 - ``peak RSS``: the child process's peak resident memory (``getrusage``), the more reliable figure on a shared
   machine;
 - with two or more counts, the slope between the smallest and the largest: seconds and KB per record.
