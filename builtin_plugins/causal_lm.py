@@ -52,12 +52,29 @@ class CausalLMAdapter(ift.ModelAdapter):
         as ``tokenizer(text)`` would; a template that writes its own BOS never gets a second one."""
         text, trainable = token_labels.trainable_mask(segments)
         ids, offsets = token_labels.encode_with_offsets(tokenizer, text)
+        return self._example(tokenizer, text, trainable, ids, offsets, source, record_id)
+
+    def encode_many(self, tokenizer: Any,
+                    items: Sequence[tuple[ift.InstructionRecord, Sequence[ift.Segment]]]) -> list[ift.EncodedExample]:
+        """One batched tokenizer call for all the texts (the fast tokenizer works through them in Rust), then
+        the same labelling as :meth:`encode`. A subclass that changes ``encode`` or ``encode_record`` is encoded
+        one example at a time through them."""
+        if type(self).encode is not CausalLMAdapter.encode or \
+                type(self).encode_record is not ift.ModelAdapter.encode_record or not items:
+            return super().encode_many(tokenizer, items)
+        masks = [token_labels.trainable_mask(segments) for _, segments in items]
+        encoded = token_labels.encode_batch_with_offsets(tokenizer, [text for text, _ in masks])
+        return [self._example(tokenizer, text, trainable, ids, offsets, record.source, record.id)
+                for (record, _), (text, trainable), (ids, offsets) in zip(items, masks, encoded, strict=True)]
+
+    def _example(self, tokenizer: Any, text: str, trainable: bytearray, ids: Sequence[int],
+                 offsets: Sequence[tuple[int, int]], source: str, record_id: str) -> ift.EncodedExample:
         result = token_labels.labels_from_offsets(ids, offsets, trainable)
-        labels = result.labels
+        input_ids, labels = list(ids), result.labels
         if getattr(self, "_adds_bos", False) and not text.lstrip().startswith(tokenizer.bos_token or "\0"):
-            ids.insert(0, tokenizer.bos_token_id)
+            input_ids.insert(0, tokenizer.bos_token_id)
             labels.insert(0, -100)
-        return ift.EncodedExample(ids, labels, source, record_id, straddling=len(result.straddling))
+        return ift.EncodedExample(input_ids, labels, source, record_id, straddling=len(result.straddling))
 
     @property
     def supports_packing(self) -> bool:  # type: ignore[override]

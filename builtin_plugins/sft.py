@@ -19,6 +19,10 @@ from ift.batching import BatchPlan, pack_best_fit_decreasing
 from ift.builtin_plugins.early_stopping import EarlyStopping, metric_direction
 from ift.builtin_plugins.train_meter import TrainMeter
 from ift.checkpoint import load_checkpoint, rotate, save_checkpoint
+from ift.examples import PackedRows
+from ift.examples import lengths as example_lengths
+from ift.examples import sources as example_sources
+from ift.examples import tasks as example_tasks
 from ift.host import did_you_mean
 
 
@@ -115,6 +119,7 @@ class SFTTrainer(ift.Trainer):
     name = "sft"
     Config = SFTConfig
     config: SFTConfig
+    _split: tuple[Any, Any, Any] | None = None  # what example_losses recorded for the current micro-batch
 
     def loss(self, ctx: ift.TrainContext, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
         """Summed loss and trainable-token count of a micro-batch. Subclasses change the objective here.
@@ -179,9 +184,9 @@ class SFTTrainer(ift.Trainer):
 
         cfg, adapter, tokenizer = self.config, ctx.adapter, ctx.tokenizer
         examples = ctx.train_examples
-        lengths = [len(e.input_ids) for e in examples]
+        lengths = example_lengths(examples)  # read from the table's offsets: no example is built here
         if mode == "packing":
-            bins = [[examples[i] for i in b] for b in pack_best_fit_decreasing(lengths, cfg.max_length)]
+            bins = PackedRows(examples, pack_best_fit_decreasing(lengths, cfg.max_length))
             plan = BatchPlan("padding", [1] * len(bins), cfg.batch_size, ctx.seed, cfg.shuffle)
             return loader(bins, plan, packed)
         plan = BatchPlan("length-grouped" if mode == "length-grouped" else "padding", lengths, cfg.batch_size,
@@ -233,8 +238,8 @@ class SFTTrainer(ift.Trainer):
         # every process lists the sources and tasks in the same order: the per-group totals are reduced
         # position-wise. Examples without a task count under no task (left out of the per-task figures).
         meter = TrainMeter(accelerator, device, model, cfg.max_length,
-                           {"source": sorted({e.source for e in ctx.train_examples}),
-                            "task": sorted({e.task for e in ctx.train_examples if e.task is not None})})
+                           {"source": sorted(set(example_sources(ctx.train_examples))),
+                            "task": sorted({t for t in example_tasks(ctx.train_examples) if t is not None})})
         loop = _Position()
         stopping = self.early_stopping(ctx, accelerator.is_main_process)
         if ctx.resume_from is not None:
@@ -353,7 +358,7 @@ class SFTTrainer(ift.Trainer):
                 # misses it. Its event comes first (observers see step_end, then evaluate_end), except with early
                 # stopping: then the event follows the evaluation and carries the decision, and every evaluated
                 # step is logged. With keep_best the last step is evaluated too, to compete for the best.
-                due = (bool(cfg.eval_every) and loop.step % cfg.eval_every == 0 and loop.step < total) or \
+                due = (cfg.eval_every is not None and loop.step % cfg.eval_every == 0 and loop.step < total) or \
                     (stopping is not None and stopping.keep_best and loop.step == total)
                 decision = evaluate() if due and stopping is not None else None
                 if loop.step % cfg.log_every == 0 or loop.step == total or decision is not None:

@@ -149,7 +149,10 @@ def mapped_records(source: ift.InstructionSource, row: Mapping[str, Any], index:
             raise RowError(f"{cfg.explode}[{k}]: {exc}" if k is not None else str(exc)) from None
         row_id = flat.get("id")
         base = str(row_id) if row_id is not None and row_id != "" else default_id
-        metadata = {"row": index, **({"element": k} if k is not None else {}), **extras.pop("metadata", {})}
+        line_of = getattr(source, "line_of", None)
+        line = line_of(index) if line_of is not None else None
+        metadata = {"row": index, **({"line": line} if line is not None else {}),
+                    **({"element": k} if k is not None else {}), **extras.pop("metadata", {})}
         out.append(ift.InstructionRecord(id=base if k is None else f"{base}#{k}", source=source.source_name,
                                          messages=messages, metadata=metadata, **extras))
     yield from out
@@ -163,36 +166,36 @@ class JsonlSource(FileSource):
     def records(self) -> Iterable[ift.InstructionRecord]:
         check_data_file(self.path, "data file", f"(source {self.source_name!r})")
         self.stats = {}
-        rows = self._rows()
-        return self._normalize(rows, total=len(rows))
+        with self.path.open("rb") as handle:  # a first pass counts the rows, for max_bad_fraction
+            total = sum(1 for raw in handle if raw.strip())
+        return self._normalize(self._rows(total), total=total)
 
-    def _rows(self) -> list[dict[str, Any]]:
+    def _rows(self, total: int) -> Iterator[dict[str, Any]]:
+        """The file's objects, read line by line (the file is never held whole in memory)."""
         self._lines: list[int] = []
-        rows: list[dict[str, Any]] = []
-        raw_lines = self.path.read_bytes().split(b"\n")
-        total = sum(1 for raw in raw_lines if raw.strip())
-        for number, raw in enumerate(raw_lines, start=1):
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                self.bad_row("invalid UTF-8", f"invalid UTF-8 (byte column {exc.start + 1})", number, total)
-                continue
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as exc:
-                self.bad_row("invalid JSON", f"invalid JSON: {exc.msg} (column {exc.colno})", number, total)
-                continue
-            if not isinstance(value, dict):
-                self.bad_row("not a JSON object", f"expected a JSON object, got {type(value).__name__}", number,
-                             total)
-                continue
-            self._lines.append(number)
-            rows.append(value)
-        return rows
+        with self.path.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                raw = raw.rstrip(b"\n")
+                if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]
+                if not raw.strip():
+                    continue
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    self.bad_row("invalid UTF-8", f"invalid UTF-8 (byte column {exc.start + 1})", number, total)
+                    continue
+                try:
+                    value = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    self.bad_row("invalid JSON", f"invalid JSON: {exc.msg} (column {exc.colno})", number, total)
+                    continue
+                if not isinstance(value, dict):
+                    self.bad_row("not a JSON object", f"expected a JSON object, got {type(value).__name__}",
+                                 number, total)
+                    continue
+                self._lines.append(number)
+                yield value
 
     def line_of(self, row_index: int) -> int | None:
         return self._lines[row_index] if row_index < len(self._lines) else None

@@ -7,7 +7,8 @@ never reuses an old entry. Entries are written to a temporary folder and renamed
 ``complete.json`` with the arrays' checksums, so an interrupted preparation never leaves an entry that is
 later trusted.
 
-Storage is plain NumPy arrays and JSON (no pickle): loading a cache entry never runs code.
+Storage is raw little-endian column files (see :mod:`ift.examples`) and JSON (no pickle): loading a cache
+entry never runs code. The columns are memory-mapped, so processes using the same entry share one copy.
 """
 
 from __future__ import annotations
@@ -16,14 +17,17 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ift.components import EncodedExample
+from ift.examples import ExampleTable, file_digest, write_table
 from ift.records import InstructionRecord, Message
 
-FORMAT = 3  # 2: labels stored with their own lengths (encoder-decoder examples differ); 3: each example's task
+FORMAT = 4  # 2: labels stored with their own lengths (encoder-decoder examples differ); 3: each example's task;
+#            4: memory-mapped column files (ift.examples) instead of .npz
 
 
 def cache_root() -> Path:
@@ -44,88 +48,75 @@ def make_key(parts: dict[str, Any]) -> str:
 
 @dataclass
 class Prepared:
-    train: list[EncodedExample]
-    eval: list[EncodedExample]
+    """Prepared data: the examples (lists, or :class:`~ift.examples.ExampleTable` mapped from a folder), the
+    eval records and the data report."""
+
+    train: Sequence[EncodedExample]
+    eval: Sequence[EncodedExample]
     eval_records: list[InstructionRecord]
     report: dict[str, Any]
 
 
-def _to_arrays(examples: list[EncodedExample]) -> dict[str, Any]:
-    import numpy as np
-
-    lengths = np.array([len(e.input_ids) for e in examples], dtype=np.int64)
-    label_lengths = np.array([len(e.labels) for e in examples], dtype=np.int64)
-    ids = np.fromiter((t for e in examples for t in e.input_ids), dtype=np.int32, count=int(lengths.sum()))
-    labels = np.fromiter((t for e in examples for t in e.labels), dtype=np.int32, count=int(label_lengths.sum()))
-    return {"lengths": lengths, "label_lengths": label_lengths, "ids": ids, "labels": labels}
-
-
-def _from_arrays(arrays: dict[str, Any], meta: list[list[Any]]) -> list[EncodedExample]:
-    import numpy as np
-
-    def spans(lengths: Any) -> list[tuple[int, int]]:
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).tolist()
-        return list(zip(offsets[:-1], offsets[1:], strict=True))
-
-    ids, labels = arrays["ids"].tolist(), arrays["labels"].tolist()
-    return [EncodedExample(ids[a:b], labels[c:d], source, record_id, truncated, task)
-            for (a, b), (c, d), (source, record_id, truncated, task)
-            in zip(spans(arrays["lengths"]), spans(arrays["label_lengths"]), meta, strict=True)]
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 class PreparedCache:
-    """Entries under ``root/<key>/``."""
+    """Entries under ``root/<key>/``: ``train/`` and ``eval/`` hold the column files of an
+    :class:`~ift.examples.ExampleTable`, ``meta.json`` the rest, ``complete.json`` every file's sha256."""
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or cache_root()
 
     def load(self, key: str) -> Prepared | None:
-        import numpy as np
-
+        """The entry, its tables mapped read-only, or None when it is missing, of another format, or any file's
+        checksum does not match (a corrupted entry is never trusted)."""
         entry = self.root / key
         try:
             complete = json.loads((entry / "complete.json").read_text())
-            if complete.get("format") != FORMAT or any(_digest(entry / name) != digest
+            if complete.get("format") != FORMAT or any(file_digest(entry / name) != digest
                                                        for name, digest in complete["files"].items()):
                 return None
             meta = json.loads((entry / "meta.json").read_text())
-            splits = {}
-            for split in ("train", "eval"):
-                with np.load(entry / f"{split}.npz", allow_pickle=False) as data:
-                    splits[split] = _from_arrays(dict(data), meta[split])
-        except (OSError, ValueError, KeyError):
+            splits = {split: ExampleTable.open(entry / split, meta[split]) for split in ("train", "eval")}
+            records = [InstructionRecord(id=r["id"], source=r["source"], task=r["task"], label=r["label"],
+                                         choices=r["choices"], metadata=r["metadata"],
+                                         messages=[Message(m["role"], m["content"]) for m in r["messages"]])
+                       for r in meta["eval_records"]]
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        records = [InstructionRecord(id=r["id"], source=r["source"], task=r["task"], label=r["label"],
-                                     choices=r["choices"], metadata=r["metadata"],
-                                     messages=[Message(m["role"], m["content"]) for m in r["messages"]])
-                   for r in meta["eval_records"]]
         return Prepared(splits["train"], splits["eval"], records, meta["report"])
 
-    def store(self, key: str, prepared: Prepared) -> Path:
-        import numpy as np
-
+    def begin(self, key: str) -> Path:
+        """A fresh temporary folder for the entry ``key``: write the tables into ``<folder>/train`` and
+        ``<folder>/eval`` (:class:`~ift.examples.TableWriter`), then :meth:`commit`."""
         self.root.mkdir(parents=True, exist_ok=True)
-        final = self.root / key
         tmp = self.root / f".{key}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        files = {}
-        for split, examples in (("train", prepared.train), ("eval", prepared.eval)):
-            np.savez(tmp / f"{split}.npz", **_to_arrays(examples))
-            files[f"{split}.npz"] = _digest(tmp / f"{split}.npz")
-        meta = {"train": [[e.source, e.record_id, e.truncated, e.task] for e in prepared.train],
-                "eval": [[e.source, e.record_id, e.truncated, e.task] for e in prepared.eval],
-                "eval_records": [r.to_dict() for r in prepared.eval_records], "report": prepared.report}
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        files["meta.json"] = _digest(tmp / "meta.json")
-        (tmp / "complete.json").write_text(json.dumps({"format": FORMAT, "files": files}))
+        return tmp
+
+    def commit(self, key: str, folder: Path, prepared: Prepared) -> Path:
+        """Write ``meta.json`` and ``complete.json`` (checksums of every file; the tables' own come from the
+        :class:`~ift.examples.TableWriter` that wrote them into ``folder/train`` and ``folder/eval``), then rename
+        the folder into place. Tables mapped from the folder stay valid through the rename."""
+        meta, digests = {}, {}
+        for split, table in (("train", prepared.train), ("eval", prepared.eval)):
+            if not isinstance(table, ExampleTable) or not table.digests:
+                raise TypeError("commit() needs the tables a TableWriter wrote into the entry's folder")
+            meta[split] = table.describe()
+            digests.update({f"{split}/{name}": digest for name, digest in table.digests.items()})
+        meta.update({"eval_records": [r.to_dict() for r in prepared.eval_records], "report": prepared.report})
+        (folder / "meta.json").write_text(json.dumps(meta))
+        files = {**digests, "meta.json": file_digest(folder / "meta.json")}
+        (folder / "complete.json").write_text(json.dumps({"format": FORMAT, "files": files}))
+        final = self.root / key
         shutil.rmtree(final, ignore_errors=True)
         try:
-            os.replace(tmp, final)
+            os.replace(folder, final)
         except OSError:  # another process stored the same entry meanwhile; keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
         return final
+
+    def store(self, key: str, prepared: Prepared) -> Path:
+        """Store prepared data held in lists (or tables elsewhere): the tables are written afresh."""
+        folder = self.begin(key)
+        stored = Prepared(write_table(prepared.train, folder / "train"), write_table(prepared.eval, folder / "eval"),
+                          prepared.eval_records, prepared.report)
+        return self.commit(key, folder, stored)

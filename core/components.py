@@ -196,7 +196,7 @@ class EncodedExample:
 
     @property
     def trainable_tokens(self) -> int:
-        return sum(1 for label in self.labels if label != -100)
+        return len(self.labels) - self.labels.count(-100)
 
 
 class ModelAdapter(Component, ABC):
@@ -225,6 +225,13 @@ class ModelAdapter(Component, ABC):
         :meth:`encode`. Adapters that need more of the record than its text (a classifier's ``label``)
         override it."""
         return self.encode(tokenizer, segments, source=record.source, record_id=record.id)
+
+    def encode_many(self, tokenizer: Any,
+                    items: Sequence[tuple[InstructionRecord, Sequence[Segment]]]) -> list[EncodedExample]:
+        """Encode many rendered records at once (the core passes a few hundred at a time), so an adapter can
+        tokenize them in one batched call. The result must equal calling :meth:`encode_record` on each, which is
+        what this default does."""
+        return [self.encode_record(tokenizer, record, segments) for record, segments in items]
 
     def prepare_data(self, train_records: Sequence[InstructionRecord], *,
                      max_length: int | None = None) -> dict[str, Any] | None:

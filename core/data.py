@@ -9,11 +9,13 @@ import math
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ift.components import EncodedExample, InstructionSource, ModelAdapter, Renderer, Tally, Transform
 from ift.config import TrainerConfig
 from ift.errors import DataError, PluginError
+from ift.examples import TableWriter
 from ift.host import PluginHost
 from ift.mixture import MixturePlan, describe, mix, plan_mixture
 from ift.recipe import Recipe, default_strategy
@@ -174,50 +176,72 @@ def _mix(recipe: Recipe, train: list[InstructionRecord], rng: random.Random,
     return mix(train, plan, rng)
 
 
+ENCODE_BATCH = 512  # records rendered and tokenized per adapter call (ModelAdapter.encode_many)
+
+
 def encode_records(records: list[InstructionRecord], renderer: Renderer, adapter: ModelAdapter,
                    tokenizer: Any, trainer_cfg: TrainerConfig, stage: str, report: DataReport, *,
                    bad_records: dict[str, tuple[str, str | None]] | None = None,
-                   ) -> tuple[list[EncodedExample], list[InstructionRecord]]:
-    """Render and tokenize; apply the length policy. Returns examples and the records they came from.
+                   into: Path | None = None) -> tuple[Any, list[InstructionRecord]]:
+    """Render and tokenize (in batches, through :meth:`ModelAdapter.encode_many`); apply the length policy.
+    Returns examples and the records they came from. The examples are a list, or with ``into`` an
+    :class:`~ift.examples.ExampleTable` streamed into that folder (memory stays bounded).
 
     A record the template refuses is a data error naming its source and record (file and line where known);
     ``bad_records`` (source name -> (``on_bad_rows``, file), see :func:`bad_record_policy`) lets a source with
     ``on_bad_rows = "skip"`` drop it instead, counted by reason. Tokens straddling a trainable boundary are counted
     per example (``straddling``) and the renderer's notices are kept (``warnings``)."""
+    writer = TableWriter(into) if into is not None else None
     examples: list[EncodedExample] = []
     kept: list[InstructionRecord] = []
     reasons: Counter[str] = Counter()
     straddling: dict[str, int] = {}
     bad = bad_records or {}
-    for record in records:
-        try:
-            segments = renderer.render(record)
-        except DataError as exc:  # the template refuses this conversation: an error of the record, not the run
-            policy, path = bad.get(record.source, ("error", None))
-            if policy == "skip":
-                reasons["the template refuses the record"] += 1
+    per_source: dict[str, dict[str, int]] = {}
+    tokens = trainable_total = count = 0
+    for start in range(0, len(records), ENCODE_BATCH):
+        chunk = []
+        for record in records[start:start + ENCODE_BATCH]:
+            try:
+                chunk.append((record, renderer.render(record)))
+            except DataError as exc:  # the template refuses this conversation: an error of the record, not the run
+                policy, path = bad.get(record.source, ("error", None))
+                if policy == "skip":
+                    reasons["the template refuses the record"] += 1
+                    continue
+                meta = record.metadata if isinstance(record.metadata, dict) else {}
+                line = meta.get("line") if path else None
+                raise DataError(f"source {record.source!r}, record {record.id!r}: {exc} (on_bad_rows = "
+                                "\"skip\" skips such records)", file=path,
+                                line=line if isinstance(line, int) else None) from None
+        encoded = adapter.encode_many(tokenizer, chunk)
+        for (record, _), example in zip(chunk, encoded, strict=True):
+            if example.straddling:
+                straddling[record.id] = example.straddling
+            fitted, reason = adapter.fit(example, max_length=trainer_cfg.max_length, overlong=trainer_cfg.overlong)
+            if reason:
+                reasons[reason] += 1
+            if fitted is None:
                 continue
-            row = record.metadata.get("row") if isinstance(record.metadata, dict) else None
-            where = f" (row {row} of the file, counting from 0)" if path and row is not None else ""
-            raise DataError(f"source {record.source!r}, record {record.id!r}{where}: {exc} (on_bad_rows = "
-                            "\"skip\" skips such records)", file=path) from None
-        example = adapter.encode_record(tokenizer, record, segments)
-        if example.straddling:
-            straddling[record.id] = example.straddling
-        fitted, reason = adapter.fit(example, max_length=trainer_cfg.max_length, overlong=trainer_cfg.overlong)
-        if reason:
-            reasons[reason] += 1
-        if fitted is None:
-            continue
-        fitted.task = record.task  # set here, not by each adapter (nor lost by an adapter's own fit())
-        if fitted.trainable_tokens == 0:
-            reasons["no trainable tokens"] += 1
-            continue
-        examples.append(fitted)
-        kept.append(record)
-    report.encoding[stage] = {"in": len(records), "out": len(examples), "reasons": dict(reasons),
-                              "tokens": sum(len(e.input_ids) for e in examples),
-                              "trainable_tokens": sum(e.trainable_tokens for e in examples)}
+            fitted.task = record.task  # set here, not by each adapter (nor lost by an adapter's own fit())
+            trainable = fitted.trainable_tokens
+            if trainable == 0:
+                reasons["no trainable tokens"] += 1
+                continue
+            if writer is not None:
+                writer.add(fitted, trainable)
+            else:
+                examples.append(fitted)
+            kept.append(record)
+            n = len(fitted.input_ids)
+            count, tokens, trainable_total = count + 1, tokens + n, trainable_total + trainable
+            counts = per_source.setdefault(fitted.source, {"examples": 0, "tokens": 0, "trainable_tokens": 0})
+            counts["examples"] += 1
+            counts["tokens"] += n
+            counts["trainable_tokens"] += trainable
+    report.encoding[stage] = {"in": len(records), "out": count, "reasons": dict(reasons), "tokens": tokens,
+                              "trainable_tokens": trainable_total}
+    report.encoded_per_source[stage] = per_source
     if straddling:
         report.encoding[stage]["straddling"] = {
             "tokens": sum(straddling.values()), "examples": len(straddling),
@@ -228,14 +252,9 @@ def encode_records(records: list[InstructionRecord], renderer: Renderer, adapter
                         "and reach into the answer; they are not trained (see docs/masks.md, 'straddling tokens')")
     if warnings:
         report.encoding[stage]["warnings"] = warnings
-    per_source: dict[str, dict[str, int]] = {}
-    for example in examples:
-        counts = per_source.setdefault(example.source, {"examples": 0, "tokens": 0, "trainable_tokens": 0})
-        counts["examples"] += 1
-        counts["tokens"] += len(example.input_ids)
-        counts["trainable_tokens"] += example.trainable_tokens
-    report.encoded_per_source[stage] = per_source
-    return examples, kept
+    if writer is None:
+        return examples, kept
+    return writer.close(), kept
 
 
 STRADDLE_LISTED = 50  # examples named in the manifest's straddling counts

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from importlib import metadata
@@ -166,21 +167,30 @@ class Run:
         trainer_cfg = recipe.trainer_config
         # before encoding: e.g. a classifier's label set and the input length its generation cuts prompts to
         adapter_state = adapter.prepare_data(train_records, max_length=trainer_cfg.max_length)
+        # The examples are streamed into column files and mapped back (ift.examples): into the cache entry being
+        # written, or into a temporary folder that is removed at once (the mapping keeps the data readable).
+        caching = key is not None and is_main_process()
+        folder = cache.begin(key) if caching and key is not None else Path(tempfile.mkdtemp(prefix="ift-prepared-"))
         bad = bad_record_policy(recipe)
-        train_examples, _ = encode_records(train_records, renderer, adapter, tokenizer, trainer_cfg, "train", report,
-                                           bad_records=bad)
-        eval_examples, eval_records = encode_records(eval_records, renderer, adapter, tokenizer, trainer_cfg,
-                                                     "eval", report, bad_records=bad)
-        self.manifest["data"] = report.to_dict()
-        if not train_examples:
-            raise DataError(f"every training example was dropped while tokenizing (trainer.max_length = "
-                            f"{trainer_cfg.max_length}): {report.encoding['train']['reasons']}")
-        prepared = Prepared(train_examples, eval_examples, eval_records, report.to_dict())
-        if adapter_state is not None:  # kept with the cached data, handed back to restore_data on a cache hit
-            prepared.report["adapter"] = self.manifest["data"]["adapter"] = adapter_state
-        self.manifest["cache"] = {"key": key, "hit": False, "seconds": round(time.perf_counter() - started, 3)}
-        if key is not None and is_main_process():
-            self._cache_entry = cache.store(key, prepared)
+        try:
+            train_examples, _ = encode_records(train_records, renderer, adapter, tokenizer, trainer_cfg, "train",
+                                               report, bad_records=bad, into=folder / "train")
+            eval_examples, eval_records = encode_records(eval_records, renderer, adapter, tokenizer, trainer_cfg,
+                                                         "eval", report, bad_records=bad,
+                                                         into=folder / "eval")
+            self.manifest["data"] = report.to_dict()
+            if not len(train_examples):
+                raise DataError(f"every training example was dropped while tokenizing (trainer.max_length = "
+                                f"{trainer_cfg.max_length}): {report.encoding['train']['reasons']}")
+            prepared = Prepared(train_examples, eval_examples, eval_records, report.to_dict())
+            if adapter_state is not None:  # kept with the cached data, handed back to restore_data on a cache hit
+                prepared.report["adapter"] = self.manifest["data"]["adapter"] = adapter_state
+            self.manifest["cache"] = {"key": key, "hit": False,
+                                      "seconds": round(time.perf_counter() - started, 3)}
+            if caching and key is not None:
+                self._cache_entry = cache.commit(key, folder, prepared)
+        finally:  # a committed entry was renamed away; anything else goes
+            shutil.rmtree(folder, ignore_errors=True)
         return prepared
 
     def _report_data(self) -> None:
@@ -190,9 +200,7 @@ class Run:
         if not is_main_process() or self._fresh_records is None:
             return
         for name, records in zip(("train", "eval"), self._fresh_records, strict=True):
-            records = list({(r.source, r.id): r for r in records}.values())  # a mixture's repeats: once each
-            self.rundir.write_text(f"data/{name}.jsonl", "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n"
-                                                               for r in records))
+            _write_records(self.output_dir / "data" / f"{name}.jsonl", records)
         self.host.data_prepared(str(self.output_dir), *self._fresh_records)
         entry = getattr(self, "_cache_entry", None)
         if entry is not None and entry.is_dir():
@@ -344,6 +352,21 @@ class Run:
             if stage.startswith("step-"):
                 self.rundir.event({"eval": stage, **result["overall"]})
         return result
+
+
+def _write_records(path: Path, records: list[Any]) -> None:
+    """One JSON line per record (a mixture's repeats once each), streamed to a temporary file and renamed
+    into place, so a million records never become one string in memory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    seen: set[tuple[str, str]] = set()
+    with tmp.open("w", encoding="utf-8") as handle:
+        for record in records:
+            if (record.source, record.id) in seen:
+                continue
+            seen.add((record.source, record.id))
+            handle.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
 
 
 def _quiet_library_progress_bars() -> None:

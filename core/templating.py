@@ -112,22 +112,22 @@ def split_segments(text: str) -> list[Segment]:
     """Split text with generation sentinels into segments (empty pieces dropped)."""
     segments: list[Segment] = []
     trainable = False
-    buffer: list[str] = []
-    for char in text:
-        if char in (GEN_START, GEN_END):
-            opening = char == GEN_START
-            if opening == trainable:
-                raise ValueError("nested or unbalanced {% generation %} blocks")
-            if buffer:
-                segments.append(Segment("".join(buffer), trainable))
-                buffer = []
-            trainable = opening
-        else:
-            buffer.append(char)
+    pos = 0
+    while True:  # str.find works through the text in C: a loop over characters cost ~0.2 ms per example
+        start, end = text.find(GEN_START, pos), text.find(GEN_END, pos)
+        if start < 0 and end < 0:
+            break
+        at = min(i for i in (start, end) if i >= 0)
+        opening = at == start
+        if opening == trainable:
+            raise ValueError("nested or unbalanced {% generation %} blocks")
+        if at > pos:
+            segments.append(Segment(text[pos:at], trainable))
+        trainable, pos = opening, at + 1
     if trainable:
         raise ValueError("unclosed {% generation %} block")
-    if buffer:
-        segments.append(Segment("".join(buffer), trainable))
+    if pos < len(text):
+        segments.append(Segment(text[pos:], trainable))
     return merge_segments(segments)
 
 

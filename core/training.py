@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,8 +26,8 @@ class TrainContext:
     model: Any
     tokenizer: Any
     adapter: ModelAdapter
-    train_examples: list[EncodedExample]
-    eval_examples: list[EncodedExample]
+    train_examples: Sequence[EncodedExample]  # a list, or an ift.examples.ExampleTable (flat, memory-mapped)
+    eval_examples: Sequence[EncodedExample]
     seed: int
     run_dir: Path
     log_step: Callable[[dict[str, Any]], None]

@@ -161,14 +161,14 @@ def test_a_conversation_the_template_refuses_is_a_record_error_or_skipped(
     tok = corpus_tokenizer("bytelevel", "chatml", "chatml.compact.jinja")
     renderer = chat(tok)
     good = InstructionRecord("d.jsonl:0", "d", [M("user", "q"), M("assistant", "a")], metadata={"row": 0})
-    bad = InstructionRecord("d.jsonl:1", "d", [M("user", "q"), M("user", "q2"), M("assistant", "a")],
-                            metadata={"row": 1})
+    bad = InstructionRecord("d.jsonl:2", "d", [M("user", "q"), M("user", "q2"), M("assistant", "a")],
+                            metadata={"row": 1, "line": 2})
     cfg = make_recipe([{"source": "jsonl", "path": "d.jsonl", "name": "d"}]).trainer_config
     for policy in ("error", "skip"):
         recipe = make_recipe([{"source": "jsonl", "path": "d.jsonl", "name": "d", "on_bad_rows": policy}])
         report = DataReport()
         if policy == "error":
-            with pytest.raises(DataError, match=r"d\.jsonl: source 'd', record 'd\.jsonl:1' \(row 1 of the file, counting from 0\): "
+            with pytest.raises(DataError, match=r"d\.jsonl:2: source 'd', record 'd\.jsonl:2': "
                                                 r"the chat template refuses .*alternate"):
                 encode_records([good, bad], renderer, adapter(), tok, cfg, "train", report,
                                bad_records=bad_record_policy(recipe))

@@ -65,7 +65,7 @@ def test_jsonl_extras_become_record_fields(tmp_path: Path) -> None:
                                           "task": "sentiment", "metadata": {"lang": "en"}}])
     [record] = source(JsonlSource, tmp_path, "cls.jsonl").records()
     assert (record.label, record.choices, record.task) == ("positive", ["positive", "negative"], "sentiment")
-    assert record.metadata == {"row": 0, "lang": "en"}
+    assert record.metadata == {"row": 0, "line": 1, "lang": "en"}
 
 
 def test_jsonl_broken_line_names_file_and_line(tmp_path: Path) -> None:

@@ -25,7 +25,9 @@ def test_round_trip_is_exact(tmp_path: Path):
     cache = PreparedCache(tmp_path)
     cache.store("k", sample())
     loaded = cache.load("k")
-    assert loaded == sample()
+    expected = sample()
+    assert list(loaded.train) == expected.train and list(loaded.eval) == expected.eval
+    assert (loaded.eval_records, loaded.report) == (expected.eval_records, expected.report)
     assert [e.task for e in loaded.train] == [None, "t"]
 
 
@@ -34,15 +36,22 @@ def test_labels_of_another_length_than_the_ids_round_trip(tmp_path: Path):
     examples = [ift.EncodedExample([1, 2, 3, 4, 5], [7, 8], "a", "r1"), ift.EncodedExample([6], [9, 10, 11], "a", "r2")]
     cache = PreparedCache(tmp_path)
     cache.store("k", Prepared(examples, [], [], {}))
-    assert cache.load("k").train == examples
+    assert list(cache.load("k").train) == examples
 
 
 def test_damaged_or_unfinished_entries_are_not_trusted(tmp_path: Path):
     cache = PreparedCache(tmp_path)
     entry = cache.store("k", sample())
-    with (entry / "train.npz").open("r+b") as handle:
-        handle.seek(-5, 2)
-        handle.write(b"\0\0\0\0\0")
+    with (entry / "train" / "ids.bin").open("r+b") as handle:  # one token id changed
+        handle.seek(-4, 2)
+        handle.write(b"\1\0\0\0")
+    assert cache.load("k") is None
+    entry = cache.store("k", sample())
+    with (entry / "train" / "labels.bin").open("ab") as handle:  # a column longer than the index says
+        handle.write(b"\0\0\0\0")
+    assert cache.load("k") is None
+    entry = cache.store("k", sample())
+    (entry / "meta.json").write_text((entry / "meta.json").read_text().replace('"r1"', '"r9"'))
     assert cache.load("k") is None
     # a preparation killed before its final rename leaves only a hidden temporary folder
     partial = tmp_path / ".k2.tmp-123"
