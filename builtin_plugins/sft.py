@@ -237,10 +237,12 @@ class SFTTrainer(ift.Trainer):
                             "task": sorted({e.task for e in ctx.train_examples if e.task is not None})})
         loop = _Position()
         stopping = self.early_stopping(ctx, accelerator.is_main_process)
+        trained_before = 0.0  # seconds trained before the checkpoint resumed from: the clock runs on from there
         if ctx.resume_from is not None:
             state = load_checkpoint(ctx.resume_from, model=accelerator.unwrap_model(model), optimizer=optimizer,
                                     scheduler=scheduler)
             loop = _Position(**state["position"]["loop"])
+            trained_before = float(state["position"].get("seconds", 0.0))
             meter.restore(state["position"]["meter"])
             if stopping is not None:
                 stopping.restore(state["position"].get("early_stopping"), ctx.resume_from)
@@ -252,7 +254,7 @@ class SFTTrainer(ift.Trainer):
             if ctx.checkpoint_dir is None or not accelerator.is_main_process:
                 accelerator.wait_for_everyone()
                 return
-            position = {"loop": vars(loop), "meter": meter.state()}
+            position = {"loop": vars(loop), "meter": meter.state(), "seconds": time.perf_counter() - started}
             if stopping is not None:
                 position["early_stopping"] = stopping.state()
             if (own := self.checkpoint_state()) is not None:
@@ -288,7 +290,7 @@ class SFTTrainer(ift.Trainer):
             meter.start += time.perf_counter() - began
             return decision
 
-        started = time.perf_counter()
+        started = time.perf_counter() - trained_before
         last_event: dict[str, Any] = {}
         model.train()
         while loop.step < total and (stopping is None or stopping.stopped_at is None):

@@ -29,6 +29,8 @@ from ift.rundir import RunDirectory
 from ift.runtime import finish_distributed, is_main_process, seed_everything, world_size
 from ift.training import TrainContext
 
+#: The sampled generations of each stage evaluated so far; a resume takes back those it does not repeat.
+SAMPLES_FILE = "samples.json"
 PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "tokenizers", "pluggy", "jinja2",
             "scikit-learn", "pydantic")
 
@@ -60,6 +62,7 @@ class Run:
         self.report = DataReport()
         self.metrics: dict[str, Any] = {}
         self.manifest: dict[str, Any] = {}
+        self._evaluator: Evaluator | None = None  # the held-out split's, whose samples metrics.json keeps
 
     def execute(self) -> dict[str, Any]:
         main = is_main_process()
@@ -238,7 +241,8 @@ class Run:
                 self.echo("resume: no checkpoint in this run directory; starting from the beginning")
             else:
                 check_same_run(checkpoint, identity)
-                trim_events(self.output_dir / "events.jsonl", checkpoint_step(checkpoint))
+            # the steps after the checkpoint (every step, without one) are logged again by the resumed run
+            trim_events(self.output_dir / "events.jsonl", checkpoint_step(checkpoint) if checkpoint else 0)
         self.echo(f"data: {len(train_examples)} train / {len(eval_examples)} eval examples "
                   f"from {len(recipe.data)} source(s)")
 
@@ -262,6 +266,10 @@ class Run:
                               stop=stop_strings(renderer, eval_records[0]) if eval_records else [],
                               samples=recipe.eval.samples)
         results: dict[str, Any] = {}
+        self._evaluator = evaluator
+        samples_file = self.output_dir / SAMPLES_FILE
+        if checkpoint is not None and samples_file.is_file():
+            evaluator.restore_samples(json.loads(samples_file.read_text()), up_to_step=checkpoint_step(checkpoint))
         baseline_file = self.output_dir / "baseline.json"
         if recipe.eval.baseline and eval_records and metrics:
             if checkpoint is not None and baseline_file.is_file():
@@ -319,6 +327,8 @@ class Run:
         if progress is not None:
             progress.stage(f"evaluating {stage}")
         result = evaluator(model, stage)
+        if evaluator is self._evaluator and stage in evaluator.generations and evaluator.samples:
+            self.rundir.write_json(SAMPLES_FILE, evaluator.saved_samples())
         if progress is not None:
             progress.evaluation(stage, result)
             if stage.startswith("step-"):
