@@ -7,6 +7,7 @@ hide the others), then recipe-local plugin files. Core code calls hooks only thr
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import importlib.metadata as md
 import importlib.util
@@ -70,6 +71,13 @@ class PluginInfo:
     version: str
     origin: str  # "builtin", "entry-point" or "local"
     registered: dict[str, list[str]] = field(default_factory=dict)
+    #: sha256 of a local plugin's file: its code can change while its "version" (``local``) stays the same
+    fingerprint: str = ""
+
+    @property
+    def provenance(self) -> str:
+        """Distribution and version (and a local file's hash): what identifies the plugin's code."""
+        return " ".join(p for p in (self.distribution, self.version, self.fingerprint) if p)
 
 
 @dataclass
@@ -178,6 +186,7 @@ class PluginHost:
         except Exception as exc:
             raise PluginError(f"failed to import {path}: {type(exc).__name__}: {exc}", plugin=name) from exc
         self._register(module, name, str(path), "local", "local")
+        self.plugins[name].fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
     def register(self, plugin: object, name: str, *, distribution: str = "test", version: str = "0") -> None:
         """Register an object or module implementing hooks (used by tests and embedding code)."""
@@ -293,11 +302,42 @@ class PluginHost:
     def run_end(self, run_dir: str, status: str, metrics: dict[str, Any]) -> None:
         self._observe("ift_run_end", f"run end, {status}", run_dir=run_dir, status=status, metrics=metrics)
 
+    def data_plugins(self, resolved: dict[str, Any], *, trainer: bool = False) -> dict[str, str]:
+        """The plugins whose code shapes a recipe's prepared data, each with its :attr:`PluginInfo.provenance`
+        (for the prepared-data cache key): those providing its sources (nested ones too: any ``source`` key
+        inside a ``[[data]]`` or ``[[transforms]]`` table), similarity backends (``backend`` keys), transforms,
+        template renderer and model adapter, and every plugin adding Jinja filters or globals. With ``trainer``
+        the trainer's plugin too (for a resume's identity: what prepares the data and what trains on it)."""
+        wanted: set[tuple[str, str]] = set()
+
+        def walk(value: Any) -> None:
+            if isinstance(value, dict):
+                for key, kind in (("source", "source"), ("backend", "similarity_backend")):
+                    if isinstance(value.get(key), str):
+                        wanted.add((kind, value[key]))
+                for item in value.values():
+                    walk(item)
+            elif isinstance(value, list):
+                for item in value:
+                    walk(item)
+
+        walk(resolved.get("data", []))
+        walk(resolved.get("transforms", []))
+        wanted.update(("transform", t.get("name")) for t in resolved.get("transforms", []))
+        wanted.add(("renderer", (resolved.get("template") or {}).get("name")))
+        wanted.add(("model_adapter", (resolved.get("model") or {}).get("adapter")))
+        if trainer:
+            wanted.add(("trainer", (resolved.get("trainer") or {}).get("name")))
+        names = {self.registry[kind][name].plugin for kind, name in wanted if name in self.registry.get(kind, {})}
+        names |= {impl.plugin_name for impl in self.pm.hook.ift_prepare_jinja_env.get_hookimpls()}
+        return {name: self.plugins[name].provenance if name in self.plugins else "?" for name in sorted(names)}
+
     def describe(self) -> list[dict[str, Any]]:
         """Loaded plugins for ``ift plugins`` and the manifest."""
         _ = self.registry
         return [{"name": p.name, "distribution": p.distribution, "version": p.version,
-                 "origin": p.origin, "registered": p.registered} for p in self.plugins.values()]
+                 "origin": p.origin, "registered": p.registered, **({"sha256": p.fingerprint} if p.fingerprint else {})}
+                for p in self.plugins.values()]
 
 
 def _version(dist: str) -> str:

@@ -205,6 +205,7 @@ class Run:
             fingerprints.append(fingerprint)
         resolved = recipe.resolved()
         return make_key({"ift": _version("ift"), "cache_format": 1, "fingerprints": fingerprints,
+                         "plugins": self.host.data_plugins(resolved),
                          "data": resolved["data"], "mixture": resolved["mixture"], "transforms": resolved["transforms"],
                          "split": {"seed": recipe.run.order_seed, "fraction": recipe.eval.fraction,
                                    "max_examples": recipe.eval.max_examples},
@@ -233,7 +234,7 @@ class Run:
         train_examples, eval_examples, eval_records = prepared.train, prepared.eval, prepared.eval_records
         identity = run_identity(recipe.resolved(), data=prepared.report["sources"],
                                 tokenizer=tokenizer_fingerprint(tokenizer), template=renderer.template_hash(),
-                                world_size=world_size())
+                                world_size=world_size(), plugins=host.data_plugins(recipe.resolved(), trainer=True))
         checkpoint = None
         if self.resume:
             checkpoint = choose_checkpoint(self.output_dir, self.resume)
