@@ -56,7 +56,7 @@ class InstructionSource(Component, ABC):
             raise RuntimeError("open_nested needs the plugin host; construct the source with host=...")
         name = table.get("source")
         if not isinstance(name, str) or name not in self.host.registry["source"]:
-            raise RecipeError([Problem(f"{key}.source", self.host.unknown_message("source", str(name)))])
+            raise RecipeError([self.host.unknown_problem(f"{key}.source", "source", str(name))])
         cls = self.host.registry["source"][name].cls
         try:
             config = cls.Config.model_validate({k: v for k, v in table.items() if k != "source"})

@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import importlib.metadata as md
 import importlib.util
+import inspect
 import os
 import sys
 import warnings
@@ -25,7 +26,7 @@ import pluggy
 from ift import hookspecs
 from ift.components import KINDS, Component
 from ift.config import ComponentConfig, TrainerConfig
-from ift.errors import PluginError
+from ift.errors import PluginError, Problem
 
 ENTRY_POINT_GROUP = "ift"
 BUILTIN_MODULES = (
@@ -141,6 +142,10 @@ class PluginHost:
         except pluggy.PluginValidationError as exc:
             self.pm.unregister(name=name)
             raise PluginError(self._explain_validation(plugin), plugin=name, distribution=dist) from exc
+        unmarked = self._unmarked_hooks(plugin)
+        if unmarked:
+            self.pm.unregister(name=name)
+            raise PluginError("; ".join(unmarked), plugin=name, distribution=dist)
         self.plugins[name] = PluginInfo(name, dist, version, origin)
         self._registry = None
 
@@ -149,6 +154,20 @@ class PluginHost:
         bad = [n for n in dir(plugin) if n.startswith("ift_") and n not in known
                and callable(getattr(plugin, n))]
         return "; ".join(f"unknown hook {n!r}{did_you_mean(n, known)}" for n in bad) or "invalid hook"
+
+    def _unmarked_hooks(self, plugin: object) -> list[str]:
+        """Functions named like hooks (``ift_*``) that lack the ``@ift.hookimpl`` marker: pluggy skips them, so
+        the plugin would silently never run them."""
+        known = [n for n in dir(hookspecs) if n.startswith("ift_")]
+        out = []
+        for attr in dir(plugin):
+            value = getattr(plugin, attr, None)
+            if attr.startswith("ift_") and inspect.isroutine(value) and \
+                    self.pm.parse_hookimpl_opts(plugin, attr) is None:
+                hint = "" if attr in known else f" (not a hook name either{did_you_mean(attr, known) or ''})"
+                out.append(f"{attr} is not marked with @ift.hookimpl, so it would never be called; decorate it"
+                           f"{hint}")
+        return out
 
     def _load_entry_points(self) -> None:
         # IFT_LOAD_PLUGINS: only these entry points; IFT_DISABLE_PLUGINS: all but these (IFT_PLUGINS: old name)
@@ -257,6 +276,11 @@ class PluginHost:
             return self.registry[kind][name]
         except KeyError:
             raise PluginError(self.unknown_message(kind, name)) from None
+
+    def unknown_problem(self, key: str, kind: str, name: str) -> Problem:
+        """The recipe problem for an unknown component name at ``key``; marked as possibly a plugin's (exit code
+        EXIT_PLUGIN) when some plugin failed to load."""
+        return Problem(key, self.unknown_message(kind, name), plugin_failed=bool(self.failures))
 
     def unknown_message(self, kind: str, name: str) -> str:
         choices = self.names(kind)

@@ -305,7 +305,7 @@ def _component(host: PluginHost, kind: str, table: dict[str, Any], name_key: str
                                 "from a plugin and use its name"))
         return None
     if name not in host.registry[kind]:
-        problems.append(Problem(f"{key}.{name_key}", host.unknown_message(kind, name)))
+        problems.append(host.unknown_problem(f"{key}.{name_key}", kind, name))
         return None
     registered = host.registry[kind][name]
     body = {k: v for k, v in table.items() if k != name_key and k not in own_keys}
@@ -333,7 +333,7 @@ def validate_recipe(raw: dict[str, Any], host: PluginHost, *, base_dir: Path, pa
     raw_metrics = raw_eval.get("metrics", eval_section.metrics)
     for i, metric in enumerate(raw_metrics if isinstance(raw_metrics, list) else []):
         if isinstance(metric, str) and metric not in host.registry["metric"]:
-            problems.append(Problem(f"eval.metrics[{i}]", host.unknown_message("metric", metric)))
+            problems.append(host.unknown_problem(f"eval.metrics[{i}]", "metric", metric))
 
     data: list[DataSpec] = []
     tables = raw.get("data")
