@@ -114,6 +114,7 @@ class SFTTrainer(ift.Trainer):
 
     name = "sft"
     Config = SFTConfig
+    _split: tuple[Any, Any, Any] | None = None  # what loss() left for the per-group figures of this batch
     config: SFTConfig
 
     def loss(self, ctx: ift.TrainContext, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
@@ -355,7 +356,7 @@ class SFTTrainer(ift.Trainer):
                 # misses it. Its event comes first (observers see step_end, then evaluate_end), except with early
                 # stopping: then the event follows the evaluation and carries the decision, and every evaluated
                 # step is logged. With keep_best the last step is evaluated too, to compete for the best.
-                due = (bool(cfg.eval_every) and loop.step % cfg.eval_every == 0 and loop.step < total) or \
+                due = bool(cfg.eval_every and loop.step % cfg.eval_every == 0 and loop.step < total) or \
                     (stopping is not None and stopping.keep_best and loop.step == total)
                 decision = evaluate() if due and stopping is not None else None
                 if loop.step % cfg.log_every == 0 or loop.step == total or decision is not None:

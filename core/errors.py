@@ -86,13 +86,17 @@ class PluginError(IftError):
 
     exit_code = EXIT_PLUGIN
 
-    def __init__(self, message: str, *, plugin: str | None = None, distribution: str | None = None) -> None:
+    def __init__(self, message: str, *, plugin: str | None = None, distribution: str | None = None,
+                 version: str | None = None) -> None:
         self.plugin = plugin
         self.distribution = distribution
+        self.version = version
         who = ""
         if plugin:
             who = f"plugin {plugin!r}"
-            if distribution:
+            if distribution and version:
+                who += f" ({distribution} {version})"
+            elif distribution:
                 who += f" (from {distribution})"
             who += ": "
         super().__init__(f"{who}{message}")

@@ -255,13 +255,14 @@ class PluginHost:
     def _check_class(kind: str, cls: Any, info: PluginInfo) -> None:
         base = KINDS[kind]
         problem = None
+        config = getattr(cls, "Config", None)
         if not (isinstance(cls, type) and issubclass(cls, base)):
             problem = f"returned {cls!r}, which is not a subclass of ift.{base.__name__}"
-        elif not isinstance(getattr(cls, "name", None), str) or not cls.name:
+        elif not isinstance(getattr(cls, "name", None), str) or not getattr(cls, "name", None):
             problem = f"{cls.__name__} has no 'name'"
-        elif not (isinstance(cls.Config, type) and issubclass(cls.Config, ComponentConfig)):
+        elif not (isinstance(config, type) and issubclass(config, ComponentConfig)):
             problem = f"{cls.__name__}.Config must subclass ift.ComponentConfig"
-        elif kind == "trainer" and not issubclass(cls.Config, TrainerConfig):
+        elif kind == "trainer" and not issubclass(config, TrainerConfig):
             problem = f"{cls.__name__}.Config must subclass ift.TrainerConfig"
         if problem:
             raise PluginError(f"{_REGISTER_HOOKS[kind]}: {problem}", plugin=info.name,
@@ -308,7 +309,8 @@ class PluginHost:
             except Exception as exc:
                 info = self.plugins.get(impl.plugin_name)
                 raise PluginError(f"{hook_name} ({where}) raised {type(exc).__name__}: {exc}",
-                                  plugin=impl.plugin_name, distribution=info.distribution if info else None) from exc
+                                  plugin=impl.plugin_name, distribution=info.distribution if info else None,
+                                  version=info.version if info else None) from exc
 
     def data_prepared(self, run_dir: str, train_records: list[Any], eval_records: list[Any]) -> None:
         self._observe("ift_data_prepared", "data prepared", run_dir=run_dir, train_records=train_records,
@@ -332,7 +334,7 @@ class PluginHost:
         inside a ``[[data]]`` or ``[[transforms]]`` table), similarity backends (``backend`` keys), transforms,
         template renderer and model adapter, and every plugin adding Jinja filters or globals. With ``trainer``
         the trainer's plugin too (for a resume's identity: what prepares the data and what trains on it)."""
-        wanted: set[tuple[str, str]] = set()
+        wanted: set[tuple[str, Any]] = set()
 
         def walk(value: Any) -> None:
             if isinstance(value, dict):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ift.cache import Prepared, PreparedCache, make_key, tokenizer_fingerprint
-from ift.components import Metric
+from ift.components import Metric, Origin, set_origin
 from ift.data import DataReport, apply_transforms, encode_records, read_sources, split_records, stop_strings
 from ift.errors import DataError, IftError, Preempted
 from ift.evaluation import Evaluator
@@ -258,9 +258,12 @@ class Run:
                   f"on {described['device']}")
 
         metrics: list[Metric] = []
-        for name in recipe.eval.metrics:
-            cls = host.get("metric", name).cls
-            metrics.append(cls(cls.Config()))
+        for i, name in enumerate(recipe.eval.metrics):
+            registered = host.get("metric", name)
+            config = registered.cls.Config()
+            set_origin(config, Origin(registered.plugin, registered.distribution, registered.version, "metric", name,
+                                      f"eval.metrics[{i}]"))
+            metrics.append(registered.cls(config))
         evaluator = Evaluator(adapter=adapter, tokenizer=tokenizer, renderer=renderer, metrics=metrics,
                               records=eval_records, examples=eval_examples, batch_size=recipe.eval.batch_size,
                               max_new_tokens=recipe.eval.max_new_tokens,
@@ -328,8 +331,9 @@ class Run:
         if progress is not None:
             progress.stage(f"evaluating {stage}")
         result = evaluator(model, stage)
-        if evaluator is self._evaluator and stage in evaluator.generations and evaluator.samples:
-            self.rundir.write_json(SAMPLES_FILE, evaluator.saved_samples())
+        kept = self._evaluator
+        if kept is not None and evaluator is kept and stage in kept.generations and kept.samples:
+            self.rundir.write_json(SAMPLES_FILE, kept.saved_samples())
         if progress is not None:
             progress.evaluation(stage, result)
             if stage.startswith("step-"):

@@ -14,6 +14,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ift.components import Origin, set_origin
 from ift.config import ComponentConfig, TrainerConfig
 from ift.errors import Problem, RecipeError
 from ift.host import KIND_LABELS, PluginHost, did_you_mean
@@ -314,6 +315,9 @@ def _component(host: PluginHost, kind: str, table: dict[str, Any], name_key: str
     except ValidationError as exc:
         problems.extend(_problems_from(exc, key, registered.cls.Config))
         return None
+    # a component built from this config names its plugin and this table when its own code raises
+    set_origin(config, Origin(registered.plugin, registered.distribution, registered.version, KIND_LABELS[kind],
+                              name, key))
     return Component(name, registered.cls, config)
 
 
