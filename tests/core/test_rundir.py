@@ -20,6 +20,9 @@ from ift.rundir import LOCK_FILE, RunDirectory, hold_run_directory, prepare_outp
 HOLD = "import sys, time; from ift.rundir import hold_run_directory\n" \
        "with hold_run_directory(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)\n"
 
+RECIPE = ('[[data]]\nsource = "jsonl"\npath = "d.jsonl"\n[model]\ntokenizer = "byte-level"\nfrom_config = { model_type = '
+          '"llama", hidden_size = 16, intermediate_size = 32, num_hidden_layers = 1, num_attention_heads = 2 }\n')
+
 
 @pytest.fixture
 def holder(tmp_path: Path):
@@ -65,10 +68,16 @@ def test_the_same_process_may_nest_and_overwrite_keeps_its_lock(tmp_path: Path):
 
 def test_ift_run_into_a_directory_in_use_exits_with_the_documented_code(tmp_path: Path, holder, capsys):
     (tmp_path / "d.jsonl").write_text('{"prompt": "p", "completion": "c"}\n')
-    (tmp_path / "r.toml").write_text('[[data]]\nsource = "jsonl"\npath = "d.jsonl"\n[model]\ntokenizer = "byte-level"\n'
-                                     'from_config = { model_type = "llama", hidden_size = 16, intermediate_size = 32, '
-                                     'num_hidden_layers = 1, num_attention_heads = 2 }\n')
+    (tmp_path / "r.toml").write_text(RECIPE)
     for extra in ([], ["--overwrite"]):
         assert main(["run", str(tmp_path / "r.toml"), "-o", str(tmp_path / "run"), *extra]) == EXIT_RECIPE
         assert f"in use by another ift process (pid {holder.pid}" in capsys.readouterr().err
     assert (tmp_path / "run" / LOCK_FILE).is_file()  # --overwrite deleted nothing of the other process's
+
+
+def test_resuming_a_directory_in_use_is_refused_too(tmp_path: Path, holder, capsys):
+    (tmp_path / "run" / "status.json").write_text('{"status": "running"}')
+    (tmp_path / "d.jsonl").write_text('{"prompt": "p", "completion": "c"}\n')
+    (tmp_path / "r.toml").write_text(RECIPE)
+    assert main(["run", str(tmp_path / "r.toml"), "-o", str(tmp_path / "run"), "--resume"]) == EXIT_RECIPE
+    assert f"in use by another ift process (pid {holder.pid}" in capsys.readouterr().err
