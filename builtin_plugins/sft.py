@@ -242,10 +242,12 @@ class SFTTrainer(ift.Trainer):
                             "task": sorted({t for t in example_tasks(ctx.train_examples) if t is not None})})
         loop = _Position()
         stopping = self.early_stopping(ctx, accelerator.is_main_process)
+        trained_before = 0.0  # seconds trained before the checkpoint resumed from: the clock runs on from there
         if ctx.resume_from is not None:
             state = load_checkpoint(ctx.resume_from, model=accelerator.unwrap_model(model), optimizer=optimizer,
                                     scheduler=scheduler)
             loop = _Position(**state["position"]["loop"])
+            trained_before = float(state["position"].get("seconds", 0.0))
             meter.restore(state["position"]["meter"])
             if stopping is not None:
                 stopping.restore(state["position"].get("early_stopping"), ctx.resume_from)
@@ -257,7 +259,7 @@ class SFTTrainer(ift.Trainer):
             if ctx.checkpoint_dir is None or not accelerator.is_main_process:
                 accelerator.wait_for_everyone()
                 return
-            position = {"loop": vars(loop), "meter": meter.state()}
+            position = {"loop": vars(loop), "meter": meter.state(), "seconds": time.perf_counter() - started}
             if stopping is not None:
                 position["early_stopping"] = stopping.state()
             if (own := self.checkpoint_state()) is not None:
@@ -293,7 +295,7 @@ class SFTTrainer(ift.Trainer):
             meter.start += time.perf_counter() - began
             return decision
 
-        started = time.perf_counter()
+        started = time.perf_counter() - trained_before
         last_event: dict[str, Any] = {}
         model.train()
         while loop.step < total and (stopping is None or stopping.stopped_at is None):
@@ -358,7 +360,7 @@ class SFTTrainer(ift.Trainer):
                 # misses it. Its event comes first (observers see step_end, then evaluate_end), except with early
                 # stopping: then the event follows the evaluation and carries the decision, and every evaluated
                 # step is logged. With keep_best the last step is evaluated too, to compete for the best.
-                due = (cfg.eval_every is not None and loop.step % cfg.eval_every == 0 and loop.step < total) or \
+                due = bool(cfg.eval_every and loop.step % cfg.eval_every == 0 and loop.step < total) or \
                     (stopping is not None and stopping.keep_best and loop.step == total)
                 decision = evaluate() if due and stopping is not None else None
                 if loop.step % cfg.log_every == 0 or loop.step == total or decision is not None:

@@ -23,7 +23,7 @@ from ift.components import (
     Transform,
 )
 from ift.config import ComponentConfig, TrainerConfig
-from ift.errors import DataError, IftError, PluginError, Preempted, Problem, RecipeError, RunError
+from ift.errors import DataError, IftError, PluginError, Preempted, Problem, RecipeError, RunDirectoryInUse, RunError
 from ift.hookspecs import HOOK_API_VERSION, hookimpl
 from ift.records import InstructionRecord, Message
 from ift.training import TrainContext, TrainResult
@@ -72,6 +72,7 @@ __all__ = [
     "RecipeError",
     "RecordFilter",
     "Renderer",
+    "RunDirectoryInUse",
     "RunError",
     "SFTConfig",
     "SFTTrainer",

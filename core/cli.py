@@ -51,7 +51,7 @@ def run(ctx: click.Context, recipe: str, output_dir: str | None, overrides: tupl
     """Train and evaluate as the RECIPE says; leave a run directory."""
     from ift.pipeline import Run, default_output_dir
     from ift.report import before_after_table
-    from ift.rundir import prepare_output_dir
+    from ift.rundir import hold_run_directory, prepare_output_dir
     from ift.runtime import is_main_process
 
     parsed, host = _load(ctx, recipe, overrides)
@@ -59,18 +59,20 @@ def run(ctx: click.Context, recipe: str, output_dir: str | None, overrides: tupl
         raise RecipeError("--resume needs the run directory to continue: pass --output-dir (or set run.output_dir)")
     out = Path(output_dir) if output_dir else default_output_dir(parsed)
     main_process = is_main_process()  # under torchrun only rank 0 touches the run directory or prints
-    if resume:
-        status_file = out / "status.json"
-        if not status_file.is_file():
-            raise RecipeError(f"--resume: {out} is not a run directory (no status.json)")
-        if json.loads(status_file.read_text()).get("status") == "completed":
-            click.echo(f"{out}: the run already completed; nothing to resume")
-            return
-    elif main_process:
-        prepare_output_dir(out, overwrite=overwrite)
-    if main_process:
-        click.echo(f"run directory: {out}" + (" (resuming)" if resume else ""))
-    metrics = Run(parsed, host, out, echo=click.echo, resume=resume).execute()
+    # one process at a time in a run directory, from before --overwrite clears it to the end of the run
+    with hold_run_directory(out, enabled=main_process, create=not resume):
+        if resume:
+            status_file = out / "status.json"
+            if not status_file.is_file():
+                raise RecipeError(f"--resume: {out} is not a run directory (no status.json)")
+            if json.loads(status_file.read_text()).get("status") == "completed":
+                click.echo(f"{out}: the run already completed; nothing to resume")
+                return
+        elif main_process:
+            prepare_output_dir(out, overwrite=overwrite)
+        if main_process:
+            click.echo(f"run directory: {out}" + (" (resuming)" if resume else ""))
+        metrics = Run(parsed, host, out, echo=click.echo, resume=resume).execute()
     if main_process:
         click.echo(before_after_table(metrics))
         click.echo(f"done: {out}  (model: {out / 'model'})")

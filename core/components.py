@@ -6,7 +6,10 @@ Nothing here imports torch: recipes are validated against these classes before a
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
+import weakref
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -21,14 +24,88 @@ if TYPE_CHECKING:
     from ift.training import TrainContext, TrainResult
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where a component of a run comes from: its plugin (name, distribution, version), its kind and name, and
+    the recipe table that configured it (``data[0]``, ``transforms[1]``, ``template``, ``model``...)."""
+
+    plugin: str
+    distribution: str
+    version: str
+    kind: str
+    name: str
+    table: str
+
+
+_origins: dict[int, tuple[Any, Origin]] = {}  # id(config) -> (a weak reference to it, its origin)
+
+
+def set_origin(config: ComponentConfig, origin: Origin) -> None:
+    """Record where ``config`` comes from (the recipe does, for every table it validates). Kept beside the config,
+    not in it: configs compare and dump as before."""
+    key = id(config)
+    _origins[key] = (weakref.ref(config, lambda _: _origins.pop(key, None)), origin)
+
+
+def origin_of(config: ComponentConfig) -> Origin | None:
+    entry = _origins.get(id(config))
+    return entry[1] if entry is not None and entry[0]() is config else None
+
+
+def _named_failures(method: Callable[..., Any], origin: Origin, method_name: str) -> Callable[..., Any]:
+    """``method``, raising an exception from the plugin's own code as a PluginError that names ``origin`` (the
+    original chained). IftErrors (raised on purpose) pass as they are; so does an error already named by an inner
+    guarded call. Iterators returned (a source's ``records``) are guarded while they are consumed."""
+    from ift.errors import IftError, PluginError
+
+    def named(exc: Exception) -> PluginError:
+        return PluginError(f"{origin.kind} {origin.name!r} (recipe table {origin.table}) {method_name}() raised "
+                           f"{type(exc).__name__}: {exc}", plugin=origin.plugin, distribution=origin.distribution,
+                           version=origin.version)
+
+    def iterate(iterator: Any) -> Any:
+        try:
+            yield from iterator
+        except IftError:
+            raise
+        except Exception as exc:
+            raise named(exc) from exc
+
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            result = method(*args, **kwargs)
+        except IftError:
+            raise
+        except Exception as exc:
+            raise named(exc) from exc
+        return iterate(result) if inspect.isgenerator(result) else result
+
+    return call
+
+
 class Component:
-    """What every plugin component has: a registered ``name`` and a ``Config`` model."""
+    """What every plugin component has: a registered ``name`` and a ``Config`` model.
+
+    A component built from a config the recipe validated (which carries an :class:`Origin`) has the methods of
+    its kind listed in ``GUARDED`` wrapped on the instance: an exception from the plugin's code in them becomes a
+    :class:`~ift.errors.PluginError` naming the plugin, its distribution and version, the component and the recipe
+    table. One place for every kind and call site; components built directly (in a plugin's own tests) raise as
+    written."""
 
     name: ClassVar[str]
     Config: ClassVar[type[ComponentConfig]] = ComponentConfig
 
     def __init__(self, config: ComponentConfig) -> None:
         self.config = config
+        origin = origin_of(config)
+        if origin is not None:
+            for base, methods in GUARDED.items():
+                if isinstance(self, base):
+                    for method_name in methods:
+                        method = getattr(self, method_name, None)
+                        if callable(method):
+                            setattr(self, method_name, _named_failures(method, origin, method_name))
 
 
 # --- sources -----------------------------------------------------------------------------------
@@ -56,7 +133,7 @@ class InstructionSource(Component, ABC):
             raise RuntimeError("open_nested needs the plugin host; construct the source with host=...")
         name = table.get("source")
         if not isinstance(name, str) or name not in self.host.registry["source"]:
-            raise RecipeError([Problem(f"{key}.source", self.host.unknown_message("source", str(name)))])
+            raise RecipeError([self.host.unknown_problem(f"{key}.source", "source", str(name))])
         cls = self.host.registry["source"][name].cls
         try:
             config = cls.Config.model_validate({k: v for k, v in table.items() if k != "source"})
@@ -364,6 +441,19 @@ class SimilarityBackend(Component, ABC):
     def scores(self, queries: Sequence[str]) -> Any:
         """A ``len(queries) x len(texts)`` matrix (nested lists or an array) of similarities in [0, 1]."""
 
+
+#: The methods of each kind whose failures name the plugin (see :class:`Component`). Trainers are not wrapped: a
+#: failure deep in training (out of memory, a library's error) keeps its own type and traceback.
+GUARDED: dict[type[Component], tuple[str, ...]] = {
+    InstructionSource: ("records", "content_fingerprint", "fingerprint"),
+    Transform: ("apply", "reason"),
+    Renderer: ("bind", "render", "prompt", "template_hash"),
+    ModelAdapter: ("load_tokenizer", "load_model", "encode", "encode_record", "prepare_data", "restore_data", "fit",
+                   "collate", "collate_packed", "loss_sum", "loss_by_example", "on_optimizer_step", "generate",
+                   "save", "load_trained", "describe"),
+    Metric: ("compute", "details"),
+    SimilarityBackend: ("fit", "scores"),
+}
 
 KINDS: dict[str, type[Component]] = {
     "source": InstructionSource,

@@ -41,6 +41,9 @@ class Problem:
 
     key: str
     message: str
+    #: the problem may well be a plugin's, not the recipe's: the recipe names a component that no loaded plugin
+    #: provides while some plugin failed to load. A recipe error with such a problem exits with EXIT_PLUGIN.
+    plugin_failed: bool = False
 
     def __str__(self) -> str:
         return f"{self.key}: {self.message}" if self.key else self.message
@@ -56,6 +59,8 @@ class RecipeError(IftError):
             problems = [Problem("", problems)]
         self.problems = problems
         self.path = path
+        if any(p.plugin_failed for p in problems):  # fix (or remove) the broken plugin first
+            self.exit_code = EXIT_PLUGIN
         where = f"{path}: " if path else ""
         if len(problems) == 1:
             message = f"{where}invalid recipe: {problems[0]}"
@@ -84,13 +89,17 @@ class PluginError(IftError):
 
     exit_code = EXIT_PLUGIN
 
-    def __init__(self, message: str, *, plugin: str | None = None, distribution: str | None = None) -> None:
+    def __init__(self, message: str, *, plugin: str | None = None, distribution: str | None = None,
+                 version: str | None = None) -> None:
         self.plugin = plugin
         self.distribution = distribution
+        self.version = version
         who = ""
         if plugin:
             who = f"plugin {plugin!r}"
-            if distribution:
+            if distribution and version:
+                who += f" ({distribution} {version})"
+            elif distribution:
                 who += f" (from {distribution})"
             who += ": "
         super().__init__(f"{who}{message}")
@@ -100,6 +109,12 @@ class RunError(IftError):
     """The run itself failed (model loading, training, evaluation, writing results)."""
 
     exit_code = EXIT_RUN
+
+
+class RunDirectoryInUse(IftError):
+    """Another process is running in (or resuming) the run directory; the message names it."""
+
+    exit_code = EXIT_RECIPE
 
 
 class Preempted(IftError):

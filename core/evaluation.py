@@ -104,6 +104,30 @@ class Evaluator:
             model.train(was_training)
         return out
 
+    def saved_samples(self) -> dict[str, Any]:
+        """The sampled generations of every stage so far, as JSON (kept in the run directory, so that a resumed
+        run still reports the generations of the stages evaluated before the interruption)."""
+        n = min(self.samples, len(self.records))
+        return {"ids": [r.id for r in self.records[:n]],
+                "stages": {stage: predictions[:n] for stage, predictions in self.generations.items()}}
+
+    def restore_samples(self, saved: dict[str, Any], *, up_to_step: int) -> list[str]:
+        """Take back :meth:`saved_samples` for the stages a resume does not repeat: the baseline and
+        ``step-<n>`` with n <= ``up_to_step``. Nothing is taken when the sampled records differ. Returns the
+        stages restored."""
+        n = min(self.samples, len(self.records))
+        if saved.get("ids") != [r.id for r in self.records[:n]]:
+            return []
+        kept = []
+        for stage, predictions in (saved.get("stages") or {}).items():
+            at = 0 if stage == "baseline" else int(stage[5:]) if stage.startswith("step-") and stage[5:].isdigit() \
+                else None
+            if at is not None and at <= up_to_step and len(predictions) == n:
+                # only the sampled rows are kept; sample_rows reads no further
+                self.generations[stage] = list(predictions)
+                kept.append(stage)
+        return kept
+
     def sample_rows(self) -> list[dict[str, Any]]:
         """A few eval prompts with their reference and every stage's generation."""
         rows = []

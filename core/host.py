@@ -7,9 +7,11 @@ hide the others), then recipe-local plugin files. Core code calls hooks only thr
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import importlib.metadata as md
 import importlib.util
+import inspect
 import os
 import sys
 import warnings
@@ -24,7 +26,7 @@ import pluggy
 from ift import hookspecs
 from ift.components import KINDS, Component
 from ift.config import ComponentConfig, TrainerConfig
-from ift.errors import PluginError
+from ift.errors import PluginError, Problem
 
 ENTRY_POINT_GROUP = "ift"
 BUILTIN_MODULES = (
@@ -70,6 +72,13 @@ class PluginInfo:
     version: str
     origin: str  # "builtin", "entry-point" or "local"
     registered: dict[str, list[str]] = field(default_factory=dict)
+    #: sha256 of a local plugin's file: its code can change while its "version" (``local``) stays the same
+    fingerprint: str = ""
+
+    @property
+    def provenance(self) -> str:
+        """Distribution and version (and a local file's hash): what identifies the plugin's code."""
+        return " ".join(p for p in (self.distribution, self.version, self.fingerprint) if p)
 
 
 @dataclass
@@ -133,6 +142,10 @@ class PluginHost:
         except pluggy.PluginValidationError as exc:
             self.pm.unregister(name=name)
             raise PluginError(self._explain_validation(plugin), plugin=name, distribution=dist) from exc
+        unmarked = self._unmarked_hooks(plugin)
+        if unmarked:
+            self.pm.unregister(name=name)
+            raise PluginError("; ".join(unmarked), plugin=name, distribution=dist)
         self.plugins[name] = PluginInfo(name, dist, version, origin)
         self._registry = None
 
@@ -141,6 +154,20 @@ class PluginHost:
         bad = [n for n in dir(plugin) if n.startswith("ift_") and n not in known
                and callable(getattr(plugin, n))]
         return "; ".join(f"unknown hook {n!r}{did_you_mean(n, known)}" for n in bad) or "invalid hook"
+
+    def _unmarked_hooks(self, plugin: object) -> list[str]:
+        """Functions named like hooks (``ift_*``) that lack the ``@ift.hookimpl`` marker: pluggy skips them, so
+        the plugin would silently never run them."""
+        known = [n for n in dir(hookspecs) if n.startswith("ift_")]
+        out = []
+        for attr in dir(plugin):
+            value = getattr(plugin, attr, None)
+            if attr.startswith("ift_") and inspect.isroutine(value) and \
+                    self.pm.parse_hookimpl_opts(plugin, attr) is None:
+                hint = "" if attr in known else f" (not a hook name either{did_you_mean(attr, known) or ''})"
+                out.append(f"{attr} is not marked with @ift.hookimpl, so it would never be called; decorate it"
+                           f"{hint}")
+        return out
 
     def _load_entry_points(self) -> None:
         # IFT_LOAD_PLUGINS: only these entry points; IFT_DISABLE_PLUGINS: all but these (IFT_PLUGINS: old name)
@@ -178,6 +205,7 @@ class PluginHost:
         except Exception as exc:
             raise PluginError(f"failed to import {path}: {type(exc).__name__}: {exc}", plugin=name) from exc
         self._register(module, name, str(path), "local", "local")
+        self.plugins[name].fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
     def register(self, plugin: object, name: str, *, distribution: str = "test", version: str = "0") -> None:
         """Register an object or module implementing hooks (used by tests and embedding code)."""
@@ -227,13 +255,14 @@ class PluginHost:
     def _check_class(kind: str, cls: Any, info: PluginInfo) -> None:
         base = KINDS[kind]
         problem = None
+        config = getattr(cls, "Config", None)
         if not (isinstance(cls, type) and issubclass(cls, base)):
             problem = f"returned {cls!r}, which is not a subclass of ift.{base.__name__}"
-        elif not isinstance(getattr(cls, "name", None), str) or not cls.name:
+        elif not isinstance(getattr(cls, "name", None), str) or not getattr(cls, "name", None):
             problem = f"{cls.__name__} has no 'name'"
-        elif not (isinstance(cls.Config, type) and issubclass(cls.Config, ComponentConfig)):
+        elif not (isinstance(config, type) and issubclass(config, ComponentConfig)):
             problem = f"{cls.__name__}.Config must subclass ift.ComponentConfig"
-        elif kind == "trainer" and not issubclass(cls.Config, TrainerConfig):
+        elif kind == "trainer" and not issubclass(config, TrainerConfig):
             problem = f"{cls.__name__}.Config must subclass ift.TrainerConfig"
         if problem:
             raise PluginError(f"{_REGISTER_HOOKS[kind]}: {problem}", plugin=info.name,
@@ -248,6 +277,11 @@ class PluginHost:
             return self.registry[kind][name]
         except KeyError:
             raise PluginError(self.unknown_message(kind, name)) from None
+
+    def unknown_problem(self, key: str, kind: str, name: str) -> Problem:
+        """The recipe problem for an unknown component name at ``key``; marked as possibly a plugin's (exit code
+        EXIT_PLUGIN) when some plugin failed to load."""
+        return Problem(key, self.unknown_message(kind, name), plugin_failed=bool(self.failures))
 
     def unknown_message(self, kind: str, name: str) -> str:
         choices = self.names(kind)
@@ -275,7 +309,8 @@ class PluginHost:
             except Exception as exc:
                 info = self.plugins.get(impl.plugin_name)
                 raise PluginError(f"{hook_name} ({where}) raised {type(exc).__name__}: {exc}",
-                                  plugin=impl.plugin_name, distribution=info.distribution if info else None) from exc
+                                  plugin=impl.plugin_name, distribution=info.distribution if info else None,
+                                  version=info.version if info else None) from exc
 
     def data_prepared(self, run_dir: str, train_records: list[Any], eval_records: list[Any]) -> None:
         self._observe("ift_data_prepared", "data prepared", run_dir=run_dir, train_records=train_records,
@@ -293,11 +328,42 @@ class PluginHost:
     def run_end(self, run_dir: str, status: str, metrics: dict[str, Any]) -> None:
         self._observe("ift_run_end", f"run end, {status}", run_dir=run_dir, status=status, metrics=metrics)
 
+    def data_plugins(self, resolved: dict[str, Any], *, trainer: bool = False) -> dict[str, str]:
+        """The plugins whose code shapes a recipe's prepared data, each with its :attr:`PluginInfo.provenance`
+        (for the prepared-data cache key): those providing its sources (nested ones too: any ``source`` key
+        inside a ``[[data]]`` or ``[[transforms]]`` table), similarity backends (``backend`` keys), transforms,
+        template renderer and model adapter, and every plugin adding Jinja filters or globals. With ``trainer``
+        the trainer's plugin too (for a resume's identity: what prepares the data and what trains on it)."""
+        wanted: set[tuple[str, Any]] = set()
+
+        def walk(value: Any) -> None:
+            if isinstance(value, dict):
+                for key, kind in (("source", "source"), ("backend", "similarity_backend")):
+                    if isinstance(value.get(key), str):
+                        wanted.add((kind, value[key]))
+                for item in value.values():
+                    walk(item)
+            elif isinstance(value, list):
+                for item in value:
+                    walk(item)
+
+        walk(resolved.get("data", []))
+        walk(resolved.get("transforms", []))
+        wanted.update(("transform", t.get("name")) for t in resolved.get("transforms", []))
+        wanted.add(("renderer", (resolved.get("template") or {}).get("name")))
+        wanted.add(("model_adapter", (resolved.get("model") or {}).get("adapter")))
+        if trainer:
+            wanted.add(("trainer", (resolved.get("trainer") or {}).get("name")))
+        names = {self.registry[kind][name].plugin for kind, name in wanted if name in self.registry.get(kind, {})}
+        names |= {impl.plugin_name for impl in self.pm.hook.ift_prepare_jinja_env.get_hookimpls()}
+        return {name: self.plugins[name].provenance if name in self.plugins else "?" for name in sorted(names)}
+
     def describe(self) -> list[dict[str, Any]]:
         """Loaded plugins for ``ift plugins`` and the manifest."""
         _ = self.registry
         return [{"name": p.name, "distribution": p.distribution, "version": p.version,
-                 "origin": p.origin, "registered": p.registered} for p in self.plugins.values()]
+                 "origin": p.origin, "registered": p.registered, **({"sha256": p.fingerprint} if p.fingerprint else {})}
+                for p in self.plugins.values()]
 
 
 def _version(dist: str) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ift.cache import Prepared, PreparedCache, make_key, tokenizer_fingerprint
-from ift.components import Metric
+from ift.components import Metric, Origin, set_origin
 from ift.data import (
     DataReport,
     apply_transforms,
@@ -40,6 +40,8 @@ from ift.rundir import RunDirectory
 from ift.runtime import finish_distributed, is_main_process, seed_everything, world_size
 from ift.training import TrainContext
 
+#: The sampled generations of each stage evaluated so far; a resume takes back those it does not repeat.
+SAMPLES_FILE = "samples.json"
 PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "tokenizers", "pluggy", "jinja2",
             "scikit-learn", "pydantic")
 
@@ -71,6 +73,7 @@ class Run:
         self.report = DataReport()
         self.metrics: dict[str, Any] = {}
         self.manifest: dict[str, Any] = {}
+        self._evaluator: Evaluator | None = None  # the held-out split's, whose samples metrics.json keeps
 
     def execute(self) -> dict[str, Any]:
         main = is_main_process()
@@ -222,6 +225,7 @@ class Run:
             fingerprints.append(fingerprint)
         resolved = recipe.resolved()
         return make_key({"ift": _version("ift"), "cache_format": 1, "fingerprints": fingerprints,
+                         "plugins": self.host.data_plugins(resolved),
                          "data": resolved["data"], "mixture": resolved["mixture"], "transforms": resolved["transforms"],
                          "split": {"seed": recipe.run.order_seed, "fraction": recipe.eval.fraction,
                                    "max_examples": recipe.eval.max_examples},
@@ -250,7 +254,7 @@ class Run:
         train_examples, eval_examples, eval_records = prepared.train, prepared.eval, prepared.eval_records
         identity = run_identity(recipe.resolved(), data=prepared.report["sources"],
                                 tokenizer=tokenizer_fingerprint(tokenizer), template=renderer.template_hash(),
-                                world_size=world_size())
+                                world_size=world_size(), plugins=host.data_plugins(recipe.resolved(), trainer=True))
         checkpoint = None
         if self.resume:
             checkpoint = choose_checkpoint(self.output_dir, self.resume)
@@ -258,7 +262,8 @@ class Run:
                 self.echo("resume: no checkpoint in this run directory; starting from the beginning")
             else:
                 check_same_run(checkpoint, identity)
-                trim_events(self.output_dir / "events.jsonl", checkpoint_step(checkpoint))
+            # the steps after the checkpoint (every step, without one) are logged again by the resumed run
+            trim_events(self.output_dir / "events.jsonl", checkpoint_step(checkpoint) if checkpoint else 0)
         self.echo(f"data: {len(train_examples)} train / {len(eval_examples)} eval examples "
                   f"from {len(recipe.data)} source(s)")
         for warning in prepared.report.get("encoding", {}).get("train", {}).get("warnings", []):
@@ -277,15 +282,22 @@ class Run:
                   f"on {described['device']}")
 
         metrics: list[Metric] = []
-        for name in recipe.eval.metrics:
-            cls = host.get("metric", name).cls
-            metrics.append(cls(cls.Config()))
+        for i, name in enumerate(recipe.eval.metrics):
+            registered = host.get("metric", name)
+            config = registered.cls.Config()
+            set_origin(config, Origin(registered.plugin, registered.distribution, registered.version, "metric", name,
+                                      f"eval.metrics[{i}]"))
+            metrics.append(registered.cls(config))
         evaluator = Evaluator(adapter=adapter, tokenizer=tokenizer, renderer=renderer, metrics=metrics,
                               records=eval_records, examples=eval_examples, batch_size=recipe.eval.batch_size,
                               max_new_tokens=recipe.eval.max_new_tokens,
                               stop=stop_strings(renderer, eval_records[0]) if eval_records else [],
                               samples=recipe.eval.samples)
         results: dict[str, Any] = {}
+        self._evaluator = evaluator
+        samples_file = self.output_dir / SAMPLES_FILE
+        if checkpoint is not None and samples_file.is_file():
+            evaluator.restore_samples(json.loads(samples_file.read_text()), up_to_step=checkpoint_step(checkpoint))
         baseline_file = self.output_dir / "baseline.json"
         if recipe.eval.baseline and eval_records and metrics:
             if checkpoint is not None and baseline_file.is_file():
@@ -343,6 +355,9 @@ class Run:
         if progress is not None:
             progress.stage(f"evaluating {stage}")
         result = evaluator(model, stage)
+        kept = self._evaluator
+        if kept is not None and evaluator is kept and stage in kept.generations and kept.samples:
+            self.rundir.write_json(SAMPLES_FILE, kept.saved_samples())
         if progress is not None:
             progress.evaluation(stage, result)
             if stage.startswith("step-"):

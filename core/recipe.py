@@ -14,6 +14,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ift.components import Origin, set_origin
 from ift.config import ComponentConfig, TrainerConfig
 from ift.errors import Problem, RecipeError
 from ift.host import KIND_LABELS, PluginHost, did_you_mean
@@ -324,7 +325,7 @@ def _component(host: PluginHost, kind: str, table: dict[str, Any], name_key: str
                                 "from a plugin and use its name"))
         return None
     if name not in host.registry[kind]:
-        problems.append(Problem(f"{key}.{name_key}", host.unknown_message(kind, name)))
+        problems.append(host.unknown_problem(f"{key}.{name_key}", kind, name))
         return None
     registered = host.registry[kind][name]
     body = {k: v for k, v in table.items() if k != name_key and k not in own_keys}
@@ -333,6 +334,9 @@ def _component(host: PluginHost, kind: str, table: dict[str, Any], name_key: str
     except ValidationError as exc:
         problems.extend(_problems_from(exc, key, registered.cls.Config))
         return None
+    # a component built from this config names its plugin and this table when its own code raises
+    set_origin(config, Origin(registered.plugin, registered.distribution, registered.version, KIND_LABELS[kind],
+                              name, key))
     return Component(name, registered.cls, config)
 
 
@@ -353,7 +357,7 @@ def validate_recipe(raw: dict[str, Any], host: PluginHost, *, base_dir: Path, pa
     raw_metrics = raw_eval.get("metrics", eval_section.metrics)
     for i, metric in enumerate(raw_metrics if isinstance(raw_metrics, list) else []):
         if isinstance(metric, str) and metric not in host.registry["metric"]:
-            problems.append(Problem(f"eval.metrics[{i}]", host.unknown_message("metric", metric)))
+            problems.append(host.unknown_problem(f"eval.metrics[{i}]", "metric", metric))
 
     data: list[DataSpec] = []
     tables = raw.get("data")

@@ -39,11 +39,12 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def run_identity(resolved: dict[str, Any], *, data: list[dict[str, Any]], tokenizer: str, template: str,
-                 world_size: int) -> dict[str, Any]:
+                 world_size: int, plugins: dict[str, str] | None = None) -> dict[str, Any]:
+    """``plugins``: the provenance (distribution, version) of each plugin whose code prepares the data or trains."""
     recipe = {k: v for k, v in flatten(resolved).items() if not k.startswith(SAFE_TO_CHANGE)}
     return {"recipe": recipe, "data": {d["name"]: d["fingerprint"] for d in data},
             "tokenizer": hashlib.sha256(tokenizer.encode()).hexdigest()[:16], "template": template,
-            "world_size": world_size}
+            "world_size": world_size, "plugins": dict(plugins or {})}
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -57,6 +58,11 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     for key, label in (("tokenizer", "tokenizer"), ("template", "template"), ("world_size", "world size")):
         if old[key] != new[key]:
             changes.append(f"{label}: {old[key]} -> {new[key]}")
+    if "plugins" in old:  # checkpoints written before plugin versions were recorded are not compared on them
+        for name in sorted(set(old["plugins"]) | set(new.get("plugins", {}))):
+            before, after = old["plugins"].get(name, "not used"), new.get("plugins", {}).get(name, "not used")
+            if before != after:
+                changes.append(f"plugin {name!r}: {before} -> {after}")
     return changes
 
 

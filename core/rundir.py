@@ -2,17 +2,94 @@
 
 A run that fails leaves ``status.json`` with ``"status": "failed"`` and the error, no ``metrics.json`` and
 no ``model/``: nothing half-written is presented as a finished result.
+
+One process at a time: the main process holds an exclusive ``flock`` on ``<run dir>/.lock`` for the run's whole
+life (from before ``--overwrite`` clears the folder to the last file written). The kernel releases it when the
+holder exits or dies, so a killed run never leaves a stale lock; the file keeps the holder's pid, host and start
+time for the refusal message. Under torchrun only global rank 0 takes it: a second launch's rank 0 is refused,
+and torchrun stops that launch's other ranks.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
 import os
 import shutil
+import socket
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from ift.errors import RunDirectoryInUse
+
+LOCK_FILE = ".lock"
+_held: dict[Path, tuple[int, int]] = {}  # run directory -> (descriptor holding its lock, nesting depth)
+
+
+def _acquire(path: Path) -> None:
+    key = path.resolve()
+    if key in _held:  # this process holds it already (the CLI, then the run directory itself)
+        fd, depth = _held[key]
+        _held[key] = (fd, depth + 1)
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no flock on this platform: no protection, as before
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise RunDirectoryInUse(f"{path} is in use by another ift process ({_describe_holder(path / LOCK_FILE)}); "
+                                "wait for it to end, or choose another --output-dir") from None
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": sys.argv,
+              "torchelastic_run_id": os.environ.get("TORCHELASTIC_RUN_ID")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+    os.fsync(fd)
+    _held[key] = (fd, 1)
+
+
+def _release(path: Path) -> None:
+    key = path.resolve()
+    if key not in _held:
+        return
+    fd, depth = _held.pop(key)
+    if depth > 1:
+        _held[key] = (fd, depth - 1)
+    else:
+        os.close(fd)  # closing the descriptor releases the flock; the file stays (unlinking it would race)
+
+
+def _describe_holder(lock: Path) -> str:
+    try:
+        info = json.loads(lock.read_text())
+        started = dt.datetime.fromtimestamp(float(info["started"]), dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        command = " ".join(map(str, info.get("command") or []))
+        return f"pid {info['pid']} on {info['host']}, started {started}" + (f": {command}" if command else "")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "it has not written its pid yet"
+
+
+@contextlib.contextmanager
+def hold_run_directory(path: Path | str, *, enabled: bool = True, create: bool = True) -> Iterator[None]:
+    """Hold ``path``'s lock for the block (see the module docstring); raises :class:`~ift.errors.RunDirectoryInUse`
+    naming the other process. ``create=False``: a folder that does not exist is not created (nor locked)."""
+    path = Path(path)
+    if not enabled or (not create and not path.is_dir()):
+        yield
+        return
+    _acquire(path)
+    try:
+        yield
+    finally:
+        _release(path)
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -36,7 +113,7 @@ class RunDirectory:
         self.enabled = enabled
         self.started = time.time()
         if enabled:
-            path.mkdir(parents=True, exist_ok=True)
+            _acquire(path)  # released by close()
             self._events = (path / "events.jsonl").open("a", encoding="utf-8")
             self.status("running")
 
@@ -74,15 +151,22 @@ class RunDirectory:
     def close(self) -> None:
         if self.enabled:
             self._events.close()
+            _release(self.path)
 
 
 def prepare_output_dir(path: Path, *, overwrite: bool) -> Path:
     """Refuse to mix a new run into an existing one unless asked to replace it."""
-    if path.exists() and any(path.iterdir()):
+    if path.exists() and any(p.name != LOCK_FILE for p in path.iterdir()):
         if not overwrite:
             from ift.errors import RecipeError
 
             raise RecipeError(f"output directory {path} already exists and is not empty; choose another "
                               "--output-dir or pass --overwrite")
-        shutil.rmtree(path)
+        for child in path.iterdir():
+            if child.name == LOCK_FILE:  # this process's lock (see hold_run_directory): kept, still held
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
     return path

@@ -122,3 +122,84 @@ def test_second_run_reuses_prepared_data_and_a_new_template_does_not(tmp_path: P
     assert metrics[0] == pytest.approx(metrics[1], rel=1e-6)  # same data, same seed, same result
     (tmp_path / "data.jsonl").write_text((tmp_path / "data.jsonl").read_text() + '{"prompt": "x", "completion": "y"}\n')
     assert run("d", "alpaca")["cache"]["hit"] is False  # changed data, new key
+
+
+class _Shout(ift.Transform):
+    name = "shout"
+
+    def apply(self, records, tally):
+        return records
+
+
+class _Whisper(ift.Transform):
+    name = "whisper"
+
+    def apply(self, records, tally):
+        return records
+
+
+class _Registers:
+    def __init__(self, *classes: type) -> None:
+        self.classes = list(classes)
+
+    @ift.hookimpl
+    def ift_register_transforms(self) -> list[type]:
+        return self.classes
+
+
+class _JinjaFilters:
+    @ift.hookimpl
+    def ift_prepare_jinja_env(self, env) -> None:
+        env.filters["loud"] = str.upper
+
+
+def test_the_key_changes_with_the_version_of_a_plugin_that_shaped_the_data(host, make_recipe, tokenizer,
+                                                                              tmp_path: Path, monkeypatch):
+    from ift.pipeline import Run, make_renderer
+
+    monkeypatch.delenv("IFT_NO_CACHE", raising=False)
+    (tmp_path / "d.jsonl").write_text('{"prompt": "p", "completion": "c"}\n')
+
+    def key(**versions: str) -> str:
+        for name in ("shouter", "idle", "filters"):
+            if name in host.plugins:
+                host.unregister(name)
+        host.register(_Registers(_Shout), "shouter", distribution="ift-shout", version=versions.get("shout", "1.0"))
+        host.register(_Registers(_Whisper), "idle", distribution="ift-whisper", version=versions.get("idle", "1.0"))
+        if "filters" in versions:
+            host.register(_JinjaFilters(), "filters", distribution="ift-filters", version=versions["filters"])
+        recipe = make_recipe(transforms=[{"name": "shout"}])
+        renderer = make_renderer(recipe, host)
+        result = Run(recipe, host, tmp_path / "run")._cache_key(None, tokenizer, renderer)
+        assert result is not None
+        return result
+
+    first = key()
+    assert key() == first
+    assert key(shout="1.1") != first  # the transform that ran changed: the data is prepared again
+    assert key(idle="9.0") == first  # a plugin whose components the recipe does not use
+    with_filters = key(filters="1.0")
+    assert with_filters != first and key(filters="2.0") != with_filters  # Jinja filters shape the rendered text
+
+
+def test_the_key_follows_a_local_plugin_files_contents(host, make_recipe, tokenizer, tmp_path: Path, monkeypatch):
+    from ift.pipeline import Run, make_renderer
+
+    monkeypatch.delenv("IFT_NO_CACHE", raising=False)
+    (tmp_path / "d.jsonl").write_text('{"prompt": "p", "completion": "c"}\n')
+    plugin = tmp_path / "shouting.py"
+    body = ("import ift\n\nclass Shout(ift.Transform):\n    name = 'shout'\n\n    def apply(self, records, tally):\n"
+            "        return records{}\n\n@ift.hookimpl\ndef ift_register_transforms():\n    return [Shout]\n")
+
+    def key(suffix: str) -> str:
+        if "local:shouting" in host.plugins:
+            host.unregister("local:shouting")
+        plugin.write_text(body.format(suffix))
+        host.load_local(plugin)
+        recipe = make_recipe(transforms=[{"name": "shout"}])
+        result = Run(recipe, host, tmp_path / "run")._cache_key(None, tokenizer, make_renderer(recipe, host))
+        assert result is not None
+        return result
+
+    assert key("") == key("")
+    assert key("") != key("[:1]")  # same name, same "version" (local), other code

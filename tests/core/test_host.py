@@ -386,6 +386,6 @@ def test_an_observer_that_raises_is_named_with_hook_and_step(host: PluginHost) -
     host.register(Tracker(), "tracker", distribution="ift-tracker", version="2.0")
     with pytest.raises(PluginError) as err:
         host.step_end("run", {"step": 40, "loss": 1.0})
-    assert str(err.value) == ("plugin 'tracker' (from ift-tracker): ift_step_end (step 40) raised ConnectionError: "
+    assert str(err.value) == ("plugin 'tracker' (ift-tracker 2.0): ift_step_end (step 40) raised ConnectionError: "
                               "tracker offline")
     assert isinstance(err.value.__cause__, ConnectionError)

@@ -18,3 +18,11 @@ def test_eval_settings_that_change_the_split_are_part_of_the_identity() -> None:
 
 def test_eval_settings_that_only_change_what_is_reported_may_change() -> None:
     assert differences(_identity(), _identity(metrics=["loss", "exact_match"], samples=0)) == []
+
+
+def test_a_plugin_upgraded_between_the_kill_and_the_resume_is_a_change() -> None:
+    old = run_identity({}, data=[], tokenizer="t", template="h", world_size=1, plugins={"shout": "ift-shout 1.0"})
+    new = run_identity({}, data=[], tokenizer="t", template="h", world_size=1, plugins={"shout": "ift-shout 1.1"})
+    assert differences(old, new) == ["plugin 'shout': ift-shout 1.0 -> ift-shout 1.1"]
+    before = {k: v for k, v in old.items() if k != "plugins"}  # a checkpoint written before plugins were recorded
+    assert differences(before, new) == []

@@ -150,3 +150,46 @@ def test_sigterm_saves_a_checkpoint_and_exits_for_requeue(workdir: Path, referen
     assert status["status"] == "interrupted" and "checkpoint saved" in status["error"]
     saved = list((workdir / "term" / "checkpoints").glob("step-*"))
     assert len(saved) == 1
+
+
+def tensorboard_steps(run: Path, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run / "tensorboard"))
+    accumulator.Reload()
+    return [e.step for e in accumulator.Scalars(tag)]
+
+
+@pytest.fixture(scope="module")
+def sampled(workdir: Path) -> str:
+    """A recipe that generates (baseline and final samples) and checkpoints only every third step."""
+    (workdir / "sampled.toml").write_text(
+        RECIPE.replace("save_every = 1", "save_every = 3").replace('metrics = ["loss"]', 'metrics = ["loss", '
+                                                                   '"exact_match"]\nmax_new_tokens = 3\nsamples = 2')
+        .replace("baseline = false", "baseline = true"))
+    return "sampled.toml"
+
+
+@pytest.mark.parametrize("fault", ["step-2", "step-4"], ids=["before-first-checkpoint", "after-a-checkpoint"])
+def test_a_resumed_run_logs_each_step_once_and_keeps_earlier_generations(workdir: Path, sampled: str, fault: str):
+    out = f"sampled-{fault}"
+    assert ift(["run", sampled, "-o", out], workdir, IFT_FAULT=fault).returncode == -signal.SIGKILL
+    resumed = ift(["run", sampled, "-o", out, "--resume"], workdir)
+    assert resumed.returncode == 0, resumed.stderr
+    run = workdir / out
+    assert [s for s, _ in losses(run)] == list(range(1, 11))  # the steps logged before the kill appear once
+    assert tensorboard_steps(run, "train/loss") == list(range(1, 11))
+    assert tensorboard_steps(run, "eval/loss") == [0, 10]  # the baseline once, the final once
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [sorted(row) for row in metrics["samples"]] == \
+        [["baseline", "final", "id", "prompt", "reference", "source"]] * 2
+    assert all(isinstance(row["baseline"], str) for row in metrics["samples"])
+    if fault == "step-4":  # the baseline was not recomputed, its generations came back from the run directory
+        assert "evaluating baseline" not in resumed.stdout + resumed.stderr
+        first = json.loads((workdir / "sampled-step-2" / "metrics.json").read_text())
+        assert [r["baseline"] for r in metrics["samples"]] == [r["baseline"] for r in first["samples"]]
+    # training time counts the time trained before the kill too: the last step's clock runs on from there
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    elapsed = [e["elapsed_s"] for e in events if "step" in e]
+    assert elapsed == sorted(elapsed)
+    assert metrics["train"]["train_seconds"] >= elapsed[-1] - 0.5

@@ -98,6 +98,6 @@ def test_recipe_naming_a_missing_component_points_at_the_broken_plugin(tmp_path:
     recipe = tmp_path / "r.toml"
     recipe.write_text('[[data]]\nsource = "acme-db"\nquery = "select 1"\n')
     result = ift(["validate", str(recipe)], tmp_path, tmp_path)
-    assert result.returncode == 2
+    assert result.returncode == 4  # the plugin error: fix the broken plugin first
     assert "unknown source 'acme-db'" in result.stderr
     assert "plugin 'broken' (ift-broken 0.3, entry point ift_broken_plugin) failed to load" in result.stderr
