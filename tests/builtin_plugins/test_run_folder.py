@@ -215,3 +215,31 @@ def test_lora_base_built_from_a_config_loads_from_another_cwd(tmp_path: Path,
     moved = tmp_path / "moved"
     shutil.move(str(run), moved)
     assert ift_answer(moved, [ift.Message("user", "hi")])[0].endswith("<|im_start|>assistant\n")
+
+
+def test_lm_eval_task_script_writes_the_eval_set(tmp_path: Path) -> None:
+    import importlib.util
+
+    import yaml
+    from transformers import GenerationConfig
+
+    run = tmp_path / "run"
+    tokenizer = build_byte_tokenizer()
+    tokenizer.save_pretrained(run / "model")
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    GenerationConfig(eos_token_id=[tokenizer.eos_token_id, im_end]).save_pretrained(run / "model")
+    records = [ift.InstructionRecord("1", "s", [ift.Message("user", "Q1"), ift.Message("assistant", "A1")]),
+               ift.InstructionRecord("2", "s", [ift.Message("system", "S"), ift.Message("user", "Q2"),
+                                                ift.Message("assistant", "A2")])]
+    (run / "data").mkdir()
+    (run / "data" / "eval.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in records))
+    script = Path(__file__).parents[2] / "examples" / "lm_eval" / "make_task.py"
+    spec = importlib.util.spec_from_file_location("make_task", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    task = yaml.safe_load(module.main(run, tmp_path / "tasks").read_text())
+    assert task["generation_kwargs"]["until"] == ["<|endoftext|>", "<|im_end|>"]
+    assert task["metric_list"][0]["regexes_to_ignore"] == [r"^\s+", r"\s+$"]
+    rows = [json.loads(line) for line in (tmp_path / "tasks" / "ift_eval.jsonl").read_text().splitlines()]
+    assert rows == [{"prompt": "Q1", "target": "A1"}]  # the system-prompt record is left out (and counted)
