@@ -112,4 +112,23 @@ def finish_model_folder(path: Path, *, final_path: Path, tokenizer: Any, rendere
     base = _point_base(path, final_path)
     if base is not None:
         facts["base_model_name_or_path"] = base
+        if not (path / BASE_FOLDER).is_dir():
+            facts["base_generation_config_stops"] = covered = _base_stops(base, eos)
+            if not covered:
+                log.warning("model/: peft's generate() uses the base model's generation_config, which does not "
+                            "list every trained end-of-turn id %s; pass generation_config=GenerationConfig."
+                            "from_pretrained('RUN/model') (docs/inference.md)", eos)
     return facts
+
+
+def _base_stops(base: str, eos: list[int]) -> bool:
+    """Whether the base model's own generation config (which peft's ``generate`` uses) stops at every id in
+    ``eos``; False when it cannot be read."""
+    from transformers import GenerationConfig
+
+    try:
+        listed = GenerationConfig.from_pretrained(base).eos_token_id
+    except (OSError, ValueError):
+        return False
+    listed_ids = {listed} if isinstance(listed, int) else set(listed or [])
+    return set(eos) <= listed_ids

@@ -185,6 +185,8 @@ def test_lora_plain_run_loads_from_anywhere_and_after_a_move(tmp_path: Path, mon
     assert GenerationConfig.from_pretrained(run / "model").eos_token_id == saved.eos_token_id
     adapter = json.loads((run / "model" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(base.resolve())
+    facts = json.loads((run / "manifest.json").read_text())["model_folder"]
+    assert facts["base_generation_config_stops"] is True  # plain: the base's EOS is the only stop
     moved = tmp_path / "elsewhere" / "moved-run"
     moved.parent.mkdir()
     shutil.move(str(run), moved)
