@@ -303,7 +303,7 @@ class Run:
                 adapter.save(result.model, tokenizer, path)
                 facts = adapter.finish_saved_folder(
                     path, final_path=self.output_dir / "model", tokenizer=tokenizer, renderer=renderer,
-                    records=[*eval_records, *(self._fresh_records or ([], []))[0][:64]],
+                    records=[*eval_records[:256], *(self._fresh_records or ([], []))[0][:64]],  # checked on
                     max_length=recipe.trainer_config.max_length)
                 if facts:
                     self.manifest["model_folder"] = facts
