@@ -199,6 +199,15 @@ class CausalLMAdapter(ift.ModelAdapter):
     def save(self, model: Any, tokenizer: Any, path: Path) -> None:
         hf_loading.save_model_folder(model, tokenizer, path, getattr(self, "_base_snapshot", None))
 
+    def finish_saved_folder(self, path: Path, *, final_path: Path, tokenizer: Any, renderer: Any,
+                            records: Sequence[ift.InstructionRecord], max_length: int) -> dict[str, Any]:
+        """The trained prompt format as the chat template (with the BOS this adapter adds), the end-of-turn ids
+        in generation_config.json, ``model_max_length``, an absolute LoRA base path (docs/inference.md)."""
+        from ift.builtin_plugins.run_folder import finish_model_folder
+
+        return finish_model_folder(path, final_path=final_path, tokenizer=tokenizer, renderer=renderer,
+                                   records=records, max_length=max_length, bos_prefix=_adds_bos(tokenizer))
+
     def load_trained(self, path: Path) -> tuple[Any, Any]:
         """Model and tokenizer from a folder :meth:`save` wrote (a full model, or a peft adapter with its base), an
         ``ift export`` folder, or its int8 copy (CPU). A peft model comes back unmerged, so ``ift export

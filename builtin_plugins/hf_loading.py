@@ -213,7 +213,9 @@ def load_saved_model(cfg: PretrainedModelConfig, path: Path, auto_class: Any) ->
             from peft import PeftModel
 
             base = str(json.loads(adapter_config.read_text(encoding="utf-8"))["base_model_name_or_path"])
-            if (path / base).is_dir():  # relative to the adapter folder, as save_model_folder writes it
+            if (path / BASE_FOLDER).is_dir():  # the folder's own base wins: the run folder may have been moved
+                base = str(path / BASE_FOLDER)
+            elif (path / base).is_dir():  # relative to the adapter folder, as older runs wrote it
                 base = str(path / base)
             if (path / "config.json").is_file():
                 kwargs["config"] = AutoConfig.from_pretrained(str(path), **remote)

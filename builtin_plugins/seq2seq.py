@@ -209,6 +209,15 @@ class Seq2SeqAdapter(ift.ModelAdapter):
         ``path/base_model`` for a model built from a config and the pretrained model's id otherwise."""
         hf_loading.save_model_folder(model, tokenizer, path, self._base_snapshot)
 
+    def finish_saved_folder(self, path: Path, *, final_path: Path, tokenizer: Any, renderer: Any,
+                            records: Sequence[ift.InstructionRecord], max_length: int) -> dict[str, Any]:
+        """As for causal-lm: the chat template renders the encoder's input exactly as trained; the end-of-turn
+        ids in generation_config.json; ``model_max_length``; an absolute LoRA base path."""
+        from ift.builtin_plugins.run_folder import finish_model_folder
+
+        return finish_model_folder(path, final_path=final_path, tokenizer=tokenizer, renderer=renderer,
+                                   records=records, max_length=max_length)
+
 
 @ift.hookimpl
 def ift_register_model_adapters() -> list[type]:

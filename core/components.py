@@ -372,6 +372,13 @@ class ModelAdapter(Component, ABC):
     def save(self, model: Any, tokenizer: Any, path: Path) -> None:
         """Write a folder loadable with plain transformers / peft ``from_pretrained``."""
 
+    def finish_saved_folder(self, path: Path, *, final_path: Path, tokenizer: Any, renderer: Renderer,
+                            records: Sequence[InstructionRecord], max_length: int) -> dict[str, Any]:
+        """Called after :meth:`save` wrote ``path`` (renamed to ``final_path`` once complete), so that other
+        tools use the folder exactly as the run trained: the prompt format (``renderer``, checked on ``records``),
+        where generation stops, the trained context ``max_length``. Returns facts for the manifest."""
+        return {}
+
     def load_trained(self, path: Path) -> tuple[Any, Any]:
         """Model and tokenizer from a folder written by :meth:`save` (``ift generate``, ``chat``,
         ``export``), ready for :meth:`generate`."""

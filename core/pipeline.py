@@ -335,7 +335,16 @@ class Run:
         self._report_data()
         progress.stage("saving model")
         if is_main_process():
-            rundir.save_dir("model", lambda path: adapter.save(result.model, tokenizer, path))
+            def write_model(path: Path) -> None:
+                adapter.save(result.model, tokenizer, path)
+                facts = adapter.finish_saved_folder(
+                    path, final_path=self.output_dir / "model", tokenizer=tokenizer, renderer=renderer,
+                    records=[*eval_records[:256], *(self._fresh_records or ([], []))[0][:64]],  # checked on
+                    max_length=recipe.trainer_config.max_length)
+                if facts:
+                    self.manifest["model_folder"] = facts
+
+            rundir.save_dir("model", write_model)
         self.metrics = results
         rundir.write_json("metrics.json", results)
 
