@@ -14,17 +14,9 @@ from ift.cli import main
 
 
 @pytest.fixture(scope="session")
-def smollm2_folder(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SmolLM2 as a plain safetensors folder (transformers refuses to save a GGUF-loaded model as it is)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("smollm2")
-    loaded = AutoModelForCausalLM.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name)
-    model = AutoModelForCausalLM.from_config(loaded.config)
-    model.load_state_dict(loaded.state_dict())
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name).save_pretrained(folder)
-    return folder
+def smollm2_folder(smollm2_dir: Path) -> Path:
+    """SmolLM2 as the plain safetensors folder ift converts the packaged GGUF into (tests/real/conftest.py)."""
+    return smollm2_dir
 
 
 @pytest.mark.parametrize("template", ["chatml", "chat"])
