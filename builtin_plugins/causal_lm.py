@@ -67,6 +67,11 @@ class CausalLMAdapter(ift.ModelAdapter):
         # Virtual-token methods (prefix / prompt tuning) assume one sequence per row.
         return peft_methods.supports_packing(self.config.peft)
 
+    supports_gradient_checkpointing = True
+
+    def enable_gradient_checkpointing(self, model: Any) -> None:
+        hf_loading.enable_gradient_checkpointing(model)
+
     def on_optimizer_step(self, model: Any, step: int, total_steps: int) -> None:
         peft_methods.on_optimizer_step(model, self.config.peft, step, total_steps)
 

@@ -74,6 +74,11 @@ class Seq2SeqAdapter(ift.ModelAdapter):
     def describe(self) -> dict[str, Any]:
         return hf_loading.describe_origin(self.config, "encoder-decoder")
 
+    supports_gradient_checkpointing = True
+
+    def enable_gradient_checkpointing(self, model: Any) -> None:
+        hf_loading.enable_gradient_checkpointing(model)
+
     def on_optimizer_step(self, model: Any, step: int, total_steps: int) -> None:
         peft_methods.on_optimizer_step(model, self.config.peft, step, total_steps)
 
