@@ -81,6 +81,11 @@ class CausalLMAdapter(ift.ModelAdapter):
         # Virtual-token methods (prefix / prompt tuning) assume one sequence per row.
         return peft_methods.supports_packing(self.config.peft)
 
+    supports_gradient_checkpointing = True
+
+    def enable_gradient_checkpointing(self, model: Any) -> None:
+        hf_loading.enable_gradient_checkpointing(model)
+
     def on_optimizer_step(self, model: Any, step: int, total_steps: int) -> None:
         peft_methods.on_optimizer_step(model, self.config.peft, step, total_steps)
 
@@ -132,50 +137,61 @@ class CausalLMAdapter(ift.ModelAdapter):
                 "record_ids": [e.record_id for row in rows for e in row]}
 
     def loss_sum(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
-        import torch.nn.functional as F
-
-        logits, labels = self._shifted_logits(model, batch)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
-                               ignore_index=-100, reduction="sum")
-        count = (labels != -100).sum()
-        return peft_methods.add_training_penalty(model, loss, count), count
+        losses, counted = self.token_losses(model, batch)
+        count = counted.sum()
+        return peft_methods.add_training_penalty(model, losses.sum(), count), count
 
     def loss_by_example(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any] | None:
         """Per-example summed loss (carrying the graph: the trainer backpropagates through their sum) and
         loss-token counts. A padded batch holds one example per row; a packed one says in ``example_index`` which
         example each token belongs to, and a predicted token is charged to the example it is part of (an example's
         first token is never predicted, so nothing is charged across a boundary). A PEFT method's training penalty
-        is charged per loss token, as :meth:`loss_sum` adds it. The gradient of the sum equals :meth:`loss_sum`'s
-        bit for bit; the value may differ in its last bits (another summation order)."""
+        is charged per loss token, as :meth:`loss_sum` adds it. The sums add up to :meth:`loss_sum` to float
+        tolerance (another summation order)."""
         import torch
-        import torch.nn.functional as F
 
-        logits, labels = self._shifted_logits(model, batch)
-        per_token = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
-                                    ignore_index=-100, reduction="none").view_as(labels)  # 0 where ignored
-        counted = labels != -100
-        if "example_index" in batch:
-            owner = batch["example_index"][:, 1:].clamp(min=0).reshape(-1)  # padding adds loss 0 and count 0
-            n = len(batch["record_ids"])
-            sums = per_token.new_zeros(n).index_add(0, owner, per_token.reshape(-1))
-            counts = torch.zeros(n, dtype=torch.long, device=owner.device).index_add(0, owner,
-                                                                                       counted.reshape(-1).long())
-        elif "position_ids" in batch:
+        owner = self.loss_owners(batch)
+        if owner is None:
             return None  # rows packed without saying which example owns each token
-        else:
-            sums, counts = per_token.sum(dim=1), counted.sum(dim=1)
+        losses, counted = self.token_losses(model, batch)
+        n = len(batch["record_ids"])
+        sums = losses.new_zeros(n).index_add(0, owner, losses)
+        counts = torch.zeros(n, dtype=torch.long, device=owner.device).index_add(0, owner, torch.ones_like(owner))
         penalty = peft_methods.training_penalty(model)
         return (sums if penalty is None else sums + penalty * counts), counts
 
-    def _shifted_logits(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
-        """Logits of positions 0..n-2 (in float32) and the labels they predict (positions 1..n-1)."""
+    def token_losses(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+        """Cross-entropy at each trained position (1-d, float32, in row-major order) and the ``[batch, n - 1]``
+        mask of those positions (position ``i`` predicts token ``i + 1``). The LM head runs on the trained
+        positions only, in chunks (:mod:`ift.head_loss`; models whose logits are not ``lm_head(hidden)`` fall back
+        to the full logits)."""
+        from ift import head_loss
+
+        labels = batch["labels"][:, 1:]
+        counted = labels != -100
+        states = head_loss.head_inputs(model, self.model_inputs(batch), counted, length=batch["input_ids"].size(1))
+        return head_loss.cross_entropy(states, labels[counted]), counted
+
+    @staticmethod
+    def loss_owners(batch: dict[str, Any]) -> Any:
+        """The example (index into ``record_ids``) of each trained position, in :meth:`token_losses`' order;
+        None for packed rows that do not say (no ``example_index``)."""
+        counted = batch["labels"][:, 1:] != -100
+        if "example_index" in batch:
+            return batch["example_index"][:, 1:][counted]
+        if "position_ids" in batch:
+            return None
+        return counted.nonzero()[:, 0]
+
+    @staticmethod
+    def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+        """The forward pass's arguments from a batch (packed rows: positions, no attention mask)."""
         inputs = {"input_ids": batch["input_ids"], "use_cache": False}
         if "position_ids" in batch:
             inputs["position_ids"] = batch["position_ids"]
         else:
             inputs["attention_mask"] = batch["attention_mask"]
-        logits = model(**inputs).logits
-        return logits[:, :-1].float(), batch["labels"][:, 1:]
+        return inputs
 
     # --- generating and saving -----------------------------------------------------------------
 

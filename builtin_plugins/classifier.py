@@ -57,6 +57,10 @@ class ClassifierAdapter(ift.ModelAdapter):
     Config = ClassifierConfig
     config: ClassifierConfig
     supports_packing = False
+    supports_gradient_checkpointing = True
+
+    def enable_gradient_checkpointing(self, model: Any) -> None:
+        hf_loading.enable_gradient_checkpointing(model)
 
     def __init__(self, config: ift.ComponentConfig, *, base_dir: Path) -> None:
         super().__init__(config, base_dir=base_dir)

@@ -330,3 +330,19 @@ def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], *, batch_
     finally:
         model.train(was_training)
     return outputs
+
+
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Activation checkpointing of a transformers model (under peft's wrapper, the base model's layers; LoRA's
+    layers inside them are recomputed too). Non-reentrant checkpoints: the gradient reaches trainable weights
+    inside a layer even when its input does not require one (frozen embeddings under LoRA), so peft's
+    input-grad hook is not needed."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ift.RecipeError([ift.Problem("trainer.gradient_checkpointing", f"{type(base).__name__} does not "
+                                           "support gradient checkpointing; set it to false")])
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name is deprecated
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

@@ -74,6 +74,11 @@ class Seq2SeqAdapter(ift.ModelAdapter):
     def describe(self) -> dict[str, Any]:
         return hf_loading.describe_origin(self.config, "encoder-decoder")
 
+    supports_gradient_checkpointing = True
+
+    def enable_gradient_checkpointing(self, model: Any) -> None:
+        hf_loading.enable_gradient_checkpointing(model)
+
     def on_optimizer_step(self, model: Any, step: int, total_steps: int) -> None:
         peft_methods.on_optimizer_step(model, self.config.peft, step, total_steps)
 
@@ -155,32 +160,37 @@ class Seq2SeqAdapter(ift.ModelAdapter):
                 "real_tokens": attention.sum(), "loss_tokens": (labels != -100).sum(),
                 "num_examples": torch.tensor(len(examples)), "record_ids": [e.record_id for e in examples]}
 
-    def _token_losses(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
-        """Cross-entropy at every decoder position (0 where no label) and the label mask, one forward pass.
-        Decoder inputs are the labels shifted right behind ``decoder_start_token_id`` (teacher forcing)."""
-        import torch.nn.functional as F
+    def token_losses(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+        """Cross-entropy at each labelled decoder position (1-d, float32, row-major order) and the label mask,
+        one forward pass. Decoder inputs are the labels shifted right behind ``decoder_start_token_id`` (teacher
+        forcing). The LM head runs on the labelled positions only, in chunks (:mod:`ift.head_loss`; a model whose
+        logits are not ``lm_head(hidden)``, such as BART with a non-zero ``final_logits_bias``, falls back to the
+        full logits)."""
+        from ift import head_loss
 
         labels = batch["labels"]
         config = model.config
         decoder_ids = labels.new_full(labels.shape, config.pad_token_id)
         decoder_ids[:, 0] = config.decoder_start_token_id
         decoder_ids[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, config.pad_token_id)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       decoder_input_ids=decoder_ids, use_cache=False).logits.float()
-        losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100,
-                                 reduction="none").view(labels.shape)
-        return losses, labels != -100
+        mask = labels != -100
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+                  "decoder_input_ids": decoder_ids, "use_cache": False}
+        states = head_loss.head_inputs(model, inputs, mask, length=labels.size(1))
+        return head_loss.cross_entropy(states, labels[mask]), mask
 
     def loss_sum(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
-        losses, mask = self._token_losses(model, batch)
+        losses, mask = self.token_losses(model, batch)
         count = mask.sum()
         return peft_methods.add_training_penalty(model, losses.sum(), count), count
 
     def loss_by_example(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
         """Each example's summed loss (the trainer may backpropagate through their sum, so a PEFT method's
         training penalty is charged per loss token, as :meth:`loss_sum` adds it) and loss-token count."""
-        losses, mask = self._token_losses(model, batch)
-        sums, counts = losses.sum(dim=1), mask.sum(dim=1)
+        losses, mask = self.token_losses(model, batch)
+        owner = mask.nonzero()[:, 0]
+        sums = losses.new_zeros(mask.size(0)).index_add(0, owner, losses)
+        counts = mask.sum(dim=1)
         penalty = peft_methods.training_penalty(model)
         return (sums if penalty is None else sums + penalty * counts), counts
 

@@ -214,6 +214,8 @@ class SFTTrainer(ift.Trainer):
 
         cfg = self.config
         model = ctx.model
+        if cfg.gradient_checkpointing:
+            ctx.adapter.enable_gradient_checkpointing(model)
         device = next(model.parameters()).device
         precision = cfg.precision
         if precision == "auto":

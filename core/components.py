@@ -349,6 +349,14 @@ class ModelAdapter(Component, ABC):
         never crosses examples. Only for adapters with ``supports_packing``."""
         raise NotImplementedError(f"{type(self).__name__} does not support packed batches")
 
+    #: Whether :meth:`enable_gradient_checkpointing` is implemented (``[trainer] gradient_checkpointing``).
+    supports_gradient_checkpointing: ClassVar[bool] = False
+
+    def enable_gradient_checkpointing(self, model: Any) -> None:
+        """Make ``model`` recompute its layers' activations in backward (trainers call this before training when
+        ``gradient_checkpointing = true``). Only for adapters with ``supports_gradient_checkpointing``."""
+        raise NotImplementedError(f"{type(self).__name__} does not support gradient checkpointing")
+
     @abstractmethod
     def loss_sum(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
         """Summed cross-entropy over trainable tokens of a batch, and how many tokens that is."""

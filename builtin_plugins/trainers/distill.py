@@ -102,24 +102,33 @@ class DistillTrainer(RunningTotals, ift.SFTTrainer):
 
     def terms(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any, Any]:
         """Per trainable position (in batch order): cross-entropy and ``KL(teacher_T || student_T)``; and
-        how many positions there are."""
+        how many positions there are. Neither model computes logits beyond the trainable positions: both heads
+        run on those positions' hidden states, in chunks recomputed in backward (:mod:`ift.head_loss`)."""
         import torch
         import torch.nn.functional as F
 
+        from ift import head_loss
+
         inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+        inputs["use_cache"] = False
         labels = batch["labels"][:, 1:]
         positions = labels != -100
-        # Only the trainable positions' logits are kept in fp32: (positions x vocabulary), not the whole batch.
-        student = model(**inputs, use_cache=False).logits[:, :-1][positions].float()
+        length = batch["input_ids"].size(1)
+        student = head_loss.head_inputs(model, inputs, positions, length=length)
         with torch.no_grad():
-            teacher = self.teacher(**inputs, use_cache=False).logits[:, :-1][positions].float()
-        if teacher.shape[-1] != student.shape[-1]:
-            raise vocabulary_error(f"the teacher's logits have {teacher.shape[-1]} entries per token, the "
-                                   f"student's {student.shape[-1]}")
-        ce = F.cross_entropy(student, labels[positions], reduction="none")
+            teacher = head_loss.head_inputs(self.teacher, inputs, positions, length=length)
+        if teacher.vocab != student.vocab:
+            raise vocabulary_error(f"the teacher's logits have {teacher.vocab} entries per token, the "
+                                   f"student's {student.vocab}")
         t = self.config.temperature
-        kl = F.kl_div(F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1), log_target=True,
-                      reduction="none").sum(dim=-1)
+
+        def ce_and_kl(student_logits: Any, teacher_logits: Any, targets: Any) -> tuple[Any, Any]:
+            ce = F.cross_entropy(student_logits, targets, reduction="none")
+            kl = F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
+                          log_target=True, reduction="none").sum(dim=-1)
+            return ce, kl
+
+        ce, kl = head_loss.map_chunks(ce_and_kl, [student, teacher], [labels[positions]])
         return ce, kl, positions.sum()
 
     # --- the teacher -----------------------------------------------------------------------------

@@ -52,6 +52,7 @@ path = {json.dumps(str(HERE / "prompt_completion.jinja"))}
 adapter = "causal-lm"
 name_or_path = {json.dumps(spec["model_dir"])}
 dtype = "float32"
+{spec.get("model_extra", "")}
 
 [trainer]
 name = "sft"
@@ -69,6 +70,7 @@ batching = "{s["ift_batching"]}"
 shuffle = {str(s["shuffle"]).lower()}
 precision = "{spec.get("precision", "fp32")}"
 log_every = 1
+{spec.get("trainer_extra", "")}
 
 [eval]
 fraction = 0.0

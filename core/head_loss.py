@@ -1,0 +1,190 @@
+"""Losses over a language model's output head at the trained positions only, computed in chunks.
+
+A causal LM's forward pass ends with ``logits = lm_head(hidden)`` over every position: ``tokens x vocabulary``
+floats (8 x 512 x 49,152 x 4 B = 0.8 GB for a 135 M-parameter model), several copies of it through the
+softmax and its gradient, although only the completion tokens are trained. Here the model runs up to its
+head; the hidden states entering the head are kept at the trained positions only, and the head and the loss
+are applied to them a chunk of rows at a time, each chunk recomputed in backward
+(:func:`torch.utils.checkpoint.checkpoint`), so no ``[tokens x vocabulary]`` tensor is ever whole. Loss and
+gradients equal the full-logits computation's to float tolerance (the sums run in another order).
+
+How the hidden states are found: a forward pre-hook on the model's output embeddings
+(``get_output_embeddings()``, found through peft's and DDP's wrappers) keeps the head's input and hands the
+head an empty sequence instead. The head module is then called on the selected rows, so a head that is not a
+plain ``Linear`` (LoRA on ``lm_head``, a ``modules_to_save`` copy) works too. Whether the model's logits are
+exactly ``head(hidden)`` is checked on the first batch of each model, on a few positions. A model that changes
+its logits after the head (logit soft-capping, a logit scale, BART's ``final_logits_bias`` when not zero) or
+computes them without calling its output embeddings gets the full-logits fallback (for that first batch the
+forward pass runs twice): the trained positions are selected from the whole logits (the memory of computing
+them whole, the same results). Virtual tokens that prompt tuning prepends are dropped: the last ``length``
+hidden states are the input's.
+
+Adapters use :func:`head_inputs` and :func:`cross_entropy`; a trainer with its own objective over the logits
+(``distill``) uses :func:`map_chunks` with several models' :class:`HeadInputs`. Importing this module does not
+import torch.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+#: Logit elements (rows x vocabulary) computed at once: 8 Mi fp32 values, 32 MiB per copy.
+CHUNK_ELEMENTS = 1 << 23
+
+#: Per model (the module whose forward is called): (the chunked path is exact for it, its vocabulary size).
+_PROBED: weakref.WeakKeyDictionary[Any, tuple[bool, int]] = weakref.WeakKeyDictionary()
+
+#: Positions whose logits the first call for a model computes through the head, to compare.
+_PROBE_TOKENS = 8
+
+
+@dataclass
+class HeadInputs:
+    """What a loss needs at the selected positions, one row per position in row-major batch order: the
+    hidden states entering the head and the head module (``logits`` None), or, on the fallback path, the logits
+    themselves (``hidden`` and ``head`` None)."""
+
+    hidden: Any | None
+    head: Any | None
+    logits: Any | None
+    vocab: int
+
+    @property
+    def rows(self) -> Any:
+        return self.hidden if self.logits is None else self.logits
+
+    @property
+    def chunked(self) -> bool:
+        """Whether the logits are computed chunk by chunk (False: the fallback path)."""
+        return self.logits is None
+
+    def to_logits(self, rows: Any) -> Any:
+        """float32 logits of a slice of :attr:`rows`."""
+        return (rows if self.head is None else self.head(rows)).float()
+
+
+def head_inputs(model: Any, inputs: dict[str, Any], positions: Any, *, length: int) -> HeadInputs:
+    """Run ``model(**inputs)`` and keep what its head sees at ``positions``.
+
+    ``positions`` is a bool ``[batch, P]`` mask over the first ``P`` positions of the output sequence (a causal
+    LM: ``labels[:, 1:] != -100``, so that position ``i`` predicts token ``i + 1``; an encoder-decoder: the
+    decoder labels' mask); ``length`` is that sequence's length in the inputs (``input_ids`` for a causal LM,
+    ``decoder_input_ids`` for an encoder-decoder), which places the positions after any virtual tokens.
+
+    The first call for a model lets the head compute its first few positions and compares them with the logits
+    the model returns; a model whose logits are not ``head(hidden)`` is remembered and gets the fallback."""
+    import torch
+
+    core = _unwrapped(model)
+    known = _PROBED.get(core)
+    head = _output_embeddings(core) if known is None or known[0] else None
+    if head is None:
+        logits = model(**inputs).logits
+        _PROBED[core] = (False, int(logits.size(-1)))
+        return HeadInputs(None, None, _select(logits, positions, length), int(logits.size(-1)))
+    keep = 0 if known is not None else _PROBE_TOKENS
+    seen: list[Any] = []
+
+    def keep_input(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        seen.append(args[0])
+        return (args[0].narrow(-2, 0, min(keep, args[0].size(-2))), *args[1:])  # logits for no or few positions
+
+    handle = head.register_forward_pre_hook(keep_input)
+    try:
+        logits = model(**inputs).logits
+    finally:
+        handle.remove()
+    if known is None:
+        if not seen:  # the model computed its logits without calling the head: they are whole
+            _PROBED[core] = (False, int(logits.size(-1)))
+            return HeadInputs(None, None, _select(logits, positions, length), int(logits.size(-1)))
+        with torch.no_grad():
+            first = seen[0].narrow(-2, 0, min(keep, seen[0].size(-2)))
+            direct = head(first)
+            usable = len(seen) == 1 and seen[0].dim() == 3 and direct.shape == logits.shape and \
+                torch.allclose(direct.float(), logits.float(), rtol=1e-5, atol=1e-6)
+        _PROBED[core] = (usable, int(logits.size(-1)))
+        if not usable:  # logits changed after the head (soft-capping, a scale, a bias): the whole logits again
+            logits = model(**inputs).logits
+            return HeadInputs(None, None, _select(logits, positions, length), int(logits.size(-1)))
+    elif len(seen) != 1:
+        raise RuntimeError(f"{type(core).__name__} called its output embeddings {len(seen)} times in one forward "
+                           "pass (once when checked)")
+    return HeadInputs(_select(seen[0], positions, length), head, None, _PROBED[core][1])
+
+
+def map_chunks(fn: Callable[..., Any], streams: Sequence[HeadInputs], extras: Sequence[Any] = (), *,
+               elements: int | None = None) -> tuple[Any, ...]:
+    """Apply ``fn(logits_1, ..., logits_k, extra_1, ...)`` to chunks of rows and concatenate its results.
+
+    Each stream gives its float32 logits for the chunk's rows (the same rows of every stream: several models on
+    one batch); each extra (a tensor with one row per position, such as the target ids) is sliced alike. ``fn``
+    returns a tensor, or a tuple of tensors, with one row per position. With gradients enabled each chunk is
+    recomputed in backward, so only one chunk's logits are alive at a time, forward or backward. ``elements``:
+    logit values per chunk (rows = elements // vocabulary), :data:`CHUNK_ELEMENTS` by default."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    n = streams[0].rows.size(0)
+    if any(s.rows.size(0) != n for s in streams) or any(e.size(0) != n for e in extras):
+        raise ValueError("every stream and extra needs one row per selected position")
+    step = max(1, (elements or CHUNK_ELEMENTS) // max(max(s.vocab for s in streams), 1))
+    k = len(streams)
+
+    def run(*args: Any) -> tuple[Any, ...]:
+        out = fn(*(s.to_logits(a) for s, a in zip(streams, args[:k], strict=True)), *args[k:])
+        return out if isinstance(out, tuple) else (out,)
+
+    pieces = []
+    for start in range(0, max(n, 1), step):  # an empty selection still gives (empty) results with a graph
+        args = [s.rows[start:start + step] for s in streams] + [e[start:start + step] for e in extras]
+        if torch.is_grad_enabled() and any(s.chunked for s in streams):
+            pieces.append(checkpoint(run, *args, use_reentrant=False))
+        else:
+            pieces.append(run(*args))
+    return tuple(torch.cat(column) for column in zip(*pieces, strict=True))
+
+
+def cross_entropy(states: HeadInputs, targets: Any, *, elements: int | None = None) -> Any:
+    """Per-position cross-entropy (float32, one value per selected position) of ``targets`` (their ids)."""
+    import torch.nn.functional as F
+
+    (losses,) = map_chunks(lambda logits, y: F.cross_entropy(logits, y, reduction="none"), [states], [targets],
+                           elements=elements)
+    return losses
+
+
+def uses_chunks(model: Any) -> bool | None:
+    """Whether the chunked path was found exact for ``model`` (None: not checked yet, no loss computed)."""
+    found = _PROBED.get(_unwrapped(model))
+    return None if found is None else found[0]
+
+
+# --- internals -----------------------------------------------------------------------------------
+
+
+def _unwrapped(model: Any) -> Any:
+    """The module that owns ``get_output_embeddings`` (under DDP, the wrapped one; peft forwards it)."""
+    import torch
+
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def _select(per_position: Any, positions: Any, length: int) -> Any:
+    """Rows of a ``[batch, sequence, d]`` tensor at the mask's positions, after dropping leading virtual
+    positions so the last ``length`` are the input's."""
+    tail = per_position[:, per_position.size(1) - length:]
+    return tail[:, :positions.size(1)][positions]
+
+
+def _output_embeddings(core: Any) -> Any:
+    import torch
+
+    try:
+        head = core.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    return head if isinstance(head, torch.nn.Module) else None
