@@ -153,7 +153,7 @@ class SFTTrainer(ift.Trainer):
         """Record each example's summed loss and loss-token count (1-d tensors in ``batch["record_ids"]`` order)
         for the per-source training loss; returns ``(sums.sum(), counts.sum())`` to hand back from :meth:`loss`."""
         total = sums.sum()
-        self._split = (total, sums.detach(), counts.detach())
+        self._split: tuple[Any, Any, Any] | None = (total, sums.detach(), counts.detach())
         return total, counts.sum()
 
     def build_loader(self, ctx: ift.TrainContext, mode: str) -> Any:
@@ -355,7 +355,7 @@ class SFTTrainer(ift.Trainer):
                 # misses it. Its event comes first (observers see step_end, then evaluate_end), except with early
                 # stopping: then the event follows the evaluation and carries the decision, and every evaluated
                 # step is logged. With keep_best the last step is evaluated too, to compete for the best.
-                due = (bool(cfg.eval_every) and loop.step % cfg.eval_every == 0 and loop.step < total) or \
+                due = (cfg.eval_every is not None and loop.step % cfg.eval_every == 0 and loop.step < total) or \
                     (stopping is not None and stopping.keep_best and loop.step == total)
                 decision = evaluate() if due and stopping is not None else None
                 if loop.step % cfg.log_every == 0 or loop.step == total or decision is not None:
