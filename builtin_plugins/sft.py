@@ -158,7 +158,7 @@ class SFTTrainer(ift.Trainer):
         """Record each example's summed loss and loss-token count (1-d tensors in ``batch["record_ids"]`` order)
         for the per-source training loss; returns ``(sums.sum(), counts.sum())`` to hand back from :meth:`loss`."""
         total = sums.sum()
-        self._split = (total, sums.detach(), counts.detach())
+        self._split: tuple[Any, Any, Any] | None = (total, sums.detach(), counts.detach())
         return total, counts.sum()
 
     def build_loader(self, ctx: ift.TrainContext, mode: str) -> Any:
