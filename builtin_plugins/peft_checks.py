@@ -49,7 +49,8 @@ def module_hint(model: Any) -> str:
     """The model's module names by kind, so a wrong target can be fixed without reading its source."""
     import torch
 
-    linear, other = set(), set()
+    linear: set[str] = set()
+    other: set[str] = set()
     for name, module in model.named_modules():
         short = name.rsplit(".", 1)[-1]
         if not name or short.isdigit():

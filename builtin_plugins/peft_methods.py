@@ -19,7 +19,7 @@ before any training starts (AdaLoRA's schedule, which needs the run's step count
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, cast
 
 from pydantic import (
     Discriminator,
@@ -86,7 +86,9 @@ class LoraSection(_Method):
     def peft_config(self, model: Any, task_type: str, head: list[str]) -> Any:
         from peft import LoraConfig
 
-        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+        # peft annotates lora_alpha as int, but only uses it in the float scale alpha / r: floats work.
+        return LoraConfig(r=self.r, lora_alpha=self.alpha,  # type: ignore[arg-type]
+                          lora_dropout=self.dropout,
                           target_modules=self.target_modules, use_dora=self.use_dora, use_rslora=self.use_rslora,
                           modules_to_save=with_head(self.modules_to_save, head),
                           exclude_modules=head_pattern(head), task_type=task_type)
@@ -149,7 +151,9 @@ class AdaLoraSection(_Method):
 
         # total_step is unknown until the trainer has planned its batches: a placeholder that allows any
         # schedule; on_optimizer_step sets the real one before the first rank update.
-        return AdaLoraConfig(init_r=self.init_r, target_r=self.target_r, lora_alpha=self.alpha,
+        # peft annotates lora_alpha as int, but only uses it in the float scale alpha / r: floats work.
+        return AdaLoraConfig(init_r=self.init_r, target_r=self.target_r,
+                             lora_alpha=self.alpha,  # type: ignore[arg-type]
                              lora_dropout=self.dropout, target_modules=self.target_modules, tinit=0, tfinal=0,
                              deltaT=self.delta_t, beta1=self.beta1, beta2=self.beta2,
                              orth_reg_weight=self.orth_reg_weight, total_step=_PLACEHOLDER_STEPS,
@@ -381,13 +385,14 @@ def training_penalty(model: Any) -> Any:
     compute their loss from logits, so they add it themselves (in training mode only)."""
     if not getattr(model, "training", False) or not hasattr(model, "peft_config"):
         return None
-    from peft.tuners.adalora import AdaLoraModel
+    from peft.tuners.adalora import AdaLoraConfig, AdaLoraModel
 
     tuner = model.base_model
     if not isinstance(tuner, AdaLoraModel):
         return None
     name = tuner.trainable_adapter_name
-    weight = tuner.peft_config[name].orth_reg_weight
+    # AdaLoraModel types its peft_config as the base PeftConfig; an AdaLoraModel's configs are AdaLoraConfigs.
+    weight = cast(AdaLoraConfig, tuner.peft_config[name]).orth_reg_weight
     if weight == 0:
         return None
     import torch

@@ -75,7 +75,9 @@ def save_checkpoint(root: Path, step: int, *, model: Any, optimizer: Any, schedu
         for i, rng in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = rng
     save_file(tensors, str(tmp / "optimizer.safetensors"))
-    np_state = np.random.get_state()
+    np_state = np.random.get_state()  # legacy form: ("MT19937", keys, pos, has_gauss, cached_gaussian)
+    if not isinstance(np_state, tuple):
+        raise TypeError(f"numpy's global random state is not MT19937: {type(np_state).__name__}")
     trainer_state = {
         "format": FORMAT, "step": step, "position": position, "identity": identity,
         "optimizer": {"param_groups": state["param_groups"], "scalars": scalars},

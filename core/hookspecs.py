@@ -1,3 +1,5 @@
+# mypy: disable-error-code="empty-body"
+# (hook specifications declare signatures only: pluggy never calls their bodies, so they have none.)
 """Every hook ift calls, in one place. Plugins implement them with ``@ift.hookimpl``.
 
 Registration hooks return component classes (never instances, never one call per example): each class
