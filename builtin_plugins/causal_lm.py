@@ -198,10 +198,13 @@ class CausalLMAdapter(ift.ModelAdapter):
     def generate(self, model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int,
                  batch_size: int, stop: Sequence[str] = ()) -> list[str]:
         device = next(model.parameters()).device
+        limit = getattr(self, "max_prompt_tokens", None)
 
         def generate_batch(chunk: Sequence[str], stop_ids: list[int]) -> list[list[int]]:
             encoded = [self.encode(tokenizer, [ift.Segment(p, False)], source="", record_id="").input_ids
                        for p in chunk]
+            if limit:  # a run opened for inference: prompts keep their last `limit` tokens, the trained length
+                encoded = [ids[-limit:] for ids in encoded]
             # Left padding: every prompt ends at the last position, where generation continues it.
             ids, mask = hf_loading.pad_batch(encoded, tokenizer.pad_token_id, left=True)
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),

@@ -91,6 +91,11 @@ def generate(ctx: click.Context, run_dir: str, prompt: str | None, input_file: s
     for row in rows:
         text = run.prompt(row.pop("messages"))
         tokens = run.token_count(text)
+        if run.prompt_limit and tokens > run.prompt_limit:
+            where = f"{input_file}:{row['line']}: " if "line" in row else ""
+            click.echo(f"note: {where}the prompt is {tokens} tokens; the model is given its last "
+                       f"{run.prompt_limit} (the length the run was trained with)", err=True)
+            tokens = run.prompt_limit
         budget = new_token_budget(run, tokens, max_new_tokens)
         if budget < 1:
             where = f"{input_file}:{row['line']}: " if "line" in row else ""
@@ -186,6 +191,8 @@ def chat(ctx: click.Context, run_dir: str, system: str | None, max_new_tokens: i
     # a long history is trimmed before the reply is cut); a classifier reserves none.
     reserve = min(max_new_tokens, max(context // 4, 1)) if generative else 0
     limit = context - reserve
+    if generative and run.prompt_limit:  # the oldest exchanges go first, to fit the length the run trained with
+        limit = min(limit, run.prompt_limit)
     if interactive:
         click.echo(f"chatting with {run.name} (template {run.resolved['template'].get('name')!r}, "
                    f"{run.renderer.template_hash()}); /reset clears the conversation, /exit quits")
@@ -242,6 +249,8 @@ def _fit(run: Any, head: list[ift.Message], history: list[ift.Message], user: if
         if tokens <= limit:
             return prompt, dropped
         if dropped >= len(history):
+            if run.prompt_limit and limit <= run.prompt_limit:  # the model gets its last prompt_limit tokens
+                return prompt, dropped
             raise ift.RunError(f"this message makes a {tokens}-token prompt; with --max-new-tokens the model's "
                                f"context leaves room for {max(limit, 0)}")
         dropped += 2

@@ -52,6 +52,11 @@ class TrainedRun:
         return list(self.adapter.generate(self.model, self.tokenizer, list(prompts), max_new_tokens=max_new_tokens,
                                           batch_size=batch_size, stop=self.stop()))
 
+    @property
+    def prompt_limit(self) -> int | None:
+        """The most prompt tokens the model is given (the run's trained ``max_length``), or None."""
+        return getattr(self.adapter, "max_prompt_tokens", None)
+
     def token_count(self, text: str) -> int:
         """How many tokens ``text`` is as a prompt (the adapter's own encoding, special tokens included)."""
         example = self.adapter.encode(self.tokenizer, [ift.Segment(text, False)], source="prompt", record_id="")
@@ -170,6 +175,11 @@ def open_run(run_dir: Path, host: Any, *, model_dir: Path | None = None, device:
     state = (manifest.get("data") or {}).get("adapter")
     if isinstance(state, dict):  # e.g. a classifier's labels and the length its inputs were cut to in training
         adapter.restore_data(state)
+    trained = (resolved.get("trainer") or {}).get("max_length")
+    if getattr(adapter, "generates_text", True) and isinstance(trained, int) and trained > 0:
+        # prompts are cut to the length the run was trained and evaluated with (keeping their end, where the
+        # answer starts), not to the model's maximum
+        adapter.max_prompt_tokens = trained
     renderer.bind(tokenizer)
     check_template(renderer, manifest, run_dir)
     if merge and hasattr(model, "merge_and_unload"):

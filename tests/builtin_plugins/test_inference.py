@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import ift
 from ift.cli import cli, main
 from ift.host import PluginHost
 
@@ -200,15 +201,16 @@ def test_chat_renders_the_history_with_the_run_template_each_turn(lora_run: Path
 def test_chat_drops_the_oldest_exchanges_when_the_context_is_full(lora_run: Path):
     host = PluginHost(entry_points=False)
     host.register_commands(cli)
-    # 79 tokens a turn, answers at most 20 tokens (60 bytes once decoded): with the 256-token context and room
-    # kept for 20 new tokens, two exchanges fit, the third turn must drop the first
-    long = "Uppercase: " + "x" * 60
+    # ~40 tokens a turn plus its answer: the run trained with max_length = 64, and a conversation is fitted to
+    # that length (not to the model's 256 positions), so every new turn drops the exchange before it
+    long = "Uppercase: " + "x" * 20
     result = CliRunner().invoke(cli, ["chat", str(lora_run), "--max-new-tokens", "20", "--show-prompt"],
                                 input=f"{long}1\n{long}2\n{long}3\n", obj={"host": host})
     assert result.exit_code == 0, result.output
     shown = prompts_shown(result.stderr)
     assert "dropped the oldest 1 exchange(s)" in result.stderr
-    assert shown[2].startswith(f"Q: {long}2\n") and f"{long}1" not in shown[2]
+    assert shown[1].startswith(f"Q: {long}2\n") and f"{long}1" not in shown[1]
+    assert shown[2].startswith(f"Q: {long}3\n") and f"{long}2" not in shown[2]
 
 
 # --- refusing what is not a finished run, and template drift ---------------------------------------
@@ -311,3 +313,31 @@ def test_chat_fits_its_budget_to_the_models_context(lora_run: Path):
                                 obj={"host": PluginHost(entry_points=False)})
     assert result.exit_code == 0, result.output
     assert "error" not in result.output
+
+
+def test_generation_cuts_prompts_at_the_trained_length(lora_run: Path, opened, capsys):
+    # the run trained with max_length = 64: a longer prompt is given to the model as its last 64 tokens (where the
+    # answer starts), not refused and not left at the model's 256-position maximum
+    assert opened.prompt_limit == 64
+    long_prompt = "Uppercase: " + "dog " * 100
+    text = opened.prompt([ift.Message("user", long_prompt)])
+    tokens = opened.token_count(text)
+    assert tokens > 64
+    assert main(["generate", str(lora_run), long_prompt, "--max-new-tokens", "4", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert f"the prompt is {tokens} tokens; the model is given its last 64 (the length the run was trained with)" \
+        in captured.err
+    seen: list[int] = []
+    original = opened.model.generate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["input_ids"].shape[1])
+        return original(*args, **kwargs)
+
+    opened.model.generate = spy
+    try:
+        answer = opened.generate([text], max_new_tokens=4, batch_size=1)[0]
+    finally:
+        opened.model.generate = original
+    assert seen == [64]
+    assert captured.out == answer + "\n"
