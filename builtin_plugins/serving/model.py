@@ -39,6 +39,8 @@ class ServedModel:
         self.renderer, self.tokenizer, self.model = run.renderer, run.tokenizer, run.model
         self.template_stops = run.stop()
         self.context_length = _context_length(self.model)
+        # prompts keep their last `prompt_limit` tokens: the length the run was trained with (None: no limit)
+        self.prompt_limit: int | None = run.prompt_limit
         # newer transformers name the KV cache argument ``cache``; older ones ``past_key_values``
         self._cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters \
             else "past_key_values"
@@ -60,11 +62,14 @@ class ServedModel:
                                param="messages") from None
 
     def encode(self, prompt: str) -> list[int]:
-        """Token ids exactly as in training: no special tokens added, except a BOS the tokenizer expects."""
+        """Token ids exactly as in training: no special tokens added, except a BOS the tokenizer expects; a prompt
+        longer than the run's trained length keeps its last tokens (where the answer starts)."""
         with self._tokenizing:
             ids: list[int] = list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        if self._adds_bos and not prompt.startswith(self.tokenizer.bos_token or "\0"):
+        if self._adds_bos and not prompt.lstrip().startswith(self.tokenizer.bos_token or "\0"):
             ids.insert(0, self.tokenizer.bos_token_id)
+        if self.prompt_limit and len(ids) > self.prompt_limit:
+            ids = ids[-self.prompt_limit:]
         return ids
 
     # --- generation ----------------------------------------------------------------------------

@@ -241,10 +241,15 @@ def test_serve_command_refuses_a_missing_key_variable(tmp_path: Path, monkeypatc
     assert "IFT_TEST_NO_SUCH_KEY is not set" in capsys.readouterr().err
 
 
-def test_prompt_longer_than_the_context_is_400_even_when_streaming(server: Serving):
-    for stream in (False, True):
-        with pytest.raises(openai.BadRequestError, match="this model's context is 128 tokens"):
-            server.client().completions.create(model="tiny", prompt="x" * 200, max_tokens=2, stream=stream)
+def test_a_prompt_longer_than_the_trained_length_keeps_its_last_tokens(server: Serving):
+    # the run trained with max_length = 64 on a 128-position model: a 200-token prompt is cut to its last 64 tokens
+    # (where the answer starts), as `ift generate` cuts it, instead of being refused or run at the model's maximum
+    assert server.served.prompt_limit == 64
+    assert len(server.served.encode("x" * 200)) == 64
+    reply = server.client().completions.create(model="tiny", prompt="x" * 200, max_tokens=2)
+    assert reply.usage.prompt_tokens == 64
+    alone = server.client().completions.create(model="tiny", prompt="x" * 64, max_tokens=2)
+    assert reply.choices[0].text == alone.choices[0].text
 
 
 @pytest.mark.parametrize(("template", "prompt", "stops"), [
