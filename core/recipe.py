@@ -6,9 +6,10 @@ model of the class that owns the name, so plugins validate their own sections.
 
 from __future__ import annotations
 
+
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -306,7 +307,7 @@ def _scrub(problems: list[Problem], secrets: set[str]) -> list[Problem]:
         for secret in sorted(secrets, key=len, reverse=True):
             text = text.replace(secret, MASK).replace(repr(secret)[1:-1], MASK)
         return redact(text)
-    return [Problem(p.key, clean(p.message)) for p in problems]
+    return [replace(p, message=clean(p.message)) for p in problems]
 
 
 def _component(host: PluginHost, kind: str, table: dict[str, Any], name_key: str, key: str,

@@ -86,7 +86,7 @@ def test_build_writes_messages_jsonl_that_the_jsonl_source_reads_back(folder: Pa
     assert [(r.id, r.task, r.label, r.choices, [(m.role, m.content) for m in r.messages]) for r in back] == [
         (row["id"], row["task"], row["label"], row["choices"], [(m["role"], m["content"]) for m in row["messages"]])
         for row in rows]
-    assert back[5].metadata == {"row": 0, "phrasing": 0, "template": "tasks[1].instructions[0]"}
+    assert back[5].metadata == {"row": 0, "line": 6, "phrasing": 0, "template": "tasks[1].instructions[0]"}
 
 
 def test_several_sources_get_source_prefixed_ids_and_overrides_apply(folder: Path, capsys, monkeypatch) -> None:
@@ -98,7 +98,7 @@ def test_several_sources_get_source_prefixed_ids_and_overrides_apply(folder: Pat
     assert printed[-1] == "wrote 11 records to mixed.jsonl"
     rows = [json.loads(line) for line in (folder / "mixed.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows][-2:] == ["reviews/greet:r5", "picked/lib-01"]
-    assert rows[-1]["metadata"] == {"row": 0, "retrieval_score": 0.615421,
+    assert rows[-1]["metadata"] == {"row": 0, "line": 1, "retrieval_score": 0.615421,
                                     "retrieval_query": "Translate a sentence into French"}
     assert len(list(JsonlSource(JsonlSource.Config(path="mixed.jsonl"), source_name="x", base_dir=folder).records())) == 11
 

@@ -33,7 +33,7 @@ def test_self_instruct_tasks_become_one_record_per_instance(tmp_path: Path) -> N
         ("user", "Classify the sentiment of the sentence into positive or negative.\n\nThe soup was cold."),
         ("assistant", "negative")]
     assert sentiment.task == "sentiment_pairs"
-    assert sentiment.metadata == {"row": 3, "element": 1}
+    assert sentiment.metadata == {"row": 3, "line": 4, "element": 1}
     assert records[0].messages[0].content.startswith("Is there anything")  # empty input: instruction only
 
 

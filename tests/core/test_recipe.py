@@ -62,7 +62,8 @@ def test_resolved_fills_every_default(host: PluginHost) -> None:
                                  "split": "auto", "format": "auto", "system": None, "limit": None,
                                  "on_bad_rows": "error", "max_bad_fraction": 0.01, "fields": None, "explode": None,
                                  "path": "a.jsonl"}]
-    assert resolved["template"] == {"name": "alpaca", "max_seconds": 2.0, "max_chars": 1_000_000}
+    assert resolved["template"] == {"name": "alpaca", "max_seconds": 2.0, "max_chars": 1_000_000,
+                                    "train_on": "all_assistant"}
     assert resolved["trainer"]["epochs"] == 3.0
     assert resolved["trainer"]["learning_rate"] == 2e-4
     assert resolved["model"]["adapter"] == "causal-lm"
