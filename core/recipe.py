@@ -6,7 +6,6 @@ model of the class that owns the name, so plugins validate their own sections.
 
 from __future__ import annotations
 
-
 import re
 import sys
 from dataclasses import dataclass, field, replace
