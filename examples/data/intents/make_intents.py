@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 PHRASINGS: dict[str, list[str]] = {
@@ -188,23 +189,33 @@ def fill(phrasing: str, rng: random.Random) -> str:
     return text
 
 
-def build(seed: int = 2026) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    rng = random.Random(seed)
+def split_rows(phrasings: dict[str, list[str]], fill: Callable[[str, random.Random], str], rng: random.Random, *,
+               train_per_intent: int, test_per_intent: int,
+               row: Callable[[str, str, int, str], dict[str, str]],
+               ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Train and test rows from each intent's phrasings: every fourth phrasing only in the test rows, each filled
+    in until the intent has its count of distinct texts, ``row(intent, split, i, text)`` making the row. Also used
+    by ../support/make_support.py and make_support_zh.py."""
     train: list[dict[str, str]] = []
     test: list[dict[str, str]] = []
-    for intent, phrasings in PHRASINGS.items():
-        held_out = phrasings[3::4]  # every fourth phrasing appears only in the test file
-        seen = [p for p in phrasings if p not in held_out]
-        for split, pool, count in (("train", seen, TRAIN_PER_INTENT), ("test", held_out, TEST_PER_INTENT)):
+    for intent, pool_all in phrasings.items():
+        held_out = pool_all[3::4]  # every fourth phrasing appears only in the test file
+        seen = [p for p in pool_all if p not in held_out]
+        for split, pool, count in (("train", seen, train_per_intent), ("test", held_out, test_per_intent)):
             texts: set[str] = set()
             while len(texts) < count:
                 texts.add(fill(pool[len(texts) % len(pool)], rng))
             rows = train if split == "train" else test
-            rows.extend({"id": f"{intent}-{split}-{i}", "text": text, "label": intent}
-                        for i, text in enumerate(sorted(texts)))
+            rows.extend(row(intent, split, i, text) for i, text in enumerate(sorted(texts)))
     rng.shuffle(train)
     rng.shuffle(test)
     return train, test
+
+
+def build(seed: int = 2026) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    return split_rows(PHRASINGS, fill, random.Random(seed), train_per_intent=TRAIN_PER_INTENT,
+                      test_per_intent=TEST_PER_INTENT,
+                      row=lambda intent, split, i, text: {"id": f"{intent}-{split}-{i}", "text": text, "label": intent})
 
 
 def main() -> None:

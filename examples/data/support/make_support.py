@@ -116,23 +116,11 @@ def _intents_module():
 
 def build(seed: int = 2027) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     intents = _intents_module()
-    rng = random.Random(seed)
-    train: list[dict[str, str]] = []
-    test: list[dict[str, str]] = []
-    for intent, base in intents.PHRASINGS.items():
-        phrasings = base + EXTRA_PHRASINGS[intent]
-        held_out = phrasings[3::4]  # every fourth phrasing appears only in the test file
-        seen = [p for p in phrasings if p not in held_out]
-        for split, pool, count in (("train", seen, TRAIN_PER_INTENT), ("test", held_out, TEST_PER_INTENT)):
-            texts: set[str] = set()
-            while len(texts) < count:
-                texts.add(intents.fill(pool[len(texts) % len(pool)], rng))
-            rows = train if split == "train" else test
-            rows.extend({"id": f"{intent}-{split}-{i}", "task": intent, "instruction": text, "input": "",
-                         "output": intent} for i, text in enumerate(sorted(texts)))
-    rng.shuffle(train)
-    rng.shuffle(test)
-    return train, test
+    phrasings = {intent: base + EXTRA_PHRASINGS[intent] for intent, base in intents.PHRASINGS.items()}
+    return intents.split_rows(phrasings, intents.fill, random.Random(seed), train_per_intent=TRAIN_PER_INTENT,
+                              test_per_intent=TEST_PER_INTENT, row=lambda intent, split, i, text: {
+                                  "id": f"{intent}-{split}-{i}", "task": intent, "instruction": text, "input": "",
+                                  "output": intent})
 
 
 def main() -> None:

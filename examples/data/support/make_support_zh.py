@@ -9,9 +9,12 @@ measures wordings the model never saw in training.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
 
 PHRASINGS: dict[str, list[str]] = {
     "track_order": [
@@ -98,22 +101,14 @@ def fill(phrasing: str, rng: random.Random) -> str:
 
 
 def build(seed: int = 2028) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    rng = random.Random(seed)
-    train: list[dict[str, str]] = []
-    test: list[dict[str, str]] = []
-    for intent, phrasings in PHRASINGS.items():
-        held_out = phrasings[3::4]  # every fourth phrasing appears only in the test file
-        seen = [p for p in phrasings if p not in held_out]
-        for split, pool, count in (("train", seen, TRAIN_PER_INTENT), ("test", held_out, TEST_PER_INTENT)):
-            texts: set[str] = set()
-            while len(texts) < count:
-                texts.add(fill(pool[len(texts) % len(pool)], rng))
-            rows = train if split == "train" else test
-            rows.extend({"id": f"{intent}-zh-{split}-{i}", "task": intent, "instruction": text, "input": "",
-                         "output": intent} for i, text in enumerate(sorted(texts)))
-    rng.shuffle(train)
-    rng.shuffle(test)
-    return train, test
+    spec = importlib.util.spec_from_file_location("make_intents", HERE.parent / "intents" / "make_intents.py")
+    assert spec is not None and spec.loader is not None
+    intents = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(intents)
+    return intents.split_rows(PHRASINGS, fill, random.Random(seed), train_per_intent=TRAIN_PER_INTENT,
+                              test_per_intent=TEST_PER_INTENT, row=lambda intent, split, i, text: {
+                                  "id": f"{intent}-zh-{split}-{i}", "task": intent, "instruction": text,
+                                  "input": "", "output": intent})
 
 
 def main() -> None:
