@@ -2,7 +2,7 @@
 
     python examples/benchmarks/serve_load.py [--run RUN_DIR] [--clients 16] [--requests 4] [--max-tokens 32]
 
-Without ``--run`` it trains the quickstart's model (examples/quickstart.toml's [model] table, random
+Without ``--run`` it trains the tiny recipe's model (examples/tiny.toml's [model] table, random
 weights, 2 steps: enough to serve, not to answer well) in a temporary folder. The server runs in this process
 on 127.0.0.1 (a free port; nothing else is contacted). Each configuration (``--max-batch`` values, default 1
 and 8) is measured ``--repeats`` times in turn (A B A B ...), so a machine shared with other work disturbs
@@ -23,15 +23,15 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-QUICKSTART = Path(__file__).resolve().parents[1] / "quickstart.toml"
+TINY = Path(__file__).resolve().parents[1] / "tiny.toml"
 
 
-def train_quickstart(folder: Path) -> Path:
+def train_tiny(folder: Path) -> Path:
     import tomllib
 
     from ift.cli import main
 
-    model = tomllib.loads(QUICKSTART.read_text())["model"]
+    model = tomllib.loads(TINY.read_text())["model"]
     rows = [{"instruction": f"Uppercase: {w}", "input": "", "output": w.upper()} for w in
             ["abc", "dog", "cat", "xyz", "sun", "map", "red", "toy", "fig", "jam"]]
     (folder / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -100,7 +100,7 @@ def measure(served: object, max_batch: int, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, help="a run directory to serve (default: train the quickstart model)")
+    parser.add_argument("--run", type=Path, help="a run directory to serve (default: train the tiny recipe's model)")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=4, help="requests per client, one after another")
     parser.add_argument("--max-tokens", type=int, default=32)
@@ -113,7 +113,7 @@ def main() -> None:
     from ift.host import PluginHost
 
     with tempfile.TemporaryDirectory() as tmp:
-        run = args.run or train_quickstart(Path(tmp))
+        run = args.run or train_tiny(Path(tmp))
         served = ServedModel(run, PluginHost(entry_points=False), device=args.device)
         rows = [measure(served, b, args) for _ in range(args.repeats) for b in args.max_batch]
     print(f"{args.clients} clients x {args.requests} requests, max_tokens {args.max_tokens}, device {args.device}")
