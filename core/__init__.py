@@ -25,6 +25,7 @@ from ift.components import (
 from ift.config import ComponentConfig, TrainerConfig
 from ift.errors import DataError, IftError, PluginError, Preempted, Problem, RecipeError, RunDirectoryInUse, RunError
 from ift.hookspecs import HOOK_API_VERSION, hookimpl
+from ift.objectives import LossTerms, Objective, ObjectiveConfig
 from ift.records import InstructionRecord, Message
 from ift.training import TrainContext, TrainResult
 
@@ -64,8 +65,11 @@ __all__ = [
     "InstructionRecord",
     "InstructionSource",
     "Message",
+    "LossTerms",
     "Metric",
     "ModelAdapter",
+    "Objective",
+    "ObjectiveConfig",
     "PluginError",
     "Preempted",
     "Problem",

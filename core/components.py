@@ -470,12 +470,15 @@ GUARDED: dict[type[Component], tuple[str, ...]] = {
     SimilarityBackend: ("fit", "scores"),
 }
 
+from ift.objectives import Objective  # noqa: E402 - it subclasses Component, defined above
+
 KINDS: dict[str, type[Component]] = {
     "source": InstructionSource,
     "transform": Transform,
     "renderer": Renderer,
     "model_adapter": ModelAdapter,
     "trainer": Trainer,
+    "objective": Objective,
     "metric": Metric,
     "similarity_backend": SimilarityBackend,
 }

@@ -65,6 +65,12 @@ def ift_register_trainers() -> list[type]:
 
 
 @hookspec
+def ift_register_objectives() -> list[type]:
+    """Return training objective classes (subclasses of ``ift.Objective``). Each one is also a trainer of the same
+    name on ift's training loop: ``[trainer] name = "<name>"``, with the loop's keys and the objective's own."""
+
+
+@hookspec
 def ift_register_metrics() -> list[type]:
     """Return metric classes (subclasses of ``ift.Metric``), used by ``[eval] metrics = [...]``."""
 

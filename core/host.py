@@ -55,11 +55,13 @@ _REGISTER_HOOKS = {
     "renderer": "ift_register_renderers",
     "model_adapter": "ift_register_model_adapters",
     "trainer": "ift_register_trainers",
+    "objective": "ift_register_objectives",
     "metric": "ift_register_metrics",
     "similarity_backend": "ift_register_similarity_backends",
 }
 KIND_LABELS = {"source": "source", "transform": "transform", "renderer": "template renderer",
-               "model_adapter": "model adapter", "trainer": "trainer", "metric": "metric",
+               "model_adapter": "model adapter", "trainer": "trainer", "objective": "training objective",
+               "metric": "metric",
                "similarity_backend": "similarity backend"}
 
 
