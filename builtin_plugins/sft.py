@@ -11,5 +11,5 @@ __all__ = ["NLL", "SFTConfig", "SFTTrainer", "resolve_batching"]
 
 
 @ift.hookimpl
-def ift_register_trainers() -> list[type]:
-    return [SFTTrainer]
+def ift_register_objectives() -> list[type]:
+    return [NLL]  # the objective "sft"; its trainer is SFTTrainer

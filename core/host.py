@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pluggy
 
@@ -27,6 +27,9 @@ from ift import hookspecs
 from ift.components import KINDS, Component
 from ift.config import ComponentConfig, TrainerConfig
 from ift.errors import PluginError, Problem
+
+if TYPE_CHECKING:
+    from ift.objectives import Objective
 
 ENTRY_POINT_GROUP = "ift"
 BUILTIN_MODULES = (
@@ -266,7 +269,7 @@ class PluginHost:
                                   f"{other.plugin!r} ({other.distribution} {other.version}) registers a trainer "
                                   f"{name!r}", plugin=objective.plugin, distribution=objective.distribution)
             try:
-                trainer = objective_trainer(objective.cls)
+                trainer = objective_trainer(cast("type[Objective]", objective.cls))
             except ValueError as exc:
                 raise PluginError(f"ift_register_objectives: {exc}", plugin=objective.plugin,
                                   distribution=objective.distribution) from None

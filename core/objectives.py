@@ -70,6 +70,9 @@ class Objective(Component, ABC):
     examples: ClassVar[str] = "sequence"
     #: The run's context, set by the loop before :meth:`setup` (the adapter, the tokenizer, the examples).
     ctx: TrainContext
+    #: The trainer that runs this objective, when it is not the generated one (the loop's keys plus ``Config``):
+    #: a trainer class of the same name.
+    trainer: ClassVar[type[Any] | None] = None
 
     def loader(self, ctx: TrainContext, mode: str) -> Any:
         """The batches to train on, for objectives whose examples are not plain sequences: a DataLoader whose

@@ -4,6 +4,7 @@ that plugins subclass a class of the public API (``ift.SFTTrainer``); the builti
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 from ift.components import Trainer
@@ -16,9 +17,10 @@ SFTConfig = TrainingConfig
 
 class NLL(Objective):
     """Next-token cross-entropy summed over the trained tokens; per-example sums where the adapter gives them
-    (the per-source and per-task training loss come from the same forward pass)."""
+    (the per-source and per-task training loss come from the same forward pass). Registered as the objective
+    ``sft``, whose trainer is :class:`SFTTrainer`."""
 
-    name = "nll"
+    name = "sft"
 
     def loss(self, model: Any, batch: dict[str, Any]) -> LossTerms:
         adapter = self.ctx.adapter
@@ -35,7 +37,7 @@ class SFTTrainer(Trainer):
     :meth:`loss`."""
 
     name = "sft"
-    Config = SFTConfig
+    Config: ClassVar[type[TrainingConfig]] = SFTConfig
     config: TrainingConfig
     _split: tuple[Any, Any, Any] | None = None  # what example_losses recorded for the current micro-batch
 
@@ -120,9 +122,16 @@ class ObjectiveTrainer(SFTTrainer):
         return cls(own)
 
 
-def objective_trainer(cls: type[Objective]) -> type[ObjectiveTrainer]:
+@functools.cache
+def objective_trainer(cls: type[Objective]) -> type[SFTTrainer]:
     """The trainer class of objective ``cls``: same name, a Config that has the loop's keys and the objective's.
-    Raises ValueError when the objective declares a key the loop already has."""
+    Raises ValueError when the objective declares a key the loop already has. An objective that names its own
+    ``trainer`` class (``sft``'s is :class:`SFTTrainer`) gets that one."""
+    own = getattr(cls, "trainer", None)
+    if own is not None:
+        if getattr(own, "name", None) != cls.name:
+            raise ValueError(f"{cls.__name__}.trainer is named {getattr(own, 'name', None)!r}, not {cls.name!r}")
+        return own
     taken = sorted(set(cls.Config.model_fields) & set(TrainingConfig.model_fields))
     if taken:
         raise ValueError(f"{cls.__name__}.Config declares {', '.join(taken)}, which the training loop's keys "
@@ -132,3 +141,6 @@ def objective_trainer(cls: type[Objective]) -> type[ObjectiveTrainer]:
     return type(f"{cls.__name__}Trainer", (ObjectiveTrainer,),
                 {"name": cls.name, "Config": config, "objective_class": cls, "__module__": cls.__module__,
                  "__doc__": cls.__doc__})
+
+
+NLL.trainer = SFTTrainer

@@ -6,11 +6,12 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pytest
 
 from ift.components import Renderer, Trainer
+from ift.config import TrainerConfig
 from ift.records import InstructionRecord
 from ift.testing.contracts.adapter import bound_renderer, to_device
 from ift.testing.contracts.base import ComponentContract, finite
@@ -77,7 +78,7 @@ class TrainerContract(ComponentContract):
         tiny = self.make_model(folder)
         renderer = bound_renderer(self.renderer, folder, tiny.tokenizer)
         records = list(self.records if self.records is not None else sample_records(8))
-        cfg = trainer.config
+        cfg = cast(TrainerConfig, trainer.config)
 
         def encode(batch: list[InstructionRecord]) -> list[Any]:
             return encode_records(batch, renderer, tiny.adapter, tiny.tokenizer, cfg, "extra", DataReport())[0]
