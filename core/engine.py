@@ -16,13 +16,13 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from ift import faults
+from ift.callbacks import Callback, EarlyStoppingCallback, LoopState, Position
 from ift.config import TrainerConfig
 from ift.early_stopping import EarlyStopping, metric_direction
 from ift.errors import Preempted, Problem, RecipeError, RunError
@@ -133,68 +133,6 @@ def warmup_then_decay(optimizer: Any, total_steps: int, config: TrainingConfig) 
                          num_training_steps=total_steps)
 
 
-@dataclass
-class Position:
-    """Where training is: enough to continue exactly after a resume."""
-
-    step: int = 0
-    epoch: int = 0
-    consumed: int = 0  # batches (all processes) already taken from this epoch's plan
-    skipped: int = 0
-
-
-@dataclass
-class LoopState:
-    """What callbacks see: the position, the step count the run aims for, the (wrapped) model, the optimizer,
-    the last logged event, and whether this is the main process."""
-
-    position: Position
-    total_steps: int
-    steps_per_epoch: int
-    model: Any
-    optimizer: Any
-    main: bool
-    last_event: dict[str, Any] = field(default_factory=dict)
-
-
-class Callback:
-    """Observes and steers the loop. Every method is optional.
-
-    - :meth:`on_step_end` runs after every optimizer step, before its event is logged: return a dict to merge into
-      the step's event (the step is then logged even between ``log_every`` steps);
-    - :meth:`should_evaluate` asks for an evaluation at this step (on every process alike);
-    - :meth:`on_evaluate` sees the result of each evaluation of the loop;
-    - :meth:`should_stop` returns a reason to stop training after this step (the run then ends normally);
-    - :meth:`state` / :meth:`load_state`: JSON values kept in every checkpoint, under the callback's ``name``.
-    """
-
-    name: str = ""
-
-    def on_train_start(self, state: LoopState) -> None:  # noqa: B027 - optional
-        pass
-
-    def on_step_end(self, state: LoopState) -> dict[str, Any] | None:
-        return None
-
-    def should_evaluate(self, state: LoopState) -> bool:
-        return False
-
-    def on_evaluate(self, state: LoopState, result: dict[str, Any]) -> None:  # noqa: B027 - optional
-        pass
-
-    def should_stop(self, state: LoopState) -> str | None:
-        return None
-
-    def on_train_end(self, state: LoopState, summary: dict[str, Any]) -> None:  # noqa: B027 - optional
-        pass
-
-    def state(self) -> dict[str, Any] | None:
-        return None
-
-    def load_state(self, state: dict[str, Any] | None) -> None:  # noqa: B027 - optional
-        pass
-
-
 def resolve_batching(requested: str, adapter: ModelAdapter, device: Any) -> str:
     """``auto``: padding-free where the adapter packs and a GPU runs variable-length attention; on a CPU,
     length-grouped batches (a padding-free row makes one long attention matrix there, which costs more than
@@ -261,12 +199,24 @@ def train(ctx: TrainContext, objective: Objective, config: TrainingConfig, *,
     return _Loop(ctx, objective, config, list(callbacks), optimizer, scheduler, loader).run()
 
 
+#: What a checkpoint's position holds besides the callbacks' states (each under its callback's name).
+RESERVED = frozenset({"loop", "meter", "seconds", "trainer"})
+
+
 class _Loop:
     def __init__(self, ctx: TrainContext, objective: Objective, config: TrainingConfig,
                  callbacks: list[Callback], optimizer: OptimizerFactory, scheduler: SchedulerFactory,
                  loader: Callable[[TrainContext, str], Any] | None) -> None:
-        self.ctx, self.objective, self.cfg, self.callbacks = ctx, objective, config, callbacks
+        self.ctx, self.objective, self.cfg = ctx, objective, config
         self.make_optimizer, self.make_scheduler, self.given_loader = optimizer, scheduler, loader
+        stopping = early_stopping_callback(ctx, config)
+        self.callbacks = ([stopping] if stopping is not None else []) + callbacks
+        names = [c.name for c in self.callbacks]
+        for name in names:
+            if not name or name in RESERVED or names.count(name) > 1:
+                classes = ", ".join(type(c).__name__ for c in self.callbacks if c.name == name)
+                raise RunError(f"callback {name!r} ({classes}): every callback needs a name of its own, not one of "
+                               f"{', '.join(sorted(RESERVED))} (its state is kept under that name in checkpoints)")
 
     def run(self) -> TrainResult:  # noqa: C901 - the loop, top to bottom
         import torch
@@ -277,7 +227,7 @@ class _Loop:
         from ift.meter import TrainMeter
         from ift.training import TrainResult
 
-        ctx, cfg, objective = self.ctx, self.cfg, self.objective
+        ctx, cfg, objective, callbacks = self.ctx, self.cfg, self.objective, self.callbacks
         model = ctx.model
         if cfg.gradient_checkpointing:
             ctx.adapter.enable_gradient_checkpointing(model)
@@ -287,7 +237,7 @@ class _Loop:
             precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
         accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision,
                                   cpu=device.type == "cpu")
-        objective.ctx = ctx
+        objective.ctx, objective.training = ctx, cfg
         objective.setup(ctx, model)
         mode = resolve_batching(cfg.batching, ctx.adapter, device)
         loader = objective.loader(ctx, mode)
@@ -307,8 +257,8 @@ class _Loop:
                            {"source": sorted(set(example_sources(ctx.train_examples))),
                             "task": sorted({t for t in example_tasks(ctx.train_examples) if t is not None})})
         loop = Position()
-        stopping = _early_stopping(ctx, cfg, accelerator.is_main_process)
-        state = LoopState(loop, total, steps_per_epoch, model, optimizer, accelerator.is_main_process)
+        state = LoopState(loop, total, steps_per_epoch, model, optimizer, accelerator.is_main_process,
+                          accelerator=accelerator, progress=ctx.progress)
         trained_before = 0.0  # seconds trained before the checkpoint resumed from: the clock runs on from there
         if ctx.resume_from is not None:
             from ift.checkpoint import load_checkpoint
@@ -319,11 +269,9 @@ class _Loop:
             loop = state.position = Position(**position["loop"])
             trained_before = float(position.get("seconds", 0.0))
             meter.restore(position["meter"])
-            if stopping is not None:
-                stopping.restore(position.get("early_stopping"), ctx.resume_from)
             objective.load_state(position.get("trainer"))
-            for callback in self.callbacks:
-                callback.load_state((position.get("callbacks") or {}).get(callback.name))
+            for callback in callbacks:
+                callback.load_state(position.get(callback.name))
             ctx.progress.write(f"resumed from {ctx.resume_from.name}: step {loop.step}, epoch {loop.epoch}, "
                                f"{loop.consumed} batches into the epoch")
 
@@ -334,53 +282,33 @@ class _Loop:
                 accelerator.wait_for_everyone()
                 return
             position = {"loop": vars(loop), "meter": meter.state(), "seconds": time.perf_counter() - started}
-            if stopping is not None:
-                position["early_stopping"] = stopping.state()
             if (own := objective.state()) is not None:
                 position["trainer"] = own
-            kept = {c.name: s for c in self.callbacks if (s := c.state()) is not None}
-            if kept:
-                position["callbacks"] = kept
+            position.update({c.name: s for c in callbacks if (s := c.state()) is not None})
             save_checkpoint(ctx.checkpoint_dir, loop.step, model=accelerator.unwrap_model(model),
                             optimizer=optimizer, scheduler=scheduler, position=position, identity=ctx.identity,
                             before_commit=lambda _: faults.point(f"checkpoint-write-{loop.step}"))
             rotate(ctx.checkpoint_dir, cfg.keep_last)
-            if stopping is not None and stopping.keep_best:
-                stopping.prune()  # rotation may have dropped the last checkpoint referring to an older best
+            for callback in callbacks:
+                callback.on_checkpoint(state)
             accelerator.wait_for_everyone()
 
-        def evaluate() -> dict[str, Any] | None:
-            """Evaluate at this step; with early stopping, return the decision. Evaluation time is kept out of
-            the throughput figures."""
+        def evaluate() -> None:
+            """Evaluate at this step and show the callbacks; evaluation time is kept out of the throughput."""
             began = time.perf_counter()
             result = ctx.evaluate(accelerator.unwrap_model(model), f"step-{loop.step}")
             model.train()
-            for callback in self.callbacks:
-                callback.on_evaluate(state, result)
-            decision = None
-            if stopping is not None:
-                # only the main process evaluates: it tells the others what it found
-                found = _metric_value(result, stopping.metric) if accelerator.is_main_process else None
-                if accelerator.num_processes > 1:
-                    from accelerate.utils import broadcast_object_list
-
-                    found = broadcast_object_list([found], from_process=0)[0]
-                if found is None:  # nothing evaluated (an empty eval split): not counted either way
-                    ctx.progress.write(f"early stopping: the evaluation at step {loop.step} gave no "
-                                       f"{stopping.metric!r} (is the eval split empty?); not counted")
-                else:  # a value of None (NaN) counts as no improvement
-                    decision = stopping.observe(loop.step, found[0], accelerator.unwrap_model(model),
-                                                can_stop=loop.step < total)
+            for callback in callbacks:
+                callback.on_evaluate(state, result or {})
             meter.start += time.perf_counter() - began
-            return decision
 
         started = time.perf_counter() - trained_before
         last_event: dict[str, Any] = {}
-        stop_reason: str | None = None
+        stop_reason = next((r for c in callbacks if (r := c.should_stop(state))), None)  # a resumed stop
         model.train()
-        for callback in self.callbacks:
+        for callback in callbacks:
             callback.on_train_start(state)
-        while loop.step < total and (stopping is None or stopping.stopped_at is None) and stop_reason is None:
+        while loop.step < total and stop_reason is None:
             plan.select(loop.epoch, skip=loop.consumed)
             batches = iter(loader)
             while loop.step < total:
@@ -416,8 +344,7 @@ class _Loop:
                     for name, value in terms.extra.items():
                         step_terms[name] = step_terms.get(name, 0.0) + float(value.detach())
                     for name, value in terms.figures.items():
-                        key = f"figure:{name}"
-                        step_terms[key] = step_terms.get(key, 0.0) + float(value)
+                        step_terms[f"figure:{name}"] = step_terms.get(f"figure:{name}", 0.0) + float(value)
                     if penalty is not None:
                         step_terms["peft_penalty"] = step_terms.get("peft_penalty", 0.0) + \
                             float(penalty.detach()) * objective.units(batch)
@@ -451,32 +378,27 @@ class _Loop:
                 optimizer.zero_grad(set_to_none=True)
                 loop.step += 1
                 # A step's evaluation comes before its checkpoint, so a resume from this step neither redoes nor
-                # misses it. Its event comes first (observers see step_end, then evaluate_end), except with early
-                # stopping: then the event follows the evaluation and carries the decision, and every evaluated
-                # step is logged. With keep_best the last step is evaluated too, to compete for the best.
-                due = bool(cfg.eval_every and loop.step % cfg.eval_every == 0 and loop.step < total) or \
-                    (stopping is not None and stopping.keep_best and loop.step == total) or \
-                    any(c.should_evaluate(state) for c in self.callbacks)
-                decision = evaluate() if due and stopping is not None else None
+                # misses it. Its event comes first (observers see step_end, then evaluate_end), except when a
+                # callback reports on the evaluation in the event (early stopping): then the event follows it.
+                due = bool(cfg.eval_every and loop.step % cfg.eval_every == 0 and loop.step < total)
+                due = any([c.should_evaluate(state) for c in callbacks]) or due
+                first = due and any(c.evaluates_first for c in callbacks)
+                if first:
+                    evaluate()
                 extra: dict[str, Any] = {}
-                for callback in self.callbacks:
+                for callback in callbacks:
                     extra.update(callback.on_step_end(state) or {})
-                if loop.step % cfg.log_every == 0 or loop.step == total or decision is not None or extra:
+                if loop.step % cfg.log_every == 0 or loop.step == total or extra:
                     last_event = meter.event(loop.step, round(loop.step / steps_per_epoch, 4),
                                              scheduler.get_last_lr()[0], grad_norm, started)
-                    if decision is not None:
-                        last_event["early_stopping"] = decision
                     last_event.update(extra)
                     state.last_event = last_event
                     ctx.log_step(last_event)
                 else:
                     ctx.progress.step(loop.step)
-                if due and stopping is None:
+                if due and not first:
                     evaluate()
-                if stopping is not None and stopping.stopped_at is not None:
-                    ctx.progress.write(stopping.reason())
-                    break
-                stop_reason = next((r for c in self.callbacks if (r := c.should_stop(state))), None)
+                stop_reason = next((r for c in callbacks if (r := c.should_stop(state))), None)
                 if stop_reason is not None:
                     ctx.progress.write(stop_reason)
                     break
@@ -489,47 +411,32 @@ class _Loop:
                                     "continue with: ift run RECIPE --output-dir RUN_DIR --resume")
             else:
                 continue  # max steps reached inside the epoch
-            if (stopping is not None and stopping.stopped_at is not None) or stop_reason is not None:
+            if stop_reason is not None:
                 break
             loop.epoch += 1
             loop.consumed = 0
         model.eval()
         seconds = time.perf_counter() - started
-        final = accelerator.unwrap_model(model)
         summary = {"train_loss": last_event.get("loss"), "epochs": round(loop.step / steps_per_epoch, 4),
                    "train_seconds": round(seconds, 2), "batching": mode, "skipped_nonfinite_steps": loop.skipped,
                    **meter.totals(seconds)}
         if stop_reason is not None:
             summary["stopped"] = stop_reason
-        if stopping is not None:
-            restored = stopping.keep_best and stopping.best_step is not None and stopping.best_step != loop.step
-            if restored:
-                accelerator.wait_for_everyone()  # the main process wrote the best weights
-                stopping.load_best(final)
-                ctx.progress.write(f"final model: the best weights, from step {stopping.best_step} "
-                                   f"({stopping.metric} {stopping.best_value})")
-            summary["early_stopping"] = stopping.summary(final_step=loop.step, restored=restored)
-        for callback in self.callbacks:
+        for callback in callbacks:
             callback.on_train_end(state, summary)
-        return TrainResult(model=final, steps=loop.step, summary=summary)
+        return TrainResult(model=accelerator.unwrap_model(model), steps=loop.step, summary=summary)
 
 
-def _early_stopping(ctx: TrainContext, cfg: TrainingConfig, main: bool) -> EarlyStopping | None:
-    """The early-stopping tracker for ``trainer.early_stopping_metric``, or None."""
+def early_stopping_callback(ctx: TrainContext, cfg: TrainingConfig) -> EarlyStoppingCallback | None:
+    """The callback for ``trainer.early_stopping_metric``, or None."""
+    from ift.runtime import is_main_process
+
     if cfg.early_stopping_metric is None:
         return None
     if not cfg.eval_every:  # the recipe check catches this; a config built in code may not have been checked
         raise RecipeError([Problem("trainer.early_stopping_metric", "needs trainer.eval_every")])
-    return EarlyStopping(metric=cfg.early_stopping_metric, higher_is_better=cfg.early_stopping_direction(),
-                         patience=cfg.early_stopping_patience, min_delta=cfg.early_stopping_min_delta,
-                         keep_best=cfg.keep_best, folder=ctx.checkpoint_dir or Path(ctx.run_dir) / "checkpoints",
-                         main=main)
-
-
-def _metric_value(result: dict[str, Any], metric: str) -> tuple[float | None] | None:
-    """``(value,)`` when the evaluation computed ``metric`` (the value None when it was not finite), else None."""
-    overall = (result or {}).get("overall") or {}
-    if metric not in overall:
-        return None
-    value = overall[metric]
-    return (float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None,)
+    tracker = EarlyStopping(metric=cfg.early_stopping_metric, higher_is_better=cfg.early_stopping_direction(),
+                            patience=cfg.early_stopping_patience, min_delta=cfg.early_stopping_min_delta,
+                            keep_best=cfg.keep_best, folder=ctx.checkpoint_dir or Path(ctx.run_dir) / "checkpoints",
+                            main=is_main_process())
+    return EarlyStoppingCallback(tracker, resume_from=ctx.resume_from)

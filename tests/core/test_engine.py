@@ -238,3 +238,37 @@ def test_an_objective_key_that_the_loop_has_is_refused_naming_the_plugin(host: P
     with pytest.raises(ift.PluginError, match="learning_rate, which the training loop's keys already use") as err:
         host.names("trainer")
     assert "clash-plugin" in str(err.value)
+
+
+class EveryThird(ift.Callback):
+    """Asks for an evaluation every third step and records what it saw."""
+
+    name = "every-third"
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, Any]] = []
+
+    def should_evaluate(self, state: ift.LoopState) -> bool:
+        return state.position.step % 3 == 0
+
+    def on_evaluate(self, state: ift.LoopState, result: dict[str, Any]) -> None:
+        self.seen.append((state.position.step, result["overall"]["loss"]))
+
+
+def test_a_callback_schedules_evaluations_and_sees_their_results(make_context: Any):
+    stages: list[str] = []
+    context = make_context([])
+    context.evaluate = lambda model, stage: stages.append(stage) or {"overall": {"loss": float(len(stages))}}
+    callback = EveryThird()
+    ift.train(context, ift.NLL(ift.ObjectiveConfig()), ift.TrainingConfig(batch_size=2, max_steps=7),
+              callbacks=[callback])
+    assert stages == ["step-3", "step-6"] and callback.seen == [(3, 1.0), (6, 2.0)]
+
+
+@pytest.mark.parametrize("name", ["", "loop", "trainer"])
+def test_a_callback_needs_a_name_of_its_own(make_context: Any, name: str):
+    callback = ift.Callback()
+    callback.name = name
+    with pytest.raises(ift.RunError, match=f"callback {name!r} \\(Callback\\): every callback needs a name"):
+        ift.train(make_context([]), ift.NLL(ift.ObjectiveConfig()), ift.TrainingConfig(max_steps=1),
+                  callbacks=[callback])
