@@ -27,6 +27,7 @@ from ift import hookspecs
 from ift.components import KINDS, Component
 from ift.config import ComponentConfig, TrainerConfig
 from ift.errors import PluginError, Problem
+from ift.hookcalls import AttributedHooks, HookImplFailed
 
 ENTRY_POINT_GROUP = "ift"
 BUILTIN_MODULES = (
@@ -116,6 +117,7 @@ class PluginHost:
     def __init__(self, *, entry_points: bool = True, local_plugins: Iterable[Path] = ()) -> None:
         self.pm = pluggy.PluginManager("ift")
         self.pm.add_hookspecs(hookspecs)
+        self.hooks = AttributedHooks(self.pm)
         self.plugins: dict[str, PluginInfo] = {}
         self.failures: list[PluginFailure] = []
         self._registry: dict[str, dict[str, Registered]] | None = None
@@ -231,14 +233,8 @@ class PluginHost:
         for info in self.plugins.values():
             info.registered = {}
         for kind, hook_name in _REGISTER_HOOKS.items():
-            caller = getattr(self.pm.hook, hook_name)
-            for impl in caller.get_hookimpls():
-                info = self.plugins.get(impl.plugin_name) or PluginInfo(impl.plugin_name, "?", "?", "?")
-                try:
-                    classes = impl.function() or []
-                except Exception as exc:
-                    raise PluginError(f"{hook_name}() raised {type(exc).__name__}: {exc}",
-                                      plugin=info.name, distribution=info.distribution) from exc
+            for plugin_name, classes in self._registered_by(hook_name):
+                info = self._info(plugin_name)
                 for cls in classes:
                     self._check_class(kind, cls, info)
                     name = cls.name
@@ -252,6 +248,39 @@ class PluginHost:
                     registry[kind][name] = Registered(cls, info.name, info.distribution, info.version)
                     info.registered.setdefault(kind, []).append(name)
         return registry
+
+    def _info(self, plugin_name: str) -> PluginInfo:
+        return self.plugins.get(plugin_name) or PluginInfo(plugin_name, "?", "?", "?")
+
+    def _registered_by(self, hook_name: str) -> list[tuple[str, list[Any]]]:
+        """Call a registration hook through pluggy (wrappers may change the result) and pair each class in the
+        result with the plugin that returned it: the one whose list it was in when that plugin returned it, else
+        the first that returned it, else the wrapper that added it. In registration order (builtins first), the
+        reverse of pluggy's call order."""
+        try:
+            lists, returned = self.hooks.call(hook_name)
+        except HookImplFailed as failed:
+            info = self._info(failed.plugin)
+            exc = failed.error
+            raise PluginError(f"{hook_name}() raised {type(exc).__name__}: {exc}",
+                              plugin=info.name, distribution=info.distribution) from exc
+        by_list = {id(r.value): r for r in returned if not r.wrapper}
+        by_class: dict[Any, str] = {}
+        for r in returned:
+            for part in ((r.snapshot,) if not r.wrapper else (r.value or ())):
+                for cls in part or ():
+                    by_class.setdefault(cls, r.plugin)
+        out: list[tuple[str, list[Any]]] = []
+        for classes in reversed(lists or []):
+            if not classes:
+                continue
+            own = by_list.get(id(classes))
+            groups: dict[str, list[Any]] = {}
+            for cls in classes:
+                owner = own.plugin if own is not None and cls in own.snapshot else by_class.get(cls, "?")
+                groups.setdefault(owner, []).append(cls)
+            out.extend(groups.items())
+        return out
 
     @staticmethod
     def _check_class(kind: str, cls: Any, info: PluginInfo) -> None:
@@ -297,22 +326,20 @@ class PluginHost:
     # --- typed facade over the remaining hooks -------------------------------------------------
 
     def register_commands(self, cli: Any) -> None:
-        self.pm.hook.ift_register_commands(cli=cli)
+        self._observe("ift_register_commands", "adding commands", cli=cli)
 
     def prepare_jinja_env(self, env: Any) -> None:
-        self.pm.hook.ift_prepare_jinja_env(env=env)
+        self._observe("ift_prepare_jinja_env", "preparing the template environment", env=env)
 
     def _observe(self, hook_name: str, where: str, **kwargs: Any) -> None:
-        """Call every implementation of a lifecycle hook; a failure names the plugin, the hook and where."""
-        caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):  # pluggy's own call order
-            try:
-                impl.function(**{k: kwargs[k] for k in impl.argnames})
-            except Exception as exc:
-                info = self.plugins.get(impl.plugin_name)
-                raise PluginError(f"{hook_name} ({where}) raised {type(exc).__name__}: {exc}",
-                                  plugin=impl.plugin_name, distribution=info.distribution if info else None,
-                                  version=info.version if info else None) from exc
+        """Call a hook through pluggy; a failure names the plugin, the hook and where (the original chained)."""
+        try:
+            self.hooks.call(hook_name, **kwargs)
+        except HookImplFailed as failed:
+            info, exc = self.plugins.get(failed.plugin), failed.error
+            raise PluginError(f"{hook_name} ({where}) raised {type(exc).__name__}: {exc}",
+                              plugin=failed.plugin, distribution=info.distribution if info else None,
+                              version=info.version if info else None) from exc
 
     def data_prepared(self, run_dir: str, train_records: list[Any], eval_records: list[Any]) -> None:
         self._observe("ift_data_prepared", "data prepared", run_dir=run_dir, train_records=train_records,
