@@ -26,6 +26,7 @@ from ift.config import ComponentConfig, TrainerConfig
 from ift.errors import DataError, IftError, PluginError, Preempted, Problem, RecipeError, RunDirectoryInUse, RunError
 from ift.hookspecs import HOOK_API_VERSION, hookimpl
 from ift.objectives import LossTerms, Objective, ObjectiveConfig
+from ift.peft import PeftMethod, PeftMethodConfig
 from ift.records import InstructionRecord, Message
 from ift.training import TrainContext, TrainResult
 
@@ -70,6 +71,8 @@ __all__ = [
     "ModelAdapter",
     "Objective",
     "ObjectiveConfig",
+    "PeftMethod",
+    "PeftMethodConfig",
     "PluginError",
     "Preempted",
     "Problem",

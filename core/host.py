@@ -28,6 +28,7 @@ from ift.components import KINDS, Component
 from ift.config import ComponentConfig, TrainerConfig
 from ift.errors import PluginError, Problem
 from ift.hookcalls import AttributedHooks, HookImplFailed
+from ift.peft import PeftMethodConfig
 
 ENTRY_POINT_GROUP = "ift"
 BUILTIN_MODULES = (
@@ -38,6 +39,7 @@ BUILTIN_MODULES = (
     "ift.builtin_plugins.causal_lm",
     "ift.builtin_plugins.seq2seq",
     "ift.builtin_plugins.classifier",
+    "ift.builtin_plugins.peft_methods",
     "ift.builtin_plugins.sft",
     "ift.builtin_plugins.trainers",
     "ift.builtin_plugins.metrics",
@@ -59,11 +61,12 @@ _REGISTER_HOOKS = {
     "objective": "ift_register_objectives",
     "metric": "ift_register_metrics",
     "similarity_backend": "ift_register_similarity_backends",
+    "peft_method": "ift_register_peft_methods",
 }
 KIND_LABELS = {"source": "source", "transform": "transform", "renderer": "template renderer",
                "model_adapter": "model adapter", "trainer": "trainer", "objective": "training objective",
                "metric": "metric",
-               "similarity_backend": "similarity backend"}
+               "similarity_backend": "similarity backend", "peft_method": "PEFT method"}
 
 
 @dataclass
@@ -295,6 +298,8 @@ class PluginHost:
             problem = f"{cls.__name__}.Config must subclass ift.ComponentConfig"
         elif kind == "trainer" and not issubclass(config, TrainerConfig):
             problem = f"{cls.__name__}.Config must subclass ift.TrainerConfig"
+        elif kind == "peft_method" and not issubclass(config, PeftMethodConfig):
+            problem = f"{cls.__name__}.Config must subclass ift.PeftMethodConfig"
         if problem:
             raise PluginError(f"{_REGISTER_HOOKS[kind]}: {problem}", plugin=info.name,
                               distribution=info.distribution)
@@ -362,7 +367,8 @@ class PluginHost:
         (for the prepared-data cache key): those providing its sources (nested ones too: any ``source`` key
         inside a ``[[data]]`` or ``[[transforms]]`` table), similarity backends (``backend`` keys), transforms,
         template renderer and model adapter, and every plugin adding Jinja filters or globals. With ``trainer``
-        the trainer's plugin too (for a resume's identity: what prepares the data and what trains on it)."""
+        the trainer's and the PEFT method's plugins too (for a resume's identity: what prepares the data and what
+        trains on it)."""
         wanted: set[tuple[str, Any]] = set()
 
         def walk(value: Any) -> None:
@@ -383,6 +389,9 @@ class PluginHost:
         wanted.add(("model_adapter", (resolved.get("model") or {}).get("adapter")))
         if trainer:
             wanted.add(("trainer", (resolved.get("trainer") or {}).get("name")))
+            peft = (resolved.get("model") or {}).get("peft")
+            if isinstance(peft, dict):
+                wanted.add(("peft_method", peft.get("method")))
         names = {self.registry[kind][name].plugin for kind, name in wanted if name in self.registry.get(kind, {})}
         names |= {impl.plugin_name for impl in self.pm.hook.ift_prepare_jinja_env.get_hookimpls()}
         return {name: self.plugins[name].provenance if name in self.plugins else "?" for name in sorted(names)}

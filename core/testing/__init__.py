@@ -9,7 +9,8 @@ it is never loaded for projects that do not ask for it. It gives:
   recipe in-process through ``ift run`` and returns the run directory);
 - contract suites, one per plugin kind (:class:`SourceContract`, :class:`TransformContract`,
   :class:`RendererContract`, :class:`ModelAdapterContract`, :class:`TrainerContract`,
-  :class:`MetricContract`, :class:`SimilarityBackendContract`): subclass one in a ``Test...`` class and set
+  :class:`MetricContract`, :class:`SimilarityBackendContract`, :class:`PeftMethodContract`): subclass one in a
+  ``Test...`` class and set
   ``component``, ``config`` and sample input;
 - helpers: :func:`tiny_model_table`, :func:`tiny_model_toml`, :func:`sample_records`, :func:`sample_rows`,
   :func:`write_files`, :func:`run_recipe`, :class:`RunFailed`.
@@ -25,6 +26,7 @@ from ift.testing.contracts import (
     MetricCase,
     MetricContract,
     ModelAdapterContract,
+    PeftMethodContract,
     RendererContract,
     SimilarityBackendContract,
     SourceContract,
@@ -47,7 +49,8 @@ from ift.testing.toml import dumps as recipe_toml
 
 __all__ = [
     "CONTRACTS", "TINY_MODEL_CONFIG", "ComponentContract", "MetricCase", "MetricContract", "ModelAdapterContract",
-    "RendererContract", "RunFailed", "SimilarityBackendContract", "SourceContract", "TinyModel", "TrainerContract",
+    "PeftMethodContract", "RendererContract", "RunFailed", "SimilarityBackendContract", "SourceContract", "TinyModel",
+    "TrainerContract",
     "TransformContract", "ift_entry_points", "ift_host", "ift_plugins", "ift_run", "ift_tiny_model",
     "ift_tiny_model_table", "load_tiny_model", "recipe_toml", "record_problems", "run_recipe", "sample_records",
     "sample_rows", "tiny_model_table", "tiny_model_toml", "write_files",
