@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ift_research import plugin
+from ift_research.peft_methods import LoHaMethod, VeraMethod
 
 import ift
 from ift.recipe import validate_recipe
 from ift.testing import PeftMethodContract, tiny_model_table
-from ift_research import plugin
-from ift_research.peft_methods import LoHaMethod, VeraMethod
 
 pytest_plugins = ["ift.testing"]
 
@@ -68,8 +68,9 @@ def test_the_peft_config_carries_the_recipe_keys(ift_host: Any, tmp_path: Path) 
 
 
 def test_vera_refuses_all_linear_on_a_classifier(ift_host: Any, tmp_path: Path) -> None:
-    from ift.builtin_plugins.peft_methods import apply_peft, method_for
     from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from ift.builtin_plugins.peft_methods import apply_peft, method_for
 
     table = tiny_model_table(peft={"method": "vera"})
     section = ift_host.get("model_adapter", "causal-lm").cls.Config.model_validate(
