@@ -55,7 +55,8 @@ class LoHaMethod(ift.PeftMethod):
         from peft import LoHaConfig as PeftLoHaConfig
 
         c = self.config
-        return PeftLoHaConfig(r=c.r, alpha=c.alpha, rank_dropout=c.rank_dropout, module_dropout=c.module_dropout,
+        # peft annotates alpha as int, but only uses it in the float scale alpha / r: floats work.
+        return PeftLoHaConfig(r=c.r, alpha=c.alpha, rank_dropout=c.rank_dropout, module_dropout=c.module_dropout,  # type: ignore[arg-type]
                               target_modules=c.target_modules, modules_to_save=_with_head(c.modules_to_save, head),
                               exclude_modules=_not_head(head), task_type=task_type)
 
