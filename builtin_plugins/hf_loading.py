@@ -241,7 +241,7 @@ def describe_origin(cfg: PretrainedModelConfig, family: str = "", clauses: Seque
     method and its key settings; ``clauses`` are an adapter's own facts, put before the PEFT method. With
     ``base_dir`` (the recipe's folder), a GGUF model is described by its file: name, size, sha256, quantization
     (``gguf`` in the facts) and the converted folder the run loads."""
-    from ift.builtin_plugins.peft_methods import describe_peft
+    from ift.builtin_plugins.peft_methods import describe_peft, provenance
 
     kind = f"{family} " if family else ""
     gguf = _gguf_source(cfg.name_or_path, base_dir)
@@ -262,6 +262,7 @@ def describe_origin(cfg: PretrainedModelConfig, family: str = "", clauses: Seque
     facts: dict[str, Any] = {"origin": cfg.name_or_path or "from_config",
                              "tokenizer": cfg.tokenizer or cfg.name_or_path,
                              "peft": cfg.peft.method if cfg.peft else None,
+                             "peft_method": provenance(cfg.peft),
                              "summary": "; ".join([summary, f"tokenizer: {tokenizer}", *clauses,
                                                    describe_peft(cfg.peft)])}
     if gguf is not None:

@@ -94,7 +94,9 @@ class RougeLMetric(ift.Metric):
 
 
 class LabelConfig(ift.ComponentConfig):
-    average: Literal["macro", "micro", "weighted"] = "macro"
+    average: Literal["macro", "micro", "weighted"] = Field(
+        "macro", description="How precision, recall and F1 combine the labels: macro (each label counts the same), "
+        "micro (each answer counts the same) or weighted (labels weighted by their support).")
 
 
 class LabelMetric(ift.Metric):
@@ -139,13 +141,19 @@ class LabelMetric(ift.Metric):
         averages = {name: {"precision": round(report[name]["precision"], 6),
                            "recall": round(report[name]["recall"], 6), "f1": round(report[name]["f1-score"], 6)}
                     for name in ("macro avg", "weighted avg") if name in report}
-        return {"average": self.config.average, "labels": per_label,  # type: ignore[attr-defined]
+        # the family's averaging (accuracy has none: its report is the macro one, as the others' by default)
+        return {"average": getattr(self.config, "average", "macro"), "labels": per_label,
                 "macro": averages.get("macro avg"), "weighted": averages.get("weighted avg"),
                 "outside_labels": sum(1 for p in predicted if p not in names)}
 
 
+class AccuracyConfig(ift.ComponentConfig):
+    """Accuracy has no averaging to choose (an ``average`` key is an unknown-key error, not silently ignored)."""
+
+
 class AccuracyMetric(LabelMetric):
     name = "accuracy"
+    Config = AccuracyConfig
 
     def compute(self, outputs: ift.EvalOutputs) -> float:
         from sklearn.metrics import accuracy_score

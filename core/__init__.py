@@ -27,6 +27,7 @@ from ift.engine import Callback, LoopState, OptimizerFactory, SchedulerFactory, 
 from ift.errors import DataError, IftError, PluginError, Preempted, Problem, RecipeError, RunDirectoryInUse, RunError
 from ift.hookspecs import HOOK_API_VERSION, hookimpl
 from ift.objectives import LossTerms, Objective, ObjectiveConfig
+from ift.peft import PeftMethod, PeftMethodConfig
 from ift.records import InstructionRecord, Message
 from ift.sft import NLL, SFTConfig, SFTTrainer
 from ift.training import TrainContext, TrainResult
@@ -59,6 +60,8 @@ __all__ = [
     "ModelAdapter",
     "Objective",
     "ObjectiveConfig",
+    "PeftMethod",
+    "PeftMethodConfig",
     "PluginError",
     "Preempted",
     "Problem",

@@ -478,6 +478,7 @@ GUARDED: dict[type[Component], tuple[str, ...]] = {
 }
 
 from ift.objectives import Objective  # noqa: E402 - it subclasses Component, defined above
+from ift.peft import PeftMethod  # noqa: E402 - it subclasses Component, defined above
 
 KINDS: dict[str, type[Component]] = {
     "source": InstructionSource,
@@ -488,4 +489,5 @@ KINDS: dict[str, type[Component]] = {
     "objective": Objective,
     "metric": Metric,
     "similarity_backend": SimilarityBackend,
+    "peft_method": PeftMethod,
 }

@@ -71,6 +71,15 @@ def ift_register_objectives() -> list[type]:
 
 
 @hookspec
+def ift_register_peft_methods() -> list[type]:
+    """Return PEFT method classes (subclasses of ``ift.PeftMethod``), used by ``[model.peft] method = "<name>"``.
+
+    The table's other keys are validated by the class's ``Config`` (a subclass of ``ift.PeftMethodConfig``); the
+    method returns the ``peft`` config object, so the saved adapter loads with plain ``peft``.
+    """
+
+
+@hookspec
 def ift_register_metrics() -> list[type]:
     """Return metric classes (subclasses of ``ift.Metric``), used by ``[eval] metrics = [...]``."""
 

@@ -27,6 +27,8 @@ from ift import hookspecs
 from ift.components import KINDS, Component
 from ift.config import ComponentConfig, TrainerConfig
 from ift.errors import PluginError, Problem
+from ift.hookcalls import AttributedHooks, HookImplFailed
+from ift.peft import PeftMethodConfig
 
 if TYPE_CHECKING:
     from ift.objectives import Objective
@@ -40,6 +42,7 @@ BUILTIN_MODULES = (
     "ift.builtin_plugins.causal_lm",
     "ift.builtin_plugins.seq2seq",
     "ift.builtin_plugins.classifier",
+    "ift.builtin_plugins.peft_methods",
     "ift.builtin_plugins.sft",
     "ift.builtin_plugins.trainers",
     "ift.builtin_plugins.metrics",
@@ -61,11 +64,12 @@ _REGISTER_HOOKS = {
     "objective": "ift_register_objectives",
     "metric": "ift_register_metrics",
     "similarity_backend": "ift_register_similarity_backends",
+    "peft_method": "ift_register_peft_methods",
 }
 KIND_LABELS = {"source": "source", "transform": "transform", "renderer": "template renderer",
                "model_adapter": "model adapter", "trainer": "trainer", "objective": "training objective",
                "metric": "metric",
-               "similarity_backend": "similarity backend"}
+               "similarity_backend": "similarity backend", "peft_method": "PEFT method"}
 
 
 @dataclass
@@ -119,6 +123,7 @@ class PluginHost:
     def __init__(self, *, entry_points: bool = True, local_plugins: Iterable[Path] = ()) -> None:
         self.pm = pluggy.PluginManager("ift")
         self.pm.add_hookspecs(hookspecs)
+        self.hooks = AttributedHooks(self.pm)
         self.plugins: dict[str, PluginInfo] = {}
         self.failures: list[PluginFailure] = []
         self._registry: dict[str, dict[str, Registered]] | None = None
@@ -234,14 +239,8 @@ class PluginHost:
         for info in self.plugins.values():
             info.registered = {}
         for kind, hook_name in _REGISTER_HOOKS.items():
-            caller = getattr(self.pm.hook, hook_name)
-            for impl in caller.get_hookimpls():
-                info = self.plugins.get(impl.plugin_name) or PluginInfo(impl.plugin_name, "?", "?", "?")
-                try:
-                    classes = impl.function() or []
-                except Exception as exc:
-                    raise PluginError(f"{hook_name}() raised {type(exc).__name__}: {exc}",
-                                      plugin=info.name, distribution=info.distribution) from exc
+            for plugin_name, classes in self._registered_by(hook_name):
+                info = self._info(plugin_name)
                 for cls in classes:
                     self._check_class(kind, cls, info)
                     name = cls.name
@@ -277,6 +276,39 @@ class PluginHost:
                                                    objective.version)
             info.registered.setdefault("trainer", []).append(name)
 
+    def _info(self, plugin_name: str) -> PluginInfo:
+        return self.plugins.get(plugin_name) or PluginInfo(plugin_name, "?", "?", "?")
+
+    def _registered_by(self, hook_name: str) -> list[tuple[str, list[Any]]]:
+        """Call a registration hook through pluggy (wrappers may change the result) and pair each class in the
+        result with the plugin that returned it: the one whose list it was in when that plugin returned it, else
+        the first that returned it, else the wrapper that added it. In registration order (builtins first), the
+        reverse of pluggy's call order."""
+        try:
+            lists, returned = self.hooks.call(hook_name)
+        except HookImplFailed as failed:
+            info = self._info(failed.plugin)
+            exc = failed.error
+            raise PluginError(f"{hook_name}() raised {type(exc).__name__}: {exc}",
+                              plugin=info.name, distribution=info.distribution) from exc
+        by_list = {id(r.value): r for r in returned if not r.wrapper}
+        by_class: dict[Any, str] = {}
+        for r in returned:
+            for part in ((r.snapshot,) if not r.wrapper else (r.value or ())):
+                for cls in part or ():
+                    by_class.setdefault(cls, r.plugin)
+        out: list[tuple[str, list[Any]]] = []
+        for classes in reversed(lists or []):
+            if not classes:
+                continue
+            own = by_list.get(id(classes))
+            groups: dict[str, list[Any]] = {}
+            for cls in classes:
+                owner = own.plugin if own is not None and cls in own.snapshot else by_class.get(cls, "?")
+                groups.setdefault(owner, []).append(cls)
+            out.extend(groups.items())
+        return out
+
     @staticmethod
     def _check_class(kind: str, cls: Any, info: PluginInfo) -> None:
         base = KINDS[kind]
@@ -290,6 +322,8 @@ class PluginHost:
             problem = f"{cls.__name__}.Config must subclass ift.ComponentConfig"
         elif kind == "trainer" and not issubclass(config, TrainerConfig):
             problem = f"{cls.__name__}.Config must subclass ift.TrainerConfig"
+        elif kind == "peft_method" and not issubclass(config, PeftMethodConfig):
+            problem = f"{cls.__name__}.Config must subclass ift.PeftMethodConfig"
         if problem:
             raise PluginError(f"{_REGISTER_HOOKS[kind]}: {problem}", plugin=info.name,
                               distribution=info.distribution)
@@ -321,22 +355,20 @@ class PluginHost:
     # --- typed facade over the remaining hooks -------------------------------------------------
 
     def register_commands(self, cli: Any) -> None:
-        self.pm.hook.ift_register_commands(cli=cli)
+        self._observe("ift_register_commands", "adding commands", cli=cli)
 
     def prepare_jinja_env(self, env: Any) -> None:
-        self.pm.hook.ift_prepare_jinja_env(env=env)
+        self._observe("ift_prepare_jinja_env", "preparing the template environment", env=env)
 
     def _observe(self, hook_name: str, where: str, **kwargs: Any) -> None:
-        """Call every implementation of a lifecycle hook; a failure names the plugin, the hook and where."""
-        caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):  # pluggy's own call order
-            try:
-                impl.function(**{k: kwargs[k] for k in impl.argnames})
-            except Exception as exc:
-                info = self.plugins.get(impl.plugin_name)
-                raise PluginError(f"{hook_name} ({where}) raised {type(exc).__name__}: {exc}",
-                                  plugin=impl.plugin_name, distribution=info.distribution if info else None,
-                                  version=info.version if info else None) from exc
+        """Call a hook through pluggy; a failure names the plugin, the hook and where (the original chained)."""
+        try:
+            self.hooks.call(hook_name, **kwargs)
+        except HookImplFailed as failed:
+            info, exc = self.plugins.get(failed.plugin), failed.error
+            raise PluginError(f"{hook_name} ({where}) raised {type(exc).__name__}: {exc}",
+                              plugin=failed.plugin, distribution=info.distribution if info else None,
+                              version=info.version if info else None) from exc
 
     def data_prepared(self, run_dir: str, train_records: list[Any], eval_records: list[Any]) -> None:
         self._observe("ift_data_prepared", "data prepared", run_dir=run_dir, train_records=train_records,
@@ -359,7 +391,8 @@ class PluginHost:
         (for the prepared-data cache key): those providing its sources (nested ones too: any ``source`` key
         inside a ``[[data]]`` or ``[[transforms]]`` table), similarity backends (``backend`` keys), transforms,
         template renderer and model adapter, and every plugin adding Jinja filters or globals. With ``trainer``
-        the trainer's plugin too (for a resume's identity: what prepares the data and what trains on it)."""
+        the trainer's and the PEFT method's plugins too (for a resume's identity: what prepares the data and what
+        trains on it)."""
         wanted: set[tuple[str, Any]] = set()
 
         def walk(value: Any) -> None:
@@ -380,6 +413,9 @@ class PluginHost:
         wanted.add(("model_adapter", (resolved.get("model") or {}).get("adapter")))
         if trainer:
             wanted.add(("trainer", (resolved.get("trainer") or {}).get("name")))
+            peft = (resolved.get("model") or {}).get("peft")
+            if isinstance(peft, dict):
+                wanted.add(("peft_method", peft.get("method")))
         names = {self.registry[kind][name].plugin for kind, name in wanted if name in self.registry.get(kind, {})}
         names |= {impl.plugin_name for impl in self.pm.hook.ift_prepare_jinja_env.get_hookimpls()}
         return {name: self.plugins[name].provenance if name in self.plugins else "?" for name in sorted(names)}

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ift.cache import Prepared, PreparedCache, make_key, tokenizer_fingerprint
-from ift.components import Metric, Origin, set_origin
+from ift.components import Metric, Origin, origin_of, set_origin
 from ift.data import (
     DataReport,
     apply_transforms,
@@ -284,10 +284,15 @@ class Run:
         metrics: list[Metric] = []
         for i, name in enumerate(recipe.eval.metrics):
             registered = host.get("metric", name)
-            config = registered.cls.Config()
-            set_origin(config, Origin(registered.plugin, registered.distribution, registered.version, "metric", name,
-                                      f"eval.metrics[{i}]"))
+            config = recipe.metric_config(name, registered.cls)  # [eval.metric_options.NAME], or the defaults
+            if origin_of(config) is None:
+                set_origin(config, Origin(registered.plugin, registered.distribution, registered.version, "metric",
+                                          name, f"eval.metrics[{i}]"))
             metrics.append(registered.cls(config))
+        self.manifest["metrics"] = {
+            m.name: {"options": m.config.model_dump(mode="json"), "plugin": host.get("metric", m.name).plugin,
+                     "distribution": host.get("metric", m.name).distribution,
+                     "version": host.get("metric", m.name).version} for m in metrics}
         evaluator = Evaluator(adapter=adapter, tokenizer=tokenizer, renderer=renderer, metrics=metrics,
                               records=eval_records, examples=eval_examples, batch_size=recipe.eval.batch_size,
                               max_new_tokens=recipe.eval.max_new_tokens,

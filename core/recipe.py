@@ -48,6 +48,9 @@ class EvalSection(BaseModel):
     fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of each source held out for eval.")
     max_examples: int | None = Field(200, gt=0, description="Cap on held-out examples (all sources).")
     metrics: list[str] = Field(default_factory=lambda: ["loss", "exact_match"])
+    metric_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="A metric's options by its name ([eval.metric_options.exact_match] "
+        "normalize = false), validated by the metric's own Config; the metric must be in metrics.")
     baseline: bool = Field(True, description="Also evaluate before training.")
     max_new_tokens: int = Field(64, gt=0)
     batch_size: int = Field(32, gt=0)
@@ -124,6 +127,14 @@ class Recipe:
     plugins: PluginsSection
     overrides: list[str] = field(default_factory=list)
     mixture: MixtureSection = field(default_factory=lambda: MixtureSection.model_validate({}))
+    #: the validated config of every metric in ``eval.metrics`` (its ``[eval.metric_options.NAME]``, defaults
+    #: filled in), by name
+    metric_configs: dict[str, ComponentConfig] = field(default_factory=dict)
+
+    def metric_config(self, name: str, cls: Any) -> ComponentConfig:
+        """The config to build metric ``name`` (class ``cls``) with: its recipe options, or its defaults."""
+        config = self.metric_configs.get(name)
+        return config if config is not None else cls.Config()
 
     @property
     def trainer_config(self) -> TrainerConfig:
@@ -144,7 +155,9 @@ class Recipe:
             "template": dump(self.template, "name"),
             "model": dump(self.model, "adapter"),
             "trainer": dump(self.trainer, "name"),
-            "eval": self.eval.model_dump(mode="json"),
+            "eval": {**self.eval.model_dump(mode="json"),
+                     "metric_options": {name: self.metric_configs[name].model_dump(mode="json")
+                                        for name in self.eval.metric_options if name in self.metric_configs}},
             "plugins": self.plugins.model_dump(mode="json"),
             "overrides": self.overrides,
         }
@@ -359,6 +372,8 @@ def validate_recipe(raw: dict[str, Any], host: PluginHost, *, base_dir: Path, pa
         if isinstance(metric, str) and metric not in host.registry["metric"]:
             problems.append(host.unknown_problem(f"eval.metrics[{i}]", "metric", metric))
 
+    metric_configs = _metric_configs(host, eval_section, problems)
+
     data: list[DataSpec] = []
     tables = raw.get("data")
     if tables is None:
@@ -433,7 +448,38 @@ def validate_recipe(raw: dict[str, Any], host: PluginHost, *, base_dir: Path, pa
     assert template and model and trainer
     return Recipe(path=path, base_dir=base_dir, raw=raw, text=text, run=run, data=data,
                   transforms=transforms, template=template, model=model, trainer=trainer,
-                  eval=eval_section, plugins=plugins, overrides=overrides or [], mixture=mixture)
+                  eval=eval_section, plugins=plugins, overrides=overrides or [], mixture=mixture,
+                  metric_configs=metric_configs)
+
+
+def _metric_configs(host: PluginHost, section: EvalSection, problems: list[Problem]) -> dict[str, ComponentConfig]:
+    """Each metric of ``eval.metrics`` with its config: ``[eval.metric_options.NAME]`` validated by the metric's
+    Config (problems at ``eval.metric_options.NAME.<key>``), or its defaults. Options for a metric that is not
+    registered, or not in ``eval.metrics`` (they would never be used), are problems too."""
+    registry = host.registry["metric"]
+    for name in section.metric_options:
+        key = f"eval.metric_options.{name}"
+        if name not in registry:
+            problems.append(host.unknown_problem(key, "metric", name))
+        elif name not in section.metrics:
+            problems.append(Problem(key, f"{name!r} is not in eval.metrics{did_you_mean(name, section.metrics)}, so "
+                                    "these options would not be used; add it to eval.metrics or remove the table"))
+    configs: dict[str, ComponentConfig] = {}
+    for i, name in enumerate(section.metrics):
+        registered = registry.get(name)
+        if registered is None or name in configs:
+            continue
+        given = name in section.metric_options
+        try:
+            config = registered.cls.Config.model_validate(section.metric_options.get(name, {}),
+                                                          context={"host": host})
+        except ValidationError as exc:
+            problems.extend(_problems_from(exc, f"eval.metric_options.{name}", registered.cls.Config))
+            continue
+        set_origin(config, Origin(registered.plugin, registered.distribution, registered.version, "metric", name,
+                                  f"eval.metric_options.{name}" if given else f"eval.metrics[{i}]"))
+        configs[name] = config
+    return configs
 
 
 def default_strategy(data: list[DataSpec]) -> str:

@@ -243,9 +243,10 @@ def evaluate(run: TrainedRun, model: Any, records: list[ift.InstructionRecord], 
 
     section = run.resolved["eval"]
     metrics = []
+    options = section.get("metric_options") or {}  # the run's [eval.metric_options.NAME] (runs before: none)
     for name in section["metrics"]:
         cls = host.get("metric", name).cls
-        metrics.append(cls(cls.Config()))
+        metrics.append(cls(cls.Config.model_validate(options.get(name, {}), context={"host": host})))
     examples, kept = encode_records(records, run.renderer, run.adapter, run.tokenizer, _trainer_config(run, host),
                                     "eval", DataReport())
     evaluator = Evaluator(adapter=run.adapter, tokenizer=run.tokenizer, renderer=run.renderer, metrics=metrics,

@@ -100,7 +100,7 @@ def build_adapter(resolved: dict[str, Any], host: Any, base_dir: Path, *, device
     if device is not None and "device" in registered.cls.Config.model_fields:
         section["device"] = device
     try:
-        config = registered.cls.Config.model_validate(section)
+        config = registered.cls.Config.model_validate(section, context={"host": host})  # plugins' PEFT methods
     except ValidationError as exc:
         problems = "; ".join(f"model.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ift.RunError(f"the run's model section no longer validates with adapter {name!r} "

@@ -26,6 +26,7 @@ from ift.testing.contracts import (
     MetricContract,
     ModelAdapterContract,
     ObjectiveContract,
+    PeftMethodContract,
     RendererContract,
     SimilarityBackendContract,
     SourceContract,
@@ -48,8 +49,9 @@ from ift.testing.toml import dumps as recipe_toml
 
 __all__ = [
     "CONTRACTS", "TINY_MODEL_CONFIG", "ComponentContract", "MetricCase", "MetricContract", "ModelAdapterContract",
-    "ObjectiveContract", "RendererContract", "RunFailed", "SimilarityBackendContract", "SourceContract", "TinyModel",
-    "TrainerContract", "TransformContract", "ift_entry_points", "ift_host", "ift_plugins", "ift_run",
-    "ift_tiny_model", "ift_tiny_model_table", "load_tiny_model", "recipe_toml", "record_problems", "run_recipe",
-    "sample_records", "sample_rows", "tiny_model_table", "tiny_model_toml", "write_files",
+    "ObjectiveContract", "PeftMethodContract", "RendererContract", "RunFailed", "SimilarityBackendContract",
+    "SourceContract", "TinyModel", "TrainerContract", "TransformContract", "ift_entry_points", "ift_host",
+    "ift_plugins", "ift_run", "ift_tiny_model", "ift_tiny_model_table", "load_tiny_model", "recipe_toml",
+    "record_problems", "run_recipe", "sample_records", "sample_rows", "tiny_model_table", "tiny_model_toml",
+    "write_files",
 ]

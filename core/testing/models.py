@@ -67,7 +67,8 @@ def load_tiny_model(host: Any, table: dict[str, Any] | None = None, *, base_dir:
 
     table = table if table is not None else tiny_model_table()
     cls = host.get("model_adapter", table.get("adapter", "causal-lm")).cls
-    adapter = cls(cls.Config.model_validate(component_config(table)), base_dir=base_dir or Path.cwd())
+    config = cls.Config.model_validate(component_config(table), context={"host": host})  # plugins' PEFT methods
+    adapter = cls(config, base_dir=base_dir or Path.cwd())
     tokenizer = adapter.load_tokenizer()
     seed_everything(seed)
     model = adapter.load_model(tokenizer)

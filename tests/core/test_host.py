@@ -23,6 +23,7 @@ BUILTIN_NAMES = {
     "model_adapter": ["causal-lm", "classifier", "seq2seq"],
     "trainer": ["continual", "distill", "sft", "sft-adversarial"],
     "metric": ["accuracy", "exact_match", "f1", "loss", "perplexity", "precision", "recall", "rouge_l"],
+    "peft_method": ["adalora", "ia3", "lora", "prefix-tuning", "prompt-tuning"],
 }
 
 
@@ -55,7 +56,7 @@ def test_builtins_register_every_component_under_its_name(host: PluginHost) -> N
 
 def test_builtin_plugins_are_described_with_origin_and_registered_names(host: PluginHost) -> None:
     described = {row["name"]: row for row in host.describe()}
-    assert set(described) == {"sources", "transforms", "renderers", "causal_lm", "seq2seq", "classifier", "sft",
+    assert set(described) == {"sources", "transforms", "renderers", "causal_lm", "seq2seq", "classifier", "peft_methods", "sft",
                               "trainers", "metrics", "cleaning", "builders", "data_cli", "reporting", "quality",
                               "tensorboard", "serve", "inference", "scaffold"}
     assert described["transforms"]["origin"] == "builtin"

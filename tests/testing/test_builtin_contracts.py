@@ -12,6 +12,7 @@ import torch
 
 import ift
 from ift.builtin_plugins import metrics as M
+from ift.builtin_plugins import peft_builtins as P
 from ift.builtin_plugins import renderers as R
 from ift.builtin_plugins import sources as S
 from ift.builtin_plugins import transforms as T
@@ -33,6 +34,7 @@ from ift.testing import (
     MetricContract,
     ModelAdapterContract,
     ObjectiveContract,
+    PeftMethodContract,
     RendererContract,
     SimilarityBackendContract,
     SourceContract,
@@ -393,6 +395,33 @@ class TestF1Metric(MetricContract):
 
 class TestTfidfBackend(SimilarityBackendContract):
     component = TfidfBackend
+
+
+# --- PEFT methods -----------------------------------------------------------------------------------
+
+
+class TestLoraMethod(PeftMethodContract):
+    component = P.LoraMethod
+    config = {"r": 4, "alpha": 8}
+
+
+class TestAdaLoraMethod(PeftMethodContract):
+    component = P.AdaLoraMethod
+    config = {"init_r": 4, "target_r": 2, "tinit": 1, "tfinal": 1}
+
+
+class TestIA3Method(PeftMethodContract):
+    component = P.IA3Method
+
+
+class TestPrefixTuningMethod(PeftMethodContract):
+    component = P.PrefixTuningMethod
+    config = {"num_virtual_tokens": 3}
+
+
+class TestPromptTuningMethod(PeftMethodContract):
+    component = P.PromptTuningMethod
+    config = {"num_virtual_tokens": 3}
 
 
 # --- completeness ----------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ift.testing.contracts.adapter import ModelAdapterContract
 from ift.testing.contracts.base import ComponentContract, record_problems
 from ift.testing.contracts.metric import MetricCase, MetricContract
+from ift.testing.contracts.peft import PeftMethodContract
 from ift.testing.contracts.renderer import RendererContract
 from ift.testing.contracts.similarity import SimilarityBackendContract
 from ift.testing.contracts.source import SourceContract
@@ -16,10 +17,10 @@ from ift.testing.contracts.transform import TransformContract
 CONTRACTS: dict[str, type[ComponentContract]] = {
     "source": SourceContract, "transform": TransformContract, "renderer": RendererContract,
     "model_adapter": ModelAdapterContract, "trainer": TrainerContract, "objective": ObjectiveContract,
-    "metric": MetricContract,
-    "similarity_backend": SimilarityBackendContract,
+    "metric": MetricContract, "similarity_backend": SimilarityBackendContract, "peft_method": PeftMethodContract,
 }
 
 __all__ = ["CONTRACTS", "ComponentContract", "MetricCase", "MetricContract", "ModelAdapterContract",
-           "ObjectiveContract", "RendererContract", "SimilarityBackendContract", "SourceContract", "TrainerContract",
+           "ObjectiveContract", "PeftMethodContract", "RendererContract", "SimilarityBackendContract",
+           "SourceContract", "TrainerContract",
            "TransformContract", "record_problems"]

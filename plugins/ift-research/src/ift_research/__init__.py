@@ -1,0 +1,1 @@
+"""Third-party ift plugin for research methods (see README.md)."""
