@@ -1,12 +1,15 @@
 """ift: instruction fine-tuning with TOML recipes and pluggy plugins.
 
-This module is the public API for plugin authors. Importing it never imports torch.
+This module is the public API: for notebooks and scripts, :func:`load_recipe`, :func:`run`, :func:`preview`
+and :func:`load_run` (docs/python-api.md); for plugin authors, the component base classes and hooks.
+Importing it never imports torch.
 """
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ift.api import LoadedRecipe, RunResult, load_recipe, load_run, preview, run
 from ift.components import (
     Component,
     EncodedExample,
@@ -32,7 +35,10 @@ from ift.training import TrainContext, TrainResult
 #: Public names defined outside the core, imported on first use: the ``sft`` trainer and its config are
 #: the base classes of trainer plugins (override ``SFTTrainer.loss``), and importing them here eagerly would
 #: import the builtin plugins (and make a cycle, since they import ``ift``).
-_LAZY = {"SFTTrainer": "ift.builtin_plugins.sft", "SFTConfig": "ift.builtin_plugins.sft"}
+#: ``PreviewResult`` / ``PreviewExample`` (what :func:`preview` returns) live with the preview code, which imports
+#: the data pipeline.
+_LAZY = {"SFTTrainer": "ift.builtin_plugins.sft", "SFTConfig": "ift.builtin_plugins.sft",
+         "PreviewResult": "ift.previewing", "PreviewExample": "ift.previewing"}
 
 
 def __getattr__(name: str) -> object:
@@ -65,12 +71,15 @@ __all__ = [
     "InstructionRecord",
     "InstructionSource",
     "Message",
+    "LoadedRecipe",
     "LossTerms",
     "Metric",
     "ModelAdapter",
     "Objective",
     "ObjectiveConfig",
     "PluginError",
+    "PreviewExample",
+    "PreviewResult",
     "Preempted",
     "Problem",
     "RecipeError",
@@ -78,6 +87,7 @@ __all__ = [
     "Renderer",
     "RunDirectoryInUse",
     "RunError",
+    "RunResult",
     "SFTConfig",
     "SFTTrainer",
     "Segment",
@@ -90,4 +100,8 @@ __all__ = [
     "Transform",
     "__version__",
     "hookimpl",
+    "load_recipe",
+    "load_run",
+    "preview",
+    "run",
 ]
