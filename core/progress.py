@@ -173,7 +173,8 @@ class Progress:
 
     def _refresh(self) -> None:
         if self._bar is not None:
-            self._bar.total = self._total or None
+            if (self._total or None) != self._bar.total:  # the widget's length is only set through reset()
+                self._bar.reset(total=self._total or None)
             self._bar.n = self._step
             self._bar.set_description(self._stage, refresh=False)
             self._bar.set_postfix_str(f"{self._stats}  eta {self.eta()}" if self._stats else "", refresh=False)

@@ -4,6 +4,8 @@ recipe or overrides give what the TOML file and --set give."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -100,15 +102,20 @@ def runs(work: Path) -> dict[str, Any]:
         os.environ["IFT_CACHE_DIR"] = str(work / "cache-cli")
         assert main(["run", str(work / "recipe.toml"), "-o", str(work / "cli")]) == 0
         os.environ["IFT_CACHE_DIR"] = str(work / "cache-file")
-        from_file = ift.run(work / "recipe.toml", output_dir=work / "api", progress="off")
+        shown = io.StringIO()
+        with contextlib.redirect_stdout(shown):  # a notebook cell's output is stdout
+            from_file = ift.run(work / "recipe.toml", output_dir=work / "api")
         os.environ["IFT_CACHE_DIR"] = str(work / "cache-dict")
-        from_dict = ift.run(RECIPE, base_dir=work, output_dir=work / "dict", progress="off")
+        silent = io.StringIO()
+        with contextlib.redirect_stdout(silent):
+            from_dict = ift.run(RECIPE, base_dir=work, output_dir=work / "dict", progress="off")
     finally:
         if old is None:
             os.environ.pop("IFT_CACHE_DIR", None)
         else:
             os.environ["IFT_CACHE_DIR"] = old
-    return {"cli": work / "cli", "file": from_file, "dict": from_dict}
+    return {"cli": work / "cli", "file": from_file, "dict": from_dict, "shown": shown.getvalue(),
+            "silent": silent.getvalue()}
 
 
 @pytest.mark.slow
@@ -131,6 +138,17 @@ def test_api_run_directory_is_the_cli_s(runs: dict[str, Any], kind: str) -> None
     assert result.status == "completed" and result.ran and result.metrics == read(api, "metrics.json")
     assert [e["step"] for e in result.events()] == [1, 2, 3]
     assert result.final["n"] == 4 and result.final["loss"] < result.baseline["loss"]
+
+
+@pytest.mark.slow
+def test_progress_goes_to_stdout_as_plain_lines(runs: dict[str, Any], work: Path) -> None:
+    lines = runs["shown"].splitlines()
+    assert lines[0] == f"run directory: {work / 'api'}"
+    assert "[training]" in lines and lines[-1] == f"done: {work / 'api'}  (model: {work / 'api' / 'model'})"
+    assert [line.split("  ")[0] for line in lines if line.startswith("step ")] == ["step 1/3", "step 2/3", "step 3/3"]
+    assert any(line.startswith("eval final: loss ") for line in lines)
+    assert "\r" not in runs["shown"] and "\x1b" not in runs["shown"]
+    assert runs["silent"] == ""  # progress="off"
 
 
 @pytest.mark.slow
