@@ -113,6 +113,9 @@ def load_recipe(recipe: PathLike | Mapping[str, Any] | LoadedRecipe, *, override
 def _load(recipe: PathLike | Mapping[str, Any] | LoadedRecipe, overrides: Overrides, base_dir: PathLike | None,
           host: PluginHost | None, *, compile_template: bool) -> LoadedRecipe:
     if isinstance(recipe, LoadedRecipe):
+        if base_dir is not None or host is not None:
+            raise ValueError("base_dir= and host= apply when a recipe is loaded; this one is loaded already "
+                             "(pass them to ift.load_recipe)")
         return recipe.with_overrides(overrides) if overrides else recipe
     from ift.host import PluginHost
 
@@ -286,10 +289,10 @@ def run(recipe: PathLike | Mapping[str, Any] | LoadedRecipe, *, output_dir: Path
     from ift.progress import Progress
     from ift.runtime import is_main_process
 
-    # the template is compiled in the run, as `ift run` does: a broken one leaves a failed run directory
-    loaded = _load(recipe, overrides, base_dir, host, compile_template=False)
     if progress not in ("auto", "lines", "off"):
         raise ValueError(f"progress must be 'auto', 'lines' or 'off' (got {progress!r})")
+    # the template is compiled in the run, as `ift run` does: a broken one leaves a failed run directory
+    loaded = _load(recipe, overrides, base_dir, host, compile_template=False)
     shown = progress != "off" and is_main_process()
 
     def echo(message: str) -> None:

@@ -258,6 +258,10 @@ def test_overrides_as_a_dict_or_as_set_strings(work: Path) -> None:
         ift.load_recipe(work / "recipe.toml", overrides="trainer.max_steps=2")  # type: ignore[arg-type]
     with pytest.raises(ift.RecipeError, match="base_dir= is only for a dict recipe"):
         ift.load_recipe(work / "recipe.toml", base_dir=work)
+    with pytest.raises(ValueError, match="this one is loaded already"):
+        ift.preview(loaded, base_dir=work)
+    with pytest.raises(ValueError, match="progress must be 'auto', 'lines' or 'off'"):
+        ift.run(loaded, progress="bar")  # type: ignore[arg-type]
 
 
 def test_dict_recipe_paths_resolve_against_base_dir(work: Path, tmp_path: Path,
@@ -300,3 +304,25 @@ def test_import_ift_exposes_the_api_without_torch() -> None:
     assert out.stdout.split() == ["False", "False"]
     assert {"load_recipe", "run", "preview", "load_run", "RunResult", "LoadedRecipe", "PreviewResult"} <= \
         set(ift.__all__)
+
+
+def test_a_failing_run_raises_the_cli_s_error_and_leaves_the_same_status(work: Path, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str],
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IFT_NO_CACHE", "1")
+    code, message = cli_error(["run", str(work / "recipe.toml"), "-o", str(tmp_path / "cli"),
+                               "--set", "trainer.max_length=4"], capsys)
+    with pytest.raises(ift.DataError) as caught:
+        ift.run(work / "recipe.toml", output_dir=tmp_path / "api", overrides={"trainer.max_length": 4},
+                progress="off")
+    assert str(caught.value) == message and caught.value.exit_code == code == 3
+    assert "every training example was dropped while tokenizing" in message
+    cli_status, api_status = read(tmp_path / "cli", "status.json"), read(tmp_path / "api", "status.json")
+    assert api_status["status"] == cli_status["status"] == "failed"
+    assert api_status["error"] == cli_status["error"] == message
+    assert files(tmp_path / "api") == files(tmp_path / "cli")
+    assert not (tmp_path / "api" / "metrics.json").exists()
+    failed = ift.load_run(tmp_path / "api")
+    assert (failed.status, failed.error, failed.metrics) == ("failed", message, {})
+    with pytest.raises(ift.RunError, match="the run did not complete"):
+        failed.open()
