@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,12 @@ import pytest
 
 import ift
 from ift.cli import main
+from ift.recipe import tomllib
 
 ROWS = [{"instruction": f"Uppercase: {w}", "input": "", "output": w.upper()}
         for w in ["abc", "dog", "cat", "xyz", "sun", "map", "red", "toy", "fig", "jam", "owl", "pen", "rug", "sky",
                   "tea", "van"]]
+ROWS_BY_PROMPT = {r["instruction"]: r["output"] for r in ROWS}
 TINY = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
         "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}
 #: the recipe as a dict; RECIPE_TOML is the same recipe as a file
@@ -293,8 +294,6 @@ def test_preview_as_data_is_what_ift_preview_prints(work: Path, capsys: pytest.C
         assert f"--- {example.id} (source data): {example.tokens} tokens, {example.trainable_tokens} trainable" in out
         assert example.text in out
 
-
-ROWS_BY_PROMPT = {r["instruction"]: r["output"] for r in ROWS}
 
 
 def test_import_ift_exposes_the_api_without_torch() -> None:
