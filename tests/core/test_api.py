@@ -325,3 +325,29 @@ def test_a_failing_run_raises_the_cli_s_error_and_leaves_the_same_status(work: P
     assert (failed.status, failed.error, failed.metrics) == ("failed", message, {})
     with pytest.raises(ift.RunError, match="the run did not complete"):
         failed.open()
+
+
+RESUME_RECIPE = RECIPE_TOML.replace("max_steps = 3", "max_steps = 6\nsave_every = 1\nkeep_last = 2")
+
+
+@pytest.mark.slow
+def test_resume_continues_a_killed_run_to_the_cli_s_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    monkeypatch.setenv("IFT_NO_CACHE", "1")
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
+    (tmp_path / "r.toml").write_text(RESUME_RECIPE, encoding="utf-8")
+    assert main(["run", str(tmp_path / "r.toml"), "-o", str(tmp_path / "reference")]) == 0
+    killed = subprocess.run([sys.executable, "-m", "ift.cli", "run", "r.toml", "-o", "run"], cwd=tmp_path,
+                            env={**os.environ, "IFT_FAULT": "step-4"}, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    result = ift.run(tmp_path / "r.toml", output_dir=tmp_path / "run", resume=True, progress="off")
+    assert result.ran and result.resumed and result.status == "completed"
+    reference = tmp_path / "reference"
+    assert (result.model_dir / "model.safetensors").read_bytes() == \
+        (reference / "model" / "model.safetensors").read_bytes()
+    assert [(e["step"], e["loss"]) for e in result.events() if "step" in e] == \
+        [(e["step"], e["loss"]) for e in map(json.loads, (reference / "events.jsonl").read_text().splitlines())
+         if "step" in e]
+    assert read(result.run_dir, "metrics.json")["final"] == read(reference, "metrics.json")["final"]
+    assert len(result.manifest["resumes"]) == 1
