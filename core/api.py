@@ -480,6 +480,14 @@ class RunResult:
         self._trained = None
         self._opened = None
 
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the status, the directory and the before / after table."""
+        from html import escape
+
+        head = f"<p><b>{escape(self.status)}</b>: <code>{escape(str(self.run_dir))}</code>"
+        head += f" ({escape(self.error)})</p>" if self.error else "</p>"
+        return head + (f"<pre>{escape(self.table())}</pre>" if self.metrics else "")
+
     def __repr__(self) -> str:
         shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in self.final.items())
         return (f"RunResult({self.status}: {self.run_dir}" + (f"; final {shown}" if shown else "")

@@ -13,6 +13,7 @@ from ift.pipeline import make_renderer
 from ift.recipe import Recipe
 
 OPEN, CLOSE = "\u27e6", "\u27e7"  # ⟦ trainable ⟧
+TRAINED_STYLE = "background: #c8f0c8; color: #063"  # trained text in a notebook's view
 
 
 def token_table(adapter: Any, tokenizer: Any, segments: list[Any]) -> list[dict[str, Any]]:
@@ -80,6 +81,27 @@ class PreviewResult:
     def __repr__(self) -> str:
         return (f"PreviewResult({self.train_records} train / {self.eval_records} eval records, "
                 f"{len(self.examples)} example(s), {len(self.warnings)} warning(s))")
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: each example with its trained text highlighted, as ``ift preview`` colours it."""
+        from html import escape
+
+        parts = [f"<p>{self.train_records} train / {self.eval_records} eval records; trained text is "
+                 f"<span style=\"{TRAINED_STYLE}\">highlighted</span></p>"]
+        for example in self.examples:
+            head = f"{example.id} (source {example.source})"
+            if example.skipped:
+                parts.append(f"<p><code>{escape(head)}</code>: skipped, the template refuses it</p>")
+                continue
+            facts = f"{example.tokens} tokens, {example.trainable_tokens} trainable"
+            facts += f", {example.straddling_tokens} straddling" if example.straddling_tokens else ""
+            facts += f", dropped: {example.dropped}" if example.dropped else ""
+            body = "".join(f"<span style=\"{TRAINED_STYLE}\">{escape(text)}</span>" if trainable else escape(text)
+                           for text, trainable in example.segments)
+            parts.append(f"<p><code>{escape(head)}</code>: {escape(facts)}</p>"
+                         f"<pre style=\"white-space: pre-wrap\">{body}</pre>")
+        parts.extend(f"<p>warning: {escape(w)}</p>" for w in self.warnings)
+        return "\n".join(parts)
 
 
 def collect_preview(recipe: Recipe, host: PluginHost, n: int, *, tokens: bool = False) -> PreviewResult:

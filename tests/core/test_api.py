@@ -166,6 +166,8 @@ def test_result_paths_and_model_handle(runs: dict[str, Any]) -> None:
     assert result.model_dir == result.run_dir / "model" and (result.model_dir / "config.json").is_file()
     assert result.manifest["seed"] == 7
     assert "loss" in result.table() and "(4 held-out examples)" in result.table()
+    assert result._repr_html_() == (f"<p><b>completed</b>: <code>{result.run_dir}</code></p>"
+                                    f"<pre>{result.table()}</pre>")
     in_memory = result.generate("Uppercase: dog", max_new_tokens=3)
     assert result.model is result.open().model  # the trained model, not reloaded
     reopened = ift.load_run(result.run_dir)
@@ -286,6 +288,11 @@ def test_preview_as_data_is_what_ift_preview_prints(work: Path, capsys: pytest.C
     rows = first.token_rows
     assert rows is not None and len(rows) == first.tokens
     assert sum(r["trained"] for r in rows) == first.trainable_tokens
+    html = shown._repr_html_()  # what Jupyter shows for the value
+    assert "12 train / 4 eval records" in html and "<|endoftext|>" not in html
+    from html import escape
+
+    assert f'<span style="background: #c8f0c8; color: #063">{escape(first.trainable_text)}</span>' in html
     capsys.readouterr()
     assert main(["preview", str(work / "recipe.toml"), "-n", "2"]) == 0
     out = capsys.readouterr().out
