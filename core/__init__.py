@@ -1,12 +1,15 @@
 """ift: instruction fine-tuning with TOML recipes and pluggy plugins.
 
-This module is the public API for plugin authors. Importing it never imports torch.
+This module is the public API: for notebooks and scripts, :func:`load_recipe`, :func:`run`, :func:`preview`
+and :func:`load_run` (docs/python-api.md); for plugin authors, the component base classes and hooks.
+Importing it never imports torch.
 """
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ift.api import LoadedRecipe, RunResult, load_recipe, load_run, preview, run
 from ift.components import (
     Component,
     EncodedExample,
@@ -32,6 +35,25 @@ from ift.records import InstructionRecord, Message
 from ift.sft import NLL, SFTConfig, SFTTrainer
 from ift.training import TrainContext, TrainResult
 
+#: Public names imported on first use: ``PreviewResult`` / ``PreviewExample`` (what :func:`preview` returns)
+#: live with the preview code, which imports the data pipeline.
+_LAZY = {"PreviewResult": "ift.previewing", "PreviewExample": "ift.previewing"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        from importlib import import_module
+
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'ift' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
 try:
     __version__ = version("ift")
 except PackageNotFoundError:  # running from a source tree without installation
@@ -55,6 +77,7 @@ __all__ = [
     "InstructionRecord",
     "InstructionSource",
     "Message",
+    "LoadedRecipe",
     "LossTerms",
     "Metric",
     "ModelAdapter",
@@ -63,6 +86,8 @@ __all__ = [
     "PeftMethod",
     "PeftMethodConfig",
     "PluginError",
+    "PreviewExample",
+    "PreviewResult",
     "Preempted",
     "Problem",
     "RecipeError",
@@ -70,6 +95,7 @@ __all__ = [
     "Renderer",
     "RunDirectoryInUse",
     "RunError",
+    "RunResult",
     "SFTConfig",
     "SFTTrainer",
     "Segment",
@@ -82,4 +108,8 @@ __all__ = [
     "Transform",
     "__version__",
     "hookimpl",
+    "load_recipe",
+    "load_run",
+    "preview",
+    "run",
 ]
