@@ -21,7 +21,6 @@ from pydantic import Field, model_validator
 import ift
 from ift.builtin_plugins.model_paths import resolve_model_path
 from ift.builtin_plugins.peft_methods import PeftSection, apply_peft
-from ift.errors import Problem
 
 BASE_FOLDER = "base_model"
 
@@ -141,7 +140,7 @@ def load_model(cfg: PretrainedModelConfig, base_dir: Path, auto_class: Any, toke
             config = AutoConfig.for_model(model_type, **options, **(config_values or {}))
             model = auto_class.from_config(config, **kwargs)
         except (ValueError, TypeError, KeyError) as exc:
-            raise ift.RecipeError([Problem("model.from_config", first_line(exc))]) from exc
+            raise ift.RecipeError([ift.Problem("model.from_config", first_line(exc))]) from exc
     else:
         source = resolve_path(base_dir, cfg.name_or_path or "")
         pretrained = {**(config_values or {}), **kwargs}

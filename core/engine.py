@@ -27,6 +27,10 @@ from ift.config import TrainerConfig
 from ift.early_stopping import EarlyStopping, metric_direction
 from ift.errors import Preempted, Problem, RecipeError, RunError
 
+#: Public: plugins and builtin commands may import these names (see ift.PUBLIC_MODULES).
+__all__ = ["Callback", "LoopState", "OptimizerFactory", "SchedulerFactory", "TrainingConfig", "adamw",
+           "early_stopping_callback", "resolve_batching", "sequence_loader", "train", "warmup_then_decay"]
+
 if TYPE_CHECKING:
     from ift.components import ModelAdapter
     from ift.objectives import Objective

@@ -11,6 +11,9 @@ from ift.components import EncodedExample, EvalOutputs, Metric, ModelAdapter, Re
 from ift.records import InstructionRecord
 from ift.runtime import is_main_process
 
+#: Public: plugins and builtin commands may import these names (see ift.PUBLIC_MODULES).
+__all__ = ["Evaluator"]
+
 
 class Evaluator:
     """Callable as ``evaluator(model, stage)``; returns ``{"overall": {...}, "per_source": {...}}``."""

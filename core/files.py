@@ -8,6 +8,10 @@ import stat
 from pathlib import Path
 
 from ift.errors import DataError
+from ift.rundir import atomic_write
+
+#: Public: plugins and builtin commands may import these names (see ift.PUBLIC_MODULES).
+__all__ = ["atomic_write", "check_data_file"]
 
 
 def check_data_file(path: Path, what: str = "data file", context: str = "") -> None:

@@ -32,6 +32,9 @@ from dataclasses import dataclass
 from typing import Any
 
 #: Logit elements (rows x vocabulary) computed at once: 8 Mi fp32 values, 32 MiB per copy.
+#: Public: plugins and builtin commands may import these names (see ift.PUBLIC_MODULES).
+__all__ = ["CHUNK_ELEMENTS", "HeadInputs", "cross_entropy", "head_inputs", "map_chunks", "uses_chunks"]
+
 CHUNK_ELEMENTS = 1 << 23
 
 #: Per model (the module whose forward is called): (the chunked path is exact for it, its vocabulary size).

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 import pluggy
 
 from ift import hookspecs
+from ift.builtin_plugins import MODULES
 from ift.components import KINDS, Component
 from ift.config import ComponentConfig, TrainerConfig
 from ift.errors import PluginError, Problem
@@ -34,27 +35,7 @@ if TYPE_CHECKING:
     from ift.objectives import Objective
 
 ENTRY_POINT_GROUP = "ift"
-BUILTIN_MODULES = (
-    "ift.builtin_plugins.sources",
-    "ift.builtin_plugins.transforms",
-    "ift.builtin_plugins.cleaning",
-    "ift.builtin_plugins.renderers",
-    "ift.builtin_plugins.causal_lm",
-    "ift.builtin_plugins.seq2seq",
-    "ift.builtin_plugins.classifier",
-    "ift.builtin_plugins.peft_methods",
-    "ift.builtin_plugins.sft",
-    "ift.builtin_plugins.trainers",
-    "ift.builtin_plugins.metrics",
-    "ift.builtin_plugins.builders",
-    "ift.builtin_plugins.data_cli",
-    "ift.builtin_plugins.reporting",
-    "ift.builtin_plugins.quality",
-    "ift.builtin_plugins.tensorboard",
-    "ift.builtin_plugins.serve",
-    "ift.builtin_plugins.inference",
-    "ift.builtin_plugins.scaffold",
-)
+BUILTIN_MODULES = MODULES  # the builtin plugin modules, loaded first (listed with the builtin plugins)
 _REGISTER_HOOKS = {
     "source": "ift_register_sources",
     "transform": "ift_register_transforms",

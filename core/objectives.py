@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from ift.training import TrainContext
 
 
+#: Public: plugins and builtin commands may import these names (see ift.PUBLIC_MODULES).
+__all__ = ["LossTerms", "Objective", "ObjectiveConfig"]
+
+
 class ObjectiveConfig(ComponentConfig):
     """Base of an objective's own keys. They sit in the recipe's ``[trainer]`` table beside the loop's keys, so
     their names must not collide with :class:`ift.TrainingConfig`'s."""

@@ -21,6 +21,9 @@ from ift.host import KIND_LABELS, PluginHost, did_you_mean
 from ift.mixture import STRATEGIES
 from ift.redact import MASK, has_credentials, redact
 
+#: Public: plugins and builtin commands may import these names (see ift.PUBLIC_MODULES).
+__all__ = ["Recipe", "apply_override", "read_toml", "validate_recipe"]
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover

@@ -13,6 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+#: Public: plugins and builtin commands may import these names (see ift.PUBLIC_MODULES).
+__all__ = ["InstructionRecord", "Message", "RowError", "normalize_row"]
+
 ROLES = ("system", "user", "assistant", "tool")
 FORMATS = ("auto", "alpaca", "messages", "sharegpt", "prompt-completion", "classification")
 _SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",

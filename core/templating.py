@@ -22,6 +22,10 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ift.components import Segment
 
+#: Public: plugins and builtin commands may import these names (see ift.PUBLIC_MODULES).
+__all__ = ["GEN_END", "GEN_START", "MAX_VALUE_CHARS", "RenderBudgetExceeded", "contains_sentinel", "merge_segments",
+           "sandboxed_environment", "split_segments", "time_budget"]
+
 GEN_START = "\ue000"
 GEN_END = "\ue001"
 

@@ -20,8 +20,6 @@ from typing import Any
 from pydantic import ValidationError
 
 import ift
-from ift.files import check_data_file
-from ift.host import did_you_mean
 
 FILE_SOURCES = ("csv", "jsonl", "json", "parquet")
 SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
@@ -63,7 +61,7 @@ def nested_table(value: Any, context: Any = None) -> dict[str, Any]:
     known = {n: r.cls for n, r in host.registry["source"].items()} if host is not None else _builtin_sources()
     if name not in known:
         if host is not None:
-            raise ValueError(f"unknown source {name!r}{did_you_mean(name, known)}; "
+            raise ValueError(f"unknown source {name!r}{ift.did_you_mean(name, known)}; "
                              f"available: {', '.join(sorted(known))}")
         return table
     try:
@@ -77,7 +75,7 @@ def nested_table(value: Any, context: Any = None) -> dict[str, Any]:
 def _explain(error: Any, fields: list[str]) -> str:
     key = ".".join(map(str, error["loc"]))
     if error["type"] == "extra_forbidden":
-        return f"unknown key {key!r}{did_you_mean(key, fields)}"
+        return f"unknown key {key!r}{ift.did_you_mean(key, fields)}"
     if error["type"] == "missing":
         return f"required key {key!r} is missing"
     return f"{key}: {error['msg']}"
@@ -104,8 +102,9 @@ def open_source(owner: ift.InstructionSource, table: dict[str, Any], key: str) -
     name = table.get("source")
     builtin = _builtin_sources()
     if name not in builtin:
-        raise ift.RecipeError([ift.Problem(f"{key}.source", f"unknown source {name!r}{did_you_mean(str(name), builtin)}"
-                                           f" (without a plugin host only {', '.join(builtin)} can be nested)")])
+        hint = ift.did_you_mean(str(name), builtin)
+        raise ift.RecipeError([ift.Problem(f"{key}.source", f"unknown source {name!r}{hint} (without a plugin host "
+                                           f"only {', '.join(builtin)} can be nested)")])
     cls = builtin[str(name)]
     try:
         config = cls.Config.model_validate({k: v for k, v in table.items() if k != "source"})
@@ -121,7 +120,7 @@ def read_rows(source: ift.InstructionSource) -> Iterator[Row]:
 
     if isinstance(source, FileSource) and source.name in FILE_SOURCES:
         path = source.path
-        check_data_file(path, "rows file")
+        ift.check_data_file(path, "rows file")
         limit = source.config.limit  # type: ignore[attr-defined]
         rows = _file_rows(path, source.name, getattr(source.config, "field", None))
         for row in rows:

@@ -20,7 +20,6 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 import ift
 from ift.builtin_plugins.builders.nested import key_of, nested_table, open_source
 from ift.builtin_plugins.builders.similarity import BUILTIN_BACKENDS, SimilarityBackend, similarity_backends
-from ift.host import did_you_mean
 
 
 class RetrievedConfig(ift.ComponentConfig):
@@ -65,7 +64,7 @@ def _backend_config(cls: type[SimilarityBackend], options: dict[str, Any],
         problems = []
         for e in exc.errors():
             key = ".".join(map(str, e["loc"]))
-            hint = did_you_mean(key, fields) if e["type"] == "extra_forbidden" else ""
+            hint = ift.did_you_mean(key, fields) if e["type"] == "extra_forbidden" else ""
             problems.append(f"{prefix}{key}: {e['msg']}{hint}")
         raise ValueError("; ".join(problems)) from None
 
@@ -86,7 +85,7 @@ class RetrievedSource(ift.InstructionSource):
         backends = similarity_backends(self.host)
         name = self.config.backend
         if name not in backends:
-            message = (f"unknown similarity backend {name!r}{did_you_mean(name, backends)}; "
+            message = (f"unknown similarity backend {name!r}{ift.did_you_mean(name, backends)}; "
                        f"available: {', '.join(sorted(backends))}")
             raise ift.RecipeError([ift.Problem(key_of(self, "backend"), message)])
         cls = backends[name]

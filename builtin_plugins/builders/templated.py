@@ -21,7 +21,6 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 import ift
 from ift.builtin_plugins.builders.nested import Row, key_of, nested_table, open_source, read_rows
-from ift.files import check_data_file
 from ift.templating import MAX_VALUE_CHARS, RenderBudgetExceeded, sandboxed_environment, time_budget
 
 #: Time budget for compiling or rendering one instruction template for one row.
@@ -159,7 +158,7 @@ class TemplatedSource(ift.InstructionSource):
             path = Path(name).expanduser()
             path = path if path.is_absolute() else self.base_dir / path
             try:
-                check_data_file(path, "instruction file")
+                ift.check_data_file(path, "instruction file")
             except ift.DataError as exc:
                 raise ift.RecipeError([ift.Problem(key_of(self, f"tasks[{t}].instruction_files[{i}]"),
                                                    str(exc))]) from None

@@ -12,7 +12,6 @@ from pydantic import Field
 
 import ift
 from ift.builtin_plugins.cleaning.text import is_eval, words
-from ift.files import check_data_file
 from ift.records import RowError, normalize_row
 
 Fields = Literal["prompt", "answer", "conversation"]
@@ -57,7 +56,7 @@ def contamination(records: Iterable[ift.InstructionRecord], eval_records: Iterab
 
 def read_eval_file(path: Path, fmt: str = "auto") -> list[ift.InstructionRecord]:
     """Records of a JSON Lines file (one row per line, in any format ``ift`` reads)."""
-    check_data_file(path, "eval file")
+    ift.check_data_file(path, "eval file")
     out = []
     with path.open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, start=1):

@@ -33,7 +33,7 @@ def write_report(report: dict[str, Any], output_dir: Path) -> None:
     """Write ``data_report.json`` and ``data_report.html`` into ``output_dir`` (created if missing)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    from ift.rundir import atomic_write
+    from ift.files import atomic_write
 
     atomic_write(output_dir / "data_report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     atomic_write(output_dir / "data_report.html", render_html(report))

@@ -11,7 +11,7 @@ from typing import Any
 from ift.builtin_plugins.quality.html import _CSS
 from ift.builtin_plugins.reporting import plots
 from ift.builtin_plugins.reporting.rundata import RunData, better, duration, fmt, headline, read_run, when
-from ift.rundir import atomic_write
+from ift.files import atomic_write
 
 _EXTRA_CSS = """
 .badge{display:inline-block;padding:1px 10px;border-radius:12px;font-weight:600;font-size:13px;color:#fff}
