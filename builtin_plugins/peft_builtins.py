@@ -16,7 +16,6 @@ from pydantic import Field, ValidationInfo, field_validator
 
 import ift
 from ift.builtin_plugins.peft_checks import KEY, head_pattern, with_head
-from ift.errors import Problem
 
 #: AdaLoRA's total_step before the run's step count is known (any schedule fits in it)
 PLACEHOLDER_STEPS = 1_000_000_000
@@ -150,7 +149,7 @@ class AdaLoraMethod(ift.PeftMethod):
         if config.total_step != total_steps:  # first update of this run (or of a resumed one)
             tinit, tfinal = self.config.steps(total_steps)
             if tinit >= total_steps - tfinal:
-                raise ift.RecipeError([Problem(f"{KEY}.tinit", f"AdaLoRA's schedule (tinit = {tinit} steps, tfinal "
+                raise ift.RecipeError([ift.Problem(f"{KEY}.tinit", f"AdaLoRA's schedule (tinit = {tinit} steps, tfinal "
                                                f"= {tfinal} steps) leaves no step to allocate ranks in a run of "
                                                f"{total_steps} optimizer steps; lower model.peft.tinit / "
                                                "model.peft.tfinal or train longer")])
@@ -317,7 +316,7 @@ def _hidden_size(model: Any) -> int:
     for name in ("hidden_size", "d_model", "n_embd"):
         if isinstance(getattr(config, name, None), int):
             return int(getattr(config, name))
-    raise ift.RecipeError([Problem(f"{KEY}.projection_hidden_size", "cannot read the model's hidden size from "
+    raise ift.RecipeError([ift.Problem(f"{KEY}.projection_hidden_size", "cannot read the model's hidden size from "
                                    "its config: set projection_hidden_size")])
 
 
@@ -325,11 +324,11 @@ def _init_prompt_from_text(model: Any, text: str, tokenizer: Any) -> None:
     import torch
 
     if tokenizer is None:
-        raise ift.RecipeError([Problem(f"{KEY}.init_text", "this model adapter does not pass its tokenizer to "
+        raise ift.RecipeError([ift.Problem(f"{KEY}.init_text", "this model adapter does not pass its tokenizer to "
                                        "apply_peft, so the text cannot be tokenized")])
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:
-        raise ift.RecipeError([Problem(f"{KEY}.init_text", f"{text!r} tokenizes to no tokens")])
+        raise ift.RecipeError([ift.Problem(f"{KEY}.init_text", f"{text!r} tokenizes to no tokens")])
     embedding = model.prompt_encoder[model.active_adapter].embedding
     rows = embedding.weight.shape[0]  # num_virtual_tokens x transformer submodules (2 for encoder-decoder)
     ids = (ids * math.ceil(rows / len(ids)))[:rows]

@@ -42,7 +42,6 @@ from ift.builtin_plugins.peft_checks import (
     classification_head,
     module_hint,
 )
-from ift.errors import Problem
 from ift.host import did_you_mean
 
 __all__ = ["METHODS", "AdaLoraMethod", "AdaLoraSection", "IA3Method", "IA3Section", "LoraMethod", "LoraSection",
@@ -131,7 +130,7 @@ def method_for(section: Any) -> ift.PeftMethod:
         builtin = {c.name: c for c in BUILTIN_METHODS}
         cls = builtin.get(getattr(section, "method", ""))
         if cls is None:
-            raise ift.RecipeError([Problem(f"{KEY}.method", f"{getattr(section, 'method', section)!r} is not a "
+            raise ift.RecipeError([ift.Problem(f"{KEY}.method", f"{getattr(section, 'method', section)!r} is not a "
                                            "registered PEFT method")])
     return cls(section)
 
@@ -169,7 +168,7 @@ def apply_peft(model: Any, section: Any, *, task_type: str, tokenizer: Any = Non
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         key = "target_modules" if "target_modules" in type(section).model_fields and \
             section.method not in VIRTUAL_TOKEN_METHODS else "method"
-        raise ift.RecipeError([Problem(f"{KEY}.{key}", f"{method.label or method.name} cannot be applied to this "
+        raise ift.RecipeError([ift.Problem(f"{KEY}.{key}", f"{method.label or method.name} cannot be applied to this "
                                        f"{type(model).__name__}: {_first_line(exc)}{module_hint(model)}")]) from exc
     wrapped = method.after_wrap(wrapped, task_type=task_type, tokenizer=tokenizer)
     setattr(wrapped, _ATTRIBUTE, method)  # noqa: B010 - training_penalty(model) finds it here
