@@ -1,12 +1,15 @@
 """ift: instruction fine-tuning with TOML recipes and pluggy plugins.
 
-This module is the public API for plugin authors. Importing it never imports torch.
+This module is the public API: for notebooks and scripts, :func:`load_recipe`, :func:`run`, :func:`preview`
+and :func:`load_run` (docs/python-api.md); for plugin authors, the component base classes and hooks.
+Importing it never imports torch.
 """
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ift.api import LoadedRecipe, RunResult, load_recipe, load_run, preview, run
 from ift.components import (
     Component,
     EncodedExample,
@@ -23,17 +26,18 @@ from ift.components import (
     Transform,
 )
 from ift.config import ComponentConfig, TrainerConfig
+from ift.engine import Callback, LoopState, OptimizerFactory, SchedulerFactory, TrainingConfig, train
 from ift.errors import DataError, IftError, PluginError, Preempted, Problem, RecipeError, RunDirectoryInUse, RunError
 from ift.hookspecs import HOOK_API_VERSION, hookimpl
 from ift.objectives import LossTerms, Objective, ObjectiveConfig
 from ift.peft import PeftMethod, PeftMethodConfig
 from ift.records import InstructionRecord, Message
+from ift.sft import NLL, SFTConfig, SFTTrainer
 from ift.training import TrainContext, TrainResult
 
-#: Public names defined outside the core, imported on first use: the ``sft`` trainer and its config are
-#: the base classes of trainer plugins (override ``SFTTrainer.loss``), and importing them here eagerly would
-#: import the builtin plugins (and make a cycle, since they import ``ift``).
-_LAZY = {"SFTTrainer": "ift.builtin_plugins.sft", "SFTConfig": "ift.builtin_plugins.sft"}
+#: Public names imported on first use: ``PreviewResult`` / ``PreviewExample`` (what :func:`preview` returns)
+#: live with the preview code, which imports the data pipeline.
+_LAZY = {"PreviewResult": "ift.previewing", "PreviewExample": "ift.previewing"}
 
 
 def __getattr__(name: str) -> object:
@@ -56,6 +60,13 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0+unknown"
 
 __all__ = [
+    "NLL",
+    "Callback",
+    "LoopState",
+    "OptimizerFactory",
+    "SchedulerFactory",
+    "TrainingConfig",
+    "train",
     "HOOK_API_VERSION",
     "Component",
     "ComponentConfig",
@@ -66,6 +77,7 @@ __all__ = [
     "InstructionRecord",
     "InstructionSource",
     "Message",
+    "LoadedRecipe",
     "LossTerms",
     "Metric",
     "ModelAdapter",
@@ -74,6 +86,8 @@ __all__ = [
     "PeftMethod",
     "PeftMethodConfig",
     "PluginError",
+    "PreviewExample",
+    "PreviewResult",
     "Preempted",
     "Problem",
     "RecipeError",
@@ -81,6 +95,7 @@ __all__ = [
     "Renderer",
     "RunDirectoryInUse",
     "RunError",
+    "RunResult",
     "SFTConfig",
     "SFTTrainer",
     "Segment",
@@ -93,4 +108,8 @@ __all__ = [
     "Transform",
     "__version__",
     "hookimpl",
+    "load_recipe",
+    "load_run",
+    "preview",
+    "run",
 ]

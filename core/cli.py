@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ift.errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, IftError, RecipeError
+from ift.errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, IftError
 
 
 def _host(ctx: click.Context, local: list[str] | tuple[str, ...] = ()) -> Any:
@@ -20,14 +20,12 @@ def _host(ctx: click.Context, local: list[str] | tuple[str, ...] = ()) -> Any:
     return host
 
 
-def _load(ctx: click.Context, recipe_path: str, overrides: tuple[str, ...] = ()) -> Any:
-    from ift.recipe import load_recipe, read_toml
+def _load(ctx: click.Context, recipe_path: str, overrides: tuple[str, ...] = (), *,
+          compile_template: bool = False) -> Any:
+    from ift.api import load_validated
 
-    raw, _ = read_toml(Path(recipe_path))
-    local = raw.get("plugins", {}).get("local", []) if isinstance(raw.get("plugins"), dict) else []
-    base = Path(recipe_path).resolve().parent
-    host = _host(ctx, [str(base / p) for p in local if isinstance(p, str)])
-    return load_recipe(recipe_path, host, list(overrides)), host
+    host = _host(ctx)
+    return load_validated(Path(recipe_path), host, list(overrides), compile_template=compile_template), host
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,33 +47,16 @@ def cli() -> None:
 def run(ctx: click.Context, recipe: str, output_dir: str | None, overrides: tuple[str, ...], overwrite: bool,
         resume: str | None) -> None:
     """Train and evaluate as the RECIPE says; leave a run directory."""
-    from ift.pipeline import Run, default_output_dir
+    from ift.api import execute_run
     from ift.report import before_after_table
-    from ift.rundir import hold_run_directory, prepare_output_dir
     from ift.runtime import is_main_process
 
     parsed, host = _load(ctx, recipe, overrides)
-    if resume and not (output_dir or parsed.run.output_dir):
-        raise RecipeError("--resume needs the run directory to continue: pass --output-dir (or set run.output_dir)")
-    out = Path(output_dir) if output_dir else default_output_dir(parsed)
-    main_process = is_main_process()  # under torchrun only rank 0 touches the run directory or prints
-    # one process at a time in a run directory, from before --overwrite clears it to the end of the run
-    with hold_run_directory(out, enabled=main_process, create=not resume):
-        if resume:
-            status_file = out / "status.json"
-            if not status_file.is_file():
-                raise RecipeError(f"--resume: {out} is not a run directory (no status.json)")
-            if json.loads(status_file.read_text()).get("status") == "completed":
-                click.echo(f"{out}: the run already completed; nothing to resume")
-                return
-        elif main_process:
-            prepare_output_dir(out, overwrite=overwrite)
-        if main_process:
-            click.echo(f"run directory: {out}" + (" (resuming)" if resume else ""))
-        metrics = Run(parsed, host, out, echo=click.echo, resume=resume).execute()
-    if main_process:
-        click.echo(before_after_table(metrics))
-        click.echo(f"done: {out}  (model: {out / 'model'})")
+    outcome = execute_run(parsed, host, Path(output_dir) if output_dir else None, overwrite=overwrite,
+                          resume=resume, echo=click.echo)
+    if outcome.metrics is not None and is_main_process():
+        click.echo(before_after_table(outcome.metrics))
+        click.echo(f"done: {outcome.output_dir}  (model: {outcome.output_dir / 'model'})")
 
 
 @cli.command()
@@ -85,7 +66,6 @@ def run(ctx: click.Context, recipe: str, output_dir: str | None, overrides: tupl
 @click.pass_context
 def validate(ctx: click.Context, recipe: str, overrides: tuple[str, ...], as_json: bool) -> None:
     """Check RECIPE without loading data or models; report every problem at once."""
-    from ift.pipeline import make_renderer
     from ift.recipe import read_toml
 
     raw, _ = read_toml(Path(recipe))
@@ -103,8 +83,7 @@ def validate(ctx: click.Context, recipe: str, overrides: tuple[str, ...], as_jso
                        f"{len(parsed.transforms)} transform(s)) for `ift data build` and `ift data report`; "
                        "`ift run` also needs a [model] table")
         return
-    parsed, host = _load(ctx, recipe, overrides)
-    make_renderer(parsed, host)  # compiles the template: syntax errors are recipe errors
+    parsed, host = _load(ctx, recipe, overrides, compile_template=True)  # template syntax errors are recipe errors
     if as_json:
         click.echo(json.dumps(parsed.resolved(), indent=2))
     else:
@@ -140,7 +119,7 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def preview(ctx: click.Context, recipe: str, count: int, tokens: bool, overrides: tuple[str, ...]) -> None:
     """Show rendered training examples with the trainable text marked, and token counts."""
-    from ift.preview import preview as show
+    from ift.previewing import preview as show
 
     parsed, host = _load(ctx, recipe, overrides)
     show(parsed, host, count, color=sys.stdout.isatty(), tokens=tokens)

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pluggy
 
@@ -29,6 +29,9 @@ from ift.config import ComponentConfig, TrainerConfig
 from ift.errors import PluginError, Problem
 from ift.hookcalls import AttributedHooks, HookImplFailed
 from ift.peft import PeftMethodConfig
+
+if TYPE_CHECKING:
+    from ift.objectives import Objective
 
 ENTRY_POINT_GROUP = "ift"
 BUILTIN_MODULES = (
@@ -250,7 +253,28 @@ class PluginHost:
                             plugin=info.name, distribution=info.distribution)
                     registry[kind][name] = Registered(cls, info.name, info.distribution, info.version)
                     info.registered.setdefault(kind, []).append(name)
+        self._objective_trainers(registry)
         return registry
+
+    def _objective_trainers(self, registry: dict[str, dict[str, Registered]]) -> None:
+        """Each objective is also a trainer of its name, on the training loop."""
+        from ift.sft import objective_trainer
+
+        for name, objective in registry["objective"].items():
+            info = self.plugins.get(objective.plugin) or PluginInfo(objective.plugin, "?", "?", "?")
+            if name in registry["trainer"]:
+                other = registry["trainer"][name]
+                raise PluginError(f"training objective {name!r} would also be a trainer of that name, but plugin "
+                                  f"{other.plugin!r} ({other.distribution} {other.version}) registers a trainer "
+                                  f"{name!r}", plugin=objective.plugin, distribution=objective.distribution)
+            try:
+                trainer = objective_trainer(cast("type[Objective]", objective.cls))
+            except ValueError as exc:
+                raise PluginError(f"ift_register_objectives: {exc}", plugin=objective.plugin,
+                                  distribution=objective.distribution) from None
+            registry["trainer"][name] = Registered(trainer, objective.plugin, objective.distribution,
+                                                   objective.version)
+            info.registered.setdefault("trainer", []).append(name)
 
     def _info(self, plugin_name: str) -> PluginInfo:
         return self.plugins.get(plugin_name) or PluginInfo(plugin_name, "?", "?", "?")

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -63,9 +64,13 @@ class Run:
     """Holds the stages' results so the CLI can print them; ``execute()`` does the work."""
 
     def __init__(self, recipe: Recipe, host: PluginHost, output_dir: Path, *, echo: Any = print,
-                 interactive: bool | None = None, resume: str | None = None) -> None:
+                 interactive: bool | None = None, resume: str | None = None,
+                 make_progress: Callable[[], Progress] | None = None) -> None:
         self.recipe, self.host, self.output_dir = recipe, host, output_dir
         self.resume = resume
+        self._make_progress = make_progress  # the Python API's progress view (stdout, a notebook's); else stderr's
+        #: what the run trained, once it has: the adapter, the model as it is in memory, tokenizer, renderer
+        self.trained: tuple[Any, Any, Any, Any] | None = None
         self._stop_requested = False
         self._fresh_records: tuple[list[Any], list[Any]] | None = None
         self.echo = echo if is_main_process() else (lambda *a, **k: None)
@@ -234,7 +239,8 @@ class Run:
                          "length": [recipe.trainer_config.max_length, recipe.trainer_config.overlong]})
 
     def _run(self, rundir: RunDirectory) -> None:
-        progress = self.progress = Progress(0, interactive=self.interactive, enabled=is_main_process())
+        progress = self.progress = self._make_progress() if self._make_progress is not None else \
+            Progress(0, interactive=self.interactive, enabled=is_main_process())
         try:
             self._stages(rundir, progress)
         finally:
@@ -330,6 +336,7 @@ class Run:
                                self._evaluator_for(records, adapter, tokenizer, renderer, metrics), m, stage),
                            eval_records=list(eval_records))
         result = trainer.train(ctx)
+        self.trained = (adapter, result.model, tokenizer, renderer)
         if eval_records and metrics:
             results["final"] = self._evaluate(evaluator, result.model, "final")
         results["train"] = {"steps": result.steps, **result.summary}

@@ -4,6 +4,10 @@ The live view (rich) keeps one line at the bottom of the terminal: the stage, a 
 last logged loss, learning rate and tokens/s, and the time left; evaluation results and messages are printed
 above it as they arrive, so they stay in the scroll-back. Without a terminal the same facts come as one plain
 line per logged step and per evaluation, with no control characters.
+
+In a Jupyter notebook (or Colab) the terminal view is never used, whatever the stream claims: the steps go to a
+notebook progress bar (``tqdm.notebook``) when ``ipywidgets`` is installed, and come as the same plain lines
+otherwise, so a cell's output never fills with carriage returns or escape codes.
 """
 
 from __future__ import annotations
@@ -33,19 +37,46 @@ def format_eval(stage: str, result: dict[str, Any]) -> str:
     return f"eval {stage}: " + "  ".join(parts)
 
 
+def in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (Jupyter, JupyterLab, VS Code notebooks, Colab)."""
+    if "IPython" not in sys.modules:  # a kernel has imported IPython long before any run starts
+        return False
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython half-installed
+        return False
+    shell = get_ipython()
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def notebook_bar() -> Any:
+    """``tqdm.notebook.tqdm`` when the widgets it draws with are installed, else None (plain lines are used)."""
+    try:
+        import ipywidgets  # noqa: F401  (tqdm.notebook falls back to printing text bars without it)
+        from tqdm.notebook import tqdm
+    except ImportError:
+        return None
+    return tqdm
+
+
 class Progress:
     """Shows the run's stage, steps, loss, learning rate, tokens/s, ETA and eval results.
 
-    ``interactive=None`` decides from the stream (a terminal gets the live view). ``enabled=False`` (the
-    non-main processes of a distributed run) shows nothing.
+    ``interactive=None`` decides from the stream (a terminal gets the live view). ``notebook=None`` decides
+    from the process (see :func:`in_notebook`): a notebook gets a widget bar, or plain lines, never the terminal
+    view. ``enabled=False`` (the non-main processes of a distributed run) shows nothing.
     """
 
     def __init__(self, total: int = 0, *, stream: TextIO | None = None, interactive: bool | None = None,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, notebook: bool | None = None) -> None:
         self.stream = stream or sys.stderr
         self.enabled = enabled
+        self.notebook = in_notebook() if notebook is None else notebook
         self.interactive = bool(getattr(self.stream, "isatty", lambda: False)()) if interactive is None \
             else interactive
+        if self.notebook:
+            self.interactive = False
+        self._bar: Any = None  # the notebook widget bar, when there is one
         self._total = total
         self._stage = "starting"
         self._step = 0
@@ -55,6 +86,8 @@ class Progress:
         self._task: Any = None
         if enabled and self.interactive:
             self._start_live()
+        elif enabled and self.notebook and (bar := notebook_bar()) is not None:
+            self._bar = bar(total=total or None, desc=self._stage, unit="step", leave=True)
 
     # --- state ----------------------------------------------------------------------------------
 
@@ -72,7 +105,7 @@ class Progress:
         if not self.enabled or name == self._stage:
             return
         self._stage = name
-        if self._live is None:
+        if self._live is None and self._bar is None:
             self._print(f"[{name}]")
         self._refresh()
 
@@ -86,7 +119,7 @@ class Progress:
         if event:
             self._stats = (f"loss {event['loss']:.4f}  lr {event['learning_rate']:.2e}  "
                            f"{event['tokens_per_s']:,.0f} tok/s")
-            if self._live is None:
+            if self._live is None and self._bar is None:
                 self._print(f"step {step}/{self._total}  {self._stats}  eta {self.eta()}")
         self._refresh()
 
@@ -108,6 +141,10 @@ class Progress:
             self._print(message)
 
     def close(self) -> None:
+        if self._bar is not None:
+            self._refresh()
+            self._bar.close()
+            self._bar = None
         if self._live is not None:
             self._refresh()
             self._live.stop()
@@ -135,6 +172,13 @@ class Progress:
         self._live.start()
 
     def _refresh(self) -> None:
+        if self._bar is not None:
+            if (self._total or None) != self._bar.total:  # the widget's length is only set through reset()
+                self._bar.reset(total=self._total or None)
+            self._bar.n = self._step
+            self._bar.set_description(self._stage, refresh=False)
+            self._bar.set_postfix_str(f"{self._stats}  eta {self.eta()}" if self._stats else "", refresh=False)
+            self._bar.refresh()
         if self._live is not None:
             self._live.update(self._task, total=self._total or None, completed=self._step, stage=self._stage,
                               stats=self._stats, eta=self.eta())

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import random
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -262,7 +263,7 @@ def replay_sample(records: list[ift.InstructionRecord], *, fraction: float | Non
     return [records[i] for i in sorted(order[:count])]
 
 
-def interleave(new: list[Any], old: list[Any]) -> list[Any]:
+def interleave(new: Sequence[Any], old: Sequence[Any]) -> list[Any]:
     """Both lists merged with the old items spread evenly through the new ones (matters when
     ``trainer.shuffle = false``: the replayed examples do not all come last)."""
     keyed = [((i + 0.5) / len(new), 0, x) for i, x in enumerate(new)] + \

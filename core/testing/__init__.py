@@ -8,9 +8,8 @@ it is never loaded for projects that do not ask for it. It gives:
   (a tiny Llama built from a config with the byte-level tokenizer: no download), and ``ift_run`` (runs a
   recipe in-process through ``ift run`` and returns the run directory);
 - contract suites, one per plugin kind (:class:`SourceContract`, :class:`TransformContract`,
-  :class:`RendererContract`, :class:`ModelAdapterContract`, :class:`TrainerContract`,
-  :class:`MetricContract`, :class:`SimilarityBackendContract`, :class:`PeftMethodContract`): subclass one in a
-  ``Test...`` class and set
+  :class:`RendererContract`, :class:`ModelAdapterContract`, :class:`TrainerContract`, :class:`ObjectiveContract`,
+  :class:`MetricContract`, :class:`SimilarityBackendContract`): subclass one in a ``Test...`` class and set
   ``component``, ``config`` and sample input;
 - helpers: :func:`tiny_model_table`, :func:`tiny_model_toml`, :func:`sample_records`, :func:`sample_rows`,
   :func:`write_files`, :func:`run_recipe`, :class:`RunFailed`.
@@ -26,6 +25,7 @@ from ift.testing.contracts import (
     MetricCase,
     MetricContract,
     ModelAdapterContract,
+    ObjectiveContract,
     PeftMethodContract,
     RendererContract,
     SimilarityBackendContract,
@@ -49,9 +49,9 @@ from ift.testing.toml import dumps as recipe_toml
 
 __all__ = [
     "CONTRACTS", "TINY_MODEL_CONFIG", "ComponentContract", "MetricCase", "MetricContract", "ModelAdapterContract",
-    "PeftMethodContract", "RendererContract", "RunFailed", "SimilarityBackendContract", "SourceContract", "TinyModel",
-    "TrainerContract",
-    "TransformContract", "ift_entry_points", "ift_host", "ift_plugins", "ift_run", "ift_tiny_model",
-    "ift_tiny_model_table", "load_tiny_model", "recipe_toml", "record_problems", "run_recipe", "sample_records",
-    "sample_rows", "tiny_model_table", "tiny_model_toml", "write_files",
+    "ObjectiveContract", "PeftMethodContract", "RendererContract", "RunFailed", "SimilarityBackendContract",
+    "SourceContract", "TinyModel", "TrainerContract", "TransformContract", "ift_entry_points", "ift_host",
+    "ift_plugins", "ift_run", "ift_tiny_model", "ift_tiny_model_table", "load_tiny_model", "recipe_toml",
+    "record_problems", "run_recipe", "sample_records", "sample_rows", "tiny_model_table", "tiny_model_toml",
+    "write_files",
 ]

@@ -194,7 +194,7 @@ def test_straddling_tokens_are_counted_in_the_report_and_warned_once(make_recipe
 def test_preview_tokens_lists_label_states(make_recipe: Callable[..., Any], tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     from ift.host import PluginHost
-    from ift.preview import preview
+    from ift.previewing import preview
 
     (tmp_path / "d.jsonl").write_text(json.dumps({"messages": [
         {"role": "assistant", "content": "Hi there"}, {"role": "user", "content": "x"},

@@ -85,3 +85,25 @@ def test_the_installed_distribution_registers_loha_through_its_entry_point() -> 
     assert (registered.plugin, registered.distribution) == ("research", "ift-research")
     assert registered.version == importlib.metadata.version("ift-research")
     assert host.get("peft_method", "vera").plugin == "research"
+
+
+def test_a_third_party_objective_trains_by_name(ift_run: Any) -> None:
+    """``[trainer] name = "label-smoothing"``: the loop's keys and the objective's own in one table; with
+    ``smoothing = 0`` the run logs the same losses as ``sft``, with 0.3 it trains a different objective."""
+    def run(trainer: dict[str, Any]) -> list[dict[str, Any]]:
+        recipe = {"run": {"seed": 3}, "data": [{"source": "jsonl", "path": "data.jsonl"}],
+                  "model": tiny_model_table(),
+                  "trainer": {"max_steps": 3, "batch_size": 4, "learning_rate": 5e-3, "log_every": 1,
+                              "max_length": 64, "shuffle": False, "batching": "padding", **trainer},
+                  "eval": {"fraction": 0.2, "metrics": ["loss"], "baseline": False}}
+        run_dir = ift_run(recipe, files={"data.jsonl": ROWS})
+        return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()
+                if '"step"' in line and '"eval"' not in line]
+
+    plain = run({"name": "sft"})
+    unsmoothed = run({"name": "label-smoothing", "smoothing": 0.0})
+    smoothed = run({"name": "label-smoothing", "smoothing": 0.3})
+    assert [e["loss"] for e in unsmoothed] == pytest.approx([e["loss"] for e in plain], rel=1e-4)
+    assert [e["nll"] for e in unsmoothed] == pytest.approx([e["loss"] for e in plain], rel=1e-4)
+    assert smoothed[0]["loss"] > smoothed[0]["nll"]  # the uniform part costs more than the target alone
+    assert set(smoothed[0]["loss_by_source"]) == {"data"}

@@ -21,7 +21,7 @@ from ift.builtin_plugins.causal_lm import CausalLMAdapter
 from ift.builtin_plugins.classifier import ClassifierAdapter
 from ift.builtin_plugins.cleaning import Decontaminate, LengthFilter, MaskPII, NearDedup, Tag
 from ift.builtin_plugins.seq2seq import Seq2SeqAdapter
-from ift.builtin_plugins.sft import SFTTrainer
+from ift.builtin_plugins.sft import NLL, SFTTrainer
 from ift.builtin_plugins.trainers.adversarial import AdversarialTrainer
 from ift.builtin_plugins.trainers.continual import ContinualTrainer
 from ift.builtin_plugins.trainers.distill import DistillTrainer
@@ -33,6 +33,7 @@ from ift.testing import (
     MetricCase,
     MetricContract,
     ModelAdapterContract,
+    ObjectiveContract,
     PeftMethodContract,
     RendererContract,
     SimilarityBackendContract,
@@ -288,6 +289,11 @@ class TestClassifierAdapter(ModelAdapterContract):
 
 class TestSFTTrainer(TrainerContract):
     component = SFTTrainer
+    config = {"max_steps": 3, "batch_size": 2, "learning_rate": 1e-2, "log_every": 1, "max_length": 128}
+
+
+class TestSFTObjective(ObjectiveContract):
+    component = NLL
     config = {"max_steps": 3, "batch_size": 2, "learning_rate": 1e-2, "log_every": 1, "max_length": 128}
 
 

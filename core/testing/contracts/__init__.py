@@ -10,16 +10,17 @@ from ift.testing.contracts.peft import PeftMethodContract
 from ift.testing.contracts.renderer import RendererContract
 from ift.testing.contracts.similarity import SimilarityBackendContract
 from ift.testing.contracts.source import SourceContract
-from ift.testing.contracts.trainer import TrainerContract
+from ift.testing.contracts.trainer import ObjectiveContract, TrainerContract
 from ift.testing.contracts.transform import TransformContract
 
 #: The contract suite of each plugin kind (keys: ``ift.components.KINDS``).
 CONTRACTS: dict[str, type[ComponentContract]] = {
     "source": SourceContract, "transform": TransformContract, "renderer": RendererContract,
-    "model_adapter": ModelAdapterContract, "trainer": TrainerContract, "metric": MetricContract,
-    "similarity_backend": SimilarityBackendContract, "peft_method": PeftMethodContract,
+    "model_adapter": ModelAdapterContract, "trainer": TrainerContract, "objective": ObjectiveContract,
+    "metric": MetricContract, "similarity_backend": SimilarityBackendContract, "peft_method": PeftMethodContract,
 }
 
 __all__ = ["CONTRACTS", "ComponentContract", "MetricCase", "MetricContract", "ModelAdapterContract",
-           "PeftMethodContract", "RendererContract", "SimilarityBackendContract", "SourceContract", "TrainerContract",
+           "ObjectiveContract", "PeftMethodContract", "RendererContract", "SimilarityBackendContract",
+           "SourceContract", "TrainerContract",
            "TransformContract", "record_problems"]

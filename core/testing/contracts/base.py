@@ -32,7 +32,7 @@ class ComponentContract:
     files: ClassVar[dict[str, FileContent]] = {}
 
     @classmethod
-    def component_class(cls) -> type[Component]:
+    def component_class(cls) -> type[Any]:
         component = getattr(cls, "component", None)
         base = KINDS.get(cls.kind)
         if component is None:

@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 from ift_research import plugin
+from ift_research.objectives import LabelSmoothing
 from ift_research.peft_methods import LoHaMethod, VeraMethod
 
 import ift
 from ift.recipe import validate_recipe
-from ift.testing import PeftMethodContract, tiny_model_table
+from ift.testing import ObjectiveContract, PeftMethodContract, tiny_model_table
 
 pytest_plugins = ["ift.testing"]
 
@@ -80,3 +81,39 @@ def test_vera_refuses_all_linear_on_a_classifier(ift_host: Any, tmp_path: Path) 
                                   num_attention_heads=2, num_key_value_heads=2, pad_token_id=256, num_labels=2)
     with pytest.raises(ift.RecipeError, match="model.peft.target_modules: vera on a classification model needs"):
         apply_peft(AutoModelForSequenceClassification.from_config(config), section, task_type="SEQ_CLS")
+
+
+# --- the label-smoothing objective ---------------------------------------------------------------------------
+
+
+class TestLabelSmoothing(ObjectiveContract):
+    component = LabelSmoothing
+    config = {"max_steps": 3, "batch_size": 2, "learning_rate": 1e-2, "log_every": 1, "max_length": 128,
+              "smoothing": 0.2}
+
+
+def test_label_smoothing_against_a_hand_computed_value(ift_tiny_model: Any) -> None:
+    import torch
+
+    tiny = ift_tiny_model
+    examples = [tiny.adapter.encode(tiny.tokenizer, [ift.Segment("q: ab\n", False), ift.Segment("AB", True)],
+                                    source="s", record_id=f"r{i}") for i in range(2)]
+    batch = tiny.adapter.collate(tiny.tokenizer, examples)
+    objective = LabelSmoothing(LabelSmoothing.Config(smoothing=0.25))
+    objective.ctx = ift.TrainContext(model=tiny.model, tokenizer=tiny.tokenizer, adapter=tiny.adapter,
+                                     train_examples=examples, eval_examples=[], seed=0, run_dir=Path("."),
+                                     log_step=lambda e: None, evaluate=lambda m, s: {}, progress=None)  # type: ignore[arg-type]
+    with torch.no_grad():
+        terms = objective.loss(tiny.model, batch)
+        logits = tiny.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    expected = 0.0
+    for row in range(2):
+        for t in range(batch["labels"].size(1) - 1):
+            target = int(batch["labels"][row, t + 1])
+            if target == -100:
+                continue
+            logp = torch.log_softmax(logits[row, t], dim=-1)
+            expected += 0.75 * -float(logp[target]) + 0.25 * -float(logp.mean())
+    assert float(terms.loss) == pytest.approx(expected, rel=1e-5)
+    plain, _ = tiny.adapter.loss_sum(tiny.model, batch)
+    assert float(terms.figures["nll"]) == pytest.approx(float(plain), rel=1e-5)
