@@ -98,3 +98,19 @@ def test_a_plugin_method_config_must_be_a_peft_method_config(ift_host: Any) -> N
     ift_host.register(Registers(), "loose", distribution="ift-loose")
     with pytest.raises(ift.PluginError, match=r"Loose.Config must subclass ift.PeftMethodConfig"):
         _ = ift_host.registry
+
+
+def test_an_unknown_method_names_plugins_that_failed_to_load(ift_host: Any, tmp_path: Any) -> None:
+    from ift.host import PluginFailure
+    from ift.recipe import validate_recipe
+
+    ift_host.failures.append(PluginFailure("research", "ift-research", "0.1.0", "ImportError: no peft", "ift_research"))
+    try:
+        raw = {"data": [{"source": "jsonl", "path": "d.jsonl"}], "model": tiny_model_table(peft={"method": "loha"})}
+        with pytest.raises(ift.RecipeError) as err:
+            validate_recipe(raw, ift_host, base_dir=tmp_path)
+    finally:
+        ift_host.failures.clear()
+    assert "model.peft.method: 'loha' is not a PEFT method" in str(err.value)
+    assert "plugin 'research' (ift-research 0.1.0, entry point ift_research) failed to load and may provide it: " \
+           "ImportError: no peft" in str(err.value)
