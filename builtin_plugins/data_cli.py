@@ -29,7 +29,7 @@ def load_data_recipe(host: Any, recipe_path: str, overrides: Iterable[str] = ())
 
     path = Path(recipe_path)
     raw, text = read_toml(path)
-    plugins = raw.get("plugins") if isinstance(raw.get("plugins"), dict) else {}
+    plugins = raw["plugins"] if isinstance(raw.get("plugins"), dict) else {}
     for local in plugins.get("local", []):
         if isinstance(local, str):
             host.load_local(path.resolve().parent / local)

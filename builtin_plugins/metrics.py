@@ -103,7 +103,7 @@ class LabelMetric(ift.Metric):
     """Label-style answers: the normalised answer is the predicted label, the reference (or the record's
     ``label``) the true one. An answer outside the known labels counts as wrong."""
 
-    Config = LabelConfig
+    Config: ClassVar[type[ift.ComponentConfig]] = LabelConfig
 
     def labels(self, outputs: ift.EvalOutputs) -> tuple[list[str], list[str]]:
         truth = [normalize_answer(rec.label if rec.label is not None else ref)

@@ -162,7 +162,8 @@ def load_validated(recipe: Path | dict[str, Any], host: PluginHost, overrides: S
 
         for assignment in overrides:
             apply_override(raw, assignment)
-        parsed = validate_recipe(raw, host, base_dir=base_dir, path=None, text=text, overrides=list(overrides))
+        parsed = validate_recipe(raw, host, base_dir=base_dir or Path.cwd(), path=None, text=text,
+                                 overrides=list(overrides))
     if compile_template:
         from ift.pipeline import make_renderer
 

@@ -36,7 +36,7 @@ def metric_direction(name: str) -> bool:
     import ift.builtin_plugins.metrics  # noqa: F401 - the builtin metric classes must be loaded
 
     found: set[bool] = set()
-    pending: list[type] = [ift.Metric]
+    pending: list[Any] = [ift.Metric]
     while pending:
         cls = pending.pop()
         pending.extend(cls.__subclasses__())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 from ift.components import EncodedExample, EvalOutputs, Metric, ModelAdapter, Renderer
@@ -15,7 +16,7 @@ class Evaluator:
     """Callable as ``evaluator(model, stage)``; returns ``{"overall": {...}, "per_source": {...}}``."""
 
     def __init__(self, *, adapter: ModelAdapter, tokenizer: Any, renderer: Renderer, metrics: list[Metric],
-                 records: list[InstructionRecord], examples: list[EncodedExample], batch_size: int,
+                 records: list[InstructionRecord], examples: Sequence[EncodedExample], batch_size: int,
                  max_new_tokens: int, stop: list[str], samples: int) -> None:
         self.adapter, self.tokenizer, self.renderer = adapter, tokenizer, renderer
         self.metrics = metrics

@@ -73,6 +73,9 @@ class Objective(Component, ABC):
     #: The trainer that runs this objective, when it is not the generated one (the loop's keys plus ``Config``):
     #: a trainer class of the same name.
     trainer: ClassVar[type[Any] | None] = None
+    #: The loop's configuration (:class:`ift.TrainingConfig`: ``batch_size``, ``shuffle``...), set by the loop
+    #: before :meth:`setup`, for an objective's own :meth:`loader`.
+    training: Any = None
 
     def loader(self, ctx: TrainContext, mode: str) -> Any:
         """The batches to train on, for objectives whose examples are not plain sequences: a DataLoader whose

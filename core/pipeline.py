@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ift.cache import Prepared, PreparedCache, make_key, tokenizer_fingerprint
 from ift.components import Metric, Origin, origin_of, set_origin
@@ -159,8 +159,8 @@ class Run:
             self.manifest["cache"] = {"key": key, "hit": True, "seconds": round(time.perf_counter() - started, 3)}
             self.echo(f"data: reusing prepared data {cache.root / key}")
             if is_main_process():
-                for report in (cache.root / key).glob("data_report*"):
-                    shutil.copyfile(report, self.output_dir / report.name)
+                for saved in (cache.root / key).glob("data_report*"):
+                    shutil.copyfile(saved, self.output_dir / saved.name)
                 if (cache.root / key / "data").is_dir():
                     shutil.copytree(cache.root / key / "data", self.output_dir / "data", dirs_exist_ok=True)
             return hit
@@ -294,7 +294,7 @@ class Run:
             if origin_of(config) is None:
                 set_origin(config, Origin(registered.plugin, registered.distribution, registered.version, "metric",
                                           name, f"eval.metrics[{i}]"))
-            metrics.append(registered.cls(config))
+            metrics.append(cast(Metric, registered.cls(config)))
         self.manifest["metrics"] = {
             m.name: {"options": m.config.model_dump(mode="json"), "plugin": host.get("metric", m.name).plugin,
                      "distribution": host.get("metric", m.name).distribution,

@@ -93,20 +93,20 @@ class _TrainerLoss(Objective):
 
     def __init__(self, trainer: SFTTrainer) -> None:
         super().__init__(ObjectiveConfig())
-        self.trainer = trainer
+        self.owner = trainer
 
     def loss(self, model: Any, batch: dict[str, Any]) -> LossTerms:
-        self.trainer._split = None
-        total, _ = self.trainer.loss(self.ctx, model, batch)
-        split, self.trainer._split = self.trainer._split, None
+        self.owner._split = None
+        total, _ = self.owner.loss(self.ctx, model, batch)
+        split, self.owner._split = self.owner._split, None
         per_example = (split[1], split[2]) if split is not None and split[0] is total else None
         return LossTerms(total, per_example=per_example)
 
     def state(self) -> dict[str, Any] | None:
-        return self.trainer.checkpoint_state()
+        return self.owner.checkpoint_state()
 
     def load_state(self, state: dict[str, Any] | None) -> None:
-        self.trainer.restore_checkpoint_state(state)
+        self.owner.restore_checkpoint_state(state)
 
 
 class ObjectiveTrainer(SFTTrainer):

@@ -32,7 +32,7 @@ REPORT_VERSION = 2  # 2: schema conformity per source's own schema; flagged item
 TOP = 20  # entries kept in top-verb / verb-object lists
 TREE_VERBS, TREE_OBJECTS = 20, 4  # the verb -> object tree behind the sunburst plot
 LENGTH_BINS = [1, 3, 5, 10, 20, 50, 100, 200, 500]  # histogram edges, in words (last bin open)
-NEAR_DUPLICATE = {"threshold": 0.7, "shingle_size": 3}  # minhash on word 3-grams of the conversation
+NEAR_DUPLICATE: dict[str, Any] = {"threshold": 0.7, "shingle_size": 3}  # minhash on word 3-grams of the conversation
 
 
 @dataclass(slots=True)
