@@ -86,6 +86,9 @@ def _validate_section(value: Any, handler: ValidatorFunctionWrapHandler, info: V
         names = list(methods)  # registration order: the builtin ones first
         message = (f"{method!r} is not a PEFT method{ift.did_you_mean(str(method), names)}; "
                    f"available: {', '.join(names)}")
+        for failure in getattr((info.context or {}).get("host"), "failures", []):  # it may be theirs
+            message += (f"; plugin {failure.name!r} ({failure.distribution} {failure.version}, entry point "
+                        f"{failure.entry_point}) failed to load and may provide it: {failure.error}")
         raise ValidationError.from_exception_data("peft", [_value_error(("method",), method, message)])
     cls, provider = methods[method]
     config_cls = cls.Config

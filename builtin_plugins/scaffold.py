@@ -20,25 +20,26 @@ import ift
 from ift.errors import EXIT_RECIPE
 
 #: Kinds ``--kind`` accepts, in the order files and hooks are written.
-KINDS = ("source", "transform", "renderer", "metric", "trainer")
+KINDS = ("source", "transform", "renderer", "metric", "trainer", "peft_method")
 DEFAULT_KINDS = ("source", "transform", "renderer", "metric")
 KIND_CLASSES = {"source": "QAJsonlSource", "transform": "NormalizeWhitespace", "renderer": "QARenderer",
-                "metric": "ContainsAnswer", "trainer": "L2SPTrainer"}
+                "metric": "ContainsAnswer", "trainer": "L2SPTrainer", "peft_method": "LoKrMethod"}
 KIND_HOOKS = {"source": "ift_register_sources", "transform": "ift_register_transforms",
               "renderer": "ift_register_renderers", "metric": "ift_register_metrics",
-              "trainer": "ift_register_trainers"}
+              "trainer": "ift_register_trainers", "peft_method": "ift_register_peft_methods"}
 KIND_REGISTRY = {kind: kind for kind in KINDS}
 CONTRACTS = {"source": "SourceContract", "transform": "TransformContract", "renderer": "RendererContract",
-             "metric": "MetricContract", "trainer": "TrainerContract"}
+             "metric": "MetricContract", "trainer": "TrainerContract", "peft_method": "PeftMethodContract"}
 KIND_LABELS = {"source": "source", "transform": "transform", "renderer": "template renderer", "metric": "metric",
-               "trainer": "trainer"}
+               "trainer": "trainer", "peft_method": "PEFT method"}
 KIND_SUMMARIES = {"source": "question/answer pairs from a JSON Lines file, errors with file and line",
                   "transform": "tidies whitespace in every turn, drops too-short answers (both counted)",
                   "renderer": "`Question:` / `Answer:` blocks; answers and EOS trainable",
                   "metric": "share of answers that contain the reference",
-                  "trainer": "`sft` plus an L2 pull towards the initial weights (L2-SP)"}
+                  "trainer": "`sft` plus an L2 pull towards the initial weights (L2-SP)",
+                  "peft_method": "LoKr (Kronecker-product updates) through peft's `LoKrConfig`"}
 SUFFIXES = {"source": "qa-jsonl", "transform": "normalize", "renderer": "qa", "metric": "contains",
-            "trainer": "sft-l2sp"}
+            "trainer": "sft-l2sp", "peft_method": "lokr"}
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 _MAX_NAME = 40

@@ -13,6 +13,7 @@ throws into it.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,7 +55,15 @@ class AttributedHooks:
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
-        self._calls: list[_Call] = []  # a stack: an implementation may itself call a hook
+        self._local = threading.local()  # each thread's own stack of calls in progress
+
+    @property
+    def _calls(self) -> list[_Call]:
+        """This thread's calls in progress, innermost last (an implementation may itself call a hook)."""
+        calls: list[_Call] | None = getattr(self._local, "calls", None)
+        if calls is None:
+            calls = self._local.calls = []
+        return calls
 
     def call(self, hook_name: str, **kwargs: Any) -> tuple[Any, list[Returned]]:
         """``pm.hook.<hook_name>(**kwargs)`` and what each plugin returned. An exception from a plugin's code is

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from pydantic import PrivateAttr
 
-from ift.components import Component
+from ift.components import GUARDED, Component, Origin, origin_of, set_origin
 from ift.config import ComponentConfig
 
 
@@ -46,6 +46,17 @@ class PeftMethod(Component):
     implement :meth:`peft_config`; ``self.config`` is the validated ``[model.peft]`` table."""
 
     Config: ClassVar[type[ComponentConfig]] = PeftMethodConfig
+
+    def __init__(self, config: ComponentConfig) -> None:
+        # A table the recipe validated knows its plugin: failures in the method's own code then name it, as for
+        # every component (see ift.Component). peft_config is not guarded: its ValueError / TypeError mean "cannot
+        # be applied to this model", which apply_peft reports at the recipe key.
+        provider = config.provided_by() if isinstance(config, PeftMethodConfig) else None
+        if provider is not None and origin_of(config) is None:
+            set_origin(config, Origin(provider["plugin"], provider["distribution"], provider["version"],
+                                      "PEFT method", getattr(config, "method", self.name), "model.peft"))
+        super().__init__(config)
+
     #: A short human name ("LoRA"), used in messages; defaults to ``name``.
     label: ClassVar[str] = ""
     #: Whether padding-free / packed batches (several examples per row, positions restarting) work with it.
@@ -77,3 +88,6 @@ class PeftMethod(Component):
 
     def on_optimizer_step(self, model: Any, step: int, total_steps: int) -> None:
         """Work after each optimizer update (``step`` counts from 1 up to ``total_steps``)."""
+
+
+GUARDED[PeftMethod] = ("check", "after_wrap", "training_penalty", "on_optimizer_step", "describe")

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ift.builtin_plugins.reporting.rundata import find_runs, read_run
-from ift.builtin_plugins.reporting.tables import compare_rows, compare_table, run_row, runs_table
+from ift.builtin_plugins.reporting.tables import compare_rows, compare_table, option_differences, run_row, runs_table
 
 
 @click.command()
@@ -48,6 +48,7 @@ def compare(run_a: str, run_b: str, as_json: bool) -> None:
     a, b = read_run(Path(run_a)), read_run(Path(run_b))
     rows = compare_rows(a, b)
     if as_json:
-        click.echo(json.dumps({"a": str(a.path), "b": str(b.path), "rows": rows}, indent=2))
+        click.echo(json.dumps({"a": str(a.path), "b": str(b.path), "rows": rows,
+                               "notes": option_differences(a, b)}, indent=2))
     else:
         click.echo(compare_table(a, b, rows))

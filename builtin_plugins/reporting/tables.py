@@ -72,6 +72,22 @@ def _row(scope: str, stage: str, metric: str, value_a: Any, value_b: Any) -> dic
             "difference": value_b - value_a if numeric else None, "better": better(metric, value_a, value_b)}
 
 
+def option_differences(a: RunData, b: RunData) -> list[str]:
+    """One line per metric both runs computed with different options (the manifest's ``metrics.NAME.options``;
+    ``[eval.metric_options.NAME]``): their values are not measured the same way."""
+    metrics_a, metrics_b = a.manifest.get("metrics") or {}, b.manifest.get("metrics") or {}
+    notes = []
+    for name in sorted(set(metrics_a) & set(metrics_b)):
+        options_a, options_b = (metrics_a[name] or {}).get("options"), (metrics_b[name] or {}).get("options")
+        if options_a is not None and options_b is not None and options_a != options_b:
+            notes.append(f"{name} was computed with other options: A {_options(options_a)}, B {_options(options_b)}")
+    return notes
+
+
+def _options(options: dict[str, Any]) -> str:
+    return "{" + ", ".join(f"{k} = {v!r}" for k, v in options.items()) + "}"
+
+
 def compare_table(a: RunData, b: RunData, rows: list[dict[str, Any]]) -> str:
     """The comparison as text: B - A per row, and which run is better by the metric's direction."""
     label = {"a": "A", "b": "B", "=": "same", "": ""}
@@ -86,7 +102,7 @@ def compare_table(a: RunData, b: RunData, rows: list[dict[str, Any]]) -> str:
         table.append([row["scope"], row["stage"], row["metric"] + hint, fmt(row["a"]), fmt(row["b"]), change,
                       label[row["better"]]])
     wins = {k: sum(r["better"] == k for r in rows) for k in ("a", "b", "=")}
-    head = [f"A: {_describe(a)}", f"B: {_describe(b)}", ""]
+    head = [f"A: {_describe(a)}", f"B: {_describe(b)}", *(f"note: {n}" for n in option_differences(a, b)), ""]
     tail = ["", f"better: A on {wins['a']}, B on {wins['b']}, same on {wins['=']} of "
                 f"{sum(1 for r in rows if r['better'])} compared values",
             "(lower is better for loss, perplexity, error rates and times; higher for the others)"]

@@ -88,3 +88,24 @@ def test_metric_direction():
     assert lower_is_better("rouge_l") is False and lower_is_better("n") is None
     assert better("exact_match", 0.1, 0.2) == "b" and better("perplexity", 5.0, 9.0) == "a"
     assert better("accuracy", None, 0.5) == ""
+
+
+def test_compare_notes_metrics_computed_with_other_options(runs_folder: Path, capsys: pytest.CaptureFixture[str]):
+    def manifest(run: str, normalize: bool) -> None:
+        (runs_folder / run / "manifest.json").write_text(json.dumps({"metrics": {
+            "loss": {"options": {}, "plugin": "metrics", "distribution": "ift", "version": "0.1.0"},
+            "exact_match": {"options": {"normalize": normalize}, "plugin": "metrics", "distribution": "ift",
+                            "version": "0.1.0"}}}))
+
+    manifest("alpha", True)
+    manifest("beta", False)
+    assert main(["compare", str(runs_folder / "alpha"), str(runs_folder / "beta")]) == 0
+    out = capsys.readouterr().out
+    assert "note: exact_match was computed with other options: A {normalize = True}, B {normalize = False}" in out
+    assert "note: loss" not in out
+    assert main(["compare", str(runs_folder / "alpha"), str(runs_folder / "beta"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["notes"] == [
+        "exact_match was computed with other options: A {normalize = True}, B {normalize = False}"]
+    manifest("beta", True)
+    assert main(["compare", str(runs_folder / "alpha"), str(runs_folder / "beta")]) == 0
+    assert "note:" not in capsys.readouterr().out

@@ -22,7 +22,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-ALL_KINDS = ["source", "transform", "renderer", "metric", "trainer"]
+ALL_KINDS = ["source", "transform", "renderer", "metric", "trainer", "peft_method"]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,8 @@ def test_writes_the_package_layout(generated: Path) -> None:
     files = sorted(p.relative_to(generated).as_posix() for p in generated.rglob("*") if p.is_file())
     assert files == ["README.md", "pyproject.toml",
                      *[f"src/ift_demo_kit/{name}.py" for name in
-                       ["__init__", "metric", "plugin", "renderer", "source", "trainer", "transform"]],
+                       ["__init__", "metric", "peft_method", "plugin", "renderer", "source", "trainer",
+                        "transform"]],
                      "tests/conftest.py", "tests/test_plugin.py"]
     readme = (generated / "README.md").read_text()
     assert 'source = "demo-kit-qa-jsonl"' in readme and "pip install -e" in readme
@@ -74,7 +75,7 @@ def test_the_plugin_registers_every_component_on_a_host(generated: Path, monkeyp
     registered = {kind: names for kind, names in host.describe()[-1]["registered"].items()}
     assert registered == {"source": ["demo-kit-qa-jsonl"], "transform": ["demo-kit-normalize"],
                           "renderer": ["demo-kit-qa"], "metric": ["demo-kit-contains"],
-                          "trainer": ["demo-kit-sft-l2sp"]}
+                          "trainer": ["demo-kit-sft-l2sp"], "peft_method": ["demo-kit-lokr"]}
 
 
 def test_installed_distribution_is_found_through_its_entry_point(generated: Path, tmp_path: Path) -> None:

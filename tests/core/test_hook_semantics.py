@@ -231,3 +231,34 @@ def test_a_registration_wrapper_failure_names_its_plugin(host: PluginHost) -> No
     with pytest.raises(PluginError) as info:
         _ = host.registry
     assert str(info.value) == "plugin 'breaks' (from ift-breaks): ift_register_renderers() raised RuntimeError: boom"
+
+
+def test_failures_are_named_in_threads_calling_hooks_at_once(host: PluginHost) -> None:
+    import threading
+
+    barrier = threading.Barrier(2)
+
+    class Slow:
+        @ift.hookimpl
+        def ift_step_end(self, run_dir: str, event: dict[str, Any]) -> None:
+            barrier.wait(timeout=10)  # both threads are inside a call at the same time
+            if event["step"] == 2:
+                raise ValueError("step two")
+
+    host.register(Slow(), "slow", distribution="ift-slow", version="1")
+    outcome: dict[int, BaseException | None] = {}
+
+    def call(step: int) -> None:
+        try:
+            host.step_end("runs/x", {"step": step})
+            outcome[step] = None
+        except PluginError as exc:
+            outcome[step] = exc
+
+    threads = [threading.Thread(target=call, args=(s,)) for s in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert outcome[1] is None
+    assert str(outcome[2]) == "plugin 'slow' (ift-slow 1): ift_step_end (step 2) raised ValueError: step two"
