@@ -83,13 +83,13 @@ class Explodes(ift.Transform):
     name = "explodes"
 
     def apply(self, records, tally):
-        raise ValueError("boom from https://puser:%s@db.example/x")
+        raise ValueError("boom from https://puser:TOKEN@db.example/x")
 
 
 @ift.hookimpl
 def ift_register_transforms():
     return [Explodes]
-''' % TOKEN
+'''.replace("TOKEN", TOKEN)
 
 
 @pytest.fixture
