@@ -122,9 +122,11 @@ def validate(ctx: click.Context, recipe: str, overrides: tuple[str, ...], as_jso
 @click.pass_context
 def plugins(ctx: click.Context, as_json: bool) -> None:
     """List loaded plugins, what they register, and plugins that failed to load."""
+    from ift.redact import redact_value
+
     host = _host(ctx)
     rows = host.describe()
-    failures = [vars(f) for f in host.failures]
+    failures = [redact_value(vars(f)) for f in host.failures]  # a plugin's import error may quote a URL
     if as_json:
         click.echo(json.dumps({"plugins": rows, "failed": failures}, indent=2))
         return

@@ -127,3 +127,21 @@ def test_the_plugins_own_traceback_when_asked(failing_data_recipe: Path, capsys:
     assert "ValueError: boom from https://***@db.example/x" in err and TOKEN not in err
     assert "The above exception was the direct cause of the following exception" in err
     assert err.rstrip().splitlines()[-1].startswith("error: plugin 'local:shaky_plugin'")
+
+
+def test_ift_plugins_masks_a_failed_plugins_error(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from ift.host import PluginFailure, PluginHost
+
+    init = PluginHost.__init__
+
+    def with_a_failure(self: PluginHost, *args: object, **kwargs: object) -> None:
+        init(self, *args, **kwargs)  # type: ignore[arg-type]
+        self.failures.append(PluginFailure("dbplug", "ift-dbplug", "1.0", f"OperationalError: cannot reach "
+                                           f"postgresql://admin:{TOKEN}@db.example/x", "ift_dbplug:plugin"))
+
+    monkeypatch.setattr(PluginHost, "__init__", with_a_failure)
+    for args in (["plugins"], ["plugins", "--json"]):
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        assert TOKEN not in out and "postgresql://***@db.example/x" in out
