@@ -127,8 +127,8 @@ class FileSource(ift.InstructionSource):
                 yield from mapped_records(self, row, i, self.default_id(i))
             except RowError as exc:
                 line = self.line_of(i)
-                self.bad_row("row does not fit the format", str(exc) if line else f"row {i}: {exc}", line,
-                             total or i + 1)
+                where = str(exc) if line else f"row [{i}] (0-based, as in its id): {exc}"  # JSON, Parquet: no lines
+                self.bad_row("row does not fit the format", where, line, total or i + 1)
 
 
 def mapped_records(source: ift.InstructionSource, row: Mapping[str, Any], index: int,

@@ -135,7 +135,7 @@ def test_json_row_error_names_the_row(tmp_path: Path) -> None:
     path.write_text(json.dumps([{"instruction": "a", "output": "b"}, {"instruction": "c", "output": 5}]))
     with pytest.raises(ift.DataError) as info:
         list(source(JsonSource, tmp_path, "rows.json").records())
-    assert str(info.value) == f"{path}: row 1: field 'output' must be a string, got int"
+    assert str(info.value) == f"{path}: row [1] (0-based, as in its id): field 'output' must be a string, got int"
 
 
 def test_json_object_with_a_list_under_field(tmp_path: Path) -> None:
