@@ -73,7 +73,7 @@ def _redacting_showwarning(previous: Any) -> Any:
                     file: Any = None, line: str | None = None) -> None:
         text = str(message)
         if has_credentials(text):
-            message = category(redact(text)) if isinstance(message, Warning) else redact(text)
+            message = redact(text)  # a str: a Warning subclass may need other constructor arguments
         previous(message, category, filename, lineno, file, line)
 
     showwarning._ift_redacting = True  # type: ignore[attr-defined]

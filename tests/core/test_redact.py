@@ -43,15 +43,21 @@ def test_log_records_of_any_library_are_masked() -> None:
     assert "no credentials in https://hub.example/a@b" in text
 
 
+class TwoPartWarning(UserWarning):
+    def __init__(self, what: str, where: str) -> None:  # not constructible from one string
+        super().__init__(f"{what} {where}")
+
+
 def test_warnings_are_masked() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         install()  # inside the block: catch_warnings restores the function it found when it ends
         warnings.warn(f"cannot reach {ENDPOINT}", UserWarning, stacklevel=1)
         warnings.warn("nothing secret here", UserWarning, stacklevel=1)
+        warnings.warn(TwoPartWarning("cannot reach", ENDPOINT), stacklevel=1)
     assert [str(w.message) for w in caught] == ["cannot reach https://***@mirror.example:8443",
-                                                "nothing secret here"]
-    assert caught[0].category is UserWarning
+                                                "nothing secret here", "cannot reach https://***@mirror.example:8443"]
+    assert [w.category for w in caught] == [UserWarning, UserWarning, TwoPartWarning]
 
 
 def test_run_directory_records_are_masked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
