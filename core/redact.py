@@ -58,8 +58,10 @@ def _redacting_record_factory(previous: Any) -> Any:
             return record
         if has_credentials(message):
             record.msg, record.args = redact(message), None
-        if record.exc_info and record.exc_info[0] is not None:  # formatted once here, masked, reused by handlers
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        if record.exc_info and record.exc_info[0] is not None:
+            text = logging.Formatter().formatException(record.exc_info)
+            if has_credentials(text):  # handlers print exc_text when it is set; otherwise their own formatting
+                record.exc_text = redact(text)
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
         return record
