@@ -107,6 +107,8 @@ def data() -> None:
 @click.pass_context
 def build(ctx: click.Context, recipe: str, output: str | None, overrides: tuple[str, ...]) -> None:
     """Run RECIPE's sources and transforms; write the records as JSONL (messages format)."""
+    from ift.data import data_notes
+
     host = ctx.obj["host"]
     parsed = load_data_recipe(host, recipe, overrides)
     records, report = read_and_transform(parsed, host)
@@ -114,6 +116,8 @@ def build(ctx: click.Context, recipe: str, output: str | None, overrides: tuple[
     count = write_jsonl(out, (record_row(r, prefix_source=len(parsed.data) > 1) for r in records))
     for line in describe_counts(parsed, report):
         click.echo(line)
+    for note in data_notes(report.to_dict()):  # eval-table records a transform dropped, as `ift run` says
+        click.echo(f"note: {note}")
     click.echo(f"wrote {count} records to {out}")
 
 
@@ -125,7 +129,7 @@ def build(ctx: click.Context, recipe: str, output: str | None, overrides: tuple[
 @click.pass_context
 def report(ctx: click.Context, recipe: str, output_dir: str | None, overrides: tuple[str, ...]) -> None:
     """Quality report of the data RECIPE trains on (after transforms and the eval split)."""
-    from ift.data import split_records
+    from ift.data import data_notes, split_records
 
     host = ctx.obj["host"]
     parsed = load_data_recipe(host, recipe, overrides)
@@ -139,6 +143,8 @@ def report(ctx: click.Context, recipe: str, output_dir: str | None, overrides: t
     quality.write_report(result, out)
     for line in describe_counts(parsed, counts):
         click.echo(line)
+    for note in data_notes(counts.to_dict()):  # and eval tables eval.max_examples cut, as `ift run` says
+        click.echo(f"note: {note}")
     click.echo(quality.format_report_table(result))
     click.echo(f"report written to {out}")
 

@@ -125,8 +125,8 @@ class FileSource(ift.InstructionSource):
                 yield from mapped_records(self, row, i, self.default_id(i))
             except RowError as exc:
                 line = self.line_of(i)
-                self.bad_row("row does not fit the format", str(exc) if line else f"row {i}: {exc}", line,
-                             total or i + 1)
+                where = str(exc) if line else f"row [{i}] (0-based, as in its id): {exc}"  # JSON, Parquet: no lines
+                self.bad_row("row does not fit the format", where, line, total or i + 1)
 
 
 def mapped_records(source: ift.InstructionSource, row: Mapping[str, Any], index: int,
@@ -292,9 +292,12 @@ class HubSource(ift.InstructionSource):
             if cfg.limit is not None and i >= cfg.limit:
                 break
             try:
-                yield from mapped_records(self, row, i, f"{cfg.dataset}:{cfg.split}:{i}")
+                # a position, not a line (a dataset's rows need not be one file's lines): written [i], as for
+                # JSON and Parquet files, so that no id ending in ":<number>" is anything but a real line
+                yield from mapped_records(self, row, i, f"{cfg.dataset}:{cfg.split}[{i}]")
             except RowError as exc:
-                raise ift.DataError(f"dataset {cfg.dataset!r} row {i}: {exc}") from None
+                raise ift.DataError(f"dataset {cfg.dataset!r} split {cfg.split!r} row [{i}] (0-based): {exc}") \
+                    from None
 
     def content_fingerprint(self) -> str | None:
         # Only a pinned revision identifies the data before it is downloaded.

@@ -26,8 +26,9 @@ from ift.components import EncodedExample
 from ift.examples import ExampleTable, file_digest, write_table
 from ift.records import InstructionRecord, Message
 
-FORMAT = 4  # 2: labels stored with their own lengths (encoder-decoder examples differ); 3: each example's task;
-#            4: memory-mapped column files (ift.examples) instead of .npz
+FORMAT = 5  # 2: labels stored with their own lengths (encoder-decoder examples differ); 3: each example's task;
+#            4: memory-mapped column files (ift.examples) instead of .npz; 5: default record ids (file:line is the
+#            1-based line; hf and templated positions written [row]), which the entries' eval records carry
 
 
 def cache_root() -> Path:

@@ -30,8 +30,13 @@ def _load(ctx: click.Context, recipe_path: str, overrides: tuple[str, ...] = (),
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ift")
-def cli() -> None:
+@click.option("--traceback", "show_traceback", is_flag=True, envvar="IFT_TRACEBACK",
+              help="On an error, print the Python traceback above the one-line message (for a plugin's error: the "
+                   "plugin's own traceback, chained). Also IFT_TRACEBACK=1.")
+@click.pass_context
+def cli(ctx: click.Context, show_traceback: bool) -> None:
     """Instruction fine-tuning from TOML recipes."""
+    ctx.obj["traceback"] = show_traceback or ctx.obj.get("traceback", False)
 
 
 @cli.command()
@@ -96,9 +101,11 @@ def validate(ctx: click.Context, recipe: str, overrides: tuple[str, ...], as_jso
 @click.pass_context
 def plugins(ctx: click.Context, as_json: bool) -> None:
     """List loaded plugins, what they register, and plugins that failed to load."""
+    from ift.redact import redact_value
+
     host = _host(ctx)
     rows = host.describe()
-    failures = [vars(f) for f in host.failures]
+    failures = [redact_value(vars(f)) for f in host.failures]  # a plugin's import error may quote a URL
     if as_json:
         click.echo(json.dumps({"plugins": rows, "failed": failures}, indent=2))
         return
@@ -130,13 +137,20 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     from ift.host import PluginHost
+    from ift.redact import install, redact
 
+    install()  # credentials in URLs are masked in every log record and warning (huggingface_hub logs its retries)
     warnings.filterwarnings("default", module="ift.host")
+    obj: dict[str, Any] = {"traceback": _traceback_from_env()}
     try:
-        host = PluginHost()
+        obj["host"] = host = PluginHost()
         host.register_commands(cli)
-        cli.main(args=argv, prog_name="ift", obj={"host": host}, standalone_mode=False)
+        cli.main(args=argv, prog_name="ift", obj=obj, standalone_mode=False)
     except IftError as exc:
+        if obj.get("traceback"):  # asked for: the traceback, with what it was raised from (a plugin's own error)
+            import traceback
+
+            click.echo(redact("".join(traceback.format_exception(exc))).rstrip(), err=True)
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code
     except click.exceptions.Abort:
@@ -153,12 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         import traceback
 
-        from ift.redact import redact
-
         click.echo(redact(traceback.format_exc()).rstrip(), err=True)  # a URL with credentials stays masked
         click.echo("error: internal error (a bug in ift or a plugin); the traceback is above", err=True)
         return EXIT_BUG
     return EXIT_OK
+
+
+def _traceback_from_env() -> bool:
+    """IFT_TRACEBACK=1 (or true/yes/on), for errors raised before the command line is parsed (plugin loading)."""
+    import os
+
+    return os.environ.get("IFT_TRACEBACK", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 if __name__ == "__main__":  # pragma: no cover

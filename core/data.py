@@ -104,7 +104,8 @@ def _split_of(record: InstructionRecord) -> str:
 
 def data_notes(report: dict[str, Any]) -> list[str]:
     """Lines for the run output about records that did not reach the split their table asked for: eval
-    records dropped by transforms, and eval tables cut by ``eval.max_examples``."""
+    records dropped by transforms, eval tables cut by ``eval.max_examples``, and records of either split
+    dropped (or, for eval, truncated) while encoding (the length policy, a refused record skipped)."""
     notes = []
     for t in report.get("transforms", []):
         counts = t.get("by_split", {}).get("eval")
@@ -114,6 +115,15 @@ def data_notes(report: dict[str, Any]) -> list[str]:
     for name, cut in report.get("split", {}).get("cut_by_max_examples", {}).items():
         notes.append(f"eval.max_examples = {cut['max_examples']} kept {cut['kept']} of the {cut['records']} records "
                      f"of eval table {name!r}; raise eval.max_examples (or set it to nothing) to keep them all")
+    for stage, counts in report.get("encoding", {}).items():
+        reasons = counts.get("reasons", {})
+        dropped = counts.get("in", 0) - counts.get("out", 0)
+        if dropped > 0:
+            why = ", ".join(f"{reason}: {n}" for reason, n in reasons.items() if reason != "truncated to max_length")
+            notes.append(f"encoding dropped {dropped} of the {counts['in']} {stage} records ({why})")
+        if stage == "eval" and reasons.get("truncated to max_length"):
+            notes.append(f"{reasons['truncated to max_length']} of the {counts['in']} eval records were truncated "
+                         "to trainer.max_length, so they are evaluated cut")
     return notes
 
 

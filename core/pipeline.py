@@ -35,6 +35,7 @@ from ift.evaluation import Evaluator
 from ift.host import PluginHost
 from ift.progress import Progress
 from ift.recipe import Recipe
+from ift.redact import install as mask_credentials_in_logs
 from ift.redact import redact
 from ift.resume import check_same_run, checkpoint_step, choose_checkpoint, run_identity, trim_events
 from ift.rundir import RunDirectory
@@ -81,6 +82,7 @@ class Run:
         self._evaluator: Evaluator | None = None  # the held-out split's, whose samples metrics.json keeps
 
     def execute(self) -> dict[str, Any]:
+        mask_credentials_in_logs()  # libraries log the URLs they retry, an HF_ENDPOINT's credentials included
         main = is_main_process()
         rundir = RunDirectory(self.output_dir, enabled=main)
         self.rundir = rundir
@@ -139,7 +141,7 @@ class Run:
                 rundir.write_text(f"template/{source.name}", source.read_text(encoding="utf-8"))
         self.manifest = {
             "ift": _version("ift"), "hook_api": _hook_api(), "python": platform.python_version(),
-            "platform": platform.platform(), "command": sys.argv, "seed": recipe.run.seed,
+            "platform": platform.platform(), "command": [redact(a) for a in sys.argv], "seed": recipe.run.seed,
             "data_seed": recipe.run.order_seed,
             "packages": {p: _version(p) for p in PACKAGES}, "plugins": self.host.describe(),
             "git": _git_sha(recipe.base_dir), "started": rundir.started,

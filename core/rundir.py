@@ -8,6 +8,10 @@ life (from before ``--overwrite`` clears the folder to the last file written). T
 holder exits or dies, so a killed run never leaves a stale lock; the file keeps the holder's pid, host and start
 time for the refusal message. Under torchrun only global rank 0 takes it: a second launch's rank 0 is refused,
 and torchrun stops that launch's other ranks.
+
+What describes the run rather than its results (``status.json``, ``events.jsonl``, ``manifest.json``, the lock's
+command line) passes through :func:`ift.redact.redact_value`: a URL's credentials or a token-shaped string in an
+error, an event or a command line is written masked.
 """
 
 from __future__ import annotations
@@ -25,8 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from ift.errors import RunDirectoryInUse
+from ift.redact import redact_value
 
 LOCK_FILE = ".lock"
+#: Files written through :meth:`RunDirectory.write_json` whose strings are masked (results such as metrics.json
+#: and samples.json are the model's own text and are written as they are).
+REDACTED_FILES = frozenset({"manifest.json", "status.json"})
 _held: dict[Path, tuple[int, int]] = {}  # run directory -> (descriptor holding its lock, nesting depth)
 
 
@@ -48,8 +56,8 @@ def _acquire(path: Path) -> None:
         os.close(fd)
         raise RunDirectoryInUse(f"{path} is in use by another ift process ({_describe_holder(path / LOCK_FILE)}); "
                                 "wait for it to end, or choose another --output-dir") from None
-    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": sys.argv,
-              "torchelastic_run_id": os.environ.get("TORCHELASTIC_RUN_ID")}
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+              "command": redact_value(sys.argv), "torchelastic_run_id": os.environ.get("TORCHELASTIC_RUN_ID")}
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
     os.fsync(fd)
@@ -119,8 +127,8 @@ class RunDirectory:
 
     def status(self, status: str, **extra: Any) -> None:
         if self.enabled:
-            write_json(self.path / "status.json", {"status": status, "started": self.started,
-                                                   "updated": time.time(), **extra})
+            write_json(self.path / "status.json", redact_value({"status": status, "started": self.started,
+                                                                "updated": time.time(), **extra}))
 
     def write_text(self, name: str, text: str) -> None:
         if self.enabled:
@@ -129,11 +137,11 @@ class RunDirectory:
 
     def write_json(self, name: str, data: Any) -> None:
         if self.enabled:
-            write_json(self.path / name, data)
+            write_json(self.path / name, redact_value(data) if name in REDACTED_FILES else data)
 
     def event(self, event: dict[str, Any]) -> None:
         if self.enabled:
-            self._events.write(json.dumps(event) + "\n")
+            self._events.write(json.dumps(redact_value(event)) + "\n")
             self._events.flush()
 
     def save_dir(self, name: str, writer: Callable[[Path], None]) -> None:

@@ -17,7 +17,8 @@ that pass:
 Before scoring, degenerate text is rejected outright (reason ``repetitive``): :func:`repetition` is the share
 of repeated word bigrams or trigrams (1 - distinct / total, the larger of the two), and an instruction, input
 or output above ``max_repetition`` (default 0.3) is a loop such as ``t t t t`` or ``yes yes yes yes``. Words
-are those of :func:`words` (lower-cased, punctuation and articles removed, split on spaces).
+are those of :func:`words` (lower-cased, each ASCII punctuation character replaced by a space, split on
+whitespace; articles are kept).
 """
 
 from __future__ import annotations

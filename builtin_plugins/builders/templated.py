@@ -148,7 +148,7 @@ class TemplatedSource(ift.InstructionSource):
             if choices is not None and label_text not in choices:
                 raise row_error(f"task {task.name!r}: label {label_text!r} is not one of the choices {choices}", row)
             yield ift.InstructionRecord(
-                id=f"{task.name}:{key}", source=self.source_name, messages=messages, task=task.name,
+                id=self._record_id(task, row, key), source=self.source_name, messages=messages, task=task.name,
                 label=label_text, choices=list(choices) if choices is not None else None,
                 metadata={"row": row.index, "phrasing": choice, "template": origin})
 
@@ -174,6 +174,11 @@ class TemplatedSource(ift.InstructionSource):
         except (RenderBudgetExceeded, RecursionError, MemoryError) as exc:
             what = "nests too deeply" if isinstance(exc, RecursionError) else f"cannot be compiled: {exc}"
             raise ift.RecipeError([ift.Problem(key_of(self, origin), what)]) from None
+
+    def _record_id(self, task: TaskTemplate, row: Row, key: str) -> str:
+        """``task:<row id>``, or ``task[<position>]`` without one: a position, never written like a file line."""
+        value = row.values.get(self.config.id_column)
+        return f"{task.name}:{key}" if value not in (None, "") else f"{task.name}[{row.index}]"
 
     def _row_key(self, row: Row) -> str:
         value = row.values.get(self.config.id_column)

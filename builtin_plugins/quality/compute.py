@@ -28,7 +28,8 @@ from ift.builtin_plugins.quality.heuristics import (
 from ift.builtin_plugins.quality.verbs import leading_verb
 from ift.records import InstructionRecord
 
-REPORT_VERSION = 2  # 2: schema conformity per source's own schema; flagged items list ids
+REPORT_VERSION = 3  # 2: schema conformity per source's own schema; flagged items list ids;
+#                    3: so does contamination (the records overlapping the eval set)
 TOP = 20  # entries kept in top-verb / verb-object lists
 TREE_VERBS, TREE_OBJECTS = 20, 4  # the verb -> object tree behind the sunburst plot
 LENGTH_BINS = [1, 3, 5, 10, 20, 50, 100, 200, 500]  # histogram edges, in words (last bin open)
@@ -219,12 +220,13 @@ def quality_report(records: list[InstructionRecord], *,
     }
     reference = [r for r in records if is_eval(r)] + list(eval_records or [])
     if reference:
-        subjects = [r for r in records if not is_eval(r)]
-        shares = contamination(subjects, reference, n=CONTAMINATION_N, fields="prompt")
-        hit: Counter[str] = Counter(r.source for r, s in zip(subjects, shares, strict=True) if s > 0)
-        totals = Counter(r.source for r in subjects)
-        report["contamination"] = {
-            "n": CONTAMINATION_N, "eval_records": len(reference), **_count(sum(hit.values()), len(subjects)),
+        subjects = [(r, f) for r, f in zip(records, every, strict=True) if not is_eval(r)]
+        shares = contamination([r for r, _ in subjects], reference, n=CONTAMINATION_N, fields="prompt")
+        overlapping = [s > 0 for s in shares]
+        hit: Counter[str] = Counter(r.source for (r, _), o in zip(subjects, overlapping, strict=True) if o)
+        totals = Counter(r.source for r, _ in subjects)
+        report["contamination"] = {  # flagged like the other items: which records, and a few of them
+            "n": CONTAMINATION_N, "eval_records": len(reference), **_flagged([f for _, f in subjects], overlapping),
             "per_source": {name: _count(hit[name], totals[name]) for name in totals},
         }
     return report

@@ -224,3 +224,19 @@ def test_the_multitask_example_trains(tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert [s["records"] for s in manifest["data"]["sources"]] == [656, 12]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]["overall"]["n"] == 32
+
+
+def test_data_commands_say_what_left_the_eval_tables(tmp_path: Path, capsys) -> None:
+    rows = [{"instruction": f"Say {w}", "output": w} for w in ["a", "b", "c", "d"]]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "e.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*rows[:1], *rows, {**rows[0], "output": ""}]))
+    (tmp_path / "r.toml").write_text('[[data]]\nsource = "jsonl"\npath = "t.jsonl"\nsplit = "train"\n\n'
+                                     '[[data]]\nsource = "jsonl"\nname = "held"\npath = "e.jsonl"\nsplit = "eval"\n\n'
+                                     '[[transforms]]\nname = "drop-invalid"\n\n[eval]\nmax_examples = 3\n')
+    assert main(["data", "build", str(tmp_path / "r.toml"), "-o", str(tmp_path / "o.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "note: transform 'drop-invalid' dropped 1 of 6 records of the eval table(s) (split = 'eval')" in out
+    assert main(["data", "report", str(tmp_path / "r.toml"), "-o", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert "note: transform 'drop-invalid' dropped 1 of 6 records of the eval table(s)" in out
+    assert "note: eval.max_examples = 3 kept 3 of the 5 records of eval table 'held'" in out

@@ -115,9 +115,11 @@ def test_overall_and_contamination(report: dict) -> None:
     assert report["records"] == 8 and report["sources"] == {"a": 4, "b": 4}
     assert report["overall"]["records"] == 8
     assert report["overall"]["diversity"]["leading_verbs"]["count"] == 6
-    assert report["contamination"] == {"n": 13, "eval_records": 1, "count": 1, "share": 0.125,
-                                       "per_source": {"a": {"count": 1, "share": 0.25},
-                                                      "b": {"count": 0, "share": 0.0}}}
+    contaminated = report["contamination"]
+    examples = contaminated.pop("examples")
+    assert contaminated == {"n": 13, "eval_records": 1, "count": 1, "share": 0.125, "ids": ["a/a3"],
+                            "per_source": {"a": {"count": 1, "share": 0.25}, "b": {"count": 0, "share": 0.0}}}
+    assert examples == [{"id": "a/a3", "instruction": "What is the capital of France?"}]  # the overlapping one
     assert "contamination" not in quality_report(tiny())
 
 

@@ -135,7 +135,7 @@ def test_json_row_error_names_the_row(tmp_path: Path) -> None:
     path.write_text(json.dumps([{"instruction": "a", "output": "b"}, {"instruction": "c", "output": 5}]))
     with pytest.raises(ift.DataError) as info:
         list(source(JsonSource, tmp_path, "rows.json").records())
-    assert str(info.value) == f"{path}: row 1: field 'output' must be a string, got int"
+    assert str(info.value) == f"{path}: row [1] (0-based, as in its id): field 'output' must be a string, got int"
 
 
 def test_json_object_with_a_list_under_field(tmp_path: Path) -> None:
@@ -198,7 +198,7 @@ def hub(folder: Path, **options: Any) -> HubSource:
 def test_hub_source_reads_a_local_dataset_folder(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "train.jsonl", ALPACA)
     records = list(hub(tmp_path, limit=5).records())
-    assert [r.id for r in records] == [f"{tmp_path}:train:0", f"{tmp_path}:train:1"]
+    assert [r.id for r in records] == [f"{tmp_path}:train[0]", f"{tmp_path}:train[1]"]
     assert conversation(records[1]) == [("user", "Translate.\n\nbonjour"), ("assistant", "hello")]
     assert hub(tmp_path).fingerprint().startswith(f"{tmp_path}@default:")
 
@@ -207,9 +207,39 @@ def test_hub_source_row_error_names_dataset_and_row(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "train.jsonl", [ALPACA[0], {"instruction": "no answer"}])
     with pytest.raises(ift.DataError) as info:
         list(hub(tmp_path).records())
-    assert str(info.value) == f"dataset {str(tmp_path)!r} row 1: missing field 'output'"
+    assert str(info.value) == f"dataset {str(tmp_path)!r} split 'train' row [1] (0-based): missing field 'output'"
 
 
 def test_hub_source_null_ids_fall_back_to_generated_ids(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "train.jsonl", [{**ALPACA[0], "id": "x1"}, ALPACA[1], ALPACA[1]])
-    assert [r.id for r in hub(tmp_path).records()] == ["x1", f"{tmp_path}:train:1", f"{tmp_path}:train:2"]
+    assert [r.id for r in hub(tmp_path).records()] == ["x1", f"{tmp_path}:train[1]", f"{tmp_path}:train[2]"]
+
+
+def test_an_id_written_like_file_line_is_always_the_real_line(tmp_path: Path) -> None:
+    """Default ids ending in ``:<number>`` are 1-based lines of the file the row is on; every other default id
+    that holds a position writes it ``[<number>]`` (the hub source, JSON, the templated builder)."""
+    from ift.builtin_plugins.builders.templated import TemplatedConfig, TemplatedSource
+
+    (tmp_path / "a.jsonl").write_text('{"instruction": "first", "output": "1"}\n\n{"instruction": "second", '
+                                      '"output": "2"}\n', encoding="utf-8")
+    (tmp_path / "b.csv").write_text('instruction,output\n"multi\nline",x\nthird,y\n', encoding="utf-8")
+    (tmp_path / "hub").mkdir()
+    write_jsonl(tmp_path / "hub" / "train.jsonl", ALPACA)
+    (tmp_path / "c.json").write_text(json.dumps(ALPACA), encoding="utf-8")
+    templated = TemplatedSource(TemplatedConfig.model_validate(
+        {"rows": {"source": "csv", "path": "b.csv"},
+         "tasks": [{"name": "echo", "instructions": ["{{ instruction }}"], "answer": "{{ output }}"}]}),
+        source_name="t", base_dir=tmp_path)
+    records = [*source(JsonlSource, tmp_path, "a.jsonl").records(), *source(CsvSource, tmp_path, "b.csv").records(),
+               *source(JsonSource, tmp_path, "c.json").records(), *hub(tmp_path / "hub").records(),
+               *templated.records()]
+    lines: dict[str, int] = {}
+    for record in records:
+        name, _, number = record.id.rpartition(":")
+        if number.isdigit():
+            lines[record.id] = int(number)
+            text = (tmp_path / name).read_text(encoding="utf-8").splitlines()[int(number) - 1]
+            assert record.messages[0].content.splitlines()[0] in text, record.id
+    assert lines == {"a.jsonl:1": 1, "a.jsonl:3": 3, "b.csv:2": 2, "b.csv:4": 4}
+    assert [r.id for r in records if r.id not in lines] == \
+        ["c.json[0]", "c.json[1]", f"{tmp_path / 'hub'}:train[0]", f"{tmp_path / 'hub'}:train[1]", "echo[0]", "echo[1]"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +17,16 @@ RECORD = ift.InstructionRecord(id="r1", source="s", messages=[ift.Message("user"
                                                                   ift.Message("assistant", "a")])
 
 
+COMPILE_IN_CHILD = """
+import resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+from ift.builtin_plugins.renderers import JinjaFileRenderer
+JinjaFileRenderer(JinjaFileRenderer.Config.model_validate({"path": "t.jinja"}), base_dir=Path(sys.argv[1]))
+print("compiled")
+"""
+
+
 def renderer(tmp_path: Path, text: str) -> JinjaFileRenderer:
     (tmp_path / "t.jinja").write_text(text)
     return JinjaFileRenderer(JinjaFileRenderer.Config.model_validate({"path": "t.jinja"}), base_dir=tmp_path)
@@ -26,8 +38,14 @@ def renderer(tmp_path: Path, text: str) -> JinjaFileRenderer:
     '{{ ""|center(100000000000) }}{% generation %}a{% endgeneration %}',
 ])
 def test_huge_constants_are_not_folded_while_compiling(tmp_path: Path, text: str) -> None:
+    # `ift validate` compiles: this used to hang or exhaust memory. Compiled first in a child process with a
+    # time and memory limit, so that a regression fails this test instead of hanging or starving the machine.
+    (tmp_path / "t.jinja").write_text(text)
+    child = subprocess.run([sys.executable, "-c", COMPILE_IN_CHILD, str(tmp_path)], capture_output=True, text=True,
+                           timeout=30)  # a hang is killed: TimeoutExpired fails the test
+    assert child.returncode == 0 and child.stdout.strip() == "compiled", child.stderr[-2000:]
     started = time.perf_counter()
-    compiled = renderer(tmp_path, text)  # `ift validate` compiles: this used to hang or exhaust memory
+    compiled = renderer(tmp_path, text)
     assert time.perf_counter() - started < 5
     with pytest.raises(ift.DataError, match=r"record 'r1': .* (more than|wider than) "):
         compiled.render(RECORD)

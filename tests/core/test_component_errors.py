@@ -113,3 +113,62 @@ def test_errors_raised_on_purpose_keep_their_message_and_code(shaky, make_recipe
 def test_components_built_outside_a_recipe_raise_as_written(tmp_path: Path):
     with pytest.raises(ValueError, match="boom in apply"):
         Explodes(Explodes.Config()).apply([], ift.Tally())
+
+
+# --- through a run: a metric's compute and an adapter's methods --------------------------------------------
+
+RUN_PLUGIN = '''
+import ift
+from ift.builtin_plugins.causal_lm import CausalLMAdapter
+
+
+class Fussy(ift.Metric):
+    name = "fussy"
+    needs = "loss"
+
+    def compute(self, outputs):
+        raise ZeroDivisionError("no examples to average")
+
+
+class Brittle(CausalLMAdapter):
+    name = "brittle"
+
+    def prepare_data(self, records, *, max_length):
+        raise RuntimeError("cannot size the inputs")
+
+
+@ift.hookimpl
+def ift_register_metrics():
+    return [Fussy]
+
+
+@ift.hookimpl
+def ift_register_model_adapters():
+    return [Brittle]
+'''
+ROWS = [{"prompt": f"Spell {w}", "completion": " ".join(w)} for w in ["cat", "dog", "sun", "map", "red", "toy"]]
+
+
+def failing_run(ift_run, table: dict, **changes) -> ift.testing.RunFailed:
+    recipe = {"plugins": {"local": ["brittle_plugin.py"]}, "data": [{"source": "jsonl", "path": "d.jsonl"}],
+              "model": table, "trainer": {"max_steps": 1, "batch_size": 2, "max_length": 64},
+              "eval": {"fraction": 0.34, "baseline": False, "metrics": ["loss"]}, **changes}
+    with pytest.raises(ift.testing.RunFailed) as info:
+        ift_run(recipe, files={"brittle_plugin.py": RUN_PLUGIN, "d.jsonl": ROWS})
+    return info.value
+
+
+def test_a_metric_failing_in_compute_is_named_with_its_recipe_table(ift_run, ift_tiny_model_table):
+    failed = failing_run(ift_run, ift_tiny_model_table, eval={"fraction": 0.34, "baseline": False,
+                                                              "metrics": ["loss", "fussy"]})
+    assert failed.exit_code == ift.PluginError.exit_code
+    assert "plugin 'local:brittle_plugin' (" in str(failed)  # distribution: the file, version: local
+    assert "brittle_plugin.py local): metric 'fussy' (recipe table eval.metrics[1]) compute() raised " \
+           "ZeroDivisionError: no examples to average" in str(failed)
+
+
+def test_an_adapter_failing_in_its_own_method_is_named(ift_run, ift_tiny_model_table):
+    failed = failing_run(ift_run, {**ift_tiny_model_table, "adapter": "brittle"})
+    assert failed.exit_code == ift.PluginError.exit_code
+    assert "brittle_plugin.py local): model adapter 'brittle' (recipe table model) prepare_data() " \
+           "raised RuntimeError: cannot size the inputs" in str(failed)

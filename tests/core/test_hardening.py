@@ -107,3 +107,20 @@ def test_a_bugs_traceback_masks_url_credentials(capsys: pytest.CaptureFixture[st
     err = capsys.readouterr().err
     assert "tok3n" not in err and "https://***@proxy.local:3128" in err and "Traceback" in err
     assert isinstance(explode, click.Command)
+
+
+@pytest.mark.parametrize("kind", ["directory", "loop"])
+@pytest.mark.parametrize("source", ["jsonl", "csv", "json", "parquet"])
+def test_a_data_path_that_is_no_file_is_named_by_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             kind: str, source: str) -> None:
+    path = tmp_path / f"train.{source}"
+    if kind == "directory":
+        path.mkdir()
+        said = "data file is a directory; give the path of a file inside it"
+    else:
+        os.symlink(tmp_path / "other", path)
+        os.symlink(path, tmp_path / "other")
+        said = "data file is a symlink loop (the links point at each other)"
+    (tmp_path / "r.toml").write_text(f'[[data]]\nsource = "{source}"\nname = "train"\npath = "{path.name}"\n')
+    assert main(["data", "build", str(tmp_path / "r.toml"), "-o", str(tmp_path / "o.jsonl")]) == 3
+    assert capsys.readouterr().err == f"error: {path}: {said} (source 'train')\n"

@@ -14,7 +14,10 @@ from .test_resume import RECIPE, ROWS, ift
 pytestmark = pytest.mark.slow
 
 CANARIES = {"HF_TOKEN": "hf_CANARYcanaryCANARYcanaryCANARY0001", "WANDB_API_KEY": "CANARY-wandb-0002",
-            "HUGGING_FACE_HUB_TOKEN": "hf_CANARYcanaryCANARYcanaryCANARY0003", "OPENAI_API_KEY": "sk-CANARY0004"}
+            "HUGGING_FACE_HUB_TOKEN": "hf_CANARYcanaryCANARYcanaryCANARY0003", "OPENAI_API_KEY": "sk-CANARY0004",
+            # credentials inside URLs (HF_HUB_OFFLINE keeps the hub unasked; tests/e2e/test_url_credentials.py asks it)
+            "HF_ENDPOINT": "https://hfuser:CANARY-url-0005@127.0.0.1:9", "HTTPS_PROXY": "http://u:CANARY-url-0006@127.0.0.1:9",
+            "DATABASE_URL": "postgresql://admin:CANARY-url-0007@127.0.0.1:9/db"}
 
 
 def test_canaries_never_written(tmp_path: Path):

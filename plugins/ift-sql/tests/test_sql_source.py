@@ -165,6 +165,18 @@ def test_missing_database_file_is_not_created(tmp_path):
     assert not (tmp_path / "nope.db").exists()
 
 
+def test_a_database_path_that_is_a_folder_or_a_symlink_loop_is_named(tmp_path):
+    (tmp_path / "folder.db").mkdir()
+    (tmp_path / "a.db").symlink_to(tmp_path / "b.db")
+    (tmp_path / "b.db").symlink_to(tmp_path / "a.db")
+    with pytest.raises(ift.DataError) as info:
+        list(source(tmp_path, **{**TICKETS, "url": "folder.db"}).records())
+    assert str(info.value) == f"{tmp_path / 'folder.db'}: SQLite database file is a directory; give the path of a " \
+                              "file inside it (source 'support')"
+    with pytest.raises(ift.DataError, match=r"a.db: SQLite database file is a symlink loop"):
+        list(source(tmp_path, **{**TICKETS, "url": "sqlite:///a.db"}).records())
+
+
 def test_bad_json_and_missing_answer_name_the_row(tmp_path, db):
     with sqlite3.connect(db) as conn:
         conn.execute("INSERT INTO chats VALUES (2, '[{\"role\": ', NULL, NULL)")

@@ -197,3 +197,24 @@ def test_two_builds_in_one_work_dir_take_turns(tmp_path: Path) -> None:
     assert calls["second"] == 0 and calls["first"] > 0
     keys = decided_keys(tmp_path / "work")
     assert len(keys) == len(set(keys))
+
+
+def loops(prompts: list[str], *, max_new_tokens: int, stop: list[str]) -> list[str]:
+    """The issue's case: a looping instruction, and a sound instruction whose answer is a loop."""
+    if prompts and prompts[0].endswith("Input:"):
+        return [" none\nOutput: " + ("t t t t" if "colour" in p.rsplit("Task: ", 1)[1] else "Paris is.")
+                for p in prompts]
+    return ["t t t t\nName a colour of the rainbow.\nWhat is the capital of France?" for _ in prompts]
+
+
+@pytest.mark.parametrize("max_repetition", [None, 1.0])
+def test_loops_are_rejected_by_default_without_a_task_description(tmp_path: Path, max_repetition: float | None) -> None:
+    options = {} if max_repetition is None else {"max_repetition": max_repetition}
+    src = source(tmp_path, loops, prompts_per_round=1, num_instructions=5, max_rounds=1, **options)
+    kept = {r.messages[0].content: r.answer for r in src.records()}
+    if max_repetition is None:  # the default: both loops go, each as 'repetitive'
+        assert kept == {"What is the capital of France?": "Paris is."}
+        assert src.stats["rejected"] == {"repetitive": 2}
+    else:  # the check off: the loops are what the quality score alone lets through (the issue's 't t t t')
+        assert kept["Name a colour of the rainbow."] == "t t t t"
+        assert "repetitive" not in src.stats["rejected"]

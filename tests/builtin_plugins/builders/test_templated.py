@@ -83,10 +83,10 @@ def test_few_shot_examples_are_other_rows_with_their_answers(tmp_path: Path) -> 
     records = build(tmp_path, rows="w.jsonl", tasks=[{"name": "rev", "instructions": [template],
                                                       "answer": "{{ word | reverse }}", "few_shot": 2}])
     assert texts(records) == [
-        ("rev:0", "yak -> kay\ndog -> god\ncat ->", "tac"),
-        ("rev:1", "owl -> lwo\nyak -> kay\ndog ->", "god"),
-        ("rev:2", "yak -> kay\ncat -> tac\nowl ->", "lwo"),
-        ("rev:3", "owl -> lwo\ncat -> tac\nyak ->", "kay"),
+        ("rev[0]", "yak -> kay\ndog -> god\ncat ->", "tac"),
+        ("rev[1]", "owl -> lwo\nyak -> kay\ndog ->", "god"),
+        ("rev[2]", "yak -> kay\ncat -> tac\nowl ->", "lwo"),
+        ("rev[3]", "owl -> lwo\ncat -> tac\nyak ->", "kay"),
     ]
 
 
@@ -96,9 +96,9 @@ def test_choices_from_a_column_system_prompt_and_label_template(tmp_path: Path) 
         "name": "quiz", "system": "Answer with one option.", "choices_column": "options",
         "instructions": ["{{ question }} Options: {{ choices | join(', ') }}"],
         "answer": "The answer is {{ answer }}.", "label": "{{ answer }}"}])
-    assert texts(records) == [("quiz:0", "Answer with one option.", "Sky colour? Options: blue, green",
+    assert texts(records) == [("quiz[0]", "Answer with one option.", "Sky colour? Options: blue, green",
                                "The answer is blue."),
-                              ("quiz:1", "Answer with one option.", "2+2? Options: 3, 4, 5", "The answer is 4.")]
+                              ("quiz[1]", "Answer with one option.", "2+2? Options: 3, 4, 5", "The answer is 4.")]
     assert [(r.label, r.choices) for r in records] == [("blue", ["blue", "green"]), ("4", ["3", "4", "5"])]
 
 
@@ -169,7 +169,7 @@ def test_rows_from_json_parquet_files_and_from_any_registered_source(host: Plugi
         {"name": "p", "rows": {"path": "r.parquet", "limit": 2}, "instructions": ["x={{ x }}"], "answer": "{{ x }}"},
         {"name": "m", "rows": {"source": "memory"}, "instructions": ["Briefly: {{ prompt }}"],
          "answer": "{{ answer }} ({{ id }})"}])
-    assert texts(records) == [("j:a", "x=1", "1!"), ("j:b", "x=2", "2!"), ("p:0", "x=3", "3"), ("p:1", "x=4", "4"),
+    assert texts(records) == [("j:a", "x=1", "1!"), ("j:b", "x=2", "2!"), ("p[0]", "x=3", "3"), ("p[1]", "x=4", "4"),
                               ("m:q1", "Briefly: Capital of France?", "Paris (q1)")]
 
 
@@ -180,8 +180,8 @@ def test_instruction_files_and_fingerprints(tmp_path: Path) -> None:
         {"name": "double", "instruction_files": ["double.jinja"], "answer": "{{ n | int * 2 }}"}])
     source = TemplatedSource(config, source_name="s", base_dir=tmp_path)
     before = source.content_fingerprint()
-    assert texts(list(source.records())) == [("double:0", "Example: 5 doubled is 10.\nNow double 1.", "2"),
-                                             ("double:1", "Example: 5 doubled is 10.\nNow double 2.", "4")]
+    assert texts(list(source.records())) == [("double[0]", "Example: 5 doubled is 10.\nNow double 1.", "2"),
+                                             ("double[1]", "Example: 5 doubled is 10.\nNow double 2.", "4")]
     assert source.fingerprint() == before
     (tmp_path / "double.jinja").write_text("Double {{ n }}.")
     assert source.content_fingerprint() != before

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 import ift
+from ift.files import check_data_file
 from ift.records import RowError, normalize_row
 
 #: Record fields a column can be mapped to (``columns = { prompt = "question", completion = "answer" }``).
@@ -125,8 +126,8 @@ class SqlSource(ift.InstructionSource):
     def _resolve(self, path: str) -> Path:
         file = Path(path).expanduser()
         file = file if file.is_absolute() else self.base_dir / file
-        if not file.is_file():  # SQLite would silently create an empty database
-            raise ift.DataError(f"SQLite database file not found (source {self.source_name!r})", file=str(file))
+        # SQLite would silently create an empty database; a directory or a symlink loop is named as what it is
+        check_data_file(file, "SQLite database file", f"(source {self.source_name!r})")
         return file
 
     def _env(self, name: str, what: str) -> str:
