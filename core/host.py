@@ -39,6 +39,7 @@ BUILTIN_MODULES = (
     "ift.builtin_plugins.classifier",
     "ift.builtin_plugins.sft",
     "ift.builtin_plugins.trainers",
+    "ift.builtin_plugins.preference",
     "ift.builtin_plugins.metrics",
     "ift.builtin_plugins.builders",
     "ift.builtin_plugins.data_cli",

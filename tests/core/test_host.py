@@ -56,8 +56,8 @@ def test_builtins_register_every_component_under_its_name(host: PluginHost) -> N
 def test_builtin_plugins_are_described_with_origin_and_registered_names(host: PluginHost) -> None:
     described = {row["name"]: row for row in host.describe()}
     assert set(described) == {"sources", "transforms", "renderers", "causal_lm", "seq2seq", "classifier", "sft",
-                              "trainers", "metrics", "cleaning", "builders", "data_cli", "reporting", "quality",
-                              "tensorboard", "serve", "inference", "scaffold"}
+                              "trainers", "preference", "metrics", "cleaning", "builders", "data_cli", "reporting",
+                              "quality", "tensorboard", "serve", "inference", "scaffold"}
     assert described["transforms"]["origin"] == "builtin"
     assert described["transforms"]["distribution"] == "ift"
     assert described["transforms"]["registered"] == {"transform": ["drop-invalid", "dedup"]}

@@ -1,0 +1,334 @@
+"""The preference objectives ``dpo``, ``orpo`` and ``kto`` (docs/preference.md).
+
+Each is an :class:`ift.Objective` whose unit of loss is a pair (``kto``: an example). Sequence log-probabilities
+are the adapter's per-example summed NLL over trained positions (the completion), negated, from its chunked
+path (:meth:`ift.ModelAdapter.loss_by_example`), so no ``[tokens x vocab]`` tensor exists at once.
+
+The reference model (``dpo``, ``kto``) is the starting model, never a second copy of it: under a PEFT adapter its
+log-probabilities come from the same model with the adapter disabled (``reference = "auto"`` or
+``"disabled-adapter"``), under full fine-tuning they are computed once before training, for every training and
+held-out example (``"auto"`` or ``"precomputed"``; a PEFT run can ask for that too, which saves a forward pass per
+step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+import ift
+from ift.builtin_plugins.preference import losses
+from ift.builtin_plugins.preference.batches import (
+    Item,
+    PreferenceCollator,
+    make_loader,
+    pair_items,
+    unpaired_items,
+)
+
+
+class PreferenceConfig(ift.ObjectiveConfig):
+    beta: float = Field(0.1, gt=0, description="Strength of the preference term (DPO / KTO: the KL penalty's "
+                                               "inverse temperature; ORPO: lambda, the odds-ratio weight).")
+
+
+class ReferenceConfig(PreferenceConfig):
+    reference: Literal["auto", "disabled-adapter", "precomputed"] = Field(
+        "auto", description="Where the reference log-probabilities come from: the model with its PEFT adapter "
+        "disabled, or computed once before training (auto: the first under PEFT, the second otherwise).")
+
+
+class DPOConfig(ReferenceConfig):
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO: the assumed share of pairs whose "
+                                                                  "preference is flipped (0: plain DPO).")
+
+
+class KTOConfig(ReferenceConfig):
+    desirable_weight: float = Field(1.0, gt=0, description="Weight of the desirable examples' loss.")
+    undesirable_weight: float = Field(1.0, gt=0, description="Weight of the undesirable examples' loss.")
+
+
+def sequence_logps(adapter: Any, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+    """Each row's summed log-probability over its trained positions, and how many positions that is."""
+    nll, counts = adapter.loss_by_example(model, {**batch, "record_ids": batch["row_ids"]})
+    return -nll, counts
+
+
+def to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
+    return {k: to_device(v, device) if isinstance(v, dict) else v.to(device) if hasattr(v, "to") else v
+            for k, v in batch.items()}
+
+
+class PreferenceObjective(ift.Objective):
+    """What the three objectives share: their items, loader, reference log-probabilities and held-out figures."""
+
+    examples: ClassVar[str] = "preference"
+    uses_reference: ClassVar[bool] = True
+    paired: ClassVar[bool] = True
+
+    def __init__(self, config: ift.ComponentConfig) -> None:
+        super().__init__(config)
+        self.reference_logps: dict[str, dict[tuple[int, str], float]] = {}
+        self.adapter: Any = None
+        self.tokenizer: Any = None
+        self.batch_size = 8
+
+    # --- data --------------------------------------------------------------------------------
+
+    def items(self, examples: Sequence[ift.EncodedExample]) -> list[Item]:
+        return pair_items(examples, self.name) if self.paired else unpaired_items(examples, self.name)
+
+    def collator(self, examples: Sequence[ift.EncodedExample]) -> PreferenceCollator:
+        return PreferenceCollator(self.adapter, self.tokenizer, examples, self.items(examples),
+                                  kl_partners=not self.paired)
+
+    def loader(self, ctx: ift.TrainContext, mode: str) -> Any:
+        """Batches of ``ctx.train_examples`` (see :mod:`.batches`)."""
+        self._bind(ctx)
+        return make_loader(self._train_collator, mode=mode, batch_size=self.batch_size, seed=ctx.seed,
+                           shuffle=bool(_loop_setting(ctx, "shuffle", True)))
+
+    def units(self, batch: Any) -> int:
+        return int(batch["pairs"])
+
+    def _bind(self, ctx: ift.TrainContext) -> None:
+        if self.adapter is None:
+            self.adapter, self.tokenizer = ctx.adapter, ctx.tokenizer
+            self.batch_size = int(_loop_setting(ctx, "batch_size", 8))
+        if getattr(self, "_train_collator", None) is None:
+            self._train_collator = self.collator(ctx.train_examples)
+
+    # --- reference ---------------------------------------------------------------------------
+
+    def setup(self, ctx: ift.TrainContext, model: Any) -> None:
+        """Check the examples, and compute what comes from the starting model: the reference log-probabilities
+        (when precomputed) and the held-out figures before training (:attr:`baseline`)."""
+        self._bind(ctx)
+        self.eval_examples = ctx.eval_examples
+        self._eval_collator = self.collator(ctx.eval_examples) if len(ctx.eval_examples) else None
+        mode = getattr(self.config, "reference", "auto")
+        self.precomputed = self.uses_reference and (
+            mode == "precomputed" or (mode == "auto" and not hasattr(model, "disable_adapter")))
+        if self.uses_reference and not self.precomputed and not hasattr(model, "disable_adapter"):
+            raise ift.RecipeError([ift.Problem("trainer.reference", "'disabled-adapter' needs a PEFT adapter "
+                                               "([model] peft = ...); without one use 'auto' or 'precomputed'")])
+        if self.precomputed:
+            self.reference_logps["train"] = self._all_logps(model, self._train_collator)
+            if self._eval_collator is not None:
+                self.reference_logps["eval"] = self._all_logps(model, self._eval_collator)
+        self.baseline = self.evaluate(model) if self._eval_collator is not None else {}
+
+    @contextlib.contextmanager
+    def _reference_mode(self, model: Any) -> Any:
+        with contextlib.ExitStack() as stack:
+            if self.uses_reference and not getattr(self, "precomputed", True):
+                stack.enter_context(model.disable_adapter())
+            yield
+
+    def _all_logps(self, model: Any, collator: PreferenceCollator) -> dict[tuple[int, str], float]:
+        """Every item's log-probabilities with ``model`` as it is (``(item, "chosen" / "rejected" / "kl")``)."""
+        import torch
+
+        out: dict[tuple[int, str], float] = {}
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, len(collator.items), self.batch_size):
+                    positions = list(range(start, min(start + self.batch_size, len(collator.items))))
+                    batch = to_device(collator(positions), _device(model))
+                    for key, values in self._logps(model, batch).items():
+                        out.update({(p, key): float(v) for p, v in zip(positions, values.tolist(), strict=True)})
+        finally:
+            model.train(was_training)
+        return out
+
+    def _logps(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        """Summed log-probabilities of the batch's sequences by role (``chosen``/``rejected``, or ``single`` and
+        ``kl``)."""
+        logps, _ = sequence_logps(self.adapter, model, batch)
+        if "chosen_rows" in batch:
+            return {"chosen": logps[batch["chosen_rows"]], "rejected": logps[batch["rejected_rows"]]}
+        out = {"single": logps}
+        if "kl" in batch:
+            out["kl"] = sequence_logps(self.adapter, model, batch["kl"])[0]
+        return out
+
+    def reference(self, model: Any, batch: dict[str, Any], split: str = "train") -> dict[str, Any]:
+        """The reference log-probabilities of a batch: looked up when precomputed, else the model's own with the
+        adapter disabled (no gradient)."""
+        import torch
+
+        if self.precomputed:
+            table = self.reference_logps[split]
+            keys = ("chosen", "rejected") if "chosen_rows" in batch else ("single", "kl") if "kl" in batch \
+                else ("single",)
+            device = batch["input_ids"].device
+            return {key: torch.tensor([table[(p, key)] for p in batch["index"]], device=device) for key in keys}
+        with torch.no_grad(), self._reference_mode(model):
+            return self._logps(model, batch)
+
+    # --- held-out figures ----------------------------------------------------------------------
+
+    def evaluate(self, model: Any) -> dict[str, Any]:
+        """Reward accuracy, reward margin and the chosen / rejected log-probabilities on the held-out examples."""
+        import torch
+
+        collator = self._eval_collator
+        if collator is None:
+            return {}
+        sums: dict[str, float] = {}
+        units = 0
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, len(collator.items), self.batch_size):
+                    positions = list(range(start, min(start + self.batch_size, len(collator.items))))
+                    batch = to_device(collator(positions), _device(model))
+                    for name, value in self.figures(model, batch, "eval").items():
+                        sums[name] = sums.get(name, 0.0) + float(value)
+                    units += len(positions)
+        finally:
+            model.train(was_training)
+        return {**{name: round(value, 6) for name, value in self.summarize(sums, units).items()}, "n": units}
+
+    def summarize(self, sums: dict[str, float], units: int) -> dict[str, float]:
+        """Held-out figures from their sums over ``units`` pairs: means per pair."""
+        return {name: value / units for name, value in sums.items()}
+
+    def figures(self, model: Any, batch: dict[str, Any], split: str) -> dict[str, Any]:
+        """Summed figures of one batch (overridden by each objective)."""
+        return self.loss_and_figures(model, batch, split).figures
+
+    def loss(self, model: Any, batch: dict[str, Any]) -> ift.LossTerms:
+        return self.loss_and_figures(model, to_device(batch, _device(model)), "train")
+
+    def loss_and_figures(self, model: Any, batch: dict[str, Any], split: str) -> ift.LossTerms:
+        raise NotImplementedError
+
+
+def pair_figures(chosen: Any, rejected: Any, chosen_rewards: Any, rejected_rewards: Any) -> dict[str, Any]:
+    margins = chosen_rewards - rejected_rewards
+    return {"reward_accuracy": (margins > 0).float().sum(), "reward_margin": margins.sum(),
+            "chosen_reward": chosen_rewards.sum(), "rejected_reward": rejected_rewards.sum(),
+            "chosen_logp": chosen.detach().sum(), "rejected_logp": rejected.detach().sum(),
+            "logp_accuracy": (chosen.detach() > rejected.detach()).float().sum()}
+
+
+class DPOObjective(PreferenceObjective):
+    """Direct preference optimisation (sigmoid loss, optional cDPO label smoothing)."""
+
+    name = "dpo"
+    Config = DPOConfig
+    config: DPOConfig
+
+    def loss_and_figures(self, model: Any, batch: dict[str, Any], split: str) -> ift.LossTerms:
+        ref = self.reference(model, batch, split)
+        policy = self._logps(model, batch)
+        out = losses.dpo(policy["chosen"], policy["rejected"], ref["chosen"], ref["rejected"],
+                         beta=self.config.beta, label_smoothing=self.config.label_smoothing)
+        return ift.LossTerms(out.losses.sum(), per_example=(out.losses, _ones(out.losses)),
+                             figures=pair_figures(policy["chosen"], policy["rejected"], out.chosen_rewards,
+                                                  out.rejected_rewards))
+
+
+class ORPOObjective(PreferenceObjective):
+    """Odds-ratio preference optimisation: NLL on the chosen completion plus the odds-ratio term; no reference."""
+
+    name = "orpo"
+    Config = PreferenceConfig
+    uses_reference = False
+
+    def loss_and_figures(self, model: Any, batch: dict[str, Any], split: str) -> ift.LossTerms:
+        logps, counts = sequence_logps(self.adapter, model, batch)
+        counts = counts.clamp(min=1).to(logps.dtype)
+        chosen, rejected = logps[batch["chosen_rows"]], logps[batch["rejected_rows"]]
+        chosen_mean = chosen / counts[batch["chosen_rows"]]
+        rejected_mean = rejected / counts[batch["rejected_rows"]]
+        out, log_odds = losses.orpo(chosen_mean, rejected_mean, -chosen_mean, beta=self.config.beta)
+        figures = pair_figures(chosen, rejected, out.chosen_rewards, out.rejected_rewards)
+        figures.update(log_odds_ratio=log_odds.sum(), chosen_nll=(-chosen_mean).detach().sum())
+        return ift.LossTerms(out.losses.sum(), per_example=(out.losses, _ones(out.losses)), figures=figures)
+
+
+class KTOObjective(PreferenceObjective):
+    """Kahneman-Tversky optimisation on unpaired desirable / undesirable completions (pairs count as one of
+    each)."""
+
+    name = "kto"
+    Config = KTOConfig
+    config: KTOConfig
+    paired = False
+
+    def __init__(self, config: ift.ComponentConfig) -> None:
+        super().__init__(config)
+        self.last_kl = 0.0
+
+    def loss_and_figures(self, model: Any, batch: dict[str, Any], split: str) -> ift.LossTerms:
+        import torch
+
+        ref = self.reference(model, batch, split)
+        logps, _ = sequence_logps(self.adapter, model, batch)
+        with torch.no_grad():
+            policy_kl = sequence_logps(self.adapter, model, batch["kl"])[0]
+        desirable = batch["desirable"].to(logps.device)
+        if len(batch["index"]) > 1:  # one example has no other completion to borrow: keep the last estimate
+            kl = (policy_kl - ref["kl"]).mean().clamp(min=0)
+            if split == "train":
+                self.last_kl = float(kl)
+        else:
+            kl = torch.tensor(self.last_kl, device=logps.device)
+        per, rewards = losses.kto(logps, ref["single"], desirable, kl, beta=self.config.beta,
+                                  desirable_weight=self.config.desirable_weight,
+                                  undesirable_weight=self.config.undesirable_weight)
+        sign = torch.where(desirable, rewards, -rewards)
+        n = len(batch["index"])
+        figures = {"reward_accuracy": (sign > 0).float().sum(), "kl": kl.detach() * n,
+                   "desirable_reward": rewards[desirable].sum(), "undesirable_reward": rewards[~desirable].sum(),
+                   "desirable_logp": logps.detach()[desirable].sum(),
+                   "undesirable_logp": logps.detach()[~desirable].sum(),
+                   "desirable": desirable.float().sum()}
+        return ift.LossTerms(per.sum(), per_example=(per, _ones(per)), figures=figures)
+
+    def summarize(self, sums: dict[str, float], units: int) -> dict[str, float]:
+        """Means per class: the chosen figures are the desirable examples', the rejected the undesirable ones';
+        the margin is the mean desirable reward minus the mean undesirable one."""
+        good = sums.pop("desirable", 0.0)
+        bad = units - good
+        out = {"reward_accuracy": sums["reward_accuracy"] / units, "kl": sums["kl"] / units}
+        chosen_reward = sums["desirable_reward"] / good if good else 0.0
+        rejected_reward = sums["undesirable_reward"] / bad if bad else 0.0
+        out.update(reward_margin=chosen_reward - rejected_reward, chosen_reward=chosen_reward,
+                   rejected_reward=rejected_reward,
+                   chosen_logp=sums["desirable_logp"] / good if good else 0.0,
+                   rejected_logp=sums["undesirable_logp"] / bad if bad else 0.0, desirable=good, undesirable=bad)
+        return out
+
+    def state(self) -> dict[str, Any] | None:
+        return {"last_kl": self.last_kl}
+
+    def load_state(self, state: dict[str, Any] | None) -> None:
+        self.last_kl = float((state or {}).get("last_kl", 0.0))
+
+
+def _ones(values: Any) -> Any:
+    import torch
+
+    return torch.ones_like(values, dtype=torch.long)
+
+
+def _device(model: Any) -> Any:
+    return next(model.parameters()).device
+
+
+def _loop_setting(ctx: Any, name: str, default: Any) -> Any:
+    """A key of the loop's configuration (batch_size, shuffle) from the context."""
+    for holder in ("config", "training", "trainer_config"):
+        config = getattr(ctx, holder, None)
+        if config is not None and hasattr(config, name):
+            return getattr(config, name)
+    return default
