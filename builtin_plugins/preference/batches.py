@@ -14,6 +14,7 @@ desirable and one undesirable example.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -164,7 +165,8 @@ def make_loader(collator: PreferenceCollator, *, mode: str, batch_size: int, see
     if mode == "padding-free" and not collator.adapter.supports_packing:
         raise ift.RecipeError([ift.Problem("trainer.batching", f"model adapter {collator.adapter.name!r} cannot "
                                            "pack sequences (padding-free); use length-grouped")])
-    collator.packed = mode == "padding-free" and collator.items[0].part is None if collator.items else False
+    collator = copy.copy(collator)  # each loader packs or pads on its own
+    collator.packed = mode == "padding-free" and bool(collator.items) and collator.items[0].part is None
     lengths = item_lengths(collator.examples, collator.items, mode)
     plan = BatchPlan("length-grouped" if mode == "length-grouped" else "padding", lengths, batch_size, seed,
                      shuffle=shuffle)
