@@ -141,15 +141,14 @@ class CausalLMAdapter(ift.ModelAdapter):
     def loss_sum(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
         losses, counted = self.token_losses(model, batch)
         count = counted.sum()
-        return peft_methods.add_training_penalty(model, losses.sum(), count), count
+        return losses.sum(), count
 
     def loss_by_example(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any] | None:
         """Per-example summed loss (carrying the graph: the trainer backpropagates through their sum) and
         loss-token counts. A padded batch holds one example per row; a packed one says in ``example_index`` which
         example each token belongs to, and a predicted token is charged to the example it is part of (an example's
-        first token is never predicted, so nothing is charged across a boundary). A PEFT method's training penalty
-        is charged per loss token, as :meth:`loss_sum` adds it. The sums add up to :meth:`loss_sum` to float
-        tolerance (another summation order)."""
+        first token is never predicted, so nothing is charged across a boundary). The sums add up to
+        :meth:`loss_sum` to float tolerance (another summation order)."""
         import torch
 
         owner = self.loss_owners(batch)
@@ -159,8 +158,10 @@ class CausalLMAdapter(ift.ModelAdapter):
         n = len(batch["record_ids"])
         sums = losses.new_zeros(n).index_add(0, owner, losses)
         counts = torch.zeros(n, dtype=torch.long, device=owner.device).index_add(0, owner, torch.ones_like(owner))
-        penalty = peft_methods.training_penalty(model)
-        return (sums if penalty is None else sums + penalty * counts), counts
+        return sums, counts
+
+    def training_penalty(self, model: Any) -> Any | None:
+        return peft_methods.training_penalty(model)
 
     def token_losses(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
         """Cross-entropy at each trained position (1-d, float32, in row-major order) and the ``[batch, n - 1]``

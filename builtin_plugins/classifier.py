@@ -235,16 +235,17 @@ class ClassifierAdapter(ift.ModelAdapter):
         labels = batch["labels"]
         loss = F.cross_entropy(self._logits(model, batch), labels, ignore_index=-100, reduction="sum")
         count = (labels != -100).sum()
-        return peft_methods.add_training_penalty(model, loss, count), count
+        return loss, count
 
     def loss_by_example(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
         import torch.nn.functional as F
 
         labels = batch["labels"]
         losses = F.cross_entropy(self._logits(model, batch), labels, ignore_index=-100, reduction="none")
-        counts = (labels != -100).long()
-        penalty = peft_methods.training_penalty(model)  # charged per example, as loss_sum adds it
-        return (losses if penalty is None else losses + penalty * counts), counts
+        return losses, (labels != -100).long()
+
+    def training_penalty(self, model: Any) -> Any | None:
+        return peft_methods.training_penalty(model)
 
     def on_optimizer_step(self, model: Any, step: int, total_steps: int) -> None:
         peft_methods.on_optimizer_step(model, self.config.peft, step, total_steps)  # AdaLoRA's rank allocation

@@ -182,17 +182,18 @@ class Seq2SeqAdapter(ift.ModelAdapter):
     def loss_sum(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
         losses, mask = self.token_losses(model, batch)
         count = mask.sum()
-        return peft_methods.add_training_penalty(model, losses.sum(), count), count
+        return losses.sum(), count
 
     def loss_by_example(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
-        """Each example's summed loss (the trainer may backpropagate through their sum, so a PEFT method's
-        training penalty is charged per loss token, as :meth:`loss_sum` adds it) and loss-token count."""
+        """Each example's summed loss (carrying the graph: the trainer may backpropagate through their sum) and
+        loss-token count."""
         losses, mask = self.token_losses(model, batch)
         owner = mask.nonzero()[:, 0]
         sums = losses.new_zeros(mask.size(0)).index_add(0, owner, losses)
-        counts = mask.sum(dim=1)
-        penalty = peft_methods.training_penalty(model)
-        return (sums if penalty is None else sums + penalty * counts), counts
+        return sums, mask.sum(dim=1)
+
+    def training_penalty(self, model: Any) -> Any | None:
+        return peft_methods.training_penalty(model)
 
     # --- generating and saving -----------------------------------------------------------------
 

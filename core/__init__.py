@@ -23,31 +23,13 @@ from ift.components import (
     Transform,
 )
 from ift.config import ComponentConfig, TrainerConfig
+from ift.engine import Callback, LoopState, OptimizerFactory, SchedulerFactory, TrainingConfig, train
 from ift.errors import DataError, IftError, PluginError, Preempted, Problem, RecipeError, RunDirectoryInUse, RunError
 from ift.hookspecs import HOOK_API_VERSION, hookimpl
 from ift.objectives import LossTerms, Objective, ObjectiveConfig
 from ift.records import InstructionRecord, Message
+from ift.sft import NLL, SFTConfig, SFTTrainer
 from ift.training import TrainContext, TrainResult
-
-#: Public names defined outside the core, imported on first use: the ``sft`` trainer and its config are
-#: the base classes of trainer plugins (override ``SFTTrainer.loss``), and importing them here eagerly would
-#: import the builtin plugins (and make a cycle, since they import ``ift``).
-_LAZY = {"SFTTrainer": "ift.builtin_plugins.sft", "SFTConfig": "ift.builtin_plugins.sft"}
-
-
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        from importlib import import_module
-
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module 'ift' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
-
 
 try:
     __version__ = version("ift")
@@ -55,6 +37,13 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0+unknown"
 
 __all__ = [
+    "NLL",
+    "Callback",
+    "LoopState",
+    "OptimizerFactory",
+    "SchedulerFactory",
+    "TrainingConfig",
+    "train",
     "HOOK_API_VERSION",
     "Component",
     "ComponentConfig",

@@ -424,6 +424,12 @@ class ModelAdapter(Component, ABC):
         example (per-source training loss is then not reported)."""
         return None
 
+    def training_penalty(self, model: Any) -> Any | None:
+        """A term the model's training method adds to the mean loss of every step (AdaLoRA's orthogonality
+        penalty), as a 0-d tensor carrying the graph; None when there is none. The training loop adds it, so no
+        objective can drop it; :meth:`loss_sum` and :meth:`loss_by_example` leave it out."""
+        return None
+
     def on_optimizer_step(self, model: Any, step: int, total_steps: int) -> None:  # noqa: B027 - optional
         """Called by trainers after each optimizer update, before gradients are cleared (AdaLoRA's rank
         allocation needs them). ``step`` counts from 1."""
@@ -521,7 +527,8 @@ GUARDED: dict[type[Component], tuple[str, ...]] = {
     Transform: ("apply", "reason"),
     Renderer: ("bind", "render", "render_completions", "prompt", "template_hash"),
     ModelAdapter: ("load_tokenizer", "load_model", "encode", "encode_record", "prepare_data", "restore_data", "fit",
-                   "collate", "collate_packed", "loss_sum", "loss_by_example", "on_optimizer_step", "generate",
+                   "collate", "collate_packed", "loss_sum", "loss_by_example", "training_penalty", "on_optimizer_step",
+                   "generate",
                    "save", "load_trained", "describe"),
     Metric: ("compute", "details"),
     SimilarityBackend: ("fit", "scores"),

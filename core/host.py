@@ -252,7 +252,28 @@ class PluginHost:
                             plugin=info.name, distribution=info.distribution)
                     registry[kind][name] = Registered(cls, info.name, info.distribution, info.version)
                     info.registered.setdefault(kind, []).append(name)
+        self._objective_trainers(registry)
         return registry
+
+    def _objective_trainers(self, registry: dict[str, dict[str, Registered]]) -> None:
+        """Each objective is also a trainer of its name, on the training loop."""
+        from ift.sft import objective_trainer
+
+        for name, objective in registry["objective"].items():
+            info = self.plugins.get(objective.plugin) or PluginInfo(objective.plugin, "?", "?", "?")
+            if name in registry["trainer"]:
+                other = registry["trainer"][name]
+                raise PluginError(f"training objective {name!r} would also be a trainer of that name, but plugin "
+                                  f"{other.plugin!r} ({other.distribution} {other.version}) registers a trainer "
+                                  f"{name!r}", plugin=objective.plugin, distribution=objective.distribution)
+            try:
+                trainer = objective_trainer(objective.cls)
+            except ValueError as exc:
+                raise PluginError(f"ift_register_objectives: {exc}", plugin=objective.plugin,
+                                  distribution=objective.distribution) from None
+            registry["trainer"][name] = Registered(trainer, objective.plugin, objective.distribution,
+                                                   objective.version)
+            info.registered.setdefault("trainer", []).append(name)
 
     @staticmethod
     def _check_class(kind: str, cls: Any, info: PluginInfo) -> None:

@@ -68,6 +68,16 @@ class Objective(Component, ABC):
 
     Config: ClassVar[type[ComponentConfig]] = ObjectiveConfig
     examples: ClassVar[str] = "sequence"
+    #: The run's context, set by the loop before :meth:`setup` (the adapter, the tokenizer, the examples).
+    ctx: TrainContext
+
+    def loader(self, ctx: TrainContext, mode: str) -> Any:
+        """The batches to train on, for objectives whose examples are not plain sequences: a DataLoader whose
+        ``batch_sampler`` has ``select(epoch, skip=...)`` and ``len`` (as :class:`ift.batching.BatchPlan` does, so a
+        resume continues exactly). ``mode`` is the resolved ``trainer.batching``. None (the default): the loop's
+        own loader of sequence examples. Every batch carries ``loss_tokens``, ``real_tokens``, ``num_examples``,
+        ``input_ids`` (for the throughput figures) and ``record_ids``, ``sources``, ``tasks`` (one per example)."""
+        return None
 
     def setup(self, ctx: TrainContext, model: Any) -> None:  # noqa: B027 - optional hook, empty by default
         """Called once before the first step, with the model as it will be trained (load a teacher or a

@@ -17,7 +17,7 @@ import torch
 import ift
 from ift.builtin_plugins.causal_lm import CausalLMAdapter
 from ift.builtin_plugins.sft import SFTConfig, SFTTrainer
-from ift.builtin_plugins.train_meter import TrainMeter
+from ift.meter import TrainMeter
 
 TINY = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
         "num_attention_heads": 2}

@@ -9,16 +9,17 @@ from ift.testing.contracts.metric import MetricCase, MetricContract
 from ift.testing.contracts.renderer import RendererContract
 from ift.testing.contracts.similarity import SimilarityBackendContract
 from ift.testing.contracts.source import SourceContract
-from ift.testing.contracts.trainer import TrainerContract
+from ift.testing.contracts.trainer import ObjectiveContract, TrainerContract
 from ift.testing.contracts.transform import TransformContract
 
 #: The contract suite of each plugin kind (keys: ``ift.components.KINDS``).
 CONTRACTS: dict[str, type[ComponentContract]] = {
     "source": SourceContract, "transform": TransformContract, "renderer": RendererContract,
-    "model_adapter": ModelAdapterContract, "trainer": TrainerContract, "metric": MetricContract,
+    "model_adapter": ModelAdapterContract, "trainer": TrainerContract, "objective": ObjectiveContract,
+    "metric": MetricContract,
     "similarity_backend": SimilarityBackendContract,
 }
 
 __all__ = ["CONTRACTS", "ComponentContract", "MetricCase", "MetricContract", "ModelAdapterContract",
-           "RendererContract", "SimilarityBackendContract", "SourceContract", "TrainerContract",
+           "ObjectiveContract", "RendererContract", "SimilarityBackendContract", "SourceContract", "TrainerContract",
            "TransformContract", "record_problems"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,6 +28,7 @@ class TrainedTiny:
     events: list[dict[str, Any]] = field(default_factory=list)
     evaluations: list[str] = field(default_factory=list)
     examples: list[Any] = field(default_factory=list)
+    loss_before: float = math.nan
 
 
 class TrainerContract(ComponentContract):
@@ -89,7 +91,8 @@ class TrainerContract(ComponentContract):
                              batch_size=4, max_new_tokens=4, stop=[], samples=0)(model, stage)
 
         train_examples, eval_examples = encode(records[:-2]), encode(records[-2:])
-        outcome = TrainedTiny(tiny, tiny.snapshot(), None, examples=train_examples)
+        outcome = TrainedTiny(tiny, tiny.snapshot(), None, examples=train_examples,
+                              loss_before=mean_loss(tiny, tiny.model, train_examples))
 
         def evaluate(model: Any, stage: str) -> dict[str, Any]:
             outcome.evaluations.append(stage)
@@ -128,6 +131,20 @@ class TrainerContract(ComponentContract):
             loss, count = tiny.adapter.loss_sum(model, batch)
         assert finite(loss) and int(count) > 0
 
+    def test_a_few_steps_lower_the_training_loss(self, trained: TrainedTiny) -> None:
+        after = mean_loss(trained.tiny, trained.result.model, trained.examples)
+        assert after < trained.loss_before, (
+            f"the mean loss of the training examples did not go down: {trained.loss_before:.6f} before, "
+            f"{after:.6f} after {trained.result.steps} steps (is the objective minimised? raise the contract "
+            "config's learning_rate or max_steps if it is too small to show)")
+
+    def test_steps_are_logged_with_their_loss(self, trained: TrainedTiny) -> None:
+        logged = [e for e in trained.events if isinstance(e.get("step"), int)]
+        assert logged, "no step was logged: call ctx.log_step with each logged step's event"
+        assert logged[-1]["step"] == trained.result.steps, (
+            f"the last step ({trained.result.steps}) was not logged (last logged: {logged[-1]['step']})")
+        assert all("loss" in e for e in logged), "every logged step needs its 'loss'"
+
     def test_summary_is_json_serializable(self, trained: TrainedTiny) -> None:
         assert isinstance(trained.result.summary, dict)
         json.dumps(trained.result.summary)  # lands in metrics.json
@@ -142,3 +159,54 @@ class TrainerContract(ComponentContract):
             json.dumps(event)  # one events.jsonl line each
             if "loss" in event:
                 assert finite(event["loss"]), f"logged loss {event['loss']!r} is not finite"
+
+
+def mean_loss(tiny: TinyModel, model: Any, examples: list[Any]) -> float:
+    """The adapter's mean loss per trained token over ``examples`` (no gradients, eval mode, then back)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(examples), 4):
+            batch = to_device(tiny.adapter.collate(tiny.tokenizer, examples[start:start + 4]), model)
+            loss, n = tiny.adapter.loss_sum(model, batch)
+            total, count = total + float(loss), count + int(n)
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+class ObjectiveContract(TrainerContract):
+    """An objective trains the tiny model through the trainer it becomes (the loop's keys and its own, from
+    ``config``), with every check of :class:`TrainerContract`, and its loss terms are well formed on a batch."""
+
+    kind = "objective"
+
+    def make_trainer(self, base_dir: Path) -> Trainer:
+        from ift.sft import objective_trainer
+
+        cls = objective_trainer(self.component_class())  # type: ignore[arg-type]
+        return cls(cls.Config(**self.config))
+
+    def test_loss_terms_are_well_formed(self, trained: TrainedTiny) -> None:
+        import torch
+
+        from ift.objectives import LossTerms
+
+        tiny, trainer = trained.tiny, self.make_trainer(Path("."))
+        objective = trainer.objective(None)  # type: ignore[attr-defined]
+        objective.ctx = type("Ctx", (), {"adapter": tiny.adapter, "tokenizer": tiny.tokenizer})()
+        model = trained.result.model
+        batch = to_device(tiny.adapter.collate(tiny.tokenizer, trained.examples[:4]), model)
+        units = objective.units(batch)
+        assert isinstance(units, int) and units > 0, f"units(batch) must be a positive int, got {units!r}"
+        terms = objective.loss(model, batch)
+        assert isinstance(terms, LossTerms), f"loss() must return ift.LossTerms, got {type(terms).__name__}"
+        assert finite(terms.trained()) and terms.trained().requires_grad, "the trained loss must be finite and " \
+            "carry the graph"
+        if terms.per_example is not None:
+            sums, counts = terms.per_example
+            assert torch.allclose(sums.sum(), terms.loss, rtol=1e-4, atol=1e-5), "per-example sums must add up " \
+                "to the loss"
+            assert len(sums) == len(counts) == len(batch["record_ids"])

@@ -36,12 +36,14 @@ class TrainMeter:
                 self.width += len(names)
         # over the whole run: by_group is [summed loss, loss tokens] per column; split is false once a trained
         # micro-batch came without a per-example breakdown (per-group figures are then left out)
-        self.all: dict[str, Any] = {"real": 0, "supervised": 0, "slots": 0, "wait": 0.0, "loss": 0.0,
+        self.all: dict[str, Any] = {"real": 0, "supervised": 0, "slots": 0, "wait": 0.0, "loss": 0.0, "units": 0,
                                     "by_group": [[0.0, 0.0] for _ in range(self.width)], "split": True}
         self._reset()
 
     def _reset(self) -> None:
         self.loss, self.real, self.supervised, self.slots, self.wait, self.examples = 0.0, 0, 0, 0, 0.0, 0
+        self.units = 0
+        self.terms: dict[str, float] = {}
         self.by_group, self.unsplit = self.zeros(), 0
         self.start = time.perf_counter()
 
@@ -52,13 +54,17 @@ class TrainMeter:
 
     def state(self) -> dict[str, Any]:
         return {"window": [self.loss, self.real, self.supervised, self.slots, self.examples], "all": self.all,
-                "by_group": self.by_group.tolist(), "unsplit": self.unsplit}
+                "by_group": self.by_group.tolist(), "unsplit": self.unsplit, "units": self.units,
+                "terms": self.terms}
 
     def restore(self, state: dict[str, Any]) -> None:
         import torch
 
         self.loss, self.real, self.supervised, self.slots, self.examples = state["window"]
+        self.units = state.get("units", self.supervised)  # before objectives: the loss was a sum over tokens
+        self.terms = dict(state.get("terms", {}))
         saved = dict(state["all"])
+        saved.setdefault("units", saved.get("supervised", 0))
         old = saved.pop("by_source", None)
         window = state.get("by_group")
         if window is None and "by_source" in state and list(self.columns) == ["source"]:
@@ -73,7 +79,9 @@ class TrainMeter:
             self.all["split"], self.unsplit = False, 1
             self.all["by_group"] = [[0.0, 0.0] for _ in range(self.width)]
 
-    def add_batch(self, batch: dict[str, Any]) -> None:
+    def add_batch(self, batch: dict[str, Any], units: int | None = None) -> None:
+        """Count a trained micro-batch; ``units``: what its loss is a sum over (its trained tokens by default)."""
+        self.units += int(batch["loss_tokens"]) if units is None else units
         self.real += int(batch["real_tokens"])
         self.examples += int(batch["num_examples"])
         self.supervised += int(batch["loss_tokens"])
@@ -103,6 +111,11 @@ class TrainMeter:
         into[1].index_add_(0, index, counts.index_select(0, where).to(into.device, torch.float64))
         return True
 
+    def add_terms(self, sums: dict[str, float]) -> None:
+        """Add a trained step's summed extra loss terms and figures (``figure:`` names), logged per unit."""
+        for name, value in sums.items():
+            self.terms[name] = self.terms.get(name, 0.0) + value
+
     def add_groups(self, step_groups: Any, unsplit: int) -> None:
         """Count a trained (not skipped) optimizer step's per-group sums."""
         self.by_group += step_groups
@@ -121,14 +134,18 @@ class TrainMeter:
     def event(self, step: int, epoch: float, lr: float, grad_norm: float | None, started: float) -> dict[str, Any]:
         import torch
 
-        totals = torch.tensor([self.loss, self.supervised, self.real, self.slots, self.examples, self.unsplit],
+        names = sorted(self.terms)  # every process runs the same objective: the same terms, in this order
+        totals = torch.tensor([self.loss, self.supervised, self.real, self.slots, self.examples, self.unsplit,
+                               self.units, *(self.terms[n] for n in names)],
                               dtype=torch.float64, device=self.accelerator.device)
         reduced = self.accelerator.reduce(torch.cat([totals, self.by_group.flatten()]), reduction="sum").tolist()
-        loss_sum, supervised, real, slots, examples, unsplit = reduced[:6]
-        by_group = [reduced[6:6 + self.width], reduced[6 + self.width:]]
+        loss_sum, supervised, real, slots, examples, unsplit, units = reduced[:7]
+        terms = dict(zip(names, reduced[7:7 + len(names)], strict=True))
+        reduced = reduced[7 + len(names):]
+        by_group = [reduced[:self.width], reduced[self.width:]]
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         peak, kind = peak_memory_bytes(self.device)
-        event = {"step": step, "epoch": epoch, "loss": loss_sum / max(supervised, 1), "learning_rate": lr,
+        event = {"step": step, "epoch": epoch, "loss": loss_sum / max(units, 1), "learning_rate": lr,
                  "tokens": int(real), "trainable_tokens": int(supervised),
                  "tokens_per_s": round(real / elapsed, 1), "supervised_tokens_per_s": round(supervised / elapsed, 1),
                  "padding_fraction": round(1 - real / max(slots, 1), 4),
@@ -137,12 +154,17 @@ class TrainMeter:
                  "elapsed_s": round(time.perf_counter() - started, 2)}
         if unsplit == 0:
             event.update(self.figures(*by_group))
+        trained = {n: v / max(units, 1) for n, v in terms.items() if not n.startswith("figure:")}
+        if trained:
+            event["loss_terms"] = trained
+        event.update({n.removeprefix("figure:"): v / max(units, 1) for n, v in terms.items()
+                      if n.startswith("figure:")})
         if self.peak_flops:
             mean_length = real / max(examples, 1)  # each token attends within its own example
             flops = flops_per_token(self.model, self.adapters, mean_length) * real
             event["mfu"] = round(flops / elapsed / (self.peak_flops * self.accelerator.num_processes), 4)
         for key, value in (("real", real), ("supervised", supervised), ("slots", slots), ("wait", self.wait),
-                           ("loss", loss_sum)):
+                           ("loss", loss_sum), ("units", units)):
             self.all[key] += value
         for column, whole in enumerate(self.all["by_group"]):
             whole[0] += by_group[0][column]
@@ -154,7 +176,7 @@ class TrainMeter:
     def totals(self, seconds: float) -> dict[str, Any]:
         peak, kind = peak_memory_bytes(self.device)
         out = {"tokens": int(self.all["real"]), "trainable_tokens": int(self.all["supervised"]),
-               "mean_loss": self.all["loss"] / max(self.all["supervised"], 1),
+               "mean_loss": self.all["loss"] / max(self.all["units"], 1),
                "tokens_per_s": round(self.all["real"] / max(seconds, 1e-9), 1),
                "padding_fraction": round(1 - self.all["real"] / max(self.all["slots"], 1), 4),
                "data_wait_fraction": round(self.all["wait"] / max(seconds, 1e-9), 4),
