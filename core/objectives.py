@@ -70,6 +70,9 @@ class Objective(Component, ABC):
     examples: ClassVar[str] = "sequence"
     #: The run's context, set by the loop before :meth:`setup` (the adapter, the tokenizer, the examples).
     ctx: TrainContext
+    #: The loop's configuration (:class:`ift.TrainingConfig`: ``batch_size``, ``shuffle``...), set by the trainer,
+    #: for an objective's own :meth:`loader`.
+    training: Any = None
 
     def loader(self, ctx: TrainContext, mode: str) -> Any:
         """The batches to train on, for objectives whose examples are not plain sequences: a DataLoader whose

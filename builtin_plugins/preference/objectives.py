@@ -75,6 +75,7 @@ class PreferenceObjective(ift.Objective):
         self.adapter: Any = None
         self.tokenizer: Any = None
         self.batch_size = 8
+        self._eval_collator: PreferenceCollator | None = None
 
     # --- data --------------------------------------------------------------------------------
 
@@ -89,7 +90,7 @@ class PreferenceObjective(ift.Objective):
         """Batches of ``ctx.train_examples`` (see :mod:`.batches`)."""
         self._bind(ctx)
         return make_loader(self._train_collator, mode=mode, batch_size=self.batch_size, seed=ctx.seed,
-                           shuffle=bool(_loop_setting(ctx, "shuffle", True)))
+                           shuffle=bool(self._loop_setting("shuffle", True)))
 
     def units(self, batch: Any) -> int:
         return int(batch["pairs"])
@@ -97,29 +98,44 @@ class PreferenceObjective(ift.Objective):
     def _bind(self, ctx: ift.TrainContext) -> None:
         if self.adapter is None:
             self.adapter, self.tokenizer = ctx.adapter, ctx.tokenizer
-            self.batch_size = int(_loop_setting(ctx, "batch_size", 8))
+            self.batch_size = int(self._loop_setting("batch_size", 8))
         if getattr(self, "_train_collator", None) is None:
             self._train_collator = self.collator(ctx.train_examples)
+
+    def _loop_setting(self, name: str, default: Any) -> Any:
+        """A key of the training loop's configuration (``batch_size``, ``shuffle``): the trainer hands its
+        config over as :attr:`training`."""
+        return getattr(self.training, name, default) if self.training is not None else default
 
     # --- reference ---------------------------------------------------------------------------
 
     def setup(self, ctx: ift.TrainContext, model: Any) -> None:
-        """Check the examples, and compute what comes from the starting model: the reference log-probabilities
-        (when precomputed) and the held-out figures before training (:attr:`baseline`)."""
+        """Check the training examples, and compute their reference log-probabilities when precomputed."""
         self._bind(ctx)
-        self.eval_examples = ctx.eval_examples
-        self._eval_collator = self.collator(ctx.eval_examples) if len(ctx.eval_examples) else None
-        mode = getattr(self.config, "reference", "auto")
-        self.precomputed = self.uses_reference and (
-            mode == "precomputed" or (mode == "auto" and not hasattr(model, "disable_adapter")))
-        if self.uses_reference and not self.precomputed and not hasattr(model, "disable_adapter"):
-            raise ift.RecipeError([ift.Problem("trainer.reference", "'disabled-adapter' needs a PEFT adapter "
-                                               "([model] peft = ...); without one use 'auto' or 'precomputed'")])
+        self._choose_reference(model)
         if self.precomputed:
             self.reference_logps["train"] = self._all_logps(model, self._train_collator)
-            if self._eval_collator is not None:
-                self.reference_logps["eval"] = self._all_logps(model, self._eval_collator)
-        self.baseline = self.evaluate(model) if self._eval_collator is not None else {}
+
+    def start_evaluation(self, ctx: ift.TrainContext, model: Any) -> dict[str, Any]:
+        """Prepare the held-out figures (the eval examples' reference log-probabilities when precomputed) and
+        return them for ``model`` as it is: the figures before training. Empty without eval examples."""
+        self.adapter, self.tokenizer = ctx.adapter, ctx.tokenizer
+        self.batch_size = int(self._loop_setting("batch_size", 8))
+        self._eval_collator = self.collator(ctx.eval_examples) if len(ctx.eval_examples) else None
+        self._choose_reference(model)
+        if self._eval_collator is None:
+            return {}
+        if self.precomputed:
+            self.reference_logps["eval"] = self._all_logps(model, self._eval_collator)
+        return self.evaluate(model)
+
+    def _choose_reference(self, model: Any) -> None:
+        mode = getattr(self.config, "reference", "auto")
+        peft = hasattr(model, "disable_adapter")
+        self.precomputed = self.uses_reference and (mode == "precomputed" or (mode == "auto" and not peft))
+        if self.uses_reference and mode == "disabled-adapter" and not peft:
+            raise ift.RecipeError([ift.Problem("trainer.reference", "'disabled-adapter' needs a PEFT adapter "
+                                               "([model] peft = ...); without one use 'auto' or 'precomputed'")])
 
     @contextlib.contextmanager
     def _reference_mode(self, model: Any) -> Any:
@@ -323,12 +339,3 @@ def _ones(values: Any) -> Any:
 
 def _device(model: Any) -> Any:
     return next(model.parameters()).device
-
-
-def _loop_setting(ctx: Any, name: str, default: Any) -> Any:
-    """A key of the loop's configuration (batch_size, shuffle) from the context."""
-    for holder in ("config", "training", "trainer_config"):
-        config = getattr(ctx, holder, None)
-        if config is not None and hasattr(config, name):
-            return getattr(config, name)
-    return default

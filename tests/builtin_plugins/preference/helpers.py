@@ -58,15 +58,16 @@ def pair_rows(n: int, offset: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
-class Config:
-    def __init__(self, batch_size: int = 4, shuffle: bool = True) -> None:
-        self.batch_size, self.shuffle = batch_size, shuffle
-
-
 def context(made: CausalLMAdapter, tokenizer: Any, net: Any, train: Any, eval_: Any, *,
-            batch_size: int = 4, tmp: Path = Path(".")) -> ift.TrainContext:
+            tmp: Path = Path(".")) -> ift.TrainContext:
     ctx = ift.TrainContext(model=net, tokenizer=tokenizer, adapter=made, train_examples=train, eval_examples=eval_,
                            seed=3, run_dir=tmp, log_step=lambda e: None, evaluate=lambda m, s: {},
                            progress=None)  # type: ignore[arg-type]
-    ctx.config = Config(batch_size)  # type: ignore[attr-defined]  # the loop's keys, as the engine hands them
     return ctx
+
+
+def objective(cls: Any, batch_size: int = 4, **keys: Any) -> Any:
+    """An objective as its trainer makes it: its own keys, and the loop's configuration beside them."""
+    made = cls(cls.Config(**keys))
+    made.training = ift.TrainingConfig(batch_size=batch_size)
+    return made

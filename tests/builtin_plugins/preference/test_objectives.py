@@ -14,7 +14,7 @@ import torch
 
 from ift.builtin_plugins.preference.objectives import DPOObjective, KTOObjective, ORPOObjective
 
-from .helpers import adapter, context, encode, model, pair_rows, records
+from .helpers import adapter, context, encode, model, objective, pair_rows, records
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +25,15 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, list[Any],
     return made, tokenizer, train, held
 
 
-def train_steps(objective: Any, ctx: Any, net: Any, epochs: int, mode: str = "length-grouped") -> list[float]:
-    loader = objective.loader(ctx, mode)
+def train_steps(obj: Any, ctx: Any, net: Any, epochs: int, mode: str = "length-grouped") -> list[float]:
+    loader = obj.loader(ctx, mode)
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=3e-3)
     seen = []
     for epoch in range(epochs):
         loader.batch_sampler.select(epoch)
         for batch in loader:
-            terms = objective.loss(net, batch)
-            loss = terms.trained() / objective.units(batch)
+            terms = obj.loss(net, batch)
+            loss = terms.trained() / obj.units(batch)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -45,12 +45,12 @@ def train_steps(objective: Any, ctx: Any, net: Any, epochs: int, mode: str = "le
 def test_steps_lower_the_loss_and_raise_held_out_reward_accuracy(cls: Any, data: Any, tmp_path: Path) -> None:
     made, tokenizer, train, held = data
     net = model(made, tokenizer)
-    objective = cls(cls.Config())
+    obj = objective(cls)
     ctx = context(made, tokenizer, net, train, held, tmp=tmp_path)
-    objective.setup(ctx, net)
-    before = objective.baseline
-    losses = train_steps(objective, ctx, net, epochs=6)
-    after = objective.evaluate(net)
+    before = obj.start_evaluation(ctx, net)
+    obj.setup(ctx, net)
+    losses = train_steps(obj, ctx, net, epochs=6)
+    after = obj.evaluate(net)
     assert sum(losses[-2:]) < sum(losses[:2])
     assert after["reward_accuracy"] > before["reward_accuracy"]
     assert after["reward_accuracy"] >= 0.75
@@ -62,15 +62,16 @@ def test_steps_lower_the_loss_and_raise_held_out_reward_accuracy(cls: Any, data:
 def test_dpo_starts_at_log_2_per_pair_and_reports_figures(data: Any, tmp_path: Path) -> None:
     made, tokenizer, train, held = data
     net = model(made, tokenizer)
-    objective = DPOObjective(DPOObjective.Config(beta=0.3))
+    obj = objective(DPOObjective, beta=0.3)
     ctx = context(made, tokenizer, net, train, held, tmp=tmp_path)
-    objective.setup(ctx, net)
-    assert objective.precomputed  # full fine-tuning: computed once, no second model
-    assert objective.baseline["reward_accuracy"] == 0.0 and objective.baseline["reward_margin"] == 0.0
+    baseline = obj.start_evaluation(ctx, net)
+    obj.setup(ctx, net)
+    assert obj.precomputed  # full fine-tuning: computed once, no second model
+    assert baseline["reward_accuracy"] == 0.0 and baseline["reward_margin"] == 0.0
     net.eval()  # the reference was computed without dropout
-    batch = next(iter(objective.loader(ctx, "padding")))
-    terms = objective.loss(net, batch)
-    n = objective.units(batch)
+    batch = next(iter(obj.loader(ctx, "padding")))
+    terms = obj.loss(net, batch)
+    n = obj.units(batch)
     assert n == len(batch["record_ids"]) == 4
     assert terms.loss.item() == pytest.approx(n * math.log(2), abs=1e-5)
     sums, units = terms.per_example
@@ -88,7 +89,7 @@ def test_lora_reference_is_the_model_with_the_adapter_disabled(tmp_path: Path) -
             if "lora_B" in name:
                 param.normal_(0, 0.2)
     net.eval()
-    on_the_fly = DPOObjective(DPOObjective.Config())
+    on_the_fly = objective(DPOObjective)
     ctx = context(made, tokenizer, net, train, [], tmp=tmp_path)
     on_the_fly.setup(ctx, net)
     assert not on_the_fly.precomputed
@@ -96,7 +97,7 @@ def test_lora_reference_is_the_model_with_the_adapter_disabled(tmp_path: Path) -
     live = on_the_fly.reference(net, batch)
     policy = on_the_fly._logps(net, batch)
     assert not torch.allclose(live["chosen"], policy["chosen"])  # the adapter was really disabled
-    base = DPOObjective(DPOObjective.Config(reference="precomputed"))
+    base = objective(DPOObjective, reference="precomputed")
     with net.disable_adapter():
         base.setup(context(made, tokenizer, net, train, [], tmp=tmp_path), net)
     stored = base.reference(net, batch)
@@ -108,10 +109,10 @@ def test_pairs_stay_whole_in_batches_and_padding_free_rows_agree(data: Any, tmp_
     made, tokenizer, train, _ = data
     net = model(made, tokenizer)
     net.eval()
-    objective = DPOObjective(DPOObjective.Config())
-    ctx = context(made, tokenizer, net, train, [], batch_size=3, tmp=tmp_path)
-    objective.setup(ctx, net)
-    padded, packed = objective.loader(ctx, "length-grouped"), objective.loader(ctx, "padding-free")
+    obj = objective(DPOObjective, batch_size=3)
+    ctx = context(made, tokenizer, net, train, [], tmp=tmp_path)
+    obj.setup(ctx, net)
+    padded = obj.loader(ctx, "length-grouped")
     assert len(padded) == 3  # 8 pairs, 3 a batch
     seen = []
     for batch in padded:
@@ -123,22 +124,21 @@ def test_pairs_stay_whole_in_batches_and_padding_free_rows_agree(data: Any, tmp_
     assert sorted(seen) == sorted(e.record_id for e in train)
     padded.batch_sampler.select(1, skip=1)
     assert len(list(padded)) == 2  # a resumed epoch leaves out the batches already trained on
-    for a, b in zip(objective.loader(ctx, "padding-free"), objective.loader(ctx, "padding"), strict=True):
+    for a, b in zip(obj.loader(ctx, "padding-free"), obj.loader(ctx, "padding"), strict=True):
         assert a["input_ids"].shape[0] == a["pairs"]  # one packed row per pair
-        pa, pb = objective._logps(net, a), objective._logps(net, b)
+        pa, pb = obj._logps(net, a), obj._logps(net, b)
         assert a["record_ids"] == b["record_ids"]
         assert torch.allclose(pa["chosen"], pb["chosen"], atol=1e-4)
         assert torch.allclose(pa["rejected"], pb["rejected"], atol=1e-4)
-    del packed
 
 
 def test_kto_batches_hold_mismatched_sequences_for_the_kl_estimate(data: Any, tmp_path: Path) -> None:
     made, tokenizer, train, _ = data
-    objective = KTOObjective(KTOObjective.Config())
+    obj = objective(KTOObjective)
     net = model(made, tokenizer)
     ctx = context(made, tokenizer, net, train, [], tmp=tmp_path)
-    objective.setup(ctx, net)
-    batch = next(iter(objective.loader(ctx, "padding")))
+    obj.setup(ctx, net)
+    batch = next(iter(obj.loader(ctx, "padding")))
     assert batch["pairs"] == 4 and batch["desirable"].dtype == torch.bool
     text = tokenizer.decode(batch["kl"]["input_ids"][0][batch["kl"]["attention_mask"][0].bool()])
     prompt = tokenizer.decode(batch["input_ids"][0][batch["attention_mask"][0].bool()]).split("assistant")[0]
@@ -153,6 +153,6 @@ def test_objectives_refuse_ordinary_examples(data: Any, tmp_path: Path) -> None:
     plain = [ift.EncodedExample(train[0].input_ids, train[0].labels, "s", "plain")]
     net = model(made, tokenizer)
     with pytest.raises(ift.DataError, match="not pairs"):
-        DPOObjective(DPOObjective.Config()).setup(context(made, tokenizer, net, plain, [], tmp=tmp_path), net)
+        objective(DPOObjective).setup(context(made, tokenizer, net, plain, [], tmp=tmp_path), net)
     with pytest.raises(ift.RecipeError, match="packing"):
-        DPOObjective(DPOObjective.Config()).loader(context(made, tokenizer, net, train, [], tmp=tmp_path), "packing")
+        objective(DPOObjective).loader(context(made, tokenizer, net, train, [], tmp=tmp_path), "packing")
