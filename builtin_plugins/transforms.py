@@ -22,8 +22,8 @@ class DropInvalid(ift.RecordFilter):
     - ``empty output``: the answer is blank; ``empty turn``: another turn is blank;
     - ``answer identical to prompt``: the answer equals the user turn before it (case and spacing ignored);
     - for a preference pair: ``empty rejected`` (the rejected answer is blank) and ``chosen identical to
-      rejected`` (nothing to prefer; case and spacing ignored); the rejected answer equal to the prompt counts as
-      ``answer identical to prompt``;
+      rejected`` (nothing to prefer; spacing ignored, case not: it may be what is preferred); the rejected
+      answer equal to the prompt counts as ``answer identical to prompt``;
     - ``label outside choices``: the record declares ``choices`` and a ``label`` that is not among them.
     """
 
@@ -44,7 +44,7 @@ class DropInvalid(ift.RecordFilter):
         if record.rejected is not None:
             if not record.rejected.content.strip():
                 return "empty rejected"
-            if _norm(record.rejected.content) == _norm(record.answer):
+            if record.rejected.content.split() == record.answer.split():  # case kept: it can be the preference
                 return "chosen identical to rejected"
             if _norm(record.rejected.content) == _norm(record.messages[-2].content):
                 return "answer identical to prompt"
