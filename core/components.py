@@ -254,6 +254,7 @@ class Renderer(Component, ABC):
         sequences differ only where their completions do."""
         from ift.errors import DataError
         from ift.records import Message
+        from ift.templating import merge_segments
 
         rendered = []
         for answer in record.completions:
@@ -264,7 +265,8 @@ class Renderer(Component, ABC):
             first = last
             while first > 0 and segments[first - 1].trainable:
                 first -= 1
-            rendered.append([Segment(s.text, s.trainable and i >= first) for i, s in enumerate(segments)])
+            rendered.append(merge_segments([Segment(s.text, s.trainable and i >= first)
+                                            for i, s in enumerate(segments)]))
         prompts = {"".join(s.text for s in segs[:next(i for i, s in enumerate(segs) if s.trainable)])
                    for segs in rendered}
         if len(prompts) > 1:
