@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -270,6 +271,7 @@ class Run:
             self.echo(f"data: warning: {warning}")
         for note in data_notes(prepared.report):
             self.echo(f"note: {note}")
+        self._check_preference_data(train_examples)
 
         progress.stage("loading model")
         seed_everything(recipe.run.seed)
@@ -353,6 +355,24 @@ class Run:
             rundir.save_dir("model", write_model)
         self.metrics = results
         rundir.write_json("metrics.json", results)
+
+    def _check_preference_data(self, examples: Any) -> None:
+        """A trainer of sequences (``sft`` and its kin) learns a pair's chosen answer, said once; it would learn an
+        unpaired undesirable answer as a good one, which is refused."""
+        from ift.examples import kinds
+
+        objective = getattr(self.recipe.trainer.cls, "objective_class", None)
+        if objective is not None and getattr(objective, "examples", "sequence") == "preference":
+            return
+        counts = Counter(kinds(examples))
+        name = self.recipe.trainer.name
+        if counts["undesirable"]:
+            raise DataError(f"trainer {name!r} trains on sequences, but {counts['undesirable']} training example(s) "
+                            "are unpaired completions labelled undesirable (false), which it would learn as good "
+                            "answers; use trainer 'kto', or leave them out")
+        if counts["pair"]:
+            self.echo(f"note: trainer {name!r} trains on sequences: the chosen answers of {counts['pair']} "
+                      "preference pair(s) are learned, their rejected answers unused (dpo / orpo / kto use both)")
 
     def _evaluator_for(self, records: list[Any], adapter: Any, tokenizer: Any, renderer: Any,
                        metrics: list[Metric]) -> Evaluator:
