@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 import ift
+from ift import examples as tables
 from ift.builtin_plugins.preference import losses
 from ift.builtin_plugins.preference.batches import (
     Item,
@@ -71,7 +72,8 @@ class PreferenceObjective(ift.Objective):
 
     def __init__(self, config: ift.ComponentConfig) -> None:
         super().__init__(config)
-        self.reference_logps: dict[str, dict[tuple[int, str], float]] = {}
+        #: split ("train", "eval") -> role ("chosen", "rejected", "single", "kl") -> one float64 per item
+        self.reference_logps: dict[str, dict[str, Any]] = {}
         self.adapter: Any = None
         self.tokenizer: Any = None
         self.batch_size = 8
@@ -144,11 +146,13 @@ class PreferenceObjective(ift.Objective):
                 stack.enter_context(model.disable_adapter())
             yield
 
-    def _all_logps(self, model: Any, collator: PreferenceCollator) -> dict[tuple[int, str], float]:
-        """Every item's log-probabilities with ``model`` as it is (``(item, "chosen" / "rejected" / "kl")``)."""
+    def _all_logps(self, model: Any, collator: PreferenceCollator) -> dict[str, Any]:
+        """Every item's log-probabilities with ``model`` as it is: role -> a numpy array in item order (8 bytes
+        per sequence: a million pairs take 16 MB)."""
+        import numpy as np
         import torch
 
-        out: dict[tuple[int, str], float] = {}
+        out: dict[str, Any] = {}
         was_training = model.training
         model.eval()
         try:
@@ -157,7 +161,8 @@ class PreferenceObjective(ift.Objective):
                     positions = list(range(start, min(start + self.batch_size, len(collator.items))))
                     batch = to_device(collator(positions), _device(model))
                     for key, values in self._logps(model, batch).items():
-                        out.update({(p, key): float(v) for p, v in zip(positions, values.tolist(), strict=True)})
+                        column = out.setdefault(key, np.zeros(len(collator.items), dtype=np.float64))
+                        column[start:start + len(positions)] = values.double().cpu().numpy()
         finally:
             model.train(was_training)
         return out
@@ -183,34 +188,50 @@ class PreferenceObjective(ift.Objective):
             keys = ("chosen", "rejected") if "chosen_rows" in batch else ("single", "kl") if "kl" in batch \
                 else ("single",)
             device = batch["input_ids"].device
-            return {key: torch.tensor([table[(p, key)] for p in batch["index"]], device=device) for key in keys}
+            return {key: torch.as_tensor(table[key][batch["index"]], dtype=torch.float32, device=device)
+                    for key in keys}
         with torch.no_grad(), self._reference_mode(model):
             return self._logps(model, batch)
 
     # --- held-out figures ----------------------------------------------------------------------
 
     def evaluate(self, model: Any) -> dict[str, Any]:
-        """Reward accuracy, reward margin and the chosen / rejected log-probabilities on the held-out examples."""
+        """Reward accuracy, reward margin and the chosen / rejected log-probabilities on the held-out examples,
+        overall and (several sources) per source in ``per_source``."""
         import torch
 
         collator = self._eval_collator
         if collator is None:
             return {}
-        sums: dict[str, float] = {}
-        units = 0
+        names = tables.sources(collator.examples)
+        groups: dict[str, list[int]] = {}
+        for position, item in enumerate(collator.items):
+            groups.setdefault(names[item.index], []).append(position)
+        per_source: dict[str, tuple[dict[str, float], int]] = {}
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                for start in range(0, len(collator.items), self.batch_size):
-                    positions = list(range(start, min(start + self.batch_size, len(collator.items))))
-                    batch = to_device(collator(positions), _device(model))
-                    for name, value in self.figures(model, batch, "eval").items():
-                        sums[name] = sums.get(name, 0.0) + float(value)
-                    units += len(positions)
+                for source, members in groups.items():
+                    sums: dict[str, float] = {}
+                    for start in range(0, len(members), self.batch_size):
+                        batch = to_device(collator(members[start:start + self.batch_size]), _device(model))
+                        for name, value in self.figures(model, batch, "eval").items():
+                            sums[name] = sums.get(name, 0.0) + float(value)
+                    per_source[source] = (sums, len(members))
         finally:
             model.train(was_training)
-        return {**{name: round(value, 6) for name, value in self.summarize(sums, units).items()}, "n": units}
+        total: dict[str, float] = {}
+        for sums, _ in per_source.values():
+            for name, value in sums.items():
+                total[name] = total.get(name, 0.0) + value
+        out = self._rounded(total, len(collator.items))
+        if len(per_source) > 1:
+            out["per_source"] = {source: self._rounded(dict(sums), n) for source, (sums, n) in per_source.items()}
+        return out
+
+    def _rounded(self, sums: dict[str, float], units: int) -> dict[str, Any]:
+        return {**{name: round(value, 6) for name, value in self.summarize(dict(sums), units).items()}, "n": units}
 
     def summarize(self, sums: dict[str, float], units: int) -> dict[str, float]:
         """Held-out figures from their sums over ``units`` pairs: means per pair."""

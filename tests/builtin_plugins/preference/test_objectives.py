@@ -156,3 +156,15 @@ def test_objectives_refuse_ordinary_examples(data: Any, tmp_path: Path) -> None:
         objective(DPOObjective).setup(context(made, tokenizer, net, plain, [], tmp=tmp_path), net)
     with pytest.raises(ift.RecipeError, match="packing"):
         objective(DPOObjective).loader(context(made, tokenizer, net, train, [], tmp=tmp_path), "packing")
+
+
+def test_held_out_figures_per_source_add_up_to_the_overall_ones(data: Any, tmp_path: Path) -> None:
+    made, tokenizer, train, _ = data
+    held = encode(made, tokenizer, records(pair_rows(3, offset=8), source="a") +
+                  records(pair_rows(2, offset=11), source="b"))
+    net = model(made, tokenizer)
+    obj = objective(DPOObjective, batch_size=2)
+    figures = obj.start_evaluation(context(made, tokenizer, net, train, held, tmp=tmp_path), net)
+    a, b = figures["per_source"]["a"], figures["per_source"]["b"]
+    assert (a["n"], b["n"], figures["n"]) == (3, 2, 5)
+    assert figures["chosen_logp"] == pytest.approx((3 * a["chosen_logp"] + 2 * b["chosen_logp"]) / 5, abs=1e-4)
