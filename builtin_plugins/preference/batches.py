@@ -2,8 +2,9 @@
 
 A pair's chosen and rejected sequences always travel in the same micro-batch: rows ``0..n-1`` hold the chosen
 sequences and ``n..2n-1`` the rejected ones (``padding`` and ``length-grouped``: each row padded to the batch's
-longest sequence), or each pair is one packed row, its two sequences side by side with their own positions
-(``padding-free``: no padding inside a pair, attention never crosses from one sequence to the other).
+longest sequence), or the whole micro-batch is one packed row, each pair's two sequences side by side, every
+sequence with positions of its own (``padding-free``: no padding at all, attention never crosses from one
+sequence to another).
 ``chosen_rows`` and ``rejected_rows`` say which sequence is where. Length grouping sorts by the pair's padded
 width (its longer sequence), or by its packed length.
 
@@ -71,7 +72,7 @@ def sequence(example: ift.EncodedExample, part: str | None) -> ift.EncodedExampl
 
 
 def item_lengths(examples: Sequence[ift.EncodedExample], items: Sequence[Item], mode: str) -> list[int]:
-    """What length grouping sorts by: a pair's longer sequence (padded rows), or both (a packed row)."""
+    """What length grouping sorts by: a pair's longer sequence (its padded width), or both (packed)."""
     chosen, rejected = tables.lengths(examples), tables.rejected_lengths(examples)
     out = []
     for item in items:
@@ -112,7 +113,8 @@ class PreferenceCollator:
         if items[0].part is None:  # pairs
             rows = [e for e in built] + [e.rejected_example() for e in built]
             if self.packed:
-                batch = self.adapter.collate_packed(self.tokenizer, [[e, e.rejected_example()] for e in built])
+                row = [sequence for e in built for sequence in (e, e.rejected_example())]
+                batch = self.adapter.collate_packed(self.tokenizer, [row])
                 batch["attention_mask"] = (batch["example_index"] >= 0).long()  # throughput metering only
                 chosen_rows, rejected_rows = torch.arange(0, 2 * n, 2), torch.arange(1, 2 * n, 2)
             else:

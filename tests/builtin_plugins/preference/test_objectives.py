@@ -1,7 +1,7 @@
 """The preference objectives on a tiny model: the loss at the start (DPO: ln 2 per pair, the reference being the
 model itself), a few optimizer steps lowering it and raising the held-out reward accuracy, the reference under
 LoRA (adapter disabled) equal to the precomputed one, and the batches (a pair never split, every pair once per
-epoch, padding-free rows giving the padded rows' log-probabilities)."""
+epoch, a padding-free row giving the padded rows' log-probabilities)."""
 
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def test_pairs_stay_whole_in_batches_and_padding_free_rows_agree(data: Any, tmp_
     padded.batch_sampler.select(1, skip=1)
     assert len(list(padded)) == 2  # a resumed epoch leaves out the batches already trained on
     for a, b in zip(obj.loader(ctx, "padding-free"), obj.loader(ctx, "padding"), strict=True):
-        assert a["input_ids"].shape[0] == a["pairs"]  # one packed row per pair
+        assert a["input_ids"].shape[0] == 1 and int(a["real_tokens"]) == a["input_ids"].numel()  # no padding
         pa, pb = obj._logps(net, a), obj._logps(net, b)
         assert a["record_ids"] == b["record_ids"]
         assert torch.allclose(pa["chosen"], pb["chosen"], atol=1e-4)
