@@ -186,3 +186,18 @@ def test_the_table_and_the_cache_hold_pairs_and_unpaired_examples(tmp_path: Path
     cache.store("k", Prepared(examples, examples, kept, {}))
     hit = cache.load("k")
     assert hit is not None and list(hit.eval) == list(table) and hit.eval_records == kept
+
+
+def test_the_models_chat_template_renders_both_completions(tmp_path: Path) -> None:
+    from ift.builtin_plugins.renderers import ChatTemplateRenderer
+
+    _, tokenizer = adapter(tmp_path)
+    renderer = ChatTemplateRenderer(ChatTemplateRenderer.Config(), base_dir=tmp_path)
+    renderer.bind(tokenizer)
+    record = InstructionRecord("1", "s", [Message("system", "Be brief."), Message(U, "Hi"), Message(A, "Hello"),
+                                          Message(U, "Bye")], rejected=Message(A, "Whatever"))
+    record.messages.append(Message(A, "See you"))
+    for segments, answer in zip(renderer.render_completions(record), ("See you", "Whatever"), strict=True):
+        conversation = [m.to_dict() for m in record.prompt_messages] + [{"role": A, "content": answer}]
+        assert "".join(s.text for s in segments) == tokenizer.apply_chat_template(conversation, tokenize=False)
+        assert [s.text for s in segments if s.trainable] == [f"{answer}<|im_end|>"]
