@@ -21,7 +21,8 @@ BUILTIN_NAMES = {
     "transform": ["decontaminate", "dedup", "drop-invalid", "length-filter", "mask-pii", "near-dedup", "tag"],
     "renderer": ["alpaca", "chat", "chatml", "jinja", "plain"],
     "model_adapter": ["causal-lm", "classifier", "seq2seq"],
-    "trainer": ["continual", "distill", "sft", "sft-adversarial"],
+    "trainer": ["continual", "distill", "dpo", "kto", "orpo", "sft", "sft-adversarial"],
+    "objective": ["dpo", "kto", "orpo"],
     "metric": ["accuracy", "exact_match", "f1", "loss", "perplexity", "precision", "recall", "rouge_l"],
 }
 
