@@ -6,6 +6,7 @@ from __future__ import annotations
 from ift.testing.contracts.adapter import ModelAdapterContract
 from ift.testing.contracts.base import ComponentContract, record_problems
 from ift.testing.contracts.metric import MetricCase, MetricContract
+from ift.testing.contracts.preference import PreferenceObjectiveContract, sample_pairs
 from ift.testing.contracts.renderer import RendererContract
 from ift.testing.contracts.similarity import SimilarityBackendContract
 from ift.testing.contracts.source import SourceContract
@@ -21,5 +22,5 @@ CONTRACTS: dict[str, type[ComponentContract]] = {
 }
 
 __all__ = ["CONTRACTS", "ComponentContract", "MetricCase", "MetricContract", "ModelAdapterContract",
-           "ObjectiveContract", "RendererContract", "SimilarityBackendContract", "SourceContract", "TrainerContract",
-           "TransformContract", "record_problems"]
+           "ObjectiveContract", "PreferenceObjectiveContract", "RendererContract", "SimilarityBackendContract",
+           "SourceContract", "TrainerContract", "TransformContract", "record_problems", "sample_pairs"]
