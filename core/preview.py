@@ -39,6 +39,11 @@ def _show_tokens(rows: list[dict[str, Any]], color: bool) -> None:
         click.echo(click.style(line, fg=fg) if color and fg else line)
 
 
+def _marked(text: str, color: bool) -> str:
+    text = f"{OPEN}{text}{CLOSE}"
+    return click.style(text, fg="green", bold=True) if color else text
+
+
 def preview(recipe: Recipe, host: PluginHost, n: int, *, color: bool,
             tokens: bool = False) -> list[dict[str, Any]]:
     """Print ``n`` training examples (with ``tokens``, each token and its label state); return what was printed
@@ -62,14 +67,12 @@ def preview(recipe: Recipe, host: PluginHost, n: int, *, color: bool,
         if not examples and report.encoding["preview"]["reasons"].get("the template refuses the record"):
             click.echo(f"--- {record.id} (source {record.source}): skipped, the template refuses it")
             continue
-        segments = renderer.render(record)
-        parts = []
-        for seg in segments:
-            if seg.trainable:
-                text = f"{OPEN}{seg.text}{CLOSE}"
-                parts.append(click.style(text, fg="green", bold=True) if color else text)
-            else:
-                parts.append(seg.text)
+        if record.preference is not None:  # each completion after the shared prompt, as they are trained
+            renderings = renderer.render_completions(record)
+            names = ["chosen", "rejected"] if record.preference == "pair" else \
+                ["desirable" if record.desirable else "undesirable"]
+        else:
+            renderings, names = [renderer.render(record)], [""]
         info = report.encoding["preview"]
         count = info["tokens"]
         trainable = info["trainable_tokens"]
@@ -78,9 +81,15 @@ def preview(recipe: Recipe, host: PluginHost, n: int, *, color: bool,
         head += f", {straddles} straddling" if straddles else ""
         head += "" if examples else f", dropped: {info['reasons']}"
         click.echo(click.style(head, fg="cyan" if color else None))
-        click.echo("".join(parts))
+        for segments, name in zip(renderings, names, strict=True):
+            if name:
+                click.echo(f"[{name}]")
+            click.echo("".join(_marked(seg.text, color) if seg.trainable else seg.text for seg in segments))
+        segments = renderings[0]
         entry = {"id": record.id, "tokens": count, "trainable_tokens": trainable,
                  "segments": [(s.text, s.trainable) for s in segments]}
+        if len(renderings) > 1:
+            entry["rejected_segments"] = [(s.text, s.trainable) for s in renderings[1]]
         if tokens:
             rows = token_table(adapter, tokenizer, segments)
             click.echo("  index      id  token                          label")

@@ -201,3 +201,15 @@ def test_the_models_chat_template_renders_both_completions(tmp_path: Path) -> No
         conversation = [m.to_dict() for m in record.prompt_messages] + [{"role": A, "content": answer}]
         assert "".join(s.text for s in segments) == tokenizer.apply_chat_template(conversation, tokenize=False)
         assert [s.text for s in segments if s.trainable] == [f"{answer}<|im_end|>"]
+
+
+def test_preview_shows_both_completions(make_recipe: Callable[..., Any], host: Any, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from ift.preview import preview
+
+    (tmp_path / "d.jsonl").write_text(json.dumps({"prompt": "Hi?", "chosen": "Hello.", "rejected": "Bye."}) + "\n")
+    recipe = make_recipe(template={"name": "chatml"}, eval={"fraction": 0, "metrics": []})
+    (entry,) = preview(recipe, host, 1, color=False)
+    assert [text for text, trained in entry["segments"] if trained] == ["Hello.<|im_end|>"]
+    assert [text for text, trained in entry["rejected_segments"] if trained] == ["Bye.<|im_end|>"]
+    assert "[chosen]" in capsys.readouterr().out
