@@ -12,6 +12,7 @@ MODULES = (
     "ift.builtin_plugins.peft_methods",
     "ift.builtin_plugins.sft",
     "ift.builtin_plugins.trainers",
+    "ift.builtin_plugins.preference",
     "ift.builtin_plugins.metrics",
     "ift.builtin_plugins.builders",
     "ift.builtin_plugins.data_cli",

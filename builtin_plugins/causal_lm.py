@@ -76,6 +76,8 @@ class CausalLMAdapter(ift.ModelAdapter):
             labels.insert(0, -100)
         return ift.EncodedExample(input_ids, labels, source, record_id, straddling=len(result.straddling))
 
+    supports_preference = True  # each completion encoded as a sequence; the core joins a pair (docs/preference.md)
+
     @property
     def supports_packing(self) -> bool:  # type: ignore[override]
         # Virtual-token methods (prefix / prompt tuning) assume one sequence per row.

@@ -19,7 +19,8 @@ from ift.records import RowError, normalize_row
 
 
 class SourceConfig(ift.ComponentConfig):
-    format: str = Field("auto", description="alpaca, messages, sharegpt, prompt-completion or auto.")
+    format: str = Field("auto", description="alpaca, messages, sharegpt, prompt-completion, classification, "
+                                               "preference or auto.")
     system: str | None = Field(None, description="System prompt added to records that have none.")
     limit: int | None = Field(None, gt=0, description="Read at most this many rows.")
     on_bad_rows: Literal["error", "skip"] = Field(

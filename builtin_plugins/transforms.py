@@ -21,6 +21,9 @@ class DropInvalid(ift.RecordFilter):
     - ``bad role order``: turns do not alternate user / assistant after an optional leading system turn;
     - ``empty output``: the answer is blank; ``empty turn``: another turn is blank;
     - ``answer identical to prompt``: the answer equals the user turn before it (case and spacing ignored);
+    - for a preference pair: ``empty rejected`` (the rejected answer is blank) and ``chosen identical to
+      rejected`` (nothing to prefer; spacing ignored, case not: it may be what is preferred); the rejected
+      answer equal to the prompt counts as ``answer identical to prompt``;
     - ``label outside choices``: the record declares ``choices`` and a ``label`` that is not among them.
     """
 
@@ -38,6 +41,13 @@ class DropInvalid(ift.RecordFilter):
             return "empty turn"
         if _norm(record.answer) == _norm(record.messages[-2].content):
             return "answer identical to prompt"
+        if record.rejected is not None:
+            if not record.rejected.content.strip():
+                return "empty rejected"
+            if record.rejected.content.split() == record.answer.split():  # case kept: it can be the preference
+                return "chosen identical to rejected"
+            if _norm(record.rejected.content) == _norm(record.messages[-2].content):
+                return "answer identical to prompt"
         if self.config.check_choices and record.choices and record.label is not None \
                 and record.label.strip() not in {c.strip() for c in record.choices}:
             return "label outside choices"
@@ -50,7 +60,8 @@ def _norm(text: str) -> str:
 
 class DedupConfig(ift.ComponentConfig):
     by: str = Field("conversation", pattern="^(conversation|prompt)$",
-                    description="'conversation': all turns must match; 'prompt': same prompt is a duplicate.")
+                    description="'conversation': all turns must match (a preference pair: both answers, an "
+                                "unpaired record: its judgement too); 'prompt': same prompt is a duplicate.")
 
 
 class ExactDedup(ift.Transform):
@@ -77,8 +88,14 @@ class ExactDedup(ift.Transform):
         return kept
 
     def key(self, record: ift.InstructionRecord) -> tuple[tuple[str, str], ...]:
-        messages = record.messages if self.config.by == "conversation" else record.messages[:-1]
-        return tuple((m.role, " ".join(m.content.split()).lower()) for m in messages)
+        if self.config.by == "prompt":
+            messages = record.messages[:-1]
+        else:  # a pair is one record: the same prompt and chosen answer with another rejected one is kept
+            messages = record.messages + ([record.rejected] if record.rejected is not None else [])
+        key = tuple((m.role, " ".join(m.content.split()).lower()) for m in messages)
+        if self.config.by == "conversation" and record.desirable is not None:
+            key += (("desirable", str(record.desirable)),)
+        return key
 
 
 @ift.hookimpl

@@ -24,11 +24,12 @@ from typing import Any
 
 from ift.components import EncodedExample
 from ift.examples import ExampleTable, file_digest, write_table
-from ift.records import InstructionRecord, Message
+from ift.records import InstructionRecord
 
-FORMAT = 5  # 2: labels stored with their own lengths (encoder-decoder examples differ); 3: each example's task;
+FORMAT = 6  # 2: labels stored with their own lengths (encoder-decoder examples differ); 3: each example's task;
 #            4: memory-mapped column files (ift.examples) instead of .npz; 5: default record ids (file:line is the
 #            1-based line; hf and templated positions written [row]), which the entries' eval records carry
+#            6: preference examples (rejected sequences, kinds) and preference records
 
 
 def cache_root() -> Path:
@@ -76,10 +77,7 @@ class PreparedCache:
                 return None
             meta = json.loads((entry / "meta.json").read_text())
             splits = {split: ExampleTable.open(entry / split, meta[split]) for split in ("train", "eval")}
-            records = [InstructionRecord(id=r["id"], source=r["source"], task=r["task"], label=r["label"],
-                                         choices=r["choices"], metadata=r["metadata"],
-                                         messages=[Message(m["role"], m["content"]) for m in r["messages"]])
-                       for r in meta["eval_records"]]
+            records = [InstructionRecord.from_dict(r) for r in meta["eval_records"]]
         except (OSError, ValueError, KeyError, TypeError):
             return None
         return Prepared(splits["train"], splits["eval"], records, meta["report"])

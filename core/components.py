@@ -246,6 +246,34 @@ class Renderer(Component, ABC):
         last = max((i for i, s in enumerate(segments) if s.trainable), default=len(segments))
         return "".join(s.text for s in segments[:last])
 
+    def render_completions(self, record: InstructionRecord) -> list[list[Segment]]:
+        """A preference record rendered once per completion (chosen then rejected; the one completion of an
+        unpaired record), each as the prompt followed by that completion as the last assistant turn, with this
+        renderer's template. Only the completion (with its end-of-turn text) is trainable: earlier assistant
+        turns are prompt. Both renderings must write the prompt identically (a data error otherwise), so the two
+        sequences differ only where their completions do."""
+        from ift.errors import DataError
+        from ift.records import Message
+        from ift.templating import merge_segments
+
+        rendered = []
+        for answer in record.completions:
+            segments = self.render(record.with_answer(Message("assistant", answer.content)))
+            last = max((i for i, s in enumerate(segments) if s.trainable), default=None)
+            if last is None:
+                raise DataError(f"record {record.id!r}: the template renders no trainable text for a completion")
+            first = last
+            while first > 0 and segments[first - 1].trainable:
+                first -= 1
+            rendered.append(merge_segments([Segment(s.text, s.trainable and i >= first)
+                                            for i, s in enumerate(segments)]))
+        prompts = {"".join(s.text for s in segs[:next(i for i, s in enumerate(segs) if s.trainable)])
+                   for segs in rendered}
+        if len(prompts) > 1:
+            raise DataError(f"record {record.id!r}: the template renders the prompt differently for the chosen and "
+                            "the rejected completion, so the pair would not share its prompt")
+        return rendered
+
     @abstractmethod
     def template_hash(self) -> str:
         """Hash of the template text, recorded in the manifest."""
@@ -270,10 +298,37 @@ class EncodedExample:
     task: str | None = None
     #: Tokens that begin before a trainable span and reach into it (left untrained; counted in the manifest).
     straddling: int = 0
+    #: A preference pair's rejected sequence (the same prompt, the rejected completion); ``input_ids`` and
+    #: ``labels`` are then the chosen one's. None for other examples.
+    rejected_ids: list[int] | None = None
+    rejected_labels: list[int] | None = None
+    #: An unpaired preference example's judgement (KTO): whether its completion is desirable.
+    desirable: bool | None = None
 
     @property
     def trainable_tokens(self) -> int:
         return len(self.labels) - self.labels.count(-100)
+
+    @property
+    def kind(self) -> str:
+        """``"pair"``, ``"desirable"``, ``"undesirable"`` or ``"sequence"`` (an ordinary example)."""
+        if self.rejected_ids is not None:
+            return "pair"
+        if self.desirable is not None:
+            return "desirable" if self.desirable else "undesirable"
+        return "sequence"
+
+    @property
+    def rejected_trainable_tokens(self) -> int:
+        labels = self.rejected_labels or []
+        return len(labels) - labels.count(-100)
+
+    def rejected_example(self) -> EncodedExample:
+        """A pair's rejected sequence as an example of its own (same source, record id and task)."""
+        if self.rejected_ids is None or self.rejected_labels is None:
+            raise ValueError(f"example {self.record_id!r} is not a preference pair")
+        return EncodedExample(list(self.rejected_ids), list(self.rejected_labels), self.source, self.record_id,
+                              truncated=self.truncated, task=self.task)
 
 
 class ModelAdapter(Component, ABC):
@@ -340,6 +395,10 @@ class ModelAdapter(Component, ABC):
         """A training batch of tensors from encoded examples. Besides the model's inputs and ``labels`` it
         holds ``loss_tokens`` (how many positions contribute to the loss, a 0-d tensor), ``real_tokens``
         (non-padding tokens), ``num_examples`` and ``record_ids`` (a list, in example order)."""
+
+    #: Whether this adapter encodes preference records (:attr:`EncodedExample.rejected_ids`, ``desirable``): each
+    #: completion is encoded through :meth:`encode_many` like an ordinary sequence and the core joins them.
+    supports_preference: ClassVar[bool] = False
 
     #: Whether :meth:`collate_packed` is implemented (padding-free batches and packing).
     supports_packing: ClassVar[bool] = False
@@ -468,7 +527,7 @@ class SimilarityBackend(Component, ABC):
 GUARDED: dict[type[Component], tuple[str, ...]] = {
     InstructionSource: ("records", "content_fingerprint", "fingerprint"),
     Transform: ("apply", "reason"),
-    Renderer: ("bind", "render", "prompt", "template_hash"),
+    Renderer: ("bind", "render", "render_completions", "prompt", "template_hash"),
     ModelAdapter: ("load_tokenizer", "load_model", "encode", "encode_record", "prepare_data", "restore_data", "fit",
                    "collate", "collate_packed", "loss_sum", "loss_by_example", "training_penalty", "on_optimizer_step",
                    "generate",

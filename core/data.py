@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ift.components import EncodedExample, InstructionSource, ModelAdapter, Renderer, Tally, Transform
+from ift.components import EncodedExample, InstructionSource, ModelAdapter, Renderer, Segment, Tally, Transform
 from ift.config import TrainerConfig
 from ift.errors import DataError, PluginError
 from ift.examples import TableWriter
@@ -130,7 +130,8 @@ def data_notes(report: dict[str, Any]) -> list[str]:
 def split_records(recipe: Recipe, records: list[InstructionRecord],
                   report: DataReport) -> tuple[list[InstructionRecord], list[InstructionRecord]]:
     """Hold out ``eval.fraction`` of each source (seeded), then remove from training every record whose
-    content equals a held-out one, so the eval split never leaks into training."""
+    content equals a held-out one, so the eval split never leaks into training. Preference records are held out
+    by prompt: every pair of a prompt lands on the same side (:func:`_by_prompt`)."""
     rng = random.Random(recipe.run.order_seed)
     by_source: dict[str, list[InstructionRecord]] = defaultdict(list)
     for record in records:
@@ -157,18 +158,47 @@ def split_records(recipe: Recipe, records: list[InstructionRecord],
             train.extend(group)
             continue
         group = list(group)
-        rng.shuffle(group)
         n_eval = max(1, round(recipe.eval.fraction * len(group))) if len(group) > 1 else 0
         if budget is not None:
             n_eval = min(n_eval, math.floor(budget * len(group) / auto_total))
+        if any(r.preference is not None for r in group):
+            group, n_eval = _by_prompt(group, n_eval, rng)
+        else:
+            rng.shuffle(group)
         held.extend(group[:n_eval])
         train.extend(group[n_eval:])
     held_keys = {r.content_key() for r in held}
     kept = [r for r in train if r.content_key() not in held_keys]
     report.split = {"train": len(kept), "eval": len(held), "removed_overlapping_eval": len(train) - len(kept)}
+    held_prompts = {r.prompt_key() for r in held if r.preference is not None}
+    if held_prompts:  # a preference prompt held out has none of its pairs trained on (eval-only tables too)
+        shared = [r for r in kept if r.preference is not None and r.prompt_key() in held_prompts]
+        if shared:
+            kept = [r for r in kept if r.preference is None or r.prompt_key() not in held_prompts]
+            report.split["train"] = len(kept)
+            report.split["removed_sharing_eval_prompt"] = len(shared)
     if cut:
         report.split["cut_by_max_examples"] = cut
     return _mix(recipe, kept, rng, report), held
+
+
+def _by_prompt(group: list[InstructionRecord], n_eval: int,
+               rng: random.Random) -> tuple[list[InstructionRecord], int]:
+    """The records of one source in a seeded order where the records of each prompt follow each other (a
+    preference dataset often has several pairs per prompt), and how many of the first ones to hold out: whole
+    prompts, about ``n_eval`` records, at least one prompt when ``n_eval`` > 0 and never every prompt."""
+    prompts: dict[str, list[InstructionRecord]] = {}
+    for record in group:
+        prompts.setdefault(record.prompt_key() if record.preference is not None else record.content_key(),
+                           []).append(record)
+    units = list(prompts.values())
+    rng.shuffle(units)
+    ordered = [record for unit in units for record in unit]
+    held = taken = 0
+    while taken < len(units) - 1 and held < n_eval and (held == 0 or held + len(units[taken]) <= n_eval):
+        held += len(units[taken])
+        taken += 1
+    return ordered, held
 
 
 def _mix(recipe: Recipe, train: list[InstructionRecord], rng: random.Random,
@@ -213,10 +243,16 @@ def encode_records(records: list[InstructionRecord], renderer: Renderer, adapter
     per_source: dict[str, dict[str, int]] = {}
     tokens = trainable_total = count = 0
     for start in range(0, len(records), ENCODE_BATCH):
-        chunk = []
+        chunk: list[tuple[InstructionRecord, list[list[Segment]]]] = []
         for record in records[start:start + ENCODE_BATCH]:
             try:
-                chunk.append((record, renderer.render(record)))
+                if record.preference is not None:
+                    if not adapter.supports_preference:
+                        raise DataError(f"model adapter {adapter.name!r} cannot encode preference records "
+                                        f"(record {record.id!r} of source {record.source!r}); use causal-lm")
+                    chunk.append((record, renderer.render_completions(record)))
+                else:
+                    chunk.append((record, [renderer.render(record)]))
             except DataError as exc:  # the template refuses this conversation: an error of the record, not the run
                 policy, path = bad.get(record.source, ("error", None))
                 if policy == "skip":
@@ -227,26 +263,32 @@ def encode_records(records: list[InstructionRecord], renderer: Renderer, adapter
                 raise DataError(f"source {record.source!r}, record {record.id!r}: {exc} (on_bad_rows = "
                                 "\"skip\" skips such records)", file=path,
                                 line=line if isinstance(line, int) else None) from None
-        encoded = adapter.encode_many(tokenizer, chunk)
-        for (record, _), example in zip(chunk, encoded, strict=True):
-            if example.straddling:
-                straddling[record.id] = example.straddling
-            fitted, reason = adapter.fit(example, max_length=trainer_cfg.max_length, overlong=trainer_cfg.overlong)
+        # a preference record's completions are encoded as sequences of their own, then joined (_join)
+        encoded = iter(adapter.encode_many(tokenizer, [(record, segments) for record, renderings in chunk
+                                                       for segments in renderings]))
+        for record, renderings in chunk:
+            parts = [next(encoded) for _ in renderings]
+            if any(part.straddling for part in parts):
+                straddling[record.id] = sum(part.straddling for part in parts)
+            fitted, reason = _fit(adapter, parts, trainer_cfg)
             if reason:
                 reasons[reason] += 1
             if fitted is None:
                 continue
             fitted.task = record.task  # set here, not by each adapter (nor lost by an adapter's own fit())
+            if record.preference == "unpaired":
+                fitted.desirable = record.desirable
             trainable = fitted.trainable_tokens
-            if trainable == 0:
+            if trainable == 0 or (fitted.rejected_ids is not None and fitted.rejected_trainable_tokens == 0):
                 reasons["no trainable tokens"] += 1
                 continue
+            trainable += fitted.rejected_trainable_tokens
             if writer is not None:
                 writer.add(fitted, trainable)
             else:
                 examples.append(fitted)
             kept.append(record)
-            n = len(fitted.input_ids)
+            n = len(fitted.input_ids) + len(fitted.rejected_ids or ())
             count, tokens, trainable_total = count + 1, tokens + n, trainable_total + trainable
             counts = per_source.setdefault(fitted.source, {"examples": 0, "tokens": 0, "trainable_tokens": 0})
             counts["examples"] += 1
@@ -268,6 +310,26 @@ def encode_records(records: list[InstructionRecord], renderer: Renderer, adapter
     if writer is None:
         return examples, kept
     return writer.close(), kept
+
+
+def _fit(adapter: ModelAdapter, parts: list[EncodedExample],
+         trainer_cfg: TrainerConfig) -> tuple[EncodedExample | None, str | None]:
+    """The length policy on one example, or on each sequence of a pair, which is kept only whole (both sequences
+    fit, or are cut, and keep trainable tokens)."""
+    fitted, reasons = [], []
+    for part in parts:
+        one, reason = adapter.fit(part, max_length=trainer_cfg.max_length, overlong=trainer_cfg.overlong)
+        fitted.append(one)
+        reasons.append(reason)
+    reason = next((r for r in reasons if r), None)
+    if any(one is None for one in fitted):
+        return None, reason
+    first = fitted[0]
+    assert first is not None
+    if len(fitted) == 2 and fitted[1] is not None:
+        first.rejected_ids, first.rejected_labels = fitted[1].input_ids, fitted[1].labels
+        first.truncated = first.truncated or fitted[1].truncated
+    return first, reason
 
 
 STRADDLE_LISTED = 50  # examples named in the manifest's straddling counts

@@ -7,6 +7,10 @@ A :class:`TableWriter` streams examples into raw binary files in a folder; the t
 (``numpy.memmap``), so the token data lives in the page cache, not in the process's heap, and several
 processes opening the same folder share one copy.
 
+Preference examples keep their second sequence (a pair's rejected one) in ``rejected_ids`` / ``rejected_labels``
+with offsets of their own (empty spans for other examples), and their kind in ``kind`` (0 an ordinary sequence,
+1 a pair, 2 a desirable and 3 an undesirable unpaired completion).
+
 The table is a read-only ``Sequence[EncodedExample]``: ``table[i]`` builds that one example's lists, so
 trainers written for lists keep working. Batching reads :attr:`ExampleTable.lengths` and friends without
 building any example (see :func:`lengths`, :func:`sources` and :func:`tasks`, which accept either form).
@@ -25,7 +29,11 @@ from ift.components import EncodedExample
 #: Column files of a table folder: name -> (array typecode of the writer, numpy dtype).
 COLUMNS = {"ids": ("i", "int32"), "labels": ("i", "int32"), "offsets": ("q", "int64"),
            "label_offsets": ("q", "int64"), "source": ("i", "int32"), "task": ("i", "int32"),
-           "truncated": ("b", "int8"), "trainable": ("q", "int64")}
+           "truncated": ("b", "int8"), "trainable": ("q", "int64"),
+           "rejected_ids": ("i", "int32"), "rejected_labels": ("i", "int32"), "rejected_offsets": ("q", "int64"),
+           "rejected_label_offsets": ("q", "int64"), "kind": ("b", "int8")}
+KINDS = ("sequence", "pair", "desirable", "undesirable")  # the codes of the ``kind`` column
+_STREAMED = ("ids", "labels", "rejected_ids", "rejected_labels")  # written out as they fill
 FLUSH_TOKENS = 1 << 20  # token buffers are written out every ~4 MB
 
 
@@ -62,9 +70,19 @@ class ExampleTable(Sequence[EncodedExample]):
         a, b = int(c["offsets"][index]), int(c["offsets"][index + 1])
         la, lb = int(c["label_offsets"][index]), int(c["label_offsets"][index + 1])
         task = int(c["task"][index])
-        return EncodedExample(c["ids"][a:b].tolist(), c["labels"][la:lb].tolist(),
-                              self.source_names[int(c["source"][index])], self.record_ids[index],
-                              truncated=bool(c["truncated"][index]), task=self.task_names[task] if task >= 0 else None)
+        example = EncodedExample(c["ids"][a:b].tolist(), c["labels"][la:lb].tolist(),
+                                 self.source_names[int(c["source"][index])], self.record_ids[index],
+                                 truncated=bool(c["truncated"][index]),
+                                 task=self.task_names[task] if task >= 0 else None)
+        kind = KINDS[int(c["kind"][index])]
+        if kind == "pair":
+            ra, rb = int(c["rejected_offsets"][index]), int(c["rejected_offsets"][index + 1])
+            rla, rlb = int(c["rejected_label_offsets"][index]), int(c["rejected_label_offsets"][index + 1])
+            example.rejected_ids = c["rejected_ids"][ra:rb].tolist()
+            example.rejected_labels = c["rejected_labels"][rla:rlb].tolist()
+        elif kind != "sequence":
+            example.desirable = kind == "desirable"
+        return example
 
     def __iter__(self) -> Iterator[EncodedExample]:
         return (self[i] for i in range(len(self)))
@@ -80,6 +98,17 @@ class ExampleTable(Sequence[EncodedExample]):
     def trainable(self) -> Any:
         return self.columns["trainable"]
 
+    @property
+    def rejected_lengths(self) -> Any:
+        """Token count of each pair's rejected sequence (0 for other examples)."""
+        import numpy as np
+
+        return np.diff(self.columns["rejected_offsets"])
+
+    def kinds(self) -> list[str]:
+        """Each example's kind (``sequence``, ``pair``, ``desirable``, ``undesirable``)."""
+        return [KINDS[code] for code in self.columns["kind"].tolist()]
+
     def sources(self) -> list[str]:
         """Each example's source name, in order."""
         names = self.source_names
@@ -92,14 +121,18 @@ class ExampleTable(Sequence[EncodedExample]):
     def describe(self) -> dict[str, Any]:
         """What :meth:`open` needs besides the column files (plain JSON)."""
         return {"examples": len(self), "tokens": int(self.columns["offsets"][-1]),
-                "label_tokens": int(self.columns["label_offsets"][-1]), "sources": self.source_names,
+                "label_tokens": int(self.columns["label_offsets"][-1]),
+                "rejected_tokens": int(self.columns["rejected_offsets"][-1]),
+                "rejected_label_tokens": int(self.columns["rejected_label_offsets"][-1]), "sources": self.source_names,
                 "tasks": self.task_names, "record_ids": self.record_ids}
 
     @classmethod
     def open(cls, folder: Path, meta: dict[str, Any]) -> ExampleTable:
         """Map the column files of ``folder`` read-only; ``meta`` is what :meth:`describe` returned."""
         n, tokens, label_tokens = meta["examples"], meta["tokens"], meta["label_tokens"]
-        sizes = {"ids": tokens, "labels": label_tokens, "offsets": n + 1, "label_offsets": n + 1}
+        sizes = {"ids": tokens, "labels": label_tokens, "offsets": n + 1, "label_offsets": n + 1,
+                 "rejected_ids": meta["rejected_tokens"], "rejected_labels": meta["rejected_label_tokens"],
+                 "rejected_offsets": n + 1, "rejected_label_offsets": n + 1}
         columns = {name: _map(folder / f"{name}.bin", dtype, sizes.get(name, n))
                    for name, (_, dtype) in COLUMNS.items()}
         return cls(columns, source_names=list(meta["sources"]), task_names=list(meta["tasks"]),
@@ -126,11 +159,11 @@ class TableWriter:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self._buffers = {name: array(code) for name, (code, _) in COLUMNS.items()}
-        self._buffers["offsets"].append(0)
-        self._buffers["label_offsets"].append(0)
-        self._files = {name: (folder / f"{name}.bin").open("wb") for name in ("ids", "labels")}
+        for name in ("offsets", "label_offsets", "rejected_offsets", "rejected_label_offsets"):
+            self._buffers[name].append(0)
+        self._files = {name: (folder / f"{name}.bin").open("wb") for name in _STREAMED}
         self._digests = {name: hashlib.sha256() for name in COLUMNS}
-        self._tokens = self._label_tokens = 0
+        self._tokens = self._label_tokens = self._rejected_tokens = self._rejected_label_tokens = 0
         self._source_codes: dict[str, int] = {}
         self._task_codes: dict[str, int] = {}
         self._record_ids: list[str] = []
@@ -148,8 +181,16 @@ class TableWriter:
                                                                                       len(self._task_codes)))
         b["truncated"].append(1 if example.truncated else 0)
         b["trainable"].append(example.trainable_tokens if trainable is None else trainable)
+        b["kind"].append(KINDS.index(example.kind))
+        if example.rejected_ids is not None and example.rejected_labels is not None:
+            b["rejected_ids"].extend(example.rejected_ids)
+            b["rejected_labels"].extend(example.rejected_labels)
+            self._rejected_tokens += len(example.rejected_ids)
+            self._rejected_label_tokens += len(example.rejected_labels)
+        b["rejected_offsets"].append(self._rejected_tokens)
+        b["rejected_label_offsets"].append(self._rejected_label_tokens)
         self._record_ids.append(example.record_id)
-        if len(b["ids"]) >= FLUSH_TOKENS:
+        if len(b["ids"]) + len(b["rejected_ids"]) >= FLUSH_TOKENS:
             self._flush()
 
     def _flush(self) -> None:
@@ -170,6 +211,7 @@ class TableWriter:
             (self.folder / f"{name}.bin").write_bytes(data)
             self._digests[name].update(data)
         meta = {"examples": len(self._record_ids), "tokens": self._tokens, "label_tokens": self._label_tokens,
+                "rejected_tokens": self._rejected_tokens, "rejected_label_tokens": self._rejected_label_tokens,
                 "sources": list(self._source_codes), "tasks": list(self._task_codes), "record_ids": self._record_ids}
         table = ExampleTable.open(self.folder, meta)
         table.digests = {f"{name}.bin": digest.hexdigest() for name, digest in self._digests.items()}
@@ -227,3 +269,16 @@ def file_digest(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def kinds(examples: Sequence[EncodedExample]) -> list[str]:
+    """Each example's kind (``sequence``, ``pair``, ``desirable``, ``undesirable``), without building any example
+    of a table."""
+    return examples.kinds() if isinstance(examples, ExampleTable) else [e.kind for e in examples]
+
+
+def rejected_lengths(examples: Sequence[EncodedExample]) -> list[int]:
+    """Each pair's rejected token count (0 for other examples), without building any example of a table."""
+    if isinstance(examples, ExampleTable):
+        return list(examples.rejected_lengths.tolist())
+    return [len(e.rejected_ids or ()) for e in examples]

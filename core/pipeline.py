@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -231,7 +232,7 @@ class Run:
                 return None
             fingerprints.append(fingerprint)
         resolved = recipe.resolved()
-        return make_key({"ift": _version("ift"), "cache_format": 1, "fingerprints": fingerprints,
+        return make_key({"ift": _version("ift"), "cache_format": 2, "fingerprints": fingerprints,
                          "plugins": self.host.data_plugins(resolved),
                          "data": resolved["data"], "mixture": resolved["mixture"], "transforms": resolved["transforms"],
                          "split": {"seed": recipe.run.order_seed, "fraction": recipe.eval.fraction,
@@ -278,6 +279,7 @@ class Run:
             self.echo(f"data: warning: {warning}")
         for note in data_notes(prepared.report):
             self.echo(f"note: {note}")
+        self._check_preference_data(train_examples)
 
         progress.stage("loading model")
         seed_everything(recipe.run.seed)
@@ -337,10 +339,16 @@ class Run:
                            evaluate_records=lambda m, records, stage: self._evaluate(
                                self._evaluator_for(records, adapter, tokenizer, renderer, metrics), m, stage),
                            eval_records=list(eval_records))
+        preference = _preference_evaluation(recipe, ctx)
+        if preference is not None:  # held-out pair figures before training (the objective's own)
+            results["preference"] = {"baseline": preference.start_evaluation(ctx, model)}
         result = trainer.train(ctx)
         self.trained = (adapter, result.model, tokenizer, renderer)
         if eval_records and metrics:
             results["final"] = self._evaluate(evaluator, result.model, "final")
+        if preference is not None and results["preference"]["baseline"]:
+            results["preference"]["final"] = preference.evaluate(result.model)
+            self.echo(_preference_line(results["preference"]))
         results["train"] = {"steps": result.steps, **result.summary}
         results["samples"] = evaluator.sample_rows()
         # what each source contributed to training (examples, tokens), next to the per-source eval metrics
@@ -361,6 +369,24 @@ class Run:
             rundir.save_dir("model", write_model)
         self.metrics = results
         rundir.write_json("metrics.json", results)
+
+    def _check_preference_data(self, examples: Any) -> None:
+        """A trainer of sequences (``sft`` and its kin) learns a pair's chosen answer, said once; it would learn an
+        unpaired undesirable answer as a good one, which is refused."""
+        from ift.examples import kinds
+
+        objective = getattr(self.recipe.trainer.cls, "objective_class", None)
+        if objective is not None and getattr(objective, "examples", "sequence") == "preference":
+            return
+        counts = Counter(kinds(examples))
+        name = self.recipe.trainer.name
+        if counts["undesirable"]:
+            raise DataError(f"trainer {name!r} trains on sequences, but {counts['undesirable']} training example(s) "
+                            "are unpaired completions labelled undesirable (false), which it would learn as good "
+                            "answers; use trainer 'kto', or leave them out")
+        if counts["pair"]:
+            self.echo(f"note: trainer {name!r} trains on sequences: the chosen answers of {counts['pair']} "
+                      "preference pair(s) are learned, their rejected answers unused (dpo / orpo / kto use both)")
 
     def _evaluator_for(self, records: list[Any], adapter: Any, tokenizer: Any, renderer: Any,
                        metrics: list[Metric]) -> Evaluator:
@@ -390,6 +416,27 @@ class Run:
             if stage.startswith("step-"):
                 self.rundir.event({"eval": stage, **result["overall"]})
         return result
+
+
+def _preference_evaluation(recipe: Recipe, ctx: TrainContext) -> Any:
+    """For a trainer whose objective trains on preference examples and reports held-out figures
+    (``start_evaluation`` / ``evaluate``), a second instance of that objective to measure them; else None."""
+    cls = getattr(recipe.trainer.cls, "objective_class", None)
+    if cls is None or getattr(cls, "examples", "") != "preference" or not hasattr(cls, "start_evaluation") or \
+            not len(ctx.eval_examples) or not is_main_process():
+        return None
+    config = recipe.trainer.config
+    made = cls(cls.Config.model_construct(**{key: getattr(config, key) for key in cls.Config.model_fields}))
+    made.training = config
+    return made
+
+
+def _preference_line(figures: dict[str, Any]) -> str:
+    before, after = figures["baseline"], figures["final"]
+    return (f"preference (held-out, {after.get('n', 0)}): reward accuracy {before['reward_accuracy']:.3f} -> "
+            f"{after['reward_accuracy']:.3f}, reward margin {before['reward_margin']:.3f} -> "
+            f"{after['reward_margin']:.3f}, chosen logp {before['chosen_logp']:.2f} -> {after['chosen_logp']:.2f}, "
+            f"rejected logp {before['rejected_logp']:.2f} -> {after['rejected_logp']:.2f}")
 
 
 def _write_records(path: Path, records: list[Any]) -> None:

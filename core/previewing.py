@@ -57,6 +57,10 @@ class PreviewExample:
     skipped: bool = False
     dropped: dict[str, int] = field(default_factory=dict)
     token_rows: list[dict[str, Any]] | None = None
+    #: A preference record's other rendering: the rejected completion of a pair (``segments`` is the chosen one);
+    #: ``judgement`` names them ("chosen" / "rejected", or "desirable" / "undesirable" for an unpaired record).
+    rejected_segments: list[tuple[str, bool]] | None = None
+    judgement: list[str] | None = None
 
     @property
     def text(self) -> str:
@@ -124,17 +128,31 @@ def collect_preview(recipe: Recipe, host: PluginHost, n: int, *, tokens: bool = 
         if not examples and report.encoding["preview"]["reasons"].get("the template refuses the record"):
             result.examples.append(PreviewExample(record.id, record.source, skipped=True))
             continue
-        segments = renderer.render(record)
+        if record.preference is not None:  # each completion after the shared prompt, as they are trained
+            renderings = renderer.render_completions(record)
+            judgement = ["chosen", "rejected"] if record.preference == "pair" else \
+                ["desirable" if record.desirable else "undesirable"]
+        else:
+            renderings, judgement = [renderer.render(record)], None
+        segments = renderings[0]
         info = report.encoding["preview"]
         example = PreviewExample(record.id, record.source, [(s.text, s.trainable) for s in segments],
                                  tokens=info["tokens"], trainable_tokens=info["trainable_tokens"],
                                  straddling_tokens=info.get("straddling", {}).get("tokens", 0),
                                  dropped={} if examples else dict(info["reasons"]))
+        example.judgement = judgement
+        if len(renderings) > 1:
+            example.rejected_segments = [(s.text, s.trainable) for s in renderings[1]]
         if tokens:
             example.token_rows = token_table(adapter, tokenizer, segments)
         result.examples.append(example)
     result.warnings = list(renderer.notices())
     return result
+
+
+def _marked(text: str, color: bool) -> str:
+    text = f"{OPEN}{text}{CLOSE}"
+    return click.style(text, fg="green", bold=True) if color else text
 
 
 def preview(recipe: Recipe, host: PluginHost, n: int, *, color: bool,
@@ -149,21 +167,20 @@ def preview(recipe: Recipe, host: PluginHost, n: int, *, color: bool,
         if example.skipped:
             click.echo(f"--- {example.id} (source {example.source}): skipped, the template refuses it")
             continue
-        parts = []
-        for text, trainable in example.segments:
-            if trainable:
-                marked = f"{OPEN}{text}{CLOSE}"
-                parts.append(click.style(marked, fg="green", bold=True) if color else marked)
-            else:
-                parts.append(text)
         head = f"--- {example.id} (source {example.source}): {example.tokens} tokens, " \
                f"{example.trainable_tokens} trainable"
         head += f", {example.straddling_tokens} straddling" if example.straddling_tokens else ""
         head += "" if not example.dropped else f", dropped: {example.dropped}"
         click.echo(click.style(head, fg="cyan" if color else None))
-        click.echo("".join(parts))
+        renderings = [example.segments] + ([example.rejected_segments] if example.rejected_segments else [])
+        for i, segments in enumerate(renderings):
+            if example.judgement:
+                click.echo(f"[{example.judgement[i]}]")
+            click.echo("".join(_marked(text, color) if trainable else text for text, trainable in segments))
         entry: dict[str, Any] = {"id": example.id, "tokens": example.tokens,
                                  "trainable_tokens": example.trainable_tokens, "segments": example.segments}
+        if example.rejected_segments:
+            entry["rejected_segments"] = example.rejected_segments
         if example.token_rows is not None:
             click.echo("  index      id  token                          label")
             _show_tokens(example.token_rows, color)

@@ -3,6 +3,11 @@
 Alpaca rows, OpenAI-style ``messages``, ShareGPT ``conversations``, prompt/completion rows and classification
 rows (a text and its ``label``) all become one :class:`InstructionRecord`, so every renderer, adapter and metric
 works with every source.
+
+Preference rows (``preference`` format, docs/preference.md) become records too: a pair (``prompt`` or
+``messages``, ``chosen``, ``rejected``) keeps the chosen answer as its last assistant turn and the rejected one in
+``rejected``; an unpaired row (KTO: ``completion`` with a true / false ``label``) keeps its completion as the last
+assistant turn and the label in ``desirable``. A pair is one record everywhere (dedup, cleaning, the split).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 __all__ = ["InstructionRecord", "Message", "RowError", "normalize_row"]
 
 ROLES = ("system", "user", "assistant", "tool")
-FORMATS = ("auto", "alpaca", "messages", "sharegpt", "prompt-completion", "classification")
+FORMATS = ("auto", "alpaca", "messages", "sharegpt", "prompt-completion", "classification", "preference")
 _SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
                    "assistant": "assistant", "bot": "assistant", "model": "assistant", "tool": "tool",
                    "function": "tool", "observation": "tool", "function_response": "tool"}
@@ -79,6 +84,39 @@ class InstructionRecord:
     label: str | None = None
     choices: list[str] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: A preference pair's rejected answer (the chosen one is the last assistant turn of ``messages``).
+    rejected: Message | None = None
+    #: An unpaired preference record's judgement of its last assistant turn (KTO: desirable or not).
+    desirable: bool | None = None
+
+    @property
+    def preference(self) -> str | None:
+        """``"pair"`` (chosen and rejected), ``"unpaired"`` (one completion judged desirable or not) or None."""
+        if self.rejected is not None:
+            return "pair"
+        return "unpaired" if self.desirable is not None else None
+
+    @property
+    def prompt_messages(self) -> list[Message]:
+        """Everything before the last assistant turn: for preference records, the prompt both completions
+        share."""
+        return self.messages[:-1]
+
+    @property
+    def completions(self) -> list[Message]:
+        """A preference record's completions, in order (chosen then rejected, or the one unpaired completion);
+        the last assistant turn alone for other records."""
+        return [self.messages[-1], *([self.rejected] if self.rejected is not None else [])]
+
+    def with_answer(self, answer: Message) -> InstructionRecord:
+        """This record's prompt followed by ``answer`` as the last assistant turn (no preference fields)."""
+        return InstructionRecord(self.id, self.source, [*self.prompt_messages, answer], task=self.task,
+                                 label=self.label, choices=self.choices, metadata=self.metadata)
+
+    def prompt_key(self) -> str:
+        """A hash of the prompt alone (whitespace-normalised): the split keeps every record of one prompt on one
+        side, so a prompt's pairs never sit on both sides of train / eval."""
+        return _content_hash(self.prompt_messages)
 
     @property
     def answer(self) -> str:
@@ -89,14 +127,43 @@ class InstructionRecord:
         return ""
 
     def content_key(self) -> str:
-        """A hash of what the model sees (roles and text), used to keep eval examples out of training."""
-        text = json.dumps([[m.role, " ".join(m.content.split())] for m in self.messages])
-        return hashlib.sha256(text.encode()).hexdigest()
+        """A hash of what the model sees (roles and text), used to keep eval examples out of training. A pair's
+        key covers its rejected answer too (the same prompt and chosen answer with another rejected one is
+        another pair), an unpaired record's its judgement."""
+        if self.preference is None:
+            return _content_hash(self.messages)
+        extra = [self.rejected] if self.rejected is not None else []
+        return _content_hash([*self.messages, *extra], str(self.desirable))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "source": self.source, "task": self.task, "label": self.label,
-                "choices": self.choices, "metadata": self.metadata,
-                "messages": [m.to_record_dict() for m in self.messages]}
+        out: dict[str, Any] = {"id": self.id, "source": self.source, "task": self.task, "label": self.label,
+                               "choices": self.choices, "metadata": self.metadata,
+                               "messages": [m.to_record_dict() for m in self.messages]}
+        if self.rejected is not None:
+            out["rejected"] = self.rejected.to_record_dict()
+        if self.desirable is not None:
+            out["desirable"] = self.desirable
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> InstructionRecord:
+        """A record from :meth:`to_dict`'s output."""
+        def message(m: Mapping[str, Any]) -> Message:
+            calls = m.get("tool_calls")
+            return Message(m["role"], m["content"], train=m.get("train"),
+                           tool_calls=tuple(dict(c) for c in calls) if calls is not None else None,
+                           name=m.get("name"), tool_call_id=m.get("tool_call_id"))
+
+        rejected = data.get("rejected")
+        return cls(id=data["id"], source=data["source"], task=data.get("task"), label=data.get("label"),
+                   choices=data.get("choices"), metadata=dict(data.get("metadata") or {}),
+                   messages=[message(m) for m in data["messages"]],
+                   rejected=message(rejected) if rejected is not None else None, desirable=data.get("desirable"))
+
+
+def _content_hash(messages: list[Message], *extra: str) -> str:
+    text = json.dumps([[m.role, " ".join(m.content.split())] for m in messages] + list(extra))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class RowError(ValueError):
@@ -108,6 +175,13 @@ def detect_format(row: Mapping[str, Any]) -> str:
     def has(key: str) -> bool:  # datasets fills a column missing from a row with None
         return row.get(key) is not None
 
+    label = row.get("label")
+    if has("rejected") or (has("completion") and (isinstance(label, bool) or (
+            isinstance(label, str) and label.strip().lower() in ("true", "false")))):
+        return "preference"  # a pair, or an unpaired (KTO) completion judged true / false
+    if has("chosen"):
+        raise RowError("the row has 'chosen' but no 'rejected'; a preference pair needs both (an unpaired row "
+                       "has 'completion' and a true / false 'label')")
     if has("messages"):
         return "messages"
     if has("conversations"):
@@ -121,7 +195,8 @@ def detect_format(row: Mapping[str, Any]) -> str:
     raise RowError(
         "cannot tell the row's format from its keys "
         f"{sorted(k for k, v in row.items() if v is not None)}; expected 'instruction'+'output' (alpaca), "
-        "'messages', 'conversations' (sharegpt), 'prompt'+'completion' or 'text'+'label' (classification); "
+        "'messages', 'conversations' (sharegpt), 'prompt'+'completion', 'text'+'label' (classification) or "
+        "'prompt'/'messages'+'chosen'+'rejected' (preference); "
         "set format = ... on the [[data]] table"
     )
 
@@ -201,11 +276,99 @@ def _classification(row: Mapping[str, Any]) -> list[Message]:
     return [Message("user", user), Message("assistant", _label(row))]
 
 
+_TRUE, _FALSE = ("true", "1", "yes", "desirable"), ("false", "0", "no", "undesirable")
+
+
+def _judgement(value: Any) -> bool | None:
+    """An unpaired row's label as a bool (true / false, 1 / 0, also as text, as CSV files have it), else None."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    return None
+
+
+def _turns(value: Any, key: str) -> list[Message]:
+    """A prompt or completion given as text, one ``{role, content}`` object or a list of them."""
+    if isinstance(value, str):
+        return [Message("assistant" if key != "prompt" else "user", value)]
+    if isinstance(value, Mapping):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise RowError(f"field {key!r} must be a string or a non-empty list of {{role, content}} turns")
+    try:
+        return _messages(value, "role", "content", None)
+    except RowError as exc:
+        raise RowError(f"field {key!r}: {exc}") from None
+
+
+def _same_turn(a: Message, b: Message) -> bool:
+    return a.role == b.role and " ".join(a.content.split()) == " ".join(b.content.split())
+
+
+def _completion(value: Any, key: str, prompt: list[Message]) -> Message:
+    """One assistant answer. A conversation that repeats the prompt (UltraFeedback ships ``chosen`` as the whole
+    conversation) has the prompt taken off first."""
+    turns = _turns(value, key)
+    if len(turns) > len(prompt) and all(_same_turn(a, b) for a, b in zip(turns, prompt, strict=False)):
+        turns = turns[len(prompt):]
+    if len(turns) != 1 or turns[0].role != "assistant":
+        raise RowError(f"field {key!r} must be one assistant answer (after the prompt), got "
+                       f"{[t.role for t in turns]}")
+    return turns[0]
+
+
+def _preference(row: Mapping[str, Any]) -> tuple[list[Message], dict[str, Any]]:
+    """A pair (``chosen`` + ``rejected``) or an unpaired completion (``completion`` + true / false ``label``) after
+    a prompt: ``prompt`` (text or turns), or ``messages`` (the prompt turns; a final assistant turn there is the
+    chosen answer when ``chosen`` is absent), or none, when ``chosen`` and ``rejected`` are whole conversations
+    whose shared beginning is the prompt (TRL's implicit prompt)."""
+    has = {key: row.get(key) is not None for key in ("prompt", "messages", "chosen", "rejected", "completion")}
+    if has["prompt"] and has["messages"]:
+        raise RowError("a preference row has either 'prompt' or 'messages', not both")
+    if has["rejected"] and has["completion"]:
+        raise RowError("a preference row is a pair ('chosen' + 'rejected') or unpaired ('completion' + 'label'), "
+                       "not both")
+    prompt = _turns(row["prompt"], "prompt") if has["prompt"] else []
+    if has["messages"]:
+        prompt = _turns(row["messages"], "messages")
+    chosen_value = row.get("chosen")
+    if has["rejected"] and not has["chosen"] and prompt and prompt[-1].role == "assistant":
+        chosen_value, prompt = [prompt[-1].to_dict()], prompt[:-1]  # messages + rejected, as ift writes pairs
+    if not prompt and has["chosen"] and has["rejected"]:
+        chosen_turns, rejected_turns = _turns(row["chosen"], "chosen"), _turns(row["rejected"], "rejected")
+        shared = 0
+        while shared < min(len(chosen_turns), len(rejected_turns)) - 1 and \
+                _same_turn(chosen_turns[shared], rejected_turns[shared]):
+            shared += 1
+        prompt = chosen_turns[:shared]
+    if not prompt:
+        raise RowError("a preference row needs a prompt: 'prompt', 'messages', or 'chosen' and 'rejected' "
+                       "conversations that begin with it")
+    if prompt[-1].role == "assistant":
+        raise RowError("the prompt of a preference row must not end with an assistant turn")
+    if has["rejected"]:
+        if chosen_value is None:
+            raise RowError("missing field 'chosen'")
+        chosen = _completion(chosen_value, "chosen", prompt)
+        return [*prompt, chosen], {"rejected": _completion(row["rejected"], "rejected", prompt)}
+    if not has["completion"]:
+        raise RowError("a preference row needs 'chosen' and 'rejected' (a pair) or 'completion' and a true / false "
+                       "'label' (unpaired)")
+    desirable = _judgement(row.get("label"))
+    if desirable is None:
+        raise RowError(f"field 'label' of an unpaired preference row must be true or false, got {row.get('label')!r}")
+    return [*prompt, _completion(row["completion"], "completion", prompt)], {"desirable": desirable}
+
+
 def normalize_row(row: Mapping[str, Any], fmt: str = "auto", *,
                   system: str | None = None) -> tuple[list[Message], dict[str, Any]]:
     """Turn one raw row into messages plus the extra fields (label, choices, task, metadata)."""
     if fmt == "auto":
         fmt = detect_format(row)
+    preference: dict[str, Any] = {}
     if fmt == "alpaca":
         instruction = _text(row, "instruction")
         extra_input = _text(row, "input", required=False)
@@ -219,6 +382,8 @@ def normalize_row(row: Mapping[str, Any], fmt: str = "auto", *,
         messages = _messages(row.get("messages"), "role", "content", None)
     elif fmt == "sharegpt":
         messages = _messages(row.get("conversations"), "from", "value", _SHAREGPT_ROLES)
+    elif fmt == "preference":
+        messages, preference = _preference(row)
     else:
         raise RowError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if system and messages[0].role != "system":
@@ -229,8 +394,9 @@ def normalize_row(row: Mapping[str, Any], fmt: str = "auto", *,
         raise RowError("no assistant turn is trained (every one has \"train\": false)")
     extras: dict[str, Any] = {}
     for key in ("label", "task"):
-        if row.get(key) is not None:
+        if row.get(key) is not None and not (fmt == "preference" and key == "label"):
             extras[key] = str(row[key])
+    extras.update(preference)
     if fmt == "classification":
         extras["label"] = messages[-1].content  # validated and stripped
     if row.get("choices") is not None:

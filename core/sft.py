@@ -119,7 +119,9 @@ class ObjectiveTrainer(SFTTrainer):
     def objective(self, ctx: TrainContext) -> Objective:
         cls = self.objective_class
         own = cls.Config.model_construct(**{key: getattr(self.config, key) for key in cls.Config.model_fields})
-        return cls(own)
+        made = cls(own)
+        made.training = self.config  # the loop's keys (batch_size, shuffle), for an objective's own loader
+        return made
 
 
 @functools.cache

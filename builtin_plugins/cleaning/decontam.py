@@ -20,9 +20,9 @@ Fields = Literal["prompt", "answer", "conversation"]
 def _texts(record: ift.InstructionRecord, fields: Fields) -> list[str]:
     if fields == "prompt":
         return [m.content for m in record.messages if m.role == "user"]
-    if fields == "answer":
-        return [record.answer]
-    return [m.content for m in record.messages]
+    if fields == "answer":  # both answers of a preference pair
+        return [m.content for m in record.completions]
+    return [m.content for m in record.messages] + ([record.rejected.content] if record.rejected else [])
 
 
 def ngrams(record: ift.InstructionRecord, n: int, fields: Fields = "prompt", min_words: int = 4) -> set[str]:

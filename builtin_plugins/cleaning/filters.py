@@ -29,7 +29,7 @@ class LengthFilterConfig(ift.ComponentConfig):
 class LengthFilter(ift.RecordFilter):
     """Drop records whose prompt or answer length is out of bounds. Each record is counted once, under
     the first failed bound in the order: prompt too short, prompt too long, answer too short, answer
-    too long."""
+    too long. A preference pair's answer bounds hold for both its answers (the pair goes whole)."""
 
     name = "length-filter"
     Config = LengthFilterConfig
@@ -40,13 +40,14 @@ class LengthFilter(ift.RecordFilter):
 
     def reason(self, record: ift.InstructionRecord) -> str | None:
         c = self.config
-        for part, text in (("prompt", prompt(record)), ("answer", record.answer)):
+        texts = {"prompt": [prompt(record)], "answer": [m.content for m in record.completions]}
+        for part in ("prompt", "answer"):
             low, high = getattr(c, f"min_{part}"), getattr(c, f"max_{part}")
             if low is None and high is None:
                 continue
-            n = self._length(text)
-            if low is not None and n < low:
+            lengths = [self._length(text) for text in texts[part]]
+            if low is not None and min(lengths) < low:
                 return f"{part} too short"
-            if high is not None and n > high:
+            if high is not None and max(lengths) > high:
                 return f"{part} too long"
         return None

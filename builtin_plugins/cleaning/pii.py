@@ -134,6 +134,11 @@ class MaskPII(ift.Transform):
                 messages = [m if new == m.content else replace(m, content=new)
                             for new, m in zip(masked, record.messages, strict=True)]
                 record = replace(record, messages=messages)
+            rejected = record.rejected  # a preference pair's rejected answer is masked like the chosen one
+            if rejected is not None and rejected.role in roles:
+                new = self.mask(rejected.content, counts)
+                if new != rejected.content:
+                    record = replace(record, rejected=replace(rejected, content=new))
             out.append(record)
         for kind, n in counts.items():
             tally.change(f"masked {kind}", n)

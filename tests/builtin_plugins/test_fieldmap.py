@@ -76,7 +76,7 @@ def test_unknown_mapping_keys_get_did_you_mean_and_the_valid_keys(host: PluginHo
         validate_recipe(raw, host, base_dir=Path("."))
     message = str(info.value)
     assert "data[0].fields: unknown mapping key 'instructions' (did you mean 'instruction'?); the keys are " \
-           "instruction, input, output, prompt, completion, text, label, choices, messages, conversations, " \
+           "instruction, input, output, prompt, completion, chosen, rejected, text, label, choices, messages, conversations, " \
            "system, task, id, metadata" in message
 
 

@@ -21,7 +21,8 @@ BUILTIN_NAMES = {
     "transform": ["decontaminate", "dedup", "drop-invalid", "length-filter", "mask-pii", "near-dedup", "tag"],
     "renderer": ["alpaca", "chat", "chatml", "jinja", "plain"],
     "model_adapter": ["causal-lm", "classifier", "seq2seq"],
-    "trainer": ["continual", "distill", "sft", "sft-adversarial"],
+    "trainer": ["continual", "distill", "dpo", "kto", "orpo", "sft", "sft-adversarial"],
+    "objective": ["dpo", "kto", "orpo"],
     "metric": ["accuracy", "exact_match", "f1", "loss", "perplexity", "precision", "recall", "rouge_l"],
     "peft_method": ["adalora", "ia3", "lora", "prefix-tuning", "prompt-tuning"],
 }
@@ -56,9 +57,9 @@ def test_builtins_register_every_component_under_its_name(host: PluginHost) -> N
 
 def test_builtin_plugins_are_described_with_origin_and_registered_names(host: PluginHost) -> None:
     described = {row["name"]: row for row in host.describe()}
-    assert set(described) == {"sources", "transforms", "renderers", "causal_lm", "seq2seq", "classifier", "peft_methods", "sft",
-                              "trainers", "metrics", "cleaning", "builders", "data_cli", "reporting", "quality",
-                              "tensorboard", "serve", "inference", "scaffold"}
+    assert set(described) == {"sources", "transforms", "renderers", "causal_lm", "seq2seq", "classifier", "peft_methods",
+                              "sft", "trainers", "preference", "metrics", "cleaning", "builders", "data_cli",
+                              "reporting", "quality", "tensorboard", "serve", "inference", "scaffold"}
     assert described["transforms"]["origin"] == "builtin"
     assert described["transforms"]["distribution"] == "ift"
     assert described["transforms"]["registered"] == {"transform": ["drop-invalid", "dedup"]}

@@ -81,7 +81,8 @@ def test_extras_label_task_choices_metadata() -> None:
          "turn 0 must have 'from' and 'value'"),
         ({"instruction": "q", "output": "a", "choices": "a,b"}, "auto", "field 'choices' must be a list"),
         ({"instruction": "q", "output": "a"}, "csv",
-         "unknown format 'csv'; choose one of auto, alpaca, messages, sharegpt, prompt-completion, classification"),
+         "unknown format 'csv'; choose one of auto, alpaca, messages, sharegpt, prompt-completion, classification, "
+         "preference"),
         ({"label": "refund"}, "auto", "missing field 'text' (or 'instruction') of a classification row"),
         ({"text": "money back"}, "classification", "missing field 'label'"),
         ({"text": "money back", "label": 1.5}, "classification",

@@ -7,6 +7,7 @@ from ift.testing.contracts.adapter import ModelAdapterContract
 from ift.testing.contracts.base import ComponentContract, record_problems
 from ift.testing.contracts.metric import MetricCase, MetricContract
 from ift.testing.contracts.peft import PeftMethodContract
+from ift.testing.contracts.preference import PreferenceObjectiveContract, sample_pairs
 from ift.testing.contracts.renderer import RendererContract
 from ift.testing.contracts.similarity import SimilarityBackendContract
 from ift.testing.contracts.source import SourceContract
@@ -21,6 +22,6 @@ CONTRACTS: dict[str, type[ComponentContract]] = {
 }
 
 __all__ = ["CONTRACTS", "ComponentContract", "MetricCase", "MetricContract", "ModelAdapterContract",
-           "ObjectiveContract", "PeftMethodContract", "RendererContract", "SimilarityBackendContract",
-           "SourceContract", "TrainerContract",
-           "TransformContract", "record_problems"]
+           "ObjectiveContract", "PeftMethodContract", "PreferenceObjectiveContract", "RendererContract",
+           "SimilarityBackendContract", "SourceContract", "TrainerContract", "TransformContract", "record_problems",
+           "sample_pairs"]
