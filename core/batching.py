@@ -22,6 +22,10 @@ from collections.abc import Iterator, Sequence
 MODES = ("auto", "padding", "length-grouped", "padding-free", "packing")
 
 
+#: Public: plugins and builtin commands may import these names (see ift.PUBLIC_MODULES).
+__all__ = ["BatchPlan", "length_grouped_batches", "pack_best_fit_decreasing", "random_batches", "shuffled"]
+
+
 def shuffled(n: int, seed: int, epoch: int) -> list[int]:
     order = list(range(n))
     random.Random(seed * 1_000_003 + epoch).shuffle(order)

@@ -22,7 +22,8 @@ from ift.recipe import Recipe, default_strategy
 from ift.records import InstructionRecord
 
 #: Public: plugins and builtin commands may import these names (see ift.PUBLIC_MODULES).
-__all__ = ["DataReport", "apply_transforms", "encode_records", "read_sources", "split_records", "stop_strings"]
+__all__ = ["DataReport", "apply_transforms", "data_notes", "encode_records", "read_sources", "split_records",
+           "stop_strings"]
 
 
 @dataclass

@@ -37,6 +37,11 @@ _STREAMED = ("ids", "labels", "rejected_ids", "rejected_labels")  # written out 
 FLUSH_TOKENS = 1 << 20  # token buffers are written out every ~4 MB
 
 
+#: Public: plugins and builtin commands may import these names (see ift.PUBLIC_MODULES).
+__all__ = ["ExampleTable", "PackedRows", "TableWriter", "kinds", "lengths", "rejected_lengths", "sources", "tasks",
+           "write_table"]
+
+
 class ExampleTable(Sequence[EncodedExample]):
     """Examples in flat arrays (see the module docstring). ``columns`` maps each name of :data:`COLUMNS` to a
     1-d numpy array; ``source_names`` and ``task_names`` decode the ``source`` and ``task`` codes (task -1:

@@ -160,13 +160,13 @@ def test_model_config_is_validated_by_the_adapter(host: PluginHost) -> None:
 
 
 def test_unknown_component_names_in_every_section(host: PluginHost) -> None:
-    raw = minimal(template={"name": "chatm"}, model={"adapter": "causal"}, trainer={"name": "dpo"},
+    raw = minimal(template={"name": "chatm"}, model={"adapter": "causal"}, trainer={"name": "ppo"},
                   transforms=[{"name": "dedupe"}])
     assert [(p.key, p.message.split(";")[0]) for p in problems_of(raw, host)] == [
         ("transforms[0].name", "unknown transform 'dedupe' (did you mean 'dedup'?)"),
         ("template.name", "unknown template renderer 'chatm' (did you mean 'chatml'?)"),
         ("model.adapter", "unknown model adapter 'causal' (did you mean 'causal-lm'?)"),
-        ("trainer.name", "unknown trainer 'dpo'"),
+        ("trainer.name", "unknown trainer 'ppo' (did you mean 'dpo'?)"),
     ]
 
 
