@@ -74,7 +74,7 @@ class JinjaRenderer(ift.Renderer):
     (id, source, task, label, choices, metadata), ``eos_token``, ``bos_token``. Wrap the text the model
     learns in ``{% generation %}...{% endgeneration %}``."""
 
-    Config = JinjaConfig
+    Config: ClassVar[type[ift.ComponentConfig]] = JinjaConfig
     builtin_file: ClassVar[str] = ""
 
     def __init__(self, config: ift.ComponentConfig, *, base_dir: Path,

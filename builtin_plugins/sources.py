@@ -53,7 +53,7 @@ class FileSourceConfig(SourceConfig):
 class FileSource(ift.InstructionSource):
     """Rows from a local file, one record per row. Errors name the file and the line."""
 
-    Config = FileSourceConfig
+    Config: ClassVar[type[ift.ComponentConfig]] = FileSourceConfig
     builder: ClassVar[str] = "json"
     config: FileSourceConfig
 

@@ -95,7 +95,8 @@ class PreparedCache:
         """Write ``meta.json`` and ``complete.json`` (checksums of every file; the tables' own come from the
         :class:`~ift.examples.TableWriter` that wrote them into ``folder/train`` and ``folder/eval``), then rename
         the folder into place. Tables mapped from the folder stay valid through the rename."""
-        meta, digests = {}, {}
+        meta: dict[str, Any] = {}
+        digests: dict[str, str] = {}
         for split, table in (("train", prepared.train), ("eval", prepared.eval)):
             if not isinstance(table, ExampleTable) or not table.digests:
                 raise TypeError("commit() needs the tables a TableWriter wrote into the entry's folder")

@@ -278,6 +278,7 @@ class ORPOObjective(PreferenceObjective):
 
     name = "orpo"
     Config = PreferenceConfig
+    config: PreferenceConfig
     uses_reference = False
 
     def loss_and_figures(self, model: Any, batch: dict[str, Any], split: str) -> ift.LossTerms:
