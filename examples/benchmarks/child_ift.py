@@ -31,9 +31,26 @@ from probe import Probe  # noqa: E402
 HERE = Path(__file__).resolve().parent
 
 
+LORA = """
+[model.peft]
+method = "lora"
+r = {r}
+alpha = {alpha}
+dropout = {dropout}
+target_modules = "all-linear"
+"""
+
+
 def recipe_text(spec: dict) -> str:
     s = spec["settings"]
     betas = ", ".join(str(b) for b in s["adam_betas"])
+    extra = s.get("extra", {})
+    model_extra = spec.get("model_extra", "")
+    trainer_extra = spec.get("trainer_extra", "")
+    if extra.get("lora"):  # the same LoRA as the TRL child's peft.LoraConfig
+        model_extra += LORA.format(**extra["lora"])
+    if extra.get("gradient_checkpointing"):
+        trainer_extra += "\ngradient_checkpointing = true"
     return f"""\
 [run]
 name = "bench"
@@ -52,7 +69,7 @@ path = {json.dumps(str(HERE / "prompt_completion.jinja"))}
 adapter = "causal-lm"
 name_or_path = {json.dumps(spec["model_dir"])}
 dtype = "float32"
-{spec.get("model_extra", "")}
+{model_extra}
 
 [trainer]
 name = "sft"
@@ -70,7 +87,7 @@ batching = "{s["ift_batching"]}"
 shuffle = {str(s["shuffle"]).lower()}
 precision = "{spec.get("precision", "fp32")}"
 log_every = 1
-{spec.get("trainer_extra", "")}
+{trainer_extra}
 
 [eval]
 fraction = 0.0

@@ -77,8 +77,10 @@ def trl_config(spec: dict, output_dir: Path) -> SFTConfig:
         kwargs.update(use_cpu=True)  # TRL's default bf16=True is refused on a CPU unless use_cpu is set
     if not out_of_the_box:
         # Same numerics as ift on this device: no bf16 autocast on a CPU (TRL's default is bf16=True even
-        # there) and no gradient checkpointing (TRL's default is True; ift does not recompute activations).
-        kwargs.update(bf16=spec.get("precision") == "bf16", gradient_checkpointing=False)
+        # there) and no gradient checkpointing unless both sides turn it on (TRL's default is True; ift's
+        # is False).
+        kwargs.update(bf16=spec.get("precision") == "bf16",
+                      gradient_checkpointing=bool(s["extra"].get("gradient_checkpointing", False)))
     if mode == "packing":
         kwargs.update(packing=True)  # TRL's default strategy: "bfd" (implies padding-free batches)
     elif mode == "padding_free":
@@ -110,8 +112,16 @@ def main() -> int:
     load_s = time.perf_counter() - t0
     tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
     BenchSFTTrainer.bench_shuffle = spec["settings"]["shuffle"]
+    lora = spec["settings"]["extra"].get("lora")
+    peft_config = None
+    if lora:  # the same LoRA as ift's [model.peft] (all linear layers but the LM head)
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                                 target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = BenchSFTTrainer(model=spec["model_dir"], args=trl_config(spec, out / "trainer"),
-                              train_dataset=dataset, processing_class=tokenizer, callbacks=[timer])
+                              train_dataset=dataset, processing_class=tokenizer, callbacks=[timer],
+                              peft_config=peft_config)
     trainer.train()
     t_end = time.perf_counter()
     summary = probe.summary(t0, spec["warmup"])

@@ -31,6 +31,7 @@ TRL_VERSION = "1.16.0"
 TORCH_SPEC = "torch==2.13.0"
 
 sys.path.insert(0, str(HERE))
+import real_text  # noqa: E402
 from workload import Settings, build_model_dir, make_rows, write_jsonl  # noqa: E402
 
 # (label, data, ift batching, TRL mode, settings overrides)
@@ -46,6 +47,17 @@ EXTENDED: list[tuple[str, str, str, str, dict[str, Any]]] = [
     ("packing vs packing", "constant", "packing", "packing", {"packed_rows": True}),
     ("default vs TRL out of the box", "lognormal", "auto", "default", {"extra": {"trl_out_of_the_box": True}}),
 ]
+# --model-dir: a real pretrained model on real instruction text (real_text.py), full fine-tuning and LoRA
+LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
+REAL_COMPARISONS: list[tuple[str, str, str, str, dict[str, Any]]] = [
+    ("default vs default", "real", "auto", "default", {}),
+    ("padding vs padding", "real", "padding", "default", {}),
+    ("padding-free vs padding-free", "real", "padding-free", "padding_free", {}),
+    ("gradient checkpointing, default vs default", "real", "auto", "default",
+     {"extra": {"gradient_checkpointing": True}, "pairs": 1}),
+    ("LoRA r=16, default vs default", "real", "auto", "default", {"extra": {"lora": LORA}, "pairs": 1}),
+]
+REAL_LEARNING_RATE = 2e-5  # a pretrained model: a fine-tuning rate, not the toy model's 1e-3
 METRICS = ("tokens_per_s", "padding_fraction", "preprocess_s", "peak_rss_mb", "final_loss")
 PARITY_RTOL = 1e-5
 
@@ -134,12 +146,43 @@ def machine() -> dict[str, Any]:
 
 # --- one run -------------------------------------------------------------------------------------------
 
+def real_model_dir(source: Path, path: Path) -> tuple[Path, int]:
+    """A benchmark copy of a local model folder (weights linked, not copied) whose tokenizer has a pad token
+    distinct from EOS, so the probe's count of real tokens (``input_ids != pad``) includes every EOS; both
+    trainers load this copy. Returns the folder and the pad id."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    path.mkdir(parents=True, exist_ok=True)
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        special = [t for t in tokenizer.all_special_tokens if t not in (tokenizer.eos_token, tokenizer.bos_token)]
+        candidates = ([tokenizer.unk_token] if tokenizer.unk_token in special else []) + special
+        if not candidates:
+            raise SystemExit(f"{source}: the tokenizer's pad token is its EOS and it has no other special token "
+                             "to pad with")
+        tokenizer.pad_token = candidates[0]
+    tokenizer.save_pretrained(str(path))
+    config = AutoConfig.from_pretrained(str(source))
+    config.pad_token_id = tokenizer.pad_token_id
+    if hasattr(config, "quantization_config"):  # a folder converted from GGUF keeps this note; weights are fp32
+        del config.quantization_config
+    config.save_pretrained(str(path))
+    for item in source.iterdir():
+        if item.suffix == ".safetensors" or item.name.endswith((".safetensors.index.json", ".bin")) or \
+                item.name == "generation_config.json":
+            target = path / item.name
+            if not target.exists():
+                target.symlink_to(item.resolve())
+    return path, int(tokenizer.pad_token_id)
+
+
 class Runner:
     def __init__(self, work: Path, data: dict[str, Path], model_dir: Path, pad_id: int, warmup: int,
-                 precision: str, timeout: int, threads: int | None, skip_data_report: bool = False) -> None:
+                 precision: str, timeout: int, threads: int | None, skip_data_report: bool = False,
+                 nice: int = 0) -> None:
         self.work, self.data, self.model_dir, self.pad_id = work, data, model_dir, pad_id
         self.warmup, self.precision, self.timeout, self.threads = warmup, precision, timeout, threads
-        self.skip_data_report = skip_data_report
+        self.skip_data_report, self.nice = skip_data_report, nice
         self.count = 0
 
     def run(self, side: str, settings: Settings, tag: str) -> dict[str, Any]:
@@ -162,7 +205,8 @@ class Runner:
             env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
         started = time.perf_counter()
         with (folder / "log.txt").open("w") as log:
-            proc = subprocess.run([sys.executable, str(HERE / f"child_{side}.py"), str(folder / "spec.json"),
+            nice = ["nice", "-n", str(self.nice)] if self.nice else []
+            proc = subprocess.run([*nice, sys.executable, str(HERE / f"child_{side}.py"), str(folder / "spec.json"),
                                    str(folder / "result.json")], env=env, stdout=log, stderr=subprocess.STDOUT,
                                   timeout=self.timeout)
         if proc.returncode != 0:
@@ -177,10 +221,11 @@ class Runner:
 
 # --- parity --------------------------------------------------------------------------------------------
 
-def parity(runner: Runner, steps: int, batch_size: int, max_length: int) -> dict[str, Any]:
+def parity(runner: Runner, steps: int, batch_size: int, max_length: int, data: str = "lognormal",
+           base: dict[str, Any] | None = None) -> dict[str, Any]:
     """Padding batches, data order as given, both sides: same batches, same per-step loss."""
-    settings = Settings(data="lognormal", ift_batching="padding", trl_mode="default", steps=steps,
-                        batch_size=batch_size, max_length=max_length, shuffle=False)
+    settings = Settings(data=data, ift_batching="padding", trl_mode="default", steps=steps,
+                        batch_size=batch_size, max_length=max_length, shuffle=False, **(base or {}))
     a = runner.run("ift", settings, "parity")
     b = runner.run("trl", settings, "parity")
     rows, ok = [], True
@@ -225,15 +270,19 @@ def summarize(values: list[float | None]) -> dict[str, float | None]:
 
 
 def compare(runner: Runner, label: str, data: str, ift_batching: str, trl_mode: str, overrides: dict[str, Any],
-            pairs: int, steps: int, batch_size: int, max_length: int) -> dict[str, Any]:
-    overrides = dict(overrides)
+            pairs: int, steps: int, batch_size: int, max_length: int,
+            base: dict[str, Any] | None = None) -> dict[str, Any]:
+    overrides = {**(base or {}), **overrides}
+    pairs = min(pairs, overrides.pop("pairs", pairs))  # rows measured mainly for memory: fewer pairs
     if overrides.pop("packed_rows", False):
         # A packed row holds ~max_length / mean length examples; a quarter of the batch size in rows keeps
         # the tokens per step close to the other modes'.
         batch_size = max(1, batch_size // 4)
     settings = Settings(data=data, ift_batching=ift_batching, trl_mode=trl_mode, steps=steps,
                         batch_size=batch_size, max_length=max_length, **overrides)
-    tag = f"{data}-{ift_batching}-{trl_mode}" + ("-ootb" if settings.extra.get("trl_out_of_the_box") else "")
+    extra = settings.extra
+    tag = f"{data}-{ift_batching}-{trl_mode}" + ("-ootb" if extra.get("trl_out_of_the_box") else "") + \
+        ("-gc" if extra.get("gradient_checkpointing") else "") + ("-lora" if extra.get("lora") else "")
     runs = []
     for i in range(pairs):
         a = runner.run("ift", settings, tag)
@@ -335,10 +384,39 @@ def targets(results: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]
     return out
 
 
-def update_readme(block: str) -> None:
+GIB = 1024  # the probe's RSS is in MiB
+
+
+def real_targets(results: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
+    """Issue 13's targets on a real model (full fine-tuning fp32, batch 8, max length 512)."""
+    def find(label: str) -> dict[str, Any] | None:
+        return next((r for r in results if r["label"] == label), None)
+
+    out: list[tuple[str, bool | None, str]] = []
+    for label, floor in (("default vs default", 3.0), ("padding vs padding", 1.5),
+                         ("padding-free vs padding-free", 1.2)):
+        r = find(label)
+        if r:
+            tps = r["ratios"]["tokens_per_s"]["median"]
+            out.append((f"{label}, real tokens/s ift/TRL >= {floor}x", tps >= floor, f"{tps:.2f}x"))
+    for label, what, limit in (("default vs default", "ift's defaults", 4.0),
+                               ("gradient checkpointing, default vs default", "gradient_checkpointing = true", 3.0),
+                               ("LoRA r=16, default vs default", "LoRA r=16", 1.5)):
+        r = find(label)
+        if r:
+            peak = r["ift"]["peak_rss_mb"]["max"] / GIB
+            out.append((f"peak RSS with {what} <= {limit} GiB (largest of the runs)", peak <= limit,
+                        f"{peak:.2f} GiB"))
+    for r in results:
+        if not r["ift_counters_match"]:
+            out.append((f"ift's own token counters match the tensors ({r['label']}, {r['data']})", False, "differ"))
+    return out
+
+
+def update_readme(block: str, marker: str = "results") -> None:
     readme = HERE / "README.md"
     text = readme.read_text()
-    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     if start not in text or end not in text:
         print(f"README.md has no {start} ... {end} block; not updated")
         return
@@ -355,7 +433,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pairs", type=int, default=3, help="A B pairs per comparison (default 3)")
     p.add_argument("--steps", type=int, default=60, help="optimizer steps per run (default 60)")
     p.add_argument("--warmup", type=int, default=2, help="first steps left out of tokens/s (default 2)")
-    p.add_argument("--rows", type=int, default=3000, help="rows per synthetic data set (default 3000)")
+    p.add_argument("--rows", type=int, default=None,
+                   help="rows per synthetic data set (default 3000); with --model-dir, at most this many real rows "
+                        "(default all)")
     p.add_argument("--parity-steps", type=int, default=10, help="steps whose loss must agree (default 10)")
     p.add_argument("--batch-size", type=int, default=8, help="examples per batch (packing: a quarter, in rows)")
     p.add_argument("--max-length", type=int, default=1024)
@@ -376,11 +456,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "it off the data path would give); not for the README table")
     p.add_argument("--venv", type=Path, default=Path(os.environ.get("IFT_BENCH_VENV", DEFAULT_VENV)))
     p.add_argument("--no-venv", action="store_true", help="use the current interpreter (needs trl installed)")
-    p.add_argument("--timeout", type=int, default=600, help="seconds per run")
+    p.add_argument("--model-dir", type=Path, default=None,
+                   help="a local causal-LM folder (weights and tokenizer, e.g. from smollm2_folder.py): benchmark "
+                        "that model on real instruction text (real_text.py) instead of the tiny Llama on synthetic "
+                        "rows; full fine-tuning and LoRA rows, issue 13's targets. Suggested with it: --steps 8 "
+                        "--pairs 2 --max-length 512 --parity-steps 4")
+    p.add_argument("--nice", type=int, default=0, help="run every child under nice -n N (a shared machine)")
+    p.add_argument("--timeout", type=int, default=None, help="seconds per run (default 600; 3600 with --model-dir)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads per run (default 1; 0 = torch's default). On a shared machine "
                         "two threads make every small op wait for the other core, and timings swing 100x")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.rows is None and args.model_dir is None:
+        args.rows = 3000
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -404,18 +493,29 @@ def main(argv: list[str] | None = None) -> int:
     if main_versions and any(main_versions.get(k) != env["versions"].get(k) for k in main_versions):
         print(f"note: the project's .venv has different versions: {main_versions}")
 
-    data = {kind: write_jsonl(make_rows(kind, args.rows), work / f"{kind}.jsonl") for kind in ("lognormal", "constant")}
-    model_config = json.loads(args.model_config.read_text()) if args.model_config else None
-    model_dir = build_model_dir(work / "model", model_config)
+    real = args.model_dir is not None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if real:
+        rows = real_text.make_rows(args.rows)
+        env["data"] = real_text.describe(rows)
+        data = {"real": write_jsonl(rows, work / "real.jsonl")}
+        model_dir, pad_id = real_model_dir(args.model_dir.resolve(), work / "model")
+        base: dict[str, Any] = {"learning_rate": REAL_LEARNING_RATE}
+    else:
+        data = {kind: write_jsonl(make_rows(kind, args.rows), work / f"{kind}.jsonl")
+                for kind in ("lognormal", "constant")}
+        model_config = json.loads(args.model_config.read_text()) if args.model_config else None
+        model_dir = build_model_dir(work / "model", model_config)
+        pad_id = AutoTokenizer.from_pretrained(str(model_dir)).pad_token_id
+        base = {}
     env["parameters"] = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(str(model_dir)).parameters())
+    timeout = args.timeout or (3600 if real else 600)
+    runner = Runner(work, data, model_dir, pad_id, args.warmup, args.precision, timeout, args.threads,
+                    args.skip_ift_data_report, args.nice)
 
-    pad_id = AutoTokenizer.from_pretrained(str(model_dir)).pad_token_id
-    runner = Runner(work, data, model_dir, pad_id, args.warmup, args.precision, args.timeout, args.threads,
-                    args.skip_ift_data_report)
-
-    report = parity(runner, args.parity_steps, args.batch_size, args.max_length)
+    report = parity(runner, args.parity_steps, args.batch_size, args.max_length, "real" if real else "lognormal",
+                    base)
     print_parity(report)
     results_file = work / "results.json"
     if not report["passed"]:
@@ -425,17 +525,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print("parity passed: same batches, same loss on every checked step\n")
 
-    plan = COMPARISONS + ([] if args.core else EXTENDED)
+    plan = REAL_COMPARISONS if real else COMPARISONS + ([] if args.core else EXTENDED)
     if args.only:
         plan = [c for c in plan if args.only in c[0]]
     results = []
     for label, kind, ift_batching, trl_mode, overrides in plan:
         print(f"{label} ({kind}): ift batching={ift_batching}, TRL mode={trl_mode}", flush=True)
         results.append(compare(runner, label, kind, ift_batching, trl_mode, overrides, args.pairs, args.steps,
-                               args.batch_size, args.max_length))
+                               args.batch_size, args.max_length, base))
     env["load_average_end"] = os.getloadavg()
     env["minutes"] = round((time.perf_counter() - started) / 60, 1)
-    checks = targets(results)
+    checks = real_targets(results) if real else targets(results)
     results_file.write_text(json.dumps({"environment": env, "parity": report, "results": results,
                                         "targets": checks, "args": {k: str(v) for k, v in vars(args).items()}},
                                        indent=2))
@@ -446,12 +546,17 @@ def main(argv: list[str] | None = None) -> int:
               f"{', GPU ' + env['gpu'] if env['gpu'] else ', no GPU'}), Python {env['python']}; "
               + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
               + f"; ift checkout {env['git']}"
-              + f". Model: {env['parameters']:,} parameters; batch size {args.batch_size}, max length "
+              + (f". Model: {args.model_dir.name} ({env['parameters']:,} parameters), learning rate "
+                 f"{REAL_LEARNING_RATE:g}; data: {env['data']}" if real else
+                 f". Model: {env['parameters']:,} parameters")
+              + f"; batch size {args.batch_size}, max length "
               f"{args.max_length}; {args.pairs} pairs per comparison, {args.steps} optimizer steps per run "
               f"({args.warmup} warm-up steps left out of tokens/s), "
-              f"{args.rows} rows per data set, precision {args.precision}, "
+              + ("" if real else f"{args.rows} rows per data set, ")
+              + f"precision {args.precision}, "
               f"{args.threads or 'default'} torch thread(s) per run; "
-              f"load average (1, 5, 15 min) {load}; {env['minutes']} minutes in all."
+              f"load average (1, 5, 15 min) {load}; {env['minutes']} minutes in all"
+              + (f"; children under nice -n {args.nice}" if args.nice else "") + "."
               + (" DIAGNOSTIC: ift ran without its data quality report." if args.skip_ift_data_report else ""))
     target_lines = "\n".join(f"- {'met' if ok else 'NOT met'}: {name}: {value}" for name, ok, value in checks)
     block = (f"{header}\n\nParity: {len(report['steps'])} steps, largest relative loss difference "
@@ -461,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + block)
     (work / "results.md").write_text(block + "\n")
     if args.update_readme:
-        update_readme(block)
+        update_readme(block, "real-results" if real else "results")
     print(f"\nresults: {results_file}")
     return 0
 
