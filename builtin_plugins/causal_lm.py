@@ -68,7 +68,7 @@ class CausalLMAdapter(ift.ModelAdapter):
                 for (record, _), (text, trainable), (ids, offsets) in zip(items, masks, encoded, strict=True)]
 
     def _example(self, tokenizer: Any, text: str, trainable: bytearray, ids: Sequence[int],
-                 offsets: Any, source: str, record_id: str) -> ift.EncodedExample:
+                 offsets: Sequence[tuple[int, int]], source: str, record_id: str) -> ift.EncodedExample:
         result = token_labels.labels_from_offsets(ids, offsets, trainable)
         input_ids, labels = list(ids), result.labels
         if getattr(self, "_adds_bos", False) and not text.lstrip().startswith(tokenizer.bos_token or "\0"):

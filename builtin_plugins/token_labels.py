@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any
 
 IGNORE = -100
@@ -47,10 +46,10 @@ def trainable_mask(segments: Sequence[Any]) -> tuple[str, bytearray]:
     return text, mask
 
 
-def labels_from_offsets(ids: Sequence[int], offsets: Any, trainable: bytes | bytearray) -> TokenLabels:
+def labels_from_offsets(ids: Sequence[int], offsets: Sequence[tuple[int, int]],
+                        trainable: bytes | bytearray) -> TokenLabels:
     """Labels of the tokens ``ids`` whose character spans are ``offsets``, given the trainable characters of the
-    text (``trainable[i]`` non-zero: character ``i`` is trained); ``offsets`` is a sequence of ``(start, end)`` pairs
-    or an ``(n, 2)`` array. See the module docstring for the policy.
+    text (``trainable[i]`` non-zero: character ``i`` is trained). See the module docstring for the policy.
     Vectorised with numpy over a prefix sum of trainable characters (a per-token Python loop was the largest cost
     of preparing data)."""
     import numpy as np
@@ -79,63 +78,47 @@ def labels_from_offsets(ids: Sequence[int], offsets: Any, trainable: bytes | byt
     return TokenLabels(labels.tolist(), np.flatnonzero(straddle).tolist())
 
 
-_DIRECT: dict[int, tuple[Any, Any, bool]] = {}
+_UNTRIMMED: dict[int, tuple[Any, Any]] = {}
 
 
-def _direct(tokenizer: Any) -> Any:
-    """A copy of a fast tokenizer's backend that can be called directly and gives what ``tokenizer(texts,
-    add_special_tokens=False, return_offsets_mapping=True)`` gives: the same ids (no truncation, no padding, special
-    tokens in the text split or not as the tokenizer's ``split_special_tokens`` says), and exact offsets (a
-    post-processor that trims offsets, ``ByteLevel(trim_offsets=True)``, is replaced by one that leaves them: without
-    special tokens a post-processor only adjusts offsets). None for a tokenizer without a backend. Calling the backend
-    skips transformers' conversion of every encoding into Python lists, about half of the tokenizer's cost in a large
-    data set. Cached per tokenizer."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return None
-    split = bool(getattr(tokenizer, "split_special_tokens", False))
-    cached = _DIRECT.get(id(tokenizer))
-    if cached is not None and cached[0] is backend and cached[2] == split:
+def _untrimmed(backend: Any) -> Any:
+    """For a backend tokenizer whose post-processor trims offsets, a copy that leaves them untouched (ids are the
+    same: without special tokens a post-processor only adjusts offsets); None for any other. Cached per backend."""
+    cached = _UNTRIMMED.get(id(backend))
+    if cached is not None and cached[0] is backend:
         return cached[1]
-    from tokenizers import Tokenizer, processors
+    config = json.loads(backend.to_str())
+    copy = None
+    if '"trim_offsets": true' in json.dumps(config.get("post_processor")):
+        from tokenizers import Tokenizer, processors
 
-    serialized = backend.to_str()
-    copy = Tokenizer.from_str(serialized)
-    if '"trim_offsets": true' in json.dumps(json.loads(serialized).get("post_processor")):
+        copy = Tokenizer.from_str(backend.to_str())
         copy.post_processor = processors.ByteLevel(trim_offsets=False)
-    copy.no_truncation()
-    copy.no_padding()
-    copy.encode_special_tokens = split
-    _DIRECT[id(tokenizer)] = (backend, copy, split)
+        copy.no_truncation()
+        copy.no_padding()
+    _UNTRIMMED[id(backend)] = (backend, copy)
     return copy
 
 
-def _spans(encoding: Any) -> Any:
-    """An encoding's offsets as an ``(n, 2)`` int64 array (built from a flat iterator: a list of tuples through
-    ``numpy.asarray`` costs several times more)."""
-    import numpy as np
-
-    offsets = encoding.offsets
-    return np.fromiter(chain.from_iterable(offsets), dtype=np.int64, count=2 * len(offsets)).reshape(-1, 2)
-
-
-def encode_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], Any]:
+def encode_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids of ``text`` without special tokens added (what ``apply_chat_template(tokenize=True)`` gives for a
-    rendered chat) and the exact character span of each token (a sequence of ``(start, end)`` pairs: an ``(n, 2)``
-    array from a fast tokenizer)."""
-    direct = _direct(tokenizer)
-    if direct is not None:
-        enc = direct.encode(text, add_special_tokens=False)
-        return list(enc.ids), _spans(enc)
+    rendered chat) and the exact character span of each token."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    untrimmed = _untrimmed(backend) if backend is not None else None
+    if untrimmed is not None:
+        enc = untrimmed.encode(text, add_special_tokens=False)
+        return list(enc.ids), [tuple(o) for o in enc.offsets]  # type: ignore[misc]
     out = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     return list(out["input_ids"]), [tuple(o) for o in out["offset_mapping"]]
 
 
-def encode_batch_with_offsets(tokenizer: Any, texts: Sequence[str]) -> list[tuple[list[int], Any]]:
+def encode_batch_with_offsets(tokenizer: Any, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
     """:func:`encode_with_offsets` for many texts in one batched call of the fast tokenizer."""
-    direct = _direct(tokenizer)
-    if direct is not None:
-        return [(e.ids, _spans(e)) for e in direct.encode_batch(list(texts), add_special_tokens=False)]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    untrimmed = _untrimmed(backend) if backend is not None else None
+    if untrimmed is not None:
+        return [(list(e.ids), [tuple(o) for o in e.offsets])  # type: ignore[misc]
+                for e in untrimmed.encode_batch(list(texts), add_special_tokens=False)]
     out = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
     return [(list(ids), [tuple(o) for o in offs]) for ids, offs in zip(out["input_ids"], out["offset_mapping"],
                                                                         strict=True)]
