@@ -27,7 +27,8 @@ def build_byte_tokenizer() -> Any:
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens([PAD, EOS, IM_START, IM_END])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS, pad_token=PAD,
-                                        additional_special_tokens=[IM_START, IM_END])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token=EOS, pad_token=PAD, additional_special_tokens=[IM_START, IM_END]
+    )
     tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer

@@ -26,16 +26,20 @@ class CausalLMAdapter(ift.ModelAdapter):
     # --- loading -------------------------------------------------------------------------------
 
     def load_tokenizer(self) -> Any:
-        tokenizer = hf_loading.load_tokenizer(self.config, self.base_dir, fast_needed_for=(
-            "causal-lm (character offsets are used to place the trainable boundary exactly)"))
+        tokenizer = hf_loading.load_tokenizer(
+            self.config,
+            self.base_dir,
+            fast_needed_for=("causal-lm (character offsets are used to place the trainable boundary exactly)"),
+        )
         self._adds_bos = _adds_bos(tokenizer)
         return tokenizer
 
     def load_model(self, tokenizer: Any) -> Any:
         from transformers import AutoModelForCausalLM
 
-        loaded = hf_loading.load_model(self.config, self.base_dir, AutoModelForCausalLM, tokenizer,
-                                       task_type="CAUSAL_LM")
+        loaded = hf_loading.load_model(
+            self.config, self.base_dir, AutoModelForCausalLM, tokenizer, task_type="CAUSAL_LM"
+        )
         self._base_snapshot = loaded.base_snapshot
         return loaded.model
 
@@ -44,8 +48,9 @@ class CausalLMAdapter(ift.ModelAdapter):
 
     # --- tokenizing ----------------------------------------------------------------------------
 
-    def encode(self, tokenizer: Any, segments: Sequence[ift.Segment], *, source: str,
-               record_id: str) -> ift.EncodedExample:
+    def encode(
+        self, tokenizer: Any, segments: Sequence[ift.Segment], *, source: str, record_id: str
+    ) -> ift.EncodedExample:
         """Ids of the whole rendered text (as ``apply_chat_template(..., tokenize=True)`` gives them) and labels
         from each token's exact character span (:func:`token_labels.labels_from_offsets`). When the tokenizer adds a
         BOS by itself and the text does not start with one (leading whitespace ignored), it is prepended, untrained,
@@ -54,21 +59,35 @@ class CausalLMAdapter(ift.ModelAdapter):
         ids, offsets = token_labels.encode_with_offsets(tokenizer, text)
         return self._example(tokenizer, text, trainable, ids, offsets, source, record_id)
 
-    def encode_many(self, tokenizer: Any,
-                    items: Sequence[tuple[ift.InstructionRecord, Sequence[ift.Segment]]]) -> list[ift.EncodedExample]:
+    def encode_many(
+        self, tokenizer: Any, items: Sequence[tuple[ift.InstructionRecord, Sequence[ift.Segment]]]
+    ) -> list[ift.EncodedExample]:
         """One batched tokenizer call for all the texts (the fast tokenizer works through them in Rust), then
         the same labelling as :meth:`encode`. A subclass that changes ``encode`` or ``encode_record`` is encoded
         one example at a time through them."""
-        if type(self).encode is not CausalLMAdapter.encode or \
-                type(self).encode_record is not ift.ModelAdapter.encode_record or not items:
+        if (
+            type(self).encode is not CausalLMAdapter.encode
+            or type(self).encode_record is not ift.ModelAdapter.encode_record
+            or not items
+        ):
             return super().encode_many(tokenizer, items)
         masks = [token_labels.trainable_mask(segments) for _, segments in items]
         encoded = token_labels.encode_batch_with_offsets(tokenizer, [text for text, _ in masks])
-        return [self._example(tokenizer, text, trainable, ids, offsets, record.source, record.id)
-                for (record, _), (text, trainable), (ids, offsets) in zip(items, masks, encoded, strict=True)]
+        return [
+            self._example(tokenizer, text, trainable, ids, offsets, record.source, record.id)
+            for (record, _), (text, trainable), (ids, offsets) in zip(items, masks, encoded, strict=True)
+        ]
 
-    def _example(self, tokenizer: Any, text: str, trainable: bytearray, ids: Sequence[int],
-                 offsets: Sequence[tuple[int, int]], source: str, record_id: str) -> ift.EncodedExample:
+    def _example(
+        self,
+        tokenizer: Any,
+        text: str,
+        trainable: bytearray,
+        ids: Sequence[int],
+        offsets: Sequence[tuple[int, int]],
+        source: str,
+        record_id: str,
+    ) -> ift.EncodedExample:
         result = token_labels.labels_from_offsets(ids, offsets, trainable)
         input_ids, labels = list(ids), result.labels
         if getattr(self, "_adds_bos", False) and not text.lstrip().startswith(tokenizer.bos_token or "\0"):
@@ -104,10 +123,15 @@ class CausalLMAdapter(ift.ModelAdapter):
             input_ids[i, :n] = torch.tensor(e.input_ids)
             labels[i, :n] = torch.tensor(e.labels)
             attention[i, :n] = 1
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
-                "real_tokens": attention.sum(), "loss_tokens": (labels[:, 1:] != -100).sum(),
-                "num_examples": torch.tensor(len(examples)),
-                "record_ids": [e.record_id for e in examples]}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "labels": labels,
+            "real_tokens": attention.sum(),
+            "loss_tokens": (labels[:, 1:] != -100).sum(),
+            "num_examples": torch.tensor(len(examples)),
+            "record_ids": [e.record_id for e in examples],
+        }
 
     def collate_packed(self, tokenizer: Any, rows: Sequence[Sequence[ift.EncodedExample]]) -> dict[str, Any]:
         import torch
@@ -122,21 +146,27 @@ class CausalLMAdapter(ift.ModelAdapter):
             pos = 0
             for e in row:
                 n = len(e.input_ids)
-                input_ids[r, pos:pos + n] = torch.tensor(e.input_ids)
-                labels[r, pos:pos + n] = torch.tensor(e.labels)
+                input_ids[r, pos : pos + n] = torch.tensor(e.input_ids)
+                labels[r, pos : pos + n] = torch.tensor(e.labels)
                 labels[r, pos] = -100  # an example's first token is never predicted from the one before it
-                positions[r, pos:pos + n] = torch.arange(n)
-                owner[r, pos:pos + n] = example
+                positions[r, pos : pos + n] = torch.arange(n)
+                owner[r, pos : pos + n] = example
                 pos += n
                 example += 1
             real += pos
             positions[r, pos:] = torch.arange(width - pos)  # padding tail: a separate sequence, no labels
         # No attention_mask: transformers then derives a block-diagonal causal mask from the position
         # resets (varlen kernels with flash attention), so attention never crosses examples.
-        return {"input_ids": input_ids, "position_ids": positions, "labels": labels, "example_index": owner,
-                "real_tokens": torch.tensor(real), "loss_tokens": (labels[:, 1:] != -100).sum(),
-                "num_examples": torch.tensor(sum(len(row) for row in rows)),
-                "record_ids": [e.record_id for row in rows for e in row]}
+        return {
+            "input_ids": input_ids,
+            "position_ids": positions,
+            "labels": labels,
+            "example_index": owner,
+            "real_tokens": torch.tensor(real),
+            "loss_tokens": (labels[:, 1:] != -100).sum(),
+            "num_examples": torch.tensor(sum(len(row) for row in rows)),
+            "record_ids": [e.record_id for row in rows for e in row],
+        }
 
     def loss_sum(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
         losses, counted = self.token_losses(model, batch)
@@ -198,37 +228,67 @@ class CausalLMAdapter(ift.ModelAdapter):
 
     # --- generating and saving -----------------------------------------------------------------
 
-    def generate(self, model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int,
-                 batch_size: int, stop: Sequence[str] = ()) -> list[str]:
+    def generate(
+        self,
+        model: Any,
+        tokenizer: Any,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        batch_size: int,
+        stop: Sequence[str] = (),
+    ) -> list[str]:
         device = next(model.parameters()).device
         limit = getattr(self, "max_prompt_tokens", None)
 
         def generate_batch(chunk: Sequence[str], stop_ids: list[int]) -> list[list[int]]:
-            encoded = [self.encode(tokenizer, [ift.Segment(p, False)], source="", record_id="").input_ids
-                       for p in chunk]
+            encoded = [
+                self.encode(tokenizer, [ift.Segment(p, False)], source="", record_id="").input_ids for p in chunk
+            ]
             if limit:  # a run opened for inference: prompts keep their last `limit` tokens, the trained length
                 encoded = [ids[-limit:] for ids in encoded]
             # Left padding: every prompt ends at the last position, where generation continues it.
             ids, mask = hf_loading.pad_batch(encoded, tokenizer.pad_token_id, left=True)
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                 max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_ids,
-                                 pad_token_id=tokenizer.pad_token_id)
-            return out[:, ids.shape[1]:].tolist()  # the continuation, after the prompts
+            out = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=stop_ids,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            return out[:, ids.shape[1] :].tolist()  # the continuation, after the prompts
 
-        return hf_loading.generate_texts(model, tokenizer, prompts, batch_size=batch_size, stop=stop,
-                                         generate_batch=generate_batch)
+        return hf_loading.generate_texts(
+            model, tokenizer, prompts, batch_size=batch_size, stop=stop, generate_batch=generate_batch
+        )
 
     def save(self, model: Any, tokenizer: Any, path: Path) -> None:
         hf_loading.save_model_folder(model, tokenizer, path, getattr(self, "_base_snapshot", None))
 
-    def finish_saved_folder(self, path: Path, *, final_path: Path, tokenizer: Any, renderer: Any,
-                            records: Sequence[ift.InstructionRecord], max_length: int) -> dict[str, Any]:
+    def finish_saved_folder(
+        self,
+        path: Path,
+        *,
+        final_path: Path,
+        tokenizer: Any,
+        renderer: Any,
+        records: Sequence[ift.InstructionRecord],
+        max_length: int,
+    ) -> dict[str, Any]:
         """The trained prompt format as the chat template (with the BOS this adapter adds), the end-of-turn ids
         in generation_config.json, ``model_max_length``, an absolute LoRA base path (docs/inference.md)."""
         from ift.builtin_plugins.run_folder import finish_model_folder
 
-        return finish_model_folder(path, final_path=final_path, tokenizer=tokenizer, renderer=renderer,
-                                   records=records, max_length=max_length, bos_prefix=_adds_bos(tokenizer))
+        return finish_model_folder(
+            path,
+            final_path=final_path,
+            tokenizer=tokenizer,
+            renderer=renderer,
+            records=records,
+            max_length=max_length,
+            bos_prefix=_adds_bos(tokenizer),
+        )
 
     def load_trained(self, path: Path) -> tuple[Any, Any]:
         """Model and tokenizer from a folder :meth:`save` wrote (a full model, or a peft adapter with its base), an

@@ -42,8 +42,8 @@ def jinja_string(text: str) -> str:
 
 def _plus_tag(value: str, opener: str, closer: str) -> str:
     """``value`` (a tag's begin or end token) with ``+`` added where it has no whitespace modifier."""
-    if value.startswith(opener) and value[len(opener):len(opener) + 1] not in ("-", "+"):
-        return opener + "+" + value[len(opener):]
+    if value.startswith(opener) and value[len(opener) : len(opener) + 1] not in ("-", "+"):
+        return opener + "+" + value[len(opener) :]
     at = value.find(closer)
     if at >= 0 and (at == 0 or value[at - 1] not in "-+"):
         return value[:at] + "+" + value[at:]
@@ -70,7 +70,7 @@ def _rewrite_source(source: str, env: Any) -> str:
                 marker = GEN_START if names == ["generation"] else GEN_END
                 left = "-" if value.endswith("-") else ""
                 right = "-" if end.startswith("-") else ""
-                rest = end[end.index("%}") + 2:]
+                rest = end[end.index("%}") + 2 :]
                 out.append("{{" + left + " " + jinja_string(marker) + " " + right + "}}" + rest)
                 i = j + 1
                 continue
@@ -82,13 +82,13 @@ def _rewrite_source(source: str, env: Any) -> str:
             i += 1 if body else 0
             out.append(("{{-" if value.startswith("{%-") else "{{") + " " + jinja_string(body) + " ")
         elif kind == "raw_end":
-            out.append("}}" + value[value.index("%}") + 2:])
+            out.append("}}" + value[value.index("%}") + 2 :])
         elif kind == "comment_begin":
             out.append("{{-" if value.endswith("-") else "{{")
         elif kind == "comment":
             out.append(" '' ")
         elif kind == "comment_end":
-            out.append(("-}}" if value.startswith("-") else "}}") + value[value.index("#}") + 2:])
+            out.append(("-}}" if value.startswith("-") else "}}") + value[value.index("#}") + 2 :])
         else:
             out.append(value)
         i += 1
@@ -122,8 +122,14 @@ def _unsupported(renderer: Any) -> str | None:
 def _wrap(body: str, eos: str, bos: str, bos_prefix: bool) -> str:
     """The chat template around a rewritten recipe template ``body``."""
     s, e = jinja_string(GEN_START), jinja_string(GEN_END)
-    prefix = (f"{{%- if not ift_out.startswith({jinja_string(bos)}) -%}}"
-              f"{{%- set ift_out = {jinja_string(bos)} + ift_out -%}}{{%- endif -%}}") if bos_prefix and bos else ""
+    prefix = (
+        (
+            f"{{%- if not ift_out.startswith({jinja_string(bos)}) -%}}"
+            f"{{%- set ift_out = {jinja_string(bos)} + ift_out -%}}{{%- endif -%}}"
+        )
+        if bos_prefix and bos
+        else ""
+    )
     return (
         "{#- Written by ift: the run's own prompt format (its recipe template, embedded below), so that\n"
         "    apply_chat_template builds exactly the prompts and training texts of the run. -#}\n"
@@ -163,20 +169,27 @@ def chat_template_for(renderer: Any, tokenizer: Any, *, bos_prefix: bool = False
     name = getattr(renderer, "name", type(renderer).__name__)
     if name == "chat":
         template = getattr(tokenizer, "chat_template", None)
-        return ChatTemplateExport(template if isinstance(template, str) else None,
-                                  "the model's own chat template (template.name = 'chat')")
+        return ChatTemplateExport(
+            template if isinstance(template, str) else None, "the model's own chat template (template.name = 'chat')"
+        )
     own = getattr(renderer, "chat_template", None)
     if callable(own):  # a plugin renderer that knows its chat-template form
         template = own(tokenizer)
-        return ChatTemplateExport(template, f"renderer {name!r}'s chat_template()" if template else
-                                  f"renderer {name!r} has no chat-template form")
+        return ChatTemplateExport(
+            template,
+            f"renderer {name!r}'s chat_template()" if template else f"renderer {name!r} has no chat-template form",
+        )
     if not hasattr(renderer, "source_text") or not hasattr(renderer, "template"):
-        return ChatTemplateExport(None, f"renderer {name!r} is not a Jinja2 text template and has no "
-                                        "chat_template() method, so no chat template can be saved")
+        return ChatTemplateExport(
+            None,
+            f"renderer {name!r} is not a Jinja2 text template and has no "
+            "chat_template() method, so no chat template can be saved",
+        )
     why = _unsupported(renderer)
     if why is not None:
-        return ChatTemplateExport(None, f"template {getattr(renderer, 'origin', name)} cannot be a chat "
-                                        f"template: {why}")
+        return ChatTemplateExport(
+            None, f"template {getattr(renderer, 'origin', name)} cannot be a chat template: {why}"
+        )
     body = _rewrite_source(renderer.source_text, renderer.template.environment)
     template = _wrap(body, renderer.eos_token, renderer.bos_token, bos_prefix)
     return ChatTemplateExport(template, f"generated from {getattr(renderer, 'origin', name)}")
@@ -196,8 +209,9 @@ def probe_conversations() -> list[list[ift.Message]]:
     ]
 
 
-def verify_chat_template(template: str, tokenizer: Any, renderer: Any,
-                         conversations: Sequence[Sequence[ift.Message]], *, bos: str = "") -> str | None:
+def verify_chat_template(
+    template: str, tokenizer: Any, renderer: Any, conversations: Sequence[Sequence[ift.Message]], *, bos: str = ""
+) -> str | None:
     """The first difference between ``tokenizer.apply_chat_template`` with ``template`` and ift's own
     rendering (the prompt of ``ift generate`` and the training text), or None when they all agree.
     ``bos`` is the text the adapter puts in front of each (empty when it adds none). Conversations ift itself
@@ -213,12 +227,18 @@ def verify_chat_template(template: str, tokenizer: Any, renderer: Any,
             prompt = conversation_prompt(renderer, messages[:-1])
         except ift.IftError:
             continue
-        want = [(bos + prompt if bos and not prompt.startswith(bos) else prompt, True, messages[:-1]),
-                (bos + trained if bos and not trained.startswith(bos) else trained, False, messages)]
+        want = [
+            (bos + prompt if bos and not prompt.startswith(bos) else prompt, True, messages[:-1]),
+            (bos + trained if bos and not trained.startswith(bos) else trained, False, messages),
+        ]
         for expected, generation, turns in want:
             try:
-                got = tokenizer.apply_chat_template([t.to_dict() for t in turns], chat_template=template,
-                                                    tokenize=False, add_generation_prompt=generation)
+                got = tokenizer.apply_chat_template(
+                    [t.to_dict() for t in turns],
+                    chat_template=template,
+                    tokenize=False,
+                    add_generation_prompt=generation,
+                )
             except Exception as exc:  # noqa: BLE001 - any failure of the exported template is a mismatch
                 return f"apply_chat_template failed: {type(exc).__name__}: {exc}"
             if got != expected:

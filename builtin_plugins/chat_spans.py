@@ -45,8 +45,8 @@ def _marked(messages: Sequence[dict[str, Any]], style: str) -> list[dict[str, An
         opening, closing = _marks(j)
         if style == "inside":
             core = content.strip()
-            lead = content[:len(content) - len(content.lstrip())]
-            trail = content[len(lead) + len(core):]
+            lead = content[: len(content) - len(content.lstrip())]
+            trail = content[len(lead) + len(core) :]
             text = lead + opening + core + closing + trail
         else:
             text = opening + content + closing
@@ -93,8 +93,9 @@ class Rendered:
     style: str
 
 
-def render_marked(apply: Apply, messages: Sequence[dict[str, Any]], *, real: str | None = None,
-                  style: str | None = None) -> Rendered:
+def render_marked(
+    apply: Apply, messages: Sequence[dict[str, Any]], *, real: str | None = None, style: str | None = None
+) -> Rendered:
     """Render ``messages`` with markers and check the result against the unmarked rendering ``real``."""
     messages = list(messages)
     real = apply(messages, False) if real is None else real
@@ -108,9 +109,11 @@ def render_marked(apply: Apply, messages: Sequence[dict[str, Any]], *, real: str
         first = plain if first is None else first
     assert first is not None
     at = next((i for i, (a, b) in enumerate(zip(first, real, strict=False)) if a != b), min(len(first), len(real)))
-    raise SpanError("the chat template does not render message content verbatim (it changes it as it renders), "
-                    f"so the trained text cannot be located: at character {at} the template writes "
-                    f"{real[max(0, at - 30):at + 30]!r} for the content placed as {first[max(0, at - 30):at + 30]!r}")
+    raise SpanError(
+        "the chat template does not render message content verbatim (it changes it as it renders), "
+        f"so the trained text cannot be located: at character {at} the template writes "
+        f"{real[max(0, at - 30) : at + 30]!r} for the content placed as {first[max(0, at - 30) : at + 30]!r}"
+    )
 
 
 def first_difference(a: str, b: str) -> int:

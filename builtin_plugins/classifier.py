@@ -28,7 +28,8 @@ class ClassifierConfig(hf_loading.PretrainedModelConfig):
     """Which model to load and how (the keys shared with the other Hugging Face adapters), and the label set."""
 
     labels: list[str] | None = Field(
-        None, description="Class names in id order; default: the sorted labels of the training split.")
+        None, description="Class names in id order; default: the sorted labels of the training split."
+    )
 
     @field_validator("labels")
     @classmethod
@@ -77,19 +78,26 @@ class ClassifierAdapter(ift.ModelAdapter):
     def label_origin(self) -> str:
         return "model.labels" if self.config.labels else "the training split"
 
-    def prepare_data(self, train_records: Sequence[ift.InstructionRecord], *,
-                     max_length: int | None = None) -> dict[str, Any]:
+    def prepare_data(
+        self, train_records: Sequence[ift.InstructionRecord], *, max_length: int | None = None
+    ) -> dict[str, Any]:
         counts = Counter(_label_of(record) for record in train_records)
         self.label_counts = dict(sorted(counts.items()))
         if self.config.labels is None:
             if len(counts) < 2:
-                raise ift.DataError(f"the training split has {len(counts)} distinct label(s) "
-                                    f"{sorted(counts)}; a classifier needs at least two")
+                raise ift.DataError(
+                    f"the training split has {len(counts)} distinct label(s) "
+                    f"{sorted(counts)}; a classifier needs at least two"
+                )
             self.labels = sorted(counts)
         if max_length is not None:  # what fit() cuts inputs to; kept so a cache hit generates from the same cut
             self._limit = min(max_length, self._positions)
-        return {"labels": list(self.labels or []), "label_origin": self.label_origin,
-                "train_label_counts": self.label_counts, "input_limit": self._limit}
+        return {
+            "labels": list(self.labels or []),
+            "label_origin": self.label_origin,
+            "train_label_counts": self.label_counts,
+            "input_limit": self._limit,
+        }
 
     def restore_data(self, state: dict[str, Any]) -> None:
         if self.config.labels is None:
@@ -100,8 +108,10 @@ class ClassifierAdapter(ift.ModelAdapter):
 
     def _label_ids(self) -> dict[str, int]:
         if self.labels is None:
-            raise ift.RunError("the classifier's labels are not known yet: set model.labels, or let the run derive "
-                               "them from the training split before encoding (ModelAdapter.prepare_data)")
+            raise ift.RunError(
+                "the classifier's labels are not known yet: set model.labels, or let the run derive "
+                "them from the training split before encoding (ModelAdapter.prepare_data)"
+            )
         return {label: i for i, label in enumerate(self.labels)}
 
     # --- loading ---------------------------------------------------------------------------------
@@ -125,8 +135,9 @@ class ClassifierAdapter(ift.ModelAdapter):
             tokenizer.pad_token = fallback  # padding is masked by the attention mask, never compared by id
         with_special = list(tokenizer("a")["input_ids"])
         plain = list(tokenizer("a", add_special_tokens=False)["input_ids"])
-        start = next((i for i in range(len(with_special) - len(plain) + 1)
-                      if with_special[i:i + len(plain)] == plain), None)
+        start = next(
+            (i for i in range(len(with_special) - len(plain) + 1) if with_special[i : i + len(plain)] == plain), None
+        )
         self._tail = 0 if start is None else len(with_special) - start - len(plain)
         limit = getattr(tokenizer, "model_max_length", None)
         if isinstance(limit, int) and 0 < limit < _UNLIMITED:
@@ -142,8 +153,11 @@ class ClassifierAdapter(ift.ModelAdapter):
                 options = dict(cfg.from_config)
                 config = AutoConfig.for_model(options.pop("model_type"), **options)
             else:
-                config = AutoConfig.from_pretrained(hf_loading.resolve_path(self.base_dir, cfg.name_or_path or ""),
-                                                    revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+                config = AutoConfig.from_pretrained(
+                    hf_loading.resolve_path(self.base_dir, cfg.name_or_path or ""),
+                    revision=cfg.revision,
+                    trust_remote_code=cfg.trust_remote_code,
+                )
         except (OSError, ValueError, TypeError, KeyError):
             return _UNLIMITED  # reported with its real cause when the model is loaded
         positions = getattr(config, "max_position_embeddings", None)
@@ -153,11 +167,21 @@ class ClassifierAdapter(ift.ModelAdapter):
         from transformers import AutoModelForSequenceClassification
 
         label2id = self._label_ids()
-        heads = {"num_labels": len(label2id), "id2label": {i: label for label, i in label2id.items()},
-                 "label2id": label2id}
+        heads = {
+            "num_labels": len(label2id),
+            "id2label": {i: label for label, i in label2id.items()},
+            "label2id": label2id,
+        }
         # A checkpoint's own head is replaced when its size differs from this label set.
-        loaded = hf_loading.load_model(self.config, self.base_dir, AutoModelForSequenceClassification, tokenizer,
-                                       task_type="SEQ_CLS", config_values=heads, ignore_mismatched_sizes=True)
+        loaded = hf_loading.load_model(
+            self.config,
+            self.base_dir,
+            AutoModelForSequenceClassification,
+            tokenizer,
+            task_type="SEQ_CLS",
+            config_values=heads,
+            ignore_mismatched_sizes=True,
+        )
         self._base_snapshot = loaded.base_snapshot
         model = loaded.model
         if model.config.pad_token_id is None:  # decoder heads find each row's last token through it
@@ -166,14 +190,16 @@ class ClassifierAdapter(ift.ModelAdapter):
 
     def describe(self) -> dict[str, Any]:
         labels = self.labels or []
-        described = hf_loading.describe_origin(self.config, "classifier",
-                                               [f"{len(labels)} labels from {self.label_origin}"])
+        described = hf_loading.describe_origin(
+            self.config, "classifier", [f"{len(labels)} labels from {self.label_origin}"]
+        )
         return {**described, "labels": labels, "label_origin": self.label_origin}
 
     # --- tokenizing ------------------------------------------------------------------------------
 
-    def encode(self, tokenizer: Any, segments: Sequence[ift.Segment], *, source: str,
-               record_id: str) -> ift.EncodedExample:
+    def encode(
+        self, tokenizer: Any, segments: Sequence[ift.Segment], *, source: str, record_id: str
+    ) -> ift.EncodedExample:
         """The prompt (the text before the last trainable segment, as :meth:`ift.Renderer.prompt` cuts it) with
         the tokenizer's special tokens, and no label: :meth:`encode_record` adds the record's."""
         last = max((i for i, s in enumerate(segments) if s.trainable), default=len(segments))
@@ -181,24 +207,31 @@ class ClassifierAdapter(ift.ModelAdapter):
         ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
         return ift.EncodedExample(ids, [-100], source, record_id)
 
-    def encode_record(self, tokenizer: Any, record: ift.InstructionRecord,
-                      segments: Sequence[ift.Segment]) -> ift.EncodedExample:
+    def encode_record(
+        self, tokenizer: Any, record: ift.InstructionRecord, segments: Sequence[ift.Segment]
+    ) -> ift.EncodedExample:
         label = _label_of(record)
         label2id = self._label_ids()
         if label not in label2id:
             shown = ", ".join(self.labels or [])
-            fix = ("add it to model.labels" if self.config.labels else
-                   "it does not occur in the training split, so the model cannot learn it; add training examples "
-                   "with it or list every label in model.labels")
-            raise ift.DataError(f"record {record.id!r} of source {record.source!r} has label {label!r}, which is "
-                                f"not one of the classifier's {len(label2id)} labels (from {self.label_origin}): "
-                                f"{shown}; {fix}")
+            fix = (
+                "add it to model.labels"
+                if self.config.labels
+                else "it does not occur in the training split, so the model cannot learn it; add training examples "
+                "with it or list every label in model.labels"
+            )
+            raise ift.DataError(
+                f"record {record.id!r} of source {record.source!r} has label {label!r}, which is "
+                f"not one of the classifier's {len(label2id)} labels (from {self.label_origin}): "
+                f"{shown}; {fix}"
+            )
         example = self.encode(tokenizer, segments, source=record.source, record_id=record.id)
         example.labels = [label2id[label]]
         return example
 
-    def fit(self, example: ift.EncodedExample, *, max_length: int,
-            overlong: Literal["truncate", "drop"]) -> tuple[ift.EncodedExample | None, str | None]:
+    def fit(
+        self, example: ift.EncodedExample, *, max_length: int, overlong: Literal["truncate", "drop"]
+    ) -> tuple[ift.EncodedExample | None, str | None]:
         """Cut to ``max_length`` (and the model's position limit), keeping the trailing special tokens."""
         limit = self._limit = min(max_length, self._positions)
         if len(example.input_ids) <= limit:
@@ -207,8 +240,9 @@ class ClassifierAdapter(ift.ModelAdapter):
         if overlong == "drop":
             return None, f"longer than {why}"
         ids = _truncate(example.input_ids, limit, self._tail)
-        return ift.EncodedExample(ids, list(example.labels), example.source, example.record_id,
-                                  truncated=True), f"truncated to {why}"
+        return ift.EncodedExample(
+            ids, list(example.labels), example.source, example.record_id, truncated=True
+        ), f"truncated to {why}"
 
     # --- batches and loss ------------------------------------------------------------------------
 
@@ -219,12 +253,18 @@ class ClassifierAdapter(ift.ModelAdapter):
         input_ids = torch.full((len(examples), width), tokenizer.pad_token_id, dtype=torch.long)
         attention = torch.zeros((len(examples), width), dtype=torch.long)
         for i, e in enumerate(examples):
-            input_ids[i, :len(e.input_ids)] = torch.tensor(e.input_ids)
-            attention[i, :len(e.input_ids)] = 1
+            input_ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
+            attention[i, : len(e.input_ids)] = 1
         labels = torch.tensor([e.labels[0] if e.labels else -100 for e in examples], dtype=torch.long)
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
-                "real_tokens": attention.sum(), "loss_tokens": (labels != -100).sum(),
-                "num_examples": torch.tensor(len(examples)), "record_ids": [e.record_id for e in examples]}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "labels": labels,
+            "real_tokens": attention.sum(),
+            "loss_tokens": (labels != -100).sum(),
+            "num_examples": torch.tensor(len(examples)),
+            "record_ids": [e.record_id for e in examples],
+        }
 
     def _logits(self, model: Any, batch: dict[str, Any]) -> Any:
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
@@ -252,8 +292,16 @@ class ClassifierAdapter(ift.ModelAdapter):
 
     # --- predicting and saving -------------------------------------------------------------------
 
-    def generate(self, model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int,
-                 batch_size: int, stop: Sequence[str] = ()) -> list[str]:
+    def generate(
+        self,
+        model: Any,
+        tokenizer: Any,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        batch_size: int,
+        stop: Sequence[str] = (),
+    ) -> list[str]:
         """The predicted label name of each prompt (``max_new_tokens`` and ``stop`` do not apply)."""
         import torch
 
@@ -264,9 +312,19 @@ class ClassifierAdapter(ift.ModelAdapter):
         model.eval()
         try:
             for start in range(0, len(prompts), batch_size):
-                chunk = [ift.EncodedExample(_truncate(self.encode(tokenizer, [ift.Segment(p, False)], source="",
-                                                                  record_id="").input_ids, self._limit, self._tail),
-                                            [-100], "", "") for p in prompts[start:start + batch_size]]
+                chunk = [
+                    ift.EncodedExample(
+                        _truncate(
+                            self.encode(tokenizer, [ift.Segment(p, False)], source="", record_id="").input_ids,
+                            self._limit,
+                            self._tail,
+                        ),
+                        [-100],
+                        "",
+                        "",
+                    )
+                    for p in prompts[start : start + batch_size]
+                ]
                 batch = self.collate(tokenizer, chunk)
                 with torch.no_grad():
                     logits = self._logits(model, {k: batch[k].to(device) for k in ("input_ids", "attention_mask")})
@@ -300,8 +358,9 @@ class ClassifierAdapter(ift.ModelAdapter):
 def _label_of(record: ift.InstructionRecord) -> str:
     label = (record.label if record.label is not None else record.answer).strip()
     if not label:
-        raise ift.DataError(f"record {record.id!r} of source {record.source!r} has no label (no 'label' field and "
-                            "an empty answer)")
+        raise ift.DataError(
+            f"record {record.id!r} of source {record.source!r} has no label (no 'label' field and an empty answer)"
+        )
     return label
 
 
@@ -315,7 +374,7 @@ def _truncate(ids: list[int], limit: int, tail: int) -> list[int]:
     if len(ids) <= limit:
         return ids
     keep = tail if 0 < tail < limit else 0
-    return ids[:limit - keep] + (ids[len(ids) - keep:] if keep else [])
+    return ids[: limit - keep] + (ids[len(ids) - keep :] if keep else [])
 
 
 @ift.hookimpl

@@ -36,8 +36,7 @@ def load_data_recipe(host: Any, recipe_path: str, overrides: Iterable[str] = ())
     for assignment in overrides:
         apply_override(raw, assignment)
     raw.setdefault("model", dict(PLACEHOLDER_MODEL))
-    return validate_recipe(raw, host, base_dir=path.resolve().parent, path=path, text=text,
-                           overrides=list(overrides))
+    return validate_recipe(raw, host, base_dir=path.resolve().parent, path=path, text=text, overrides=list(overrides))
 
 
 def record_row(record: ift.InstructionRecord, *, prefix_source: bool) -> dict[str, Any]:
@@ -53,8 +52,9 @@ def record_row(record: ift.InstructionRecord, *, prefix_source: bool) -> dict[st
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     """Write rows to ``path`` atomically (a temporary file in the same folder, then a rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                         suffix=".tmp", delete=False)
+    handle = tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    )
     count = 0
     try:
         with handle:
@@ -100,10 +100,14 @@ def data() -> None:
 
 @data.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
-@click.option("--output", "-o", type=click.Path(dir_okay=False),
-              help="JSONL file to write (default <run name>.jsonl).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a recipe key, e.g. data.0.num_instructions=50.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="JSONL file to write (default <run name>.jsonl).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a recipe key, e.g. data.0.num_instructions=50.",
+)
 @click.pass_context
 def build(ctx: click.Context, recipe: str, output: str | None, overrides: tuple[str, ...]) -> None:
     """Run RECIPE's sources and transforms; write the records as JSONL (messages format)."""
@@ -123,8 +127,12 @@ def build(ctx: click.Context, recipe: str, output: str | None, overrides: tuple[
 
 @data.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
-@click.option("--output-dir", "-o", type=click.Path(file_okay=False),
-              help="Folder for the report files (default <run name>-data-report).")
+@click.option(
+    "--output-dir",
+    "-o",
+    type=click.Path(file_okay=False),
+    help="Folder for the report files (default <run name>-data-report).",
+)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key.")
 @click.pass_context
 def report(ctx: click.Context, recipe: str, output_dir: str | None, overrides: tuple[str, ...]) -> None:

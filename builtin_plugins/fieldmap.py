@@ -27,13 +27,15 @@ class FieldMap(BaseModel):
     input: str | None = Field(None, description="Optional context appended to the instruction (alpaca).")
     output: str | None = Field(None, description="The answer (alpaca).")
     prompt: str | None = Field(None, description="The prompt (prompt-completion).")
-    completion: str | None = Field(None, description="The answer (prompt-completion; an unpaired preference row's "
-                                                     "completion).")
+    completion: str | None = Field(
+        None, description="The answer (prompt-completion; an unpaired preference row's completion)."
+    )
     chosen: str | None = Field(None, description="The preferred answer of a preference pair.")
     rejected: str | None = Field(None, description="The rejected answer of a preference pair.")
     text: str | None = Field(None, description="The text to classify (classification).")
-    label: str | None = Field(None, description="The class label (classification; true / false for an unpaired "
-                                                "preference row).")
+    label: str | None = Field(
+        None, description="The class label (classification; true / false for an unpaired preference row)."
+    )
     choices: str | None = Field(None, description="A list of answer choices.")
     messages: str | None = Field(None, description="A list of {role, content} turns.")
     conversations: str | None = Field(None, description="A list of ShareGPT {from, value} turns.")

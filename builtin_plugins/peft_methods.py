@@ -43,10 +43,28 @@ from ift.builtin_plugins.peft_checks import (
     module_hint,
 )
 
-__all__ = ["METHODS", "AdaLoraMethod", "AdaLoraSection", "IA3Method", "IA3Section", "LoraMethod", "LoraSection",
-           "PeftSection", "PrefixTuningMethod", "PrefixTuningSection", "PromptTuningMethod", "PromptTuningSection",
-           "add_training_penalty", "apply_peft", "describe_peft", "method_for", "on_optimizer_step", "provenance",
-           "supports_packing", "training_penalty"]
+__all__ = [
+    "METHODS",
+    "AdaLoraMethod",
+    "AdaLoraSection",
+    "IA3Method",
+    "IA3Section",
+    "LoraMethod",
+    "LoraSection",
+    "PeftSection",
+    "PrefixTuningMethod",
+    "PrefixTuningSection",
+    "PromptTuningMethod",
+    "PromptTuningSection",
+    "add_training_penalty",
+    "apply_peft",
+    "describe_peft",
+    "method_for",
+    "on_optimizer_step",
+    "provenance",
+    "supports_packing",
+    "training_penalty",
+]
 
 #: The builtin methods' names.
 METHODS = tuple(cls.name for cls in BUILTIN_METHODS)
@@ -66,8 +84,10 @@ def _available(info: ValidationInfo) -> dict[str, tuple[type[ift.PeftMethod], di
     validation context holds it), else the builtin ones (a config built in a test or by hand)."""
     host = (info.context or {}).get("host")
     if host is not None:
-        return {name: (r.cls, {"plugin": r.plugin, "distribution": r.distribution, "version": r.version})
-                for name, r in host.registry["peft_method"].items()}
+        return {
+            name: (r.cls, {"plugin": r.plugin, "distribution": r.distribution, "version": r.version})
+            for name, r in host.registry["peft_method"].items()
+        }
     builtin = {"plugin": "peft_methods", "distribution": "ift", "version": ift.__version__}
     return {cls.name: (cls, builtin) for cls in BUILTIN_METHODS}
 
@@ -78,17 +98,20 @@ def _validate_section(value: Any, handler: ValidatorFunctionWrapHandler, info: V
     if isinstance(value, ift.PeftMethodConfig):
         return value
     if not isinstance(value, dict):
-        message = f"must be a table such as {{ method = \"lora\", r = 16 }} (got {value!r})"
+        message = f'must be a table such as {{ method = "lora", r = 16 }} (got {value!r})'
         raise ValidationError.from_exception_data("peft", [_value_error((), value, message)])
     methods = _available(info)
     method = value.get("method", "lora")  # lora when the table does not say
     if not isinstance(method, str) or method not in methods:
         names = list(methods)  # registration order: the builtin ones first
-        message = (f"{method!r} is not a PEFT method{ift.did_you_mean(str(method), names)}; "
-                   f"available: {', '.join(names)}")
+        message = (
+            f"{method!r} is not a PEFT method{ift.did_you_mean(str(method), names)}; available: {', '.join(names)}"
+        )
         for failure in getattr((info.context or {}).get("host"), "failures", []):  # it may be theirs
-            message += (f"; plugin {failure.name!r} ({failure.distribution} {failure.version}, entry point "
-                        f"{failure.entry_point}) failed to load and may provide it: {failure.error}")
+            message += (
+                f"; plugin {failure.name!r} ({failure.distribution} {failure.version}, entry point "
+                f"{failure.entry_point}) failed to load and may provide it: {failure.error}"
+            )
         raise ValidationError.from_exception_data("peft", [_value_error(("method",), method, message)])
     cls, provider = methods[method]
     config_cls = cls.Config
@@ -132,8 +155,13 @@ def method_for(section: Any) -> ift.PeftMethod:
         builtin = {c.name: c for c in BUILTIN_METHODS}
         cls = builtin.get(getattr(section, "method", ""))
         if cls is None:
-            raise ift.RecipeError([ift.Problem(f"{KEY}.method", f"{getattr(section, 'method', section)!r} is not a "
-                                           "registered PEFT method")])
+            raise ift.RecipeError(
+                [
+                    ift.Problem(
+                        f"{KEY}.method", f"{getattr(section, 'method', section)!r} is not a registered PEFT method"
+                    )
+                ]
+            )
     return cls(section)
 
 
@@ -168,10 +196,20 @@ def apply_peft(model: Any, section: Any, *, task_type: str, tokenizer: Any = Non
         config = method.peft_config(model, task_type, head)
         wrapped = get_peft_model(model, config)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        key = "target_modules" if "target_modules" in type(section).model_fields and \
-            section.method not in VIRTUAL_TOKEN_METHODS else "method"
-        raise ift.RecipeError([ift.Problem(f"{KEY}.{key}", f"{method.label or method.name} cannot be applied to this "
-                                       f"{type(model).__name__}: {_first_line(exc)}{module_hint(model)}")]) from exc
+        key = (
+            "target_modules"
+            if "target_modules" in type(section).model_fields and section.method not in VIRTUAL_TOKEN_METHODS
+            else "method"
+        )
+        raise ift.RecipeError(
+            [
+                ift.Problem(
+                    f"{KEY}.{key}",
+                    f"{method.label or method.name} cannot be applied to this "
+                    f"{type(model).__name__}: {_first_line(exc)}{module_hint(model)}",
+                )
+            ]
+        ) from exc
     wrapped = method.after_wrap(wrapped, task_type=task_type, tokenizer=tokenizer)
     setattr(wrapped, _ATTRIBUTE, method)  # noqa: B010 - training_penalty(model) finds it here
     return wrapped

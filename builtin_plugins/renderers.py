@@ -38,12 +38,15 @@ class RenderError(ift.DataError):
 
 class TemplateConfig(ift.ComponentConfig):
     train_on: Literal["all_assistant", "last_assistant"] = Field(
-        "all_assistant", description="Which assistant turns are trained: every one (turns marked \"train\": false "
-        "excepted) or only the last.")
+        "all_assistant",
+        description='Which assistant turns are trained: every one (turns marked "train": false '
+        "excepted) or only the last.",
+    )
 
 
-def choose_trained(segments: list[ift.Segment], record: ift.InstructionRecord, train_on: str,
-                   origin: str) -> list[ift.Segment]:
+def choose_trained(
+    segments: list[ift.Segment], record: ift.InstructionRecord, train_on: str, origin: str
+) -> list[ift.Segment]:
     """Apply ``train_on`` and per-message ``"train": false`` to a text template's segments: its k-th trainable
     segment belongs to the k-th assistant turn."""
     assistants = [m for m in record.messages if m.role == "assistant"]
@@ -51,9 +54,11 @@ def choose_trained(segments: list[ift.Segment], record: ift.InstructionRecord, t
     keep = set(positions)
     if any(m.train is False for m in assistants):
         if len(positions) != len(assistants):
-            raise RenderError(f"{origin}: record {record.id!r} marks an assistant turn \"train\": false, but the "
-                              f"template has {len(positions)} {{% generation %}} block(s) for {len(assistants)} "
-                              "assistant turn(s), so they cannot be matched")
+            raise RenderError(
+                f'{origin}: record {record.id!r} marks an assistant turn "train": false, but the '
+                f"template has {len(positions)} {{% generation %}} block(s) for {len(assistants)} "
+                "assistant turn(s), so they cannot be matched"
+            )
         keep = {i for i, m in zip(positions, assistants, strict=True) if m.train is not False}
     if train_on == "last_assistant":
         keep = {max(keep)} if keep else set()
@@ -77,8 +82,9 @@ class JinjaRenderer(ift.Renderer):
     Config: ClassVar[type[ift.ComponentConfig]] = JinjaConfig
     builtin_file: ClassVar[str] = ""
 
-    def __init__(self, config: ift.ComponentConfig, *, base_dir: Path,
-                 prepare_jinja_env: Callable[[Any], None] | None = None) -> None:
+    def __init__(
+        self, config: ift.ComponentConfig, *, base_dir: Path, prepare_jinja_env: Callable[[Any], None] | None = None
+    ) -> None:
         super().__init__(config, base_dir=base_dir, prepare_jinja_env=prepare_jinja_env)
         self.source_text, self.origin = self._read()
         env = sandboxed_environment(prepare_jinja_env)
@@ -86,12 +92,10 @@ class JinjaRenderer(ift.Renderer):
             with time_budget(config.max_seconds):  # type: ignore[attr-defined]
                 self.template = env.from_string(self.source_text)
         except TemplateSyntaxError as exc:
-            raise ift.RecipeError([ift.Problem("template", f"{self.origin}:{exc.lineno}: {exc.message}")]) \
-                from None
+            raise ift.RecipeError([ift.Problem("template", f"{self.origin}:{exc.lineno}: {exc.message}")]) from None
         except (RenderBudgetExceeded, RecursionError, MemoryError) as exc:
             what = "nests too deeply" if isinstance(exc, RecursionError) else f"cannot be compiled: {exc}"
-            raise ift.RecipeError([ift.Problem("template", f"{self.origin}: {what} (template.max_seconds)")]) \
-                from None
+            raise ift.RecipeError([ift.Problem("template", f"{self.origin}: {what} (template.max_seconds)")]) from None
         self.eos_token = ""
         self.bos_token = ""
 
@@ -113,31 +117,48 @@ class JinjaRenderer(ift.Renderer):
             with time_budget(cfg.max_seconds):  # type: ignore[attr-defined]
                 text = self.template.render(
                     messages=[m.to_dict() for m in record.messages],
-                    record={"id": record.id, "source": record.source, "task": record.task,
-                            "label": record.label, "choices": record.choices, "metadata": record.metadata},
-                    eos_token=self.eos_token, bos_token=self.bos_token)
+                    record={
+                        "id": record.id,
+                        "source": record.source,
+                        "task": record.task,
+                        "label": record.label,
+                        "choices": record.choices,
+                        "metadata": record.metadata,
+                    },
+                    eos_token=self.eos_token,
+                    bos_token=self.bos_token,
+                )
             if len(text) > cfg.max_chars:  # type: ignore[attr-defined]
-                raise RenderBudgetExceeded(f"rendered {len(text):,} characters, more than max_chars = "
-                                           f"{cfg.max_chars:,}")  # type: ignore[attr-defined]
+                raise RenderBudgetExceeded(
+                    f"rendered {len(text):,} characters, more than max_chars = {cfg.max_chars:,}"  # type: ignore[attr-defined]
+                )
             segments = split_segments(text)
         except SecurityError as exc:
-            raise RenderError(f"{self.origin}: refused by the template sandbox (security) while rendering record "
-                              f"{record.id!r}: {exc}") from None
+            raise RenderError(
+                f"{self.origin}: refused by the template sandbox (security) while rendering record {record.id!r}: {exc}"
+            ) from None
         except RenderBudgetExceeded as exc:
-            raise RenderError(f"{self.origin}: record {record.id!r}: {exc} (template.max_seconds / "
-                              "template.max_chars)") from None
+            raise RenderError(
+                f"{self.origin}: record {record.id!r}: {exc} (template.max_seconds / template.max_chars)"
+            ) from None
         except RecursionError:
-            raise RenderError(f"{self.origin}: record {record.id!r}: the template recurses without bound (a macro "
-                              "or include that calls itself)") from None
+            raise RenderError(
+                f"{self.origin}: record {record.id!r}: the template recurses without bound (a macro "
+                "or include that calls itself)"
+            ) from None
         except MemoryError:
-            raise RenderError(f"{self.origin}: record {record.id!r}: rendering ran out of memory (template."
-                              "max_chars)") from None
+            raise RenderError(
+                f"{self.origin}: record {record.id!r}: rendering ran out of memory (template.max_chars)"
+            ) from None
         except (TemplateError, ValueError) as exc:
-            raise RenderError(f"{self.origin}: cannot render record {record.id!r} "
-                              f"(source {record.source!r}): {exc}") from None
+            raise RenderError(
+                f"{self.origin}: cannot render record {record.id!r} (source {record.source!r}): {exc}"
+            ) from None
         if not any(s.trainable for s in segments):
-            raise RenderError(f"{self.origin}: record {record.id!r} rendered with no trainable text; "
-                              "wrap the answer in {% generation %}...{% endgeneration %}")
+            raise RenderError(
+                f"{self.origin}: record {record.id!r} rendered with no trainable text; "
+                "wrap the answer in {% generation %}...{% endgeneration %}"
+            )
         segments = choose_trained(segments, record, cfg.train_on, self.origin)  # type: ignore[attr-defined]
         if not any(s.trainable for s in segments):
             raise RenderError(f"{self.origin}: record {record.id!r} has no assistant turn left to train")
@@ -181,10 +202,7 @@ class JinjaFileRenderer(JinjaRenderer):
         try:
             return path.read_text(encoding="utf-8"), str(path)
         except OSError as exc:
-            raise ift.RecipeError([ift.Problem("template.path", f"cannot read {path}: {exc.strerror}")]) \
-                from None
-
-
+            raise ift.RecipeError([ift.Problem("template.path", f"cannot read {path}: {exc.strerror}")]) from None
 
 
 class ChatTemplateRenderer(ift.Renderer):
@@ -203,16 +221,23 @@ class ChatTemplateRenderer(ift.Renderer):
     Config = TemplateConfig
     tokenizer: Any = None
 
-    def __init__(self, config: ift.ComponentConfig, *, base_dir: Path,
-                 prepare_jinja_env: Callable[[Any], None] | None = None) -> None:
+    def __init__(
+        self, config: ift.ComponentConfig, *, base_dir: Path, prepare_jinja_env: Callable[[Any], None] | None = None
+    ) -> None:
         super().__init__(config, base_dir=base_dir, prepare_jinja_env=prepare_jinja_env)
         self._notices: dict[str, None] = {}
 
     def bind(self, tokenizer: Any) -> None:
         if not getattr(tokenizer, "chat_template", None):
-            raise ift.RecipeError([ift.Problem(
-                "template.name", "'chat' uses the tokenizer's chat_template, but this tokenizer has none; "
-                "use a text template such as 'chatml' or 'alpaca'")])
+            raise ift.RecipeError(
+                [
+                    ift.Problem(
+                        "template.name",
+                        "'chat' uses the tokenizer's chat_template, but this tokenizer has none; "
+                        "use a text template such as 'chatml' or 'alpaca'",
+                    )
+                ]
+            )
         self.tokenizer = tokenizer
         template = str(tokenizer.chat_template)
         self.has_generation_blocks = bool(re.search(r"{%-?\s*generation\s*-?%}", template))
@@ -228,8 +253,9 @@ class ChatTemplateRenderer(ift.Renderer):
         self._notices.setdefault(text, None)
 
     def _apply(self, messages: list[dict[str, Any]], generation_prompt: bool) -> str:
-        return str(self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                      add_generation_prompt=generation_prompt))
+        return str(
+            self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        )
 
     def _trained(self, record: ift.InstructionRecord) -> set[int]:
         trained = {j for j, m in enumerate(record.messages) if m.trained}
@@ -246,8 +272,9 @@ class ChatTemplateRenderer(ift.Renderer):
             raise RuntimeError("ChatTemplateRenderer.bind(tokenizer) must be called before render()")
         for message in record.messages:
             if contains_marks(message.content) or contains_sentinel(message.content):
-                raise RenderError(f"record {record.id!r} contains reserved private-use characters "
-                                  "(U+E000/U+E001 or plane 15)")
+                raise RenderError(
+                    f"record {record.id!r} contains reserved private-use characters (U+E000/U+E001 or plane 15)"
+                )
         messages = [m.to_dict() for m in record.messages]
         trained = self._trained(record)
         try:
@@ -257,11 +284,13 @@ class ChatTemplateRenderer(ift.Renderer):
         except SpanError as exc:
             raise RenderError(f"chat template: record {record.id!r}: {exc}") from None
         except TemplateError as exc:
-            raise RenderError(f"the chat template refuses record {record.id!r} (source {record.source!r}): "
-                              f"{exc}") from None
+            raise RenderError(
+                f"the chat template refuses record {record.id!r} (source {record.source!r}): {exc}"
+            ) from None
 
-    def _from_generation_blocks(self, record: ift.InstructionRecord,
-                                messages: list[dict[str, Any]]) -> list[ift.Segment]:
+    def _from_generation_blocks(
+        self, record: ift.InstructionRecord, messages: list[dict[str, Any]]
+    ) -> list[ift.Segment]:
         from ift.templating import GEN_START
 
         env = sandboxed_environment(self.prepare_jinja_env)
@@ -273,8 +302,9 @@ class ChatTemplateRenderer(ift.Renderer):
             raise RenderError(f"chat template: record {record.id!r} rendered no {{% generation %}} block")
         return choose_trained(split_segments(text), record, self.train_on, "chat template")
 
-    def _from_marks(self, record: ift.InstructionRecord, messages: list[dict[str, Any]],
-                    trained: set[int]) -> tuple[list[ift.Segment], dict[int, int]]:
+    def _from_marks(
+        self, record: ift.InstructionRecord, messages: list[dict[str, Any]], trained: set[int]
+    ) -> tuple[list[ift.Segment], dict[int, int]]:
         real = self._apply(messages, False)
         rendered = render_marked(self._apply, messages, real=real)
         spans = rendered.spans
@@ -293,8 +323,10 @@ class ChatTemplateRenderer(ift.Renderer):
                     raise SpanError(f"the template leaves out the content of assistant message {j}")
                 prompt = self._apply(messages[:j], True)
                 if not (real.startswith(prompt) and len(prompt) >= pos):
-                    raise SpanError(f"cannot place the empty assistant message {j} (its generation prompt is "
-                                    "not where the turn is rendered)")
+                    raise SpanError(
+                        f"cannot place the empty assistant message {j} (its generation prompt is "
+                        "not where the turn is rendered)"
+                    )
                 start = end = len(prompt)
             else:
                 start, end = spans[j]
@@ -302,11 +334,11 @@ class ChatTemplateRenderer(ift.Renderer):
                 raise SpanError(f"assistant message {j} is rendered before the message preceding it")
             if j in trained:
                 self._check_prompt(record, messages, j, real, start, spans, prompt)
-            upto = render_marked(self._apply, messages[:j + 1], style=rendered.style)
-            tail = upto.text[upto.spans[j][1] if j in upto.spans else start:]
+            upto = render_marked(self._apply, messages[: j + 1], style=rendered.style)
+            tail = upto.text[upto.spans[j][1] if j in upto.spans else start :]
             following = [s for k, (s, _) in spans.items() if k > j]
-            after = real[end:max(min(following, default=len(real)), end)]
-            eot = after[:first_difference(tail, after)].rstrip()
+            after = real[end : max(min(following, default=len(real)), end)]
+            eot = after[: first_difference(tail, after)].rstrip()
             train = j in trained
             segments.append(ift.Segment(real[pos:start], False))
             starts[j] = start + shift
@@ -316,17 +348,29 @@ class ChatTemplateRenderer(ift.Renderer):
             if not eot and eos:
                 segments.append(ift.Segment(eos, train))
                 shift += len(eos)
-                self._notice(f"the chat template writes no end-of-turn text after an assistant answer, so the "
-                             f"model could not learn to stop: ift inserts the tokenizer's EOS {eos!r} after each "
-                             "answer (trained with it) and generation stops on it")
+                self._notice(
+                    f"the chat template writes no end-of-turn text after an assistant answer, so the "
+                    f"model could not learn to stop: ift inserts the tokenizer's EOS {eos!r} after each "
+                    "answer (trained with it) and generation stops on it"
+                )
             elif not eot:
-                self._notice("the chat template writes no end-of-turn text after an assistant answer and the "
-                             "tokenizer has no EOS: the model will not learn to stop")
+                self._notice(
+                    "the chat template writes no end-of-turn text after an assistant answer and the "
+                    "tokenizer has no EOS: the model will not learn to stop"
+                )
         segments.append(ift.Segment(real[pos:], False))
         return merge_segments(segments), starts
 
-    def _check_prompt(self, record: ift.InstructionRecord, messages: list[dict[str, Any]], j: int, real: str,
-                      start: int, spans: dict[int, tuple[int, int]], prompt: str | None) -> None:
+    def _check_prompt(
+        self,
+        record: ift.InstructionRecord,
+        messages: list[dict[str, Any]],
+        j: int,
+        real: str,
+        start: int,
+        spans: dict[int, tuple[int, int]],
+        prompt: str | None,
+    ) -> None:
         """The text before answer ``j`` in the full rendering against the template's own generation prompt for the
         conversation up to ``j``: earlier turns rewritten is a refusal; a different generation prompt a notice."""
         if prompt is None:
@@ -342,33 +386,43 @@ class ChatTemplateRenderer(ift.Renderer):
         if at < earlier:
             raise SpanError(
                 f"the template rewrites earlier turns when later ones follow: rendering the conversation up to "
-                f"assistant message {j} gives {prompt[max(0, at - 40):at + 40]!r} where the full conversation has "
-                f"{before[max(0, at - 40):at + 40]!r} (character {at}); what the model is trained on for that turn "
+                f"assistant message {j} gives {prompt[max(0, at - 40) : at + 40]!r} where the full conversation has "
+                f"{before[max(0, at - 40) : at + 40]!r} (character {at}); what the model is trained on for that turn "
                 "is not what it would be prompted with. Train only the last turn (template.train_on = "
-                "\"last_assistant\") or use a text template")
+                '"last_assistant") or use a text template'
+            )
         if without_whitespace(prompt[at:]) == without_whitespace(before[at:]):
-            self._notice(f"the template's generation prompt ends {prompt[at:][-60:]!r} but a rendered assistant "
-                         f"turn is preceded by {before[at:][-60:]!r} (whitespace only): ift trains and generates "
-                         "with the rendered turn's text")
+            self._notice(
+                f"the template's generation prompt ends {prompt[at:][-60:]!r} but a rendered assistant "
+                f"turn is preceded by {before[at:][-60:]!r} (whitespace only): ift trains and generates "
+                "with the rendered turn's text"
+            )
         else:
-            self._notice(f"the template's generation prompt ends {prompt[at:][-60:]!r} but a rendered assistant "
-                         f"turn is preceded by {before[at:][-60:]!r}: ift trains and generates with the rendered "
-                         "turn's text; tools that use add_generation_prompt=True prompt the model differently")
+            self._notice(
+                f"the template's generation prompt ends {prompt[at:][-60:]!r} but a rendered assistant "
+                f"turn is preceded by {before[at:][-60:]!r}: ift trains and generates with the rendered "
+                "turn's text; tools that use add_generation_prompt=True prompt the model differently"
+            )
 
     def prompt(self, record: ift.InstructionRecord) -> str:
         """The text the model continues to produce the last assistant answer, exactly as training rendered it."""
         last = max((j for j, m in enumerate(record.messages) if m.role == "assistant"), default=None)
         if last is None:
-            raise RenderError(f"record {record.id!r} has no assistant turn: a prompt is the text before the last "
-                              "assistant answer (to prompt for a new answer, end the messages with an assistant "
-                              "message whose content is empty)")
+            raise RenderError(
+                f"record {record.id!r} has no assistant turn: a prompt is the text before the last "
+                "assistant answer (to prompt for a new answer, end the messages with an assistant "
+                "message whose content is empty)"
+            )
         if self.has_generation_blocks:
             return super().prompt(record)
-        probe = ift.InstructionRecord(record.id, record.source, [
-            *record.messages[:last], ift.Message("assistant", record.messages[last].content, train=True)],
-            task=record.task)
+        probe = ift.InstructionRecord(
+            record.id,
+            record.source,
+            [*record.messages[:last], ift.Message("assistant", record.messages[last].content, train=True)],
+            task=record.task,
+        )
         segments, starts = self._build(probe)
-        return "".join(s.text for s in segments)[:starts[last]]
+        return "".join(s.text for s in segments)[: starts[last]]
 
     def template_hash(self) -> str:
         text = getattr(self.tokenizer, "chat_template", "") or ""

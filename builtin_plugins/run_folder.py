@@ -80,9 +80,17 @@ def _point_base(path: Path, final_path: Path) -> str | None:
     return base
 
 
-def finish_model_folder(path: Path, *, final_path: Path, tokenizer: Any, renderer: Any,
-                        records: Sequence[ift.InstructionRecord], max_length: int, bos_prefix: bool = False,
-                        chat: bool = True) -> dict[str, Any]:
+def finish_model_folder(
+    path: Path,
+    *,
+    final_path: Path,
+    tokenizer: Any,
+    renderer: Any,
+    records: Sequence[ift.InstructionRecord],
+    max_length: int,
+    bos_prefix: bool = False,
+    chat: bool = True,
+) -> dict[str, Any]:
     """Complete a saved ``model/`` folder (written in ``path``, to be renamed to ``final_path``) for other tools;
     returns the facts for the manifest. ``records``: the run's conversations the exported chat template is
     checked on, with probe conversations. ``chat``: whether a chat template applies (not for classifiers)."""
@@ -107,17 +115,23 @@ def finish_model_folder(path: Path, *, final_path: Path, tokenizer: Any, rendere
     facts["eos_token_id"] = eos
     if several:
         facts["stop_strings"] = several
-        log.warning("model/: the end-of-turn text(s) %s are several tokens; plain generate() needs "
-                    "stop_strings=... and tokenizer=... to stop there", several)
+        log.warning(
+            "model/: the end-of-turn text(s) %s are several tokens; plain generate() needs "
+            "stop_strings=... and tokenizer=... to stop there",
+            several,
+        )
     base = _point_base(path, final_path)
     if base is not None:
         facts["base_model_name_or_path"] = base
         if not (path / BASE_FOLDER).is_dir():
             facts["base_generation_config_stops"] = covered = _base_stops(base, eos)
             if not covered:
-                log.warning("model/: peft's generate() uses the base model's generation_config, which does not "
-                            "list every trained end-of-turn id %s; pass generation_config=GenerationConfig."
-                            "from_pretrained('RUN/model') (docs/inference.md)", eos)
+                log.warning(
+                    "model/: peft's generate() uses the base model's generation_config, which does not "
+                    "list every trained end-of-turn id %s; pass generation_config=GenerationConfig."
+                    "from_pretrained('RUN/model') (docs/inference.md)",
+                    eos,
+                )
     return facts
 
 

@@ -25,9 +25,11 @@ class Seq2SeqConfig(hf_loading.PretrainedModelConfig):
     """Which encoder-decoder model to load and how, and which end of an overlong prompt is cut."""
 
     prompt_truncation: Literal["end", "start"] = Field(
-        "end", description="A prompt longer than trainer.max_length loses its end (keeps the instruction, as "
-                           "transformers tokenizers truncate) or its start (keeps the text nearest the answer). "
-                           "Special tokens the tokenizer adds (T5's </s>) are kept either way.")
+        "end",
+        description="A prompt longer than trainer.max_length loses its end (keeps the instruction, as "
+        "transformers tokenizers truncate) or its start (keeps the text nearest the answer). "
+        "Special tokens the tokenizer adds (T5's </s>) are kept either way.",
+    )
 
 
 class Seq2SeqAdapter(ift.ModelAdapter):
@@ -54,13 +56,20 @@ class Seq2SeqAdapter(ift.ModelAdapter):
         from transformers import AutoModelForSeq2SeqLM
 
         # T5's convention, for a model built from a config: the decoder starts from the pad token.
-        loaded = hf_loading.load_model(self.config, self.base_dir, AutoModelForSeq2SeqLM, tokenizer,
-                                       task_type="SEQ_2_SEQ_LM",
-                                       config_defaults={"decoder_start_token_id": tokenizer.pad_token_id})
+        loaded = hf_loading.load_model(
+            self.config,
+            self.base_dir,
+            AutoModelForSeq2SeqLM,
+            tokenizer,
+            task_type="SEQ_2_SEQ_LM",
+            config_defaults={"decoder_start_token_id": tokenizer.pad_token_id},
+        )
         self._base_snapshot = loaded.base_snapshot
         if loaded.model.config.decoder_start_token_id is None:
-            raise ift.RunError("the model's config has no decoder_start_token_id, so its decoder inputs cannot be "
-                               "built; set it in model.from_config or use a model that defines it")
+            raise ift.RunError(
+                "the model's config has no decoder_start_token_id, so its decoder inputs cannot be "
+                "built; set it in model.from_config or use a model that defines it"
+            )
         return loaded.model
 
     def load_trained(self, path: Path) -> tuple[Any, Any]:
@@ -89,8 +98,8 @@ class Seq2SeqAdapter(ift.ModelAdapter):
         after; BART: ``<s>`` and ``</s>``), so truncation can keep them."""
         plain = tokenizer("a", add_special_tokens=False)["input_ids"]
         full = tokenizer("a", add_special_tokens=True)["input_ids"]
-        at = next((i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), None)
-        self._affixes = ([], []) if at is None else (full[:at], full[at + len(plain):])
+        at = next((i for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain), None)
+        self._affixes = ([], []) if at is None else (full[:at], full[at + len(plain) :])
         self._affixes_of = id(tokenizer)
 
     def encode_prompt(self, tokenizer: Any, text: str) -> list[int]:
@@ -101,20 +110,23 @@ class Seq2SeqAdapter(ift.ModelAdapter):
         ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
         return ids or [tokenizer.eos_token_id]
 
-    def encode(self, tokenizer: Any, segments: Sequence[ift.Segment], *, source: str,
-               record_id: str) -> ift.EncodedExample:
+    def encode(
+        self, tokenizer: Any, segments: Sequence[ift.Segment], *, source: str, record_id: str
+    ) -> ift.EncodedExample:
         last = max((i for i, s in enumerate(segments) if s.trainable), default=None)
         if last is None:  # nothing to learn (a generation prompt, or a record the core will drop)
-            return ift.EncodedExample(self.encode_prompt(tokenizer, "".join(s.text for s in segments)), [],
-                                      source, record_id)
+            return ift.EncodedExample(
+                self.encode_prompt(tokenizer, "".join(s.text for s in segments)), [], source, record_id
+            )
         prompt = "".join(s.text for s in segments[:last])
         labels = list(tokenizer(segments[last].text, add_special_tokens=False)["input_ids"])
         if not labels or labels[-1] != tokenizer.eos_token_id:
             labels.append(tokenizer.eos_token_id)
         return ift.EncodedExample(self.encode_prompt(tokenizer, prompt), labels, source, record_id)
 
-    def fit(self, example: ift.EncodedExample, *, max_length: int,
-            overlong: Literal["truncate", "drop"]) -> tuple[ift.EncodedExample | None, str | None]:
+    def fit(
+        self, example: ift.EncodedExample, *, max_length: int, overlong: Literal["truncate", "drop"]
+    ) -> tuple[ift.EncodedExample | None, str | None]:
         """``max_length`` bounds each side on its own (encoder input, decoder labels): they are separate
         sequences. ``truncate`` cuts the prompt at the end ``model.prompt_truncation`` names, keeping the
         tokenizer's special tokens, and cuts the answer's end (its EOS with it: a cut answer must not teach
@@ -127,15 +139,18 @@ class Seq2SeqAdapter(ift.ModelAdapter):
             return None, "longer than max_length"
         if long_prompt:
             prefix, suffix = self._affixes
-            if ids[:len(prefix)] != prefix or ids[len(ids) - len(suffix):] != suffix:
+            if ids[: len(prefix)] != prefix or ids[len(ids) - len(suffix) :] != suffix:
                 prefix, suffix = [], []
             room = max(max_length - len(prefix) - len(suffix), 0)
-            body = ids[len(prefix):len(ids) - len(suffix)]
-            body = body[:room] if self.config.prompt_truncation == "end" else body[len(body) - room:]
+            body = ids[len(prefix) : len(ids) - len(suffix)]
+            body = body[:room] if self.config.prompt_truncation == "end" else body[len(body) - room :]
             ids = (prefix + body + suffix)[:max_length]
         labels = labels[:max_length]
-        reason = {(True, False): "prompt truncated to max_length", (False, True): "answer truncated to max_length",
-                  (True, True): "prompt and answer truncated to max_length"}[(long_prompt, long_answer)]
+        reason = {
+            (True, False): "prompt truncated to max_length",
+            (False, True): "answer truncated to max_length",
+            (True, True): "prompt and answer truncated to max_length",
+        }[(long_prompt, long_answer)]
         return ift.EncodedExample(ids, labels, example.source, example.record_id, truncated=True), reason
 
     # --- batches and loss ----------------------------------------------------------------------
@@ -152,13 +167,19 @@ class Seq2SeqAdapter(ift.ModelAdapter):
         attention = torch.zeros((len(examples), width), dtype=torch.long)
         labels = torch.full((len(examples), answer_width), -100, dtype=torch.long)
         for i, e in enumerate(examples):
-            input_ids[i, :len(e.input_ids)] = torch.tensor(e.input_ids)
-            attention[i, :len(e.input_ids)] = 1
+            input_ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
+            attention[i, : len(e.input_ids)] = 1
             if e.labels:
-                labels[i, :len(e.labels)] = torch.tensor(e.labels)
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
-                "real_tokens": attention.sum(), "loss_tokens": (labels != -100).sum(),
-                "num_examples": torch.tensor(len(examples)), "record_ids": [e.record_id for e in examples]}
+                labels[i, : len(e.labels)] = torch.tensor(e.labels)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "labels": labels,
+            "real_tokens": attention.sum(),
+            "loss_tokens": (labels != -100).sum(),
+            "num_examples": torch.tensor(len(examples)),
+            "record_ids": [e.record_id for e in examples],
+        }
 
     def token_losses(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
         """Cross-entropy at each labelled decoder position (1-d, float32, row-major order) and the label mask,
@@ -174,8 +195,12 @@ class Seq2SeqAdapter(ift.ModelAdapter):
         decoder_ids[:, 0] = config.decoder_start_token_id
         decoder_ids[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, config.pad_token_id)
         mask = labels != -100
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-                  "decoder_input_ids": decoder_ids, "use_cache": False}
+        inputs = {
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch["attention_mask"],
+            "decoder_input_ids": decoder_ids,
+            "use_cache": False,
+        }
         states = head_loss.head_inputs(model, inputs, mask, length=labels.size(1))
         return head_loss.cross_entropy(states, labels[mask]), mask
 
@@ -197,22 +222,36 @@ class Seq2SeqAdapter(ift.ModelAdapter):
 
     # --- generating and saving -----------------------------------------------------------------
 
-    def generate(self, model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int,
-                 batch_size: int, stop: Sequence[str] = ()) -> list[str]:
+    def generate(
+        self,
+        model: Any,
+        tokenizer: Any,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        batch_size: int,
+        stop: Sequence[str] = (),
+    ) -> list[str]:
         device = next(model.parameters()).device
 
         def generate_batch(chunk: Sequence[str], stop_ids: list[int]) -> list[list[int]]:
             # The prompts go to the encoder (right-padded, as in training); the decoder starts from its own token.
-            ids, mask = hf_loading.pad_batch([self.encode_prompt(tokenizer, p) for p in chunk],
-                                             tokenizer.pad_token_id)
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
-                                 decoder_start_token_id=model.config.decoder_start_token_id)
+            ids, mask = hf_loading.pad_batch([self.encode_prompt(tokenizer, p) for p in chunk], tokenizer.pad_token_id)
+            out = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                eos_token_id=stop_ids,
+                pad_token_id=tokenizer.pad_token_id,
+                decoder_start_token_id=model.config.decoder_start_token_id,
+            )
             return out[:, 1:].tolist()  # the decoder's first position is its start token
 
-        return hf_loading.generate_texts(model, tokenizer, prompts, batch_size=batch_size, stop=stop,
-                                         generate_batch=generate_batch)
+        return hf_loading.generate_texts(
+            model, tokenizer, prompts, batch_size=batch_size, stop=stop, generate_batch=generate_batch
+        )
 
     def save(self, model: Any, tokenizer: Any, path: Path) -> None:
         """``AutoModelForSeq2SeqLM.from_pretrained(path)``, or with PEFT
@@ -220,14 +259,23 @@ class Seq2SeqAdapter(ift.ModelAdapter):
         ``path/base_model`` for a model built from a config and the pretrained model's id otherwise."""
         hf_loading.save_model_folder(model, tokenizer, path, self._base_snapshot)
 
-    def finish_saved_folder(self, path: Path, *, final_path: Path, tokenizer: Any, renderer: Any,
-                            records: Sequence[ift.InstructionRecord], max_length: int) -> dict[str, Any]:
+    def finish_saved_folder(
+        self,
+        path: Path,
+        *,
+        final_path: Path,
+        tokenizer: Any,
+        renderer: Any,
+        records: Sequence[ift.InstructionRecord],
+        max_length: int,
+    ) -> dict[str, Any]:
         """As for causal-lm: the chat template renders the encoder's input exactly as trained; the end-of-turn
         ids in generation_config.json; ``model_max_length``; an absolute LoRA base path."""
         from ift.builtin_plugins.run_folder import finish_model_folder
 
-        return finish_model_folder(path, final_path=final_path, tokenizer=tokenizer, renderer=renderer,
-                                   records=records, max_length=max_length)
+        return finish_model_folder(
+            path, final_path=final_path, tokenizer=tokenizer, renderer=renderer, records=records, max_length=max_length
+        )
 
 
 @ift.hookimpl

@@ -19,17 +19,21 @@ from ift.records import RowError, normalize_row
 
 
 class SourceConfig(ift.ComponentConfig):
-    format: str = Field("auto", description="alpaca, messages, sharegpt, prompt-completion, classification, "
-                                               "preference or auto.")
+    format: str = Field(
+        "auto", description="alpaca, messages, sharegpt, prompt-completion, classification, preference or auto."
+    )
     system: str | None = Field(None, description="System prompt added to records that have none.")
     limit: int | None = Field(None, gt=0, description="Read at most this many rows.")
     on_bad_rows: Literal["error", "skip"] = Field(
-        "error", description="error: stop at the first bad row; skip: drop bad rows, counted by reason.")
+        "error", description="error: stop at the first bad row; skip: drop bad rows, counted by reason."
+    )
     max_bad_fraction: float = Field(0.01, ge=0, le=1, description="With skip: more bad rows than this is an error.")
-    fields: FieldMap | None = Field(None, description="Where each canonical field is in a row: dotted paths "
-                                                      "into nested objects (docs/data.md).")
-    explode: str | None = Field(None, description="A list field (dotted path): one record per element, ids "
-                                                  "'<row id>#<k>'.")
+    fields: FieldMap | None = Field(
+        None, description="Where each canonical field is in a row: dotted paths into nested objects (docs/data.md)."
+    )
+    explode: str | None = Field(
+        None, description="A list field (dotted path): one record per element, ids '<row id>#<k>'."
+    )
 
     @field_validator("fields", mode="before")
     @classmethod
@@ -38,11 +42,13 @@ class SourceConfig(ift.ComponentConfig):
             valid = list(FieldMap.model_fields)
             for key in value:
                 if key not in valid:
-                    raise ValueError(f"unknown mapping key {key!r}{ift.did_you_mean(str(key), valid)}; the keys are "
-                                     f"{', '.join(valid)}")
+                    raise ValueError(
+                        f"unknown mapping key {key!r}{ift.did_you_mean(str(key), valid)}; the keys are "
+                        f"{', '.join(valid)}"
+                    )
             for key, path in value.items():
                 if not isinstance(path, str) or not path.strip("."):
-                    raise ValueError(f"{key} must be a field name or a dotted path such as \"meta.{key}\"")
+                    raise ValueError(f'{key} must be a field name or a dotted path such as "meta.{key}"')
         return value
 
 
@@ -107,9 +113,12 @@ class FileSource(ift.InstructionSource):
         skipped = self.stats.setdefault("skipped_rows", {})
         skipped[reason] = skipped.get(reason, 0) + 1
         if sum(skipped.values()) > self.config.max_bad_fraction * max(total, 1):
-            raise ift.DataError(f"{sum(skipped.values())} bad rows of {total} exceed max_bad_fraction = "
-                                f"{self.config.max_bad_fraction} (by reason: {skipped}); last: {message}",
-                                file=str(self.path), line=line)
+            raise ift.DataError(
+                f"{sum(skipped.values())} bad rows of {total} exceed max_bad_fraction = "
+                f"{self.config.max_bad_fraction} (by reason: {skipped}); last: {message}",
+                file=str(self.path),
+                line=line,
+            )
 
     def default_id(self, row_index: int) -> str:
         """The id of a row without an ``id`` field: ``<file>:<line>`` (1-based) where the format has lines,
@@ -130,8 +139,9 @@ class FileSource(ift.InstructionSource):
                 self.bad_row("row does not fit the format", where, line, total or i + 1)
 
 
-def mapped_records(source: ift.InstructionSource, row: Mapping[str, Any], index: int,
-                   default_id: str) -> Iterator[ift.InstructionRecord]:
+def mapped_records(
+    source: ift.InstructionSource, row: Mapping[str, Any], index: int, default_id: str
+) -> Iterator[ift.InstructionRecord]:
     """The records of one raw row: ``explode`` and ``fields`` applied (see :mod:`.fieldmap`), then the row's
     format normalised. Raises RowError for the whole row before yielding any of its records."""
     cfg: SourceConfig = source.config  # type: ignore[assignment]
@@ -150,10 +160,21 @@ def mapped_records(source: ift.InstructionSource, row: Mapping[str, Any], index:
         base = str(row_id) if row_id is not None and row_id != "" else default_id
         line_of = getattr(source, "line_of", None)
         line = line_of(index) if line_of is not None else None
-        metadata = {"row": index, **({"line": line} if line is not None else {}),
-                    **({"element": k} if k is not None else {}), **extras.pop("metadata", {})}
-        out.append(ift.InstructionRecord(id=base if k is None else f"{base}#{k}", source=source.source_name,
-                                         messages=messages, metadata=metadata, **extras))
+        metadata = {
+            "row": index,
+            **({"line": line} if line is not None else {}),
+            **({"element": k} if k is not None else {}),
+            **extras.pop("metadata", {}),
+        }
+        out.append(
+            ift.InstructionRecord(
+                id=base if k is None else f"{base}#{k}",
+                source=source.source_name,
+                messages=messages,
+                metadata=metadata,
+                **extras,
+            )
+        )
     yield from out
 
 
@@ -190,8 +211,9 @@ class JsonlSource(FileSource):
                     self.bad_row("invalid JSON", f"invalid JSON: {exc.msg} (column {exc.colno})", number, total)
                     continue
                 if not isinstance(value, dict):
-                    self.bad_row("not a JSON object", f"expected a JSON object, got {type(value).__name__}",
-                                 number, total)
+                    self.bad_row(
+                        "not a JSON object", f"expected a JSON object, got {type(value).__name__}", number, total
+                    )
                     continue
                 self._lines.append(number)
                 yield value
@@ -221,8 +243,9 @@ class JsonSource(FileSource):
         try:
             json.loads(self.path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise ift.DataError(f"invalid JSON: {exc.msg} (column {exc.colno})", file=str(self.path),
-                                line=exc.lineno) from None
+            raise ift.DataError(
+                f"invalid JSON: {exc.msg} (column {exc.colno})", file=str(self.path), line=exc.lineno
+            ) from None
 
 
 class CsvSource(FileSource):
@@ -297,13 +320,15 @@ class HubSource(ift.InstructionSource):
                 # JSON and Parquet files, so that no id ending in ":<number>" is anything but a real line
                 yield from mapped_records(self, row, i, f"{cfg.dataset}:{cfg.split}[{i}]")
             except RowError as exc:
-                raise ift.DataError(f"dataset {cfg.dataset!r} split {cfg.split!r} row [{i}] (0-based): {exc}") \
-                    from None
+                raise ift.DataError(f"dataset {cfg.dataset!r} split {cfg.split!r} row [{i}] (0-based): {exc}") from None
 
     def content_fingerprint(self) -> str | None:
         # Only a pinned revision identifies the data before it is downloaded.
-        return f"{self.config.dataset}@{self.config.revision}:{self.config.subset}:{self.config.split}" \
-            if self.config.revision else None
+        return (
+            f"{self.config.dataset}@{self.config.revision}:{self.config.subset}:{self.config.split}"
+            if self.config.revision
+            else None
+        )
 
     def fingerprint(self) -> str:
         revision = self.config.revision or "default"

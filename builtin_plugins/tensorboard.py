@@ -36,8 +36,7 @@ def enabled(resolved: dict[str, Any]) -> bool:
 
 def scalars(values: dict[str, Any]) -> dict[str, float]:
     """The plain numbers of a dict (not booleans, not None, not strings)."""
-    return {k: float(v) for k, v in values.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def eval_step(run_dir: str, stage: str) -> int:

@@ -41,13 +41,14 @@ def trainable_mask(segments: Sequence[Any]) -> tuple[str, bytearray]:
     pos = 0
     for seg in segments:
         if seg.trainable:
-            mask[pos:pos + len(seg.text)] = b"\x01" * len(seg.text)
+            mask[pos : pos + len(seg.text)] = b"\x01" * len(seg.text)
         pos += len(seg.text)
     return text, mask
 
 
-def labels_from_offsets(ids: Sequence[int], offsets: Sequence[tuple[int, int]],
-                        trainable: bytes | bytearray) -> TokenLabels:
+def labels_from_offsets(
+    ids: Sequence[int], offsets: Sequence[tuple[int, int]], trainable: bytes | bytearray
+) -> TokenLabels:
     """Labels of the tokens ``ids`` whose character spans are ``offsets``, given the trainable characters of the
     text (``trainable[i]`` non-zero: character ``i`` is trained). See the module docstring for the policy.
     Vectorised with numpy over a prefix sum of trainable characters (a per-token Python loop was the largest cost
@@ -117,8 +118,11 @@ def encode_batch_with_offsets(tokenizer: Any, texts: Sequence[str]) -> list[tupl
     backend = getattr(tokenizer, "backend_tokenizer", None)
     untrimmed = _untrimmed(backend) if backend is not None else None
     if untrimmed is not None:
-        return [(list(e.ids), [tuple(o) for o in e.offsets])  # type: ignore[misc]
-                for e in untrimmed.encode_batch(list(texts), add_special_tokens=False)]
+        return [
+            (list(e.ids), [tuple(o) for o in e.offsets])  # type: ignore[misc]
+            for e in untrimmed.encode_batch(list(texts), add_special_tokens=False)
+        ]
     out = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
-    return [(list(ids), [tuple(o) for o in offs]) for ids, offs in zip(out["input_ids"], out["offset_mapping"],
-                                                                        strict=True)]
+    return [
+        (list(ids), [tuple(o) for o in offs]) for ids, offs in zip(out["input_ids"], out["offset_mapping"], strict=True)
+    ]

@@ -48,8 +48,12 @@ class DropInvalid(ift.RecordFilter):
                 return "chosen identical to rejected"
             if _norm(record.rejected.content) == _norm(record.messages[-2].content):
                 return "answer identical to prompt"
-        if self.config.check_choices and record.choices and record.label is not None \
-                and record.label.strip() not in {c.strip() for c in record.choices}:
+        if (
+            self.config.check_choices
+            and record.choices
+            and record.label is not None
+            and record.label.strip() not in {c.strip() for c in record.choices}
+        ):
             return "label outside choices"
         return None
 
@@ -59,9 +63,12 @@ def _norm(text: str) -> str:
 
 
 class DedupConfig(ift.ComponentConfig):
-    by: str = Field("conversation", pattern="^(conversation|prompt)$",
-                    description="'conversation': all turns must match (a preference pair: both answers, an "
-                                "unpaired record: its judgement too); 'prompt': same prompt is a duplicate.")
+    by: str = Field(
+        "conversation",
+        pattern="^(conversation|prompt)$",
+        description="'conversation': all turns must match (a preference pair: both answers, an "
+        "unpaired record: its judgement too); 'prompt': same prompt is a duplicate.",
+    )
 
 
 class ExactDedup(ift.Transform):

@@ -61,9 +61,23 @@ def __dir__() -> list[str]:
 #: test holds to this) import only these names. ``ift.templating`` and ``ift.head_loss`` serve renderers and model
 #: adapters; ``ift.engine`` / ``ift.callbacks`` the training loop; ``ift.data``, ``ift.recipe`` and
 #: ``ift.evaluation`` the pipeline's steps, for commands; ``ift.testing`` plugin tests.
-PUBLIC_MODULES = ("ift.batching", "ift.callbacks", "ift.data", "ift.engine", "ift.errors", "ift.evaluation",
-                  "ift.examples", "ift.files", "ift.head_loss", "ift.objectives", "ift.recipe", "ift.records",
-                  "ift.runtime", "ift.templating", "ift.testing")
+PUBLIC_MODULES = (
+    "ift.batching",
+    "ift.callbacks",
+    "ift.data",
+    "ift.engine",
+    "ift.errors",
+    "ift.evaluation",
+    "ift.examples",
+    "ift.files",
+    "ift.head_loss",
+    "ift.objectives",
+    "ift.recipe",
+    "ift.records",
+    "ift.runtime",
+    "ift.templating",
+    "ift.testing",
+)
 
 try:
     __version__ = version("ift")

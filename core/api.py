@@ -83,19 +83,30 @@ class LoadedRecipe:
 
     def with_overrides(self, overrides: Overrides) -> LoadedRecipe:
         """The same recipe validated again with ``overrides`` applied after this one's."""
-        return load_recipe(self.source, overrides=[*self.overrides, *_override_strings(overrides)],
-                           base_dir=self.base_dir if isinstance(self.source, Mapping) else None,
-                           host=None if self._own_host else self.host)
+        return load_recipe(
+            self.source,
+            overrides=[*self.overrides, *_override_strings(overrides)],
+            base_dir=self.base_dir if isinstance(self.source, Mapping) else None,
+            host=None if self._own_host else self.host,
+        )
 
     def __repr__(self) -> str:
         where = str(self.path) if self.path else f"dict recipe, base_dir {self.base_dir}"
-        return (f"LoadedRecipe({self.name!r}: {where}; {len(self.recipe.data)} data source(s), model adapter "
-                f"{self.recipe.model.name!r}, trainer {self.recipe.trainer.name!r}"
-                + (f", overrides {list(self.overrides)}" if self.overrides else "") + ")")
+        return (
+            f"LoadedRecipe({self.name!r}: {where}; {len(self.recipe.data)} data source(s), model adapter "
+            f"{self.recipe.model.name!r}, trainer {self.recipe.trainer.name!r}"
+            + (f", overrides {list(self.overrides)}" if self.overrides else "")
+            + ")"
+        )
 
 
-def load_recipe(recipe: PathLike | Mapping[str, Any] | LoadedRecipe, *, overrides: Overrides = (),
-                base_dir: PathLike | None = None, host: PluginHost | None = None) -> LoadedRecipe:
+def load_recipe(
+    recipe: PathLike | Mapping[str, Any] | LoadedRecipe,
+    *,
+    overrides: Overrides = (),
+    base_dir: PathLike | None = None,
+    host: PluginHost | None = None,
+) -> LoadedRecipe:
     """Read and validate a recipe as ``ift validate`` does; raise :class:`~ift.errors.RecipeError` listing every
     problem (the message ``ift validate`` prints after ``error:``).
 
@@ -110,12 +121,20 @@ def load_recipe(recipe: PathLike | Mapping[str, Any] | LoadedRecipe, *, override
     return _load(recipe, overrides, base_dir, host, compile_template=True)
 
 
-def _load(recipe: PathLike | Mapping[str, Any] | LoadedRecipe, overrides: Overrides, base_dir: PathLike | None,
-          host: PluginHost | None, *, compile_template: bool) -> LoadedRecipe:
+def _load(
+    recipe: PathLike | Mapping[str, Any] | LoadedRecipe,
+    overrides: Overrides,
+    base_dir: PathLike | None,
+    host: PluginHost | None,
+    *,
+    compile_template: bool,
+) -> LoadedRecipe:
     if isinstance(recipe, LoadedRecipe):
         if base_dir is not None or host is not None:
-            raise ValueError("base_dir= and host= apply when a recipe is loaded; this one is loaded already "
-                             "(pass them to ift.load_recipe)")
+            raise ValueError(
+                "base_dir= and host= apply when a recipe is loaded; this one is loaded already "
+                "(pass them to ift.load_recipe)"
+            )
         return recipe.with_overrides(overrides) if overrides else recipe
     from ift.host import PluginHost
 
@@ -129,14 +148,22 @@ def _load(recipe: PathLike | Mapping[str, Any] | LoadedRecipe, overrides: Overri
     else:
         source = Path(recipe)
         if base_dir is not None:
-            raise RecipeError("base_dir= is only for a dict recipe: a recipe file's relative paths resolve against "
-                              "its own folder", path=str(source))
+            raise RecipeError(
+                "base_dir= is only for a dict recipe: a recipe file's relative paths resolve against its own folder",
+                path=str(source),
+            )
         parsed = load_validated(source, host, assignments, compile_template=compile_template)
     return LoadedRecipe(parsed, host, source, tuple(assignments), own_host)
 
 
-def load_validated(recipe: Path | dict[str, Any], host: PluginHost, overrides: Sequence[str] = (), *,
-                   base_dir: Path | None = None, compile_template: bool = True) -> Recipe:
+def load_validated(
+    recipe: Path | dict[str, Any],
+    host: PluginHost,
+    overrides: Sequence[str] = (),
+    *,
+    base_dir: Path | None = None,
+    compile_template: bool = True,
+) -> Recipe:
     """The recipe validated with its ``[plugins] local`` files registered in ``host`` first (what every
     command does; the CLI calls this too). A dict recipe needs ``base_dir``. ``compile_template`` builds the
     renderer as ``ift validate`` does (``ift run`` and ``ift preview`` build it later, in the run)."""
@@ -162,8 +189,9 @@ def load_validated(recipe: Path | dict[str, Any], host: PluginHost, overrides: S
 
         for assignment in overrides:
             apply_override(raw, assignment)
-        parsed = validate_recipe(raw, host, base_dir=base_dir or Path.cwd(), path=None, text=text,
-                                 overrides=list(overrides))
+        parsed = validate_recipe(
+            raw, host, base_dir=base_dir or Path.cwd(), path=None, text=text, overrides=list(overrides)
+        )
     if compile_template:
         from ift.pipeline import make_renderer
 
@@ -237,9 +265,16 @@ class RunOutcome:
     run: Run | None
 
 
-def execute_run(recipe: Recipe, host: PluginHost, output_dir: Path | None, *, overwrite: bool = False,
-                resume: str | None = None, echo: Callable[[str], Any] = print,
-                make_progress: Callable[[], Progress] | None = None) -> RunOutcome:
+def execute_run(
+    recipe: Recipe,
+    host: PluginHost,
+    output_dir: Path | None,
+    *,
+    overwrite: bool = False,
+    resume: str | None = None,
+    echo: Callable[[str], Any] = print,
+    make_progress: Callable[[], Progress] | None = None,
+) -> RunOutcome:
     """One run into its run directory: ``ift run`` and :func:`run` both come here. Holds the directory's lock
     from before ``overwrite`` clears it to the end; ``resume`` is ``"auto"`` (the newest good checkpoint) or a
     checkpoint's path."""
@@ -269,10 +304,18 @@ def execute_run(recipe: Recipe, host: PluginHost, output_dir: Path | None, *, ov
     return RunOutcome(out, metrics, pipeline)
 
 
-def run(recipe: PathLike | Mapping[str, Any] | LoadedRecipe, *, output_dir: PathLike | None = None,
-        overrides: Overrides = (), overwrite: bool = False, resume: bool | str = False,
-        progress: ProgressMode = "auto", keep_model: bool = True, base_dir: PathLike | None = None,
-        host: PluginHost | None = None) -> RunResult:
+def run(
+    recipe: PathLike | Mapping[str, Any] | LoadedRecipe,
+    *,
+    output_dir: PathLike | None = None,
+    overrides: Overrides = (),
+    overwrite: bool = False,
+    resume: bool | str = False,
+    progress: ProgressMode = "auto",
+    keep_model: bool = True,
+    base_dir: PathLike | None = None,
+    host: PluginHost | None = None,
+) -> RunResult:
     """Train and evaluate as the recipe says, exactly as ``ift run`` does, and return the :class:`RunResult`.
 
     ``recipe`` is a :class:`LoadedRecipe`, a path or a dict (then loaded with ``overrides``, ``base_dir`` and
@@ -307,11 +350,19 @@ def run(recipe: PathLike | Mapping[str, Any] | LoadedRecipe, *, output_dir: Path
         return Progress(0, stream=stream, enabled=shown)
 
     resume_from = ("auto" if resume is True else str(resume)) if resume else None
-    outcome = execute_run(loaded.recipe, loaded.host, Path(output_dir) if output_dir is not None else None,
-                          overwrite=overwrite, resume=resume_from, echo=echo, make_progress=make_progress)
+    outcome = execute_run(
+        loaded.recipe,
+        loaded.host,
+        Path(output_dir) if output_dir is not None else None,
+        overwrite=overwrite,
+        resume=resume_from,
+        echo=echo,
+        make_progress=make_progress,
+    )
     trained = outcome.run.trained if outcome.run is not None and keep_model else None
-    result = RunResult.from_run_dir(outcome.output_dir, host=loaded.host, ran=outcome.run is not None,
-                                    resumed=bool(resume_from))
+    result = RunResult.from_run_dir(
+        outcome.output_dir, host=loaded.host, ran=outcome.run is not None, resumed=bool(resume_from)
+    )
     result._trained = trained
     if outcome.metrics is not None:
         echo(f"done: {outcome.output_dir}  (model: {outcome.output_dir / 'model'})")
@@ -323,9 +374,15 @@ def load_run(run_dir: PathLike, *, host: PluginHost | None = None) -> RunResult:
     return RunResult.from_run_dir(Path(run_dir), host=host, ran=False, resumed=False)
 
 
-def preview(recipe: PathLike | Mapping[str, Any] | LoadedRecipe, *, n: int = 3, tokens: bool = False,
-            overrides: Overrides = (), base_dir: PathLike | None = None,
-            host: PluginHost | None = None) -> PreviewResult:
+def preview(
+    recipe: PathLike | Mapping[str, Any] | LoadedRecipe,
+    *,
+    n: int = 3,
+    tokens: bool = False,
+    overrides: Overrides = (),
+    base_dir: PathLike | None = None,
+    host: PluginHost | None = None,
+) -> PreviewResult:
     """What ``ift preview`` shows, as data: the first ``n`` training examples rendered and tokenized as a run
     would (segments with their trainable flag, token counts; with ``tokens``, every token and its label
     state), the split's sizes and the template's warnings. Loads the tokenizer, never the model weights."""
@@ -360,16 +417,18 @@ class RunResult:
     _opened: TrainedRun | None = field(default=None, repr=False)
 
     @classmethod
-    def from_run_dir(cls, run_dir: Path, *, host: PluginHost | None = None, ran: bool = False,
-                     resumed: bool = False) -> RunResult:
+    def from_run_dir(
+        cls, run_dir: Path, *, host: PluginHost | None = None, ran: bool = False, resumed: bool = False
+    ) -> RunResult:
         status_file = run_dir / "status.json"
         if not status_file.is_file():
             raise RunError(f"{run_dir} is not an ift run directory (no status.json)")
         status = json.loads(status_file.read_text(encoding="utf-8"))
         metrics_file = run_dir / "metrics.json"
         metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
-        return cls(run_dir, str(status.get("status")), metrics, ran=ran, resumed=resumed, error=status.get("error"),
-                   _host=host)
+        return cls(
+            run_dir, str(status.get("status")), metrics, ran=ran, resumed=resumed, error=status.get("error"), _host=host
+        )
 
     # --- the directory's parts ---------------------------------------------------------------
 
@@ -464,8 +523,7 @@ class RunResult:
         """The run's tokenizer (see :meth:`open`)."""
         return self.open().tokenizer
 
-    def generate(self, prompt: str | Sequence[Message], *, system: str | None = None,
-                 max_new_tokens: int = 64) -> str:
+    def generate(self, prompt: str | Sequence[Message], *, system: str | None = None, max_new_tokens: int = 64) -> str:
         """The trained model's greedy answer, the prompt rendered with the run's own template (as ``ift
         generate`` does): ``prompt`` is the user's message, or a conversation ending with a user turn."""
         from ift.records import Message
@@ -491,5 +549,9 @@ class RunResult:
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in self.final.items())
-        return (f"RunResult({self.status}: {self.run_dir}" + (f"; final {shown}" if shown else "")
-                + (f"; error: {self.error}" if self.error else "") + ")")
+        return (
+            f"RunResult({self.status}: {self.run_dir}"
+            + (f"; final {shown}" if shown else "")
+            + (f"; error: {self.error}" if self.error else "")
+            + ")"
+        )

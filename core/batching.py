@@ -34,18 +34,19 @@ def shuffled(n: int, seed: int, epoch: int) -> list[int]:
 
 def random_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     order = shuffled(n, seed, epoch)
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
-                           group_factor: int = 128) -> list[list[int]]:
+def length_grouped_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, group_factor: int = 128
+) -> list[list[int]]:
     """Sort within mega-batches of ``group_factor * batch_size`` random examples, then shuffle the batches."""
     order = shuffled(len(lengths), seed, epoch)
     size = group_factor * batch_size
     batches: list[list[int]] = []
     for start in range(0, len(order), size):
-        group = sorted(order[start:start + size], key=lambda i: -lengths[i])
-        batches.extend(group[i:i + batch_size] for i in range(0, len(group), batch_size))
+        group = sorted(order[start : start + size], key=lambda i: -lengths[i])
+        batches.extend(group[i : i + batch_size] for i in range(0, len(group), batch_size))
     random.Random(seed * 7_919 + epoch).shuffle(batches)
     return batches
 
@@ -98,7 +99,7 @@ class BatchPlan:
         return random_batches(len(self.lengths), self.batch_size, self.seed, self.epoch)
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches()[self.skip:])
+        return iter(self.batches()[self.skip :])
 
     def __len__(self) -> int:
         return -(-len(self.lengths) // self.batch_size)

@@ -37,8 +37,12 @@ def cache_root() -> Path:
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
-    parts = [type(tokenizer).__name__, str(getattr(tokenizer, "special_tokens_map", "")),
-             str(getattr(tokenizer, "chat_template", "")), str(getattr(tokenizer, "padding_side", ""))]
+    parts = [
+        type(tokenizer).__name__,
+        str(getattr(tokenizer, "special_tokens_map", "")),
+        str(getattr(tokenizer, "chat_template", "")),
+        str(getattr(tokenizer, "padding_side", "")),
+    ]
     backend = getattr(tokenizer, "backend_tokenizer", None)
     parts.append(backend.to_str() if backend is not None else str(getattr(tokenizer, "vocab_size", "")))
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
@@ -72,8 +76,9 @@ class PreparedCache:
         entry = self.root / key
         try:
             complete = json.loads((entry / "complete.json").read_text())
-            if complete.get("format") != FORMAT or any(file_digest(entry / name) != digest
-                                                       for name, digest in complete["files"].items()):
+            if complete.get("format") != FORMAT or any(
+                file_digest(entry / name) != digest for name, digest in complete["files"].items()
+            ):
                 return None
             meta = json.loads((entry / "meta.json").read_text())
             splits = {split: ExampleTable.open(entry / split, meta[split]) for split in ("train", "eval")}
@@ -117,6 +122,10 @@ class PreparedCache:
     def store(self, key: str, prepared: Prepared) -> Path:
         """Store prepared data held in lists (or tables elsewhere): the tables are written afresh."""
         folder = self.begin(key)
-        stored = Prepared(write_table(prepared.train, folder / "train"), write_table(prepared.eval, folder / "eval"),
-                          prepared.eval_records, prepared.report)
+        stored = Prepared(
+            write_table(prepared.train, folder / "train"),
+            write_table(prepared.eval, folder / "eval"),
+            prepared.eval_records,
+            prepared.report,
+        )
         return self.commit(key, folder, stored)

@@ -119,8 +119,10 @@ class EarlyStoppingCallback(Callback):
 
             found = broadcast_object_list([found], from_process=0)[0]
         if found is None:  # nothing evaluated (an empty eval split): not counted either way
-            state.progress.write(f"early stopping: the evaluation at step {step} gave no {tracker.metric!r} (is the "
-                                 "eval split empty?); not counted")
+            state.progress.write(
+                f"early stopping: the evaluation at step {step} gave no {tracker.metric!r} (is the "
+                "eval split empty?); not counted"
+            )
             return
         # a value of None (NaN) counts as no improvement
         self.decision = tracker.observe(step, found[0], state.unwrapped, can_stop=step < state.total_steps)
@@ -150,8 +152,9 @@ class EarlyStoppingCallback(Callback):
             if state.accelerator is not None:
                 state.accelerator.wait_for_everyone()  # the main process wrote the best weights
             tracker.load_best(state.unwrapped)
-            state.progress.write(f"final model: the best weights, from step {tracker.best_step} "
-                                 f"({tracker.metric} {tracker.best_value})")
+            state.progress.write(
+                f"final model: the best weights, from step {tracker.best_step} ({tracker.metric} {tracker.best_value})"
+            )
         summary.pop("stopped", None)  # said by summary["early_stopping"]
         summary["early_stopping"] = tracker.summary(final_step=step, restored=restored)
 

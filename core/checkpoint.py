@@ -47,8 +47,17 @@ def step_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def save_checkpoint(root: Path, step: int, *, model: Any, optimizer: Any, scheduler: Any,
-                    position: dict[str, Any], identity: dict[str, Any], before_commit: Any = None) -> Path:
+def save_checkpoint(
+    root: Path,
+    step: int,
+    *,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    position: dict[str, Any],
+    identity: dict[str, Any],
+    before_commit: Any = None,
+) -> Path:
     """Write checkpoint ``root/step-<n>`` atomically; returns its path."""
     import numpy as np
     import torch
@@ -79,11 +88,13 @@ def save_checkpoint(root: Path, step: int, *, model: Any, optimizer: Any, schedu
     if not isinstance(np_state, tuple):
         raise TypeError(f"numpy's global random state is not MT19937: {type(np_state).__name__}")
     trainer_state = {
-        "format": FORMAT, "step": step, "position": position, "identity": identity,
+        "format": FORMAT,
+        "step": step,
+        "position": position,
+        "identity": identity,
         "optimizer": {"param_groups": state["param_groups"], "scalars": scalars},
         "scheduler": scheduler.state_dict(),
-        "rng": {"python": _jsonable(random.getstate()),
-                "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]},
+        "rng": {"python": _jsonable(random.getstate()), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]},
     }
     _fsync_write(tmp / "trainer_state.json", json.dumps(trainer_state))
     if before_commit is not None:
@@ -182,8 +193,10 @@ def load_checkpoint(path: Path, *, model: Any, optimizer: Any, scheduler: Any) -
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
     if missing or set(weights) - set(params):
-        raise RunError(f"cannot resume from {path}: its weights do not match the model "
-                       f"(missing {missing[:3]}, unexpected {sorted(set(weights) - set(params))[:3]})")
+        raise RunError(
+            f"cannot resume from {path}: its weights do not match the model "
+            f"(missing {missing[:3]}, unexpected {sorted(set(weights) - set(params))[:3]})"
+        )
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)

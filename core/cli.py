@@ -20,8 +20,9 @@ def _host(ctx: click.Context, local: list[str] | tuple[str, ...] = ()) -> Any:
     return host
 
 
-def _load(ctx: click.Context, recipe_path: str, overrides: tuple[str, ...] = (), *,
-          compile_template: bool = False) -> Any:
+def _load(
+    ctx: click.Context, recipe_path: str, overrides: tuple[str, ...] = (), *, compile_template: bool = False
+) -> Any:
     from ift.api import load_validated
 
     host = _host(ctx)
@@ -30,9 +31,14 @@ def _load(ctx: click.Context, recipe_path: str, overrides: tuple[str, ...] = (),
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ift")
-@click.option("--traceback", "show_traceback", is_flag=True, envvar="IFT_TRACEBACK",
-              help="On an error, print the Python traceback above the one-line message (for a plugin's error: the "
-                   "plugin's own traceback, chained). Also IFT_TRACEBACK=1.")
+@click.option(
+    "--traceback",
+    "show_traceback",
+    is_flag=True,
+    envvar="IFT_TRACEBACK",
+    help="On an error, print the Python traceback above the one-line message (for a plugin's error: the "
+    "plugin's own traceback, chained). Also IFT_TRACEBACK=1.",
+)
 @click.pass_context
 def cli(ctx: click.Context, show_traceback: bool) -> None:
     """Instruction fine-tuning from TOML recipes."""
@@ -41,24 +47,39 @@ def cli(ctx: click.Context, show_traceback: bool) -> None:
 
 @cli.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
-@click.option("--output-dir", "-o", type=click.Path(file_okay=False),
-              help="Run directory (default runs/<name>-<time>).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a recipe key, e.g. trainer.epochs=2.")
+@click.option(
+    "--output-dir", "-o", type=click.Path(file_okay=False), help="Run directory (default runs/<name>-<time>)."
+)
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. trainer.epochs=2."
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty --output-dir.")
-@click.option("--resume", is_flag=False, flag_value="auto", default=None, metavar="[CHECKPOINT]",
-              help="Continue the run in --output-dir from its newest good checkpoint, or from CHECKPOINT.")
+@click.option(
+    "--resume",
+    is_flag=False,
+    flag_value="auto",
+    default=None,
+    metavar="[CHECKPOINT]",
+    help="Continue the run in --output-dir from its newest good checkpoint, or from CHECKPOINT.",
+)
 @click.pass_context
-def run(ctx: click.Context, recipe: str, output_dir: str | None, overrides: tuple[str, ...], overwrite: bool,
-        resume: str | None) -> None:
+def run(
+    ctx: click.Context,
+    recipe: str,
+    output_dir: str | None,
+    overrides: tuple[str, ...],
+    overwrite: bool,
+    resume: str | None,
+) -> None:
     """Train and evaluate as the RECIPE says; leave a run directory."""
     from ift.api import execute_run
     from ift.report import before_after_table
     from ift.runtime import is_main_process
 
     parsed, host = _load(ctx, recipe, overrides)
-    outcome = execute_run(parsed, host, Path(output_dir) if output_dir else None, overwrite=overwrite,
-                          resume=resume, echo=click.echo)
+    outcome = execute_run(
+        parsed, host, Path(output_dir) if output_dir else None, overwrite=overwrite, resume=resume, echo=click.echo
+    )
     if outcome.metrics is not None and is_main_process():
         click.echo(before_after_table(outcome.metrics))
         click.echo(f"done: {outcome.output_dir}  (model: {outcome.output_dir / 'model'})")
@@ -84,16 +105,20 @@ def validate(ctx: click.Context, recipe: str, overrides: tuple[str, ...], as_jso
             resolved.pop("model", None)
             click.echo(json.dumps(resolved, indent=2))
         else:
-            click.echo(f"{recipe}: valid as a data recipe ({len(parsed.data)} data source(s), "
-                       f"{len(parsed.transforms)} transform(s)) for `ift data build` and `ift data report`; "
-                       "`ift run` also needs a [model] table")
+            click.echo(
+                f"{recipe}: valid as a data recipe ({len(parsed.data)} data source(s), "
+                f"{len(parsed.transforms)} transform(s)) for `ift data build` and `ift data report`; "
+                "`ift run` also needs a [model] table"
+            )
         return
     parsed, host = _load(ctx, recipe, overrides, compile_template=True)  # template syntax errors are recipe errors
     if as_json:
         click.echo(json.dumps(parsed.resolved(), indent=2))
     else:
-        click.echo(f"{recipe}: valid ({len(parsed.data)} data source(s), template {parsed.template.name!r}, "
-                   f"model adapter {parsed.model.name!r}, trainer {parsed.trainer.name!r})")
+        click.echo(
+            f"{recipe}: valid ({len(parsed.data)} data source(s), template {parsed.template.name!r}, "
+            f"model adapter {parsed.model.name!r}, trainer {parsed.trainer.name!r})"
+        )
 
 
 @cli.command()
@@ -120,8 +145,9 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
 @cli.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("-n", "count", default=3, show_default=True, help="How many training examples to show.")
-@click.option("--tokens", "tokens", is_flag=True, help="List every token with its label state (straddling "
-              "tokens marked).")
+@click.option(
+    "--tokens", "tokens", is_flag=True, help="List every token with its label state (straddling tokens marked)."
+)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 @click.pass_context
 def preview(ctx: click.Context, recipe: str, count: int, tokens: bool, overrides: tuple[str, ...]) -> None:

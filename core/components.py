@@ -59,9 +59,13 @@ def _named_failures(method: Callable[..., Any], origin: Origin, method_name: str
     from ift.errors import IftError, PluginError
 
     def named(exc: Exception) -> PluginError:
-        return PluginError(f"{origin.kind} {origin.name!r} (recipe table {origin.table}) {method_name}() raised "
-                           f"{type(exc).__name__}: {exc}", plugin=origin.plugin, distribution=origin.distribution,
-                           version=origin.version)
+        return PluginError(
+            f"{origin.kind} {origin.name!r} (recipe table {origin.table}) {method_name}() raised "
+            f"{type(exc).__name__}: {exc}",
+            plugin=origin.plugin,
+            distribution=origin.distribution,
+            version=origin.version,
+        )
 
     def iterate(iterator: Any) -> Any:
         try:
@@ -138,8 +142,9 @@ class InstructionSource(Component, ABC):
         try:
             config = cls.Config.model_validate({k: v for k, v in table.items() if k != "source"})
         except ValidationError as exc:
-            raise RecipeError([Problem(f"{key}.{'.'.join(map(str, e['loc']))}", e["msg"])
-                               for e in exc.errors()]) from None
+            raise RecipeError(
+                [Problem(f"{key}.{'.'.join(map(str, e['loc']))}", e["msg"]) for e in exc.errors()]
+            ) from None
         return cls(config, source_name=self.source_name, base_dir=self.base_dir, host=self.host)
 
     @abstractmethod
@@ -220,8 +225,9 @@ class Renderer(Component, ABC):
     renderers that use the model's own chat template. ``prepare_jinja_env`` applies the plugins'
     ``ift_prepare_jinja_env`` hooks to a Jinja environment (see :mod:`ift.templating`)."""
 
-    def __init__(self, config: ComponentConfig, *, base_dir: Path,
-                 prepare_jinja_env: Callable[[Any], None] | None = None) -> None:
+    def __init__(
+        self, config: ComponentConfig, *, base_dir: Path, prepare_jinja_env: Callable[[Any], None] | None = None
+    ) -> None:
         super().__init__(config)
         self.base_dir = base_dir
         self.prepare_jinja_env = prepare_jinja_env
@@ -265,13 +271,17 @@ class Renderer(Component, ABC):
             first = last
             while first > 0 and segments[first - 1].trainable:
                 first -= 1
-            rendered.append(merge_segments([Segment(s.text, s.trainable and i >= first)
-                                            for i, s in enumerate(segments)]))
-        prompts = {"".join(s.text for s in segs[:next(i for i, s in enumerate(segs) if s.trainable)])
-                   for segs in rendered}
+            rendered.append(
+                merge_segments([Segment(s.text, s.trainable and i >= first) for i, s in enumerate(segments)])
+            )
+        prompts = {
+            "".join(s.text for s in segs[: next(i for i, s in enumerate(segs) if s.trainable)]) for segs in rendered
+        }
         if len(prompts) > 1:
-            raise DataError(f"record {record.id!r}: the template renders the prompt differently for the chosen and "
-                            "the rejected completion, so the pair would not share its prompt")
+            raise DataError(
+                f"record {record.id!r}: the template renders the prompt differently for the chosen and "
+                "the rejected completion, so the pair would not share its prompt"
+            )
         return rendered
 
     @abstractmethod
@@ -327,8 +337,14 @@ class EncodedExample:
         """A pair's rejected sequence as an example of its own (same source, record id and task)."""
         if self.rejected_ids is None or self.rejected_labels is None:
             raise ValueError(f"example {self.record_id!r} is not a preference pair")
-        return EncodedExample(list(self.rejected_ids), list(self.rejected_labels), self.source, self.record_id,
-                              truncated=self.truncated, task=self.task)
+        return EncodedExample(
+            list(self.rejected_ids),
+            list(self.rejected_labels),
+            self.source,
+            self.record_id,
+            truncated=self.truncated,
+            task=self.task,
+        )
 
 
 class ModelAdapter(Component, ABC):
@@ -347,26 +363,26 @@ class ModelAdapter(Component, ABC):
         """The model, with PEFT applied when the config asks for it."""
 
     @abstractmethod
-    def encode(self, tokenizer: Any, segments: Sequence[Segment], *, source: str,
-               record_id: str) -> EncodedExample:
+    def encode(self, tokenizer: Any, segments: Sequence[Segment], *, source: str, record_id: str) -> EncodedExample:
         """Ids and labels (-100 = no loss) for one rendered example, before any length policy."""
 
-    def encode_record(self, tokenizer: Any, record: InstructionRecord,
-                      segments: Sequence[Segment]) -> EncodedExample:
+    def encode_record(self, tokenizer: Any, record: InstructionRecord, segments: Sequence[Segment]) -> EncodedExample:
         """Encode one rendered record. The core calls this; the default passes the segments to
         :meth:`encode`. Adapters that need more of the record than its text (a classifier's ``label``)
         override it."""
         return self.encode(tokenizer, segments, source=record.source, record_id=record.id)
 
-    def encode_many(self, tokenizer: Any,
-                    items: Sequence[tuple[InstructionRecord, Sequence[Segment]]]) -> list[EncodedExample]:
+    def encode_many(
+        self, tokenizer: Any, items: Sequence[tuple[InstructionRecord, Sequence[Segment]]]
+    ) -> list[EncodedExample]:
         """Encode many rendered records at once (the core passes a few hundred at a time), so an adapter can
         tokenize them in one batched call. The result must equal calling :meth:`encode_record` on each, which is
         what this default does."""
         return [self.encode_record(tokenizer, record, segments) for record, segments in items]
 
-    def prepare_data(self, train_records: Sequence[InstructionRecord], *,
-                     max_length: int | None = None) -> dict[str, Any] | None:
+    def prepare_data(
+        self, train_records: Sequence[InstructionRecord], *, max_length: int | None = None
+    ) -> dict[str, Any] | None:
         """Called once with the training split before any record is encoded, for what an adapter learns from
         the data itself (a classifier's label set) and the run's length policy (``trainer.max_length``). Return it
         as plain JSON: it is stored with the prepared data (and shown in the manifest), and given back through
@@ -376,16 +392,24 @@ class ModelAdapter(Component, ABC):
     def restore_data(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook, empty by default
         """Take back what :meth:`prepare_data` returned, for prepared data reused from the cache."""
 
-    def fit(self, example: EncodedExample, *, max_length: int,
-            overlong: Literal["truncate", "drop"]) -> tuple[EncodedExample | None, str | None]:
+    def fit(
+        self, example: EncodedExample, *, max_length: int, overlong: Literal["truncate", "drop"]
+    ) -> tuple[EncodedExample | None, str | None]:
         """Apply the length policy. Returns the example (or None) and the reason it was dropped or
         changed ("too long", "truncated", "no trainable tokens after truncation")."""
         if len(example.input_ids) <= max_length:
             return example, None
         if overlong == "drop":
             return None, "longer than max_length"
-        cut = EncodedExample(example.input_ids[:max_length], example.labels[:max_length], example.source,
-                             example.record_id, truncated=True, task=example.task, straddling=example.straddling)
+        cut = EncodedExample(
+            example.input_ids[:max_length],
+            example.labels[:max_length],
+            example.source,
+            example.record_id,
+            truncated=True,
+            task=example.task,
+            straddling=example.straddling,
+        )
         if cut.trainable_tokens == 0:
             return None, "no trainable tokens left after truncation"
         return cut, "truncated to max_length"
@@ -437,16 +461,32 @@ class ModelAdapter(Component, ABC):
         allocation needs them). ``step`` counts from 1."""
 
     @abstractmethod
-    def generate(self, model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int,
-                 batch_size: int, stop: Sequence[str] = ()) -> list[str]:
+    def generate(
+        self,
+        model: Any,
+        tokenizer: Any,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        batch_size: int,
+        stop: Sequence[str] = (),
+    ) -> list[str]:
         """Greedy completions for prompts: the answer text only, cut at the first stop string."""
 
     @abstractmethod
     def save(self, model: Any, tokenizer: Any, path: Path) -> None:
         """Write a folder loadable with plain transformers / peft ``from_pretrained``."""
 
-    def finish_saved_folder(self, path: Path, *, final_path: Path, tokenizer: Any, renderer: Renderer,
-                            records: Sequence[InstructionRecord], max_length: int) -> dict[str, Any]:
+    def finish_saved_folder(
+        self,
+        path: Path,
+        *,
+        final_path: Path,
+        tokenizer: Any,
+        renderer: Renderer,
+        records: Sequence[InstructionRecord],
+        max_length: int,
+    ) -> dict[str, Any]:
         """Called after :meth:`save` wrote ``path`` (renamed to ``final_path`` once complete), so that other
         tools use the folder exactly as the run trained: the prompt format (``renderer``, checked on ``records``),
         where generation stops, the trained context ``max_length``. Returns facts for the manifest."""
@@ -528,10 +568,25 @@ GUARDED: dict[type[Component], tuple[str, ...]] = {
     InstructionSource: ("records", "content_fingerprint", "fingerprint"),
     Transform: ("apply", "reason"),
     Renderer: ("bind", "render", "render_completions", "prompt", "template_hash"),
-    ModelAdapter: ("load_tokenizer", "load_model", "encode", "encode_record", "prepare_data", "restore_data", "fit",
-                   "collate", "collate_packed", "loss_sum", "loss_by_example", "training_penalty", "on_optimizer_step",
-                   "generate",
-                   "save", "load_trained", "describe"),
+    ModelAdapter: (
+        "load_tokenizer",
+        "load_model",
+        "encode",
+        "encode_record",
+        "prepare_data",
+        "restore_data",
+        "fit",
+        "collate",
+        "collate_packed",
+        "loss_sum",
+        "loss_by_example",
+        "training_penalty",
+        "on_optimizer_step",
+        "generate",
+        "save",
+        "load_trained",
+        "describe",
+    ),
     Metric: ("compute", "details"),
     SimilarityBackend: ("fit", "scores"),
 }

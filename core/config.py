@@ -25,16 +25,23 @@ class TrainerConfig(ComponentConfig):
     )
     batch_size: int = Field(8, gt=0, description="Examples (packing: packed rows) per device per micro-batch.")
     batching: Literal["auto", "padding", "length-grouped", "padding-free", "packing"] = Field(
-        "auto", description="How examples become batches; auto picks the fastest the model and hardware allow.")
+        "auto", description="How examples become batches; auto picks the fastest the model and hardware allow."
+    )
     gradient_checkpointing: bool = Field(
-        False, description="Keep only each layer's input in the forward pass and recompute the layer in backward "
-        "(activation checkpointing): less memory, about one more forward pass of time. Same loss and gradients.")
+        False,
+        description="Keep only each layer's input in the forward pass and recompute the layer in backward "
+        "(activation checkpointing): less memory, about one more forward pass of time. Same loss and gradients.",
+    )
 
     @model_validator(mode="after")
     def _adapter_checkpoints(self, info: ValidationInfo) -> Any:
         model = (info.context or {}).get("model")
-        if self.gradient_checkpointing and model is not None and \
-                not getattr(model.cls, "supports_gradient_checkpointing", False):
-            raise ValueError(f"gradient_checkpointing = true needs a model adapter that supports it; "
-                             f"{model.name!r} does not")
+        if (
+            self.gradient_checkpointing
+            and model is not None
+            and not getattr(model.cls, "supports_gradient_checkpointing", False)
+        ):
+            raise ValueError(
+                f"gradient_checkpointing = true needs a model adapter that supports it; {model.name!r} does not"
+            )
         return self

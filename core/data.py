@@ -22,8 +22,15 @@ from ift.recipe import Recipe, default_strategy
 from ift.records import InstructionRecord
 
 #: Public: plugins and builtin commands may import these names (see ift.PUBLIC_MODULES).
-__all__ = ["DataReport", "apply_transforms", "data_notes", "encode_records", "read_sources", "split_records",
-           "stop_strings"]
+__all__ = [
+    "DataReport",
+    "apply_transforms",
+    "data_notes",
+    "encode_records",
+    "read_sources",
+    "split_records",
+    "stop_strings",
+]
 
 
 @dataclass
@@ -38,8 +45,7 @@ class DataReport:
     encoded_per_source: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # stage -> source
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"sources": self.sources, "transforms": self.transforms, "split": self.split,
-               "encoding": self.encoding}
+        out = {"sources": self.sources, "transforms": self.transforms, "split": self.split, "encoding": self.encoding}
         if self.mixture is not None:  # the mixture's arithmetic, and each source's contribution once encoded
             out["mixture"] = describe(self.mixture, self.encoded_per_source.get("train"))
         return out
@@ -48,25 +54,36 @@ class DataReport:
 def read_sources(recipe: Recipe, host: PluginHost, report: DataReport) -> list[InstructionRecord]:
     records: list[InstructionRecord] = []
     for spec in recipe.data:
-        source: InstructionSource = spec.cls(spec.config, source_name=spec.source_name, base_dir=recipe.base_dir,
-                                             host=host)
+        source: InstructionSource = spec.cls(
+            spec.config, source_name=spec.source_name, base_dir=recipe.base_dir, host=host
+        )
         plugin = host.get("source", spec.name)
         got = list(source.records())
         seen: set[str] = set()
         for record in got:
             if record.source != spec.source_name:
-                raise PluginError(f"source {spec.name!r} returned a record with source={record.source!r}, "
-                                  f"expected {spec.source_name!r}", plugin=plugin.plugin,
-                                  distribution=plugin.distribution)
+                raise PluginError(
+                    f"source {spec.name!r} returned a record with source={record.source!r}, "
+                    f"expected {spec.source_name!r}",
+                    plugin=plugin.plugin,
+                    distribution=plugin.distribution,
+                )
             if record.id in seen:
-                raise DataError(f"source {spec.source_name!r} has two records with id {record.id!r}; "
-                                "ids must be unique within a source")
+                raise DataError(
+                    f"source {spec.source_name!r} has two records with id {record.id!r}; "
+                    "ids must be unique within a source"
+                )
             seen.add(record.id)
             if record.task is None and spec.task is not None:
                 record.task = spec.task
             record.metadata.setdefault("split", spec.split)
-        entry = {"name": spec.source_name, "source": spec.name, "records": len(got),
-                 "fingerprint": source.fingerprint(), "weight": spec.weight}
+        entry = {
+            "name": spec.source_name,
+            "source": spec.name,
+            "records": len(got),
+            "fingerprint": source.fingerprint(),
+            "weight": spec.weight,
+        }
         stats = getattr(source, "stats", None)
         if stats:
             entry["stats"] = stats
@@ -75,8 +92,9 @@ def read_sources(recipe: Recipe, host: PluginHost, report: DataReport) -> list[I
     return records
 
 
-def apply_transforms(recipe: Recipe, host: PluginHost, records: list[InstructionRecord],
-                     report: DataReport) -> list[InstructionRecord]:
+def apply_transforms(
+    recipe: Recipe, host: PluginHost, records: list[InstructionRecord], report: DataReport
+) -> list[InstructionRecord]:
     for spec in recipe.transforms:
         transform: Transform = spec.cls(spec.config, base_dir=recipe.base_dir)
         tally = Tally()
@@ -86,14 +104,23 @@ def apply_transforms(recipe: Recipe, host: PluginHost, records: list[Instruction
         counted = sum(tally.dropped.values())
         if before - len(records) != counted:
             plugin = host.get("transform", spec.name)
-            raise PluginError(f"transform {spec.name!r} dropped {before - len(records)} records but counted "
-                              f"{counted}; every drop must be counted with tally.drop(reason)",
-                              plugin=plugin.plugin, distribution=plugin.distribution)
-        entry: dict[str, Any] = {"name": spec.name, "in": before, "out": len(records),
-                                 "dropped": dict(tally.dropped), "changed": dict(tally.changed)}
+            raise PluginError(
+                f"transform {spec.name!r} dropped {before - len(records)} records but counted "
+                f"{counted}; every drop must be counted with tally.drop(reason)",
+                plugin=plugin.plugin,
+                distribution=plugin.distribution,
+            )
+        entry: dict[str, Any] = {
+            "name": spec.name,
+            "in": before,
+            "out": len(records),
+            "dropped": dict(tally.dropped),
+            "changed": dict(tally.changed),
+        }
         after_split = Counter(_split_of(r) for r in records)
-        entry["by_split"] = {split: {"in": n, "out": after_split.get(split, 0)}
-                             for split, n in sorted(before_split.items())}
+        entry["by_split"] = {
+            split: {"in": n, "out": after_split.get(split, 0)} for split, n in sorted(before_split.items())
+        }
         report.transforms.append(entry)
     return records
 
@@ -111,11 +138,15 @@ def data_notes(report: dict[str, Any]) -> list[str]:
     for t in report.get("transforms", []):
         counts = t.get("by_split", {}).get("eval")
         if counts and counts["out"] < counts["in"]:
-            notes.append(f"transform {t['name']!r} dropped {counts['in'] - counts['out']} of {counts['in']} records "
-                         "of the eval table(s) (split = 'eval')")
+            notes.append(
+                f"transform {t['name']!r} dropped {counts['in'] - counts['out']} of {counts['in']} records "
+                "of the eval table(s) (split = 'eval')"
+            )
     for name, cut in report.get("split", {}).get("cut_by_max_examples", {}).items():
-        notes.append(f"eval.max_examples = {cut['max_examples']} kept {cut['kept']} of the {cut['records']} records "
-                     f"of eval table {name!r}; raise eval.max_examples (or set it to nothing) to keep them all")
+        notes.append(
+            f"eval.max_examples = {cut['max_examples']} kept {cut['kept']} of the {cut['records']} records "
+            f"of eval table {name!r}; raise eval.max_examples (or set it to nothing) to keep them all"
+        )
     for stage, counts in report.get("encoding", {}).items():
         reasons = counts.get("reasons", {})
         dropped = counts.get("in", 0) - counts.get("out", 0)
@@ -123,13 +154,16 @@ def data_notes(report: dict[str, Any]) -> list[str]:
             why = ", ".join(f"{reason}: {n}" for reason, n in reasons.items() if reason != "truncated to max_length")
             notes.append(f"encoding dropped {dropped} of the {counts['in']} {stage} records ({why})")
         if stage == "eval" and reasons.get("truncated to max_length"):
-            notes.append(f"{reasons['truncated to max_length']} of the {counts['in']} eval records were truncated "
-                         "to trainer.max_length, so they are evaluated cut")
+            notes.append(
+                f"{reasons['truncated to max_length']} of the {counts['in']} eval records were truncated "
+                "to trainer.max_length, so they are evaluated cut"
+            )
     return notes
 
 
-def split_records(recipe: Recipe, records: list[InstructionRecord],
-                  report: DataReport) -> tuple[list[InstructionRecord], list[InstructionRecord]]:
+def split_records(
+    recipe: Recipe, records: list[InstructionRecord], report: DataReport
+) -> tuple[list[InstructionRecord], list[InstructionRecord]]:
     """Hold out ``eval.fraction`` of each source (seeded), then remove from training every record whose
     content equals a held-out one, so the eval split never leaks into training. Preference records are held out
     by prompt: every pair of a prompt lands on the same side (:func:`_by_prompt`)."""
@@ -183,15 +217,15 @@ def split_records(recipe: Recipe, records: list[InstructionRecord],
     return _mix(recipe, kept, rng, report), held
 
 
-def _by_prompt(group: list[InstructionRecord], n_eval: int,
-               rng: random.Random) -> tuple[list[InstructionRecord], int]:
+def _by_prompt(group: list[InstructionRecord], n_eval: int, rng: random.Random) -> tuple[list[InstructionRecord], int]:
     """The records of one source in a seeded order where the records of each prompt follow each other (a
     preference dataset often has several pairs per prompt), and how many of the first ones to hold out: whole
     prompts, about ``n_eval`` records, at least one prompt when ``n_eval`` > 0 and never every prompt."""
     prompts: dict[str, list[InstructionRecord]] = {}
     for record in group:
-        prompts.setdefault(record.prompt_key() if record.preference is not None else record.content_key(),
-                           []).append(record)
+        prompts.setdefault(record.prompt_key() if record.preference is not None else record.content_key(), []).append(
+            record
+        )
     units = list(prompts.values())
     rng.shuffle(units)
     ordered = [record for unit in units for record in unit]
@@ -202,17 +236,23 @@ def _by_prompt(group: list[InstructionRecord], n_eval: int,
     return ordered, held
 
 
-def _mix(recipe: Recipe, train: list[InstructionRecord], rng: random.Random,
-         report: DataReport) -> list[InstructionRecord]:
+def _mix(
+    recipe: Recipe, train: list[InstructionRecord], rng: random.Random, report: DataReport
+) -> list[InstructionRecord]:
     """Apply ``[mixture]`` (see ``ift.mixture``) to the training records; the eval split is already out, so
     upsampling never repeats a held-out record. Draws continue the split's seeded generator."""
     sizes: dict[str, int] = {d.source_name: 0 for d in recipe.data if d.split != "eval"}
     for record in train:
         sizes[record.source] = sizes.get(record.source, 0) + 1
     mixture = recipe.mixture
-    plan = plan_mixture(sizes, strategy=mixture.strategy or default_strategy(recipe.data),
-                        weights={d.source_name: d.weight for d in recipe.data}, temperature=mixture.temperature,
-                        cap=mixture.cap, total=mixture.total)
+    plan = plan_mixture(
+        sizes,
+        strategy=mixture.strategy or default_strategy(recipe.data),
+        weights={d.source_name: d.weight for d in recipe.data},
+        temperature=mixture.temperature,
+        cap=mixture.cap,
+        total=mixture.total,
+    )
     report.mixture = plan
     if plan.strategy == "concat":
         return train
@@ -223,10 +263,18 @@ def _mix(recipe: Recipe, train: list[InstructionRecord], rng: random.Random,
 ENCODE_BATCH = 512  # records rendered and tokenized per adapter call (ModelAdapter.encode_many)
 
 
-def encode_records(records: list[InstructionRecord], renderer: Renderer, adapter: ModelAdapter,
-                   tokenizer: Any, trainer_cfg: TrainerConfig, stage: str, report: DataReport, *,
-                   bad_records: dict[str, tuple[str, str | None]] | None = None,
-                   into: Path | None = None) -> tuple[Any, list[InstructionRecord]]:
+def encode_records(
+    records: list[InstructionRecord],
+    renderer: Renderer,
+    adapter: ModelAdapter,
+    tokenizer: Any,
+    trainer_cfg: TrainerConfig,
+    stage: str,
+    report: DataReport,
+    *,
+    bad_records: dict[str, tuple[str, str | None]] | None = None,
+    into: Path | None = None,
+) -> tuple[Any, list[InstructionRecord]]:
     """Render and tokenize (in batches, through :meth:`ModelAdapter.encode_many`); apply the length policy.
     Returns examples and the records they came from. The examples are a list, or with ``into`` an
     :class:`~ift.examples.ExampleTable` streamed into that folder (memory stays bounded).
@@ -245,12 +293,14 @@ def encode_records(records: list[InstructionRecord], renderer: Renderer, adapter
     tokens = trainable_total = count = 0
     for start in range(0, len(records), ENCODE_BATCH):
         chunk: list[tuple[InstructionRecord, list[list[Segment]]]] = []
-        for record in records[start:start + ENCODE_BATCH]:
+        for record in records[start : start + ENCODE_BATCH]:
             try:
                 if record.preference is not None:
                     if not adapter.supports_preference:
-                        raise DataError(f"model adapter {adapter.name!r} cannot encode preference records "
-                                        f"(record {record.id!r} of source {record.source!r}); use causal-lm")
+                        raise DataError(
+                            f"model adapter {adapter.name!r} cannot encode preference records "
+                            f"(record {record.id!r} of source {record.source!r}); use causal-lm"
+                        )
                     chunk.append((record, renderer.render_completions(record)))
                 else:
                     chunk.append((record, [renderer.render(record)]))
@@ -261,12 +311,17 @@ def encode_records(records: list[InstructionRecord], renderer: Renderer, adapter
                     continue
                 meta = record.metadata if isinstance(record.metadata, dict) else {}
                 line = meta.get("line") if path else None
-                raise DataError(f"source {record.source!r}, record {record.id!r}: {exc} (on_bad_rows = "
-                                "\"skip\" skips such records)", file=path,
-                                line=line if isinstance(line, int) else None) from None
+                raise DataError(
+                    f'source {record.source!r}, record {record.id!r}: {exc} (on_bad_rows = "skip" skips such records)',
+                    file=path,
+                    line=line if isinstance(line, int) else None,
+                ) from None
         # a preference record's completions are encoded as sequences of their own, then joined (_join)
-        encoded = iter(adapter.encode_many(tokenizer, [(record, segments) for record, renderings in chunk
-                                                       for segments in renderings]))
+        encoded = iter(
+            adapter.encode_many(
+                tokenizer, [(record, segments) for record, renderings in chunk for segments in renderings]
+            )
+        )
         for record, renderings in chunk:
             parts = [next(encoded) for _ in renderings]
             if any(part.straddling for part in parts):
@@ -295,17 +350,26 @@ def encode_records(records: list[InstructionRecord], renderer: Renderer, adapter
             counts["examples"] += 1
             counts["tokens"] += n
             counts["trainable_tokens"] += trainable
-    report.encoding[stage] = {"in": len(records), "out": count, "reasons": dict(reasons), "tokens": tokens,
-                              "trainable_tokens": trainable_total}
+    report.encoding[stage] = {
+        "in": len(records),
+        "out": count,
+        "reasons": dict(reasons),
+        "tokens": tokens,
+        "trainable_tokens": trainable_total,
+    }
     report.encoded_per_source[stage] = per_source
     if straddling:
         report.encoding[stage]["straddling"] = {
-            "tokens": sum(straddling.values()), "examples": len(straddling),
-            "by_example": dict(list(straddling.items())[:STRADDLE_LISTED])}
+            "tokens": sum(straddling.values()),
+            "examples": len(straddling),
+            "by_example": dict(list(straddling.items())[:STRADDLE_LISTED]),
+        }
     warnings = list(renderer.notices())
     if straddling:
-        warnings.append(f"{sum(straddling.values())} token(s) in {len(straddling)} example(s) begin in the prompt "
-                        "and reach into the answer; they are not trained (see docs/masks.md, 'straddling tokens')")
+        warnings.append(
+            f"{sum(straddling.values())} token(s) in {len(straddling)} example(s) begin in the prompt "
+            "and reach into the answer; they are not trained (see docs/masks.md, 'straddling tokens')"
+        )
     if warnings:
         report.encoding[stage]["warnings"] = warnings
     if writer is None:
@@ -313,8 +377,9 @@ def encode_records(records: list[InstructionRecord], renderer: Renderer, adapter
     return writer.close(), kept
 
 
-def _fit(adapter: ModelAdapter, parts: list[EncodedExample],
-         trainer_cfg: TrainerConfig) -> tuple[EncodedExample | None, str | None]:
+def _fit(
+    adapter: ModelAdapter, parts: list[EncodedExample], trainer_cfg: TrainerConfig
+) -> tuple[EncodedExample | None, str | None]:
     """The length policy on one example, or on each sequence of a pair, which is kept only whole (both sequences
     fit, or are cut, and keep trainable tokens)."""
     fitted, reasons = [], []
@@ -350,6 +415,6 @@ def stop_strings(renderer: Renderer, record: InstructionRecord) -> list[str]:
     """The text a renderer puts after an answer inside the trainable span (EOS, end-of-turn)."""
     trainable = [s.text for s in renderer.render(record) if s.trainable]
     if trainable and trainable[-1].startswith(record.answer):
-        suffix = trainable[-1][len(record.answer):].strip()
+        suffix = trainable[-1][len(record.answer) :].strip()
         return [suffix] if suffix else []
     return []

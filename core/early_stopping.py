@@ -54,8 +54,17 @@ class EarlyStopping:
     ``folder`` is the run's checkpoints folder; only the ``main`` process writes or deletes files there, every
     process keeps the same counts (the trainer gives them the same values)."""
 
-    def __init__(self, *, metric: str, higher_is_better: bool, patience: int, min_delta: float, keep_best: bool,
-                 folder: Path, main: bool) -> None:
+    def __init__(
+        self,
+        *,
+        metric: str,
+        higher_is_better: bool,
+        patience: int,
+        min_delta: float,
+        keep_best: bool,
+        folder: Path,
+        main: bool,
+    ) -> None:
         self.metric, self.higher_is_better = metric, higher_is_better
         self.patience, self.min_delta, self.keep_best = patience, min_delta, keep_best
         self.folder, self.main = folder, main
@@ -91,43 +100,70 @@ class EarlyStopping:
         stop = can_stop and self.patience > 0 and self.waited >= self.patience
         if stop:
             self.stopped_at = step
-        return {"metric": self.metric, "value": value, "improved": improved, "best_value": self.best_value,
-                "best_step": self.best_step, "evaluations_without_improvement": self.waited,
-                "patience": self.patience, "stop": stop}
+        return {
+            "metric": self.metric,
+            "value": value,
+            "improved": improved,
+            "best_value": self.best_value,
+            "best_step": self.best_step,
+            "evaluations_without_improvement": self.waited,
+            "patience": self.patience,
+            "stop": stop,
+        }
 
     def reason(self) -> str:
         """Why training stopped, for the run's output."""
-        return (f"early stopping at step {self.stopped_at}: {self.metric} did not improve by more than "
-                f"{self.min_delta:g} in {self.waited} evaluations (best {self.best_value} at step {self.best_step})")
+        return (
+            f"early stopping at step {self.stopped_at}: {self.metric} did not improve by more than "
+            f"{self.min_delta:g} in {self.waited} evaluations (best {self.best_value} at step {self.best_step})"
+        )
 
     def summary(self, *, final_step: int, restored: bool) -> dict[str, Any]:
         """What ``metrics.json`` records under ``train.early_stopping``."""
-        return {"metric": self.metric, "higher_is_better": self.higher_is_better, "patience": self.patience,
-                "min_delta": self.min_delta, "keep_best": self.keep_best, "evaluations": self.evaluations,
-                "best_step": self.best_step, "best_value": self.best_value,
-                "stopped_early": self.stopped_at is not None, "stopped_at_step": self.stopped_at,
-                "model_step": self.best_step if restored else final_step}
+        return {
+            "metric": self.metric,
+            "higher_is_better": self.higher_is_better,
+            "patience": self.patience,
+            "min_delta": self.min_delta,
+            "keep_best": self.keep_best,
+            "evaluations": self.evaluations,
+            "best_step": self.best_step,
+            "best_value": self.best_value,
+            "stopped_early": self.stopped_at is not None,
+            "stopped_at_step": self.stopped_at,
+            "model_step": self.best_step if restored else final_step,
+        }
 
     # --- position in checkpoints ---------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        return {"metric": self.metric, "best_value": self.best_value, "best_step": self.best_step,
-                "waited": self.waited, "evaluations": self.evaluations, "stopped_at": self.stopped_at}
+        return {
+            "metric": self.metric,
+            "best_value": self.best_value,
+            "best_step": self.best_step,
+            "waited": self.waited,
+            "evaluations": self.evaluations,
+            "stopped_at": self.stopped_at,
+        }
 
     def restore(self, state: dict[str, Any] | None, checkpoint: Path) -> None:
         """Continue from a checkpoint's state; its best weights must still be there."""
         if not state:
             return  # a checkpoint written before this run evaluated anything
         if state.get("metric") != self.metric:
-            raise ift.RunError(f"cannot resume from {checkpoint}: it tracked {state.get('metric')!r}, the recipe "
-                               f"tracks {self.metric!r} ({KEY})")
+            raise ift.RunError(
+                f"cannot resume from {checkpoint}: it tracked {state.get('metric')!r}, the recipe "
+                f"tracks {self.metric!r} ({KEY})"
+            )
         self.best_value, self.best_step = state["best_value"], state["best_step"]
         self.waited, self.evaluations, self.stopped_at = state["waited"], state["evaluations"], state["stopped_at"]
         if self.keep_best and self.best_step is not None:
             problem = verify(self.best_folder(self.best_step))
             if problem is not None:
-                raise ift.RunError(f"cannot resume from {checkpoint}: the best weights it refers to (step "
-                                   f"{self.best_step}) are unusable: {problem}")
+                raise ift.RunError(
+                    f"cannot resume from {checkpoint}: the best weights it refers to (step "
+                    f"{self.best_step}) are unusable: {problem}"
+                )
         if self.main:
             self.prune()
 
@@ -148,8 +184,11 @@ class EarlyStopping:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         weights = {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
-        save_file(weights, str(tmp / "weights.safetensors"), metadata={"step": str(step), "metric": self.metric,
-                                                                          "value": repr(self.best_value)})
+        save_file(
+            weights,
+            str(tmp / "weights.safetensors"),
+            metadata={"step": str(step), "metric": self.metric, "value": repr(self.best_value)},
+        )
         # A resumed run reaching the same step again writes the same weights: the older copy is replaced.
         commit_folder(tmp, final, {"format": 1, "step": step, "metric": self.metric, "value": self.best_value})
         self.prune()
@@ -204,4 +243,3 @@ def referenced_best_steps(folder: Path) -> set[int]:
 def _step_of(path: Path) -> int | None:
     digits = path.name.removeprefix(f"{PREFIX}step-")
     return int(digits) if digits.isdigit() else None
-

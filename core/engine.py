@@ -28,8 +28,19 @@ from ift.early_stopping import EarlyStopping, metric_direction
 from ift.errors import Preempted, Problem, RecipeError, RunError
 
 #: Public: plugins and builtin commands may import these names (see ift.PUBLIC_MODULES).
-__all__ = ["Callback", "LoopState", "OptimizerFactory", "SchedulerFactory", "TrainingConfig", "adamw",
-           "early_stopping_callback", "resolve_batching", "sequence_loader", "train", "warmup_then_decay"]
+__all__ = [
+    "Callback",
+    "LoopState",
+    "OptimizerFactory",
+    "SchedulerFactory",
+    "TrainingConfig",
+    "adamw",
+    "early_stopping_callback",
+    "resolve_batching",
+    "sequence_loader",
+    "train",
+    "warmup_then_decay",
+]
 
 if TYPE_CHECKING:
     from ift.components import ModelAdapter
@@ -53,20 +64,32 @@ class TrainingConfig(TrainerConfig):
     eval_every: int | None = Field(None, gt=0, description="Evaluate every N optimizer steps.")
     save_every: int | None = Field(None, gt=0, description="Checkpoint every N optimizer steps.")
     keep_last: int = Field(2, gt=0, description="Committed checkpoints to keep.")
-    skip_nonfinite_steps: int = Field(0, ge=0, description="Updates with a non-finite loss/gradient to skip "
-                                      "before stopping the run.")
+    skip_nonfinite_steps: int = Field(
+        0, ge=0, description="Updates with a non-finite loss/gradient to skip before stopping the run."
+    )
     shuffle: bool = Field(True, description="false: batches in data order (no length grouping either).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 autocast on a GPU that supports it, fp32 otherwise.")
+        "auto", description="auto: bf16 autocast on a GPU that supports it, fp32 otherwise."
+    )
     early_stopping_metric: str | None = Field(
-        None, description="Track this metric of the periodic evaluations (one of eval.metrics; needs eval_every): "
-                          "stop when it stops improving, keep the best weights. Its direction comes from the metric.")
-    early_stopping_patience: int = Field(3, ge=0, description="Evaluations in a row without improvement before "
-                                                             "stopping; 0: never stop, only keep the best weights.")
-    early_stopping_min_delta: float = Field(0.0, ge=0, description="Smallest change of the metric (in its own "
-                                                                   "units) that counts as an improvement.")
-    keep_best: bool = Field(True, description="The saved and finally evaluated model is the best evaluated one, "
-                                              "not the last (with early_stopping_metric).")
+        None,
+        description="Track this metric of the periodic evaluations (one of eval.metrics; needs eval_every): "
+        "stop when it stops improving, keep the best weights. Its direction comes from the metric.",
+    )
+    early_stopping_patience: int = Field(
+        3,
+        ge=0,
+        description="Evaluations in a row without improvement before "
+        "stopping; 0: never stop, only keep the best weights.",
+    )
+    early_stopping_min_delta: float = Field(
+        0.0, ge=0, description="Smallest change of the metric (in its own units) that counts as an improvement."
+    )
+    keep_best: bool = Field(
+        True,
+        description="The saved and finally evaluated model is the best evaluated one, "
+        "not the last (with early_stopping_metric).",
+    )
     _higher_is_better: bool | None = PrivateAttr(None)
 
     @field_validator("early_stopping_metric")
@@ -77,21 +100,26 @@ class TrainingConfig(TrainerConfig):
         if value is None:
             return value
         if "eval_every" in info.data and info.data["eval_every"] is None:
-            raise ValueError("needs trainer.eval_every: early stopping compares the periodic evaluations "
-                             "(e.g. eval_every = 50)")
+            raise ValueError(
+                "needs trainer.eval_every: early stopping compares the periodic evaluations (e.g. eval_every = 50)"
+            )
         section = (info.context or {}).get("eval")
         if section is not None and value not in section.metrics:
             computed = ", ".join(section.metrics) or "none"
-            raise ValueError(f"{value!r} is not computed by the evaluation{did_you_mean(value, section.metrics)}: "
-                             f"add it to eval.metrics (now: {computed})")
+            raise ValueError(
+                f"{value!r} is not computed by the evaluation{did_you_mean(value, section.metrics)}: "
+                f"add it to eval.metrics (now: {computed})"
+            )
         return value
 
     @field_validator("early_stopping_patience", "early_stopping_min_delta", "keep_best")
     @classmethod
     def _needs_metric(cls, value: Any, info: ValidationInfo) -> Any:
         if "early_stopping_metric" in info.data and info.data["early_stopping_metric"] is None:
-            raise ValueError("is used only with trainer.early_stopping_metric, which is not set "
-                             "(e.g. early_stopping_metric = \"loss\")")
+            raise ValueError(
+                "is used only with trainer.early_stopping_metric, which is not set "
+                '(e.g. early_stopping_metric = "loss")'
+            )
         return value
 
     @model_validator(mode="after")
@@ -124,17 +152,23 @@ def adamw(model: Any, config: TrainingConfig) -> Any:
 
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}],
-                             lr=config.learning_rate, betas=config.adam_betas)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.learning_rate,
+        betas=config.adam_betas,
+    )
 
 
 def warmup_then_decay(optimizer: Any, total_steps: int, config: TrainingConfig) -> Any:
     """The default schedule: linear warmup over ``warmup_ratio`` of the steps, then ``scheduler``'s decay."""
     from transformers import get_scheduler
 
-    return get_scheduler(config.scheduler, optimizer, num_warmup_steps=int(config.warmup_ratio * total_steps),
-                         num_training_steps=total_steps)
+    return get_scheduler(
+        config.scheduler,
+        optimizer,
+        num_warmup_steps=int(config.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
 
 
 def resolve_batching(requested: str, adapter: ModelAdapter, device: Any) -> str:
@@ -143,8 +177,14 @@ def resolve_batching(requested: str, adapter: ModelAdapter, device: Any) -> str:
     the little padding that length grouping leaves)."""
     if requested != "auto":
         if requested in ("padding-free", "packing") and not adapter.supports_packing:
-            raise RecipeError([Problem("trainer.batching", f"{requested!r} needs an adapter that supports packed "
-                                                           f"batches; {adapter.name!r} does not")])
+            raise RecipeError(
+                [
+                    Problem(
+                        "trainer.batching",
+                        f"{requested!r} needs an adapter that supports packed batches; {adapter.name!r} does not",
+                    )
+                ]
+            )
         return requested
     if adapter.supports_packing and getattr(device, "type", "cpu") == "cuda":
         return "padding-free"
@@ -166,16 +206,26 @@ def sequence_loader(ctx: TrainContext, config: TrainingConfig, mode: str) -> Any
     adapter, tokenizer = ctx.adapter, ctx.tokenizer
 
     def loader(dataset: Any, plan: BatchPlan, collate: Any) -> Any:
-        return DataLoader(dataset, batch_sampler=plan, collate_fn=collate,  # type: ignore[arg-type]
-                          generator=torch.Generator().manual_seed(ctx.seed))
+        return DataLoader(
+            dataset,
+            batch_sampler=plan,
+            collate_fn=collate,  # type: ignore[arg-type]
+            generator=torch.Generator().manual_seed(ctx.seed),
+        )
 
     def packed(rows: list[list[Any]]) -> dict[str, Any]:
-        return {**adapter.collate_packed(tokenizer, rows), "sources": [e.source for row in rows for e in row],
-                "tasks": [e.task for row in rows for e in row]}
+        return {
+            **adapter.collate_packed(tokenizer, rows),
+            "sources": [e.source for row in rows for e in row],
+            "tasks": [e.task for row in rows for e in row],
+        }
 
     def padded(batch: list[Any]) -> dict[str, Any]:
-        return {**adapter.collate(tokenizer, batch), "sources": [e.source for e in batch],
-                "tasks": [e.task for e in batch]}
+        return {
+            **adapter.collate(tokenizer, batch),
+            "sources": [e.source for e in batch],
+            "tasks": [e.task for e in batch],
+        }
 
     examples = ctx.train_examples
     lengths = example_lengths(examples)  # read from the table's offsets: no example is built here
@@ -183,17 +233,28 @@ def sequence_loader(ctx: TrainContext, config: TrainingConfig, mode: str) -> Any
         bins = PackedRows(examples, pack_best_fit_decreasing(lengths, config.max_length))
         plan = BatchPlan("padding", [1] * len(bins), config.batch_size, ctx.seed, config.shuffle)
         return loader(bins, plan, packed)
-    plan = BatchPlan("length-grouped" if mode == "length-grouped" else "padding", lengths, config.batch_size,
-                     ctx.seed, config.shuffle)
+    plan = BatchPlan(
+        "length-grouped" if mode == "length-grouped" else "padding",
+        lengths,
+        config.batch_size,
+        ctx.seed,
+        config.shuffle,
+    )
     if mode == "padding-free":
         return loader(examples, plan, lambda batch: packed([batch]))
     return loader(examples, plan, padded)
 
 
-def train(ctx: TrainContext, objective: Objective, config: TrainingConfig, *,
-          callbacks: Sequence[Callback] = (), optimizer: OptimizerFactory = adamw,
-          scheduler: SchedulerFactory = warmup_then_decay,
-          loader: Callable[[TrainContext, str], Any] | None = None) -> TrainResult:
+def train(
+    ctx: TrainContext,
+    objective: Objective,
+    config: TrainingConfig,
+    *,
+    callbacks: Sequence[Callback] = (),
+    optimizer: OptimizerFactory = adamw,
+    scheduler: SchedulerFactory = warmup_then_decay,
+    loader: Callable[[TrainContext, str], Any] | None = None,
+) -> TrainResult:
     """Train ``ctx.model`` on ``ctx.train_examples`` by minimising ``objective``, as ``config`` says.
 
     Batches come from the objective's own ``loader(ctx, mode)`` when it has one, else from ``loader(ctx, mode)``
@@ -208,9 +269,16 @@ RESERVED = frozenset({"loop", "meter", "seconds", "trainer"})
 
 
 class _Loop:
-    def __init__(self, ctx: TrainContext, objective: Objective, config: TrainingConfig,
-                 callbacks: list[Callback], optimizer: OptimizerFactory, scheduler: SchedulerFactory,
-                 loader: Callable[[TrainContext, str], Any] | None) -> None:
+    def __init__(
+        self,
+        ctx: TrainContext,
+        objective: Objective,
+        config: TrainingConfig,
+        callbacks: list[Callback],
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory,
+        loader: Callable[[TrainContext, str], Any] | None,
+    ) -> None:
         self.ctx, self.objective, self.cfg = ctx, objective, config
         self.make_optimizer, self.make_scheduler, self.given_loader = optimizer, scheduler, loader
         stopping = early_stopping_callback(ctx, config)
@@ -219,8 +287,10 @@ class _Loop:
         for name in names:
             if not name or name in RESERVED or names.count(name) > 1:
                 classes = ", ".join(type(c).__name__ for c in self.callbacks if c.name == name)
-                raise RunError(f"callback {name!r} ({classes}): every callback needs a name of its own, not one of "
-                               f"{', '.join(sorted(RESERVED))} (its state is kept under that name in checkpoints)")
+                raise RunError(
+                    f"callback {name!r} ({classes}): every callback needs a name of its own, not one of "
+                    f"{', '.join(sorted(RESERVED))} (its state is kept under that name in checkpoints)"
+                )
 
     def run(self) -> TrainResult:  # noqa: C901 - the loop, top to bottom
         import torch
@@ -239,8 +309,7 @@ class _Loop:
         precision = cfg.precision
         if precision == "auto":
             precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-        accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision,
-                                  cpu=device.type == "cpu")
+        accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=device.type == "cpu")
         objective.ctx, objective.training = ctx, cfg
         objective.setup(ctx, model)
         mode = resolve_batching(cfg.batching, ctx.adapter, device)
@@ -257,18 +326,34 @@ class _Loop:
         ctx.progress.total = total
         # every process lists the sources and tasks in the same order: the per-group totals are reduced
         # position-wise. Examples without a task count under no task (left out of the per-task figures).
-        meter = TrainMeter(accelerator, device, model, cfg.max_length,
-                           {"source": sorted(set(example_sources(ctx.train_examples))),
-                            "task": sorted({t for t in example_tasks(ctx.train_examples) if t is not None})})
+        meter = TrainMeter(
+            accelerator,
+            device,
+            model,
+            cfg.max_length,
+            {
+                "source": sorted(set(example_sources(ctx.train_examples))),
+                "task": sorted({t for t in example_tasks(ctx.train_examples) if t is not None}),
+            },
+        )
         loop = Position()
-        state = LoopState(loop, total, steps_per_epoch, model, optimizer, accelerator.is_main_process,
-                          accelerator=accelerator, progress=ctx.progress)
+        state = LoopState(
+            loop,
+            total,
+            steps_per_epoch,
+            model,
+            optimizer,
+            accelerator.is_main_process,
+            accelerator=accelerator,
+            progress=ctx.progress,
+        )
         trained_before = 0.0  # seconds trained before the checkpoint resumed from: the clock runs on from there
         if ctx.resume_from is not None:
             from ift.checkpoint import load_checkpoint
 
-            saved = load_checkpoint(ctx.resume_from, model=accelerator.unwrap_model(model), optimizer=optimizer,
-                                    scheduler=scheduler)
+            saved = load_checkpoint(
+                ctx.resume_from, model=accelerator.unwrap_model(model), optimizer=optimizer, scheduler=scheduler
+            )
             position = saved["position"]
             loop = state.position = Position(**position["loop"])
             trained_before = float(position.get("seconds", 0.0))
@@ -276,8 +361,10 @@ class _Loop:
             objective.load_state(position.get("trainer"))
             for callback in callbacks:
                 callback.load_state(position.get(callback.name))
-            ctx.progress.write(f"resumed from {ctx.resume_from.name}: step {loop.step}, epoch {loop.epoch}, "
-                               f"{loop.consumed} batches into the epoch")
+            ctx.progress.write(
+                f"resumed from {ctx.resume_from.name}: step {loop.step}, epoch {loop.epoch}, "
+                f"{loop.consumed} batches into the epoch"
+            )
 
         def checkpoint() -> None:
             from ift.checkpoint import rotate, save_checkpoint
@@ -289,9 +376,16 @@ class _Loop:
             if (own := objective.state()) is not None:
                 position["trainer"] = own
             position.update({c.name: s for c in callbacks if (s := c.state()) is not None})
-            save_checkpoint(ctx.checkpoint_dir, loop.step, model=accelerator.unwrap_model(model),
-                            optimizer=optimizer, scheduler=scheduler, position=position, identity=ctx.identity,
-                            before_commit=lambda _: faults.point(f"checkpoint-write-{loop.step}"))
+            save_checkpoint(
+                ctx.checkpoint_dir,
+                loop.step,
+                model=accelerator.unwrap_model(model),
+                optimizer=optimizer,
+                scheduler=scheduler,
+                position=position,
+                identity=ctx.identity,
+                before_commit=lambda _: faults.point(f"checkpoint-write-{loop.step}"),
+            )
             rotate(ctx.checkpoint_dir, cfg.keep_last)
             for callback in callbacks:
                 callback.on_checkpoint(state)
@@ -350,11 +444,14 @@ class _Loop:
                     for name, value in terms.figures.items():
                         step_terms[f"figure:{name}"] = step_terms.get(f"figure:{name}", 0.0) + float(value)
                     if penalty is not None:
-                        step_terms["peft_penalty"] = step_terms.get("peft_penalty", 0.0) + \
-                            float(penalty.detach()) * objective.units(batch)
+                        step_terms["peft_penalty"] = step_terms.get("peft_penalty", 0.0) + float(
+                            penalty.detach()
+                        ) * objective.units(batch)
                     split = terms.per_example
-                    if not (split is not None and meter.add_examples(step_groups, batch, split[0].detach(),
-                                                                     split[1].detach())):
+                    if not (
+                        split is not None
+                        and meter.add_examples(step_groups, batch, split[0].detach(), split[1].detach())
+                    ):
                         unsplit += 1
                     faults.point(f"micro-{loop.step + 1}-{i}")
                 grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf))
@@ -366,10 +463,13 @@ class _Loop:
                             f"non-finite {'loss' if not math.isfinite(step_loss) else 'gradient norm'} at step "
                             f"{loop.step + 1} (examples {', '.join(ids[:8])}{' ...' if len(ids) > 8 else ''}); "
                             "lower trainer.learning_rate, check these examples, or allow a few skips with "
-                            "trainer.skip_nonfinite_steps")
+                            "trainer.skip_nonfinite_steps"
+                        )
                     loop.skipped += 1  # the update is skipped; the data is consumed, the schedule moves on
-                    ctx.progress.write(f"step {loop.step + 1}: non-finite loss or gradient, update skipped "
-                                       f"({loop.skipped}/{cfg.skip_nonfinite_steps})")
+                    ctx.progress.write(
+                        f"step {loop.step + 1}: non-finite loss or gradient, update skipped "
+                        f"({loop.skipped}/{cfg.skip_nonfinite_steps})"
+                    )
                 else:
                     for batch in micro:
                         meter.add_batch(batch, objective.units(batch))
@@ -393,8 +493,9 @@ class _Loop:
                 for callback in callbacks:
                     extra.update(callback.on_step_end(state) or {})
                 if loop.step % cfg.log_every == 0 or loop.step == total or extra:
-                    last_event = meter.event(loop.step, round(loop.step / steps_per_epoch, 4),
-                                             scheduler.get_last_lr()[0], grad_norm, started)
+                    last_event = meter.event(
+                        loop.step, round(loop.step / steps_per_epoch, 4), scheduler.get_last_lr()[0], grad_norm, started
+                    )
                     last_event.update(extra)
                     state.last_event = last_event
                     ctx.log_step(last_event)
@@ -411,8 +512,10 @@ class _Loop:
                 faults.point(f"step-{loop.step}")
                 if ctx.should_stop():
                     checkpoint()
-                    raise Preempted(f"stopped by a signal at step {loop.step}; checkpoint saved, "
-                                    "continue with: ift run RECIPE --output-dir RUN_DIR --resume")
+                    raise Preempted(
+                        f"stopped by a signal at step {loop.step}; checkpoint saved, "
+                        "continue with: ift run RECIPE --output-dir RUN_DIR --resume"
+                    )
             else:
                 continue  # max steps reached inside the epoch
             if stop_reason is not None:
@@ -421,9 +524,14 @@ class _Loop:
             loop.consumed = 0
         model.eval()
         seconds = time.perf_counter() - started
-        summary = {"train_loss": last_event.get("loss"), "epochs": round(loop.step / steps_per_epoch, 4),
-                   "train_seconds": round(seconds, 2), "batching": mode, "skipped_nonfinite_steps": loop.skipped,
-                   **meter.totals(seconds)}
+        summary = {
+            "train_loss": last_event.get("loss"),
+            "epochs": round(loop.step / steps_per_epoch, 4),
+            "train_seconds": round(seconds, 2),
+            "batching": mode,
+            "skipped_nonfinite_steps": loop.skipped,
+            **meter.totals(seconds),
+        }
         if stop_reason is not None:
             summary["stopped"] = stop_reason
         for callback in callbacks:
@@ -439,8 +547,13 @@ def early_stopping_callback(ctx: TrainContext, cfg: TrainingConfig) -> EarlyStop
         return None
     if not cfg.eval_every:  # the recipe check catches this; a config built in code may not have been checked
         raise RecipeError([Problem("trainer.early_stopping_metric", "needs trainer.eval_every")])
-    tracker = EarlyStopping(metric=cfg.early_stopping_metric, higher_is_better=cfg.early_stopping_direction(),
-                            patience=cfg.early_stopping_patience, min_delta=cfg.early_stopping_min_delta,
-                            keep_best=cfg.keep_best, folder=ctx.checkpoint_dir or Path(ctx.run_dir) / "checkpoints",
-                            main=is_main_process())
+    tracker = EarlyStopping(
+        metric=cfg.early_stopping_metric,
+        higher_is_better=cfg.early_stopping_direction(),
+        patience=cfg.early_stopping_patience,
+        min_delta=cfg.early_stopping_min_delta,
+        keep_best=cfg.keep_best,
+        folder=ctx.checkpoint_dir or Path(ctx.run_dir) / "checkpoints",
+        main=is_main_process(),
+    )
     return EarlyStoppingCallback(tracker, resume_from=ctx.resume_from)

@@ -11,9 +11,24 @@ from dataclasses import dataclass
 from ift.redact import redact
 
 #: Public: plugins and builtin commands may import these names (see ift.PUBLIC_MODULES).
-__all__ = ["EXIT_BUG", "EXIT_DATA", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PLUGIN", "EXIT_PREEMPTED", "EXIT_RECIPE",
-           "EXIT_RUN", "DataError", "IftError", "PluginError", "Preempted", "Problem", "RecipeError",
-           "RunDirectoryInUse", "RunError"]
+__all__ = [
+    "EXIT_BUG",
+    "EXIT_DATA",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_PLUGIN",
+    "EXIT_PREEMPTED",
+    "EXIT_RECIPE",
+    "EXIT_RUN",
+    "DataError",
+    "IftError",
+    "PluginError",
+    "Preempted",
+    "Problem",
+    "RecipeError",
+    "RunDirectoryInUse",
+    "RunError",
+]
 
 # Exit codes, documented in the README. Click's own usage errors also exit with 2.
 EXIT_OK = 0
@@ -94,8 +109,9 @@ class PluginError(IftError):
 
     exit_code = EXIT_PLUGIN
 
-    def __init__(self, message: str, *, plugin: str | None = None, distribution: str | None = None,
-                 version: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, plugin: str | None = None, distribution: str | None = None, version: str | None = None
+    ) -> None:
         self.plugin = plugin
         self.distribution = distribution
         self.version = version

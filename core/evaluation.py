@@ -18,9 +18,20 @@ __all__ = ["Evaluator"]
 class Evaluator:
     """Callable as ``evaluator(model, stage)``; returns ``{"overall": {...}, "per_source": {...}}``."""
 
-    def __init__(self, *, adapter: ModelAdapter, tokenizer: Any, renderer: Renderer, metrics: list[Metric],
-                 records: list[InstructionRecord], examples: Sequence[EncodedExample], batch_size: int,
-                 max_new_tokens: int, stop: list[str], samples: int) -> None:
+    def __init__(
+        self,
+        *,
+        adapter: ModelAdapter,
+        tokenizer: Any,
+        renderer: Renderer,
+        metrics: list[Metric],
+        records: list[InstructionRecord],
+        examples: Sequence[EncodedExample],
+        batch_size: int,
+        max_new_tokens: int,
+        stop: list[str],
+        samples: int,
+    ) -> None:
         self.adapter, self.tokenizer, self.renderer = adapter, tokenizer, renderer
         self.metrics = metrics
         self.records, self.examples = records, examples
@@ -36,8 +47,14 @@ class Evaluator:
         predictions = [""] * len(self.records)
         if self.needs_generation:
             prompts = [self.renderer.prompt(r) for r in self.records]
-            predictions = self.adapter.generate(model, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens,
-                                                batch_size=self.batch_size, stop=self.stop)
+            predictions = self.adapter.generate(
+                model,
+                self.tokenizer,
+                prompts,
+                max_new_tokens=self.max_new_tokens,
+                batch_size=self.batch_size,
+                stop=self.stop,
+            )
             self.generations[stage] = predictions
         groups: dict[str, list[int]] = defaultdict(list)
         tasks: dict[str, list[int]] = defaultdict(list)
@@ -48,13 +65,15 @@ class Evaluator:
         total = (sum(v[0] for v in losses.values()), sum(v[1] for v in losses.values()))
         details: dict[str, Any] = {}
         result: dict[str, Any] = {"overall": self._compute(range(len(self.records)), predictions, total, details)}
-        result["per_source"] = {name: self._compute(idx, predictions, losses.get(name, (0.0, 0)))
-                                for name, idx in groups.items()}
+        result["per_source"] = {
+            name: self._compute(idx, predictions, losses.get(name, (0.0, 0))) for name, idx in groups.items()
+        }
         if tasks:
             # Loss is kept per source (batches never mix sources); a task's loss is not computed separately.
-            result["per_task"] = {name: {k: v for k, v in self._compute(idx, predictions, (0.0, 0)).items()
-                                         if k not in self.loss_metrics}
-                                  for name, idx in tasks.items()}
+            result["per_task"] = {
+                name: {k: v for k, v in self._compute(idx, predictions, (0.0, 0)).items() if k not in self.loss_metrics}
+                for name, idx in tasks.items()
+            }
         if details:
             result["details"] = details
         return result
@@ -63,12 +82,17 @@ class Evaluator:
     def loss_metrics(self) -> set[str]:
         return {m.name for m in self.metrics if m.needs == "loss"}
 
-    def _compute(self, indices: Any, predictions: list[str], loss: tuple[float, int],
-                 details: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _compute(
+        self, indices: Any, predictions: list[str], loss: tuple[float, int], details: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         idx = list(indices)
-        outputs = EvalOutputs(predictions=[predictions[i] for i in idx],
-                              references=[self.records[i].answer for i in idx],
-                              records=[self.records[i] for i in idx], loss_sum=loss[0], loss_tokens=loss[1])
+        outputs = EvalOutputs(
+            predictions=[predictions[i] for i in idx],
+            references=[self.records[i].answer for i in idx],
+            records=[self.records[i] for i in idx],
+            loss_sum=loss[0],
+            loss_tokens=loss[1],
+        )
         values = {}
         for metric in self.metrics:
             value = metric.compute(outputs)
@@ -99,7 +123,7 @@ class Evaluator:
                     group = sorted(group, key=lambda e: len(e.input_ids))  # less padding
                     total, count = 0.0, 0
                     for start in range(0, len(group), self.batch_size):
-                        batch = self.adapter.collate(self.tokenizer, group[start:start + self.batch_size])
+                        batch = self.adapter.collate(self.tokenizer, group[start : start + self.batch_size])
                         batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
                         loss_sum, n = self.adapter.loss_sum(model, batch)
                         total, count = total + float(loss_sum), count + int(n)
@@ -112,8 +136,10 @@ class Evaluator:
         """The sampled generations of every stage so far, as JSON (kept in the run directory, so that a resumed
         run still reports the generations of the stages evaluated before the interruption)."""
         n = min(self.samples, len(self.records))
-        return {"ids": [r.id for r in self.records[:n]],
-                "stages": {stage: predictions[:n] for stage, predictions in self.generations.items()}}
+        return {
+            "ids": [r.id for r in self.records[:n]],
+            "stages": {stage: predictions[:n] for stage, predictions in self.generations.items()},
+        }
 
     def restore_samples(self, saved: dict[str, Any], *, up_to_step: int) -> list[str]:
         """Take back :meth:`saved_samples` for the stages a resume does not repeat: the baseline and
@@ -124,8 +150,13 @@ class Evaluator:
             return []
         kept = []
         for stage, predictions in (saved.get("stages") or {}).items():
-            at = 0 if stage == "baseline" else int(stage[5:]) if stage.startswith("step-") and stage[5:].isdigit() \
+            at = (
+                0
+                if stage == "baseline"
+                else int(stage[5:])
+                if stage.startswith("step-") and stage[5:].isdigit()
                 else None
+            )
             if at is not None and at <= up_to_step and len(predictions) == n:
                 # only the sampled rows are kept; sample_rows reads no further
                 self.generations[stage] = list(predictions)
@@ -136,8 +167,12 @@ class Evaluator:
         """A few eval prompts with their reference and every stage's generation."""
         rows = []
         for i, record in enumerate(self.records[: self.samples]):
-            row = {"id": record.id, "source": record.source, "prompt": record.messages[-2].content
-                   if len(record.messages) > 1 else "", "reference": record.answer}
+            row = {
+                "id": record.id,
+                "source": record.source,
+                "prompt": record.messages[-2].content if len(record.messages) > 1 else "",
+                "reference": record.answer,
+            }
             for stage, predictions in self.generations.items():
                 row[stage] = predictions[i]
             rows.append(row)

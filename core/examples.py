@@ -27,19 +27,38 @@ from typing import Any, overload
 from ift.components import EncodedExample
 
 #: Column files of a table folder: name -> (array typecode of the writer, numpy dtype).
-COLUMNS = {"ids": ("i", "int32"), "labels": ("i", "int32"), "offsets": ("q", "int64"),
-           "label_offsets": ("q", "int64"), "source": ("i", "int32"), "task": ("i", "int32"),
-           "truncated": ("b", "int8"), "trainable": ("q", "int64"),
-           "rejected_ids": ("i", "int32"), "rejected_labels": ("i", "int32"), "rejected_offsets": ("q", "int64"),
-           "rejected_label_offsets": ("q", "int64"), "kind": ("b", "int8")}
+COLUMNS = {
+    "ids": ("i", "int32"),
+    "labels": ("i", "int32"),
+    "offsets": ("q", "int64"),
+    "label_offsets": ("q", "int64"),
+    "source": ("i", "int32"),
+    "task": ("i", "int32"),
+    "truncated": ("b", "int8"),
+    "trainable": ("q", "int64"),
+    "rejected_ids": ("i", "int32"),
+    "rejected_labels": ("i", "int32"),
+    "rejected_offsets": ("q", "int64"),
+    "rejected_label_offsets": ("q", "int64"),
+    "kind": ("b", "int8"),
+}
 KINDS = ("sequence", "pair", "desirable", "undesirable")  # the codes of the ``kind`` column
 _STREAMED = ("ids", "labels", "rejected_ids", "rejected_labels")  # written out as they fill
 FLUSH_TOKENS = 1 << 20  # token buffers are written out every ~4 MB
 
 
 #: Public: plugins and builtin commands may import these names (see ift.PUBLIC_MODULES).
-__all__ = ["ExampleTable", "PackedRows", "TableWriter", "kinds", "lengths", "rejected_lengths", "sources", "tasks",
-           "write_table"]
+__all__ = [
+    "ExampleTable",
+    "PackedRows",
+    "TableWriter",
+    "kinds",
+    "lengths",
+    "rejected_lengths",
+    "sources",
+    "tasks",
+    "write_table",
+]
 
 
 class ExampleTable(Sequence[EncodedExample]):
@@ -47,8 +66,9 @@ class ExampleTable(Sequence[EncodedExample]):
     1-d numpy array; ``source_names`` and ``task_names`` decode the ``source`` and ``task`` codes (task -1:
     no task)."""
 
-    def __init__(self, columns: dict[str, Any], *, source_names: list[str], task_names: list[str],
-                 record_ids: list[str]) -> None:
+    def __init__(
+        self, columns: dict[str, Any], *, source_names: list[str], task_names: list[str], record_ids: list[str]
+    ) -> None:
         self.columns = columns
         self.source_names, self.task_names, self.record_ids = source_names, task_names, record_ids
         #: sha256 of each column file (``name.bin`` -> hex), known when a :class:`TableWriter` wrote the table.
@@ -75,10 +95,14 @@ class ExampleTable(Sequence[EncodedExample]):
         a, b = int(c["offsets"][index]), int(c["offsets"][index + 1])
         la, lb = int(c["label_offsets"][index]), int(c["label_offsets"][index + 1])
         task = int(c["task"][index])
-        example = EncodedExample(c["ids"][a:b].tolist(), c["labels"][la:lb].tolist(),
-                                 self.source_names[int(c["source"][index])], self.record_ids[index],
-                                 truncated=bool(c["truncated"][index]),
-                                 task=self.task_names[task] if task >= 0 else None)
+        example = EncodedExample(
+            c["ids"][a:b].tolist(),
+            c["labels"][la:lb].tolist(),
+            self.source_names[int(c["source"][index])],
+            self.record_ids[index],
+            truncated=bool(c["truncated"][index]),
+            task=self.task_names[task] if task >= 0 else None,
+        )
         kind = KINDS[int(c["kind"][index])]
         if kind == "pair":
             ra, rb = int(c["rejected_offsets"][index]), int(c["rejected_offsets"][index + 1])
@@ -125,23 +149,40 @@ class ExampleTable(Sequence[EncodedExample]):
 
     def describe(self) -> dict[str, Any]:
         """What :meth:`open` needs besides the column files (plain JSON)."""
-        return {"examples": len(self), "tokens": int(self.columns["offsets"][-1]),
-                "label_tokens": int(self.columns["label_offsets"][-1]),
-                "rejected_tokens": int(self.columns["rejected_offsets"][-1]),
-                "rejected_label_tokens": int(self.columns["rejected_label_offsets"][-1]), "sources": self.source_names,
-                "tasks": self.task_names, "record_ids": self.record_ids}
+        return {
+            "examples": len(self),
+            "tokens": int(self.columns["offsets"][-1]),
+            "label_tokens": int(self.columns["label_offsets"][-1]),
+            "rejected_tokens": int(self.columns["rejected_offsets"][-1]),
+            "rejected_label_tokens": int(self.columns["rejected_label_offsets"][-1]),
+            "sources": self.source_names,
+            "tasks": self.task_names,
+            "record_ids": self.record_ids,
+        }
 
     @classmethod
     def open(cls, folder: Path, meta: dict[str, Any]) -> ExampleTable:
         """Map the column files of ``folder`` read-only; ``meta`` is what :meth:`describe` returned."""
         n, tokens, label_tokens = meta["examples"], meta["tokens"], meta["label_tokens"]
-        sizes = {"ids": tokens, "labels": label_tokens, "offsets": n + 1, "label_offsets": n + 1,
-                 "rejected_ids": meta["rejected_tokens"], "rejected_labels": meta["rejected_label_tokens"],
-                 "rejected_offsets": n + 1, "rejected_label_offsets": n + 1}
-        columns = {name: _map(folder / f"{name}.bin", dtype, sizes.get(name, n))
-                   for name, (_, dtype) in COLUMNS.items()}
-        return cls(columns, source_names=list(meta["sources"]), task_names=list(meta["tasks"]),
-                   record_ids=list(meta["record_ids"]))
+        sizes = {
+            "ids": tokens,
+            "labels": label_tokens,
+            "offsets": n + 1,
+            "label_offsets": n + 1,
+            "rejected_ids": meta["rejected_tokens"],
+            "rejected_labels": meta["rejected_label_tokens"],
+            "rejected_offsets": n + 1,
+            "rejected_label_offsets": n + 1,
+        }
+        columns = {
+            name: _map(folder / f"{name}.bin", dtype, sizes.get(name, n)) for name, (_, dtype) in COLUMNS.items()
+        }
+        return cls(
+            columns,
+            source_names=list(meta["sources"]),
+            task_names=list(meta["tasks"]),
+            record_ids=list(meta["record_ids"]),
+        )
 
 
 def _map(path: Path, dtype: str, count: int) -> Any:
@@ -182,8 +223,9 @@ class TableWriter:
         b["offsets"].append(self._tokens)
         b["label_offsets"].append(self._label_tokens)
         b["source"].append(self._source_codes.setdefault(example.source, len(self._source_codes)))
-        b["task"].append(-1 if example.task is None else self._task_codes.setdefault(example.task,
-                                                                                      len(self._task_codes)))
+        b["task"].append(
+            -1 if example.task is None else self._task_codes.setdefault(example.task, len(self._task_codes))
+        )
         b["truncated"].append(1 if example.truncated else 0)
         b["trainable"].append(example.trainable_tokens if trainable is None else trainable)
         b["kind"].append(KINDS.index(example.kind))
@@ -215,9 +257,16 @@ class TableWriter:
             data = self._buffers[name].tobytes()
             (self.folder / f"{name}.bin").write_bytes(data)
             self._digests[name].update(data)
-        meta = {"examples": len(self._record_ids), "tokens": self._tokens, "label_tokens": self._label_tokens,
-                "rejected_tokens": self._rejected_tokens, "rejected_label_tokens": self._rejected_label_tokens,
-                "sources": list(self._source_codes), "tasks": list(self._task_codes), "record_ids": self._record_ids}
+        meta = {
+            "examples": len(self._record_ids),
+            "tokens": self._tokens,
+            "label_tokens": self._label_tokens,
+            "rejected_tokens": self._rejected_tokens,
+            "rejected_label_tokens": self._rejected_label_tokens,
+            "sources": list(self._source_codes),
+            "tasks": list(self._task_codes),
+            "record_ids": self._record_ids,
+        }
         table = ExampleTable.open(self.folder, meta)
         table.digests = {f"{name}.bin": digest.hexdigest() for name, digest in self._digests.items()}
         return table

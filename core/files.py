@@ -18,6 +18,7 @@ def check_data_file(path: Path, what: str = "data file", context: str = "") -> N
     """Raise a :class:`DataError` naming ``path`` unless it is a readable regular file: missing, a broken
     symlink, a symlink loop, a directory, or something else (a FIFO, a device) each get their own words.
     ``context`` (e.g. ``"(source 'train')"``) is appended to the message."""
+
     def fail(message: str) -> DataError:
         return DataError(f"{message} {context}".rstrip(), file=str(path))
 
@@ -28,8 +29,9 @@ def check_data_file(path: Path, what: str = "data file", context: str = "") -> N
             raise fail(f"{what} is a symlink loop (the links point at each other)") from None
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             if path.is_symlink():
-                raise fail(f"{what} is a broken symlink (it points to {os.readlink(path)!r}, which does not "
-                                "exist)") from None
+                raise fail(
+                    f"{what} is a broken symlink (it points to {os.readlink(path)!r}, which does not exist)"
+                ) from None
             raise fail(f"{what} not found") from None
         raise fail(f"cannot read {what}: {exc.strerror}") from None
     if stat.S_ISDIR(mode):

@@ -107,20 +107,27 @@ def head_inputs(model: Any, inputs: dict[str, Any], positions: Any, *, length: i
         with torch.no_grad():
             first = seen[0].narrow(-2, 0, min(keep, seen[0].size(-2)))
             direct = head(first)
-            usable = len(seen) == 1 and seen[0].dim() == 3 and direct.shape == logits.shape and \
-                torch.allclose(direct.float(), logits.float(), rtol=1e-5, atol=1e-6)
+            usable = (
+                len(seen) == 1
+                and seen[0].dim() == 3
+                and direct.shape == logits.shape
+                and torch.allclose(direct.float(), logits.float(), rtol=1e-5, atol=1e-6)
+            )
         _PROBED[core] = (usable, int(logits.size(-1)))
         if not usable:  # logits changed after the head (soft-capping, a scale, a bias): the whole logits again
             logits = model(**inputs).logits
             return HeadInputs(None, None, _select(logits, positions, length), int(logits.size(-1)))
     elif len(seen) != 1:
-        raise RuntimeError(f"{type(core).__name__} called its output embeddings {len(seen)} times in one forward "
-                           "pass (once when checked)")
+        raise RuntimeError(
+            f"{type(core).__name__} called its output embeddings {len(seen)} times in one forward "
+            "pass (once when checked)"
+        )
     return HeadInputs(_select(seen[0], positions, length), head, None, _PROBED[core][1])
 
 
-def map_chunks(fn: Callable[..., Any], streams: Sequence[HeadInputs], extras: Sequence[Any] = (), *,
-               elements: int | None = None) -> tuple[Any, ...]:
+def map_chunks(
+    fn: Callable[..., Any], streams: Sequence[HeadInputs], extras: Sequence[Any] = (), *, elements: int | None = None
+) -> tuple[Any, ...]:
     """Apply ``fn(logits_1, ..., logits_k, extra_1, ...)`` to chunks of rows and concatenate its results.
 
     Each stream gives its float32 logits for the chunk's rows (the same rows of every stream: several models on
@@ -143,7 +150,7 @@ def map_chunks(fn: Callable[..., Any], streams: Sequence[HeadInputs], extras: Se
 
     pieces = []
     for start in range(0, max(n, 1), step):  # an empty selection still gives (empty) results with a graph
-        args = [s.rows[start:start + step] for s in streams] + [e[start:start + step] for e in extras]
+        args = [s.rows[start : start + step] for s in streams] + [e[start : start + step] for e in extras]
         if torch.is_grad_enabled() and any(s.chunked for s in streams):
             pieces.append(checkpoint(run, *args, use_reentrant=False))
         else:
@@ -155,8 +162,9 @@ def cross_entropy(states: HeadInputs, targets: Any, *, elements: int | None = No
     """Per-position cross-entropy (float32, one value per selected position) of ``targets`` (their ids)."""
     import torch.nn.functional as F
 
-    (losses,) = map_chunks(lambda logits, y: F.cross_entropy(logits, y, reduction="none"), [states], [targets],
-                           elements=elements)
+    (losses,) = map_chunks(
+        lambda logits, y: F.cross_entropy(logits, y, reduction="none"), [states], [targets], elements=elements
+    )
     return losses
 
 
@@ -179,8 +187,8 @@ def _unwrapped(model: Any) -> Any:
 def _select(per_position: Any, positions: Any, length: int) -> Any:
     """Rows of a ``[batch, sequence, d]`` tensor at the mask's positions, after dropping leading virtual
     positions so the last ``length`` are the input's."""
-    tail = per_position[:, per_position.size(1) - length:]
-    return tail[:, :positions.size(1)][positions]
+    tail = per_position[:, per_position.size(1) - length :]
+    return tail[:, : positions.size(1)][positions]
 
 
 def _output_embeddings(core: Any) -> Any:

@@ -117,8 +117,9 @@ class AttributedHooks:
         setattr(attributed, _MARK, True)
         return attributed
 
-    def _attributed_wrapper(self, function: Callable[..., Any], plugin: str, *,
-                            old_style: bool) -> Callable[..., Generator[Any, Any, Any]]:
+    def _attributed_wrapper(
+        self, function: Callable[..., Any], plugin: str, *, old_style: bool
+    ) -> Callable[..., Generator[Any, Any, Any]]:
         hooks = self
 
         @functools.wraps(function)
@@ -128,8 +129,9 @@ class AttributedHooks:
                 out = next(inner)
             except StopIteration:
                 code = inner.gi_code
-                error = RuntimeError(f"wrap_controller at {code.co_name!r} {code.co_filename}:"
-                                     f"{code.co_firstlineno} did not yield")
+                error = RuntimeError(
+                    f"wrap_controller at {code.co_name!r} {code.co_filename}:{code.co_firstlineno} did not yield"
+                )
                 hooks._note_raised(error, plugin)
                 raise error from None
             except BaseException as exc:

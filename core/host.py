@@ -47,10 +47,17 @@ _REGISTER_HOOKS = {
     "similarity_backend": "ift_register_similarity_backends",
     "peft_method": "ift_register_peft_methods",
 }
-KIND_LABELS = {"source": "source", "transform": "transform", "renderer": "template renderer",
-               "model_adapter": "model adapter", "trainer": "trainer", "objective": "training objective",
-               "metric": "metric",
-               "similarity_backend": "similarity backend", "peft_method": "PEFT method"}
+KIND_LABELS = {
+    "source": "source",
+    "transform": "transform",
+    "renderer": "template renderer",
+    "model_adapter": "model adapter",
+    "trainer": "trainer",
+    "objective": "training objective",
+    "metric": "metric",
+    "similarity_backend": "similarity backend",
+    "peft_method": "PEFT method",
+}
 
 
 @dataclass
@@ -122,8 +129,9 @@ class PluginHost:
     def _register(self, plugin: object, name: str, dist: str, version: str, origin: str) -> None:
         if name in self.plugins:
             other = self.plugins[name]
-            raise PluginError(f"a plugin named {name!r} is already loaded from {other.distribution}",
-                              plugin=name, distribution=dist)
+            raise PluginError(
+                f"a plugin named {name!r} is already loaded from {other.distribution}", plugin=name, distribution=dist
+            )
         try:
             self.pm.register(plugin, name=name)
         except pluggy.PluginValidationError as exc:
@@ -142,8 +150,7 @@ class PluginHost:
 
     def _explain_validation(self, plugin: object) -> str:
         known = [n for n in dir(hookspecs) if n.startswith("ift_")]
-        bad = [n for n in dir(plugin) if n.startswith("ift_") and n not in known
-               and callable(getattr(plugin, n))]
+        bad = [n for n in dir(plugin) if n.startswith("ift_") and n not in known and callable(getattr(plugin, n))]
         return "; ".join(f"unknown hook {n!r}{did_you_mean(n, known)}" for n in bad) or "invalid hook"
 
     def _unmarked_hooks(self, plugin: object) -> list[str]:
@@ -153,11 +160,13 @@ class PluginHost:
         out = []
         for attr in dir(plugin):
             value = getattr(plugin, attr, None)
-            if attr.startswith("ift_") and inspect.isroutine(value) and \
-                    self.pm.parse_hookimpl_opts(plugin, attr) is None:
+            if (
+                attr.startswith("ift_")
+                and inspect.isroutine(value)
+                and self.pm.parse_hookimpl_opts(plugin, attr) is None
+            ):
                 hint = "" if attr in known else f" (not a hook name either{did_you_mean(attr, known) or ''})"
-                out.append(f"{attr} is not marked with @ift.hookimpl, so it would never be called; decorate it"
-                           f"{hint}")
+                out.append(f"{attr} is not marked with @ift.hookimpl, so it would never be called; decorate it{hint}")
         return out
 
     def _load_entry_points(self) -> None:
@@ -178,8 +187,10 @@ class PluginHost:
             except Exception as exc:  # a broken plugin must not stop the others
                 message = f"{type(exc).__name__}: {exc}"
                 self.failures.append(PluginFailure(ep.name, dist, version, message, ep.value))
-                warnings.warn(f"plugin {ep.name!r} ({dist} {version}, entry point {ep.value}) failed to load: "
-                              f"{message}", stacklevel=2)
+                warnings.warn(
+                    f"plugin {ep.name!r} ({dist} {version}, entry point {ep.value}) failed to load: {message}",
+                    stacklevel=2,
+                )
 
     def load_local(self, path: Path) -> None:
         """Register a one-file plugin (a recipe's ``[plugins] local = [...]``)."""
@@ -231,7 +242,9 @@ class PluginHost:
                             f"{KIND_LABELS[kind]} name {name!r} is registered twice: by plugin "
                             f"{other.plugin!r} ({other.distribution} {other.version}) and by plugin "
                             f"{info.name!r} ({info.distribution} {info.version})",
-                            plugin=info.name, distribution=info.distribution)
+                            plugin=info.name,
+                            distribution=info.distribution,
+                        )
                     registry[kind][name] = Registered(cls, info.name, info.distribution, info.version)
                     info.registered.setdefault(kind, []).append(name)
         self._objective_trainers(registry)
@@ -245,16 +258,20 @@ class PluginHost:
             info = self.plugins.get(objective.plugin) or PluginInfo(objective.plugin, "?", "?", "?")
             if name in registry["trainer"]:
                 other = registry["trainer"][name]
-                raise PluginError(f"training objective {name!r} would also be a trainer of that name, but plugin "
-                                  f"{other.plugin!r} ({other.distribution} {other.version}) registers a trainer "
-                                  f"{name!r}", plugin=objective.plugin, distribution=objective.distribution)
+                raise PluginError(
+                    f"training objective {name!r} would also be a trainer of that name, but plugin "
+                    f"{other.plugin!r} ({other.distribution} {other.version}) registers a trainer "
+                    f"{name!r}",
+                    plugin=objective.plugin,
+                    distribution=objective.distribution,
+                )
             try:
                 trainer = objective_trainer(cast("type[Objective]", objective.cls))
             except ValueError as exc:
-                raise PluginError(f"ift_register_objectives: {exc}", plugin=objective.plugin,
-                                  distribution=objective.distribution) from None
-            registry["trainer"][name] = Registered(trainer, objective.plugin, objective.distribution,
-                                                   objective.version)
+                raise PluginError(
+                    f"ift_register_objectives: {exc}", plugin=objective.plugin, distribution=objective.distribution
+                ) from None
+            registry["trainer"][name] = Registered(trainer, objective.plugin, objective.distribution, objective.version)
             info.registered.setdefault("trainer", []).append(name)
 
     def _info(self, plugin_name: str) -> PluginInfo:
@@ -270,12 +287,13 @@ class PluginHost:
         except HookImplFailed as failed:
             info = self._info(failed.plugin)
             exc = failed.error
-            raise PluginError(f"{hook_name}() raised {type(exc).__name__}: {exc}",
-                              plugin=info.name, distribution=info.distribution) from exc
+            raise PluginError(
+                f"{hook_name}() raised {type(exc).__name__}: {exc}", plugin=info.name, distribution=info.distribution
+            ) from exc
         by_list = {id(r.value): r for r in returned if not r.wrapper}
         by_class: dict[Any, str] = {}
         for r in returned:
-            for part in ((r.snapshot,) if not r.wrapper else (r.value or ())):
+            for part in (r.snapshot,) if not r.wrapper else (r.value or ()):
                 for cls in part or ():
                     by_class.setdefault(cls, r.plugin)
         out: list[tuple[str, list[Any]]] = []
@@ -306,8 +324,7 @@ class PluginHost:
         elif kind == "peft_method" and not issubclass(config, PeftMethodConfig):
             problem = f"{cls.__name__}.Config must subclass ift.PeftMethodConfig"
         if problem:
-            raise PluginError(f"{_REGISTER_HOOKS[kind]}: {problem}", plugin=info.name,
-                              distribution=info.distribution)
+            raise PluginError(f"{_REGISTER_HOOKS[kind]}: {problem}", plugin=info.name, distribution=info.distribution)
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.registry[kind])
@@ -326,11 +343,15 @@ class PluginHost:
 
     def unknown_message(self, kind: str, name: str) -> str:
         choices = self.names(kind)
-        message = f"unknown {KIND_LABELS[kind]} {name!r}{did_you_mean(name, choices)}; " \
-                  f"available: {', '.join(choices) or 'none'}"
+        message = (
+            f"unknown {KIND_LABELS[kind]} {name!r}{did_you_mean(name, choices)}; "
+            f"available: {', '.join(choices) or 'none'}"
+        )
         for failure in self.failures:
-            message += (f"; plugin {failure.name!r} ({failure.distribution} {failure.version}, entry point "
-                        f"{failure.entry_point}) failed to load and may provide it: {failure.error}")
+            message += (
+                f"; plugin {failure.name!r} ({failure.distribution} {failure.version}, entry point "
+                f"{failure.entry_point}) failed to load and may provide it: {failure.error}"
+            )
         return message
 
     # --- typed facade over the remaining hooks -------------------------------------------------
@@ -347,13 +368,21 @@ class PluginHost:
             self.hooks.call(hook_name, **kwargs)
         except HookImplFailed as failed:
             info, exc = self.plugins.get(failed.plugin), failed.error
-            raise PluginError(f"{hook_name} ({where}) raised {type(exc).__name__}: {exc}",
-                              plugin=failed.plugin, distribution=info.distribution if info else None,
-                              version=info.version if info else None) from exc
+            raise PluginError(
+                f"{hook_name} ({where}) raised {type(exc).__name__}: {exc}",
+                plugin=failed.plugin,
+                distribution=info.distribution if info else None,
+                version=info.version if info else None,
+            ) from exc
 
     def data_prepared(self, run_dir: str, train_records: list[Any], eval_records: list[Any]) -> None:
-        self._observe("ift_data_prepared", "data prepared", run_dir=run_dir, train_records=train_records,
-                      eval_records=eval_records)
+        self._observe(
+            "ift_data_prepared",
+            "data prepared",
+            run_dir=run_dir,
+            train_records=train_records,
+            eval_records=eval_records,
+        )
 
     def run_start(self, run_dir: str, resolved: dict[str, Any]) -> None:
         self._observe("ift_run_start", "run start", run_dir=run_dir, resolved=resolved)
@@ -404,9 +433,17 @@ class PluginHost:
     def describe(self) -> list[dict[str, Any]]:
         """Loaded plugins for ``ift plugins`` and the manifest."""
         _ = self.registry
-        return [{"name": p.name, "distribution": p.distribution, "version": p.version,
-                 "origin": p.origin, "registered": p.registered, **({"sha256": p.fingerprint} if p.fingerprint else {})}
-                for p in self.plugins.values()]
+        return [
+            {
+                "name": p.name,
+                "distribution": p.distribution,
+                "version": p.version,
+                "origin": p.origin,
+                "registered": p.registered,
+                **({"sha256": p.fingerprint} if p.fingerprint else {}),
+            }
+            for p in self.plugins.values()
+        ]
 
 
 def _version(dist: str) -> str:

@@ -21,8 +21,9 @@ class TrainMeter:
     travels in the same reduction as the other totals of a logged step, so data parallelism costs one collective
     per event however many groups there are."""
 
-    def __init__(self, accelerator: Any, device: Any, model: Any, max_length: int,
-                 groups: dict[str, list[str]]) -> None:
+    def __init__(
+        self, accelerator: Any, device: Any, model: Any, max_length: int, groups: dict[str, list[str]]
+    ) -> None:
         self.accelerator, self.device = accelerator, device
         self.peak_flops = gpu_peak_flops(device)
         self.adapters = any(not p.requires_grad for p in model.parameters())
@@ -36,8 +37,16 @@ class TrainMeter:
                 self.width += len(names)
         # over the whole run: by_group is [summed loss, loss tokens] per column; split is false once a trained
         # micro-batch came without a per-example breakdown (per-group figures are then left out)
-        self.all: dict[str, Any] = {"real": 0, "supervised": 0, "slots": 0, "wait": 0.0, "loss": 0.0, "units": 0,
-                                    "by_group": [[0.0, 0.0] for _ in range(self.width)], "split": True}
+        self.all: dict[str, Any] = {
+            "real": 0,
+            "supervised": 0,
+            "slots": 0,
+            "wait": 0.0,
+            "loss": 0.0,
+            "units": 0,
+            "by_group": [[0.0, 0.0] for _ in range(self.width)],
+            "split": True,
+        }
         self._reset()
 
     def _reset(self) -> None:
@@ -53,9 +62,14 @@ class TrainMeter:
         return torch.zeros((2, self.width), dtype=torch.float64, device=self.accelerator.device)
 
     def state(self) -> dict[str, Any]:
-        return {"window": [self.loss, self.real, self.supervised, self.slots, self.examples], "all": self.all,
-                "by_group": self.by_group.tolist(), "unsplit": self.unsplit, "units": self.units,
-                "terms": self.terms}
+        return {
+            "window": [self.loss, self.real, self.supervised, self.slots, self.examples],
+            "all": self.all,
+            "by_group": self.by_group.tolist(),
+            "unsplit": self.unsplit,
+            "units": self.units,
+            "terms": self.terms,
+        }
 
     def restore(self, state: dict[str, Any]) -> None:
         import torch
@@ -72,8 +86,9 @@ class TrainMeter:
             window, saved["by_group"] = state["by_source"], old
         self.all = {**self.all, **saved}
         if window is not None:
-            self.by_group = torch.tensor(window, dtype=torch.float64,
-                                         device=self.accelerator.device).reshape(2, self.width)
+            self.by_group = torch.tensor(window, dtype=torch.float64, device=self.accelerator.device).reshape(
+                2, self.width
+            )
             self.unsplit = state["unsplit"]
         else:  # a checkpoint from before per-source (or, with tasks, per-task) loss was kept
             self.all["split"], self.unsplit = False, 1
@@ -127,44 +142,70 @@ class TrainMeter:
         out: dict[str, Any] = {}
         for key, column_of in self.columns.items():
             out[f"loss_by_{key}"] = {name: sums[c] / counts[c] for name, c in column_of.items() if counts[c] > 0}
-            out[f"trainable_tokens_by_{key}"] = {name: int(counts[c]) for name, c in column_of.items()
-                                                 if counts[c] > 0}
+            out[f"trainable_tokens_by_{key}"] = {name: int(counts[c]) for name, c in column_of.items() if counts[c] > 0}
         return out
 
     def event(self, step: int, epoch: float, lr: float, grad_norm: float | None, started: float) -> dict[str, Any]:
         import torch
 
         names = sorted(self.terms)  # every process runs the same objective: the same terms, in this order
-        totals = torch.tensor([self.loss, self.supervised, self.real, self.slots, self.examples, self.unsplit,
-                               self.units, *(self.terms[n] for n in names)],
-                              dtype=torch.float64, device=self.accelerator.device)
+        totals = torch.tensor(
+            [
+                self.loss,
+                self.supervised,
+                self.real,
+                self.slots,
+                self.examples,
+                self.unsplit,
+                self.units,
+                *(self.terms[n] for n in names),
+            ],
+            dtype=torch.float64,
+            device=self.accelerator.device,
+        )
         reduced = self.accelerator.reduce(torch.cat([totals, self.by_group.flatten()]), reduction="sum").tolist()
         loss_sum, supervised, real, slots, examples, unsplit, units = reduced[:7]
-        terms = dict(zip(names, reduced[7:7 + len(names)], strict=True))
-        reduced = reduced[7 + len(names):]
-        by_group = [reduced[:self.width], reduced[self.width:]]
+        terms = dict(zip(names, reduced[7 : 7 + len(names)], strict=True))
+        reduced = reduced[7 + len(names) :]
+        by_group = [reduced[: self.width], reduced[self.width :]]
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         peak, kind = peak_memory_bytes(self.device)
-        event = {"step": step, "epoch": epoch, "loss": loss_sum / max(units, 1), "learning_rate": lr,
-                 "tokens": int(real), "trainable_tokens": int(supervised),
-                 "tokens_per_s": round(real / elapsed, 1), "supervised_tokens_per_s": round(supervised / elapsed, 1),
-                 "padding_fraction": round(1 - real / max(slots, 1), 4),
-                 "data_wait_fraction": round(min(self.wait / elapsed, 1.0), 4), "grad_norm": grad_norm,
-                 "peak_memory_mb": round(peak / 2**20, 1), "memory": kind,
-                 "elapsed_s": round(time.perf_counter() - started, 2)}
+        event = {
+            "step": step,
+            "epoch": epoch,
+            "loss": loss_sum / max(units, 1),
+            "learning_rate": lr,
+            "tokens": int(real),
+            "trainable_tokens": int(supervised),
+            "tokens_per_s": round(real / elapsed, 1),
+            "supervised_tokens_per_s": round(supervised / elapsed, 1),
+            "padding_fraction": round(1 - real / max(slots, 1), 4),
+            "data_wait_fraction": round(min(self.wait / elapsed, 1.0), 4),
+            "grad_norm": grad_norm,
+            "peak_memory_mb": round(peak / 2**20, 1),
+            "memory": kind,
+            "elapsed_s": round(time.perf_counter() - started, 2),
+        }
         if unsplit == 0:
             event.update(self.figures(*by_group))
         trained = {n: v / max(units, 1) for n, v in terms.items() if not n.startswith("figure:")}
         if trained:
             event["loss_terms"] = trained
-        event.update({n.removeprefix("figure:"): v / max(units, 1) for n, v in terms.items()
-                      if n.startswith("figure:")})
+        event.update(
+            {n.removeprefix("figure:"): v / max(units, 1) for n, v in terms.items() if n.startswith("figure:")}
+        )
         if self.peak_flops:
             mean_length = real / max(examples, 1)  # each token attends within its own example
             flops = flops_per_token(self.model, self.adapters, mean_length) * real
             event["mfu"] = round(flops / elapsed / (self.peak_flops * self.accelerator.num_processes), 4)
-        for key, value in (("real", real), ("supervised", supervised), ("slots", slots), ("wait", self.wait),
-                           ("loss", loss_sum), ("units", units)):
+        for key, value in (
+            ("real", real),
+            ("supervised", supervised),
+            ("slots", slots),
+            ("wait", self.wait),
+            ("loss", loss_sum),
+            ("units", units),
+        ):
             self.all[key] += value
         for column, whole in enumerate(self.all["by_group"]):
             whole[0] += by_group[0][column]
@@ -175,12 +216,16 @@ class TrainMeter:
 
     def totals(self, seconds: float) -> dict[str, Any]:
         peak, kind = peak_memory_bytes(self.device)
-        out = {"tokens": int(self.all["real"]), "trainable_tokens": int(self.all["supervised"]),
-               "mean_loss": self.all["loss"] / max(self.all["units"], 1),
-               "tokens_per_s": round(self.all["real"] / max(seconds, 1e-9), 1),
-               "padding_fraction": round(1 - self.all["real"] / max(self.all["slots"], 1), 4),
-               "data_wait_fraction": round(self.all["wait"] / max(seconds, 1e-9), 4),
-               "peak_memory_mb": round(peak / 2**20, 1), "memory": kind}
+        out = {
+            "tokens": int(self.all["real"]),
+            "trainable_tokens": int(self.all["supervised"]),
+            "mean_loss": self.all["loss"] / max(self.all["units"], 1),
+            "tokens_per_s": round(self.all["real"] / max(seconds, 1e-9), 1),
+            "padding_fraction": round(1 - self.all["real"] / max(self.all["slots"], 1), 4),
+            "data_wait_fraction": round(self.all["wait"] / max(seconds, 1e-9), 4),
+            "peak_memory_mb": round(peak / 2**20, 1),
+            "memory": kind,
+        }
         if self.all["split"]:
             # token-weighted mean over every logged step of the run, like mean_loss
             out.update(self.figures([s for s, _ in self.all["by_group"]], [n for _, n in self.all["by_group"]]))

@@ -38,10 +38,10 @@ STRATEGIES = ("concat", "proportional", "weighted", "temperature")
 RULES = {
     "concat": "examples_i = n_i (every training record once)",
     "proportional": "share_i = min(n_i, cap) / sum_j min(n_j, cap); examples_i = total * share_i "
-                    "(largest-remainder rounding; total defaults to sum_j min(n_j, cap))",
+    "(largest-remainder rounding; total defaults to sum_j min(n_j, cap))",
     "weighted": "examples_i = min(round(weight_i * n_i), cap)",
     "temperature": "share_i = min(n_i, cap)^(1/T) / sum_j min(n_j, cap)^(1/T); examples_i = total * share_i "
-                   "(largest-remainder rounding; total defaults to sum_j min(n_j, cap))",
+    "(largest-remainder rounding; total defaults to sum_j min(n_j, cap))",
 }
 
 
@@ -103,9 +103,15 @@ def _rate_weights(sizes: list[int], temperature: float) -> list[Fraction]:
     return [Fraction((s / largest) ** exponent) if s > 0 else Fraction(0) for s in sizes]
 
 
-def plan_mixture(sizes: dict[str, int], *, strategy: str, weights: dict[str, float] | None = None,
-                 temperature: float | None = None, cap: int | None = None,
-                 total: int | None = None) -> MixturePlan:
+def plan_mixture(
+    sizes: dict[str, int],
+    *,
+    strategy: str,
+    weights: dict[str, float] | None = None,
+    temperature: float | None = None,
+    cap: int | None = None,
+    total: int | None = None,
+) -> MixturePlan:
     """How many examples each source contributes; ``sizes`` are training records per source, in recipe order."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown mixture strategy {strategy!r}; strategies are {', '.join(STRATEGIES)}")
@@ -124,9 +130,16 @@ def plan_mixture(sizes: dict[str, int], *, strategy: str, weights: dict[str, flo
             counts = [round(wi * ni) for wi, ni in zip(w, n, strict=True)]
             counts = counts if cap is None else [min(c, cap) for c in counts]
         planned = sum(counts)
-        return MixturePlan(strategy, None, cap, planned, [
-            SourcePlan(name, ni, wi, eff, (c / planned) if planned else 0.0, eff, c)
-            for name, ni, wi, eff, c in zip(names, n, w, effective, counts, strict=True)])
+        return MixturePlan(
+            strategy,
+            None,
+            cap,
+            planned,
+            [
+                SourcePlan(name, ni, wi, eff, (c / planned) if planned else 0.0, eff, c)
+                for name, ni, wi, eff, c in zip(names, n, w, effective, counts, strict=True)
+            ],
+        )
 
     if strategy == "temperature" and (temperature is None or temperature <= 0):
         raise ValueError(f"the temperature strategy needs a temperature > 0 (got {temperature!r})")
@@ -135,14 +148,28 @@ def plan_mixture(sizes: dict[str, int], *, strategy: str, weights: dict[str, flo
     rates = _rate_weights(capped, 1.0 if strategy == "proportional" or temperature is None else float(temperature))
     denominator = sum(rates, Fraction(0))
     if denominator == 0:
-        return MixturePlan(strategy, temperature, cap, 0, [
-            SourcePlan(name, ni, wi, float(c), 0.0, 0.0, 0) for name, ni, wi, c in zip(names, n, w, capped,
-                                                                                          strict=True)])
+        return MixturePlan(
+            strategy,
+            temperature,
+            cap,
+            0,
+            [
+                SourcePlan(name, ni, wi, float(c), 0.0, 0.0, 0)
+                for name, ni, wi, c in zip(names, n, w, capped, strict=True)
+            ],
+        )
     quotas = [budget * r / denominator for r in rates]
     counts = largest_remainder(quotas, budget)
-    return MixturePlan(strategy, temperature if strategy == "temperature" else None, cap, budget, [
-        SourcePlan(name, ni, wi, float(c), float(r / denominator), float(q), k)
-        for name, ni, wi, c, r, q, k in zip(names, n, w, capped, rates, quotas, counts, strict=True)])
+    return MixturePlan(
+        strategy,
+        temperature if strategy == "temperature" else None,
+        cap,
+        budget,
+        [
+            SourcePlan(name, ni, wi, float(c), float(r / denominator), float(q), k)
+            for name, ni, wi, c, r, q, k in zip(names, n, w, capped, rates, quotas, counts, strict=True)
+        ],
+    )
 
 
 def mix(records: list[InstructionRecord], plan: MixturePlan, rng: random.Random) -> list[InstructionRecord]:
@@ -171,10 +198,15 @@ def describe(plan: MixturePlan, encoded: dict[str, dict[str, int]] | None) -> di
     ``trainable_token_share`` is each source's part of the tokens the loss is taken on."""
     sources: dict[str, dict[str, Any]] = {}
     for s in plan.sources:
-        entry: dict[str, Any] = {"records": s.records, "weight": s.weight,
-                                 "effective_size": _round(s.effective_size), "target_share": _round(s.share),
-                                 "target_examples": _round(s.target), "planned_examples": s.examples,
-                                 "unique_records": min(s.examples, s.records)}
+        entry: dict[str, Any] = {
+            "records": s.records,
+            "weight": s.weight,
+            "effective_size": _round(s.effective_size),
+            "target_share": _round(s.share),
+            "target_examples": _round(s.target),
+            "planned_examples": s.examples,
+            "unique_records": min(s.examples, s.records),
+        }
         sources[s.name] = entry
     if encoded is not None:
         total_examples = sum(e.get("examples", 0) for e in encoded.values())
@@ -182,13 +214,26 @@ def describe(plan: MixturePlan, encoded: dict[str, dict[str, int]] | None) -> di
         for name, entry in sources.items():
             got = encoded.get(name, {})
             examples = got.get("examples", 0)
-            entry.update({"examples": examples, "dropped_while_encoding": entry["planned_examples"] - examples,
-                          "tokens": got.get("tokens", 0), "trainable_tokens": got.get("trainable_tokens", 0),
-                          "example_share": _round(examples / total_examples) if total_examples else 0.0,
-                          "trainable_token_share": _round(got.get("trainable_tokens", 0) / total_trainable)
-                          if total_trainable else 0.0})
-    return {"strategy": plan.strategy, "temperature": plan.temperature, "cap": plan.cap,
-            "rule": RULES[plan.strategy], "epoch_examples": plan.total, "sources": sources}
+            entry.update(
+                {
+                    "examples": examples,
+                    "dropped_while_encoding": entry["planned_examples"] - examples,
+                    "tokens": got.get("tokens", 0),
+                    "trainable_tokens": got.get("trainable_tokens", 0),
+                    "example_share": _round(examples / total_examples) if total_examples else 0.0,
+                    "trainable_token_share": _round(got.get("trainable_tokens", 0) / total_trainable)
+                    if total_trainable
+                    else 0.0,
+                }
+            )
+    return {
+        "strategy": plan.strategy,
+        "temperature": plan.temperature,
+        "cap": plan.cap,
+        "rule": RULES[plan.strategy],
+        "epoch_examples": plan.total,
+        "sources": sources,
+    }
 
 
 def _round(value: float) -> float:

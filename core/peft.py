@@ -53,8 +53,17 @@ class PeftMethod(Component):
         # be applied to this model", which apply_peft reports at the recipe key.
         provider = config.provided_by() if isinstance(config, PeftMethodConfig) else None
         if provider is not None and origin_of(config) is None:
-            set_origin(config, Origin(provider["plugin"], provider["distribution"], provider["version"],
-                                      "PEFT method", getattr(config, "method", self.name), "model.peft"))
+            set_origin(
+                config,
+                Origin(
+                    provider["plugin"],
+                    provider["distribution"],
+                    provider["version"],
+                    "PEFT method",
+                    getattr(config, "method", self.name),
+                    "model.peft",
+                ),
+            )
         super().__init__(config)
 
     #: A short human name ("LoRA"), used in messages; defaults to ``name``.
@@ -71,7 +80,8 @@ class PeftMethod(Component):
     def describe(self) -> str:
         """One line for the manifest and the run's console output."""
         return f"{self.label or self.name}: " + ", ".join(
-            f"{k}={v}" for k, v in self.config.model_dump().items() if k != "method")
+            f"{k}={v}" for k, v in self.config.model_dump().items() if k != "method"
+        )
 
     def check(self, model: Any, task_type: str, head: list[str]) -> None:
         """Refuse a model the method cannot be applied to (raise :class:`ift.RecipeError` naming

@@ -45,8 +45,18 @@ from ift.training import TrainContext
 
 #: The sampled generations of each stage evaluated so far; a resume takes back those it does not repeat.
 SAMPLES_FILE = "samples.json"
-PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "tokenizers", "pluggy", "jinja2",
-            "scikit-learn", "pydantic")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "datasets",
+    "accelerate",
+    "tokenizers",
+    "pluggy",
+    "jinja2",
+    "scikit-learn",
+    "pydantic",
+)
 
 
 def default_output_dir(recipe: Recipe) -> Path:
@@ -58,16 +68,25 @@ def default_output_dir(recipe: Recipe) -> Path:
 
 
 def make_renderer(recipe: Recipe, host: PluginHost) -> Any:
-    return recipe.template.cls(recipe.template.config, base_dir=recipe.base_dir,
-                               prepare_jinja_env=host.prepare_jinja_env)
+    return recipe.template.cls(
+        recipe.template.config, base_dir=recipe.base_dir, prepare_jinja_env=host.prepare_jinja_env
+    )
 
 
 class Run:
     """Holds the stages' results so the CLI can print them; ``execute()`` does the work."""
 
-    def __init__(self, recipe: Recipe, host: PluginHost, output_dir: Path, *, echo: Any = print,
-                 interactive: bool | None = None, resume: str | None = None,
-                 make_progress: Callable[[], Progress] | None = None) -> None:
+    def __init__(
+        self,
+        recipe: Recipe,
+        host: PluginHost,
+        output_dir: Path,
+        *,
+        echo: Any = print,
+        interactive: bool | None = None,
+        resume: str | None = None,
+        make_progress: Callable[[], Progress] | None = None,
+    ) -> None:
         self.recipe, self.host, self.output_dir = recipe, host, output_dir
         self.resume = resume
         self._make_progress = make_progress  # the Python API's progress view (stdout, a notebook's); else stderr's
@@ -129,8 +148,9 @@ class Run:
         if self.resume and old_manifest.is_file():
             # keep the original recipe files: the checkpoint's identity check decides if this is the same run
             self.manifest = json.loads(old_manifest.read_text())
-            self.manifest.setdefault("resumes", []).append({"at": time.time(), "command": [redact(a) for a in sys.argv],
-                                                            "overrides": recipe.overrides})
+            self.manifest.setdefault("resumes", []).append(
+                {"at": time.time(), "command": [redact(a) for a in sys.argv], "overrides": recipe.overrides}
+            )
             return
         rundir.write_text("recipe.toml", recipe.text)
         rundir.write_json("resolved.json", recipe.resolved())
@@ -141,11 +161,17 @@ class Run:
             if source.is_file():  # a missing file is reported when the renderer is built
                 rundir.write_text(f"template/{source.name}", source.read_text(encoding="utf-8"))
         self.manifest = {
-            "ift": _version("ift"), "hook_api": _hook_api(), "python": platform.python_version(),
-            "platform": platform.platform(), "command": [redact(a) for a in sys.argv], "seed": recipe.run.seed,
+            "ift": _version("ift"),
+            "hook_api": _hook_api(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "command": [redact(a) for a in sys.argv],
+            "seed": recipe.run.seed,
             "data_seed": recipe.run.order_seed,
-            "packages": {p: _version(p) for p in PACKAGES}, "plugins": self.host.describe(),
-            "git": _git_sha(recipe.base_dir), "started": rundir.started,
+            "packages": {p: _version(p) for p in PACKAGES},
+            "plugins": self.host.describe(),
+            "git": _git_sha(recipe.base_dir),
+            "started": rundir.started,
         }
         rundir.write_json("manifest.json", self.manifest)
 
@@ -172,8 +198,9 @@ class Run:
         train_records, eval_records = split_records(recipe, records, report)
         self.manifest["data"] = report.to_dict()
         if not train_records:
-            raise DataError("no training examples are left after filtering and the eval split "
-                            f"(counts: {report.to_dict()})")
+            raise DataError(
+                f"no training examples are left after filtering and the eval split (counts: {report.to_dict()})"
+            )
         self._fresh_records = (train_records, eval_records)  # reported after training, off the critical path
         trainer_cfg = recipe.trainer_config
         # before encoding: e.g. a classifier's label set and the input length its generation cuts prompts to
@@ -184,20 +211,38 @@ class Run:
         folder = cache.begin(key) if caching and key is not None else Path(tempfile.mkdtemp(prefix="ift-prepared-"))
         bad = bad_record_policy(recipe)
         try:
-            train_examples, _ = encode_records(train_records, renderer, adapter, tokenizer, trainer_cfg, "train",
-                                               report, bad_records=bad, into=folder / "train")
-            eval_examples, eval_records = encode_records(eval_records, renderer, adapter, tokenizer, trainer_cfg,
-                                                         "eval", report, bad_records=bad,
-                                                         into=folder / "eval")
+            train_examples, _ = encode_records(
+                train_records,
+                renderer,
+                adapter,
+                tokenizer,
+                trainer_cfg,
+                "train",
+                report,
+                bad_records=bad,
+                into=folder / "train",
+            )
+            eval_examples, eval_records = encode_records(
+                eval_records,
+                renderer,
+                adapter,
+                tokenizer,
+                trainer_cfg,
+                "eval",
+                report,
+                bad_records=bad,
+                into=folder / "eval",
+            )
             self.manifest["data"] = report.to_dict()
             if not len(train_examples):
-                raise DataError(f"every training example was dropped while tokenizing (trainer.max_length = "
-                                f"{trainer_cfg.max_length}): {report.encoding['train']['reasons']}")
+                raise DataError(
+                    f"every training example was dropped while tokenizing (trainer.max_length = "
+                    f"{trainer_cfg.max_length}): {report.encoding['train']['reasons']}"
+                )
             prepared = Prepared(train_examples, eval_examples, eval_records, report.to_dict())
             if adapter_state is not None:  # kept with the cached data, handed back to restore_data on a cache hit
                 prepared.report["adapter"] = self.manifest["data"]["adapter"] = adapter_state
-            self.manifest["cache"] = {"key": key, "hit": False,
-                                      "seconds": round(time.perf_counter() - started, 3)}
+            self.manifest["cache"] = {"key": key, "hit": False, "seconds": round(time.perf_counter() - started, 3)}
             if caching and key is not None:
                 self._cache_entry = cache.commit(key, folder, prepared)
         finally:  # a committed entry was renamed away; anything else goes
@@ -232,18 +277,34 @@ class Run:
                 return None
             fingerprints.append(fingerprint)
         resolved = recipe.resolved()
-        return make_key({"ift": _version("ift"), "cache_format": 2, "fingerprints": fingerprints,
-                         "plugins": self.host.data_plugins(resolved),
-                         "data": resolved["data"], "mixture": resolved["mixture"], "transforms": resolved["transforms"],
-                         "split": {"seed": recipe.run.order_seed, "fraction": recipe.eval.fraction,
-                                   "max_examples": recipe.eval.max_examples},
-                         "template": resolved["template"], "template_hash": renderer.template_hash(),
-                         "tokenizer": tokenizer_fingerprint(tokenizer), "model": resolved["model"],
-                         "length": [recipe.trainer_config.max_length, recipe.trainer_config.overlong]})
+        return make_key(
+            {
+                "ift": _version("ift"),
+                "cache_format": 2,
+                "fingerprints": fingerprints,
+                "plugins": self.host.data_plugins(resolved),
+                "data": resolved["data"],
+                "mixture": resolved["mixture"],
+                "transforms": resolved["transforms"],
+                "split": {
+                    "seed": recipe.run.order_seed,
+                    "fraction": recipe.eval.fraction,
+                    "max_examples": recipe.eval.max_examples,
+                },
+                "template": resolved["template"],
+                "template_hash": renderer.template_hash(),
+                "tokenizer": tokenizer_fingerprint(tokenizer),
+                "model": resolved["model"],
+                "length": [recipe.trainer_config.max_length, recipe.trainer_config.overlong],
+            }
+        )
 
     def _run(self, rundir: RunDirectory) -> None:
-        progress = self.progress = self._make_progress() if self._make_progress is not None else \
-            Progress(0, interactive=self.interactive, enabled=is_main_process())
+        progress = self.progress = (
+            self._make_progress()
+            if self._make_progress is not None
+            else Progress(0, interactive=self.interactive, enabled=is_main_process())
+        )
         try:
             self._stages(rundir, progress)
         finally:
@@ -261,9 +322,14 @@ class Run:
         self.manifest["template"] = {"name": recipe.template.name, "hash": renderer.template_hash()}
         prepared = self._prepare(adapter, tokenizer, renderer)
         train_examples, eval_examples, eval_records = prepared.train, prepared.eval, prepared.eval_records
-        identity = run_identity(recipe.resolved(), data=prepared.report["sources"],
-                                tokenizer=tokenizer_fingerprint(tokenizer), template=renderer.template_hash(),
-                                world_size=world_size(), plugins=host.data_plugins(recipe.resolved(), trainer=True))
+        identity = run_identity(
+            recipe.resolved(),
+            data=prepared.report["sources"],
+            tokenizer=tokenizer_fingerprint(tokenizer),
+            template=renderer.template_hash(),
+            world_size=world_size(),
+            plugins=host.data_plugins(recipe.resolved(), trainer=True),
+        )
         checkpoint = None
         if self.resume:
             checkpoint = choose_checkpoint(self.output_dir, self.resume)
@@ -273,8 +339,9 @@ class Run:
                 check_same_run(checkpoint, identity)
             # the steps after the checkpoint (every step, without one) are logged again by the resumed run
             trim_events(self.output_dir / "events.jsonl", checkpoint_step(checkpoint) if checkpoint else 0)
-        self.echo(f"data: {len(train_examples)} train / {len(eval_examples)} eval examples "
-                  f"from {len(recipe.data)} source(s)")
+        self.echo(
+            f"data: {len(train_examples)} train / {len(eval_examples)} eval examples from {len(recipe.data)} source(s)"
+        )
         for warning in prepared.report.get("encoding", {}).get("train", {}).get("warnings", []):
             self.echo(f"data: warning: {warning}")
         for note in data_notes(prepared.report):
@@ -288,26 +355,49 @@ class Run:
         rundir.write_json("manifest.json", self.manifest)
         described = self.manifest["model"]
         self.echo(f"model: {described.get('summary', described.get('origin', recipe.model.name))}")
-        self.echo(f"       {described['parameters']:,} parameters ({described['trainable_parameters']:,} trainable) "
-                  f"on {described['device']}")
+        self.echo(
+            f"       {described['parameters']:,} parameters ({described['trainable_parameters']:,} trainable) "
+            f"on {described['device']}"
+        )
 
         metrics: list[Metric] = []
         for i, name in enumerate(recipe.eval.metrics):
             registered = host.get("metric", name)
             config = recipe.metric_config(name, registered.cls)  # [eval.metric_options.NAME], or the defaults
             if origin_of(config) is None:
-                set_origin(config, Origin(registered.plugin, registered.distribution, registered.version, "metric",
-                                          name, f"eval.metrics[{i}]"))
+                set_origin(
+                    config,
+                    Origin(
+                        registered.plugin,
+                        registered.distribution,
+                        registered.version,
+                        "metric",
+                        name,
+                        f"eval.metrics[{i}]",
+                    ),
+                )
             metrics.append(cast(Metric, registered.cls(config)))
         self.manifest["metrics"] = {
-            m.name: {"options": m.config.model_dump(mode="json"), "plugin": host.get("metric", m.name).plugin,
-                     "distribution": host.get("metric", m.name).distribution,
-                     "version": host.get("metric", m.name).version} for m in metrics}
-        evaluator = Evaluator(adapter=adapter, tokenizer=tokenizer, renderer=renderer, metrics=metrics,
-                              records=eval_records, examples=eval_examples, batch_size=recipe.eval.batch_size,
-                              max_new_tokens=recipe.eval.max_new_tokens,
-                              stop=stop_strings(renderer, eval_records[0]) if eval_records else [],
-                              samples=recipe.eval.samples)
+            m.name: {
+                "options": m.config.model_dump(mode="json"),
+                "plugin": host.get("metric", m.name).plugin,
+                "distribution": host.get("metric", m.name).distribution,
+                "version": host.get("metric", m.name).version,
+            }
+            for m in metrics
+        }
+        evaluator = Evaluator(
+            adapter=adapter,
+            tokenizer=tokenizer,
+            renderer=renderer,
+            metrics=metrics,
+            records=eval_records,
+            examples=eval_examples,
+            batch_size=recipe.eval.batch_size,
+            max_new_tokens=recipe.eval.max_new_tokens,
+            stop=stop_strings(renderer, eval_records[0]) if eval_records else [],
+            samples=recipe.eval.samples,
+        )
         results: dict[str, Any] = {}
         self._evaluator = evaluator
         samples_file = self.output_dir / SAMPLES_FILE
@@ -329,16 +419,29 @@ class Run:
             host.step_end(str(self.output_dir), event)
 
         trainer = recipe.trainer.cls(recipe.trainer.config)
-        ctx = TrainContext(model=model, tokenizer=tokenizer, adapter=adapter, train_examples=train_examples,
-                           eval_examples=eval_examples, seed=recipe.run.order_seed, run_dir=self.output_dir,
-                           log_step=log_step, evaluate=lambda m, stage: self._evaluate(evaluator, m, stage),
-                           progress=progress, checkpoint_dir=self.output_dir / "checkpoints",
-                           resume_from=checkpoint, identity=identity, should_stop=lambda: self._stop_requested,
-                           encode_records=lambda records: encode_records(
-                               records, renderer, adapter, tokenizer, recipe.trainer_config, "extra", DataReport())[0],
-                           evaluate_records=lambda m, records, stage: self._evaluate(
-                               self._evaluator_for(records, adapter, tokenizer, renderer, metrics), m, stage),
-                           eval_records=list(eval_records))
+        ctx = TrainContext(
+            model=model,
+            tokenizer=tokenizer,
+            adapter=adapter,
+            train_examples=train_examples,
+            eval_examples=eval_examples,
+            seed=recipe.run.order_seed,
+            run_dir=self.output_dir,
+            log_step=log_step,
+            evaluate=lambda m, stage: self._evaluate(evaluator, m, stage),
+            progress=progress,
+            checkpoint_dir=self.output_dir / "checkpoints",
+            resume_from=checkpoint,
+            identity=identity,
+            should_stop=lambda: self._stop_requested,
+            encode_records=lambda records: encode_records(
+                records, renderer, adapter, tokenizer, recipe.trainer_config, "extra", DataReport()
+            )[0],
+            evaluate_records=lambda m, records, stage: self._evaluate(
+                self._evaluator_for(records, adapter, tokenizer, renderer, metrics), m, stage
+            ),
+            eval_records=list(eval_records),
+        )
         preference = _preference_evaluation(recipe, ctx)
         if preference is not None:  # held-out pair figures before training (the objective's own)
             results["preference"] = {"baseline": preference.start_evaluation(ctx, model)}
@@ -357,12 +460,17 @@ class Run:
         self._report_data()
         progress.stage("saving model")
         if is_main_process():
+
             def write_model(path: Path) -> None:
                 adapter.save(result.model, tokenizer, path)
                 facts = adapter.finish_saved_folder(
-                    path, final_path=self.output_dir / "model", tokenizer=tokenizer, renderer=renderer,
+                    path,
+                    final_path=self.output_dir / "model",
+                    tokenizer=tokenizer,
+                    renderer=renderer,
                     records=[*eval_records[:256], *(self._fresh_records or ([], []))[0][:64]],  # checked on
-                    max_length=recipe.trainer_config.max_length)
+                    max_length=recipe.trainer_config.max_length,
+                )
                 if facts:
                     self.manifest["model_folder"] = facts
 
@@ -381,22 +489,36 @@ class Run:
         counts = Counter(kinds(examples))
         name = self.recipe.trainer.name
         if counts["undesirable"]:
-            raise DataError(f"trainer {name!r} trains on sequences, but {counts['undesirable']} training example(s) "
-                            "are unpaired completions labelled undesirable (false), which it would learn as good "
-                            "answers; use trainer 'kto', or leave them out")
+            raise DataError(
+                f"trainer {name!r} trains on sequences, but {counts['undesirable']} training example(s) "
+                "are unpaired completions labelled undesirable (false), which it would learn as good "
+                "answers; use trainer 'kto', or leave them out"
+            )
         if counts["pair"]:
-            self.echo(f"note: trainer {name!r} trains on sequences: the chosen answers of {counts['pair']} "
-                      "preference pair(s) are learned, their rejected answers unused (dpo / orpo / kto use both)")
+            self.echo(
+                f"note: trainer {name!r} trains on sequences: the chosen answers of {counts['pair']} "
+                "preference pair(s) are learned, their rejected answers unused (dpo / orpo / kto use both)"
+            )
 
-    def _evaluator_for(self, records: list[Any], adapter: Any, tokenizer: Any, renderer: Any,
-                       metrics: list[Metric]) -> Evaluator:
+    def _evaluator_for(
+        self, records: list[Any], adapter: Any, tokenizer: Any, renderer: Any, metrics: list[Metric]
+    ) -> Evaluator:
         recipe = self.recipe
-        examples, records = encode_records(records, renderer, adapter, tokenizer, recipe.trainer_config, "extra",
-                                           DataReport())
-        return Evaluator(adapter=adapter, tokenizer=tokenizer, renderer=renderer, metrics=metrics, records=records,
-                         examples=examples, batch_size=recipe.eval.batch_size,
-                         max_new_tokens=recipe.eval.max_new_tokens,
-                         stop=stop_strings(renderer, records[0]) if records else [], samples=0)
+        examples, records = encode_records(
+            records, renderer, adapter, tokenizer, recipe.trainer_config, "extra", DataReport()
+        )
+        return Evaluator(
+            adapter=adapter,
+            tokenizer=tokenizer,
+            renderer=renderer,
+            metrics=metrics,
+            records=records,
+            examples=examples,
+            batch_size=recipe.eval.batch_size,
+            max_new_tokens=recipe.eval.max_new_tokens,
+            stop=stop_strings(renderer, records[0]) if records else [],
+            samples=0,
+        )
 
     def _evaluate(self, evaluator: Evaluator, model: Any, stage: str) -> dict[str, Any]:
         progress: Progress | None = getattr(self, "progress", None)
@@ -422,8 +544,13 @@ def _preference_evaluation(recipe: Recipe, ctx: TrainContext) -> Any:
     """For a trainer whose objective trains on preference examples and reports held-out figures
     (``start_evaluation`` / ``evaluate``), a second instance of that objective to measure them; else None."""
     cls = getattr(recipe.trainer.cls, "objective_class", None)
-    if cls is None or getattr(cls, "examples", "") != "preference" or not hasattr(cls, "start_evaluation") or \
-            not len(ctx.eval_examples) or not is_main_process():
+    if (
+        cls is None
+        or getattr(cls, "examples", "") != "preference"
+        or not hasattr(cls, "start_evaluation")
+        or not len(ctx.eval_examples)
+        or not is_main_process()
+    ):
         return None
     config = recipe.trainer.config
     made = cls(cls.Config.model_construct(**{key: getattr(config, key) for key in cls.Config.model_fields}))
@@ -433,10 +560,12 @@ def _preference_evaluation(recipe: Recipe, ctx: TrainContext) -> Any:
 
 def _preference_line(figures: dict[str, Any]) -> str:
     before, after = figures["baseline"], figures["final"]
-    return (f"preference (held-out, {after.get('n', 0)}): reward accuracy {before['reward_accuracy']:.3f} -> "
-            f"{after['reward_accuracy']:.3f}, reward margin {before['reward_margin']:.3f} -> "
-            f"{after['reward_margin']:.3f}, chosen logp {before['chosen_logp']:.2f} -> {after['chosen_logp']:.2f}, "
-            f"rejected logp {before['rejected_logp']:.2f} -> {after['rejected_logp']:.2f}")
+    return (
+        f"preference (held-out, {after.get('n', 0)}): reward accuracy {before['reward_accuracy']:.3f} -> "
+        f"{after['reward_accuracy']:.3f}, reward margin {before['reward_margin']:.3f} -> "
+        f"{after['reward_margin']:.3f}, chosen logp {before['chosen_logp']:.2f} -> {after['chosen_logp']:.2f}, "
+        f"rejected logp {before['rejected_logp']:.2f} -> {after['rejected_logp']:.2f}"
+    )
 
 
 def _write_records(path: Path, records: list[Any]) -> None:

@@ -25,11 +25,20 @@ def token_table(adapter: Any, tokenizer: Any, segments: list[Any]) -> list[dict[
     ids, offsets = token_labels.encode_with_offsets(tokenizer, text)
     result = token_labels.labels_from_offsets(ids, offsets, mask)
     example = adapter.encode(tokenizer, segments, source="", record_id="")
-    rows = [{"id": tid, "text": text[a:b], "trained": label != -100, "straddles": i in result.straddling}
-            for i, (tid, (a, b), label) in enumerate(zip(ids, offsets, result.labels, strict=True))]
+    rows = [
+        {"id": tid, "text": text[a:b], "trained": label != -100, "straddles": i in result.straddling}
+        for i, (tid, (a, b), label) in enumerate(zip(ids, offsets, result.labels, strict=True))
+    ]
     if len(example.input_ids) == len(ids) + 1:  # the BOS the adapter prepends
-        rows.insert(0, {"id": example.input_ids[0], "text": str(getattr(tokenizer, "bos_token", "")),
-                        "trained": False, "straddles": False})
+        rows.insert(
+            0,
+            {
+                "id": example.input_ids[0],
+                "text": str(getattr(tokenizer, "bos_token", "")),
+                "trained": False,
+                "straddles": False,
+            },
+        )
     return rows
 
 
@@ -83,15 +92,19 @@ class PreviewResult:
     warnings: list[str]
 
     def __repr__(self) -> str:
-        return (f"PreviewResult({self.train_records} train / {self.eval_records} eval records, "
-                f"{len(self.examples)} example(s), {len(self.warnings)} warning(s))")
+        return (
+            f"PreviewResult({self.train_records} train / {self.eval_records} eval records, "
+            f"{len(self.examples)} example(s), {len(self.warnings)} warning(s))"
+        )
 
     def _repr_html_(self) -> str:
         """Jupyter's view: each example with its trained text highlighted, as ``ift preview`` colours it."""
         from html import escape
 
-        parts = [f"<p>{self.train_records} train / {self.eval_records} eval records; trained text is "
-                 f"<span style=\"{TRAINED_STYLE}\">highlighted</span></p>"]
+        parts = [
+            f"<p>{self.train_records} train / {self.eval_records} eval records; trained text is "
+            f'<span style="{TRAINED_STYLE}">highlighted</span></p>'
+        ]
         for example in self.examples:
             head = f"{example.id} (source {example.source})"
             if example.skipped:
@@ -100,10 +113,13 @@ class PreviewResult:
             facts = f"{example.tokens} tokens, {example.trainable_tokens} trainable"
             facts += f", {example.straddling_tokens} straddling" if example.straddling_tokens else ""
             facts += f", dropped: {example.dropped}" if example.dropped else ""
-            body = "".join(f"<span style=\"{TRAINED_STYLE}\">{escape(text)}</span>" if trainable else escape(text)
-                           for text, trainable in example.segments)
-            parts.append(f"<p><code>{escape(head)}</code>: {escape(facts)}</p>"
-                         f"<pre style=\"white-space: pre-wrap\">{body}</pre>")
+            body = "".join(
+                f'<span style="{TRAINED_STYLE}">{escape(text)}</span>' if trainable else escape(text)
+                for text, trainable in example.segments
+            )
+            parts.append(
+                f'<p><code>{escape(head)}</code>: {escape(facts)}</p><pre style="white-space: pre-wrap">{body}</pre>'
+            )
         parts.extend(f"<p>warning: {escape(w)}</p>" for w in self.warnings)
         return "\n".join(parts)
 
@@ -123,23 +139,32 @@ def collect_preview(recipe: Recipe, host: PluginHost, n: int, *, tokens: bool = 
     result = PreviewResult(len(train), len(held), [], [])
     bad = bad_record_policy(recipe)
     for record in train[:n]:
-        examples, _ = encode_records([record], renderer, adapter, tokenizer, recipe.trainer_config, "preview",
-                                     report, bad_records=bad)
+        examples, _ = encode_records(
+            [record], renderer, adapter, tokenizer, recipe.trainer_config, "preview", report, bad_records=bad
+        )
         if not examples and report.encoding["preview"]["reasons"].get("the template refuses the record"):
             result.examples.append(PreviewExample(record.id, record.source, skipped=True))
             continue
         if record.preference is not None:  # each completion after the shared prompt, as they are trained
             renderings = renderer.render_completions(record)
-            judgement = ["chosen", "rejected"] if record.preference == "pair" else \
-                ["desirable" if record.desirable else "undesirable"]
+            judgement = (
+                ["chosen", "rejected"]
+                if record.preference == "pair"
+                else ["desirable" if record.desirable else "undesirable"]
+            )
         else:
             renderings, judgement = [renderer.render(record)], None
         segments = renderings[0]
         info = report.encoding["preview"]
-        example = PreviewExample(record.id, record.source, [(s.text, s.trainable) for s in segments],
-                                 tokens=info["tokens"], trainable_tokens=info["trainable_tokens"],
-                                 straddling_tokens=info.get("straddling", {}).get("tokens", 0),
-                                 dropped={} if examples else dict(info["reasons"]))
+        example = PreviewExample(
+            record.id,
+            record.source,
+            [(s.text, s.trainable) for s in segments],
+            tokens=info["tokens"],
+            trainable_tokens=info["trainable_tokens"],
+            straddling_tokens=info.get("straddling", {}).get("tokens", 0),
+            dropped={} if examples else dict(info["reasons"]),
+        )
         example.judgement = judgement
         if len(renderings) > 1:
             example.rejected_segments = [(s.text, s.trainable) for s in renderings[1]]
@@ -155,20 +180,22 @@ def _marked(text: str, color: bool) -> str:
     return click.style(text, fg="green", bold=True) if color else text
 
 
-def preview(recipe: Recipe, host: PluginHost, n: int, *, color: bool,
-            tokens: bool = False) -> list[dict[str, Any]]:
+def preview(recipe: Recipe, host: PluginHost, n: int, *, color: bool, tokens: bool = False) -> list[dict[str, Any]]:
     """Print ``n`` training examples (with ``tokens``, each token and its label state); return what was printed
     (for tests)."""
     result = collect_preview(recipe, host, n, tokens=tokens)
-    click.echo(f"{result.train_records} train / {result.eval_records} eval records; trainable text is shown as "
-               f"{OPEN}...{CLOSE}" + (" in green" if color else ""))
+    click.echo(
+        f"{result.train_records} train / {result.eval_records} eval records; trainable text is shown as "
+        f"{OPEN}...{CLOSE}" + (" in green" if color else "")
+    )
     shown = []
     for example in result.examples:
         if example.skipped:
             click.echo(f"--- {example.id} (source {example.source}): skipped, the template refuses it")
             continue
-        head = f"--- {example.id} (source {example.source}): {example.tokens} tokens, " \
-               f"{example.trainable_tokens} trainable"
+        head = (
+            f"--- {example.id} (source {example.source}): {example.tokens} tokens, {example.trainable_tokens} trainable"
+        )
         head += f", {example.straddling_tokens} straddling" if example.straddling_tokens else ""
         head += "" if not example.dropped else f", dropped: {example.dropped}"
         click.echo(click.style(head, fg="cyan" if color else None))
@@ -177,8 +204,12 @@ def preview(recipe: Recipe, host: PluginHost, n: int, *, color: bool,
             if example.judgement:
                 click.echo(f"[{example.judgement[i]}]")
             click.echo("".join(_marked(text, color) if trainable else text for text, trainable in segments))
-        entry: dict[str, Any] = {"id": example.id, "tokens": example.tokens,
-                                 "trainable_tokens": example.trainable_tokens, "segments": example.segments}
+        entry: dict[str, Any] = {
+            "id": example.id,
+            "tokens": example.tokens,
+            "trainable_tokens": example.trainable_tokens,
+            "segments": example.segments,
+        }
         if example.rejected_segments:
             entry["rejected_segments"] = example.rejected_segments
         if example.token_rows is not None:

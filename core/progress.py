@@ -27,8 +27,11 @@ def format_duration(seconds: float) -> str:
 def format_eval(stage: str, result: dict[str, Any]) -> str:
     """``eval step-100: loss 1.2345  exact_match 0.4000  (n=20)`` from an evaluator's result."""
     overall = result.get("overall", {})
-    parts = [f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}"
-             for name, value in overall.items() if name != "n" and value is not None]
+    parts = [
+        f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}"
+        for name, value in overall.items()
+        if name != "n" and value is not None
+    ]
     missing = [name for name, value in overall.items() if value is None]
     if missing:
         parts.append(f"({', '.join(missing)}: undefined)")
@@ -67,13 +70,19 @@ class Progress:
     view. ``enabled=False`` (the non-main processes of a distributed run) shows nothing.
     """
 
-    def __init__(self, total: int = 0, *, stream: TextIO | None = None, interactive: bool | None = None,
-                 enabled: bool = True, notebook: bool | None = None) -> None:
+    def __init__(
+        self,
+        total: int = 0,
+        *,
+        stream: TextIO | None = None,
+        interactive: bool | None = None,
+        enabled: bool = True,
+        notebook: bool | None = None,
+    ) -> None:
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.notebook = in_notebook() if notebook is None else notebook
-        self.interactive = bool(getattr(self.stream, "isatty", lambda: False)()) if interactive is None \
-            else interactive
+        self.interactive = bool(getattr(self.stream, "isatty", lambda: False)()) if interactive is None else interactive
         if self.notebook:
             self.interactive = False
         self._bar: Any = None  # the notebook widget bar, when there is one
@@ -117,8 +126,9 @@ class Progress:
             self._first = (step - 1 if step > 0 else 0, time.perf_counter())
         self._step = step
         if event:
-            self._stats = (f"loss {event['loss']:.4f}  lr {event['learning_rate']:.2e}  "
-                           f"{event['tokens_per_s']:,.0f} tok/s")
+            self._stats = (
+                f"loss {event['loss']:.4f}  lr {event['learning_rate']:.2e}  {event['tokens_per_s']:,.0f} tok/s"
+            )
             if self._live is None and self._bar is None:
                 self._print(f"step {step}/{self._total}  {self._stats}  eta {self.eta()}")
         self._refresh()
@@ -164,10 +174,19 @@ class Progress:
         from rich.progress import Progress as RichProgress
 
         console = Console(file=self.stream, force_terminal=True)
-        self._live = RichProgress(SpinnerColumn(), TextColumn("[bold]{task.fields[stage]}"), BarColumn(),
-                                  MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-                                  TextColumn("eta {task.fields[eta]}"), console=console, transient=False,
-                                  refresh_per_second=4, redirect_stdout=True, redirect_stderr=False)
+        self._live = RichProgress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.fields[stage]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TextColumn("eta {task.fields[eta]}"),
+            console=console,
+            transient=False,
+            refresh_per_second=4,
+            redirect_stdout=True,
+            redirect_stderr=False,
+        )
         self._task = self._live.add_task("run", total=self._total or None, stage=self._stage, stats="", eta="?")
         self._live.start()
 
@@ -180,5 +199,11 @@ class Progress:
             self._bar.set_postfix_str(f"{self._stats}  eta {self.eta()}" if self._stats else "", refresh=False)
             self._bar.refresh()
         if self._live is not None:
-            self._live.update(self._task, total=self._total or None, completed=self._step, stage=self._stage,
-                              stats=self._stats, eta=self.eta())
+            self._live.update(
+                self._task,
+                total=self._total or None,
+                completed=self._step,
+                stage=self._stage,
+                stats=self._stats,
+                eta=self.eta(),
+            )

@@ -41,6 +41,7 @@ class RunSection(BaseModel):
     @property
     def order_seed(self) -> int:
         return self.seed if self.data_seed is None else self.data_seed
+
     output_dir: str | None = None
     cache: bool = Field(True, description="Reuse prepared (tokenized) data across runs; see IFT_CACHE_DIR.")
     tensorboard: bool = Field(True, description="Log to <run_dir>/tensorboard/.")
@@ -52,8 +53,10 @@ class EvalSection(BaseModel):
     max_examples: int | None = Field(200, gt=0, description="Cap on held-out examples (all sources).")
     metrics: list[str] = Field(default_factory=lambda: ["loss", "exact_match"])
     metric_options: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="A metric's options by its name ([eval.metric_options.exact_match] "
-        "normalize = false), validated by the metric's own Config; the metric must be in metrics.")
+        default_factory=dict,
+        description="A metric's options by its name ([eval.metric_options.exact_match] "
+        "normalize = false), validated by the metric's own Config; the metric must be in metrics.",
+    )
     baseline: bool = Field(True, description="Also evaluate before training.")
     max_new_tokens: int = Field(64, gt=0)
     batch_size: int = Field(32, gt=0)
@@ -68,20 +71,27 @@ class MixtureSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     strategy: Literal["concat", "proportional", "weighted", "temperature"] | None = Field(
-        None, description="concat | proportional | weighted | temperature; default: concat when every weight "
-                          "is 1, else weighted.")
+        None,
+        description="concat | proportional | weighted | temperature; default: concat when every weight "
+        "is 1, else weighted.",
+    )
     temperature: float | None = Field(None, gt=0, description="temperature only: T in rate ~ min(n, cap)^(1/T).")
-    cap: int | None = Field(None, gt=0, description="Per-source limit: K in the rate (proportional, temperature), "
-                                                    "a hard cap on the count (weighted).")
-    total: int | None = Field(None, gt=0, description="Examples in the mixed list (proportional, temperature); "
-                                                      "default: sum of min(n, cap).")
+    cap: int | None = Field(
+        None,
+        gt=0,
+        description="Per-source limit: K in the rate (proportional, temperature), a hard cap on the count (weighted).",
+    )
+    total: int | None = Field(
+        None, gt=0, description="Examples in the mixed list (proportional, temperature); default: sum of min(n, cap)."
+    )
 
     @field_validator("strategy", mode="before")
     @classmethod
     def _known_strategy(cls, value: Any) -> Any:
         if isinstance(value, str) and value not in STRATEGIES:
-            raise ValueError(f"unknown strategy {value!r}{did_you_mean(value, STRATEGIES)}; strategies are "
-                             f"{', '.join(STRATEGIES)}")
+            raise ValueError(
+                f"unknown strategy {value!r}{did_you_mean(value, STRATEGIES)}; strategies are {', '.join(STRATEGIES)}"
+            )
         return value
 
 
@@ -146,21 +156,39 @@ class Recipe:
 
     def resolved(self) -> dict[str, Any]:
         """The recipe with every default filled in (secrets masked by their field types)."""
+
         def dump(c: Component, key: str) -> dict[str, Any]:
             return {key: c.name, **c.config.model_dump(mode="json")}
+
         return {
             "run": self.run.model_dump(mode="json"),
-            "data": [{"source": d.name, "name": d.source_name, "weight": d.weight, "task": d.task,
-                      "split": d.split, **d.config.model_dump(mode="json")} for d in self.data],
-            "mixture": {**self.mixture.model_dump(mode="json"),
-                        "strategy": self.mixture.strategy or default_strategy(self.data)},
+            "data": [
+                {
+                    "source": d.name,
+                    "name": d.source_name,
+                    "weight": d.weight,
+                    "task": d.task,
+                    "split": d.split,
+                    **d.config.model_dump(mode="json"),
+                }
+                for d in self.data
+            ],
+            "mixture": {
+                **self.mixture.model_dump(mode="json"),
+                "strategy": self.mixture.strategy or default_strategy(self.data),
+            },
             "transforms": [dump(t, "name") for t in self.transforms],
             "template": dump(self.template, "name"),
             "model": dump(self.model, "adapter"),
             "trainer": dump(self.trainer, "name"),
-            "eval": {**self.eval.model_dump(mode="json"),
-                     "metric_options": {name: self.metric_configs[name].model_dump(mode="json")
-                                        for name in self.eval.metric_options if name in self.metric_configs}},
+            "eval": {
+                **self.eval.model_dump(mode="json"),
+                "metric_options": {
+                    name: self.metric_configs[name].model_dump(mode="json")
+                    for name in self.eval.metric_options
+                    if name in self.metric_configs
+                },
+            },
             "plugins": self.plugins.model_dump(mode="json"),
             "overrides": self.overrides,
         }
@@ -177,10 +205,12 @@ def read_toml(path: Path) -> tuple[dict[str, Any], str]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
+        line = data[: exc.start].count(b"\n") + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise RecipeError(f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at line {line}, column {column}); "
-                          "save the recipe as UTF-8", path=str(path)) from None
+        raise RecipeError(
+            f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at line {line}, column {column}); save the recipe as UTF-8",
+            path=str(path),
+        ) from None
     try:
         return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as exc:
@@ -211,8 +241,10 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
             raise RecipeError(f"--set {key}: {where} is a value, not a table")
         if isinstance(node, list):
             if not isinstance(part, int):
-                raise RecipeError(f"--set {key}: {where} is a list of {len(node)} table(s); index it by number, "
-                                  f"e.g. {where}.0.{part} or {where}[0].{part}")
+                raise RecipeError(
+                    f"--set {key}: {where} is a list of {len(node)} table(s); index it by number, "
+                    f"e.g. {where}.0.{part} or {where}[0].{part}"
+                )
             if part >= len(node):
                 raise RecipeError(f"--set {key}: index {part} is out of range ({where} has {len(node)} item(s))")
         elif isinstance(part, int):
@@ -231,8 +263,7 @@ def load_recipe(path: Path | str, host: PluginHost, overrides: list[str] = ()) -
     raw, text = read_toml(path)
     for assignment in overrides:
         apply_override(raw, assignment)
-    return validate_recipe(raw, host, base_dir=path.resolve().parent, path=path, text=text,
-                           overrides=list(overrides))
+    return validate_recipe(raw, host, base_dir=path.resolve().parent, path=path, text=text, overrides=list(overrides))
 
 
 # --- validation --------------------------------------------------------------------------------
@@ -266,8 +297,7 @@ def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     for part in loc:  # walk into nested models where we can, through Optional[...] and unions
         info = model.model_fields.get(str(part))
         annotation = getattr(info, "annotation", None)
-        nested = [a for a in (annotation, *get_args(annotation))
-                  if isinstance(a, type) and issubclass(a, BaseModel)]
+        nested = [a for a in (annotation, *get_args(annotation)) if isinstance(a, type) and issubclass(a, BaseModel)]
         if not nested:
             break
         model = nested[0]
@@ -287,7 +317,6 @@ def _section(raw: Any, key: str, model: type[BaseModel], problems: list[Problem]
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+(:[A-Za-z_][\w.]*)?$|^[\w.]+:[A-Za-z_][\w.]*$")
 _SECRET_KEY = re.compile(r"(^|_)(token|secret|password|passwd|api_?key|access_key|credentials?)$", re.I)
-
 
 
 def looks_like_import_path(name: str) -> bool:
@@ -310,35 +339,58 @@ def find_secrets(value: Any, key: str = "", found: set[str] | None = None) -> li
         if _SECRET_KEY.search(name) or has_credentials(value):
             if found is not None:
                 found.add(value)
-            problems.append(Problem(key, "looks like a secret, and recipes are copied into run directories: put "
-                                    "it in an environment variable instead (HF_TOKEN for the Hugging Face Hub, "
-                                    "or the variable the plugin documents) and remove it from the recipe"))
+            problems.append(
+                Problem(
+                    key,
+                    "looks like a secret, and recipes are copied into run directories: put "
+                    "it in an environment variable instead (HF_TOKEN for the Hugging Face Hub, "
+                    "or the variable the plugin documents) and remove it from the recipe",
+                )
+            )
     return problems
 
 
 def _scrub(problems: list[Problem], secrets: set[str]) -> list[Problem]:
     """The problems with every flagged secret value masked, wherever another key's message quotes it."""
+
     def clean(text: str) -> str:
         for secret in sorted(secrets, key=len, reverse=True):
             text = text.replace(secret, MASK).replace(repr(secret)[1:-1], MASK)
         return redact(text)
+
     return [replace(p, message=clean(p.message)) for p in problems]
 
 
-def _component(host: PluginHost, kind: str, table: dict[str, Any], name_key: str, key: str,
-               problems: list[Problem], own_keys: tuple[str, ...] = (),
-               context: dict[str, Any] | None = None) -> Component | None:
+def _component(
+    host: PluginHost,
+    kind: str,
+    table: dict[str, Any],
+    name_key: str,
+    key: str,
+    problems: list[Problem],
+    own_keys: tuple[str, ...] = (),
+    context: dict[str, Any] | None = None,
+) -> Component | None:
     """Validate one component's table with its own Config. The validation context holds ``host`` and, for
     ``context``, validated sections a component may check itself against (a trainer sees ``eval``)."""
     name = table.get(name_key)
     if not isinstance(name, str):
-        problems.append(Problem(f"{key}.{name_key}", f"required: the {KIND_LABELS[kind]}'s name; "
-                                f"available: {', '.join(host.names(kind))}"))
+        problems.append(
+            Problem(
+                f"{key}.{name_key}",
+                f"required: the {KIND_LABELS[kind]}'s name; available: {', '.join(host.names(kind))}",
+            )
+        )
         return None
     if name not in host.registry[kind] and looks_like_import_path(name):
-        problems.append(Problem(f"{key}.{name_key}", f"{name!r} looks like an import path; recipes name "
-                                "registered components only (a recipe is data, not code): register the class "
-                                "from a plugin and use its name"))
+        problems.append(
+            Problem(
+                f"{key}.{name_key}",
+                f"{name!r} looks like an import path; recipes name "
+                "registered components only (a recipe is data, not code): register the class "
+                "from a plugin and use its name",
+            )
+        )
         return None
     if name not in host.registry[kind]:
         problems.append(host.unknown_problem(f"{key}.{name_key}", kind, name))
@@ -351,20 +403,29 @@ def _component(host: PluginHost, kind: str, table: dict[str, Any], name_key: str
         problems.extend(_problems_from(exc, key, registered.cls.Config))
         return None
     # a component built from this config names its plugin and this table when its own code raises
-    set_origin(config, Origin(registered.plugin, registered.distribution, registered.version, KIND_LABELS[kind],
-                              name, key))
+    set_origin(
+        config, Origin(registered.plugin, registered.distribution, registered.version, KIND_LABELS[kind], name, key)
+    )
     return Component(name, registered.cls, config)
 
 
-def validate_recipe(raw: dict[str, Any], host: PluginHost, *, base_dir: Path, path: Path | None = None,
-                    text: str = "", overrides: list[str] | None = None) -> Recipe:
+def validate_recipe(
+    raw: dict[str, Any],
+    host: PluginHost,
+    *,
+    base_dir: Path,
+    path: Path | None = None,
+    text: str = "",
+    overrides: list[str] | None = None,
+) -> Recipe:
     """Validate a parsed recipe; raise one RecipeError listing every problem."""
     secrets: set[str] = set()
     problems: list[Problem] = find_secrets(raw, found=secrets)
     for key in raw:
         if key not in SECTIONS:
-            problems.append(Problem(key, f"unknown section{did_you_mean(key, SECTIONS)}; "
-                                    f"sections are {', '.join(SECTIONS)}"))
+            problems.append(
+                Problem(key, f"unknown section{did_you_mean(key, SECTIONS)}; sections are {', '.join(SECTIONS)}")
+            )
     run = _section(raw.get("run"), "run", RunSection, problems)
     eval_section = _section(raw.get("eval"), "eval", EvalSection, problems)
     plugins = _section(raw.get("plugins"), "plugins", PluginsSection, problems)
@@ -401,13 +462,27 @@ def validate_recipe(raw: dict[str, Any], host: PluginHost, *, base_dir: Path, pa
             problems.append(Problem(f"{key}.split", f"must be 'auto', 'train' or 'eval' (got {split!r})"))
         source_name = table.get("name") or _default_source_name(table, i)
         if source_name in seen_names:
-            problems.append(Problem(f"{key}.name", f"{source_name!r} is already the name of "
-                                    f"data[{seen_names[source_name]}]; give each table a distinct name"))
+            problems.append(
+                Problem(
+                    f"{key}.name",
+                    f"{source_name!r} is already the name of "
+                    f"data[{seen_names[source_name]}]; give each table a distinct name",
+                )
+            )
         seen_names[source_name] = i
         task = table.get("task")
         if comp is not None:
-            data.append(DataSpec(comp.name, comp.cls, comp.config, source_name=str(source_name),
-                                 weight=float(weight), task=task, split=split))
+            data.append(
+                DataSpec(
+                    comp.name,
+                    comp.cls,
+                    comp.config,
+                    source_name=str(source_name),
+                    weight=float(weight),
+                    task=task,
+                    split=split,
+                )
+            )
 
     transforms: list[Component] = []
     t_tables = raw.get("transforms", [])
@@ -415,8 +490,9 @@ def validate_recipe(raw: dict[str, Any], host: PluginHost, *, base_dir: Path, pa
         problems.append(Problem("transforms", "must be an array of tables: write [[transforms]]"))
         t_tables = []
     for i, table in enumerate(t_tables):
-        comp = _component(host, "transform", table if isinstance(table, dict) else {}, "name",
-                          f"transforms[{i}]", problems)
+        comp = _component(
+            host, "transform", table if isinstance(table, dict) else {}, "name", f"transforms[{i}]", problems
+        )
         if comp:
             transforms.append(comp)
 
@@ -427,32 +503,55 @@ def validate_recipe(raw: dict[str, Any], host: PluginHost, *, base_dir: Path, pa
     model_table.setdefault("adapter", DEFAULTS["model"])
     model: Component | None = None
     if "model" not in raw:
-        problems.append(Problem("model", "missing: training needs a [model] table (name_or_path or from_config); "
-                                "a recipe only for `ift data build` / `ift data report` needs none"))
+        problems.append(
+            Problem(
+                "model",
+                "missing: training needs a [model] table (name_or_path or from_config); "
+                "a recipe only for `ift data build` / `ift data report` needs none",
+            )
+        )
     else:
         model = _component(host, "model_adapter", model_table, "adapter", "model", problems)
     trainer_table = _table(raw, "trainer", problems)
     trainer_table.setdefault("name", DEFAULTS["trainer"])
     # A trainer may check its keys against the evaluation (e.g. an early-stopping metric among eval.metrics)
     # and the model adapter (None when [model] is invalid; e.g. a trainer that needs a causal LM).
-    trainer = _component(host, "trainer", trainer_table, "name", "trainer", problems,
-                         context={"eval": eval_section, "model": model})
+    trainer = _component(
+        host, "trainer", trainer_table, "name", "trainer", problems, context={"eval": eval_section, "model": model}
+    )
 
     mixture = _mixture(raw, data, problems)
 
-    if eval_section.fraction == 0 and not any(d.split == "eval" for d in data) and \
-            any(m for m in eval_section.metrics):
-        problems.append(Problem("eval.fraction", "is 0 and no [[data]] table has split = 'eval', so there "
-                                "is nothing to evaluate; set a fraction or set eval.metrics = []"))
+    if eval_section.fraction == 0 and not any(d.split == "eval" for d in data) and any(m for m in eval_section.metrics):
+        problems.append(
+            Problem(
+                "eval.fraction",
+                "is 0 and no [[data]] table has split = 'eval', so there "
+                "is nothing to evaluate; set a fraction or set eval.metrics = []",
+            )
+        )
     if data and all(d.split == "eval" for d in data):
         problems.append(Problem("data", "every [[data]] table has split = 'eval': nothing to train on"))
     if problems:
         raise RecipeError(_scrub(problems, secrets), path=str(path) if path else None)
     assert template and model and trainer
-    return Recipe(path=path, base_dir=base_dir, raw=raw, text=text, run=run, data=data,
-                  transforms=transforms, template=template, model=model, trainer=trainer,
-                  eval=eval_section, plugins=plugins, overrides=overrides or [], mixture=mixture,
-                  metric_configs=metric_configs)
+    return Recipe(
+        path=path,
+        base_dir=base_dir,
+        raw=raw,
+        text=text,
+        run=run,
+        data=data,
+        transforms=transforms,
+        template=template,
+        model=model,
+        trainer=trainer,
+        eval=eval_section,
+        plugins=plugins,
+        overrides=overrides or [],
+        mixture=mixture,
+        metric_configs=metric_configs,
+    )
 
 
 def _metric_configs(host: PluginHost, section: EvalSection, problems: list[Problem]) -> dict[str, ComponentConfig]:
@@ -465,8 +564,13 @@ def _metric_configs(host: PluginHost, section: EvalSection, problems: list[Probl
         if name not in registry:
             problems.append(host.unknown_problem(key, "metric", name))
         elif name not in section.metrics:
-            problems.append(Problem(key, f"{name!r} is not in eval.metrics{did_you_mean(name, section.metrics)}, so "
-                                    "these options would not be used; add it to eval.metrics or remove the table"))
+            problems.append(
+                Problem(
+                    key,
+                    f"{name!r} is not in eval.metrics{did_you_mean(name, section.metrics)}, so "
+                    "these options would not be used; add it to eval.metrics or remove the table",
+                )
+            )
     configs: dict[str, ComponentConfig] = {}
     for i, name in enumerate(section.metrics):
         registered = registry.get(name)
@@ -474,13 +578,21 @@ def _metric_configs(host: PluginHost, section: EvalSection, problems: list[Probl
             continue
         given = name in section.metric_options
         try:
-            config = registered.cls.Config.model_validate(section.metric_options.get(name, {}),
-                                                          context={"host": host})
+            config = registered.cls.Config.model_validate(section.metric_options.get(name, {}), context={"host": host})
         except ValidationError as exc:
             problems.extend(_problems_from(exc, f"eval.metric_options.{name}", registered.cls.Config))
             continue
-        set_origin(config, Origin(registered.plugin, registered.distribution, registered.version, "metric", name,
-                                  f"eval.metric_options.{name}" if given else f"eval.metrics[{i}]"))
+        set_origin(
+            config,
+            Origin(
+                registered.plugin,
+                registered.distribution,
+                registered.version,
+                "metric",
+                name,
+                f"eval.metric_options.{name}" if given else f"eval.metrics[{i}]",
+            ),
+        )
         configs[name] = config
     return configs
 
@@ -491,8 +603,12 @@ def default_strategy(data: list[DataSpec]) -> str:
 
 
 # Which [mixture] keys each strategy reads; any other key given is a problem, not silently ignored.
-_MIXTURE_KEYS = {"concat": (), "proportional": ("cap", "total"), "weighted": ("cap",),
-                 "temperature": ("temperature", "cap", "total")}
+_MIXTURE_KEYS = {
+    "concat": (),
+    "proportional": ("cap", "total"),
+    "weighted": ("cap",),
+    "temperature": ("temperature", "cap", "total"),
+}
 
 
 def _mixture(raw: dict[str, Any], data: list[DataSpec], problems: list[Problem]) -> MixtureSection:
@@ -506,21 +622,31 @@ def _mixture(raw: dict[str, Any], data: list[DataSpec], problems: list[Problem])
     for key in ("temperature", "cap", "total"):
         if getattr(mixture, key) is not None and key not in _MIXTURE_KEYS[strategy]:
             users = [repr(s) for s, keys in _MIXTURE_KEYS.items() if key in keys]
-            readers = f"strategy {users[0]}" if len(users) == 1 else \
-                f"strategies {', '.join(users[:-1])} and {users[-1]}"
+            readers = (
+                f"strategy {users[0]}" if len(users) == 1 else f"strategies {', '.join(users[:-1])} and {users[-1]}"
+            )
             verb = "reads" if len(users) == 1 else "read"
             problems.append(Problem(f"mixture.{key}", f"is not used by {how}; only {readers} {verb} it"))
     if strategy == "temperature" and mixture.temperature is None:
-        problems.append(Problem("mixture.temperature", "required by strategy 'temperature': e.g. 2.0 (1 gives "
-                                "the proportional shares; larger values move the shares toward equal)"))
+        problems.append(
+            Problem(
+                "mixture.temperature",
+                "required by strategy 'temperature': e.g. 2.0 (1 gives "
+                "the proportional shares; larger values move the shares toward equal)",
+            )
+        )
     if strategy in ("concat", "proportional", "temperature"):
         tables = raw.get("data")
         for i, table in enumerate(tables if isinstance(tables, list) else []):
             weight = table.get("weight", 1.0) if isinstance(table, dict) else 1.0
             if isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0 and weight != 1:
                 effect = "uses every record once" if strategy == "concat" else "sets the shares from source sizes"
-                problems.append(Problem(f"data[{i}].weight", f"is {weight:g}, but {how} {effect}; only strategy "
-                                        "'weighted' reads weights"))
+                problems.append(
+                    Problem(
+                        f"data[{i}].weight",
+                        f"is {weight:g}, but {how} {effect}; only strategy 'weighted' reads weights",
+                    )
+                )
     return mixture.model_copy(update={"strategy": strategy})
 
 

@@ -23,9 +23,19 @@ __all__ = ["InstructionRecord", "Message", "RowError", "normalize_row"]
 
 ROLES = ("system", "user", "assistant", "tool")
 FORMATS = ("auto", "alpaca", "messages", "sharegpt", "prompt-completion", "classification", "preference")
-_SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
-                   "assistant": "assistant", "bot": "assistant", "model": "assistant", "tool": "tool",
-                   "function": "tool", "observation": "tool", "function_response": "tool"}
+_SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+    "tool": "tool",
+    "function": "tool",
+    "observation": "tool",
+    "function_response": "tool",
+}
 _MESSAGE_ROLES = {"function": "tool"}  # OpenAI's older name for a tool result
 
 
@@ -110,8 +120,15 @@ class InstructionRecord:
 
     def with_answer(self, answer: Message) -> InstructionRecord:
         """This record's prompt followed by ``answer`` as the last assistant turn (no preference fields)."""
-        return InstructionRecord(self.id, self.source, [*self.prompt_messages, answer], task=self.task,
-                                 label=self.label, choices=self.choices, metadata=self.metadata)
+        return InstructionRecord(
+            self.id,
+            self.source,
+            [*self.prompt_messages, answer],
+            task=self.task,
+            label=self.label,
+            choices=self.choices,
+            metadata=self.metadata,
+        )
 
     def prompt_key(self) -> str:
         """A hash of the prompt alone (whitespace-normalised): the split keeps every record of one prompt on one
@@ -136,9 +153,15 @@ class InstructionRecord:
         return _content_hash([*self.messages, *extra], str(self.desirable))
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.id, "source": self.source, "task": self.task, "label": self.label,
-                               "choices": self.choices, "metadata": self.metadata,
-                               "messages": [m.to_record_dict() for m in self.messages]}
+        out: dict[str, Any] = {
+            "id": self.id,
+            "source": self.source,
+            "task": self.task,
+            "label": self.label,
+            "choices": self.choices,
+            "metadata": self.metadata,
+            "messages": [m.to_record_dict() for m in self.messages],
+        }
         if self.rejected is not None:
             out["rejected"] = self.rejected.to_record_dict()
         if self.desirable is not None:
@@ -148,17 +171,30 @@ class InstructionRecord:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> InstructionRecord:
         """A record from :meth:`to_dict`'s output."""
+
         def message(m: Mapping[str, Any]) -> Message:
             calls = m.get("tool_calls")
-            return Message(m["role"], m["content"], train=m.get("train"),
-                           tool_calls=tuple(dict(c) for c in calls) if calls is not None else None,
-                           name=m.get("name"), tool_call_id=m.get("tool_call_id"))
+            return Message(
+                m["role"],
+                m["content"],
+                train=m.get("train"),
+                tool_calls=tuple(dict(c) for c in calls) if calls is not None else None,
+                name=m.get("name"),
+                tool_call_id=m.get("tool_call_id"),
+            )
 
         rejected = data.get("rejected")
-        return cls(id=data["id"], source=data["source"], task=data.get("task"), label=data.get("label"),
-                   choices=data.get("choices"), metadata=dict(data.get("metadata") or {}),
-                   messages=[message(m) for m in data["messages"]],
-                   rejected=message(rejected) if rejected is not None else None, desirable=data.get("desirable"))
+        return cls(
+            id=data["id"],
+            source=data["source"],
+            task=data.get("task"),
+            label=data.get("label"),
+            choices=data.get("choices"),
+            metadata=dict(data.get("metadata") or {}),
+            messages=[message(m) for m in data["messages"]],
+            rejected=message(rejected) if rejected is not None else None,
+            desirable=data.get("desirable"),
+        )
 
 
 def _content_hash(messages: list[Message], *extra: str) -> str:
@@ -172,16 +208,21 @@ class RowError(ValueError):
 
 def detect_format(row: Mapping[str, Any]) -> str:
     """Guess a row's format from its keys."""
+
     def has(key: str) -> bool:  # datasets fills a column missing from a row with None
         return row.get(key) is not None
 
     label = row.get("label")
-    if has("rejected") or (has("completion") and (isinstance(label, bool) or (
-            isinstance(label, str) and label.strip().lower() in ("true", "false")))):
+    if has("rejected") or (
+        has("completion")
+        and (isinstance(label, bool) or (isinstance(label, str) and label.strip().lower() in ("true", "false")))
+    ):
         return "preference"  # a pair, or an unpaired (KTO) completion judged true / false
     if has("chosen"):
-        raise RowError("the row has 'chosen' but no 'rejected'; a preference pair needs both (an unpaired row "
-                       "has 'completion' and a true / false 'label')")
+        raise RowError(
+            "the row has 'chosen' but no 'rejected'; a preference pair needs both (an unpaired row "
+            "has 'completion' and a true / false 'label')"
+        )
     if has("messages"):
         return "messages"
     if has("conversations"):
@@ -235,14 +276,24 @@ def _messages(turns: Any, role_key: str, content_key: str, role_map: Mapping[str
         if train is not None and not isinstance(train, bool):
             raise RowError(f"turn {i}: 'train' must be true or false, got {train!r}")
         if tool_calls is not None:
-            if role != "assistant" or not isinstance(tool_calls, list) or \
-                    not all(isinstance(c, Mapping) for c in tool_calls):
+            if (
+                role != "assistant"
+                or not isinstance(tool_calls, list)
+                or not all(isinstance(c, Mapping) for c in tool_calls)
+            ):
                 raise RowError(f"turn {i}: 'tool_calls' must be a list of objects on an assistant turn")
             tool_calls = tuple(dict(c) for c in tool_calls)
         name, call_id = turn.get("name"), turn.get("tool_call_id")
-        out.append(Message(role, content, train=train, tool_calls=tool_calls,
-                           name=str(name) if name is not None else None,
-                           tool_call_id=str(call_id) if call_id is not None else None))
+        out.append(
+            Message(
+                role,
+                content,
+                train=train,
+                tool_calls=tool_calls,
+                name=str(name) if name is not None else None,
+                tool_call_id=str(call_id) if call_id is not None else None,
+            )
+        )
     return out
 
 
@@ -313,10 +364,9 @@ def _completion(value: Any, key: str, prompt: list[Message]) -> Message:
     conversation) has the prompt taken off first."""
     turns = _turns(value, key)
     if len(turns) > len(prompt) and all(_same_turn(a, b) for a, b in zip(turns, prompt, strict=False)):
-        turns = turns[len(prompt):]
+        turns = turns[len(prompt) :]
     if len(turns) != 1 or turns[0].role != "assistant":
-        raise RowError(f"field {key!r} must be one assistant answer (after the prompt), got "
-                       f"{[t.role for t in turns]}")
+        raise RowError(f"field {key!r} must be one assistant answer (after the prompt), got {[t.role for t in turns]}")
     return turns[0]
 
 
@@ -329,8 +379,9 @@ def _preference(row: Mapping[str, Any]) -> tuple[list[Message], dict[str, Any]]:
     if has["prompt"] and has["messages"]:
         raise RowError("a preference row has either 'prompt' or 'messages', not both")
     if has["rejected"] and has["completion"]:
-        raise RowError("a preference row is a pair ('chosen' + 'rejected') or unpaired ('completion' + 'label'), "
-                       "not both")
+        raise RowError(
+            "a preference row is a pair ('chosen' + 'rejected') or unpaired ('completion' + 'label'), not both"
+        )
     prompt = _turns(row["prompt"], "prompt") if has["prompt"] else []
     if has["messages"]:
         prompt = _turns(row["messages"], "messages")
@@ -340,13 +391,16 @@ def _preference(row: Mapping[str, Any]) -> tuple[list[Message], dict[str, Any]]:
     if not prompt and has["chosen"] and has["rejected"]:
         chosen_turns, rejected_turns = _turns(row["chosen"], "chosen"), _turns(row["rejected"], "rejected")
         shared = 0
-        while shared < min(len(chosen_turns), len(rejected_turns)) - 1 and \
-                _same_turn(chosen_turns[shared], rejected_turns[shared]):
+        while shared < min(len(chosen_turns), len(rejected_turns)) - 1 and _same_turn(
+            chosen_turns[shared], rejected_turns[shared]
+        ):
             shared += 1
         prompt = chosen_turns[:shared]
     if not prompt:
-        raise RowError("a preference row needs a prompt: 'prompt', 'messages', or 'chosen' and 'rejected' "
-                       "conversations that begin with it")
+        raise RowError(
+            "a preference row needs a prompt: 'prompt', 'messages', or 'chosen' and 'rejected' "
+            "conversations that begin with it"
+        )
     if prompt[-1].role == "assistant":
         raise RowError("the prompt of a preference row must not end with an assistant turn")
     if has["rejected"]:
@@ -355,16 +409,19 @@ def _preference(row: Mapping[str, Any]) -> tuple[list[Message], dict[str, Any]]:
         chosen = _completion(chosen_value, "chosen", prompt)
         return [*prompt, chosen], {"rejected": _completion(row["rejected"], "rejected", prompt)}
     if not has["completion"]:
-        raise RowError("a preference row needs 'chosen' and 'rejected' (a pair) or 'completion' and a true / false "
-                       "'label' (unpaired)")
+        raise RowError(
+            "a preference row needs 'chosen' and 'rejected' (a pair) or 'completion' and a true / false "
+            "'label' (unpaired)"
+        )
     desirable = _judgement(row.get("label"))
     if desirable is None:
         raise RowError(f"field 'label' of an unpaired preference row must be true or false, got {row.get('label')!r}")
     return [*prompt, _completion(row["completion"], "completion", prompt)], {"desirable": desirable}
 
 
-def normalize_row(row: Mapping[str, Any], fmt: str = "auto", *,
-                  system: str | None = None) -> tuple[list[Message], dict[str, Any]]:
+def normalize_row(
+    row: Mapping[str, Any], fmt: str = "auto", *, system: str | None = None
+) -> tuple[list[Message], dict[str, Any]]:
     """Turn one raw row into messages plus the extra fields (label, choices, task, metadata)."""
     if fmt == "auto":
         fmt = detect_format(row)
@@ -391,7 +448,7 @@ def normalize_row(row: Mapping[str, Any], fmt: str = "auto", *,
     if messages[-1].role != "assistant":
         raise RowError("the last turn must be the assistant's answer")
     if not any(m.trained for m in messages):
-        raise RowError("no assistant turn is trained (every one has \"train\": false)")
+        raise RowError('no assistant turn is trained (every one has "train": false)')
     extras: dict[str, Any] = {}
     for key in ("label", "task"):
         if row.get(key) is not None and not (fmt == "preference" and key == "label"):

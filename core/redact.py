@@ -20,8 +20,10 @@ from typing import Any
 
 #: ``scheme://user:password@`` or ``scheme://token@``: everything between ``://`` and ``@`` is the secret.
 URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#@\s'\"]+)@")
-TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{30,}|\bsk-[A-Za-z0-9_-]{20,}|\bgh[pousr]_[A-Za-z0-9]{30,}|"
-                   r"\bgithub_pat_[A-Za-z0-9_]{30,}|\bAKIA[0-9A-Z]{16}\b")
+TOKEN = re.compile(
+    r"\bhf_[A-Za-z0-9]{30,}|\bsk-[A-Za-z0-9_-]{20,}|\bgh[pousr]_[A-Za-z0-9]{30,}|"
+    r"\bgithub_pat_[A-Za-z0-9_]{30,}|\bAKIA[0-9A-Z]{16}\b"
+)
 MASK = "***"
 
 
@@ -71,8 +73,14 @@ def _redacting_record_factory(previous: Any) -> Any:
 
 
 def _redacting_showwarning(previous: Any) -> Any:
-    def showwarning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                    file: Any = None, line: str | None = None) -> None:
+    def showwarning(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
         text = str(message)
         if has_credentials(text):
             message = redact(text)  # a str: a Warning subclass may need other constructor arguments

@@ -23,8 +23,9 @@ def before_after_table(metrics: dict[str, Any]) -> str:
     groups = [("", final.get("overall", {}), baseline.get("overall", {}))]
     per_source = final.get("per_source", {})
     if len(per_source) > 1:
-        groups += [(f"{name}/", values, baseline.get("per_source", {}).get(name, {}))
-                   for name, values in per_source.items()]
+        groups += [
+            (f"{name}/", values, baseline.get("per_source", {}).get(name, {})) for name, values in per_source.items()
+        ]
     for prefix, after, before in groups:
         for key, value in after.items():
             if key == "n":

@@ -16,12 +16,26 @@ from ift.checkpoint import latest_good, verify
 from ift.errors import Problem, RecipeError, RunError
 
 # Changing these does not change what the model sees or how it is updated up to the checkpoint.
-SAFE_TO_CHANGE = ("run.output_dir", "overrides", "trainer.log_every", "trainer.max_steps", "trainer.epochs",
-                  "trainer.save_every", "trainer.keep_last", "trainer.eval_every", "trainer.skip_nonfinite_steps",
-                  "trainer.early_stopping_patience", "trainer.early_stopping_min_delta",
-                  # evaluation settings that do not touch the split (eval.fraction / max_examples change the
-                  # training data, so they are part of the run's identity)
-                  "eval.metrics", "eval.baseline", "eval.max_new_tokens", "eval.batch_size", "eval.samples")
+SAFE_TO_CHANGE = (
+    "run.output_dir",
+    "overrides",
+    "trainer.log_every",
+    "trainer.max_steps",
+    "trainer.epochs",
+    "trainer.save_every",
+    "trainer.keep_last",
+    "trainer.eval_every",
+    "trainer.skip_nonfinite_steps",
+    "trainer.early_stopping_patience",
+    "trainer.early_stopping_min_delta",
+    # evaluation settings that do not touch the split (eval.fraction / max_examples change the
+    # training data, so they are part of the run's identity)
+    "eval.metrics",
+    "eval.baseline",
+    "eval.max_new_tokens",
+    "eval.batch_size",
+    "eval.samples",
+)
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -38,13 +52,25 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
-def run_identity(resolved: dict[str, Any], *, data: list[dict[str, Any]], tokenizer: str, template: str,
-                 world_size: int, plugins: dict[str, str] | None = None) -> dict[str, Any]:
+def run_identity(
+    resolved: dict[str, Any],
+    *,
+    data: list[dict[str, Any]],
+    tokenizer: str,
+    template: str,
+    world_size: int,
+    plugins: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """``plugins``: the provenance (distribution, version) of each plugin whose code prepares the data or trains."""
     recipe = {k: v for k, v in flatten(resolved).items() if not k.startswith(SAFE_TO_CHANGE)}
-    return {"recipe": recipe, "data": {d["name"]: d["fingerprint"] for d in data},
-            "tokenizer": hashlib.sha256(tokenizer.encode()).hexdigest()[:16], "template": template,
-            "world_size": world_size, "plugins": dict(plugins or {})}
+    return {
+        "recipe": recipe,
+        "data": {d["name"]: d["fingerprint"] for d in data},
+        "tokenizer": hashlib.sha256(tokenizer.encode()).hexdigest()[:16],
+        "template": template,
+        "world_size": world_size,
+        "plugins": dict(plugins or {}),
+    }
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -54,10 +54,17 @@ def _acquire(path: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise RunDirectoryInUse(f"{path} is in use by another ift process ({_describe_holder(path / LOCK_FILE)}); "
-                                "wait for it to end, or choose another --output-dir") from None
-    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-              "command": redact_value(sys.argv), "torchelastic_run_id": os.environ.get("TORCHELASTIC_RUN_ID")}
+        raise RunDirectoryInUse(
+            f"{path} is in use by another ift process ({_describe_holder(path / LOCK_FILE)}); "
+            "wait for it to end, or choose another --output-dir"
+        ) from None
+    holder = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.time(),
+        "command": redact_value(sys.argv),
+        "torchelastic_run_id": os.environ.get("TORCHELASTIC_RUN_ID"),
+    }
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
     os.fsync(fd)
@@ -127,8 +134,10 @@ class RunDirectory:
 
     def status(self, status: str, **extra: Any) -> None:
         if self.enabled:
-            write_json(self.path / "status.json", redact_value({"status": status, "started": self.started,
-                                                                "updated": time.time(), **extra}))
+            write_json(
+                self.path / "status.json",
+                redact_value({"status": status, "started": self.started, "updated": time.time(), **extra}),
+            )
 
     def write_text(self, name: str, text: str) -> None:
         if self.enabled:
@@ -168,8 +177,10 @@ def prepare_output_dir(path: Path, *, overwrite: bool) -> Path:
         if not overwrite:
             from ift.errors import RecipeError
 
-            raise RecipeError(f"output directory {path} already exists and is not empty; choose another "
-                              "--output-dir or pass --overwrite")
+            raise RecipeError(
+                f"output directory {path} already exists and is not empty; choose another "
+                "--output-dir or pass --overwrite"
+            )
         for child in path.iterdir():
             if child.name == LOCK_FILE:  # this process's lock (see hold_run_directory): kept, still held
                 continue

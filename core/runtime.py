@@ -6,8 +6,15 @@ import os
 from typing import Any
 
 #: Public: plugins and builtin commands may import these names (see ift.PUBLIC_MODULES).
-__all__ = ["bf16_supported", "finish_distributed", "is_main_process", "rank", "seed_everything", "select_device",
-           "world_size"]
+__all__ = [
+    "bf16_supported",
+    "finish_distributed",
+    "is_main_process",
+    "rank",
+    "seed_everything",
+    "select_device",
+    "world_size",
+]
 
 
 def rank() -> int:

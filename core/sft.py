@@ -136,13 +136,26 @@ def objective_trainer(cls: type[Objective]) -> type[SFTTrainer]:
         return own
     taken = sorted(set(cls.Config.model_fields) & set(TrainingConfig.model_fields))
     if taken:
-        raise ValueError(f"{cls.__name__}.Config declares {', '.join(taken)}, which the training loop's keys "
-                         "already use ([trainer] holds both); rename them")
-    config = type(f"{cls.__name__}TrainingConfig", (TrainingConfig, cls.Config),
-                  {"__module__": cls.__module__, "__doc__": cls.Config.__doc__})
-    return type(f"{cls.__name__}Trainer", (ObjectiveTrainer,),
-                {"name": cls.name, "Config": config, "objective_class": cls, "__module__": cls.__module__,
-                 "__doc__": cls.__doc__})
+        raise ValueError(
+            f"{cls.__name__}.Config declares {', '.join(taken)}, which the training loop's keys "
+            "already use ([trainer] holds both); rename them"
+        )
+    config = type(
+        f"{cls.__name__}TrainingConfig",
+        (TrainingConfig, cls.Config),
+        {"__module__": cls.__module__, "__doc__": cls.Config.__doc__},
+    )
+    return type(
+        f"{cls.__name__}Trainer",
+        (ObjectiveTrainer,),
+        {
+            "name": cls.name,
+            "Config": config,
+            "objective_class": cls,
+            "__module__": cls.__module__,
+            "__doc__": cls.__doc__,
+        },
+    )
 
 
 NLL.trainer = SFTTrainer

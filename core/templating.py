@@ -23,8 +23,17 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from ift.components import Segment
 
 #: Public: plugins and builtin commands may import these names (see ift.PUBLIC_MODULES).
-__all__ = ["GEN_END", "GEN_START", "MAX_VALUE_CHARS", "RenderBudgetExceeded", "contains_sentinel", "merge_segments",
-           "sandboxed_environment", "split_segments", "time_budget"]
+__all__ = [
+    "GEN_END",
+    "GEN_START",
+    "MAX_VALUE_CHARS",
+    "RenderBudgetExceeded",
+    "contains_sentinel",
+    "merge_segments",
+    "sandboxed_environment",
+    "split_segments",
+    "time_budget",
+]
 
 GEN_START = "\ue000"
 GEN_END = "\ue001"
@@ -77,18 +86,24 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             for seq, count in ((left, right), (right, left)):
                 size = _size(seq)
                 if size is not None and isinstance(count, int) and size * count > MAX_VALUE_CHARS:
-                    raise RenderBudgetExceeded(f"'*' would build {size * count:,} items, more than "
-                                               f"{MAX_VALUE_CHARS:,}")
+                    raise RenderBudgetExceeded(f"'*' would build {size * count:,} items, more than {MAX_VALUE_CHARS:,}")
         elif operator == "**":
-            if isinstance(left, int) and isinstance(right, int) and right > 0 and \
-                    max(left.bit_length(), 1) * right > MAX_POWER_BITS:
-                raise RenderBudgetExceeded(f"'**' would build a number of about {left.bit_length() * right:,} "
-                                           f"bits, more than {MAX_POWER_BITS:,}")
+            if (
+                isinstance(left, int)
+                and isinstance(right, int)
+                and right > 0
+                and max(left.bit_length(), 1) * right > MAX_POWER_BITS
+            ):
+                raise RenderBudgetExceeded(
+                    f"'**' would build a number of about {left.bit_length() * right:,} "
+                    f"bits, more than {MAX_POWER_BITS:,}"
+                )
         elif operator == "+":
             sizes = (_size(left), _size(right))
             if sizes[0] is not None and sizes[1] is not None and sizes[0] + sizes[1] > MAX_VALUE_CHARS:
-                raise RenderBudgetExceeded(f"'+' would build {sizes[0] + sizes[1]:,} items, more than "
-                                           f"{MAX_VALUE_CHARS:,}")
+                raise RenderBudgetExceeded(
+                    f"'+' would build {sizes[0] + sizes[1]:,} items, more than {MAX_VALUE_CHARS:,}"
+                )
         return super().call_binop(context, operator, left, right)
 
 
@@ -97,14 +112,20 @@ def _width_checked(name: str, filter_: Callable[..., Any]) -> Callable[..., Any]
         if isinstance(width, int) and width > MAX_VALUE_CHARS:
             raise RenderBudgetExceeded(f"{name}({width:,}) is wider than {MAX_VALUE_CHARS:,} characters")
         return filter_(value, width, *args, **kwargs)
+
     return checked
 
 
 def sandboxed_environment(prepare: Callable[[Any], None] | None = None) -> ImmutableSandboxedEnvironment:
     """The environment every text template renders in: sandboxed, undefined variables are errors, nothing
     evaluated while compiling, and no single operation builds a value past :data:`MAX_VALUE_CHARS`."""
-    env = BoundedSandbox(undefined=StrictUndefined, keep_trailing_newline=True, extensions=[GenerationExtension],
-                         autoescape=False, optimized=False)
+    env = BoundedSandbox(
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        extensions=[GenerationExtension],
+        autoescape=False,
+        optimized=False,
+    )
     for name in ("center", "indent"):
         env.filters[name] = _width_checked(name, env.filters[name])
     if prepare is not None:

@@ -13,8 +13,15 @@ import sys
 from typing import Any
 
 # Dense BF16 tensor-core peaks from the vendors' data sheets, in FLOP/s.
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12,
-                   "L4": 121e12, "B200": 2250e12}
+PEAK_BF16_FLOPS = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10": 125e12,
+    "L4": 121e12,
+    "B200": 2250e12,
+}
 
 
 def peak_memory_bytes(device: Any) -> tuple[int, str]:

@@ -53,8 +53,9 @@ def dumps(recipe: Mapping[str, Any]) -> str:
         elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Mapping) for v in value):
             for i, table in enumerate(value):
                 body.append(f"\n[[{_key(key)}]]")
-                body.extend(f"{_key(str(k))} = {_value(v, f'{key}[{i}].{k}')}" for k, v in table.items()
-                            if v is not None)
+                body.extend(
+                    f"{_key(str(k))} = {_value(v, f'{key}[{i}].{k}')}" for k, v in table.items() if v is not None
+                )
         else:
             head.append(f"{_key(key)} = {_value(value, key)}")
     return "\n".join(head + body).lstrip("\n") + "\n"

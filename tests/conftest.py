@@ -22,8 +22,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-TINY_LLAMA = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-              "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 128}
+TINY_LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+}
 MODEL_TABLE = {"adapter": "causal-lm", "tokenizer": "byte-level", "device": "cpu", "from_config": TINY_LLAMA}
 
 
@@ -122,8 +129,10 @@ def make_recipe(host: PluginHost, tmp_path: Path) -> Callable[..., Any]:
     from ift.recipe import validate_recipe
 
     def build(data: list[dict[str, Any]] | None = None, **sections: Any) -> Any:
-        raw: dict[str, Any] = {"data": data if data is not None else [{"source": "jsonl", "path": "d.jsonl"}],
-                               "model": dict(MODEL_TABLE)}
+        raw: dict[str, Any] = {
+            "data": data if data is not None else [{"source": "jsonl", "path": "d.jsonl"}],
+            "model": dict(MODEL_TABLE),
+        }
         raw.update(sections)
         return validate_recipe(raw, host, base_dir=tmp_path)
 

@@ -35,13 +35,23 @@ def test_the_docs_quote_the_builtin_templates_and_no_others() -> None:
 
 def test_documented_defaults_match_the_code() -> None:
     near = NearDedupConfig.model_validate({})
-    assert (near.by, near.method, near.threshold, near.num_perm, near.max_candidates) == \
-        ("conversation", "minhash", 0.7, 128, 100)
+    assert (near.by, near.method, near.threshold, near.num_perm, near.max_candidates) == (
+        "conversation",
+        "minhash",
+        0.7,
+        128,
+        100,
+    )
     assert TfidfConfig.model_validate({}).stop_words == "english"
     si = SelfInstructConfig.model_fields
     assert (si["max_repetition"].default, si["min_quality"].default, si["min_words"].default) == (0.3, 0.5, 3)
-    for claim in ("`threshold = 0.7`", "`stop_words = \"english\"` by default", "`max_repetition` (default 0.3)",
-                  "`num_perm = 128`", "`max_candidates = 100`"):
+    for claim in (
+        "`threshold = 0.7`",
+        '`stop_words = "english"` by default',
+        "`max_repetition` (default 0.3)",
+        "`num_perm = 128`",
+        "`max_candidates = 100`",
+    ):
         assert claim in DOC
 
 

@@ -61,11 +61,36 @@ def test_the_notebook_runs_cell_by_cell(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_the_reference_covers_the_public_api() -> None:
-    for name in ("ift.load_recipe", "ift.preview", "ift.run", "ift.load_run", "RunResult", "LoadedRecipe",
-                 "PreviewResult", "PreviewExample", "keep_model", "base_dir", "overwrite", "resume"):
+    for name in (
+        "ift.load_recipe",
+        "ift.preview",
+        "ift.run",
+        "ift.load_run",
+        "RunResult",
+        "LoadedRecipe",
+        "PreviewResult",
+        "PreviewExample",
+        "keep_model",
+        "base_dir",
+        "overwrite",
+        "resume",
+    ):
         assert name in DOC, name
     for field in ("run_dir", "metrics", "model_dir", "events()", "generate(", "release()", "open("):
         assert f"`{field}" in DOC or f"{field}`" in DOC or field in DOC, field
-    for attribute in ("model_dir", "metrics_file", "manifest_file", "events_file", "recipe_file", "resolved_file",
-                      "checkpoints_dir", "final", "baseline", "table", "open", "generate", "release"):
+    for attribute in (
+        "model_dir",
+        "metrics_file",
+        "manifest_file",
+        "events_file",
+        "recipe_file",
+        "resolved_file",
+        "checkpoints_dir",
+        "final",
+        "baseline",
+        "table",
+        "open",
+        "generate",
+        "release",
+    ):
         assert hasattr(ift.RunResult, attribute), attribute

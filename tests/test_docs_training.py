@@ -24,15 +24,28 @@ def example(marker: str) -> str:
 
 
 def run(ift_run: Any, trainer: dict[str, Any]) -> tuple[Path, list[dict[str, Any]]]:
-    recipe = {"run": {"seed": 2}, "plugins": {"local": ["my_objective.py"]},
-              "data": [{"source": "jsonl", "path": "rows.jsonl", "name": "rows"}], "model": tiny_model_table(),
-              "trainer": {"max_steps": 3, "batch_size": 4, "learning_rate": 1e-2, "log_every": 1, "shuffle": False,
-                          "batching": "padding", **trainer},
-              "eval": {"fraction": 0.25, "metrics": ["loss"], "baseline": False}}
-    run_dir = ift_run(recipe, files={"rows.jsonl": sample_rows(16),
-                                     "my_objective.py": example("# my_objective.py")})
-    return run_dir, [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()
-                     if '"step"' in line and '"eval"' not in line]
+    recipe = {
+        "run": {"seed": 2},
+        "plugins": {"local": ["my_objective.py"]},
+        "data": [{"source": "jsonl", "path": "rows.jsonl", "name": "rows"}],
+        "model": tiny_model_table(),
+        "trainer": {
+            "max_steps": 3,
+            "batch_size": 4,
+            "learning_rate": 1e-2,
+            "log_every": 1,
+            "shuffle": False,
+            "batching": "padding",
+            **trainer,
+        },
+        "eval": {"fraction": 0.25, "metrics": ["loss"], "baseline": False},
+    }
+    run_dir = ift_run(recipe, files={"rows.jsonl": sample_rows(16), "my_objective.py": example("# my_objective.py")})
+    return run_dir, [
+        json.loads(line)
+        for line in (run_dir / "events.jsonl").read_text().splitlines()
+        if '"step"' in line and '"eval"' not in line
+    ]
 
 
 def test_the_documented_objective_trains_by_name(ift_run: Any):

@@ -12,8 +12,7 @@ from ift.cli import main
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def test_preference_example_raises_held_out_reward_accuracy(tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_preference_example_raises_held_out_reward_accuracy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
     code = main(["run", str(EXAMPLES / "preference.toml"), "--output-dir", str(out), "--set", "trainer.epochs=2"])
     output = capsys.readouterr().out
@@ -30,14 +29,16 @@ def _sft_recipe(tmp_path: Path, rows: list[dict[str, object]]) -> Path:
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     text = (EXAMPLES / "preference.toml").read_text()
     text = text.replace('name = "dpo"\nbeta = 0.5', 'name = "sft"\nmax_steps = 2').replace(
-        "data/preference/pairs.jsonl", "data.jsonl")
+        "data/preference/pairs.jsonl", "data.jsonl"
+    )
     path = tmp_path / "sft.toml"
     path.write_text(text)
     return path
 
 
 def test_sft_on_pairs_learns_the_chosen_answers_and_refuses_undesirable_ones(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     pairs = [{"prompt": f"Say {i}", "chosen": str(i), "rejected": "No."} for i in range(12)]
     assert main(["run", str(_sft_recipe(tmp_path, pairs)), "--output-dir", str(tmp_path / "a")]) == 0
     assert "the chosen answers of 11 preference pair(s) are learned" in capsys.readouterr().out

@@ -53,17 +53,27 @@ def test_quickstart_data_is_what_the_generator_writes(tmp_path: Path, monkeypatc
 
 def test_mixture_example_mixes_with_the_temperature_shares_its_comment_states(builtin_host: PluginHost):
     recipe = load_recipe(EXAMPLES / "mixture.toml", builtin_host)
-    assert (recipe.mixture.strategy, recipe.mixture.temperature, recipe.mixture.cap, recipe.mixture.total) == \
-        ("temperature", 3.0, 4000, 3000)
+    assert (recipe.mixture.strategy, recipe.mixture.temperature, recipe.mixture.cap, recipe.mixture.total) == (
+        "temperature",
+        3.0,
+        4000,
+        3000,
+    )
     report = DataReport()
     records = apply_transforms(recipe, builtin_host, read_sources(recipe, builtin_host, report), report)
     train, held = split_records(recipe, records, report)
     sources = report.to_dict()["mixture"]["sources"]
     assert {name: s["records"] for name, s in sources.items()} == {"strings": 19800, "words": 320, "colours": 11}
-    assert {name: round(s["target_share"], 3) for name, s in sources.items()} == \
-        {"strings": 0.637, "words": 0.274, "colours": 0.089}
-    assert {name: s["planned_examples"] for name, s in sources.items()} == \
-        {"strings": 1910, "words": 823, "colours": 267}
+    assert {name: round(s["target_share"], 3) for name, s in sources.items()} == {
+        "strings": 0.637,
+        "words": 0.274,
+        "colours": 0.089,
+    }
+    assert {name: s["planned_examples"] for name, s in sources.items()} == {
+        "strings": 1910,
+        "words": 823,
+        "colours": 267,
+    }
     assert len(train) == 3000 and {r.source for r in held} == {"strings", "words", "colours"}
     assert not {r.id for r in train} & {r.id for r in held}
 
@@ -87,12 +97,16 @@ def _phrasing_pattern(phrasing: str):
     return re.compile(body, re.IGNORECASE)
 
 
-@pytest.mark.parametrize(("recipe_name", "generator", "files"), [
-    ("smollm2-support.toml", "make_support", ("train.jsonl", "test.jsonl")),
-    ("smollm2-support-zh.toml", "make_support_zh", ("train_zh.jsonl", "test_zh.jsonl")),
-])
-def test_support_held_out_wordings_never_occur_in_training(recipe_name: str, generator: str, files: tuple[str, str],
-                                                          builtin_host: PluginHost, tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize(
+    ("recipe_name", "generator", "files"),
+    [
+        ("smollm2-support.toml", "make_support", ("train.jsonl", "test.jsonl")),
+        ("smollm2-support-zh.toml", "make_support_zh", ("train_zh.jsonl", "test_zh.jsonl")),
+    ],
+)
+def test_support_held_out_wordings_never_occur_in_training(
+    recipe_name: str, generator: str, files: tuple[str, str], builtin_host: PluginHost, tmp_path: Path, monkeypatch
+):
     module = _load_generator(generator)
     if hasattr(module, "EXTRA_PHRASINGS"):  # the English file adds its own wordings to the classifier example's
         phrasings = {k: v + module.EXTRA_PHRASINGS[k] for k, v in module._intents_module().PHRASINGS.items()}
@@ -104,7 +118,9 @@ def test_support_held_out_wordings_never_occur_in_training(recipe_name: str, gen
     train, held = split_records(recipe, records, report)
     assert len(held) >= 100 and len(train) >= 400
     held_patterns = {intent: [_phrasing_pattern(p) for p in ps[3::4]] for intent, ps in phrasings.items()}
-    seen_patterns = {intent: [_phrasing_pattern(p) for p in ps if p not in ps[3::4]] for intent, ps in phrasings.items()}
+    seen_patterns = {
+        intent: [_phrasing_pattern(p) for p in ps if p not in ps[3::4]] for intent, ps in phrasings.items()
+    }
     every_held = [p for ps in held_patterns.values() for p in ps]
     for record in held:
         message = record.messages[1].content  # [0] is the recipe's system prompt
@@ -117,5 +133,6 @@ def test_support_held_out_wordings_never_occur_in_training(recipe_name: str, gen
     monkeypatch.setattr(module, "__file__", str(tmp_path / f"{generator}.py"))
     module.main()
     for name in files:
-        assert (tmp_path / name).read_text(encoding="utf-8") == \
-            (EXAMPLES / "data" / "support" / name).read_text(encoding="utf-8")
+        assert (tmp_path / name).read_text(encoding="utf-8") == (EXAMPLES / "data" / "support" / name).read_text(
+            encoding="utf-8"
+        )

@@ -31,10 +31,29 @@ from dataclasses import dataclass
 from ift.builtin_plugins.metrics import lcs_length, normalize_answer
 
 # Self-Instruct's list (Wang et al., 2023): tasks a text-only model cannot do.
-DEFAULT_BLOCKLIST = ["image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map",
-                     "maps", "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram"]
+DEFAULT_BLOCKLIST = [
+    "image",
+    "images",
+    "graph",
+    "graphs",
+    "picture",
+    "pictures",
+    "file",
+    "files",
+    "map",
+    "maps",
+    "draw",
+    "plot",
+    "go to",
+    "video",
+    "audio",
+    "music",
+    "flowchart",
+    "diagram",
+]
 
-INSTRUCTION_WORDS = frozenset("""
+INSTRUCTION_WORDS = frozenset(
+    """
 add analyze answer arrange calculate categorize change check choose classify combine compare complete
 compose compute convert correct count create define describe design detect determine develop edit
 elaborate estimate evaluate explain extract fill find fix generate give guess identify imagine improve
@@ -42,13 +61,16 @@ infer list make match name outline paraphrase pick predict prepare produce propo
 recommend reorder rephrase replace respond rewrite select sort solve specify suggest summarize tell
 transform translate turn use verify write
 what which who whom whose when where why how is are can could does do did should would will
-""".split())
+""".split()
+)
 
-STOP_WORDS = frozenset("""
+STOP_WORDS = frozenset(
+    """
 a an the and or but if then of to in on at by for with from into about as is are was were be been being
 this that these those it its you your we our they their he she his her i me my not no do does did
 given following some any each every all which what who how when where why can could should would will
-""".split())
+""".split()
+)
 
 _PLACEHOLDER = re.compile(r"\.\.\.|…|\betc\b|<[^>]*>|\[[^\]]*\]", re.IGNORECASE)
 _PAIRS = (("(", ")"), ("[", "]"), ("{", "}"))
@@ -119,7 +141,7 @@ def repetition(text: str) -> float:
     tokens = words(text)
     worst = 0.0
     for n in (2, 3):
-        grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+        grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
         if len(grams) >= 2:
             worst = max(worst, 1 - len(set(grams)) / len(grams))
     return worst

@@ -18,8 +18,10 @@ def split_task(record: ift.InstructionRecord) -> tuple[str, str]:
 
 def instruction_prompt(examples: list[str], task_description: str | None) -> str:
     goal = f" for this goal: {task_description.strip()}" if task_description else ""
-    lines = [f"Come up with new, diverse tasks{goal}. Each task is one instruction that can be done with "
-             "text alone.", ""]
+    lines = [
+        f"Come up with new, diverse tasks{goal}. Each task is one instruction that can be done with text alone.",
+        "",
+    ]
     lines += [f"Task {n}: {' '.join(text.split())}" for n, text in enumerate(examples, start=1)]
     return "\n".join([*lines, f"Task {len(examples) + 1}:"])
 

@@ -69,8 +69,9 @@ class BuildState:
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ift.DataError(f"self-instruct state is corrupt: {exc.msg}", file=str(self.path),
-                                    line=number) from None
+                raise ift.DataError(
+                    f"self-instruct state is corrupt: {exc.msg}", file=str(self.path), line=number
+                ) from None
             kind = entry.get("type")
             if number == 1:
                 self._check_header(entry)
@@ -83,12 +84,16 @@ class BuildState:
 
     def _check_header(self, entry: dict[str, Any]) -> None:
         if entry.get("type") != "header" or entry.get("version") != VERSION:
-            raise ift.DataError("not a self-instruct state file (version "
-                                f"{VERSION}); delete it or choose another work_dir", file=str(self.path))
+            raise ift.DataError(
+                f"not a self-instruct state file (version {VERSION}); delete it or choose another work_dir",
+                file=str(self.path),
+            )
         if entry.get("settings") != self.settings:
             raise ift.DataError(
                 "this work_dir holds a build made with other settings (seeds, model, prompts or filters "
-                "changed); delete it to start over, or choose another work_dir", file=str(self.path))
+                "changed); delete it to start over, or choose another work_dir",
+                file=str(self.path),
+            )
 
     def _remember(self, entry: dict[str, Any]) -> None:
         self.decided[(int(entry["round"]), int(entry["index"]))] = entry
@@ -118,5 +123,9 @@ class BuildState:
 
     def stats(self) -> dict[str, Any]:
         """Counts for the build summary: rounds, candidates, kept, and rejections by reason."""
-        return {"rounds": len(self.rounds_done), "candidates": len(self.decided), "kept": len(self.kept),
-                "rejected": dict(sorted(self.rejected.items()))}
+        return {
+            "rounds": len(self.rounds_done),
+            "candidates": len(self.decided),
+            "kept": len(self.kept),
+            "rejected": dict(sorted(self.rejected.items())),
+        }

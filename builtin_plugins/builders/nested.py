@@ -46,13 +46,15 @@ def nested_table(value: Any, context: Any = None) -> dict[str, Any]:
     if isinstance(value, str):
         value = {"path": value}
     if not isinstance(value, dict):
-        raise ValueError("must be a source table such as { source = \"csv\", path = \"rows.csv\" } or a file path")
+        raise ValueError('must be a source table such as { source = "csv", path = "rows.csv" } or a file path')
     table = dict(value)
     if "source" not in table:
         suffix = Path(str(table.get("path", ""))).suffix.lower()
         if suffix not in SUFFIXES:
-            raise ValueError("needs source = \"...\" (cannot tell the source from "
-                             f"{table.get('path', 'a missing path')!r}; known suffixes: {', '.join(SUFFIXES)})")
+            raise ValueError(
+                'needs source = "..." (cannot tell the source from '
+                f"{table.get('path', 'a missing path')!r}; known suffixes: {', '.join(SUFFIXES)})"
+            )
         table["source"] = SUFFIXES[suffix]
     name = table["source"]
     if not isinstance(name, str):
@@ -61,8 +63,9 @@ def nested_table(value: Any, context: Any = None) -> dict[str, Any]:
     known = {n: r.cls for n, r in host.registry["source"].items()} if host is not None else _builtin_sources()
     if name not in known:
         if host is not None:
-            raise ValueError(f"unknown source {name!r}{ift.did_you_mean(name, known)}; "
-                             f"available: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown source {name!r}{ift.did_you_mean(name, known)}; available: {', '.join(sorted(known))}"
+            )
         return table
     try:
         known[name].Config.model_validate({k: v for k, v in table.items() if k != "source"}, context=context)
@@ -84,8 +87,12 @@ def _explain(error: Any, fields: list[str]) -> str:
 def _builtin_sources() -> dict[str, type[ift.InstructionSource]]:
     from ift.builtin_plugins import sources
 
-    return {"csv": sources.CsvSource, "jsonl": sources.JsonlSource, "json": sources.JsonSource,
-            "parquet": sources.ParquetSource}
+    return {
+        "csv": sources.CsvSource,
+        "jsonl": sources.JsonlSource,
+        "json": sources.JsonSource,
+        "parquet": sources.ParquetSource,
+    }
 
 
 def key_of(source: ift.InstructionSource, key: str) -> str:
@@ -103,14 +110,21 @@ def open_source(owner: ift.InstructionSource, table: dict[str, Any], key: str) -
     builtin = _builtin_sources()
     if name not in builtin:
         hint = ift.did_you_mean(str(name), builtin)
-        raise ift.RecipeError([ift.Problem(f"{key}.source", f"unknown source {name!r}{hint} (without a plugin host "
-                                           f"only {', '.join(builtin)} can be nested)")])
+        raise ift.RecipeError(
+            [
+                ift.Problem(
+                    f"{key}.source",
+                    f"unknown source {name!r}{hint} (without a plugin host only {', '.join(builtin)} can be nested)",
+                )
+            ]
+        )
     cls = builtin[str(name)]
     try:
         config = cls.Config.model_validate({k: v for k, v in table.items() if k != "source"})
     except ValidationError as exc:
-        raise ift.RecipeError([ift.Problem(f"{key}.{'.'.join(map(str, e['loc']))}", e["msg"])
-                               for e in exc.errors()]) from None
+        raise ift.RecipeError(
+            [ift.Problem(f"{key}.{'.'.join(map(str, e['loc']))}", e["msg"]) for e in exc.errors()]
+        ) from None
     return cls(config, source_name=owner.source_name, base_dir=owner.base_dir)
 
 
@@ -140,8 +154,16 @@ def flatten_record(record: ift.InstructionRecord) -> dict[str, Any]:
     """A record as template variables: the last user turn is ``prompt``, the answer ``answer``."""
     users = [m.content for m in record.messages if m.role == "user"]
     system = next((m.content for m in record.messages if m.role == "system"), None)
-    return {"id": record.id, "prompt": users[-1] if users else "", "answer": record.answer, "system": system,
-            "task": record.task, "label": record.label, "choices": record.choices, "metadata": record.metadata}
+    return {
+        "id": record.id,
+        "prompt": users[-1] if users else "",
+        "answer": record.answer,
+        "system": system,
+        "task": record.task,
+        "label": record.label,
+        "choices": record.choices,
+        "metadata": record.metadata,
+    }
 
 
 def _file_rows(path: Path, kind: str, field: str | None) -> Iterator[Row]:
@@ -183,8 +205,9 @@ def json_value(text: str, file: str, line: int | None) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ift.DataError(f"invalid JSON: {exc.msg} (column {exc.colno})", file=file,
-                            line=line if line is not None else exc.lineno) from None
+        raise ift.DataError(
+            f"invalid JSON: {exc.msg} (column {exc.colno})", file=file, line=line if line is not None else exc.lineno
+        ) from None
 
 
 def _object(value: Any, file: str, line: int | None) -> dict[str, Any]:

@@ -38,18 +38,30 @@ import ift
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RETRIED = {408, 409, 429, 500, 502, 503, 504}
 #: Settings that do not change what is generated (left out of the builder's resume check).
-TRANSPORT_KEYS = ("api_key_env", "timeout", "max_retries", "backoff", "max_backoff", "requests_per_minute",
-                  "max_requests", "concurrency")
+TRANSPORT_KEYS = (
+    "api_key_env",
+    "timeout",
+    "max_retries",
+    "backoff",
+    "max_backoff",
+    "requests_per_minute",
+    "max_requests",
+    "concurrency",
+)
 
 
 class OpenAIBackendConfig(ift.ComponentConfig):
-    base_url: str = Field(description="The endpoint's API root, e.g. https://api.openai.com/v1 or "
-                                      "http://127.0.0.1:8000/v1 (ift serve).")
+    base_url: str = Field(
+        description="The endpoint's API root, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1 (ift serve)."
+    )
     model: str = Field(description="The model name the endpoint serves.")
-    api_key_env: str = Field("OPENAI_API_KEY", description="The environment variable holding the API key "
-                                                            "(unset: no Authorization header is sent).")
-    api: Literal["completions", "chat"] = Field("completions", description="completions: the prompt is "
-                                                "continued as is; chat: it is sent as one user message.")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY",
+        description="The environment variable holding the API key (unset: no Authorization header is sent).",
+    )
+    api: Literal["completions", "chat"] = Field(
+        "completions", description="completions: the prompt is continued as is; chat: it is sent as one user message."
+    )
     temperature: float = Field(0.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     timeout: float = Field(60.0, gt=0, description="Seconds to wait for one answer.")
@@ -57,8 +69,9 @@ class OpenAIBackendConfig(ift.ComponentConfig):
     backoff: float = Field(1.0, ge=0, description="First wait before a retry, in seconds (doubled each time).")
     max_backoff: float = Field(60.0, ge=0)
     requests_per_minute: float | None = Field(None, gt=0)
-    max_requests: int | None = Field(None, gt=0, description="HTTP requests one build may send (retries "
-                                                              "included); the build stops cleanly at it.")
+    max_requests: int | None = Field(
+        None, gt=0, description="HTTP requests one build may send (retries included); the build stops cleanly at it."
+    )
     concurrency: int = Field(1, ge=1, le=64, description="Requests in flight at once.")
 
     @field_validator("api_key_env")
@@ -75,8 +88,7 @@ class OpenAIBackendConfig(ift.ComponentConfig):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:8000/v1")
         if parts.username or parts.password:
-            raise ValueError("must not hold credentials: put the key in the environment variable api_key_env "
-                             "names")
+            raise ValueError("must not hold credentials: put the key in the environment variable api_key_env names")
         return value.rstrip("/")
 
 
@@ -142,8 +154,12 @@ class OpenAIGenerator:
 
     def _body(self, prompt: str, max_new_tokens: int, stop: list[str]) -> dict[str, Any]:
         cfg = self.config
-        body: dict[str, Any] = {"model": cfg.model, "max_tokens": max_new_tokens, "temperature": cfg.temperature,
-                                "top_p": cfg.top_p}
+        body: dict[str, Any] = {
+            "model": cfg.model,
+            "max_tokens": max_new_tokens,
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p,
+        }
         if stop:
             body["stop"] = stop[:4]
         if cfg.api == "chat":
@@ -166,8 +182,10 @@ class OpenAIGenerator:
             if not isinstance(text, str):
                 raise TypeError
         except (KeyError, IndexError, TypeError):
-            raise ift.DataError(f"{self.owner}: {self.config.base_url}{path} answered without "
-                                f"choices[0].{'message.content' if self.config.api == 'chat' else 'text'}") from None
+            raise ift.DataError(
+                f"{self.owner}: {self.config.base_url}{path} answered without "
+                f"choices[0].{'message.content' if self.config.api == 'chat' else 'text'}"
+            ) from None
         self._remember(key, text)
         return text
 
@@ -192,19 +210,24 @@ class OpenAIGenerator:
                 if exc.code not in _RETRIED:
                     hint = ""
                     if exc.code in (401, 403):
-                        hint = (f" (the environment variable {cfg.api_key_env} is not set)" if not self._key
-                                else f" (check the key in {cfg.api_key_env})")
+                        hint = (
+                            f" (the environment variable {cfg.api_key_env} is not set)"
+                            if not self._key
+                            else f" (check the key in {cfg.api_key_env})"
+                        )
                     raise ift.DataError(f"{self.owner}: POST {url} failed: {why}{hint}") from None
                 retry_after = _seconds(exc.headers.get("Retry-After"))
             except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
                 reason = getattr(exc, "reason", exc)
                 why = f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
             except ValueError as exc:
-                raise ift.DataError(f"{self.owner}: POST {url} answered with something that is not JSON "
-                                    f"({exc})") from None
+                raise ift.DataError(
+                    f"{self.owner}: POST {url} answered with something that is not JSON ({exc})"
+                ) from None
             if attempt == cfg.max_retries:
-                raise ift.DataError(f"{self.owner}: POST {url} failed after {attempt + 1} attempts; the last: "
-                                    f"{self._redact(why)}")
+                raise ift.DataError(
+                    f"{self.owner}: POST {url} failed after {attempt + 1} attempts; the last: {self._redact(why)}"
+                )
             time.sleep(min(cfg.max_backoff, retry_after if retry_after is not None else wait))
             wait *= 2
         raise AssertionError("unreachable")  # pragma: no cover

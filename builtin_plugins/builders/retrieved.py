@@ -29,7 +29,8 @@ class RetrievedConfig(ift.ComponentConfig):
     top_k: int = Field(10, gt=0, description="Records kept per query.")
     min_score: float = Field(0.0, ge=0.0, le=1.0, description="Similarity floor.")
     match: Literal["prompt", "conversation"] = Field(
-        "prompt", description="Text of a library record that is compared: its user turns, or every turn.")
+        "prompt", description="Text of a library record that is compared: its user turns, or every turn."
+    )
     backend: str = Field("tfidf", description="Similarity backend name.")
     backend_options: dict[str, Any] = Field(default_factory=dict, description="Options of the backend.")
 
@@ -55,8 +56,9 @@ class RetrievedConfig(ift.ComponentConfig):
         return [(None, q) for q in ([self.query] if isinstance(self.query, str) else self.query or [])]
 
 
-def _backend_config(cls: type[SimilarityBackend], options: dict[str, Any],
-                    prefix: str = "backend_options.") -> ift.ComponentConfig:
+def _backend_config(
+    cls: type[SimilarityBackend], options: dict[str, Any], prefix: str = "backend_options."
+) -> ift.ComponentConfig:
     try:
         return cls.Config.model_validate(options)
     except ValidationError as exc:
@@ -85,8 +87,10 @@ class RetrievedSource(ift.InstructionSource):
         backends = similarity_backends(self.host)
         name = self.config.backend
         if name not in backends:
-            message = (f"unknown similarity backend {name!r}{ift.did_you_mean(name, backends)}; "
-                       f"available: {', '.join(sorted(backends))}")
+            message = (
+                f"unknown similarity backend {name!r}{ift.did_you_mean(name, backends)}; "
+                f"available: {', '.join(sorted(backends))}"
+            )
             raise ift.RecipeError([ift.Problem(key_of(self, "backend"), message)])
         cls = backends[name]
         try:
@@ -109,7 +113,7 @@ class RetrievedSource(ift.InstructionSource):
         for q, row in enumerate(matrix):
             scores = [float(s) for s in row]
             ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-            for i in [i for i in ranked if scores[i] > 0 and scores[i] >= cfg.min_score][:cfg.top_k]:
+            for i in [i for i in ranked if scores[i] > 0 and scores[i] >= cfg.min_score][: cfg.top_k]:
                 if i not in best or scores[i] > best[i][0]:
                     best[i] = (scores[i], q)
         for i in sorted(best, key=lambda i: (-best[i][0], i)):
@@ -119,8 +123,7 @@ class RetrievedSource(ift.InstructionSource):
             metadata = {**record.metadata, "retrieval_score": round(score, 6), "retrieval_query": text}
             if task is not None:
                 metadata["retrieval_task"] = task
-            yield dataclasses.replace(record, source=self.source_name, task=record.task or task,
-                                      metadata=metadata)
+            yield dataclasses.replace(record, source=self.source_name, task=record.task or task, metadata=metadata)
 
     def _digest(self, library_fingerprint: str) -> str:
         digest = hashlib.sha256(self.config.model_dump_json().encode())
@@ -133,5 +136,6 @@ class RetrievedSource(ift.InstructionSource):
 
     def fingerprint(self) -> str:
         library = getattr(self, "_library_fingerprint", None)
-        return self._digest(library if library is not None else
-                            open_source(self, self.config.library, "library").fingerprint())
+        return self._digest(
+            library if library is not None else open_source(self, self.config.library, "library").fingerprint()
+        )

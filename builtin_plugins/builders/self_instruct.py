@@ -54,12 +54,17 @@ _RESUME_IRRELEVANT = ("num_instructions", "max_rounds", "batch_size", "work_dir"
 
 class SelfInstructConfig(ift.ComponentConfig):
     seeds: dict[str, Any] = Field(description="Seed tasks: a nested source table, or a JSONL path.")
-    model: CausalLMConfig | None = Field(None, description="The generating model, run locally (causal-lm "
-                                                           "keys: name_or_path, ...).")
-    openai: OpenAIBackendConfig | None = Field(None, description="Or an OpenAI-compatible endpoint (base_url, "
-                                               "model, api_key_env, retries, rate limit, request budget).")
-    task_description: str | None = Field(None, description="The stated task: prompts ask for tasks for it "
-                                                           "and the quality score rewards relevance to it.")
+    model: CausalLMConfig | None = Field(
+        None, description="The generating model, run locally (causal-lm keys: name_or_path, ...)."
+    )
+    openai: OpenAIBackendConfig | None = Field(
+        None,
+        description="Or an OpenAI-compatible endpoint (base_url, "
+        "model, api_key_env, retries, rate limit, request budget).",
+    )
+    task_description: str | None = Field(
+        None, description="The stated task: prompts ask for tasks for it and the quality score rewards relevance to it."
+    )
     num_instructions: int = Field(100, gt=0, description="How many instructions to keep.")
     max_rounds: int = Field(50, gt=0, description="Stop after this many rounds even if fewer are kept.")
     prompts_per_round: int = Field(8, gt=0)
@@ -74,19 +79,28 @@ class SelfInstructConfig(ift.ComponentConfig):
     max_words: int = Field(150, ge=1)
     blocklist: list[str] = Field(default_factory=lambda: list(filters.DEFAULT_BLOCKLIST))
     min_quality: float = Field(0.5, ge=0, le=1, description="Reject a quality score below this.")
-    max_repetition: float = Field(0.3, ge=0, le=1, description="Reject an instruction, input or output whose "
-                                  "share of repeated word bigrams / trigrams is above this (1: no check).")
+    max_repetition: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="Reject an instruction, input or output whose "
+        "share of repeated word bigrams / trigrams is above this (1: no check).",
+    )
     seed: int = 0
-    work_dir: str | None = Field(None, description="Folder of the resumable state (default: "
-                                                   "<recipe folder>/<source name>.self-instruct).")
+    work_dir: str | None = Field(
+        None, description="Folder of the resumable state (default: <recipe folder>/<source name>.self-instruct)."
+    )
 
     @model_validator(mode="after")
     def _one_generator(self) -> SelfInstructConfig:
         if (self.model is None) == (self.openai is None):
-            raise ValueError("give the generating model as either `model` (run locally) or `openai` (an "
-                             "OpenAI-compatible endpoint), not both" if self.model else
-                             "required: the generating model, as `model` (run locally) or `openai` (an "
-                             "OpenAI-compatible endpoint: base_url, model)")
+            raise ValueError(
+                "give the generating model as either `model` (run locally) or `openai` (an "
+                "OpenAI-compatible endpoint), not both"
+                if self.model
+                else "required: the generating model, as `model` (run locally) or `openai` (an "
+                "OpenAI-compatible endpoint: base_url, model)"
+            )
         return self
 
     @field_validator("seeds", mode="before")
@@ -102,8 +116,15 @@ class SelfInstructSource(ift.InstructionSource):
     Config = SelfInstructConfig
     config: SelfInstructConfig
 
-    def __init__(self, config: ift.ComponentConfig, *, source_name: str, base_dir: Path, host: Any = None,
-                 generate: Generate | None = None) -> None:
+    def __init__(
+        self,
+        config: ift.ComponentConfig,
+        *,
+        source_name: str,
+        base_dir: Path,
+        host: Any = None,
+        generate: Generate | None = None,
+    ) -> None:
         super().__init__(config, source_name=source_name, base_dir=base_dir, host=host)
         self._generate = generate
         self.stats: dict[str, Any] = {}
@@ -149,19 +170,26 @@ class SelfInstructSource(ift.InstructionSource):
             self._digest.update(json.dumps(entry, sort_keys=True).encode())
             user = entry["instruction"] + (f"\n\n{entry['input']}" if entry["input"] else "")
             yield ift.InstructionRecord(
-                id=entry["id"], source=self.source_name,
+                id=entry["id"],
+                source=self.source_name,
                 messages=[ift.Message("user", user), ift.Message("assistant", entry["output"])],
-                metadata={"round": entry["round"], "quality": entry["quality"]})
+                metadata={"round": entry["round"], "quality": entry["quality"]},
+            )
 
-    def _round(self, r: int, seeds: list[tuple[str, str, str]], state: BuildState,
-               pool: filters.SimilarityPool) -> None:
+    def _round(
+        self, r: int, seeds: list[tuple[str, str, str]], state: BuildState, pool: filters.SimilarityPool
+    ) -> None:
         cfg = self.config
         rng = random.Random(f"{cfg.seed}:round:{r}")
         earlier = [e["instruction"] for e in state.kept if e["round"] < r]
-        prompts = [instruction_prompt([s[0] for s in rng.sample(seeds, min(cfg.seed_examples, len(seeds)))]
-                                      + rng.sample(earlier, min(cfg.generated_examples, len(earlier))),
-                                      cfg.task_description)
-                   for _ in range(cfg.prompts_per_round)]
+        prompts = [
+            instruction_prompt(
+                [s[0] for s in rng.sample(seeds, min(cfg.seed_examples, len(seeds)))]
+                + rng.sample(earlier, min(cfg.generated_examples, len(earlier))),
+                cfg.task_description,
+            )
+            for _ in range(cfg.prompts_per_round)
+        ]
         outputs = self.generate(prompts, max_new_tokens=cfg.max_new_tokens, stop=["\n\n"])
         candidates = [c for out in outputs for c in parse_instructions(out)]
         survivors = []
@@ -175,11 +203,13 @@ class SelfInstructSource(ift.InstructionSource):
                 survivors.append(i)
         instance_prompts = []
         for i in survivors:
-            shots = random.Random(f"{cfg.seed}:instance:{r}:{i}").sample(seeds, min(cfg.instance_examples,
-                                                                                     len(seeds)))
+            shots = random.Random(f"{cfg.seed}:instance:{r}:{i}").sample(seeds, min(cfg.instance_examples, len(seeds)))
             instance_prompts.append(instance_prompt(shots, candidates[i]))
-        instances = self.generate(instance_prompts, max_new_tokens=cfg.instance_max_new_tokens,
-                                  stop=["\nTask:"]) if instance_prompts else []
+        instances = (
+            self.generate(instance_prompts, max_new_tokens=cfg.instance_max_new_tokens, stop=["\nTask:"])
+            if instance_prompts
+            else []
+        )
         scored = []
         for i, raw in zip(survivors, instances, strict=True):
             input_text, output = parse_instance(raw)
@@ -205,10 +235,25 @@ class SelfInstructSource(ift.InstructionSource):
             return "repetitive"
         return None
 
-    def _decide(self, r: int, i: int, text: str, input_text: str, output: str, q: filters.Quality,
-                state: BuildState, pool: filters.SimilarityPool) -> None:
-        entry: dict[str, Any] = {"round": r, "index": i, "instruction": text, "input": input_text,
-                                 "output": output, "quality": q.score}
+    def _decide(
+        self,
+        r: int,
+        i: int,
+        text: str,
+        input_text: str,
+        output: str,
+        q: filters.Quality,
+        state: BuildState,
+        pool: filters.SimilarityPool,
+    ) -> None:
+        entry: dict[str, Any] = {
+            "round": r,
+            "index": i,
+            "instruction": text,
+            "input": input_text,
+            "output": output,
+            "quality": q.score,
+        }
         out = filters.normalize_answer(output)
         if not out or out in (filters.normalize_answer(text), filters.normalize_answer(input_text)):
             entry.update(kept=False, reason="invalid instance")
@@ -228,8 +273,11 @@ class SelfInstructSource(ift.InstructionSource):
     def generate(self, prompts: list[str], *, max_new_tokens: int, stop: list[str]) -> list[str]:
         """Completions from the injected function, or from the configured model (loaded on first use)."""
         if self._generate is None and self.config.openai is not None:
-            self._generate = OpenAIGenerator(self.config.openai, cache_path=self.work_dir / "responses.jsonl",
-                                             owner=f"self-instruct source {self.source_name!r}")
+            self._generate = OpenAIGenerator(
+                self.config.openai,
+                cache_path=self.work_dir / "responses.jsonl",
+                owner=f"self-instruct source {self.source_name!r}",
+            )
         if self._generate is None:
             import torch
 
@@ -242,8 +290,14 @@ class SelfInstructSource(ift.InstructionSource):
             model = adapter.load_model(tokenizer)
 
             def run(prompts: list[str], *, max_new_tokens: int, stop: list[str]) -> list[str]:
-                return adapter.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                        batch_size=self.config.batch_size, stop=stop)
+                return adapter.generate(
+                    model,
+                    tokenizer,
+                    prompts,
+                    max_new_tokens=max_new_tokens,
+                    batch_size=self.config.batch_size,
+                    stop=stop,
+                )
 
             self._generate = run
         return list(self._generate(prompts, max_new_tokens=max_new_tokens, stop=stop))
@@ -272,5 +326,7 @@ class SelfInstructSource(ift.InstructionSource):
         s = self.stats
         rejected = ", ".join(f"{reason} {n}" for reason, n in s["rejected"].items()) or "none"
         stopped = f"; stopped early: {s['stopped']}" if s.get("stopped") else ""
-        return (f"sha256:{digest.hexdigest()[:16]} (kept {s['kept']} of {s['candidates']} candidates in "
-                f"{s['rounds']} rounds; rejected: {rejected}{stopped})")
+        return (
+            f"sha256:{digest.hexdigest()[:16]} (kept {s['kept']} of {s['candidates']} candidates in "
+            f"{s['rounds']} rounds; rejected: {rejected}{stopped})"
+        )

@@ -28,7 +28,8 @@ __all__ = ["BUILTIN_BACKENDS", "SimilarityBackend", "TfidfBackend", "TfidfConfig
 class TfidfConfig(ift.ComponentConfig):
     ngram_range: tuple[int, int] = Field((1, 1), description="Word n-gram sizes, e.g. [1, 2].")
     stop_words: Literal["english", "none"] | None = Field(
-        "english", description="'english' (scikit-learn's English stop-word list) or 'none' (keep every word).")
+        "english", description="'english' (scikit-learn's English stop-word list) or 'none' (keep every word)."
+    )
     sublinear_tf: bool = Field(False, description="Use 1 + log(tf) instead of raw counts.")
     min_df: int = Field(1, ge=1, description="Ignore words in fewer library texts than this.")
 
@@ -46,8 +47,9 @@ class TfidfBackend(SimilarityBackend):
 
         cfg = self.config
         stop_words = None if cfg.stop_words in (None, "none") else cfg.stop_words  # TOML has no null: "none"
-        self.vectorizer = TfidfVectorizer(ngram_range=cfg.ngram_range, stop_words=stop_words,
-                                          sublinear_tf=cfg.sublinear_tf, min_df=cfg.min_df)
+        self.vectorizer = TfidfVectorizer(
+            ngram_range=cfg.ngram_range, stop_words=stop_words, sublinear_tf=cfg.sublinear_tf, min_df=cfg.min_df
+        )
         try:
             self.matrix = self.vectorizer.fit_transform(texts)
         except ValueError as exc:  # "empty vocabulary": every word is a stop word, or no texts

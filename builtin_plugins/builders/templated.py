@@ -40,15 +40,18 @@ def _check_syntax(text: str) -> str:
 class TaskTemplate(ift.ComponentConfig):
     name: str = Field(description="Task label of the records (also the first part of their ids).")
     instructions: list[str] = Field(default_factory=list, description="Phrasings: Jinja2 templates.")
-    instruction_files: list[str] = Field(default_factory=list,
-                                         description="Phrasings in template files, relative to the recipe.")
+    instruction_files: list[str] = Field(
+        default_factory=list, description="Phrasings in template files, relative to the recipe."
+    )
     answer: str = Field(description="Jinja2 template of the answer.")
     system: str | None = Field(None, description="Jinja2 template of a system prompt.")
     choices: list[str] | None = Field(None, description="Answer choices of a classification task.")
-    choices_column: str | None = Field(None, description="Column with each row's choices (a list, or "
-                                                         "'|'-separated text).")
-    label: str | None = Field(None, description="Jinja2 template of the label (default: the answer, "
-                                                "when the task has choices).")
+    choices_column: str | None = Field(
+        None, description="Column with each row's choices (a list, or '|'-separated text)."
+    )
+    label: str | None = Field(
+        None, description="Jinja2 template of the label (default: the answer, when the task has choices)."
+    )
     rows: dict[str, Any] | None = Field(None, description="This task's rows (default: the source's rows).")
     few_shot: int = Field(0, ge=0, description="Other rows given to the templates as `examples`.")
 
@@ -82,8 +85,9 @@ class TaskTemplate(ift.ComponentConfig):
 
 
 class TemplatedConfig(ift.ComponentConfig):
-    rows: dict[str, Any] | None = Field(None, description="Nested source of the rows, e.g. "
-                                                          "{ source = 'csv', path = 'rows.csv' }.")
+    rows: dict[str, Any] | None = Field(
+        None, description="Nested source of the rows, e.g. { source = 'csv', path = 'rows.csv' }."
+    )
     tasks: list[TaskTemplate] = Field(min_length=1)
     seed: int = Field(0, description="Chooses each row's phrasing and few-shot examples.")
     id_column: str = Field("id", description="Column that identifies a row (default: its position).")
@@ -118,19 +122,21 @@ class TemplatedSource(ift.InstructionSource):
             self._fingerprints.append(source.fingerprint())
             yield from self._task_records(env, task, t, rows)
 
-    def _task_records(self, env: Any, task: TaskTemplate, t: int,
-                      rows: list[Row]) -> Iterator[ift.InstructionRecord]:
+    def _task_records(self, env: Any, task: TaskTemplate, t: int, rows: list[Row]) -> Iterator[ift.InstructionRecord]:
         phrasings = [(f"tasks[{t}].instructions[{i}]", text) for i, text in enumerate(task.instructions)]
-        phrasings += [(name, path.read_text(encoding="utf-8"))
-                      for name, path in zip(task.instruction_files, self._files(task, t), strict=True)]
+        phrasings += [
+            (name, path.read_text(encoding="utf-8"))
+            for name, path in zip(task.instruction_files, self._files(task, t), strict=True)
+        ]
         compiled = [(origin, self._compile(env, text, origin)) for origin, text in phrasings]
         answer = self._compile(env, task.answer, f"tasks[{t}].answer")
         system = self._compile(env, task.system, f"tasks[{t}].system") if task.system else None
         label = self._compile(env, task.label, f"tasks[{t}].label") if task.label else None
         keys = [self._row_key(row) for row in rows]
         contexts = [self._context(task, row) for row in rows]
-        answers = [_render(answer, ctx, f"tasks[{t}].answer", task, row)
-                   for ctx, row in zip(contexts, rows, strict=True)]
+        answers = [
+            _render(answer, ctx, f"tasks[{t}].answer", task, row) for ctx, row in zip(contexts, rows, strict=True)
+        ]
         for i, (row, key, ctx, answer_text) in enumerate(zip(rows, keys, contexts, answers, strict=True)):
             rng = random.Random(f"{self.config.seed}:{task.name}:{key}")
             choice = rng.randrange(len(compiled))
@@ -138,19 +144,29 @@ class TemplatedSource(ift.InstructionSource):
             picks = rng.sample(range(len(rows) - 1), min(task.few_shot, len(rows) - 1)) if task.few_shot else []
             shots = [p if p < i else p + 1 for p in picks]  # any row but this one
             ctx = {**ctx, "examples": [{**contexts[j], "answer": answers[j]} for j in shots]}
-            messages = [ift.Message("user", _render(template, ctx, origin, task, row)),
-                        ift.Message("assistant", answer_text)]
+            messages = [
+                ift.Message("user", _render(template, ctx, origin, task, row)),
+                ift.Message("assistant", answer_text),
+            ]
             if system is not None:
                 messages.insert(0, ift.Message("system", _render(system, ctx, f"tasks[{t}].system", task, row)))
             choices = ctx.get("choices") if (task.choices is not None or task.choices_column) else None
-            label_text = _render(label, ctx, f"tasks[{t}].label", task, row) if label else \
-                (answer_text if choices is not None else None)
+            label_text = (
+                _render(label, ctx, f"tasks[{t}].label", task, row)
+                if label
+                else (answer_text if choices is not None else None)
+            )
             if choices is not None and label_text not in choices:
                 raise row_error(f"task {task.name!r}: label {label_text!r} is not one of the choices {choices}", row)
             yield ift.InstructionRecord(
-                id=self._record_id(task, row, key), source=self.source_name, messages=messages, task=task.name,
-                label=label_text, choices=list(choices) if choices is not None else None,
-                metadata={"row": row.index, "phrasing": choice, "template": origin})
+                id=self._record_id(task, row, key),
+                source=self.source_name,
+                messages=messages,
+                task=task.name,
+                label=label_text,
+                choices=list(choices) if choices is not None else None,
+                metadata={"row": row.index, "phrasing": choice, "template": origin},
+            )
 
     def _files(self, task: TaskTemplate, t: int) -> list[Path]:
         paths = []
@@ -160,8 +176,9 @@ class TemplatedSource(ift.InstructionSource):
             try:
                 ift.check_data_file(path, "instruction file")
             except ift.DataError as exc:
-                raise ift.RecipeError([ift.Problem(key_of(self, f"tasks[{t}].instruction_files[{i}]"),
-                                                   str(exc))]) from None
+                raise ift.RecipeError(
+                    [ift.Problem(key_of(self, f"tasks[{t}].instruction_files[{i}]"), str(exc))]
+                ) from None
             paths.append(path)
         return paths
 
@@ -193,15 +210,21 @@ class TemplatedSource(ift.InstructionSource):
             if isinstance(value, str):
                 value = [c.strip() for c in value.split("|") if c.strip()]
             if not isinstance(value, list) or not value:
-                raise row_error(f"task {task.name!r}: column {task.choices_column!r} must hold the choices "
-                                f"(a list or 'a|b|c'), got {value!r}", row)
+                raise row_error(
+                    f"task {task.name!r}: column {task.choices_column!r} must hold the choices "
+                    f"(a list or 'a|b|c'), got {value!r}",
+                    row,
+                )
             ctx["choices"] = [str(c) for c in value]
         return ctx
 
     def _rows_sources(self) -> list[ift.InstructionSource]:
-        return [open_source(self, task.rows or self.config.rows or {},
-                            f"tasks[{t}].rows" if task.rows is not None else "rows")
-                for t, task in enumerate(self.config.tasks)]
+        return [
+            open_source(
+                self, task.rows or self.config.rows or {}, f"tasks[{t}].rows" if task.rows is not None else "rows"
+            )
+            for t, task in enumerate(self.config.tasks)
+        ]
 
     def _digest(self, parts: list[str]) -> str:
         digest = hashlib.sha256(self.config.model_dump_json().encode())
@@ -226,11 +249,13 @@ def _render(template: Template, ctx: dict[str, Any], origin: str, task: TaskTemp
         with time_budget(RENDER_SECONDS):
             return template.render(**ctx).strip()
     except (RenderBudgetExceeded, MemoryError) as exc:
-        raise row_error(f"task {task.name!r}, template {origin}: {exc or 'out of memory'} (budget: "
-                        f"{RENDER_SECONDS:g} s and {MAX_VALUE_CHARS:,} characters per operation)", row) from None
+        raise row_error(
+            f"task {task.name!r}, template {origin}: {exc or 'out of memory'} (budget: "
+            f"{RENDER_SECONDS:g} s and {MAX_VALUE_CHARS:,} characters per operation)",
+            row,
+        ) from None
     except RecursionError:
-        raise row_error(f"task {task.name!r}, template {origin}: the template recurses without bound", row) \
-            from None
+        raise row_error(f"task {task.name!r}, template {origin}: the template recurses without bound", row) from None
     except TemplateError as exc:
         columns = json.dumps(sorted(ctx))
         raise row_error(f"task {task.name!r}, template {origin}: {exc} (variables: {columns})", row) from None

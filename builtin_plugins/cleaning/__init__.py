@@ -12,8 +12,18 @@ from ift.builtin_plugins.cleaning.neardup import NearDedup
 from ift.builtin_plugins.cleaning.pii import MaskPII
 from ift.builtin_plugins.cleaning.tagging import KeywordTagger, Tag
 
-__all__ = ["Decontaminate", "KeywordTagger", "LengthFilter", "MaskPII", "NearDedup", "NearDuplicateFinder", "Tag",
-           "contamination", "ngrams", "read_eval_file"]
+__all__ = [
+    "Decontaminate",
+    "KeywordTagger",
+    "LengthFilter",
+    "MaskPII",
+    "NearDedup",
+    "NearDuplicateFinder",
+    "Tag",
+    "contamination",
+    "ngrams",
+    "read_eval_file",
+]
 
 
 @ift.hookimpl

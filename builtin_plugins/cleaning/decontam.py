@@ -37,12 +37,18 @@ def ngrams(record: ift.InstructionRecord, n: int, fields: Fields = "prompt", min
         if len(tokens) <= n:
             grams.add(" ".join(tokens))
         else:
-            grams.update(" ".join(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+            grams.update(" ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
     return grams
 
 
-def contamination(records: Iterable[ift.InstructionRecord], eval_records: Iterable[ift.InstructionRecord], *,
-                  n: int = 13, fields: Fields = "prompt", min_words: int = 4) -> list[float]:
+def contamination(
+    records: Iterable[ift.InstructionRecord],
+    eval_records: Iterable[ift.InstructionRecord],
+    *,
+    n: int = 13,
+    fields: Fields = "prompt",
+    min_words: int = 4,
+) -> list[float]:
     """For each record, the share of its n-grams found in the eval records' n-grams (0 when it has none)."""
     eval_grams: set[str] = set()
     for record in eval_records:
@@ -75,12 +81,21 @@ def read_eval_file(path: Path, fmt: str = "auto") -> list[ift.InstructionRecord]
 
 class DecontaminateConfig(ift.ComponentConfig):
     n: int = Field(13, gt=0, description="n-gram length in words.")
-    threshold: float = Field(0.0, ge=0, lt=1, description="Drop a training record when more than this share of "
-                                                         "its n-grams occur in the eval set (0: any shared n-gram).")
+    threshold: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Drop a training record when more than this share of "
+        "its n-grams occur in the eval set (0: any shared n-gram).",
+    )
     fields: Fields = Field("prompt", description="Text compared: the user turns, the answer, or every turn.")
-    min_words: int = Field(4, gt=0, description="A turn shorter than n words is compared whole if it has at least "
-                                                "this many words; shorter turns are ignored.")
-    eval_split: bool = Field(True, description="Use the records of eval-only tables (split = \"eval\").")
+    min_words: int = Field(
+        4,
+        gt=0,
+        description="A turn shorter than n words is compared whole if it has at least "
+        "this many words; shorter turns are ignored.",
+    )
+    eval_split: bool = Field(True, description='Use the records of eval-only tables (split = "eval").')
     eval_path: str | None = Field(None, description="Also an external eval set: a JSONL file.")
     eval_format: str = Field("auto", description="Format of eval_path rows (alpaca, messages, ...).")
 
@@ -111,8 +126,10 @@ class Decontaminate(ift.Transform):
         c = self.config
         reference = self.eval_records(records)
         if not reference:
-            raise ift.DataError("decontaminate has no eval set to compare with: add a [[data]] table with "
-                                "split = \"eval\", or set eval_path on the transform")
+            raise ift.DataError(
+                "decontaminate has no eval set to compare with: add a [[data]] table with "
+                'split = "eval", or set eval_path on the transform'
+            )
         train = [r for r in records if not is_eval(r)]
         shares = iter(contamination(train, reference, n=c.n, fields=c.fields, min_words=c.min_words))
         kept = []

@@ -32,10 +32,10 @@ def shingle_set(text: str, kind: Shingles = "word", size: int = 3) -> set[int]:
     ``size`` is one shingle; an empty text has none."""
     if kind == "word":
         tokens = words(text)
-        grams = [" ".join(tokens[i:i + size]) for i in range(max(1, len(tokens) - size + 1))] if tokens else []
+        grams = [" ".join(tokens[i : i + size]) for i in range(max(1, len(tokens) - size + 1))] if tokens else []
     else:
         flat = normalize(text)
-        grams = [flat[i:i + size] for i in range(max(1, len(flat) - size + 1))] if flat else []
+        grams = [flat[i : i + size] for i in range(max(1, len(flat) - size + 1))] if flat else []
     return {zlib.crc32(g.encode()) for g in grams}
 
 
@@ -71,7 +71,7 @@ def signatures(sets: Sequence[set[int]], num_perm: int = 128, seed: int = 1) -> 
         rows = np.flatnonzero(lengths[i:j]) + i
         if rows.size:
             lo, hi = starts[i], ends[j - 1]
-            hashed = buffer[:hi - lo]
+            hashed = buffer[: hi - lo]
             np.multiply(flat[lo:hi, None], a, out=hashed)
             hashed += b
             hashed >>= np.uint64(32)
@@ -86,7 +86,7 @@ def band_layout(threshold: float, num_perm: int) -> tuple[int, int]:
     best = (num_perm, 1)
     for rows in range(1, num_perm + 1):
         bands = num_perm // rows
-        if 1 - (1 - threshold ** rows) ** bands >= _RECALL_AT_THRESHOLD:
+        if 1 - (1 - threshold**rows) ** bands >= _RECALL_AT_THRESHOLD:
             best = (bands, rows)
     return best
 
@@ -100,7 +100,7 @@ def band_keys(signature: np.ndarray, bands: int, rows: int) -> np.ndarray:
     keys = np.empty((signature.shape[0], bands), dtype=np.uint64)
     with np.errstate(over="ignore"):
         for band in range(bands):
-            block = signature[:, band * rows:(band + 1) * rows]
+            block = signature[:, band * rows : (band + 1) * rows]
             keys[:, band] = (block * mult).sum(axis=1, dtype=np.uint64) ^ np.uint64(band * 0x9E3779B97F4A7C15 % 2**64)
     return keys
 
@@ -141,9 +141,18 @@ class NearDuplicateFinder:
     before the LCS is computed.
     """
 
-    def __init__(self, *, method: Literal["minhash", "rouge-l"] = "minhash", threshold: float = 0.7,
-                 shingles: Shingles = "word", shingle_size: int | None = None, num_perm: int = 128,
-                 bands: int | None = None, max_candidates: int = 100, seed: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        method: Literal["minhash", "rouge-l"] = "minhash",
+        threshold: float = 0.7,
+        shingles: Shingles = "word",
+        shingle_size: int | None = None,
+        num_perm: int = 128,
+        bands: int | None = None,
+        max_candidates: int = 100,
+        seed: int = 1,
+    ) -> None:
         self.method = method
         self.threshold = threshold
         self.shingles = shingles
@@ -163,8 +172,9 @@ class NearDuplicateFinder:
             return [word_bag(t) for t in texts]
         return [shingle_set(t, self.shingles, self.shingle_size) for t in texts]
 
-    def find(self, texts: Sequence[str], *, protected: Sequence[bool] | None = None,
-             sets: Sequence[set[int]] | None = None) -> list[int | None]:
+    def find(
+        self, texts: Sequence[str], *, protected: Sequence[bool] | None = None, sets: Sequence[set[int]] | None = None
+    ) -> list[int | None]:
         """For each text, the index of the kept text it duplicates, or None when it is kept.
 
         Texts are visited in order, except that ``protected`` ones (eval records) go first and are always

@@ -13,19 +13,30 @@ from ift.builtin_plugins.cleaning.text import conversation, is_eval, prompt
 
 class NearDedupConfig(ift.ComponentConfig):
     by: Literal["conversation", "prompt"] = Field(
-        "conversation", description="Compare every turn, or only the user turns.")
+        "conversation", description="Compare every turn, or only the user turns."
+    )
     method: Literal["minhash", "rouge-l"] = Field(
-        "minhash", description="minhash: Jaccard similarity of shingle sets; rouge-l: ROUGE-L F1 of the words "
-                               "(candidates still come from MinHash LSH, so it is never quadratic).")
+        "minhash",
+        description="minhash: Jaccard similarity of shingle sets; rouge-l: ROUGE-L F1 of the words "
+        "(candidates still come from MinHash LSH, so it is never quadratic).",
+    )
     threshold: float = Field(0.7, gt=0, le=1, description="A pair at or above this similarity is a near-duplicate.")
     shingles: Literal["word", "char"] = Field("word", description="Shingle unit (minhash).")
-    shingle_size: int | None = Field(None, gt=0, description="n of the n-gram shingles (minhash); default 3 words "
-                                                             "or 5 characters.")
+    shingle_size: int | None = Field(
+        None, gt=0, description="n of the n-gram shingles (minhash); default 3 words or 5 characters."
+    )
     num_perm: int = Field(128, ge=8, le=1024, description="MinHash permutations.")
-    bands: int | None = Field(None, gt=0, description="LSH bands; default: the layout that proposes a pair at "
-                                                      "the threshold with probability >= 0.95.")
-    max_candidates: int = Field(100, gt=0, description="Most earlier records one record is compared with; keeps "
-                                                       "the work linear when many records look alike.")
+    bands: int | None = Field(
+        None,
+        gt=0,
+        description="LSH bands; default: the layout that proposes a pair at the threshold with probability >= 0.95.",
+    )
+    max_candidates: int = Field(
+        100,
+        gt=0,
+        description="Most earlier records one record is compared with; keeps "
+        "the work linear when many records look alike.",
+    )
     seed: int = Field(1, description="Seed of the MinHash permutations.")
 
     @model_validator(mode="after")
@@ -33,7 +44,7 @@ class NearDedupConfig(ift.ComponentConfig):
         if self.bands is not None and self.bands > self.num_perm:
             raise ValueError(f"bands ({self.bands}) cannot exceed num_perm ({self.num_perm})")
         if self.method == "rouge-l" and {"shingles", "shingle_size"} & self.model_fields_set:
-            raise ValueError("shingles and shingle_size apply to method = \"minhash\"; rouge-l compares words")
+            raise ValueError('shingles and shingle_size apply to method = "minhash"; rouge-l compares words')
         return self
 
 
@@ -48,9 +59,16 @@ class NearDedup(ift.Transform):
 
     def finder(self) -> NearDuplicateFinder:
         c = self.config
-        return NearDuplicateFinder(method=c.method, threshold=c.threshold, shingles=c.shingles,
-                                   shingle_size=c.shingle_size, num_perm=c.num_perm, bands=c.bands,
-                                   max_candidates=c.max_candidates, seed=c.seed)
+        return NearDuplicateFinder(
+            method=c.method,
+            threshold=c.threshold,
+            shingles=c.shingles,
+            shingle_size=c.shingle_size,
+            num_perm=c.num_perm,
+            bands=c.bands,
+            max_candidates=c.max_candidates,
+            seed=c.seed,
+        )
 
     def apply(self, records: list[ift.InstructionRecord], tally: ift.Tally) -> list[ift.InstructionRecord]:
         text = conversation if self.config.by == "conversation" else prompt

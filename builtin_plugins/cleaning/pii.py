@@ -28,11 +28,13 @@ _BUILTIN = {
     "ssn": rf"{_B}\d{{3}}-\d{{2}}-\d{{4}}{_E}",
     # 13-19 digits, or groups 4-4-4-4(-1..3) / 4-6-5 separated by spaces or by dashes
     "credit_card": rf"{_B}(?:\d{{13,19}}|\d{{4}}(?: \d{{4}}){{3}}(?: \d{{1,3}})?"
-                   rf"|\d{{4}}(?:-\d{{4}}){{3}}(?:-\d{{1,3}})?|\d{{4}} \d{{6}} \d{{5}}|\d{{4}}-\d{{6}}-\d{{5}})"
-                   r"(?!\w|[.,]\d)",
-    "phone": (r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]?\d{2,4}){2,5}(?!\w)"
-              rf"|{_B}(?:\(\d{{3}}\) ?|\d{{3}}[-. ])\d{{3}}[-. ]\d{{4}}{_E}"
-              rf"|{_B}(?:\(0\d{{1,4}}\) ?|0\d{{1,4}}[ -])\d{{3,4}}[ -]?\d{{3,4}}{_E}"),
+    rf"|\d{{4}}(?:-\d{{4}}){{3}}(?:-\d{{1,3}})?|\d{{4}} \d{{6}} \d{{5}}|\d{{4}}-\d{{6}}-\d{{5}})"
+    r"(?!\w|[.,]\d)",
+    "phone": (
+        r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]?\d{2,4}){2,5}(?!\w)"
+        rf"|{_B}(?:\(\d{{3}}\) ?|\d{{3}}[-. ])\d{{3}}[-. ]\d{{4}}{_E}"
+        rf"|{_B}(?:\(0\d{{1,4}}\) ?|0\d{{1,4}}[ -])\d{{3,4}}[ -]?\d{{3,4}}{_E}"
+    ),
 }
 _MAYBE_BUILTIN = re.compile(r"[\d@]")
 
@@ -47,10 +49,10 @@ def luhn_ok(digits: str) -> bool:
 
 
 class MaskPIIConfig(ift.ComponentConfig):
-    types: list[PIIType] = Field(
-        list(BUILTIN_TYPES), description="Builtin kinds of value to mask.")
+    types: list[PIIType] = Field(list(BUILTIN_TYPES), description="Builtin kinds of value to mask.")
     patterns: dict[str, str] = Field(
-        default_factory=dict, description="Extra kinds: name -> regular expression; tried before the builtins.")
+        default_factory=dict, description="Extra kinds: name -> regular expression; tried before the builtins."
+    )
     replacement: str = Field("[{TYPE}]", description="Placeholder; {TYPE} is the upper-cased kind, {type} as named.")
     min_id_digits: int = Field(9, ge=5, description="Shortest digit run masked as an ID number.")
     roles: list[Role] = Field(["system", "user", "assistant"], description="Turns to mask.")
@@ -113,8 +115,9 @@ class MaskPII(ift.Transform):
             kind = self._kinds[int(match.lastgroup[1:])] if match.lastgroup else ""
             value = match.group(0)
             if kind == "credit_card" and not luhn_ok(re.sub(r"\D", "", value)):
-                if not (value.isdigit() and "id_number" in self.config.types
-                        and len(value) >= self.config.min_id_digits):
+                if not (
+                    value.isdigit() and "id_number" in self.config.types and len(value) >= self.config.min_id_digits
+                ):
                     return value  # card-shaped but not a card number: leave it
                 kind = "id_number"
             if kind == "phone" and value.startswith("+") and not 8 <= sum(ch.isdigit() for ch in value) <= 15:
@@ -131,8 +134,10 @@ class MaskPII(ift.Transform):
         for record in records:
             masked = [self.mask(m.content, counts) if m.role in roles else m.content for m in record.messages]
             if any(new != m.content for new, m in zip(masked, record.messages, strict=True)):
-                messages = [m if new == m.content else replace(m, content=new)
-                            for new, m in zip(masked, record.messages, strict=True)]
+                messages = [
+                    m if new == m.content else replace(m, content=new)
+                    for new, m in zip(masked, record.messages, strict=True)
+                ]
                 record = replace(record, messages=messages)
             rejected = record.rejected  # a preference pair's rejected answer is masked like the chosen one
             if rejected is not None and rejected.role in roles:

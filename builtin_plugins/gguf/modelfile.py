@@ -38,8 +38,10 @@ def prompt_pieces(prompt: Callable[[Sequence[ift.Message]], str]) -> PromptPiece
     """The pieces of the format ``prompt`` renders (``prompt(messages)`` -> the text the answer follows)."""
     single = prompt([ift.Message("user", _U1)])
     if single.count(_U1) != 1:
-        raise ift.RunError("the run's template does not place the user message once in its prompt; no Ollama "
-                           "TEMPLATE can be derived from it")
+        raise ift.RunError(
+            "the run's template does not place the user message once in its prompt; no Ollama "
+            "TEMPLATE can be derived from it"
+        )
     head, tail = single.split(_U1)
     system_head = system_tail = None
     try:
@@ -54,8 +56,11 @@ def prompt_pieces(prompt: Callable[[Sequence[ift.Message]], str]) -> PromptPiece
         multi = prompt([ift.Message("user", _U1), ift.Message("assistant", _A1), ift.Message("user", _U2)])
     except ift.IftError:
         multi = ""
-    if all(multi.count(m) == 1 for m in (_U1, _A1, _U2)) and multi.startswith(head + _U1) \
-            and multi.endswith(_U2 + tail):
+    if (
+        all(multi.count(m) == 1 for m in (_U1, _A1, _U2))
+        and multi.startswith(head + _U1)
+        and multi.endswith(_U2 + tail)
+    ):
         between_ua = multi.split(_U1)[1].split(_A1)[0]
         between_au = multi.split(_A1)[1].split(_U2)[0]
         multi_turn = True
@@ -69,8 +74,11 @@ def render_like_ollama(pieces: PromptPieces, messages: Sequence[ift.Message]) ->
     turns = [m for m in messages if m.role != "system"]
     if not pieces.multi_turn:
         turns = [m for m in turns if m.role == "user"][-1:]
-    out = [f"{pieces.system_head}{system}{pieces.system_tail}" if system and pieces.system_head is not None
-           else pieces.head]
+    out = [
+        f"{pieces.system_head}{system}{pieces.system_tail}"
+        if system and pieces.system_head is not None
+        else pieces.head
+    ]
     for i, message in enumerate(turns):
         last = i == len(turns) - 1
         out.append(message.content)
@@ -85,29 +93,43 @@ def go_template(pieces: PromptPieces) -> str:
     """The TEMPLATE text (Ollama's Go template over ``.Messages``; ``.System`` is the system message). No ``{{-``
     trim markers: they would eat whitespace (a newline after ``<|im_end|>``) that the trained format has."""
     if pieces.system_head is not None:
-        start = (f"{{{{ if .System }}}}{_go(pieces.system_head)}{{{{ .System }}}}{_go(pieces.system_tail or '')}"
-                 f"{{{{ else }}}}{_go(pieces.head)}{{{{ end }}}}")
+        start = (
+            f"{{{{ if .System }}}}{_go(pieces.system_head)}{{{{ .System }}}}{_go(pieces.system_tail or '')}"
+            f"{{{{ else }}}}{_go(pieces.head)}{{{{ end }}}}"
+        )
     else:
         start = _go(pieces.head)
     if not pieces.multi_turn:
-        return (start + "{{ range $i, $_ := .Messages }}{{ if and (eq .Role \"user\") "
-                "(eq (len (slice $.Messages $i)) 1) }}{{ .Content }}" + _go(pieces.tail) + "{{ end }}{{ end }}")
-    return (start + "{{ range $i, $_ := .Messages }}{{ $last := eq (len (slice $.Messages $i)) 1 }}"
-            "{{ if eq .Role \"user\" }}{{ .Content }}{{ if $last }}" + _go(pieces.tail) + "{{ else }}"
-            + _go(pieces.user_to_assistant) + "{{ end }}"
-            "{{ else if eq .Role \"assistant\" }}{{ .Content }}{{ if not $last }}" + _go(pieces.assistant_to_user)
-            + "{{ end }}{{ end }}{{ end }}")
+        return (
+            start + '{{ range $i, $_ := .Messages }}{{ if and (eq .Role "user") '
+            "(eq (len (slice $.Messages $i)) 1) }}{{ .Content }}" + _go(pieces.tail) + "{{ end }}{{ end }}"
+        )
+    return (
+        start + "{{ range $i, $_ := .Messages }}{{ $last := eq (len (slice $.Messages $i)) 1 }}"
+        '{{ if eq .Role "user" }}{{ .Content }}{{ if $last }}'
+        + _go(pieces.tail)
+        + "{{ else }}"
+        + _go(pieces.user_to_assistant)
+        + "{{ end }}"
+        '{{ else if eq .Role "assistant" }}{{ .Content }}{{ if not $last }}'
+        + _go(pieces.assistant_to_user)
+        + "{{ end }}{{ end }}{{ end }}"
+    )
 
 
-def ollama_modelfile(gguf_name: str, pieces: PromptPieces, stops: Sequence[str], *, context_length: int,
-                     note: str = "") -> str:
+def ollama_modelfile(
+    gguf_name: str, pieces: PromptPieces, stops: Sequence[str], *, context_length: int, note: str = ""
+) -> str:
     """The Modelfile text: FROM the GGUF beside it, the TEMPLATE, the stop texts, greedy decoding."""
     template = go_template(pieces)
     if '"""' in template:
         raise ift.RunError('the prompt format contains """, which an Ollama Modelfile cannot quote')
-    lines = [f"# Ollama Modelfile written by ift {ift.__version__}{': ' + note if note else ''}",
-             "# ollama create NAME -f Modelfile   (then: ollama run NAME)",
-             f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
+    lines = [
+        f"# Ollama Modelfile written by ift {ift.__version__}{': ' + note if note else ''}",
+        "# ollama create NAME -f Modelfile   (then: ollama run NAME)",
+        f"FROM ./{gguf_name}",
+        f'TEMPLATE """{template}"""',
+    ]
     for stop in dict.fromkeys(s for s in stops if s):
         lines.append(f"PARAMETER stop {_quote(stop)}")
     lines += ["PARAMETER temperature 0", f"PARAMETER num_ctx {int(context_length)}"]

@@ -66,13 +66,16 @@ def open_gguf(path: Path) -> tuple[GGUFInfo, Any]:
     except OSError as exc:
         raise ift.RunError(f"{path}: cannot read the GGUF file: {exc.strerror or exc}") from None
     if head != GGUF_MAGIC:
-        raise ift.RunError(f"{path}: not a GGUF file (it starts with {head!r}, a GGUF file with b'GGUF'; "
-                           f"{size:,} bytes)")
+        raise ift.RunError(
+            f"{path}: not a GGUF file (it starts with {head!r}, a GGUF file with b'GGUF'; {size:,} bytes)"
+        )
     try:
         reader = GGUFReader(str(path))
     except (ValueError, IndexError, KeyError, OSError, TypeError, np.exceptions.AxisError) as exc:
-        raise ift.RunError(f"{path}: the GGUF file cannot be read ({_first_line(exc)}; {size:,} bytes): truncated "
-                           "or damaged? Copy it again") from None
+        raise ift.RunError(
+            f"{path}: the GGUF file cannot be read ({_first_line(exc)}; {size:,} bytes): truncated "
+            "or damaged? Copy it again"
+        ) from None
     counts: collections.Counter[str] = collections.Counter()
     weights: collections.Counter[str] = collections.Counter()
     for tensor in reader.tensors:
@@ -94,12 +97,19 @@ def open_gguf(path: Path) -> tuple[GGUFInfo, Any]:
     dominant = (matrices or weights).most_common(1)
     quantization = dominant[0][0] if dominant else GGMLQuantizationType.F32.name
     context = fields.get(f"{architecture}.context_length")
-    info = GGUFInfo(path=str(path), size=size, architecture=architecture,
-                    name=str(fields["general.name"]) if fields.get("general.name") else None,
-                    file_type=file_type_name, quantization=quantization, tensor_types=dict(counts),
-                    tensors=len(reader.tensors), context_length=int(context) if context is not None else None,
-                    tokenizer_model=_str_or_none(fields.get("tokenizer.ggml.model")),
-                    tokenizer_pre=_str_or_none(fields.get("tokenizer.ggml.pre")))
+    info = GGUFInfo(
+        path=str(path),
+        size=size,
+        architecture=architecture,
+        name=str(fields["general.name"]) if fields.get("general.name") else None,
+        file_type=file_type_name,
+        quantization=quantization,
+        tensor_types=dict(counts),
+        tensors=len(reader.tensors),
+        context_length=int(context) if context is not None else None,
+        tokenizer_model=_str_or_none(fields.get("tokenizer.ggml.model")),
+        tokenizer_pre=_str_or_none(fields.get("tokenizer.ggml.pre")),
+    )
     return info, reader
 
 
@@ -110,9 +120,11 @@ def check_readable(path: Path, info: GGUFInfo, reader: Any) -> None:
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
     if info.architecture not in GGUF_SUPPORTED_ARCHITECTURES:
-        raise ift.RunError(f"{path}: a GGUF file of architecture {info.architecture!r} ({info.describe()}), which "
-                           "transformers cannot load from GGUF; it reads: "
-                           f"{', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))}")
+        raise ift.RunError(
+            f"{path}: a GGUF file of architecture {info.architecture!r} ({info.describe()}), which "
+            "transformers cannot load from GGUF; it reads: "
+            f"{', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))}"
+        )
     smallest: dict[Any, Any] = {}
     for tensor in reader.tensors:
         held = smallest.get(tensor.tensor_type)
@@ -122,9 +134,11 @@ def check_readable(path: Path, info: GGUFInfo, reader: Any) -> None:
         try:
             dequantize(tensor.data, kind)
         except (NotImplementedError, ValueError, KeyError) as exc:
-            raise ift.RunError(f"{path}: tensor {tensor.name} is stored as {kind.name}, which the gguf package "
-                               f"cannot dequantize ({_first_line(exc)}); the file holds "
-                               f"{_type_list(info)}") from None
+            raise ift.RunError(
+                f"{path}: tensor {tensor.name} is stored as {kind.name}, which the gguf package "
+                f"cannot dequantize ({_first_line(exc)}); the file holds "
+                f"{_type_list(info)}"
+            ) from None
 
 
 def _type_list(info: GGUFInfo) -> str:

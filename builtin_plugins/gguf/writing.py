@@ -19,8 +19,11 @@ from typing import Any
 import ift
 
 #: ``--quant`` choices: (tensor type of 2-D weights, llama.cpp file type name). Norms stay float32.
-QUANTS: dict[str, tuple[str, str]] = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"),
-                                      "q8_0": ("Q8_0", "MOSTLY_Q8_0")}
+QUANTS: dict[str, tuple[str, str]] = {
+    "f32": ("F32", "ALL_F32"),
+    "f16": ("F16", "MOSTLY_F16"),
+    "q8_0": ("Q8_0", "MOSTLY_Q8_0"),
+}
 SUPPORTED_MODEL_TYPES = ("llama",)
 TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED = 1, 3, 4, 5
 
@@ -39,24 +42,39 @@ def check_exportable(model: Any) -> None:
     config = model.config
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ift.RunError(f"GGUF export supports the {', '.join(SUPPORTED_MODEL_TYPES)} architecture (SmolLM2, "
-                           f"Llama and models like them); this model's architecture is {model_type!r} "
-                           f"({type(model).__name__}); export a Hugging Face folder instead (ift export without "
-                           "--gguf) and convert it with llama.cpp's convert_hf_to_gguf.py")
+        raise ift.RunError(
+            f"GGUF export supports the {', '.join(SUPPORTED_MODEL_TYPES)} architecture (SmolLM2, "
+            f"Llama and models like them); this model's architecture is {model_type!r} "
+            f"({type(model).__name__}); export a Hugging Face folder instead (ift export without "
+            "--gguf) and convert it with llama.cpp's convert_hf_to_gguf.py"
+        )
     rope = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
     if rope.get("rope_type", "default") not in ("default", None):
-        raise ift.RunError(f"GGUF export: this llama model uses {rope.get('rope_type')!r} rope scaling, which this "
-                           "writer does not map to llama.cpp's keys; export without --gguf and use llama.cpp's "
-                           "convert_hf_to_gguf.py")
+        raise ift.RunError(
+            f"GGUF export: this llama model uses {rope.get('rope_type')!r} rope scaling, which this "
+            "writer does not map to llama.cpp's keys; export without --gguf and use llama.cpp's "
+            "convert_hf_to_gguf.py"
+        )
     for flag in ("attention_bias", "mlp_bias"):
         if getattr(config, flag, False):
-            raise ift.RunError(f"GGUF export: this llama model has {flag} = true, which this writer does not map; "
-                               "export without --gguf and use llama.cpp's convert_hf_to_gguf.py")
+            raise ift.RunError(
+                f"GGUF export: this llama model has {flag} = true, which this writer does not map; "
+                "export without --gguf and use llama.cpp's convert_hf_to_gguf.py"
+            )
 
 
-def write_gguf(model: Any, tokenizer: Any, path: Path, *, quant: str = "f16", name: str | None = None,
-               chat_template: str | None = None, context_length: int | None = None,
-               tokenizer_pre: str | None = None, eot_token_ids: Sequence[int] = ()) -> dict[str, Any]:
+def write_gguf(
+    model: Any,
+    tokenizer: Any,
+    path: Path,
+    *,
+    quant: str = "f16",
+    name: str | None = None,
+    chat_template: str | None = None,
+    context_length: int | None = None,
+    tokenizer_pre: str | None = None,
+    eot_token_ids: Sequence[int] = (),
+) -> dict[str, Any]:
     """Write ``model`` (a plain llama ``*ForCausalLM``, LoRA already merged) and ``tokenizer`` to ``path``.
 
     ``chat_template`` goes to ``tokenizer.chat_template`` (default: the tokenizer's); ``context_length`` to
@@ -72,8 +90,10 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, *, quant: str = "f16", na
         raise ift.RunError(f"--quant {quant!r}: choose one of {', '.join(QUANTS)}")
     check_exportable(model)
     config = model.config
-    tensor_kind, file_kind = (getattr(gguf.GGMLQuantizationType, QUANTS[quant][0]),
-                              getattr(gguf.LlamaFileType, QUANTS[quant][1]))
+    tensor_kind, file_kind = (
+        getattr(gguf.GGMLQuantizationType, QUANTS[quant][0]),
+        getattr(gguf.LlamaFileType, QUANTS[quant][1]),
+    )
     n_head, n_kv = int(config.num_attention_heads), int(config.num_key_value_heads or config.num_attention_heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // n_head)
     n_blocks = int(config.num_hidden_layers)
@@ -110,8 +130,12 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, *, quant: str = "f16", na
         writer.add_token_list(vocab["tokens"])
         writer.add_token_types(vocab["types"])
         writer.add_token_merges(vocab["merges"])
-        for key, adder in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),
-                           ("unk", writer.add_unk_token_id), ("pad", writer.add_pad_token_id)):
+        for key, adder in (
+            ("bos", writer.add_bos_token_id),
+            ("eos", writer.add_eos_token_id),
+            ("unk", writer.add_unk_token_id),
+            ("pad", writer.add_pad_token_id),
+        ):
             if vocab[key] is not None:
                 adder(int(vocab[key]))
         eot = [int(t) for t in eot_token_ids if t is not None]
@@ -154,11 +178,20 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, *, quant: str = "f16", na
         writer.close()
         tmp.unlink(missing_ok=True)
         raise
-    return {"file": path.name, "quant": quant, "file_type": file_kind.name, "bytes": path.stat().st_size,
-            "tensor_types": counts, "tokenizer_model": vocab["model"], "tokenizer_pre": vocab["pre"],
-            "vocab_size": len(vocab["tokens"]), "tied_embeddings": tied,
-            "context_length": int(context_length or config.max_position_embeddings),
-            "chat_template": bool(template), "eot_token_id": eot[0] if eot else None}
+    return {
+        "file": path.name,
+        "quant": quant,
+        "file_type": file_kind.name,
+        "bytes": path.stat().st_size,
+        "tensor_types": counts,
+        "tokenizer_model": vocab["model"],
+        "tokenizer_pre": vocab["pre"],
+        "vocab_size": len(vocab["tokens"]),
+        "tied_embeddings": tied,
+        "context_length": int(context_length or config.max_position_embeddings),
+        "chat_template": bool(template),
+        "eot_token_id": eot[0] if eot else None,
+    }
 
 
 def _encode(data: Any, kind: Any, gguf: Any, np: Any) -> tuple[Any, Any]:
@@ -181,14 +214,17 @@ def tokenizer_metadata(tokenizer: Any, n_vocab: int, pre: str | None = None) -> 
     added. Other tokenizer kinds (sentencepiece, WordPiece) are refused by name."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        raise ift.RunError(f"GGUF export needs a fast tokenizer (tokenizer.json); this one is "
-                           f"{type(tokenizer).__name__}")
+        raise ift.RunError(
+            f"GGUF export needs a fast tokenizer (tokenizer.json); this one is {type(tokenizer).__name__}"
+        )
     spec = json.loads(backend.to_str())
     model = spec.get("model") or {}
     if model.get("type") != "BPE" or not _byte_level(spec):
-        raise ift.RunError(f"GGUF export writes byte-level BPE tokenizers (GPT-2 style, as SmolLM2 and Llama 3 "
-                           f"use); this tokenizer is {model.get('type')} with pre-tokenizer "
-                           f"{(spec.get('pre_tokenizer') or {}).get('type')}")
+        raise ift.RunError(
+            f"GGUF export writes byte-level BPE tokenizers (GPT-2 style, as SmolLM2 and Llama 3 "
+            f"use); this tokenizer is {model.get('type')} with pre-tokenizer "
+            f"{(spec.get('pre_tokenizer') or {}).get('type')}"
+        )
     by_id = {int(i): t for t, i in tokenizer.get_vocab().items()}
     size = max(n_vocab, max(by_id) + 1)
     added = {int(i): token for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items()}
@@ -206,9 +242,18 @@ def tokenizer_metadata(tokenizer: Any, n_vocab: int, pre: str | None = None) -> 
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
     probe = tokenizer("a")["input_ids"]
     bos = tokenizer.bos_token_id
-    return {"model": "gpt2", "pre": pre or _pre_name(spec), "tokens": tokens, "types": types, "merges": merges,
-            "bos": bos, "eos": tokenizer.eos_token_id, "unk": tokenizer.unk_token_id, "pad": tokenizer.pad_token_id,
-            "add_bos": bos is not None and bool(probe) and probe[0] == bos}
+    return {
+        "model": "gpt2",
+        "pre": pre or _pre_name(spec),
+        "tokens": tokens,
+        "types": types,
+        "merges": merges,
+        "bos": bos,
+        "eos": tokenizer.eos_token_id,
+        "unk": tokenizer.unk_token_id,
+        "pad": tokenizer.pad_token_id,
+        "add_bos": bos is not None and bool(probe) and probe[0] == bos,
+    }
 
 
 def _components(node: dict[str, Any] | None) -> list[dict[str, Any]]:

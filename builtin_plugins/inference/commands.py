@@ -16,17 +16,19 @@ import click
 import ift
 
 RUN_DIR = click.Path(exists=True, file_okay=False)
-MODEL_HELP = ("Use this model folder instead of RUN_DIR/model: an `ift export` folder, or its int8/ copy "
-              "(CPU). The template still comes from the run.")
+MODEL_HELP = (
+    "Use this model folder instead of RUN_DIR/model: an `ift export` folder, or its int8/ copy "
+    "(CPU). The template still comes from the run."
+)
 
 
 def _model_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--model`` and ``--device``: which model folder of the run to load, and where; the same wherever
     :func:`_open` loads one."""
-    command = click.option("--device", default=None,
-                           help="auto, cpu, cuda, cuda:N or mps (default: the run's model.device).")(command)
-    return click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
-                        help=MODEL_HELP)(command)
+    command = click.option(
+        "--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: the run's model.device)."
+    )(command)
+    return click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), help=MODEL_HELP)(command)
 
 
 def _open(ctx: click.Context, run_dir: str, model_dir: str | None, device: str | None) -> Any:
@@ -35,8 +37,9 @@ def _open(ctx: click.Context, run_dir: str, model_dir: str | None, device: str |
     read_run(Path(run_dir))  # a folder that is no finished run is refused before any model loads
     _quiet_library_progress_bars()
     click.echo(f"loading {model_dir or Path(run_dir) / 'model'} ...", err=True)
-    return open_run(Path(run_dir), ctx.obj["host"], model_dir=Path(model_dir) if model_dir else None, device=device,
-                    merge=True)
+    return open_run(
+        Path(run_dir), ctx.obj["host"], model_dir=Path(model_dir) if model_dir else None, device=device, merge=True
+    )
 
 
 def _quiet_library_progress_bars() -> None:
@@ -56,18 +59,31 @@ def _messages(user: str, system: str | None) -> list[ift.Message]:
 @click.command()
 @click.argument("run_dir", type=RUN_DIR)
 @click.argument("prompt", required=False)
-@click.option("--input", "input_file", type=click.Path(dir_okay=False, allow_dash=True),
-              help="JSONL file of prompts ('-': stdin). Each line: a JSON string, or an object with 'prompt', "
-                   "'instruction' (+ 'input'), or 'messages' ending with a user turn; optional 'id', 'system'.")
+@click.option(
+    "--input",
+    "input_file",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="JSONL file of prompts ('-': stdin). Each line: a JSON string, or an object with 'prompt', "
+    "'instruction' (+ 'input'), or 'messages' ending with a user turn; optional 'id', 'system'.",
+)
 @click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(1))
 @click.option("--system", help="System message placed before each prompt (rendered by the run's template).")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
 @_model_options
 @click.option("--show-prompt", is_flag=True, help="Also print each rendered prompt (to stderr).")
 @click.pass_context
-def generate(ctx: click.Context, run_dir: str, prompt: str | None, input_file: str | None, max_new_tokens: int,
-             system: str | None, batch_size: int, model_dir: str | None, device: str | None,
-             show_prompt: bool) -> None:
+def generate(
+    ctx: click.Context,
+    run_dir: str,
+    prompt: str | None,
+    input_file: str | None,
+    max_new_tokens: int,
+    system: str | None,
+    batch_size: int,
+    model_dir: str | None,
+    device: str | None,
+    show_prompt: bool,
+) -> None:
     """Answer PROMPT with RUN_DIR's model, the prompt rendered by the run's own template exactly as in
     training (PROMPT is the user message).
 
@@ -82,8 +98,9 @@ def generate(ctx: click.Context, run_dir: str, prompt: str | None, input_file: s
     elif input_file is not None:
         rows = list(_jsonl_prompts(input_file, system))
     else:
-        rows = [{"prompt": line.strip(), "messages": _messages(line.strip(), system)}
-                for line in sys.stdin if line.strip()]
+        rows = [
+            {"prompt": line.strip(), "messages": _messages(line.strip(), system)} for line in sys.stdin if line.strip()
+        ]
     run = _open(ctx, run_dir, model_dir, device)
     from ift.builtin_plugins.inference.runs import context_length, new_token_budget
 
@@ -93,17 +110,25 @@ def generate(ctx: click.Context, run_dir: str, prompt: str | None, input_file: s
         tokens = run.token_count(text)
         if run.prompt_limit and tokens > run.prompt_limit:
             where = f"{input_file}:{row['line']}: " if "line" in row else ""
-            click.echo(f"note: {where}the prompt is {tokens} tokens; the model is given its last "
-                       f"{run.prompt_limit} (the length the run was trained with)", err=True)
+            click.echo(
+                f"note: {where}the prompt is {tokens} tokens; the model is given its last "
+                f"{run.prompt_limit} (the length the run was trained with)",
+                err=True,
+            )
             tokens = run.prompt_limit
         budget = new_token_budget(run, tokens, max_new_tokens)
         if budget < 1:
             where = f"{input_file}:{row['line']}: " if "line" in row else ""
-            raise ift.DataError(f"{where}the prompt is {tokens} tokens and fills the model's context of "
-                                f"{context_length(run.model)} tokens; nothing is left to generate")
+            raise ift.DataError(
+                f"{where}the prompt is {tokens} tokens and fills the model's context of "
+                f"{context_length(run.model)} tokens; nothing is left to generate"
+            )
         if budget < max_new_tokens:
-            click.echo(f"note: --max-new-tokens {max_new_tokens} lowered to {budget} to fit the model's context "
-                       f"({tokens} prompt tokens)", err=True)
+            click.echo(
+                f"note: --max-new-tokens {max_new_tokens} lowered to {budget} to fit the model's context "
+                f"({tokens} prompt tokens)",
+                err=True,
+            )
         if show_prompt:
             click.echo(f"--- prompt ---\n{text}\n--- end of prompt ---", err=True)
         prompts.append(text)
@@ -111,8 +136,11 @@ def generate(ctx: click.Context, run_dir: str, prompt: str | None, input_file: s
     answers = [""] * len(prompts)
     for budget in sorted(set(budgets)):  # prompts that share a budget are generated together, in batches
         picked = [i for i, b in enumerate(budgets) if b == budget]
-        for i, answer in zip(picked, run.generate([prompts[i] for i in picked], max_new_tokens=budget,
-                                                   batch_size=batch_size), strict=True):
+        for i, answer in zip(
+            picked,
+            run.generate([prompts[i] for i in picked], max_new_tokens=budget, batch_size=batch_size),
+            strict=True,
+        ):
             answers[i] = answer
     if prompt is not None:
         click.echo(answers[0])
@@ -175,8 +203,15 @@ def _prompt_row(row: Any, system: str | None, path: str, number: int) -> dict[st
 @_model_options
 @click.option("--show-prompt", is_flag=True, help="Print the rendered prompt of each turn (to stderr).")
 @click.pass_context
-def chat(ctx: click.Context, run_dir: str, system: str | None, max_new_tokens: int, model_dir: str | None,
-         device: str | None, show_prompt: bool) -> None:
+def chat(
+    ctx: click.Context,
+    run_dir: str,
+    system: str | None,
+    max_new_tokens: int,
+    model_dir: str | None,
+    device: str | None,
+    show_prompt: bool,
+) -> None:
     """Talk with RUN_DIR's model. Each turn renders the whole conversation with the run's template.
 
     /reset starts a new conversation, /exit (or end of input) quits. Reads lines from stdin when it is not a
@@ -194,8 +229,10 @@ def chat(ctx: click.Context, run_dir: str, system: str | None, max_new_tokens: i
     if generative and run.prompt_limit:  # the oldest exchanges go first, to fit the length the run trained with
         limit = min(limit, run.prompt_limit)
     if interactive:
-        click.echo(f"chatting with {run.name} (template {run.resolved['template'].get('name')!r}, "
-                   f"{run.renderer.template_hash()}); /reset clears the conversation, /exit quits")
+        click.echo(
+            f"chatting with {run.name} (template {run.resolved['template'].get('name')!r}, "
+            f"{run.renderer.template_hash()}); /reset clears the conversation, /exit quits"
+        )
     history: list[ift.Message] = []
     head = [ift.Message("system", system)] if system else []
     while (line := _read_line(interactive)) is not None:
@@ -238,8 +275,9 @@ def _read_line(interactive: bool) -> str | None:
     return line if line else None
 
 
-def _fit(run: Any, head: list[ift.Message], history: list[ift.Message], user: ift.Message,
-         limit: int) -> tuple[str, int]:
+def _fit(
+    run: Any, head: list[ift.Message], history: list[ift.Message], user: ift.Message, limit: int
+) -> tuple[str, int]:
     """The prompt for this turn and how many of the oldest history messages had to go (whole exchanges) so it
     fits ``limit`` tokens; an error when even the new message alone does not fit."""
     dropped = 0
@@ -251,8 +289,10 @@ def _fit(run: Any, head: list[ift.Message], history: list[ift.Message], user: if
         if dropped >= len(history):
             if run.prompt_limit and limit <= run.prompt_limit:  # the model gets its last prompt_limit tokens
                 return prompt, dropped
-            raise ift.RunError(f"this message makes a {tokens}-token prompt; with --max-new-tokens the model's "
-                               f"context leaves room for {max(limit, 0)}")
+            raise ift.RunError(
+                f"this message makes a {tokens}-token prompt; with --max-new-tokens the model's "
+                f"context leaves room for {max(limit, 0)}"
+            )
         dropped += 2
 
 
@@ -261,40 +301,80 @@ def _fit(run: Any, head: list[ift.Message], history: list[ift.Message], user: if
 
 @click.command("export")
 @click.argument("run_dir", type=RUN_DIR)
-@click.option("--merge", is_flag=True,
-              help="Merge the run's LoRA weights into the base model (merge_and_unload). Needed for LoRA runs; "
-                   "refused for fully fine-tuned runs, which have nothing to merge.")
-@click.option("--quantize", type=click.Choice(["int8"]),
-              help="Also write int8/: torch dynamic int8 quantization of the Linear layers, for CPU inference, "
-                   "measured against the export on the run's eval split.")
-@click.option("--gguf", "as_gguf", is_flag=True,
-              help="Also write <name>-<quant>.gguf (llama architecture; LoRA merged first) with the run's tokenizer "
-                   "and chat template, and an Ollama Modelfile beside it.")
-@click.option("--quant", type=click.Choice(["f16", "q8_0"]), default="f16", show_default=True,
-              help="Tensor type of the GGUF's weight matrices (with --gguf).")
+@click.option(
+    "--merge",
+    is_flag=True,
+    help="Merge the run's LoRA weights into the base model (merge_and_unload). Needed for LoRA runs; "
+    "refused for fully fine-tuned runs, which have nothing to merge.",
+)
+@click.option(
+    "--quantize",
+    type=click.Choice(["int8"]),
+    help="Also write int8/: torch dynamic int8 quantization of the Linear layers, for CPU inference, "
+    "measured against the export on the run's eval split.",
+)
+@click.option(
+    "--gguf",
+    "as_gguf",
+    is_flag=True,
+    help="Also write <name>-<quant>.gguf (llama architecture; LoRA merged first) with the run's tokenizer "
+    "and chat template, and an Ollama Modelfile beside it.",
+)
+@click.option(
+    "--quant",
+    type=click.Choice(["f16", "q8_0"]),
+    default="f16",
+    show_default=True,
+    help="Tensor type of the GGUF's weight matrices (with --gguf).",
+)
 @click.option("--output", "-o", type=click.Path(file_okay=False), help="Export folder (default RUN_DIR/export).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export folder (only once the new one is ready).")
-@click.option("--device", default="cpu", show_default=True,
-              help="Where the merge and the export's evaluation run; the int8 copy always runs on the CPU.")
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="Where the merge and the export's evaluation run; the int8 copy always runs on the CPU.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print export_report.json instead of the table.")
 @click.pass_context
-def export(ctx: click.Context, run_dir: str, merge: bool, quantize: str | None, as_gguf: bool, quant: str,
-           output: str | None, overwrite: bool, device: str, as_json: bool) -> None:
+def export(
+    ctx: click.Context,
+    run_dir: str,
+    merge: bool,
+    quantize: str | None,
+    as_gguf: bool,
+    quant: str,
+    output: str | None,
+    overwrite: bool,
+    device: str,
+    as_json: bool,
+) -> None:
     """Write RUN_DIR's model as a standalone Hugging Face folder (tokenizer, generation config, README with the
     run, template hash and merge), and with --quantize int8 a CPU copy with its size and metric change."""
     from ift.builtin_plugins.inference.export import export_run, summary_table
 
     _quiet_library_progress_bars()
-    report = export_run(Path(run_dir), ctx.obj["host"], output=Path(output) if output else None, merge=merge,
-                        quantize=quantize, overwrite=overwrite, device=device, gguf=quant if as_gguf else None,
-                        echo=lambda text: click.echo(text, err=True))
+    report = export_run(
+        Path(run_dir),
+        ctx.obj["host"],
+        output=Path(output) if output else None,
+        merge=merge,
+        quantize=quantize,
+        overwrite=overwrite,
+        device=device,
+        gguf=quant if as_gguf else None,
+        echo=lambda text: click.echo(text, err=True),
+    )
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     click.echo(summary_table(report))
-    click.echo(f"exported: {report['output']}" + (f"  (int8 copy: {Path(report['output']) / 'int8'})"
-                                                    if report.get("int8") else ""))
+    click.echo(
+        f"exported: {report['output']}"
+        + (f"  (int8 copy: {Path(report['output']) / 'int8'})" if report.get("int8") else "")
+    )
     if report.get("gguf"):
         gguf_path = Path(report["output"]) / report["gguf"]["file"]
-        click.echo(f"gguf: {gguf_path}  (Ollama: cd {gguf_path.parent} && ollama create {report['run_name']} "
-                   "-f Modelfile)")
+        click.echo(
+            f"gguf: {gguf_path}  (Ollama: cd {gguf_path.parent} && ollama create {report['run_name']} -f Modelfile)"
+        )

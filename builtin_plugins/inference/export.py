@@ -43,9 +43,18 @@ from ift.builtin_plugins.peft_methods import VIRTUAL_TOKEN_METHODS
 PROBE_EXAMPLES = 4
 
 
-def export_run(run_dir: Path, host: Any, *, output: Path | None = None, merge: bool = False,
-               quantize: str | None = None, overwrite: bool = False, device: str = "cpu",
-               gguf: str | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
+def export_run(
+    run_dir: Path,
+    host: Any,
+    *,
+    output: Path | None = None,
+    merge: bool = False,
+    quantize: str | None = None,
+    overwrite: bool = False,
+    device: str = "cpu",
+    gguf: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Export ``run_dir``'s model; returns the report also written to ``OUTPUT/export_report.json``.
 
     A peft run (LoRA, AdaLoRA, IA3) needs ``merge`` (the export must stand alone); a fully fine-tuned run refuses
@@ -66,12 +75,16 @@ def export_run(run_dir: Path, host: Any, *, output: Path | None = None, merge: b
     if gguf and peft:
         merge = True  # a GGUF file holds one set of weights: the adapter is merged first
     if merge and not peft:
-        raise ift.RunError(f"--merge: {run_dir} was fully fine-tuned ({run.model_dir} holds complete weights), so "
-                           "there are no LoRA weights to merge; run `ift export` without --merge to copy it as a "
-                           "standalone folder (with --quantize int8 for a CPU copy)")
+        raise ift.RunError(
+            f"--merge: {run_dir} was fully fine-tuned ({run.model_dir} holds complete weights), so "
+            "there are no LoRA weights to merge; run `ift export` without --merge to copy it as a "
+            "standalone folder (with --quantize int8 for a CPU copy)"
+        )
     if peft and not merge:
-        raise ift.RunError(f"{run_dir} trained a {method} adapter: pass --merge to fold it into the base model, so the "
-                           "export loads with plain transformers")
+        raise ift.RunError(
+            f"{run_dir} trained a {method} adapter: pass --merge to fold it into the base model, so the "
+            "export loads with plain transformers"
+        )
     records = _records(run_dir)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
@@ -105,23 +118,44 @@ def peft_method(model: Any) -> str | None:
 def unmergeable_message(run_dir: Path, model_dir: Path, method: str) -> str:
     """Why a virtual-token run has no standalone export, and what to load instead (one line)."""
     base = model_dir / "base_model"
-    base_text = (f"with its base from {base}" if base.is_dir() else
-                 "with its base model (adapter_config.json: base_model_name_or_path)")
-    return (f"{run_dir} trained a {method} adapter: its virtual tokens are extra inputs prepended to every "
-            "sequence, not a change of the model's weights, so they cannot be merged into the weights and there "
-            f"is no standalone export (with or without --merge); load {model_dir} with peft instead "
-            f"(PeftModel.from_pretrained, {base_text}), or use it with `ift generate {run_dir}`")
+    base_text = (
+        f"with its base from {base}"
+        if base.is_dir()
+        else "with its base model (adapter_config.json: base_model_name_or_path)"
+    )
+    return (
+        f"{run_dir} trained a {method} adapter: its virtual tokens are extra inputs prepended to every "
+        "sequence, not a change of the model's weights, so they cannot be merged into the weights and there "
+        f"is no standalone export (with or without --merge); load {model_dir} with peft instead "
+        f"(PeftModel.from_pretrained, {base_text}), or use it with `ift generate {run_dir}`"
+    )
 
 
-def _build(run: TrainedRun, folder: Path, records: list[ift.InstructionRecord], *, merge: bool,
-           quantize: str | None, host: Any, echo: Callable[[str], None], gguf: str | None = None) -> dict[str, Any]:
+def _build(
+    run: TrainedRun,
+    folder: Path,
+    records: list[ift.InstructionRecord],
+    *,
+    merge: bool,
+    quantize: str | None,
+    host: Any,
+    echo: Callable[[str], None],
+    gguf: str | None = None,
+) -> dict[str, Any]:
     import torch
 
     report: dict[str, Any] = {
-        "run": str(run.run_dir.resolve()), "run_name": run.name, "ift": ift.__version__, "torch": torch.__version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "adapter": run.adapter.name,
+        "run": str(run.run_dir.resolve()),
+        "run_name": run.name,
+        "ift": ift.__version__,
+        "torch": torch.__version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "adapter": run.adapter.name,
         "template": {"name": run.resolved["template"].get("name"), "hash": run.renderer.template_hash()},
-        "base_model": (run.manifest.get("model") or {}).get("summary"), "merge": None, "int8": None, "eval": None,
+        "base_model": (run.manifest.get("model") or {}).get("summary"),
+        "merge": None,
+        "int8": None,
+        "eval": None,
         "gguf": None,
     }
     model = run.model
@@ -147,12 +181,19 @@ def _build(run: TrainedRun, folder: Path, records: list[ift.InstructionRecord], 
             return _logits(candidate, probe_batch) if probe_batch is not None else None
 
         report["gguf"] = export_gguf(
-            run, model, folder, quant=gguf, echo=echo, probe=probe if batch is not None else None,
-            evaluate=(lambda m, stage: evaluate(run, m, records, host, stage=stage)) if scored else None)
+            run,
+            model,
+            folder,
+            quant=gguf,
+            echo=echo,
+            probe=probe if batch is not None else None,
+            evaluate=(lambda m, stage: evaluate(run, m, records, host, stage=stage)) if scored else None,
+        )
         if scored:
             measured = report["gguf"]["check"]["eval"]
-            report["gguf"]["check"]["change"] = {k: _delta(measured.get(k), v)
-                                                 for k, v in evaluation["export"].items() if k != "n"}
+            report["gguf"]["check"]["change"] = {
+                k: _delta(measured.get(k), v) for k, v in evaluation["export"].items() if k != "n"
+            }
         report["eval"] = evaluation
     if not quantize:
         return report
@@ -169,14 +210,19 @@ def _build(run: TrainedRun, folder: Path, records: list[ift.InstructionRecord], 
     except (ift.RunError, NotImplementedError, OSError) as exc:
         from_disk = False
         echo(f"note: the {run.adapter.name!r} adapter cannot load the int8 copy ({exc}); measuring it in memory")
-    report["int8"] = {"path": "int8", "weights_bytes": int8_bytes, "quantized_layers": info["quantized_layers"],
-                      "size_ratio": round(int8_bytes / max(report["export"]["weights_bytes"], 1), 4),
-                      "loadable_by_adapter": from_disk}
+    report["int8"] = {
+        "path": "int8",
+        "weights_bytes": int8_bytes,
+        "quantized_layers": info["quantized_layers"],
+        "size_ratio": round(int8_bytes / max(report["export"]["weights_bytes"], 1), 4),
+        "loadable_by_adapter": from_disk,
+    }
     if "export" in evaluation:
         echo("evaluating the int8 copy on the CPU ...")
         evaluation["int8"] = evaluate(run, quantized, records, host, stage="int8")
-        evaluation["change"] = {k: _delta(evaluation["int8"].get(k), v) for k, v in evaluation["export"].items()
-                                if k != "n"}
+        evaluation["change"] = {
+            k: _delta(evaluation["int8"].get(k), v) for k, v in evaluation["export"].items() if k != "n"
+        }
         final = _read_final(run.run_dir)
         if final:
             evaluation["run_final"] = final
@@ -196,10 +242,14 @@ def merge_checked(run: TrainedRun, records: list[ift.InstructionRecord]) -> tupl
     except (ValueError, TypeError, NotImplementedError) as exc:
         raise ift.RunError(f"peft cannot merge this adapter into its base: {exc}") from None
     peft_section = run.resolved.get("model", {}).get("peft") or {}
-    info: dict[str, Any] = {"method": peft_section.get("method") or peft_method(run.model) or "lora",
-                            "r": peft_section.get("r", peft_section.get("init_r")),
-                            "alpha": peft_section.get("alpha"), "target_modules": peft_section.get("target_modules"),
-                            "probe_examples": 0, "max_abs_logit_diff": None}
+    info: dict[str, Any] = {
+        "method": peft_section.get("method") or peft_method(run.model) or "lora",
+        "r": peft_section.get("r", peft_section.get("init_r")),
+        "alpha": peft_section.get("alpha"),
+        "target_modules": peft_section.get("target_modules"),
+        "probe_examples": 0,
+        "max_abs_logit_diff": None,
+    }
     if before is not None and batch is not None:
         after = _logits(merged, batch)
         info["probe_examples"] = int(before.shape[0])
@@ -234,8 +284,9 @@ def _logits(model: Any, batch: dict[str, Any]) -> Any:
         return model(**inputs).logits.float().cpu()
 
 
-def evaluate(run: TrainedRun, model: Any, records: list[ift.InstructionRecord], host: Any,
-             *, stage: str) -> dict[str, Any]:
+def evaluate(
+    run: TrainedRun, model: Any, records: list[ift.InstructionRecord], host: Any, *, stage: str
+) -> dict[str, Any]:
     """The run's eval metrics (``eval.metrics``, same batch size and max_new_tokens) for ``model`` on
     ``records``, encoded exactly as ``ift run`` encodes its eval split; the ``overall`` group."""
     from ift.data import DataReport, encode_records, stop_strings
@@ -247,12 +298,21 @@ def evaluate(run: TrainedRun, model: Any, records: list[ift.InstructionRecord], 
     for name in section["metrics"]:
         cls = host.get("metric", name).cls
         metrics.append(cls(cls.Config.model_validate(options.get(name, {}), context={"host": host})))
-    examples, kept = encode_records(records, run.renderer, run.adapter, run.tokenizer, _trainer_config(run, host),
-                                    "eval", DataReport())
-    evaluator = Evaluator(adapter=run.adapter, tokenizer=run.tokenizer, renderer=run.renderer, metrics=metrics,
-                          records=kept, examples=examples, batch_size=int(section.get("batch_size", 8)),
-                          max_new_tokens=int(section.get("max_new_tokens", 64)),
-                          stop=stop_strings(run.renderer, kept[0]) if kept else [], samples=0)
+    examples, kept = encode_records(
+        records, run.renderer, run.adapter, run.tokenizer, _trainer_config(run, host), "eval", DataReport()
+    )
+    evaluator = Evaluator(
+        adapter=run.adapter,
+        tokenizer=run.tokenizer,
+        renderer=run.renderer,
+        metrics=metrics,
+        records=kept,
+        examples=examples,
+        batch_size=int(section.get("batch_size", 8)),
+        max_new_tokens=int(section.get("max_new_tokens", 64)),
+        stop=stop_strings(run.renderer, kept[0]) if kept else [],
+        samples=0,
+    )
     result = evaluator(model, stage)
     return dict(result.get("overall", {}))
 
@@ -326,35 +386,53 @@ def summary_table(report: dict[str, Any]) -> str:
     """What the export measured, as a small text table (sizes, then each metric: export, int8, change)."""
     export, int8 = report["export"], report.get("int8")
     rows = [("", "export", "int8" if int8 else "", "change" if int8 else "")]
-    rows.append(("weights", f"{_megabytes(export['weights_bytes'])} ({export['dtype']})",
-                 _megabytes(int8["weights_bytes"]) if int8 else "",
-                 f"{(int8['size_ratio'] - 1) * 100:+.1f}%" if int8 else ""))
+    rows.append(
+        (
+            "weights",
+            f"{_megabytes(export['weights_bytes'])} ({export['dtype']})",
+            _megabytes(int8["weights_bytes"]) if int8 else "",
+            f"{(int8['size_ratio'] - 1) * 100:+.1f}%" if int8 else "",
+        )
+    )
     evaluation = report.get("eval") or {}
     for name, value in (evaluation.get("export") or {}).items():
         if name == "n":
             continue
         change = (evaluation.get("change") or {}).get(name)
-        rows.append((name, _number(value), _number((evaluation.get("int8") or {}).get(name)),
-                     f"{change:+.4f}" if isinstance(change, float) else "-"))
+        rows.append(
+            (
+                name,
+                _number(value),
+                _number((evaluation.get("int8") or {}).get(name)),
+                f"{change:+.4f}" if isinstance(change, float) else "-",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     merge = report.get("merge")
     if merge and merge.get("max_abs_logit_diff") is not None:
-        lines.append(f"merge check: max |logit difference| vs base + adapter = {merge['max_abs_logit_diff']:.2e} "
-                     f"on {merge['probe_examples']} eval examples")
+        lines.append(
+            f"merge check: max |logit difference| vs base + adapter = {merge['max_abs_logit_diff']:.2e} "
+            f"on {merge['probe_examples']} eval examples"
+        )
     if evaluation.get("export"):
         lines.append(f"eval: {evaluation['export'].get('n', evaluation['records'])} records of the run's eval split")
     gguf = report.get("gguf")
     if gguf:
         check = gguf.get("check") or {}
         diff = check.get("max_abs_logit_diff")
-        lines.append(f"gguf: {gguf['file']} ({gguf['quant']}, {_megabytes(gguf['bytes'])}) and an Ollama Modelfile; "
-                     "loaded back with transformers: max |logit difference| vs the export = "
-                     + (f"{diff:.2e} on {check.get('probe_examples')} eval examples" if diff is not None else "-"))
+        lines.append(
+            f"gguf: {gguf['file']} ({gguf['quant']}, {_megabytes(gguf['bytes'])}) and an Ollama Modelfile; "
+            "loaded back with transformers: max |logit difference| vs the export = "
+            + (f"{diff:.2e} on {check.get('probe_examples')} eval examples" if diff is not None else "-")
+        )
         for name, change in (check.get("change") or {}).items():
             value = (check.get("eval") or {}).get(name)
-            lines.append(f"gguf {name}: {_number(value)} ({change:+.4f} vs the export)" if isinstance(change, float)
-                         else f"gguf {name}: {_number(value)}")
+            lines.append(
+                f"gguf {name}: {_number(value)} ({change:+.4f} vs the export)"
+                if isinstance(change, float)
+                else f"gguf {name}: {_number(value)}"
+            )
     return "\n".join(lines)
 
 
@@ -385,7 +463,8 @@ def model_card(run: TrainedRun, report: dict[str, Any]) -> str:
         "## Prompt format",
         "",
         "The model was trained on prompts rendered like this (the answer follows; generation should stop at "
-        + (f"`{stops[0]}`" if stops else "the end-of-sequence token") + "):",
+        + (f"`{stops[0]}`" if stops else "the end-of-sequence token")
+        + "):",
         "",
         "```text",
         example,
@@ -400,7 +479,7 @@ def model_card(run: TrainedRun, report: dict[str, Any]) -> str:
         'tokenizer = AutoTokenizer.from_pretrained("PATH/TO/THIS/FOLDER")',
         "```",
         "",
-        "With ift, the run's template is applied for you: `ift generate RUN_DIR \"message\" --model THIS_FOLDER`.",
+        'With ift, the run\'s template is applied for you: `ift generate RUN_DIR "message" --model THIS_FOLDER`.',
     ]
     int8 = report.get("int8")
     if int8:
@@ -410,7 +489,7 @@ def model_card(run: TrainedRun, report: dict[str, Any]) -> str:
             "",
             f"torch dynamic int8 quantization of {int8['quantized_layers']} Linear layers, for CPU inference: "
             f"{_megabytes(int8['weights_bytes'])} of weights ({(int8['size_ratio'] - 1) * 100:+.1f}% vs the export). "
-            "Use it with `ift generate RUN_DIR \"message\" --model THIS_FOLDER/int8`, or in Python:",
+            'Use it with `ift generate RUN_DIR "message" --model THIS_FOLDER/int8`, or in Python:',
             "",
             "```python",
             "from ift.builtin_plugins.inference.quantize import load_quantized_model",
@@ -424,6 +503,14 @@ def model_card(run: TrainedRun, report: dict[str, Any]) -> str:
         ]
     evaluation = report.get("eval") or {}
     if evaluation.get("export"):
-        lines += ["", "## Evaluation", "", f"On the run's eval split ({evaluation['export'].get('n')} records):", "",
-                  "```text", summary_table(report), "```"]
+        lines += [
+            "",
+            "## Evaluation",
+            "",
+            f"On the run's eval split ({evaluation['export'].get('n')} records):",
+            "",
+            "```text",
+            summary_table(report),
+            "```",
+        ]
     return "\n".join(lines) + "\n"

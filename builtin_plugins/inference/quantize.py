@@ -44,8 +44,10 @@ def _quantize_dynamic() -> Any:
     try:
         from torch.ao.quantization import quantize_dynamic
     except ImportError:
-        raise ift.RunError(f"--quantize int8 uses torch.ao.quantization.quantize_dynamic, which this torch "
-                           f"({torch.__version__}) no longer has") from None
+        raise ift.RunError(
+            f"--quantize int8 uses torch.ao.quantization.quantize_dynamic, which this torch "
+            f"({torch.__version__}) no longer has"
+        ) from None
     return quantize_dynamic
 
 
@@ -72,10 +74,22 @@ def save_quantized(model: Any, tokenizer: Any, path: Path, *, source: str) -> in
     with _quiet_deprecations():
         torch.save(model.state_dict(), path / WEIGHTS_FILE)
     layers = sum(1 for m in model.modules() if type(m).__name__ == "Linear" and "quantized" in type(m).__module__)
-    (path / QUANTIZATION_FILE).write_text(json.dumps({
-        "format": FORMAT, "weights": WEIGHTS_FILE, "modules": "torch.nn.Linear", "dtype": "qint8",
-        "quantized_layers": layers, "torch": torch.__version__, "source": source,
-        "architectures": getattr(model.config, "architectures", None)}, indent=2) + "\n")
+    (path / QUANTIZATION_FILE).write_text(
+        json.dumps(
+            {
+                "format": FORMAT,
+                "weights": WEIGHTS_FILE,
+                "modules": "torch.nn.Linear",
+                "dtype": "qint8",
+                "quantized_layers": layers,
+                "torch": torch.__version__,
+                "source": source,
+                "architectures": getattr(model.config, "architectures", None),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return (path / WEIGHTS_FILE).stat().st_size
 
 
@@ -88,8 +102,10 @@ def load_quantized_model(path: Path, auto_class: Any, **config_kwargs: Any) -> A
     path = Path(path)
     info = json.loads((path / QUANTIZATION_FILE).read_text(encoding="utf-8"))
     if info.get("format") != FORMAT:
-        raise ift.RunError(f"{path / QUANTIZATION_FILE}: unknown quantization format {info.get('format')!r} "
-                           f"(this ift reads {FORMAT!r})")
+        raise ift.RunError(
+            f"{path / QUANTIZATION_FILE}: unknown quantization format {info.get('format')!r} "
+            f"(this ift reads {FORMAT!r})"
+        )
     config = AutoConfig.from_pretrained(str(path), **config_kwargs)
     model = auto_class.from_config(config, dtype=torch.float32)
     quantize_int8(model)
@@ -98,8 +114,9 @@ def load_quantized_model(path: Path, auto_class: Any, **config_kwargs: Any) -> A
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ift.RunError(f"{path}: the int8 weights do not fit the model its config describes: "
-                           f"{str(exc).splitlines()[0]}") from None
+        raise ift.RunError(
+            f"{path}: the int8 weights do not fit the model its config describes: {str(exc).splitlines()[0]}"
+        ) from None
     return model.eval()
 
 

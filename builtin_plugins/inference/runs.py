@@ -49,8 +49,16 @@ class TrainedRun:
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int = 8) -> list[str]:
         """Greedy answers to rendered prompts, through the adapter (whatever the model family)."""
-        return list(self.adapter.generate(self.model, self.tokenizer, list(prompts), max_new_tokens=max_new_tokens,
-                                          batch_size=batch_size, stop=self.stop()))
+        return list(
+            self.adapter.generate(
+                self.model,
+                self.tokenizer,
+                list(prompts),
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                stop=self.stop(),
+            )
+        )
 
     @property
     def prompt_limit(self) -> int | None:
@@ -71,15 +79,18 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ift.RunError(f"{run_dir} is not a directory")
     status_file = run_dir / "status.json"
     if not status_file.is_file() or not (run_dir / "resolved.json").is_file():
-        raise ift.RunError(f"{run_dir} is not an ift run directory (no status.json / resolved.json; pass the "
-                           "folder `ift run` wrote)")
+        raise ift.RunError(
+            f"{run_dir} is not an ift run directory (no status.json / resolved.json; pass the folder `ift run` wrote)"
+        )
     status = _read_json(status_file)
     state = status.get("status")
     if state != "completed":
         why = f": {status['error']}" if status.get("error") else ""
-        hint = {"running": "it is still running, or stopped without recording why",
-                "interrupted": f"continue it with `ift run RECIPE --output-dir {run_dir} --resume`",
-                "failed": "it has no trained model"}.get(str(state), "it has no trained model")
+        hint = {
+            "running": "it is still running, or stopped without recording why",
+            "interrupted": f"continue it with `ift run RECIPE --output-dir {run_dir} --resume`",
+            "failed": "it has no trained model",
+        }.get(str(state), "it has no trained model")
         raise ift.RunError(f"{run_dir}: the run did not complete (status {state!r}{why}); {hint}")
     if not (run_dir / "model").is_dir():
         raise ift.RunError(f"{run_dir} is marked completed but has no model/ folder")
@@ -103,8 +114,10 @@ def build_adapter(resolved: dict[str, Any], host: Any, base_dir: Path, *, device
         config = registered.cls.Config.model_validate(section, context={"host": host})  # plugins' PEFT methods
     except ValidationError as exc:
         problems = "; ".join(f"model.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ift.RunError(f"the run's model section no longer validates with adapter {name!r} "
-                           f"({registered.distribution} {registered.version}): {problems}") from None
+        raise ift.RunError(
+            f"the run's model section no longer validates with adapter {name!r} "
+            f"({registered.distribution} {registered.version}): {problems}"
+        ) from None
     return registered.cls(config, base_dir=base_dir)
 
 
@@ -132,8 +145,9 @@ def build_renderer(run_dir: Path, host: Any, recipe_dir: Path | None = None) -> 
     try:
         return registered.cls(config, base_dir=base_dir, prepare_jinja_env=host.prepare_jinja_env)
     except ift.RecipeError as exc:
-        raise ift.RunError(f"cannot rebuild the run's template ({exc}); if it is a file next to the recipe, "
-                           "pass --recipe-dir") from None
+        raise ift.RunError(
+            f"cannot rebuild the run's template ({exc}); if it is a file next to the recipe, pass --recipe-dir"
+        ) from None
 
 
 def check_template(renderer: Any, manifest: dict[str, Any], run_dir: Path) -> str:
@@ -141,20 +155,31 @@ def check_template(renderer: Any, manifest: dict[str, Any], run_dir: Path) -> st
     ``renderer.bind(tokenizer)`` (the ``chat`` template's text comes from the tokenizer)."""
     recorded = (manifest.get("template") or {}).get("hash")
     if not recorded:
-        raise ift.RunError(f"{run_dir}/manifest.json records no template hash, so the template cannot be "
-                           "checked against the one used in training")
+        raise ift.RunError(
+            f"{run_dir}/manifest.json records no template hash, so the template cannot be "
+            "checked against the one used in training"
+        )
     rebuilt = renderer.template_hash()
     if rebuilt != recorded:
         origin = getattr(renderer, "origin", None) or type(renderer).__name__
-        raise ift.RunError(f"template drift in {run_dir}: the run trained with template hash {recorded}, but the "
-                           f"template rebuilt now ({origin}) has hash {rebuilt}; prompts would not match "
-                           "training. Restore the template the run used (RUN_DIR/template/ keeps a copy of a "
-                           "template file) or retrain")
+        raise ift.RunError(
+            f"template drift in {run_dir}: the run trained with template hash {recorded}, but the "
+            f"template rebuilt now ({origin}) has hash {rebuilt}; prompts would not match "
+            "training. Restore the template the run used (RUN_DIR/template/ keeps a copy of a "
+            "template file) or retrain"
+        )
     return rebuilt
 
 
-def open_run(run_dir: Path, host: Any, *, model_dir: Path | None = None, device: str | None = None,
-             recipe_dir: Path | None = None, merge: bool = False) -> TrainedRun:
+def open_run(
+    run_dir: Path,
+    host: Any,
+    *,
+    model_dir: Path | None = None,
+    device: str | None = None,
+    recipe_dir: Path | None = None,
+    merge: bool = False,
+) -> TrainedRun:
     """Open a completed run: adapter from ``resolved.json``, ``adapter.load_trained(RUN_DIR/model)`` (or
     ``model_dir``, e.g. an export or its int8 copy), the template rebuilt and checked against the manifest.
 
@@ -207,8 +232,7 @@ def conversation_prompt(renderer: Any, messages: Sequence[ift.Message]) -> str:
 def stop_texts(renderer: Any) -> list[str]:
     """What the template writes after an answer inside the trained span (EOS, ``<|im_end|>``...)."""
     probe = "\u2402probe"
-    record = ift.InstructionRecord("serve-probe", "serve", [ift.Message("user", "hi"),
-                                                             ift.Message("assistant", probe)])
+    record = ift.InstructionRecord("serve-probe", "serve", [ift.Message("user", "hi"), ift.Message("assistant", probe)])
     trained = [s.text for s in renderer.render(record) if s.trainable]
     if trained and probe in trained[-1]:
         suffix = trained[-1].split(probe, 1)[1].strip()
@@ -244,13 +268,21 @@ def read_records(path: Path) -> list[ift.InstructionRecord]:
             continue
         try:
             row = json.loads(line)
-            records.append(ift.InstructionRecord(
-                str(row["id"]), str(row["source"]), [ift.Message(m["role"], m["content"]) for m in row["messages"]],
-                task=row.get("task"), label=row.get("label"), choices=row.get("choices"),
-                metadata=dict(row.get("metadata") or {})))
+            records.append(
+                ift.InstructionRecord(
+                    str(row["id"]),
+                    str(row["source"]),
+                    [ift.Message(m["role"], m["content"]) for m in row["messages"]],
+                    task=row.get("task"),
+                    label=row.get("label"),
+                    choices=row.get("choices"),
+                    metadata=dict(row.get("metadata") or {}),
+                )
+            )
         except (ValueError, KeyError, TypeError) as exc:
-            raise ift.DataError(f"not a record written by ift run ({type(exc).__name__}: {exc})", file=str(path),
-                                line=number) from None
+            raise ift.DataError(
+                f"not a record written by ift run ({type(exc).__name__}: {exc})", file=str(path), line=number
+            ) from None
     return records
 
 
@@ -258,8 +290,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ift.RunError(f"{Path(path).parent} is not an ift run directory (cannot read {Path(path).name}: "
-                           f"{exc})") from None
+        raise ift.RunError(
+            f"{Path(path).parent} is not an ift run directory (cannot read {Path(path).name}: {exc})"
+        ) from None
     if not isinstance(data, dict):
         raise ift.RunError(f"{path} does not hold a JSON object")
     return data

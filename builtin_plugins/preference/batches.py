@@ -42,9 +42,11 @@ def pair_items(examples: Sequence[ift.EncodedExample], objective: str) -> list[I
     kinds = tables.kinds(examples)
     bad = [i for i, kind in enumerate(kinds) if kind != "pair"]
     if bad:
-        raise ift.DataError(f"{objective} trains on preference pairs (chosen + rejected), but {len(bad)} example(s) "
-                            f"are not pairs (the first: {_record_id(examples, bad[0])!r}, a {kinds[bad[0]]} "
-                            "example); kto trains on unpaired examples")
+        raise ift.DataError(
+            f"{objective} trains on preference pairs (chosen + rejected), but {len(bad)} example(s) "
+            f"are not pairs (the first: {_record_id(examples, bad[0])!r}, a {kinds[bad[0]]} "
+            "example); kto trains on unpaired examples"
+        )
     return [Item(i) for i in range(len(kinds))]
 
 
@@ -57,8 +59,10 @@ def unpaired_items(examples: Sequence[ift.EncodedExample], objective: str) -> li
         elif kind in ("desirable", "undesirable"):
             items.append(Item(i, "single", kind == "desirable"))
         else:
-            raise ift.DataError(f"{objective} trains on preference examples, but {_record_id(examples, i)!r} is an "
-                                "ordinary sequence (give completions with a true / false label, or pairs)")
+            raise ift.DataError(
+                f"{objective} trains on preference examples, but {_record_id(examples, i)!r} is an "
+                "ordinary sequence (give completions with a true / false label, or pairs)"
+            )
     return items
 
 
@@ -77,8 +81,11 @@ def item_lengths(examples: Sequence[ift.EncodedExample], items: Sequence[Item], 
     out = []
     for item in items:
         if item.part is None:
-            out.append(chosen[item.index] + rejected[item.index] if mode == "padding-free"
-                       else max(chosen[item.index], rejected[item.index]))
+            out.append(
+                chosen[item.index] + rejected[item.index]
+                if mode == "padding-free"
+                else max(chosen[item.index], rejected[item.index])
+            )
         else:
             out.append(rejected[item.index] if item.part == "rejected" else chosen[item.index])
     return out
@@ -92,15 +99,27 @@ def split_prompt(example: ift.EncodedExample) -> int:
 def mismatched(prompt_of: ift.EncodedExample, completion_of: ift.EncodedExample) -> ift.EncodedExample:
     """``prompt_of``'s prompt followed by ``completion_of``'s completion (trained): KTO's KL estimate."""
     p, q = split_prompt(prompt_of), split_prompt(completion_of)
-    return ift.EncodedExample(prompt_of.input_ids[:p] + completion_of.input_ids[q:],
-                              [-100] * p + completion_of.labels[q:], prompt_of.source, prompt_of.record_id)
+    return ift.EncodedExample(
+        prompt_of.input_ids[:p] + completion_of.input_ids[q:],
+        [-100] * p + completion_of.labels[q:],
+        prompt_of.source,
+        prompt_of.record_id,
+    )
 
 
 class PreferenceCollator:
     """Builds the batches described in the module docstring from lists of :class:`Item` indices."""
 
-    def __init__(self, adapter: ift.ModelAdapter, tokenizer: Any, examples: Sequence[ift.EncodedExample],
-                 items: Sequence[Item], *, packed: bool = False, kl_partners: bool = False) -> None:
+    def __init__(
+        self,
+        adapter: ift.ModelAdapter,
+        tokenizer: Any,
+        examples: Sequence[ift.EncodedExample],
+        items: Sequence[Item],
+        *,
+        packed: bool = False,
+        kl_partners: bool = False,
+    ) -> None:
         self.adapter, self.tokenizer, self.examples, self.items = adapter, tokenizer, examples, items
         self.packed, self.kl_partners = packed, kl_partners
 
@@ -120,8 +139,9 @@ class PreferenceCollator:
             else:
                 batch = self.adapter.collate(self.tokenizer, rows)
                 chosen_rows, rejected_rows = torch.arange(n), torch.arange(n, 2 * n)
-            batch["row_ids"] = [e.record_id for e in built for _ in (0, 1)] if self.packed else \
-                [e.record_id for e in rows]
+            batch["row_ids"] = (
+                [e.record_id for e in built for _ in (0, 1)] if self.packed else [e.record_id for e in rows]
+            )
             batch.update(chosen_rows=chosen_rows, rejected_rows=rejected_rows)
         else:
             rows = [sequence(e, item.part) for e, item in zip(built, items, strict=True)]
@@ -130,8 +150,10 @@ class PreferenceCollator:
             batch["desirable"] = torch.tensor([bool(item.desirable) for item in items])
             if self.kl_partners:
                 partners = [self.partner(i) for i in indices]
-                kl_rows = [mismatched(row, sequence(self.examples[p.index], p.part))
-                           for row, p in zip(rows, partners, strict=True)]
+                kl_rows = [
+                    mismatched(row, sequence(self.examples[p.index], p.part))
+                    for row, p in zip(rows, partners, strict=True)
+                ]
                 batch["kl"] = self.adapter.collate(self.tokenizer, kl_rows)
                 batch["kl"]["row_ids"] = [e.record_id for e in kl_rows]
         batch["pairs"] = n
@@ -161,20 +183,33 @@ def make_loader(collator: PreferenceCollator, *, mode: str, batch_size: int, see
     from torch.utils.data import DataLoader
 
     if mode not in MODES:
-        raise ift.RecipeError([ift.Problem("trainer.batching", f"preference objectives batch with "
-                                           f"{', '.join(MODES)}; {mode!r} is not supported (packing would split "
-                                           "or mix pairs)")])
+        raise ift.RecipeError(
+            [
+                ift.Problem(
+                    "trainer.batching",
+                    f"preference objectives batch with "
+                    f"{', '.join(MODES)}; {mode!r} is not supported (packing would split "
+                    "or mix pairs)",
+                )
+            ]
+        )
     if mode == "padding-free" and not collator.adapter.supports_packing:
-        raise ift.RecipeError([ift.Problem("trainer.batching", f"model adapter {collator.adapter.name!r} cannot "
-                                           "pack sequences (padding-free); use length-grouped")])
+        raise ift.RecipeError(
+            [
+                ift.Problem(
+                    "trainer.batching",
+                    f"model adapter {collator.adapter.name!r} cannot pack sequences (padding-free); use length-grouped",
+                )
+            ]
+        )
     collator = copy.copy(collator)  # each loader packs or pads on its own
     collator.packed = mode == "padding-free" and bool(collator.items) and collator.items[0].part is None
     lengths = item_lengths(collator.examples, collator.items, mode)
-    plan = BatchPlan("length-grouped" if mode == "length-grouped" else "padding", lengths, batch_size, seed,
-                     shuffle=shuffle)
+    plan = BatchPlan(
+        "length-grouped" if mode == "length-grouped" else "padding", lengths, batch_size, seed, shuffle=shuffle
+    )
     positions: Any = _Positions(len(collator.items))  # a Sequence: all a DataLoader with a batch_sampler reads
-    return DataLoader(positions, batch_sampler=plan, collate_fn=collator,
-                      generator=torch.Generator().manual_seed(seed))
+    return DataLoader(positions, batch_sampler=plan, collate_fn=collator, generator=torch.Generator().manual_seed(seed))
 
 
 class _Positions(Sequence[int]):

@@ -17,8 +17,9 @@ class PairLosses:
     rejected_rewards: Any
 
 
-def dpo(chosen: Any, rejected: Any, ref_chosen: Any, ref_rejected: Any, *, beta: float,
-        label_smoothing: float = 0.0) -> PairLosses:
+def dpo(
+    chosen: Any, rejected: Any, ref_chosen: Any, ref_rejected: Any, *, beta: float, label_smoothing: float = 0.0
+) -> PairLosses:
     """DPO's sigmoid loss (Rafailov et al. 2023, eq. 7), with cDPO's label smoothing ``eps`` (Mitchell 2023):
 
     ``z = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))``,
@@ -51,8 +52,16 @@ def orpo(chosen_mean: Any, rejected_mean: Any, chosen_nll: Any, *, beta: float) 
     return PairLosses(losses, (beta * chosen_mean).detach(), (beta * rejected_mean).detach()), log_odds.detach()
 
 
-def kto(logps: Any, ref_logps: Any, desirable: Any, kl: Any, *, beta: float, desirable_weight: float = 1.0,
-        undesirable_weight: float = 1.0) -> tuple[Any, Any]:
+def kto(
+    logps: Any,
+    ref_logps: Any,
+    desirable: Any,
+    kl: Any,
+    *,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> tuple[Any, Any]:
     """KTO (Ethayarajh et al. 2024, eq. 8, as TRL implements it): with ``r = logp - ref_logp`` (summed over the
     completion) and ``z`` the reference point (the batch's KL estimate, detached, at least 0):
 

@@ -32,19 +32,26 @@ from ift.builtin_plugins.preference.batches import (
 
 
 class PreferenceConfig(ift.ObjectiveConfig):
-    beta: float = Field(0.1, gt=0, description="Strength of the preference term (DPO / KTO: the KL penalty's "
-                                               "inverse temperature; ORPO: lambda, the odds-ratio weight).")
+    beta: float = Field(
+        0.1,
+        gt=0,
+        description="Strength of the preference term (DPO / KTO: the KL penalty's "
+        "inverse temperature; ORPO: lambda, the odds-ratio weight).",
+    )
 
 
 class ReferenceConfig(PreferenceConfig):
     reference: Literal["auto", "disabled-adapter", "precomputed"] = Field(
-        "auto", description="Where the reference log-probabilities come from: the model with its PEFT adapter "
-        "disabled, or computed once before training (auto: the first under PEFT, the second otherwise).")
+        "auto",
+        description="Where the reference log-probabilities come from: the model with its PEFT adapter "
+        "disabled, or computed once before training (auto: the first under PEFT, the second otherwise).",
+    )
 
 
 class DPOConfig(ReferenceConfig):
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO: the assumed share of pairs whose "
-                                                                  "preference is flipped (0: plain DPO).")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="cDPO: the assumed share of pairs whose preference is flipped (0: plain DPO)."
+    )
 
 
 class KTOConfig(ReferenceConfig):
@@ -59,8 +66,10 @@ def sequence_logps(adapter: Any, model: Any, batch: dict[str, Any]) -> tuple[Any
 
 
 def to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
-    return {k: to_device(v, device) if isinstance(v, dict) else v.to(device) if hasattr(v, "to") else v
-            for k, v in batch.items()}
+    return {
+        k: to_device(v, device) if isinstance(v, dict) else v.to(device) if hasattr(v, "to") else v
+        for k, v in batch.items()
+    }
 
 
 class PreferenceObjective(ift.Objective):
@@ -85,14 +94,20 @@ class PreferenceObjective(ift.Objective):
         return pair_items(examples, self.name) if self.paired else unpaired_items(examples, self.name)
 
     def collator(self, examples: Sequence[ift.EncodedExample]) -> PreferenceCollator:
-        return PreferenceCollator(self.adapter, self.tokenizer, examples, self.items(examples),
-                                  kl_partners=not self.paired)
+        return PreferenceCollator(
+            self.adapter, self.tokenizer, examples, self.items(examples), kl_partners=not self.paired
+        )
 
     def loader(self, ctx: ift.TrainContext, mode: str) -> Any:
         """Batches of ``ctx.train_examples`` (see :mod:`.batches`)."""
         self._bind(ctx)
-        return make_loader(self._train_collator, mode=mode, batch_size=self.batch_size, seed=ctx.seed,
-                           shuffle=bool(self._loop_setting("shuffle", True)))
+        return make_loader(
+            self._train_collator,
+            mode=mode,
+            batch_size=self.batch_size,
+            seed=ctx.seed,
+            shuffle=bool(self._loop_setting("shuffle", True)),
+        )
 
     def units(self, batch: Any) -> int:
         return int(batch["pairs"])
@@ -136,8 +151,15 @@ class PreferenceObjective(ift.Objective):
         peft = hasattr(model, "disable_adapter")
         self.precomputed = self.uses_reference and (mode == "precomputed" or (mode == "auto" and not peft))
         if self.uses_reference and mode == "disabled-adapter" and not peft:
-            raise ift.RecipeError([ift.Problem("trainer.reference", "'disabled-adapter' needs a PEFT adapter "
-                                               "([model] peft = ...); without one use 'auto' or 'precomputed'")])
+            raise ift.RecipeError(
+                [
+                    ift.Problem(
+                        "trainer.reference",
+                        "'disabled-adapter' needs a PEFT adapter "
+                        "([model] peft = ...); without one use 'auto' or 'precomputed'",
+                    )
+                ]
+            )
 
     @contextlib.contextmanager
     def _reference_mode(self, model: Any) -> Any:
@@ -162,7 +184,7 @@ class PreferenceObjective(ift.Objective):
                     batch = to_device(collator(positions), _device(model))
                     for key, values in self._logps(model, batch).items():
                         column = out.setdefault(key, np.zeros(len(collator.items), dtype=np.float64))
-                        column[start:start + len(positions)] = values.double().cpu().numpy()
+                        column[start : start + len(positions)] = values.double().cpu().numpy()
         finally:
             model.train(was_training)
         return out
@@ -185,11 +207,13 @@ class PreferenceObjective(ift.Objective):
 
         if self.precomputed:
             table = self.reference_logps[split]
-            keys = ("chosen", "rejected") if "chosen_rows" in batch else ("single", "kl") if "kl" in batch \
-                else ("single",)
+            keys = (
+                ("chosen", "rejected") if "chosen_rows" in batch else ("single", "kl") if "kl" in batch else ("single",)
+            )
             device = batch["input_ids"].device
-            return {key: torch.as_tensor(table[key][batch["index"]], dtype=torch.float32, device=device)
-                    for key in keys}
+            return {
+                key: torch.as_tensor(table[key][batch["index"]], dtype=torch.float32, device=device) for key in keys
+            }
         with torch.no_grad(), self._reference_mode(model):
             return self._logps(model, batch)
 
@@ -215,7 +239,7 @@ class PreferenceObjective(ift.Objective):
                 for source, members in groups.items():
                     sums: dict[str, float] = {}
                     for start in range(0, len(members), self.batch_size):
-                        batch = to_device(collator(members[start:start + self.batch_size]), _device(model))
+                        batch = to_device(collator(members[start : start + self.batch_size]), _device(model))
                         for name, value in self.figures(model, batch, "eval").items():
                             sums[name] = sums.get(name, 0.0) + float(value)
                     per_source[source] = (sums, len(members))
@@ -250,10 +274,15 @@ class PreferenceObjective(ift.Objective):
 
 def pair_figures(chosen: Any, rejected: Any, chosen_rewards: Any, rejected_rewards: Any) -> dict[str, Any]:
     margins = chosen_rewards - rejected_rewards
-    return {"reward_accuracy": (margins > 0).float().sum(), "reward_margin": margins.sum(),
-            "chosen_reward": chosen_rewards.sum(), "rejected_reward": rejected_rewards.sum(),
-            "chosen_logp": chosen.detach().sum(), "rejected_logp": rejected.detach().sum(),
-            "logp_accuracy": (chosen.detach() > rejected.detach()).float().sum()}
+    return {
+        "reward_accuracy": (margins > 0).float().sum(),
+        "reward_margin": margins.sum(),
+        "chosen_reward": chosen_rewards.sum(),
+        "rejected_reward": rejected_rewards.sum(),
+        "chosen_logp": chosen.detach().sum(),
+        "rejected_logp": rejected.detach().sum(),
+        "logp_accuracy": (chosen.detach() > rejected.detach()).float().sum(),
+    }
 
 
 class DPOObjective(PreferenceObjective):
@@ -266,11 +295,19 @@ class DPOObjective(PreferenceObjective):
     def loss_and_figures(self, model: Any, batch: dict[str, Any], split: str) -> ift.LossTerms:
         ref = self.reference(model, batch, split)
         policy = self._logps(model, batch)
-        out = losses.dpo(policy["chosen"], policy["rejected"], ref["chosen"], ref["rejected"],
-                         beta=self.config.beta, label_smoothing=self.config.label_smoothing)
-        return ift.LossTerms(out.losses.sum(), per_example=(out.losses, _ones(out.losses)),
-                             figures=pair_figures(policy["chosen"], policy["rejected"], out.chosen_rewards,
-                                                  out.rejected_rewards))
+        out = losses.dpo(
+            policy["chosen"],
+            policy["rejected"],
+            ref["chosen"],
+            ref["rejected"],
+            beta=self.config.beta,
+            label_smoothing=self.config.label_smoothing,
+        )
+        return ift.LossTerms(
+            out.losses.sum(),
+            per_example=(out.losses, _ones(out.losses)),
+            figures=pair_figures(policy["chosen"], policy["rejected"], out.chosen_rewards, out.rejected_rewards),
+        )
 
 
 class ORPOObjective(PreferenceObjective):
@@ -320,16 +357,26 @@ class KTOObjective(PreferenceObjective):
                 self.last_kl = float(kl)
         else:
             kl = torch.tensor(self.last_kl, device=logps.device)
-        per, rewards = losses.kto(logps, ref["single"], desirable, kl, beta=self.config.beta,
-                                  desirable_weight=self.config.desirable_weight,
-                                  undesirable_weight=self.config.undesirable_weight)
+        per, rewards = losses.kto(
+            logps,
+            ref["single"],
+            desirable,
+            kl,
+            beta=self.config.beta,
+            desirable_weight=self.config.desirable_weight,
+            undesirable_weight=self.config.undesirable_weight,
+        )
         sign = torch.where(desirable, rewards, -rewards)
         n = len(batch["index"])
-        figures = {"reward_accuracy": (sign > 0).float().sum(), "kl": kl.detach() * n,
-                   "desirable_reward": rewards[desirable].sum(), "undesirable_reward": rewards[~desirable].sum(),
-                   "desirable_logp": logps.detach()[desirable].sum(),
-                   "undesirable_logp": logps.detach()[~desirable].sum(),
-                   "desirable": desirable.float().sum()}
+        figures = {
+            "reward_accuracy": (sign > 0).float().sum(),
+            "kl": kl.detach() * n,
+            "desirable_reward": rewards[desirable].sum(),
+            "undesirable_reward": rewards[~desirable].sum(),
+            "desirable_logp": logps.detach()[desirable].sum(),
+            "undesirable_logp": logps.detach()[~desirable].sum(),
+            "desirable": desirable.float().sum(),
+        }
         return ift.LossTerms(per.sum(), per_example=(per, _ones(per)), figures=figures)
 
     def summarize(self, sums: dict[str, float], units: int) -> dict[str, float]:
@@ -340,10 +387,15 @@ class KTOObjective(PreferenceObjective):
         out = {"reward_accuracy": sums["reward_accuracy"] / units, "kl": sums["kl"] / units}
         chosen_reward = sums["desirable_reward"] / good if good else 0.0
         rejected_reward = sums["undesirable_reward"] / bad if bad else 0.0
-        out.update(reward_margin=chosen_reward - rejected_reward, chosen_reward=chosen_reward,
-                   rejected_reward=rejected_reward,
-                   chosen_logp=sums["desirable_logp"] / good if good else 0.0,
-                   rejected_logp=sums["undesirable_logp"] / bad if bad else 0.0, desirable=good, undesirable=bad)
+        out.update(
+            reward_margin=chosen_reward - rejected_reward,
+            chosen_reward=chosen_reward,
+            rejected_reward=rejected_reward,
+            chosen_logp=sums["desirable_logp"] / good if good else 0.0,
+            rejected_logp=sums["undesirable_logp"] / bad if bad else 0.0,
+            desirable=good,
+            undesirable=bad,
+        )
         return out
 
     def state(self) -> dict[str, Any] | None:

@@ -69,16 +69,28 @@ def features(record: InstructionRecord, tagger: KeywordTagger) -> Features:
     domain = record.metadata.get("domain")
     whole = conversation(record)
     return Features(
-        tokens=words(text), verb=verb, obj=obj,
+        tokens=words(text),
+        verb=verb,
+        obj=obj,
         task=record.task if record.task is not None else (tagger.task(text) or "(none)"),
         task_inferred=record.task is None,
         domain=str(domain) if domain is not None else (tagger.domain(whole) or "(none)"),
-        domain_inferred=domain is None, fragmentary=is_fragmentary(text), answer_words=len(words(record.answer)),
-        schema=schema(record), turns=len(record.messages), problem=structure_problem(record),
-        empty=not record.answer.strip(), copied=copies_input(record), truncated=looks_truncated(record.answer),
-        choices=bool(record.choices), outside=bool(record.choices) and outside_choices(record),
-        shingles=shingle_set(whole, "word", NEAR_DUPLICATE["shingle_size"]), id=record.id, source=record.source,
-        text=text)
+        domain_inferred=domain is None,
+        fragmentary=is_fragmentary(text),
+        answer_words=len(words(record.answer)),
+        schema=schema(record),
+        turns=len(record.messages),
+        problem=structure_problem(record),
+        empty=not record.answer.strip(),
+        copied=copies_input(record),
+        truncated=looks_truncated(record.answer),
+        choices=bool(record.choices),
+        outside=bool(record.choices) and outside_choices(record),
+        shingles=shingle_set(whole, "word", NEAR_DUPLICATE["shingle_size"]),
+        id=record.id,
+        source=record.source,
+        text=text,
+    )
 
 
 FLAGGED_IDS = 50  # record ids listed per flagged item
@@ -97,8 +109,9 @@ def _flagged(group: Sequence[Features], flags: Sequence[bool], total: int | None
     out = _count(len(hits), len(group) if total is None else total)
     if hits:
         out["ids"] = [f"{f.source}/{f.id}" for f in hits[:FLAGGED_IDS]]
-        out["examples"] = [{"id": f"{f.source}/{f.id}", "instruction": f.text[:EXAMPLE_CHARS]}
-                           for f in hits[:FLAGGED_EXAMPLES]]
+        out["examples"] = [
+            {"id": f"{f.source}/{f.id}", "instruction": f.text[:EXAMPLE_CHARS]} for f in hits[:FLAGGED_EXAMPLES]
+        ]
     return out
 
 
@@ -110,8 +123,16 @@ def _percentiles(values: Sequence[int]) -> dict[str, Any]:
     def at(q: float) -> int:  # nearest-rank percentile: the smallest value with at least q of the values <= it
         return ordered[max(0, math.ceil(q * len(ordered) - 1e-9) - 1)]
 
-    return {"min": ordered[0], "p10": at(0.10), "p25": at(0.25), "median": at(0.5), "p75": at(0.75),
-            "p90": at(0.90), "max": ordered[-1], "mean": round(sum(ordered) / len(ordered), 2)}
+    return {
+        "min": ordered[0],
+        "p10": at(0.10),
+        "p25": at(0.25),
+        "median": at(0.5),
+        "p75": at(0.75),
+        "p90": at(0.90),
+        "max": ordered[-1],
+        "mean": round(sum(ordered) / len(ordered), 2),
+    }
 
 
 def _histogram(values: Sequence[int]) -> dict[str, Any]:
@@ -125,7 +146,7 @@ def _histogram(values: Sequence[int]) -> dict[str, Any]:
 
 
 def distinct_n(texts: Sequence[list[str]], n: int) -> float:
-    grams = [tuple(t[i:i + n]) for t in texts for i in range(len(t) - n + 1)]
+    grams = [tuple(t[i : i + n]) for t in texts for i in range(len(t) - n + 1)]
     return round(len(set(grams)) / len(grams), 4) if grams else 0.0
 
 
@@ -138,9 +159,10 @@ def _verb_tree(verbs: Counter[str], pairs: Counter[tuple[str, str]]) -> list[dic
     objects: dict[str, Counter[str]] = defaultdict(Counter)
     for (verb, obj), count in pairs.items():
         objects[verb][obj] = count
-    return [{"verb": v, "count": c,
-             "objects": [{"object": o, "count": k} for o, k in objects[v].most_common(TREE_OBJECTS)]}
-            for v, c in verbs.most_common(TREE_VERBS)]
+    return [
+        {"verb": v, "count": c, "objects": [{"object": o, "count": k} for o, k in objects[v].most_common(TREE_OBJECTS)]}
+        for v, c in verbs.most_common(TREE_VERBS)
+    ]
 
 
 def group_report(group: Sequence[Features], expected: dict[str, str] | None = None) -> dict[str, Any]:
@@ -164,17 +186,23 @@ def group_report(group: Sequence[Features], expected: dict[str, str] | None = No
         "diversity": {
             "distinct_1": distinct_n([f.tokens for f in group], 1),
             "distinct_2": distinct_n([f.tokens for f in group], 2),
-            "leading_verbs": {**_count(sum(verbs.values()), n), "unique": len(verbs),
-                              "top": [{"verb": v, "count": c} for v, c in verbs.most_common(TOP)]},
-            "verb_objects": {"unique": len(pairs),
-                             "top": [{"verb": v, "object": o, "count": c} for (v, o), c in pairs.most_common(TOP)],
-                             "tree": _verb_tree(verbs, pairs)},  # type: ignore[arg-type]
+            "leading_verbs": {
+                **_count(sum(verbs.values()), n),
+                "unique": len(verbs),
+                "top": [{"verb": v, "count": c} for v, c in verbs.most_common(TOP)],
+            },
+            "verb_objects": {
+                "unique": len(pairs),
+                "top": [{"verb": v, "object": o, "count": c} for (v, o), c in pairs.most_common(TOP)],
+                "tree": _verb_tree(verbs, pairs),
+            },  # type: ignore[arg-type]
             "tasks": _labels([f.task for f in group], [f.task_inferred for f in group]),
             "domains": _labels([f.domain for f in group], [f.domain_inferred for f in group]),
             "near_duplicates": _flagged(group, [m is not None for m in near]),
         },
         "clarity": {
-            "instruction_words": _percentiles(lengths), "histogram": _histogram(lengths),
+            "instruction_words": _percentiles(lengths),
+            "histogram": _histogram(lengths),
             "very_short": _flagged(group, [x < SHORT_WORDS for x in lengths]),
             "fragmentary": _flagged(group, [f.fragmentary for f in group]),
             "answer_words": _percentiles([f.answer_words for f in group]),
@@ -184,8 +212,10 @@ def group_report(group: Sequence[Features], expected: dict[str, str] | None = No
             "schema_nonconforming": _flagged(group, odd_schema),
             "schemas": [{"fields": s, "count": c} for s, c in schemas.most_common()],
             "turns": {str(k): v for k, v in sorted(Counter(f.turns for f in group).items())},
-            "role_order_problems": {**_flagged(group, [bool(f.problem) for f in group]),
-                                    "by_kind": dict(problems.most_common())},
+            "role_order_problems": {
+                **_flagged(group, [bool(f.problem) for f in group]),
+                "by_kind": dict(problems.most_common()),
+            },
         },
         "accuracy": {
             "empty_outputs": _flagged(group, [f.empty for f in group]),
@@ -197,8 +227,9 @@ def group_report(group: Sequence[Features], expected: dict[str, str] | None = No
     }
 
 
-def quality_report(records: list[InstructionRecord], *,
-                   eval_records: list[InstructionRecord] | None = None) -> dict[str, Any]:
+def quality_report(
+    records: list[InstructionRecord], *, eval_records: list[InstructionRecord] | None = None
+) -> dict[str, Any]:
     """Diversity, clarity, consistency and accuracy proxies of ``records``, overall and per source.
 
     With ``eval_records`` (and/or records of eval-only tables among ``records``), also the share of the
@@ -212,10 +243,13 @@ def quality_report(records: list[InstructionRecord], *,
     expected = {name: Counter(f.schema for f in group).most_common(1)[0][0] for name, group in by_source.items()}
     overall = group_report(every, expected)
     report: dict[str, Any] = {
-        "version": REPORT_VERSION, "records": len(records), "sources": {k: len(v) for k, v in by_source.items()},
+        "version": REPORT_VERSION,
+        "records": len(records),
+        "sources": {k: len(v) for k, v in by_source.items()},
         "overall": overall,
-        "per_source": {name: overall if len(by_source) == 1 else group_report(group, expected)
-                       for name, group in by_source.items()},
+        "per_source": {
+            name: overall if len(by_source) == 1 else group_report(group, expected) for name, group in by_source.items()
+        },
         "definitions": DEFINITIONS,
     }
     reference = [r for r in records if is_eval(r)] + list(eval_records or [])
@@ -226,7 +260,9 @@ def quality_report(records: list[InstructionRecord], *,
         hit: Counter[str] = Counter(r.source for (r, _), o in zip(subjects, overlapping, strict=True) if o)
         totals = Counter(r.source for r, _ in subjects)
         report["contamination"] = {  # flagged like the other items: which records, and a few of them
-            "n": CONTAMINATION_N, "eval_records": len(reference), **_flagged([f for _, f in subjects], overlapping),
+            "n": CONTAMINATION_N,
+            "eval_records": len(reference),
+            **_flagged([f for _, f in subjects], overlapping),
             "per_source": {name: _count(hit[name], totals[name]) for name in totals},
         }
     return report

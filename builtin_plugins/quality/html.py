@@ -25,8 +25,18 @@ td.warn{background:#fff4d6}.plots{display:flex;flex-wrap:wrap;gap:16px}
 figure{margin:0;flex:1 1 480px}figure img{max-width:100%}figcaption{color:#59636e;font-size:13px}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;font-size:13px}dt{font-weight:600}dd{margin:0}
 """
-_PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d", "#bab0ac",
-            "#eeca3b"]
+_PALETTE = [
+    "#4c78a8",
+    "#f58518",
+    "#54a24b",
+    "#e45756",
+    "#72b7b2",
+    "#b279a2",
+    "#ff9da6",
+    "#9d755d",
+    "#bab0ac",
+    "#eeca3b",
+]
 
 
 def write_report(report: dict[str, Any], output_dir: Path) -> None:
@@ -42,8 +52,12 @@ def write_report(report: dict[str, Any], output_dir: Path) -> None:
 def render_html(report: dict[str, Any]) -> str:
     overall = report["overall"]
     sources = ", ".join(f"{escape(k)} ({v})" for k, v in report["sources"].items())
-    parts = [f"<h1>Data quality report</h1><p class=sub>{report['records']} records from "
-             f"{len(report['sources'])} source(s): {sources}</p>", "<h2>Summary</h2>", _summary_table(report)]
+    parts = [
+        f"<h1>Data quality report</h1><p class=sub>{report['records']} records from "
+        f"{len(report['sources'])} source(s): {sources}</p>",
+        "<h2>Summary</h2>",
+        _summary_table(report),
+    ]
     line = contamination_line(report)
     if line:
         parts.append(f"<p><b>Contamination:</b> {escape(line)}</p>")
@@ -51,29 +65,39 @@ def render_html(report: dict[str, Any]) -> str:
         parts += ["<h2>Plots</h2><div class=plots>", _plots(report), "</div>"]
     for name, group in report["per_source"].items():
         parts.append(_source_details(name, group))
-    parts.append("<h2>Definitions</h2><dl>" + "".join(
-        f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in report["definitions"].items()) + "</dl>")
-    return ("<!doctype html><html lang=en><head><meta charset=utf-8><title>Data quality report</title>"
-            f"<style>{_CSS}</style></head><body><main>{''.join(parts)}</main></body></html>\n")
+    parts.append(
+        "<h2>Definitions</h2><dl>"
+        + "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in report["definitions"].items())
+        + "</dl>"
+    )
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>Data quality report</title>"
+        f"<style>{_CSS}</style></head><body><main>{''.join(parts)}</main></body></html>\n"
+    )
 
 
 _NUMERIC = re.compile(r"^[-\d.,%/() ]+$|^\d+ of \d+$")
 
 
-def _table(header: list[str], rows: list[list[str]], warn: list[list[bool]] | None = None,
-           right: set[int] | None = None) -> str:
+def _table(
+    header: list[str], rows: list[list[str]], warn: list[list[bool]] | None = None, right: set[int] | None = None
+) -> str:
     """An HTML table; cells that hold numbers (or every cell of the ``right`` columns) are right-aligned,
     ``warn`` cells highlighted."""
     right = right or set()
-    numeric = [j in right or (all(_NUMERIC.match(row[j]) for row in rows) if rows else False)
-               for j in range(len(header))]
+    numeric = [
+        j in right or (all(_NUMERIC.match(row[j]) for row in rows) if rows else False) for j in range(len(header))
+    ]
     head = "".join(f"<th{' class=num' if numeric[j] else ''}>{escape(h)}</th>" for j, h in enumerate(header))
     body = ""
     for i, row in enumerate(rows):
         cells = ""
         for j, cell in enumerate(row):
-            classes = " ".join(c for c, on in (("num", j in right or bool(_NUMERIC.match(cell))),
-                                               ("warn", bool(warn and warn[i][j]))) if on)
+            classes = " ".join(
+                c
+                for c, on in (("num", j in right or bool(_NUMERIC.match(cell))), ("warn", bool(warn and warn[i][j])))
+                if on
+            )
             cells += f"<td{f' class={chr(34)}{classes}{chr(34)}' if classes else ''}>{escape(cell)}</td>"
         body += f"<tr>{cells}</tr>"
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -88,18 +112,34 @@ def _summary_table(report: dict[str, Any]) -> str:
 
 def _source_details(name: str, group: dict[str, Any]) -> str:
     c, d = group["consistency"], group["diversity"]
-    blocks = [("Schemas (optional fields present)",
-               _table(["fields", "records"], [[s["fields"], str(s["count"])] for s in c["schemas"]])),
-              ("Turns per record", _table(["turns", "records"], [[k, str(v)] for k, v in c["turns"].items()]))]
+    blocks = [
+        (
+            "Schemas (optional fields present)",
+            _table(["fields", "records"], [[s["fields"], str(s["count"])] for s in c["schemas"]]),
+        ),
+        ("Turns per record", _table(["turns", "records"], [[k, str(v)] for k, v in c["turns"].items()])),
+    ]
     if c["role_order_problems"]["by_kind"]:
-        blocks.append(("Role-order problems", _table(["problem", "records"], [
-            [k, str(v)] for k, v in c["role_order_problems"]["by_kind"].items()])))
+        blocks.append(
+            (
+                "Role-order problems",
+                _table(["problem", "records"], [[k, str(v)] for k, v in c["role_order_problems"]["by_kind"].items()]),
+            )
+        )
     if d["verb_objects"]["top"]:
-        blocks.append(("Top verb + object pairs", _table(["verb", "object", "records"], [
-            [p["verb"], p["object"], str(p["count"])] for p in d["verb_objects"]["top"][:10]])))
+        blocks.append(
+            (
+                "Top verb + object pairs",
+                _table(
+                    ["verb", "object", "records"],
+                    [[p["verb"], p["object"], str(p["count"])] for p in d["verb_objects"]["top"][:10]],
+                ),
+            )
+        )
     for key, title in (("tasks", "Tasks"), ("domains", "Domains")):
-        blocks.append((title, _table([key[:-1], "records"], [
-            [k, str(v)] for k, v in list(d[key]["counts"].items())[:10]])))
+        blocks.append(
+            (title, _table([key[:-1], "records"], [[k, str(v)] for k, v in list(d[key]["counts"].items())[:10]]))
+        )
     inner = "".join(f"<div><h3>{escape(title)}</h3>{table}</div>" for title, table in blocks)
     return f"<h2>Source: {escape(name)}</h2><div class=row>{inner}</div>"
 
@@ -117,8 +157,10 @@ def _png(fig: Any) -> str:
 
 
 def _figure(title: str, caption: str, png: str) -> str:
-    return (f"<figure><img alt='{escape(title)}' src='data:image/png;base64,{png}'>"
-            f"<figcaption>{escape(caption)}</figcaption></figure>")
+    return (
+        f"<figure><img alt='{escape(title)}' src='data:image/png;base64,{png}'>"
+        f"<figcaption>{escape(caption)}</figcaption></figure>"
+    )
 
 
 def _plots(report: dict[str, Any]) -> str:
@@ -137,8 +179,11 @@ def _plots(report: dict[str, Any]) -> str:
 
 
 def _length_plot(report: dict[str, Any], plt: Any) -> str:
-    groups = list(report["per_source"].items()) if 1 < len(report["per_source"]) <= len(_PALETTE) \
+    groups = (
+        list(report["per_source"].items())
+        if 1 < len(report["per_source"]) <= len(_PALETTE)
         else [("overall", report["overall"])]
+    )
     bins = report["overall"]["clarity"]["histogram"]["bins"]
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     width = 0.8 / len(groups)
@@ -161,9 +206,18 @@ def _sunburst(tree: list[dict[str, Any]], plt: Any) -> str:
     inner = [t["count"] for t in tree]
     total = sum(inner)
     colors = [_PALETTE[i % len(_PALETTE)] for i in range(len(tree))]
-    ax.pie(inner, radius=0.62, colors=colors, labels=[t["verb"] for t in tree], labeldistance=0.55,
-           wedgeprops={"width": 0.42, "edgecolor": "white"}, textprops={"fontsize": 8, "ha": "center"},
-           startangle=90, counterclock=False, rotatelabels=True)
+    ax.pie(
+        inner,
+        radius=0.62,
+        colors=colors,
+        labels=[t["verb"] for t in tree],
+        labeldistance=0.55,
+        wedgeprops={"width": 0.42, "edgecolor": "white"},
+        textprops={"fontsize": 8, "ha": "center"},
+        startangle=90,
+        counterclock=False,
+        rotatelabels=True,
+    )
     outer, outer_labels, outer_colors = [], [], []
     for t, color in zip(tree, colors, strict=True):
         shown = 0
@@ -176,12 +230,25 @@ def _sunburst(tree: list[dict[str, Any]], plt: Any) -> str:
             outer.append(t["count"] - shown)
             outer_labels.append("")
             outer_colors.append("#eeeeee")
-    ax.pie(outer, radius=1.0, colors=outer_colors, labels=outer_labels, labeldistance=0.8,
-           wedgeprops={"width": 0.38, "edgecolor": "white", "alpha": 0.75}, textprops={"fontsize": 7, "ha": "center"},
-           startangle=90, counterclock=False, rotatelabels=True)
+    ax.pie(
+        outer,
+        radius=1.0,
+        colors=outer_colors,
+        labels=outer_labels,
+        labeldistance=0.8,
+        wedgeprops={"width": 0.38, "edgecolor": "white", "alpha": 0.75},
+        textprops={"fontsize": 7, "ha": "center"},
+        startangle=90,
+        counterclock=False,
+        rotatelabels=True,
+    )
     ax.set(aspect="equal")
-    return _figure("leading verbs", "Leading verbs (inner ring) and their most common objects (outer ring), as in "
-                   "Self-Instruct's analysis; objects under 2% unlabelled; grey: other or no object.", _png(fig))
+    return _figure(
+        "leading verbs",
+        "Leading verbs (inner ring) and their most common objects (outer ring), as in "
+        "Self-Instruct's analysis; objects under 2% unlabelled; grey: other or no object.",
+        _png(fig),
+    )
 
 
 def _labels_plot(diversity: dict[str, Any], plt: Any) -> str:
@@ -192,5 +259,8 @@ def _labels_plot(diversity: dict[str, Any], plt: Any) -> str:
         ax.set_title(f"{title} (inferred for {diversity[key]['inferred']} records)", fontsize=10)
         ax.set_xlabel("records")
     fig.tight_layout()
-    return _figure("tasks and domains", "Task and domain labels: the record's own, else the keyword rules of the "
-                   "tag transform.", _png(fig))
+    return _figure(
+        "tasks and domains",
+        "Task and domain labels: the record's own, else the keyword rules of the tag transform.",
+        _png(fig),
+    )

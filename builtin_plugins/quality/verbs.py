@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from ift.builtin_plugins.cleaning.text import instruction_words
 
-IMPERATIVE_VERBS = frozenset("""
+IMPERATIVE_VERBS = frozenset(
+    """
 add adapt address adjust analyze analyse annotate answer apply argue arrange ask assess assign assume
 break brainstorm build calculate categorize categorise change check choose cite clarify classify clean
 combine come compare compile complete compose compute conclude condense construct continue convert correct
@@ -24,22 +25,27 @@ reformulate remove rename reorder rephrase replace reply report represent reques
 restate restructure retrieve return reverse review revise rewrite say score select separate share shorten
 show simplify solve sort specify spell split state suggest summarize summarise supply swap take talk teach
 tell test think trace transform translate turn type underline use validate verify visualize write
-""".split())
+""".split()
+)
 
 # words between a verb and its object that are not the object
-_SKIPPED = frozenset("""
+_SKIPPED = frozenset(
+    """
 a an the this that these those some any each every all my your our their his her its me us him them
 one two three four five six seven eight nine ten few several many more most another other following given
 short brief long new simple detailed good great creative funny main best different possible unique
 interesting catchy formal informal persuasive concise complete appropriate suitable original random sample
 single small large quick basic key top similar specific famous popular common important useful proper
 correct clear compelling engaging brand own entire whole
-""".split())
+""".split()
+)
 # words that end the search: the verb takes a clause or a phrase, not a noun object
-_STOPS = frozenset("""
+_STOPS = frozenset(
+    """
 of for about to in on with from into that which how what why whether if when where who whose by at as
 and or but than then so not out up down over between through without
-""".split())
+""".split()
+)
 
 
 def leading_verb(instruction: str) -> tuple[str | None, str | None]:

@@ -31,8 +31,11 @@ def ift_run_end(run_dir: str, status: str, metrics: dict[str, Any]) -> None:
     try:
         write_run_report(Path(run_dir))
     except Exception as exc:  # noqa: BLE001 - reported, and `ift report RUN_DIR` can retry
-        print(f"warning: could not write {Path(run_dir) / 'report.html'}: {type(exc).__name__}: {exc} "
-              f"(retry with: ift report {run_dir})", file=sys.stderr)
+        print(
+            f"warning: could not write {Path(run_dir) / 'report.html'}: {type(exc).__name__}: {exc} "
+            f"(retry with: ift report {run_dir})",
+            file=sys.stderr,
+        )
 
 
 @ift.hookimpl

@@ -48,7 +48,8 @@ def compare(run_a: str, run_b: str, as_json: bool) -> None:
     a, b = read_run(Path(run_a)), read_run(Path(run_b))
     rows = compare_rows(a, b)
     if as_json:
-        click.echo(json.dumps({"a": str(a.path), "b": str(b.path), "rows": rows,
-                               "notes": option_differences(a, b)}, indent=2))
+        click.echo(
+            json.dumps({"a": str(a.path), "b": str(b.path), "rows": rows, "notes": option_differences(a, b)}, indent=2)
+        )
     else:
         click.echo(compare_table(a, b, rows))

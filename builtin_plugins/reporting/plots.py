@@ -18,8 +18,9 @@ def _pyplot() -> Iterator[Any]:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    with plt.rc_context({"font.size": 10, "axes.spines.top": False, "axes.spines.right": False,
-                         "axes.grid": True, "grid.alpha": 0.3}):
+    with plt.rc_context(
+        {"font.size": 10, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3}
+    ):
         yield plt
 
 
@@ -34,8 +35,15 @@ def training_curves(run: RunData) -> str | None:
         fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10.4, 3.4))
         ax_loss.plot(steps, [e["loss"] for e in events], color=_PALETTE[0], label="train loss", linewidth=1.6)
         if eval_loss:
-            ax_loss.plot([s for s, _ in eval_loss], [v for _, v in eval_loss], "o--", color=_PALETTE[1],
-                         label="eval loss", markersize=5, linewidth=1.2)
+            ax_loss.plot(
+                [s for s, _ in eval_loss],
+                [v for _, v in eval_loss],
+                "o--",
+                color=_PALETTE[1],
+                label="eval loss",
+                markersize=5,
+                linewidth=1.2,
+            )
         ax_loss.set(title="loss", xlabel="step", ylabel="loss per trainable token")
         ax_loss.legend(frameon=False)
         rates = [(e["step"], e["learning_rate"]) for e in events if isinstance(e.get("learning_rate"), int | float)]
@@ -56,14 +64,22 @@ def eval_curves(run: RunData) -> str | None:
     rows = -(-len(series) // columns)
     with _pyplot() as plt:
         fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns + 0.4, 2.5 * rows), squeeze=False)
-        for ax in axes.flat[len(series):]:
+        for ax in axes.flat[len(series) :]:
             ax.set_visible(False)
         for i, (ax, (metric, points)) in enumerate(zip(axes.flat, series.items(), strict=False)):
-            ax.plot([s for s, _ in points], [v for _, v in points], "o-", color=_PALETTE[i % len(_PALETTE)],
-                    markersize=4, linewidth=1.4)
+            ax.plot(
+                [s for s, _ in points],
+                [v for _, v in points],
+                "o-",
+                color=_PALETTE[i % len(_PALETTE)],
+                markersize=4,
+                linewidth=1.4,
+            )
             direction = lower_is_better(metric)
-            ax.set_title(metric + ("" if direction is None else " (lower is better)" if direction
-                                   else " (higher is better)"), fontsize=9)
+            ax.set_title(
+                metric + ("" if direction is None else " (lower is better)" if direction else " (higher is better)"),
+                fontsize=9,
+            )
             ax.set_xlabel("step", fontsize=9)
         fig.tight_layout()
         return _png(fig)

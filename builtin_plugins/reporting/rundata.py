@@ -69,9 +69,14 @@ def read_run(path: Path) -> RunData:
             if isinstance(event, dict):
                 events.append(event)
     report = _json(path / "data_report.json")
-    return RunData(path=path, status=status, metrics=_json(path / "metrics.json") or {},
-                   manifest=_json(path / "manifest.json") or {}, events=events,
-                   data_report=report if isinstance(report, dict) and "overall" in report else None)
+    return RunData(
+        path=path,
+        status=status,
+        metrics=_json(path / "metrics.json") or {},
+        manifest=_json(path / "manifest.json") or {},
+        events=events,
+        data_report=report if isinstance(report, dict) and "overall" in report else None,
+    )
 
 
 def find_runs(folder: Path) -> list[Path]:
@@ -95,7 +100,7 @@ def lower_is_better(metric: str) -> bool | None:
 
 
 def better(metric: str, a: Any, b: Any) -> str:
-    """"a", "b", "=" or "" (no direction, or a value missing)."""
+    """ "a", "b", "=" or "" (no direction, or a value missing)."""
     direction = lower_is_better(metric)
     if direction is None or not isinstance(a, int | float) or not isinstance(b, int | float):
         return ""

@@ -41,8 +41,17 @@ class RowDecoder:
     model's context. ``logprobs`` is ``None`` (not asked) or how many alternatives to report per token.
     """
 
-    def __init__(self, tokenizer: Any, sampling: Sampling, *, stop_ids: set[int], stops: list[str], budget: int,
-                 logprobs: int | None, generator: Any) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        sampling: Sampling,
+        *,
+        stop_ids: set[int],
+        stops: list[str],
+        budget: int,
+        logprobs: int | None,
+        generator: Any,
+    ) -> None:
         self.tokenizer, self.sampling, self.generator = tokenizer, sampling, generator
         self.stop_ids, self.stops, self.budget, self.logprobs = stop_ids, stops, budget, logprobs
         self.hold = max((len(s) for s in stops), default=1) - 1  # a stop text may still be forming
@@ -102,15 +111,17 @@ class RowDecoder:
         if finish is not None:
             self.done = True
             # the tokens whose text is (at least partly) shown; those after a cut stop text are not
-            starts = [0, *self.ends][:len(self.ends)]
-            shown = sum(1 for start, end in zip(starts, self.ends, strict=True)
-                        if start < len(text) or end <= len(text))
-            return token, Piece(text[self.sent:], counted, finish, self._entries_until(shown))
+            starts = [0, *self.ends][: len(self.ends)]
+            shown = sum(
+                1 for start, end in zip(starts, self.ends, strict=True) if start < len(text) or end <= len(text)
+            )
+            return token, Piece(text[self.sent :], counted, finish, self._entries_until(shown))
         # part of a multi-byte character decodes as U+FFFD until the rest arrives: wait for it
         ready = min(len(text) - self.hold, len(text.rstrip("\ufffd")))
         if ready > self.sent:
-            piece = Piece(text[self.sent:ready], counted, None,
-                          self._entries_until(sum(1 for end in self.ends if end <= ready)))
+            piece = Piece(
+                text[self.sent : ready], counted, None, self._entries_until(sum(1 for end in self.ends if end <= ready))
+            )
             self.sent = ready
             return token, piece
         return token, None
@@ -118,6 +129,6 @@ class RowDecoder:
     def _entries_until(self, count: int) -> list[TokenLogprob]:
         if self.logprobs is None or count <= self.sent_entries:
             return []
-        out = self.entries[self.sent_entries:count]
+        out = self.entries[self.sent_entries : count]
         self.sent_entries = count
         return out

@@ -124,8 +124,12 @@ class BatchEngine:
         """How many jobs wait and how many are being decoded now (``GET /health`` reports it)."""
         with self._cond:
             waiting = sum(1 for job in self._waiting if not job.cancelled.is_set())
-            return {"waiting": waiting, "running": self._running, "max_queue": self.max_queue,
-                    "max_batch": self.max_batch}
+            return {
+                "waiting": waiting,
+                "running": self._running,
+                "max_queue": self.max_queue,
+                "max_batch": self.max_batch,
+            }
 
     def _retry_after(self) -> int:
         """Seconds until the queue has likely moved: the batches ahead of a new request, at the recent pace."""
@@ -193,8 +197,9 @@ class BatchEngine:
         past = None
         with torch.no_grad():
             while True:
-                out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                            **{self.cache_arg: past})
+                out = model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{self.cache_arg: past}
+                )
                 past = getattr(out, self.cache_arg)
                 logits = out.logits[:, -1].float()
                 tokens, keep = [], []

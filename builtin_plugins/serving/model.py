@@ -33,8 +33,10 @@ class ServedModel:
         run = open_run(Path(run_dir), host, device=device, recipe_dir=recipe_dir, merge=True)
         model = run.model
         if getattr(model.config, "is_encoder_decoder", False) or not getattr(model, "can_generate", bool)():
-            raise ift.RunError(f"ift serve decodes decoder-only language models; {run_dir} has a "
-                               f"{type(run.model).__name__} (model adapter {run.adapter.name!r})")
+            raise ift.RunError(
+                f"ift serve decodes decoder-only language models; {run_dir} has a "
+                f"{type(run.model).__name__} (model adapter {run.adapter.name!r})"
+            )
         self.run_dir = run.run_dir
         self.renderer, self.tokenizer, self.model = run.renderer, run.tokenizer, run.model
         self.template_stops = run.stop()
@@ -42,8 +44,7 @@ class ServedModel:
         # prompts keep their last `prompt_limit` tokens: the length the run was trained with (None: no limit)
         self.prompt_limit: int | None = run.prompt_limit
         # newer transformers name the KV cache argument ``cache``; older ones ``past_key_values``
-        self._cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters \
-            else "past_key_values"
+        self._cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         self._tokenizing = threading.Lock()  # request threads take turns with the tokenizer
         self.device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id
@@ -58,8 +59,7 @@ class ServedModel:
         try:
             return conversation_prompt(self.renderer, [ift.Message(m["role"], m["content"]) for m in messages])
         except ift.IftError as exc:
-            raise RequestError(f"the run's template cannot render these messages: {exc}",
-                               param="messages") from None
+            raise RequestError(f"the run's template cannot render these messages: {exc}", param="messages") from None
 
     def encode(self, prompt: str) -> list[int]:
         """Token ids exactly as in training: no special tokens added, except a BOS the tokenizer expects; a prompt
@@ -69,13 +69,12 @@ class ServedModel:
         if self._adds_bos and not prompt.lstrip().startswith(self.tokenizer.bos_token or "\0"):
             ids.insert(0, self.tokenizer.bos_token_id)
         if self.prompt_limit and len(ids) > self.prompt_limit:
-            ids = ids[-self.prompt_limit:]
+            ids = ids[-self.prompt_limit :]
         return ids
 
     # --- generation ----------------------------------------------------------------------------
 
-    def new_job(self, ids: list[int], sampling: Sampling, *, template_stops: bool,
-                logprobs: int | None = None) -> Job:
+    def new_job(self, ids: list[int], sampling: Sampling, *, template_stops: bool, logprobs: int | None = None) -> Job:
         """A job for :class:`~.engine.BatchEngine`: decode after ``ids`` until EOS, a one-token stop string,
         a stop text (never included in the output), or ``sampling.max_tokens`` tokens (``finish_reason =
         "length"``). A prompt that leaves no room in the model's context is refused here, before it is queued.
@@ -86,8 +85,10 @@ class ServedModel:
             raise RequestError("the prompt is empty after tokenizing")
         budget = min(sampling.max_tokens, self.context_length - len(ids))
         if budget < 1:
-            raise RequestError(f"the prompt is {len(ids)} tokens; this model's context is {self.context_length} "
-                               "tokens", param="messages")
+            raise RequestError(
+                f"the prompt is {len(ids)} tokens; this model's context is {self.context_length} tokens",
+                param="messages",
+            )
         stops = list(sampling.stop) + (self.template_stops if template_stops else [])
         stop_ids = {self.tokenizer.eos_token_id}
         for text in stops:
@@ -101,11 +102,19 @@ class ServedModel:
             generator.manual_seed(sampling.seed)
         else:
             generator.seed()
-        decoder = RowDecoder(self.tokenizer, sampling, stop_ids=stop_ids, stops=stops, budget=budget,
-                             logprobs=logprobs, generator=generator)
+        decoder = RowDecoder(
+            self.tokenizer,
+            sampling,
+            stop_ids=stop_ids,
+            stops=stops,
+            budget=budget,
+            logprobs=logprobs,
+            generator=generator,
+        )
         return Job(ids, decoder)
 
     def engine(self, *, max_batch: int = 8, max_queue: int = 64) -> BatchEngine:
         """A started :class:`~.engine.BatchEngine` over this model (stop it with ``engine.stop()``)."""
-        return BatchEngine(self.model, pad_id=self.pad_id, cache_arg=self._cache_arg, max_batch=max_batch,
-                           max_queue=max_queue)
+        return BatchEngine(
+            self.model, pad_id=self.pad_id, cache_arg=self._cache_arg, max_batch=max_batch, max_queue=max_queue
+        )

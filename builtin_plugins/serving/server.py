@@ -72,8 +72,14 @@ class OpenAIHandler(BaseHTTPRequestHandler):
         texts = ("error", "prompt", "completion")  # counts first, free text last
         ordered = [k for k in extra if k not in texts] + [k for k in texts if k in extra]
         fields = " ".join(f"{k}={extra[k]}" for k in ordered if extra[k] is not None)
-        LOG.info("%s %s %s %.3fs%s", self.command, self.path.split("?", 1)[0], getattr(self, "status", "-"),
-                 time.perf_counter() - started, f" {fields}" if fields else "")
+        LOG.info(
+            "%s %s %s %.3fs%s",
+            self.command,
+            self.path.split("?", 1)[0],
+            getattr(self, "status", "-"),
+            time.perf_counter() - started,
+            f" {fields}" if fields else "",
+        )
 
     def _client_gone(self) -> bool:
         """Whether the client closed the connection (it sends nothing more after its request, so a readable
@@ -115,8 +121,15 @@ class OpenAIHandler(BaseHTTPRequestHandler):
         elif not self._authorized():
             self._unauthorized()
         elif path == "/v1/models":
-            self._send_json(200, {"object": "list", "data": [{"id": options.model_id, "object": "model",
-                                                             "created": self.server.created, "owned_by": "ift"}]})
+            self._send_json(
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {"id": options.model_id, "object": "model", "created": self.server.created, "owned_by": "ift"}
+                    ],
+                },
+            )
         else:
             self._send_json(404, protocol.error_body(f"no route GET {path}", code="not_found"))
         self._log(started)
@@ -136,10 +149,15 @@ class OpenAIHandler(BaseHTTPRequestHandler):
             self._send_json(exc.status, exc.body())
             extra["error"] = json.dumps(exc.message)
         except QueueFull as exc:
-            message = (f"the server is busy: {exc.waiting} requests are waiting (ift serve --max-queue); "
-                       f"retry after {exc.retry_after} s")
-            self._send_json(503, protocol.error_body(message, kind="server_error", code="server_busy"),
-                            {"Retry-After": str(exc.retry_after)})
+            message = (
+                f"the server is busy: {exc.waiting} requests are waiting (ift serve --max-queue); "
+                f"retry after {exc.retry_after} s"
+            )
+            self._send_json(
+                503,
+                protocol.error_body(message, kind="server_error", code="server_busy"),
+                {"Retry-After": str(exc.retry_after)},
+            )
             extra["error"] = "queue full"
         except EngineStopped as exc:
             if getattr(self, "status", None) is None:
@@ -151,20 +169,27 @@ class OpenAIHandler(BaseHTTPRequestHandler):
         except Exception as exc:  # a bug: answer 500 and keep the traceback in the log
             LOG.error("%s %s failed:\n%s", self.command, path, traceback.format_exc())
             if getattr(self, "status", None) is None:
-                self._send_json(500, protocol.error_body(f"internal error: {type(exc).__name__}",
-                                                         kind="server_error"))
+                self._send_json(500, protocol.error_body(f"internal error: {type(exc).__name__}", kind="server_error"))
         self._log(started, **extra)
 
     def _unauthorized(self) -> None:
-        self._send_json(401, protocol.error_body("Incorrect or missing API key: send 'Authorization: Bearer <key>'",
-                                                 code="invalid_api_key"))
+        self._send_json(
+            401,
+            protocol.error_body(
+                "Incorrect or missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key"
+            ),
+        )
 
     def _complete(self, *, chat: bool, extra: dict[str, Any]) -> None:
         options, served = self.server.options, self.server.served
         body = self._read_json()
         parse = protocol.parse_chat if chat else protocol.parse_completion
-        request = parse(body, served_model=options.model_id, default_max_tokens=options.default_max_tokens,
-                        max_tokens_cap=options.max_tokens_cap)
+        request = parse(
+            body,
+            served_model=options.model_id,
+            default_max_tokens=options.default_max_tokens,
+            max_tokens_cap=options.max_tokens_cap,
+        )
         prompt = served.chat_prompt(request.messages) if chat else request.prompt
         ids = served.encode(prompt)
         extra["prompt_tokens"] = len(ids)
@@ -194,8 +219,9 @@ class OpenAIHandler(BaseHTTPRequestHandler):
         if options.log_prompts:
             extra["completion"] = json.dumps(text)
 
-    def _stream(self, chat: bool, rid: str, pieces: Any, prompt_tokens: int,
-                request: protocol.CompletionRequest) -> tuple[str, int]:
+    def _stream(
+        self, chat: bool, rid: str, pieces: Any, prompt_tokens: int, request: protocol.CompletionRequest
+    ) -> tuple[str, int]:
         """Server-sent events: one chunk per text delta, a last chunk with ``finish_reason``, ``[DONE]``."""
         model_id = self.server.options.model_id
         first = next(pieces)  # a failure before the first piece still becomes an error status, not a stream
@@ -217,8 +243,11 @@ class OpenAIHandler(BaseHTTPRequestHandler):
         while True:
             logprobs = None
             if request.logprobs is not None and piece.logprobs:
-                logprobs = protocol.chat_logprobs(piece.logprobs) if chat else \
-                    protocol.completion_logprobs(piece.logprobs, len(text))
+                logprobs = (
+                    protocol.chat_logprobs(piece.logprobs)
+                    if chat
+                    else protocol.completion_logprobs(piece.logprobs, len(text))
+                )
             text, count = text + piece.text, piece.completion_tokens
             if piece.text or logprobs:
                 event(protocol.stream_chunk(chat, rid, model_id, piece.text, None, logprobs=logprobs))

@@ -33,19 +33,32 @@ from .totals import RunningTotals
 
 
 class AdversarialConfig(ift.SFTConfig):
-    epsilon: float = Field(1.0, ge=0, description="L2 radius of the perturbation (0: no attack, plain sft "
-                           "gradient at twice the forward cost).")
-    adversarial_weight: float = Field(0.5, ge=0, le=1, description="Loss = (1 - w) * clean + w * adversarial. "
-                                      "Adding both losses, as many FGM recipes do, is w = 0.5 at twice the "
-                                      "learning rate.")
-    attack: Literal["fgm", "pgd"] = Field("fgm", description="fgm: one step to the epsilon sphere; pgd: "
-                                          "pgd_steps projected steps inside the epsilon ball.")
-    pgd_steps: int = Field(3, gt=0, description="PGD steps (one extra forward and backward pass each, "
-                           "the first reuses the clean pass).")
+    epsilon: float = Field(
+        1.0,
+        ge=0,
+        description="L2 radius of the perturbation (0: no attack, plain sft gradient at twice the forward cost).",
+    )
+    adversarial_weight: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Loss = (1 - w) * clean + w * adversarial. "
+        "Adding both losses, as many FGM recipes do, is w = 0.5 at twice the "
+        "learning rate.",
+    )
+    attack: Literal["fgm", "pgd"] = Field(
+        "fgm",
+        description="fgm: one step to the epsilon sphere; pgd: pgd_steps projected steps inside the epsilon ball.",
+    )
+    pgd_steps: int = Field(
+        3, gt=0, description="PGD steps (one extra forward and backward pass each, the first reuses the clean pass)."
+    )
     pgd_alpha: float | None = Field(None, gt=0, description="PGD step size; default 2.5 * epsilon / pgd_steps.")
     perturb: Literal["weights", "positions"] = Field(
-        "weights", description="weights: one vector per embedding row used (FGM on the embedding matrix); "
-        "positions: one per token position, normalised per sequence.")
+        "weights",
+        description="weights: one vector per embedding row used (FGM on the embedding matrix); "
+        "positions: one per token position, normalised per sequence.",
+    )
 
     @model_validator(mode="after")
     def _pgd_keys_need_pgd(self) -> AdversarialConfig:
@@ -72,12 +85,15 @@ class AdversarialTrainer(RunningTotals, ift.SFTTrainer):
         clean, adversarial, tokens = self.totals(3)
         cfg = self.config
         result.summary["adversarial"] = {
-            "attack": cfg.attack, "perturb": cfg.perturb, "epsilon": cfg.epsilon,
+            "attack": cfg.attack,
+            "perturb": cfg.perturb,
+            "epsilon": cfg.epsilon,
             "adversarial_weight": cfg.adversarial_weight,
             **({"pgd_steps": cfg.pgd_steps, "pgd_alpha": cfg.step_size} if cfg.attack == "pgd" else {}),
             # token means over every micro-batch this process trained on (skipped updates included)
             "clean_loss": clean / tokens if tokens else None,
-            "adversarial_loss": adversarial / tokens if tokens else None}
+            "adversarial_loss": adversarial / tokens if tokens else None,
+        }
         return result
 
     def loss(self, ctx: ift.TrainContext, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
@@ -130,8 +146,9 @@ def input_embeddings(model: Any) -> Any:
     while not hasattr(model, "get_input_embeddings") and hasattr(model, "module"):
         model = model.module
     if not hasattr(model, "get_input_embeddings"):
-        raise ift.RunError(f"sft-adversarial needs a model with get_input_embeddings(); {type(model).__name__} "
-                           "has none")
+        raise ift.RunError(
+            f"sft-adversarial needs a model with get_input_embeddings(); {type(model).__name__} has none"
+        )
     return model.get_input_embeddings()
 
 
@@ -177,9 +194,11 @@ class EmbeddingAttack:
 
         def hook(module: Any, args: Any, output: Any) -> Any:
             if tuple(output.shape[:-1]) != expected:
-                raise ift.RunError(f"the input embedding layer returned shape {tuple(output.shape)} for input_ids "
-                                   f"of shape {expected}; sft-adversarial needs a model that embeds input_ids "
-                                   "once, position by position")
+                raise ift.RunError(
+                    f"the input embedding layer returned shape {tuple(output.shape)} for input_ids "
+                    f"of shape {expected}; sft-adversarial needs a model that embeds input_ids "
+                    "once, position by position"
+                )
             return output + self.spread(delta).to(output.dtype)
 
         return _Hooked(lambda: self.module.register_forward_hook(hook, prepend=True))

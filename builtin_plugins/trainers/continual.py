@@ -24,18 +24,32 @@ import ift
 
 
 class ContinualConfig(ift.SFTConfig):
-    previous_run: str = Field(..., min_length=1, description="Run directory of the earlier task (relative to "
-                              "the recipe's folder, else to the working directory).")
-    replay_fraction: float | None = Field(None, gt=0, le=1, description="Share of the previous run's training "
-                                          "records to replay (seeded sample).")
-    replay_examples: int | None = Field(None, ge=0, description="Number of previous-run training records to "
-                                        "replay (seeded sample; at most all of them).")
-    ewc_lambda: float = Field(0.0, ge=0, description="EWC strength: lambda/2 * sum F_i (theta_i - theta*_i)^2 "
-                              "added to the per-token loss; 0 turns EWC off.")
-    ewc_examples: int = Field(64, gt=0, description="Previous-run training records (seeded sample) that "
-                              "estimate the diagonal Fisher.")
-    evaluate_previous: bool = Field(True, description="Evaluate the previous run's eval records before and "
-                                    "after training.")
+    previous_run: str = Field(
+        ...,
+        min_length=1,
+        description="Run directory of the earlier task (relative to "
+        "the recipe's folder, else to the working directory).",
+    )
+    replay_fraction: float | None = Field(
+        None, gt=0, le=1, description="Share of the previous run's training records to replay (seeded sample)."
+    )
+    replay_examples: int | None = Field(
+        None,
+        ge=0,
+        description="Number of previous-run training records to replay (seeded sample; at most all of them).",
+    )
+    ewc_lambda: float = Field(
+        0.0,
+        ge=0,
+        description="EWC strength: lambda/2 * sum F_i (theta_i - theta*_i)^2 "
+        "added to the per-token loss; 0 turns EWC off.",
+    )
+    ewc_examples: int = Field(
+        64, gt=0, description="Previous-run training records (seeded sample) that estimate the diagonal Fisher."
+    )
+    evaluate_previous: bool = Field(
+        True, description="Evaluate the previous run's eval records before and after training."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ContinualConfig:
@@ -59,8 +73,13 @@ class ContinualTrainer(ift.SFTTrainer):
         old_eval = self.previous_records("eval")
         cfg = self.config
         if cfg.evaluate_previous and old_eval:
-            report["previous_tasks"] = {"before": ctx.evaluate_records(ctx.model, old_eval,  # type: ignore[misc]
-                                                                       "previous-tasks-before")}
+            report["previous_tasks"] = {
+                "before": ctx.evaluate_records(
+                    ctx.model,
+                    old_eval,  # type: ignore[misc]
+                    "previous-tasks-before",
+                )
+            }
             ctx.progress.stage("training")  # the evaluation showed its own stage on the run's display
         elif cfg.evaluate_previous:
             report["previous_tasks"] = {"note": f"{self.previous / 'data' / 'eval.jsonl'} holds no records"}
@@ -79,16 +98,20 @@ class ContinualTrainer(ift.SFTTrainer):
         train with (this run's examples with the replayed ones mixed in) and what to report."""
         cfg = self.config
         if ctx.encode_records is None or ctx.evaluate_records is None:
-            raise ift.RunError("the continual trainer needs TrainContext.encode_records and evaluate_records, "
-                               "which this ift version does not provide")
+            raise ift.RunError(
+                "the continual trainer needs TrainContext.encode_records and evaluate_records, "
+                "which this ift version does not provide"
+            )
         self.previous = find_previous_run(cfg.previous_run, getattr(ctx.adapter, "base_dir", Path(".")))
         report: dict[str, Any] = {"previous_run": str(self.previous)}
         notes = model_origin_notes(ctx.adapter, self.previous)
         old_train = self.previous_records("train")
         new_sources = {e.source for e in ctx.train_examples}
         if clash := sorted(new_sources & {r.source for r in old_train}):
-            notes.append(f"previous-run source name(s) {clash} are also sources of this run: per-source figures "
-                         "mix old and new examples under one name")
+            notes.append(
+                f"previous-run source name(s) {clash} are also sources of this run: per-source figures "
+                "mix old and new examples under one name"
+            )
         for note in notes:
             ctx.progress.write(f"continual: {note}")
         if notes:
@@ -100,29 +123,38 @@ class ContinualTrainer(ift.SFTTrainer):
         leaking = [r for r in chosen if r.content_key() in held_out]
         chosen = [r for r in chosen if r.content_key() not in held_out]
         replayed = ctx.encode_records(chosen) if chosen else []
-        report["replay"] = {"records": len(chosen), "examples": len(replayed),
-                            "dropped_in_eval_split": len(leaking),
-                            "of_previous_train_records": len(old_train),
-                            "by_source": dict(sorted(Counter(e.source for e in replayed).items()))}
+        report["replay"] = {
+            "records": len(chosen),
+            "examples": len(replayed),
+            "dropped_in_eval_split": len(leaking),
+            "of_previous_train_records": len(old_train),
+            "by_source": dict(sorted(Counter(e.source for e in replayed).items())),
+        }
         if len(replayed) < len(chosen):
-            notes.append(f"{len(chosen) - len(replayed)} replayed record(s) were dropped while encoding "
-                         f"(trainer.max_length = {cfg.max_length}, trainer.overlong = {cfg.overlong!r})")
+            notes.append(
+                f"{len(chosen) - len(replayed)} replayed record(s) were dropped while encoding "
+                f"(trainer.max_length = {cfg.max_length}, trainer.overlong = {cfg.overlong!r})"
+            )
             ctx.progress.write(f"continual: {notes[-1]}")
             report["warnings"] = notes
         if leaking:
-            ctx.progress.write(f"continual: {len(leaking)} sampled previous-run record(s) equal records of this "
-                               "run's eval split and were not replayed (they would leak into training)")
+            ctx.progress.write(
+                f"continual: {len(leaking)} sampled previous-run record(s) equal records of this "
+                "run's eval split and were not replayed (they would leak into training)"
+            )
 
         self.ewc: list[tuple[Any, Any, Any]] = []
         if cfg.ewc_lambda > 0:
-            sample = random.Random(f"continual-ewc-{ctx.seed}").sample(old_train, min(cfg.ewc_examples,
-                                                                                      len(old_train)))
+            sample = random.Random(f"continual-ewc-{ctx.seed}").sample(old_train, min(cfg.ewc_examples, len(old_train)))
             examples = ctx.encode_records(sample)
             ctx.progress.write(f"continual: estimating the Fisher on {len(examples)} previous-run examples")
             fisher = diagonal_fisher(ctx.model, ctx.adapter, ctx.tokenizer, examples)
             self.ewc = [(p, fisher[n], p.detach().clone()) for n, p in ctx.model.named_parameters() if n in fisher]
-            report["ewc"] = {"lambda": cfg.ewc_lambda, "fisher_examples": len(examples),
-                             "fisher_sum": float(sum(float(f.sum()) for f in fisher.values()))}
+            report["ewc"] = {
+                "lambda": cfg.ewc_lambda,
+                "fisher_examples": len(examples),
+                "fisher_sum": float(sum(float(f.sum()) for f in fisher.values())),
+            }
         return dataclasses.replace(ctx, train_examples=interleave(ctx.train_examples, replayed)), report
 
     def previous_records(self, split: str) -> list[ift.InstructionRecord]:
@@ -130,9 +162,16 @@ class ContinualTrainer(ift.SFTTrainer):
         if not path.is_file():
             if split == "eval":
                 return []
-            raise ift.RecipeError([ift.Problem("trainer.previous_run", f"{self.previous} has no data/{split}.jsonl "
-                                               "(every ift run writes it; was this run directory made by an "
-                                               "older ift, or did the run fail before training?)")])
+            raise ift.RecipeError(
+                [
+                    ift.Problem(
+                        "trainer.previous_run",
+                        f"{self.previous} has no data/{split}.jsonl "
+                        "(every ift run writes it; was this run directory made by an "
+                        "older ift, or did the run fail before training?)",
+                    )
+                ]
+            )
         return read_records(path)
 
     # --- EWC -------------------------------------------------------------------------------------
@@ -162,8 +201,9 @@ class ContinualTrainer(ift.SFTTrainer):
         return self.config.ewc_lambda / 2 * total
 
 
-def diagonal_fisher(model: Any, adapter: ift.ModelAdapter, tokenizer: Any,
-                    examples: list[ift.EncodedExample]) -> dict[str, Any]:
+def diagonal_fisher(
+    model: Any, adapter: ift.ModelAdapter, tokenizer: Any, examples: list[ift.EncodedExample]
+) -> dict[str, Any]:
     """Empirical diagonal Fisher of the trainable parameters: the mean over examples of the squared gradient
     of each example's per-token mean loss, at the model's current weights (eval mode: no dropout)."""
     import torch
@@ -206,8 +246,14 @@ def find_previous_run(spec: str, base_dir: Path) -> Path:
         where = str(path.parent.resolve()) if path.is_absolute() else f"{base_dir.resolve()} and {Path.cwd()}"
         raise ift.RecipeError([ift.Problem("trainer.previous_run", f"no folder {spec!r} (looked in {where})")])
     if not (found / "data").is_dir():
-        raise ift.RecipeError([ift.Problem("trainer.previous_run", f"{found} has no data/ folder: it is not a "
-                                           "run directory, or its run stopped before preparing data")])
+        raise ift.RecipeError(
+            [
+                ift.Problem(
+                    "trainer.previous_run",
+                    f"{found} has no data/ folder: it is not a run directory, or its run stopped before preparing data",
+                )
+            ]
+        )
     return found
 
 
@@ -223,11 +269,15 @@ def model_origin_notes(adapter: Any, previous: Path) -> list[str]:
     where = given if given.is_absolute() else (base_dir / given if (base_dir / given).exists() else given)
     notes = []
     if not where.exists() or not expected.exists() or where.resolve() != expected.resolve():
-        notes.append(f"model.name_or_path is {name!r}, not the previous run's model ({expected}): training "
-                     f"starts from those weights (and EWC anchors to them); {hint}")
+        notes.append(
+            f"model.name_or_path is {name!r}, not the previous run's model ({expected}): training "
+            f"starts from those weights (and EWC anchors to them); {hint}"
+        )
     elif (expected / "adapter_config.json").is_file():
-        notes.append(f"{expected} holds a peft adapter, not full weights: merge it into its base first and "
-                     "point model.name_or_path at the merged folder")
+        notes.append(
+            f"{expected} holds a peft adapter, not full weights: merge it into its base first and "
+            "point model.name_or_path at the merged folder"
+        )
     return notes
 
 
@@ -240,19 +290,27 @@ def read_records(path: Path) -> list[ift.InstructionRecord]:
                 continue
             try:
                 row = json.loads(line)
-                records.append(ift.InstructionRecord(
-                    id=str(row["id"]), source=str(row["source"]),
-                    messages=[ift.Message(str(m["role"]), str(m["content"])) for m in row["messages"]],
-                    task=row.get("task"), label=row.get("label"), choices=row.get("choices"),
-                    metadata=dict(row.get("metadata") or {})))
+                records.append(
+                    ift.InstructionRecord(
+                        id=str(row["id"]),
+                        source=str(row["source"]),
+                        messages=[ift.Message(str(m["role"]), str(m["content"])) for m in row["messages"]],
+                        task=row.get("task"),
+                        label=row.get("label"),
+                        choices=row.get("choices"),
+                        metadata=dict(row.get("metadata") or {}),
+                    )
+                )
             except (ValueError, KeyError, TypeError) as exc:
-                raise ift.DataError(f"{path}:{number}: not an InstructionRecord row ({type(exc).__name__}: "
-                                    f"{exc})") from None
+                raise ift.DataError(
+                    f"{path}:{number}: not an InstructionRecord row ({type(exc).__name__}: {exc})"
+                ) from None
     return records
 
 
-def replay_sample(records: list[ift.InstructionRecord], *, fraction: float | None, count: int | None,
-                  seed: int) -> list[ift.InstructionRecord]:
+def replay_sample(
+    records: list[ift.InstructionRecord], *, fraction: float | None, count: int | None, seed: int
+) -> list[ift.InstructionRecord]:
     """A seeded sample of ``records``, in their original order. The same seed and records give the same
     sample; a larger count keeps every record a smaller one chose (it extends the same permutation)."""
     if fraction is not None:
@@ -266,13 +324,17 @@ def replay_sample(records: list[ift.InstructionRecord], *, fraction: float | Non
 def interleave(new: Sequence[Any], old: Sequence[Any]) -> list[Any]:
     """Both lists merged with the old items spread evenly through the new ones (matters when
     ``trainer.shuffle = false``: the replayed examples do not all come last)."""
-    keyed = [((i + 0.5) / len(new), 0, x) for i, x in enumerate(new)] + \
-        [((j + 0.5) / len(old), 1, x) for j, x in enumerate(old)]
+    keyed = [((i + 0.5) / len(new), 0, x) for i, x in enumerate(new)] + [
+        ((j + 0.5) / len(old), 1, x) for j, x in enumerate(old)
+    ]
     return [x for _, _, x in sorted(keyed, key=lambda item: item[:2])]
 
 
 def metric_change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
     """``after - before`` for every overall metric both evaluations have (negative loss change: better)."""
     old, new = before.get("overall", {}), after.get("overall", {})
-    return {k: round(new[k] - old[k], 6) for k in old
-            if k != "n" and isinstance(old[k], int | float) and isinstance(new.get(k), int | float)}
+    return {
+        k: round(new[k] - old[k], 6)
+        for k in old
+        if k != "n" and isinstance(old[k], int | float) and isinstance(new.get(k), int | float)
+    }

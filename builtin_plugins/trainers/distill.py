@@ -31,13 +31,22 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
 
 class DistillConfig(ift.SFTConfig):
-    teacher: str = Field(..., min_length=1, description="The teacher: a model folder (full model or peft "
-                         "adapter), a run directory (its model/ is used), or a hub id.")
-    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the distillation term; 1 - alpha weighs the "
-                         "cross-entropy on the labels.")
+    teacher: str = Field(
+        ...,
+        min_length=1,
+        description="The teacher: a model folder (full model or peft "
+        "adapter), a run directory (its model/ is used), or a hub id.",
+    )
+    alpha: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Weight of the distillation term; 1 - alpha weighs the cross-entropy on the labels.",
+    )
     temperature: float = Field(2.0, gt=0, description="Softmax temperature of both distributions in the KL.")
     teacher_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: the dtype of the student's weights.")
+        "auto", description="auto: the dtype of the student's weights."
+    )
 
     @model_validator(mode="after")
     def _student_is_causal(self, info: ValidationInfo) -> DistillConfig:
@@ -65,11 +74,14 @@ class DistillTrainer(RunningTotals, ift.SFTTrainer):
             self.teacher = None  # free its memory before the final evaluation and saving
         ce, kl, tokens = self.totals(3)
         cfg = self.config
-        result.summary["distill"] = {"teacher": self.teacher_path, "alpha": cfg.alpha,
-                                     "temperature": cfg.temperature,
-                                     # token means over the micro-batches this process trained on
-                                     "ce_loss": ce / tokens if tokens else None,
-                                     "kl": kl / tokens if tokens else None}
+        result.summary["distill"] = {
+            "teacher": self.teacher_path,
+            "alpha": cfg.alpha,
+            "temperature": cfg.temperature,
+            # token means over the micro-batches this process trained on
+            "ce_loss": ce / tokens if tokens else None,
+            "kl": kl / tokens if tokens else None,
+        }
         return result
 
     def loss(self, ctx: ift.TrainContext, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
@@ -79,7 +91,7 @@ class DistillTrainer(RunningTotals, ift.SFTTrainer):
         ce, kl, count = self.terms(model, batch)
         cfg = self.config
         self.add_totals(ce.sum(), kl.sum(), count)
-        per_position = (1 - cfg.alpha) * ce + cfg.alpha * cfg.temperature ** 2 * kl
+        per_position = (1 - cfg.alpha) * ce + cfg.alpha * cfg.temperature**2 * kl
         owner = self._owners(batch)
         if owner is None:
             return per_position.sum(), count
@@ -118,14 +130,19 @@ class DistillTrainer(RunningTotals, ift.SFTTrainer):
         with torch.no_grad():
             teacher = head_loss.head_inputs(self.teacher, inputs, positions, length=length)
         if teacher.vocab != student.vocab:
-            raise vocabulary_error(f"the teacher's logits have {teacher.vocab} entries per token, the "
-                                   f"student's {student.vocab}")
+            raise vocabulary_error(
+                f"the teacher's logits have {teacher.vocab} entries per token, the student's {student.vocab}"
+            )
         t = self.config.temperature
 
         def ce_and_kl(student_logits: Any, teacher_logits: Any, targets: Any) -> tuple[Any, Any]:
             ce = F.cross_entropy(student_logits, targets, reduction="none")
-            kl = F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
-                          log_target=True, reduction="none").sum(dim=-1)
+            kl = F.kl_div(
+                F.log_softmax(student_logits / t, dim=-1),
+                F.log_softmax(teacher_logits / t, dim=-1),
+                log_target=True,
+                reduction="none",
+            ).sum(dim=-1)
             return ce, kl
 
         ce, kl = head_loss.map_chunks(ce_and_kl, [student, teacher], [labels[positions]])
@@ -160,37 +177,55 @@ def is_causal(adapter_cls: type) -> bool:
     a teacher loadable with ``AutoModelForCausalLM``): the builtin ``causal-lm`` adapter or a subclass of it
     (a class registered as ``causal-lm`` in its ancestry; registered names are unique), or any adapter class
     declaring ``causal = True``. By name rather than by import, since trainers use only the public ``ift`` API."""
-    return getattr(adapter_cls, "causal", False) is True or \
-        any(vars(cls).get("name") == "causal-lm" for cls in adapter_cls.__mro__)
+    return getattr(adapter_cls, "causal", False) is True or any(
+        vars(cls).get("name") == "causal-lm" for cls in adapter_cls.__mro__
+    )
 
 
 def not_causal_message(adapter: str) -> str:
-    return (f"'distill' needs a causal language model, but model.adapter is {adapter!r}: it compares next-token "
-            "distributions position by position with an AutoModelForCausalLM teacher. Use adapter = "
-            "'causal-lm' (or an adapter class declaring causal = True), or trainer.name = 'sft'")
+    return (
+        f"'distill' needs a causal language model, but model.adapter is {adapter!r}: it compares next-token "
+        "distributions position by position with an AutoModelForCausalLM teacher. Use adapter = "
+        "'causal-lm' (or an adapter class declaring causal = True), or trainer.name = 'sft'"
+    )
 
 
 def vocabulary_error(detail: str) -> ift.RecipeError:
-    return ift.RecipeError([ift.Problem("trainer.teacher", f"{detail}; distillation compares distributions "
-                                        "token by token, so teacher and student need the same vocabulary")])
+    return ift.RecipeError(
+        [
+            ift.Problem(
+                "trainer.teacher",
+                f"{detail}; distillation compares distributions "
+                "token by token, so teacher and student need the same vocabulary",
+            )
+        ]
+    )
 
 
 def teacher_folder(spec: str, base_dir: Path) -> Path | None:
     """The folder ``trainer.teacher`` names (relative to the recipe's folder, else to the working
     directory; a run directory stands for its ``model/``), or None for a hub id."""
     candidate = Path(spec).expanduser()
-    for path in ([candidate] if candidate.is_absolute() else [base_dir / candidate, candidate]):
+    for path in [candidate] if candidate.is_absolute() else [base_dir / candidate, candidate]:
         if path.is_dir():
             if not _is_model_folder(path) and _is_model_folder(path / "model"):
                 return path / "model"
             if not _is_model_folder(path):
-                raise ift.RecipeError([ift.Problem("trainer.teacher", f"{path} is neither a model folder "
-                                                   "(config.json or adapter_config.json) nor a run directory "
-                                                   "with a model/ folder")])
+                raise ift.RecipeError(
+                    [
+                        ift.Problem(
+                            "trainer.teacher",
+                            f"{path} is neither a model folder "
+                            "(config.json or adapter_config.json) nor a run directory "
+                            "with a model/ folder",
+                        )
+                    ]
+                )
             return path
     if looks_local(spec, base_dir):
-        raise ift.RecipeError([ift.Problem("trainer.teacher", f"no folder {spec!r} (looked in "
-                                           f"{base_dir.resolve()} and {Path.cwd()})")])
+        raise ift.RecipeError(
+            [ift.Problem("trainer.teacher", f"no folder {spec!r} (looked in {base_dir.resolve()} and {Path.cwd()})")]
+        )
     return None
 
 
@@ -215,8 +250,9 @@ def _in_hub_cache(repo_id: str) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        return any(isinstance(try_to_load_from_cache(repo_id, name), str)
-                   for name in ("config.json", "adapter_config.json"))
+        return any(
+            isinstance(try_to_load_from_cache(repo_id, name), str) for name in ("config.json", "adapter_config.json")
+        )
     except Exception:  # an id the hub client rejects: not in the cache  # noqa: BLE001
         return False
 
@@ -232,8 +268,9 @@ def _load(path: Path | None, spec: str, dtype: Any) -> Any:
         if path is not None and (path / "adapter_config.json").is_file():
             from peft import PeftModel
 
-            base = str(json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
-                       ["base_model_name_or_path"])
+            base = str(
+                json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+            )
             if (path / base).is_dir():  # ift saves a base built from a config beside the adapter
                 base = str(path / base)
             model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), str(path))
@@ -241,8 +278,14 @@ def _load(path: Path | None, spec: str, dtype: Any) -> Any:
         return AutoModelForCausalLM.from_pretrained(str(path) if path is not None else spec, dtype=dtype)
     except (OSError, ValueError, KeyError) as exc:
         text = str(exc).strip()
-        raise ift.RecipeError([ift.Problem("trainer.teacher", f"cannot load the teacher {spec!r}: "
-                                           f"{text.splitlines()[0] if text else type(exc).__name__}")]) from exc
+        raise ift.RecipeError(
+            [
+                ift.Problem(
+                    "trainer.teacher",
+                    f"cannot load the teacher {spec!r}: {text.splitlines()[0] if text else type(exc).__name__}",
+                )
+            ]
+        ) from exc
 
 
 def check_tokenizer(path: Path, tokenizer: Any) -> None:
@@ -255,13 +298,16 @@ def check_tokenizer(path: Path, tokenizer: Any) -> None:
     try:
         theirs = AutoTokenizer.from_pretrained(str(path)).get_vocab()
     except (OSError, ValueError) as exc:
-        raise ift.RecipeError([ift.Problem("trainer.teacher", f"cannot read the tokenizer in {path}: "
-                                           f"{str(exc).strip().splitlines()[0]}")]) from exc
+        raise ift.RecipeError(
+            [ift.Problem("trainer.teacher", f"cannot read the tokenizer in {path}: {str(exc).strip().splitlines()[0]}")]
+        ) from exc
     ours = tokenizer.get_vocab()
     if theirs != ours:
         differ = sorted(t for t in set(ours) | set(theirs) if ours.get(t) != theirs.get(t))
-        raise vocabulary_error(f"the teacher's tokenizer ({len(theirs)} tokens) differs from the student's "
-                               f"({len(ours)} tokens) in {len(differ)} tokens, e.g. {differ[:5]}")
+        raise vocabulary_error(
+            f"the teacher's tokenizer ({len(theirs)} tokens) differs from the student's "
+            f"({len(ours)} tokens) in {len(differ)} tokens, e.g. {differ[:5]}"
+        )
 
 
 def _output_rows(model: Any) -> int | None:

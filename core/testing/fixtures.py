@@ -45,8 +45,7 @@ def ift_host(ift_plugins: Mapping[str, object] | Sequence[object], ift_entry_poi
     from ift.host import PluginHost
 
     host = PluginHost(entry_points=ift_entry_points)
-    named = ift_plugins.items() if isinstance(ift_plugins, Mapping) else \
-        [(_plugin_name(p), p) for p in ift_plugins]
+    named = ift_plugins.items() if isinstance(ift_plugins, Mapping) else [(_plugin_name(p), p) for p in ift_plugins]
     for name, plugin in named:
         if host.pm.is_registered(plugin):
             continue  # already loaded through its entry point
@@ -83,8 +82,9 @@ def ift_tiny_model(ift_host: Any, ift_tiny_model_table: dict[str, Any], tmp_path
 
 
 @pytest.fixture
-def ift_run(ift_host: Any, tmp_path_factory: pytest.TempPathFactory,
-            monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
+def ift_run(
+    ift_host: Any, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., Path]:
     """Run a recipe in-process through ``ift run`` and return the run directory::
 
         run_dir = ift_run(recipe, files={"data.jsonl": rows}, overrides=["trainer.max_steps=2"])
@@ -99,10 +99,17 @@ def ift_run(ift_host: Any, tmp_path_factory: pytest.TempPathFactory,
     if not os.environ.get("IFT_CACHE_DIR"):
         monkeypatch.setenv("IFT_CACHE_DIR", str(tmp_path_factory.mktemp("ift-cache")))
 
-    def run(recipe: str | Mapping[str, Any], *, files: Mapping[str, FileContent] | None = None,
-            overrides: Sequence[str] = (), check: bool = True, output_dir: Path | None = None) -> Path:
+    def run(
+        recipe: str | Mapping[str, Any],
+        *,
+        files: Mapping[str, FileContent] | None = None,
+        overrides: Sequence[str] = (),
+        check: bool = True,
+        output_dir: Path | None = None,
+    ) -> Path:
         folder = tmp_path_factory.mktemp("ift-run")
-        return run_recipe(recipe, host=ift_host, folder=folder, files=files, overrides=overrides,
-                          output_dir=output_dir, check=check)
+        return run_recipe(
+            recipe, host=ift_host, folder=folder, files=files, overrides=overrides, output_dir=output_dir, check=check
+        )
 
     return run

@@ -11,8 +11,13 @@ from typing import Any
 
 #: The smallest model the causal-lm adapter builds quickly that still learns: 2 layers, hidden size 32.
 TINY_MODEL_CONFIG: dict[str, Any] = {
-    "model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-    "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 256,
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
 }
 
 
@@ -20,8 +25,13 @@ def tiny_model_table(**overrides: Any) -> dict[str, Any]:
     """A recipe's ``[model]`` table for the tiny model (a fresh copy: change it freely). ``overrides`` are
     merged on top, e.g. ``tiny_model_table(peft={"method": "lora", "r": 4})``; ``from_config`` values given as
     a dict are merged into the tiny config rather than replacing it."""
-    table: dict[str, Any] = {"adapter": "causal-lm", "tokenizer": "byte-level", "device": "cpu",
-                             "dtype": "float32", "from_config": copy.deepcopy(TINY_MODEL_CONFIG)}
+    table: dict[str, Any] = {
+        "adapter": "causal-lm",
+        "tokenizer": "byte-level",
+        "device": "cpu",
+        "dtype": "float32",
+        "from_config": copy.deepcopy(TINY_MODEL_CONFIG),
+    }
     extra = dict(overrides)
     if isinstance(extra.get("from_config"), dict):
         table["from_config"].update(extra.pop("from_config"))
@@ -59,8 +69,9 @@ class TinyModel:
         return json.dumps(self.table.get("from_config", {}), sort_keys=True)
 
 
-def load_tiny_model(host: Any, table: dict[str, Any] | None = None, *, base_dir: Path | None = None,
-                    seed: int = 0) -> TinyModel:
+def load_tiny_model(
+    host: Any, table: dict[str, Any] | None = None, *, base_dir: Path | None = None, seed: int = 0
+) -> TinyModel:
     """Build the adapter named by ``table['adapter']`` from ``host`` and load tokenizer and model, seeded so
     two calls give identical weights."""
     from ift.runtime import seed_everything

@@ -27,9 +27,16 @@ def recipe_text(recipe: str | Mapping[str, Any]) -> str:
     return recipe if isinstance(recipe, str) else dumps(recipe)
 
 
-def run_recipe(recipe: str | Mapping[str, Any], *, host: Any, folder: Path,
-               files: Mapping[str, FileContent] | None = None, overrides: Sequence[str] = (),
-               output_dir: Path | None = None, check: bool = True) -> Path:
+def run_recipe(
+    recipe: str | Mapping[str, Any],
+    *,
+    host: Any,
+    folder: Path,
+    files: Mapping[str, FileContent] | None = None,
+    overrides: Sequence[str] = (),
+    output_dir: Path | None = None,
+    check: bool = True,
+) -> Path:
     """Write ``recipe`` (TOML text or a dict) as ``folder/recipe.toml`` beside ``files``, run it through the
     ``ift run`` command with ``host`` and return the run directory (``folder/run`` by default).
 

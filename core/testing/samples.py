@@ -13,8 +13,24 @@ from ift.records import InstructionRecord, Message
 #: What :func:`write_files` accepts for one file: text, bytes, or rows (a list of dicts, written as JSON Lines).
 FileContent = str | bytes | list[Mapping[str, Any]]
 
-_WORDS = ["apple", "river", "stone", "cloud", "maple", "tiger", "lemon", "piano", "coral", "amber", "cedar",
-          "delta", "ember", "fjord", "grove", "harbor"]
+_WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "maple",
+    "tiger",
+    "lemon",
+    "piano",
+    "coral",
+    "amber",
+    "cedar",
+    "delta",
+    "ember",
+    "fjord",
+    "grove",
+    "harbor",
+]
 
 
 def sample_rows(n: int = 8) -> list[dict[str, Any]]:
@@ -31,21 +47,45 @@ def sample_records(n: int = 4, *, source: str = "sample") -> list[InstructionRec
     and a labelled classification record with choices. More than four repeats the single-turn shape."""
     records = [
         InstructionRecord("sample-0", source, [Message("user", "Uppercase: apple"), Message("assistant", "APPLE")]),
-        InstructionRecord("sample-1", source, [Message("system", "You answer in one word."),
-                                               Message("user", "What colour is the sky on a clear day?"),
-                                               Message("assistant", "Blue")]),
-        InstructionRecord("sample-2", source, [Message("user", "Name a fruit."), Message("assistant", "Pear."),
-                                               Message("user", "Another one?"), Message("assistant", "Plum.")],
-                          task="chat"),
-        InstructionRecord("sample-3", source, [Message("user", "Is 'I love it' positive or negative?"),
-                                               Message("assistant", "positive")],
-                          task="sentiment", label="positive", choices=["positive", "negative"]),
+        InstructionRecord(
+            "sample-1",
+            source,
+            [
+                Message("system", "You answer in one word."),
+                Message("user", "What colour is the sky on a clear day?"),
+                Message("assistant", "Blue"),
+            ],
+        ),
+        InstructionRecord(
+            "sample-2",
+            source,
+            [
+                Message("user", "Name a fruit."),
+                Message("assistant", "Pear."),
+                Message("user", "Another one?"),
+                Message("assistant", "Plum."),
+            ],
+            task="chat",
+        ),
+        InstructionRecord(
+            "sample-3",
+            source,
+            [Message("user", "Is 'I love it' positive or negative?"), Message("assistant", "positive")],
+            task="sentiment",
+            label="positive",
+            choices=["positive", "negative"],
+        ),
     ]
     for row in sample_rows(max(0, n - len(records)) + 4)[4:]:
         if len(records) >= n:
             break
-        records.append(InstructionRecord(f"sample-{len(records)}", source,
-                                         [Message("user", row["instruction"]), Message("assistant", row["output"])]))
+        records.append(
+            InstructionRecord(
+                f"sample-{len(records)}",
+                source,
+                [Message("user", row["instruction"]), Message("assistant", row["output"])],
+            )
+        )
     return records[:n]
 
 
@@ -60,7 +100,8 @@ def write_files(folder: Path, files: Mapping[str, FileContent]) -> dict[str, Pat
         elif isinstance(content, str):
             path.write_text(content, encoding="utf-8")
         else:
-            path.write_text("".join(json.dumps(dict(row), ensure_ascii=False) + "\n" for row in content),
-                            encoding="utf-8")
+            path.write_text(
+                "".join(json.dumps(dict(row), ensure_ascii=False) + "\n" for row in content), encoding="utf-8"
+            )
         written[name] = path
     return written

@@ -13,9 +13,16 @@ import subprocess
 import sys
 import time
 
-SHAPE = {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
-         "num_key_value_heads": 3, "vocab_size": 49152, "max_position_embeddings": 2048,
-         "tie_word_embeddings": True}
+SHAPE = {
+    "model_type": "llama",
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "vocab_size": 49152,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": True,
+}
 
 
 def side(checkpointing: bool, layers: int) -> dict[str, float]:
@@ -39,8 +46,11 @@ def side(checkpointing: bool, layers: int) -> dict[str, float]:
     began = time.perf_counter()
     loss, _ = adapter.loss_sum(model, batch)
     loss.backward()
-    return {"seconds": time.perf_counter() - began, "added_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            / 2**20 - base, "loss": float(loss)}
+    return {
+        "seconds": time.perf_counter() - began,
+        "added_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 - base,
+        "loss": float(loss),
+    }
 
 
 def main() -> int:
@@ -52,8 +62,11 @@ def main() -> int:
         for mode in ("off", "on"):
             out = subprocess.run([sys.executable, __file__, mode, layers], check=True, capture_output=True, text=True)
             r = json.loads(out.stdout.splitlines()[-1])
-            print(f"checkpointing {mode}: +{r['added_gib']:.2f} GiB over weights and inputs, {r['seconds']:.1f} s, "
-                  f"loss {r['loss']:.4f}", flush=True)
+            print(
+                f"checkpointing {mode}: +{r['added_gib']:.2f} GiB over weights and inputs, {r['seconds']:.1f} s, "
+                f"loss {r['loss']:.4f}",
+                flush=True,
+            )
     return 0
 
 

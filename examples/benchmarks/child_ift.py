@@ -122,14 +122,26 @@ def main() -> int:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     manifest = json.loads((run_dir / "manifest.json").read_text())
     result = {
-        "side": "ift", "import_s": t_imported - T_START, "total_s": t_end - t0,
+        "side": "ift",
+        "import_s": t_imported - T_START,
+        "total_s": t_end - t0,
         "threads": torch.get_num_threads(),
         **probe.summary(t0, spec["warmup"]),
         "losses": [e["loss"] for e in steps],
         "trainable_tokens": [e["trainable_tokens"] for e in steps],
         "data_prep_s": manifest.get("cache", {}).get("seconds"),
-        "reported": {k: metrics["train"].get(k) for k in ("batching", "tokens", "tokens_per_s", "padding_fraction",
-                                                          "data_wait_fraction", "peak_memory_mb", "train_seconds")},
+        "reported": {
+            k: metrics["train"].get(k)
+            for k in (
+                "batching",
+                "tokens",
+                "tokens_per_s",
+                "padding_fraction",
+                "data_wait_fraction",
+                "peak_memory_mb",
+                "train_seconds",
+            )
+        },
         "versions": manifest.get("packages", {}) | {"ift": manifest.get("ift")},
     }
     Path(sys.argv[2]).write_text(json.dumps(result))

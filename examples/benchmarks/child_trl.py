@@ -79,8 +79,10 @@ def trl_config(spec: dict, output_dir: Path) -> SFTConfig:
         # Same numerics as ift on this device: no bf16 autocast on a CPU (TRL's default is bf16=True even
         # there) and no gradient checkpointing unless both sides turn it on (TRL's default is True; ift's
         # is False).
-        kwargs.update(bf16=spec.get("precision") == "bf16",
-                      gradient_checkpointing=bool(s["extra"].get("gradient_checkpointing", False)))
+        kwargs.update(
+            bf16=spec.get("precision") == "bf16",
+            gradient_checkpointing=bool(s["extra"].get("gradient_checkpointing", False)),
+        )
     if mode == "packing":
         kwargs.update(packing=True)  # TRL's default strategy: "bfd" (implies padding-free batches)
     elif mode == "padding_free":
@@ -91,11 +93,23 @@ def trl_config(spec: dict, output_dir: Path) -> SFTConfig:
         raise ValueError(f"unknown TRL mode {mode!r}")
     kwargs.setdefault("max_length", s["max_length"])
     return SFTConfig(
-        output_dir=str(output_dir), max_steps=s["steps"], per_device_train_batch_size=s["batch_size"],
-        gradient_accumulation_steps=1, learning_rate=s["learning_rate"], lr_scheduler_type="linear",
-        warmup_steps=0, weight_decay=s["weight_decay"], adam_beta1=s["adam_betas"][0],
-        adam_beta2=s["adam_betas"][1], max_grad_norm=s["max_grad_norm"], seed=s["seed"], save_strategy="no",
-        report_to="none", disable_tqdm=True, **kwargs)
+        output_dir=str(output_dir),
+        max_steps=s["steps"],
+        per_device_train_batch_size=s["batch_size"],
+        gradient_accumulation_steps=1,
+        learning_rate=s["learning_rate"],
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=s["weight_decay"],
+        adam_beta1=s["adam_betas"][0],
+        adam_beta2=s["adam_betas"][1],
+        max_grad_norm=s["max_grad_norm"],
+        seed=s["seed"],
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        **kwargs,
+    )
 
 
 def main() -> int:
@@ -117,11 +131,21 @@ def main() -> int:
     if lora:  # the same LoRA as ift's [model.peft] (all linear layers but the LM head)
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                                 target_modules="all-linear", task_type="CAUSAL_LM")
-    trainer = BenchSFTTrainer(model=spec["model_dir"], args=trl_config(spec, out / "trainer"),
-                              train_dataset=dataset, processing_class=tokenizer, callbacks=[timer],
-                              peft_config=peft_config)
+        peft_config = LoraConfig(
+            r=lora["r"],
+            lora_alpha=lora["alpha"],
+            lora_dropout=lora["dropout"],
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+    trainer = BenchSFTTrainer(
+        model=spec["model_dir"],
+        args=trl_config(spec, out / "trainer"),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[timer],
+        peft_config=peft_config,
+    )
     trainer.train()
     t_end = time.perf_counter()
     summary = probe.summary(t0, spec["warmup"])
@@ -129,19 +153,31 @@ def main() -> int:
     callback_s = timer.ends[-1] - timer.ends[warmup - 1] if len(timer.ends) > warmup else None
     args = trainer.args
     result = {
-        "side": "trl", "import_s": t_imported - T_START, "total_s": t_end - t0,
+        "side": "trl",
+        "import_s": t_imported - T_START,
+        "total_s": t_end - t0,
         "threads": torch.get_num_threads(),
         **summary,
-        "losses": trainer.bench_losses, "trainable_tokens": trainer.bench_trainable,
+        "losses": trainer.bench_losses,
+        "trainable_tokens": trainer.bench_trainable,
         "data_prep_s": load_s + trainer.bench_prep_s,
-        "reported": {"callback_tokens_per_s": summary["timed_real_tokens"] / callback_s if callback_s else None,
-                     "bf16": args.bf16, "gradient_checkpointing": args.gradient_checkpointing,
-                     "padding_free": trainer.padding_free, "packing": args.packing,
-                     "packing_strategy": args.packing_strategy, "optim": str(args.optim),
-                     "train_sampling_strategy": args.train_sampling_strategy},
-        "versions": {"trl": trl.__version__, "transformers": transformers.__version__,
-                     "torch": torch.__version__, "accelerate": accelerate.__version__,
-                     "datasets": datasets.__version__},
+        "reported": {
+            "callback_tokens_per_s": summary["timed_real_tokens"] / callback_s if callback_s else None,
+            "bf16": args.bf16,
+            "gradient_checkpointing": args.gradient_checkpointing,
+            "padding_free": trainer.padding_free,
+            "packing": args.packing,
+            "packing_strategy": args.packing_strategy,
+            "optim": str(args.optim),
+            "train_sampling_strategy": args.train_sampling_strategy,
+        },
+        "versions": {
+            "trl": trl.__version__,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "accelerate": accelerate.__version__,
+            "datasets": datasets.__version__,
+        },
     }
     Path(sys.argv[2]).write_text(json.dumps(result))
     return 0

@@ -24,16 +24,32 @@ from ift.builtin_plugins.cleaning.text import conversation
 from ift.builtin_plugins.transforms import DropInvalid, ExactDedup
 
 VERBS = ["Write", "Explain", "Summarize", "List", "Describe", "Translate", "Classify", "Give", "Suggest", "Compare"]
-TOPICS = ["the water cycle", "a budget for a student", "photosynthesis", "the French revolution", "a python list",
-          "interest rates", "a healthy breakfast", "the rules of tennis", "machine learning", "a trip to Rome",
-          "black holes", "a job interview", "climate change", "prime numbers", "a short poem about rain"]
-WORDS = ("time year people way day man thing woman life child world school state family student group country "
-         "problem hand part place case week company system program question work government number night point "
-         "home water room mother area money story fact month lot right study book eye job word business issue "
-         "side kind head house service friend father power hour game line end member law car city community name "
-         "president team minute idea kid body information back parent face others level office door health "
-         "person art war history party result change morning reason research girl guy moment air teacher force "
-         "education").split()
+TOPICS = [
+    "the water cycle",
+    "a budget for a student",
+    "photosynthesis",
+    "the French revolution",
+    "a python list",
+    "interest rates",
+    "a healthy breakfast",
+    "the rules of tennis",
+    "machine learning",
+    "a trip to Rome",
+    "black holes",
+    "a job interview",
+    "climate change",
+    "prime numbers",
+    "a short poem about rain",
+]
+WORDS = (
+    "time year people way day man thing woman life child world school state family student group country "
+    "problem hand part place case week company system program question work government number night point "
+    "home water room mother area money story fact month lot right study book eye job word business issue "
+    "side kind head house service friend father power hour game line end member law car city community name "
+    "president team minute idea kid body information back parent face others level office door health "
+    "person art war history party result change morning reason research girl guy moment air teacher force "
+    "education"
+).split()
 
 
 def make_records(n: int, seed: int) -> tuple[list[ift.InstructionRecord], dict[str, int], list[tuple[str, str]]]:
@@ -46,14 +62,17 @@ def make_records(n: int, seed: int) -> tuple[list[ift.InstructionRecord], dict[s
     near_pairs: list[tuple[str, str]] = []
 
     def make(rid: str, prompt: str, answer: str, split: str = "auto") -> ift.InstructionRecord:
-        return ift.InstructionRecord(rid, "synthetic", [ift.Message("user", prompt), ift.Message("assistant", answer)],
-                                     metadata={"split": split})
+        return ift.InstructionRecord(
+            rid, "synthetic", [ift.Message("user", prompt), ift.Message("assistant", answer)], metadata={"split": split}
+        )
 
     def sentence(k: int) -> str:
         return " ".join(rng.choice(WORDS) for _ in range(k))
 
-    evals = [make(f"eval-{i}", f"{rng.choice(VERBS)} {rng.choice(TOPICS)} for {sentence(14)}.", sentence(8), "eval")
-             for i in range(200)]
+    evals = [
+        make(f"eval-{i}", f"{rng.choice(VERBS)} {rng.choice(TOPICS)} for {sentence(14)}.", sentence(8), "eval")
+        for i in range(200)
+    ]
     records = list(evals)
     originals: list[ift.InstructionRecord] = []
     for i in range(n):
@@ -85,23 +104,30 @@ def make_records(n: int, seed: int) -> tuple[list[ift.InstructionRecord], dict[s
             records.append(make(f"r{i}", f"{rng.choice(VERBS)} {sentence(8)}", sentence(400)))
             planted["long"] += 1
         else:
-            record = make(f"r{i}", f"{rng.choice(VERBS)} {rng.choice(TOPICS)} {sentence(rng.randint(6, 14))}",
-                          sentence(rng.randint(8, 30)))
+            record = make(
+                f"r{i}",
+                f"{rng.choice(VERBS)} {rng.choice(TOPICS)} {sentence(rng.randint(6, 14))}",
+                sentence(rng.randint(8, 30)),
+            )
             records.append(record)
             originals.append(record)
     return records, planted, near_pairs
 
 
-def near_duplicate_recall(records: list[ift.InstructionRecord], kept_ids: set[str],
-                          pairs: list[tuple[str, str]], threshold: float) -> str:
+def near_duplicate_recall(
+    records: list[ift.InstructionRecord], kept_ids: set[str], pairs: list[tuple[str, str]], threshold: float
+) -> str:
     """Of the planted near-duplicates whose exact Jaccard similarity (word 3-grams of the conversation) to
     their original reaches the threshold, how many near-dedup dropped."""
     text = {r.id: conversation(r) for r in records}
-    due = [copy for copy, original in pairs
-           if jaccard(shingle_set(text[copy]), shingle_set(text[original])) >= threshold]
+    due = [
+        copy for copy, original in pairs if jaccard(shingle_set(text[copy]), shingle_set(text[original])) >= threshold
+    ]
     found = sum(copy not in kept_ids for copy in due)
-    return (f"planted near-duplicates at Jaccard >= {threshold}: {len(due)} of {len(pairs)}; "
-            f"dropped {found} ({found / max(1, len(due)):.2%} recall)")
+    return (
+        f"planted near-duplicates at Jaccard >= {threshold}: {len(due)} of {len(pairs)}; "
+        f"dropped {found} ({found / max(1, len(due)):.2%} recall)"
+    )
 
 
 def main() -> None:
@@ -113,11 +139,19 @@ def main() -> None:
     started = time.perf_counter()
     records, planted, near_pairs = make_records(args.records, args.seed)
     generated = list(records)
-    print(f"generated {len(records)} records ({args.records} + 200 eval) in {time.perf_counter() - started:.1f}s; "
-          f"planted: {planted}")
-    chain = [DropInvalid(DropInvalid.Config()), ExactDedup(ExactDedup.Config()),
-             NearDedup(NearDedup.Config(method=args.method)), LengthFilter(LengthFilter.Config(max_answer=300)),
-             MaskPII(MaskPII.Config()), Tag(Tag.Config()), Decontaminate(Decontaminate.Config())]
+    print(
+        f"generated {len(records)} records ({args.records} + 200 eval) in {time.perf_counter() - started:.1f}s; "
+        f"planted: {planted}"
+    )
+    chain = [
+        DropInvalid(DropInvalid.Config()),
+        ExactDedup(ExactDedup.Config()),
+        NearDedup(NearDedup.Config(method=args.method)),
+        LengthFilter(LengthFilter.Config(max_answer=300)),
+        MaskPII(MaskPII.Config()),
+        Tag(Tag.Config()),
+        Decontaminate(Decontaminate.Config()),
+    ]
     total = 0.0
     cpu_started = time.process_time()
     for transform in chain:
@@ -129,15 +163,21 @@ def main() -> None:
         total += elapsed
         assert before - len(records) == sum(tally.dropped.values()), transform.name
         changed = dict(tally.changed) if transform.name != "tag" else f"{sum(tally.changed.values())} labels"
-        print(f"{transform.name:>14}: {elapsed:6.2f}s  {before} -> {len(records)}  dropped {dict(tally.dropped)}  "
-              f"changed {changed}")
+        print(
+            f"{transform.name:>14}: {elapsed:6.2f}s  {before} -> {len(records)}  dropped {dict(tally.dropped)}  "
+            f"changed {changed}"
+        )
         if isinstance(transform, NearDedup) and args.method == "minhash":
-            print(" " * 16 + near_duplicate_recall(generated, {r.id for r in records}, near_pairs,
-                                                   transform.config.threshold))
+            print(
+                " " * 16
+                + near_duplicate_recall(generated, {r.id for r in records}, near_pairs, transform.config.threshold)
+            )
     cpu = time.process_time() - cpu_started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
-    print(f"total {total:.1f}s wall ({cpu:.1f}s CPU) for the chain; {len(records)} records left; peak memory "
-          f"{peak:.0f} MiB ({platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()})")
+    print(
+        f"total {total:.1f}s wall ({cpu:.1f}s CPU) for the chain; {len(records)} records left; peak memory "
+        f"{peak:.0f} MiB ({platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()})"
+    )
 
 
 if __name__ == "__main__":

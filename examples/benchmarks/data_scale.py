@@ -34,24 +34,29 @@ import tempfile
 import time
 from pathlib import Path
 
-WORDS = ("the of and to in is that for it as with was on be by this are or from at an have not which but they "
-         "you we can all their one has more been if will there when would so what about out up into them some "
-         "time year people way day thing world life school state family student group country problem hand part "
-         "place case week company system program question work government number night point home water room "
-         "mother area money story fact month right study book eye job word business issue side kind head house "
-         "service friend father power hour game line end member law car city community name president team "
-         "minute idea body information back parent face level office door health person art war history party "
-         "result change morning reason research moment air teacher force education temperature photosynthesis "
-         "algorithm customer recommendation summary paragraph sentence translate explain describe important "
-         "different example following because through between another however especially environment "
-         "development experience performance relationship understanding technology organization").split()
-VERBS = ("Write Explain Summarize List Describe Translate Classify Give Suggest Compare Rewrite Generate Create "
-         "Identify Outline").split()
+WORDS = (
+    "the of and to in is that for it as with was on be by this are or from at an have not which but they "
+    "you we can all their one has more been if will there when would so what about out up into them some "
+    "time year people way day thing world life school state family student group country problem hand part "
+    "place case week company system program question work government number night point home water room "
+    "mother area money story fact month right study book eye job word business issue side kind head house "
+    "service friend father power hour game line end member law car city community name president team "
+    "minute idea body information back parent face level office door health person art war history party "
+    "result change morning reason research moment air teacher force education temperature photosynthesis "
+    "algorithm customer recommendation summary paragraph sentence translate explain describe important "
+    "different example following because through between another however especially environment "
+    "development experience performance relationship understanding technology organization"
+).split()
+VERBS = (
+    "Write Explain Summarize List Describe Translate Classify Give Suggest Compare Rewrite Generate Create "
+    "Identify Outline"
+).split()
 
 
 def alpaca_row(rng: random.Random, i: int) -> dict[str, str]:
     """One row: a 6-25 word instruction, an input in 40% of rows (10-60 words), an answer of 14-200 words;
     30 to 250 words in all."""
+
     def text(n: int) -> str:
         return " ".join(rng.choices(WORDS, k=n))
 
@@ -60,8 +65,11 @@ def alpaca_row(rng: random.Random, i: int) -> dict[str, str]:
     n_input = rng.randint(10, 60) if rng.random() < 0.4 else 0
     n_input = max(0, min(n_input, total - n_instruction - 14))
     n_output = total - n_instruction - n_input
-    return {"instruction": f"{rng.choice(VERBS)} {text(n_instruction - 1)} (item {i}).",
-            "input": text(n_input) if n_input else "", "output": text(n_output).capitalize() + "."}
+    return {
+        "instruction": f"{rng.choice(VERBS)} {text(n_instruction - 1)} (item {i}).",
+        "input": text(n_input) if n_input else "",
+        "output": text(n_output).capitalize() + ".",
+    }
 
 
 def write_rows(path: Path, n: int, seed: int) -> None:
@@ -119,22 +127,33 @@ def run_once(workdir: Path, data: Path, n: int, attempt: int) -> dict[str, float
     recipe.write_text(RECIPE.format(data=data.name))
     out = workdir / f"run-{n}-{attempt}"
     shutil.rmtree(out, ignore_errors=True)
-    env = {**os.environ, "IFT_NO_CACHE": "1", "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM",
-                                                                                       "true")}
+    env = {
+        **os.environ,
+        "IFT_NO_CACHE": "1",
+        "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM", "true"),
+    }
     log = workdir / f"run-{n}-{attempt}.log"
     started = time.perf_counter()
     with log.open("w") as handle:
-        child = subprocess.Popen([sys.executable, "-m", "ift", "run", str(recipe), "--output-dir", str(out)],
-                                 stdout=handle, stderr=subprocess.STDOUT, env=env)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "ift", "run", str(recipe), "--output-dir", str(out)],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS
     wall = time.perf_counter() - started
     child.returncode = code = os.waitstatus_to_exitcode(status)
     if code != 0:
         sys.exit(f"ift run failed for {n} records (exit {code}):\n{log.read_text()[-3000:]}")
     manifest = json.loads((out / "manifest.json").read_text())
-    row = {"records": n, "wall_s": round(wall, 2), "prepare_s": manifest["cache"]["seconds"],
-           "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-           "train_examples": manifest["data"]["encoding"]["train"]["out"]}
+    row = {
+        "records": n,
+        "wall_s": round(wall, 2),
+        "prepare_s": manifest["cache"]["seconds"],
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "train_examples": manifest["data"]["encoding"]["train"]["out"],
+    }
     shutil.rmtree(out, ignore_errors=True)
     log.unlink()
     return row
@@ -157,30 +176,38 @@ def main() -> None:
         began = time.perf_counter()
         write_rows(files[n], n, args.seed)
         size = files[n].stat().st_size
-        print(f"{n:>9,} rows: {size / 2**20:.1f} MB ({size / n:.0f} bytes per row), "
-              f"written in {time.perf_counter() - began:.1f} s")
+        print(
+            f"{n:>9,} rows: {size / 2**20:.1f} MB ({size / n:.0f} bytes per row), "
+            f"written in {time.perf_counter() - began:.1f} s"
+        )
     rows = []
     try:
         for attempt in range(args.repeat):
             for n in args.records:
                 row = run_once(workdir, files[n], n, attempt)
                 rows.append(row)
-                print(f"{n:>9,} records: wall {row['wall_s']:7.1f} s, prepare {row['prepare_s']:7.1f} s, peak RSS "
-                      f"{row['peak_rss_mb']:7.0f} MB  ({row['train_examples']:,} train examples)", flush=True)
+                print(
+                    f"{n:>9,} records: wall {row['wall_s']:7.1f} s, prepare {row['prepare_s']:7.1f} s, peak RSS "
+                    f"{row['peak_rss_mb']:7.0f} MB  ({row['train_examples']:,} train examples)",
+                    flush=True,
+                )
     finally:
         if args.workdir is None and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     counts = sorted(set(args.records))
     if len(counts) >= 2:
+
         def best(n: int, key: str) -> float:
             return min(r[key] for r in rows if r["records"] == n)
 
         lo, hi = counts[0], counts[-1]
         span = hi - lo
-        print(f"slope {lo:,} -> {hi:,} records (best of {args.repeat}): "
-              f"{(best(hi, 'wall_s') - best(lo, 'wall_s')) / span * 1e3:.3f} ms wall, "
-              f"{(best(hi, 'prepare_s') - best(lo, 'prepare_s')) / span * 1e3:.3f} ms prepare, "
-              f"{(best(hi, 'peak_rss_mb') - best(lo, 'peak_rss_mb')) / span * 1024:.2f} KB peak RSS per record")
+        print(
+            f"slope {lo:,} -> {hi:,} records (best of {args.repeat}): "
+            f"{(best(hi, 'wall_s') - best(lo, 'wall_s')) / span * 1e3:.3f} ms wall, "
+            f"{(best(hi, 'prepare_s') - best(lo, 'prepare_s')) / span * 1e3:.3f} ms prepare, "
+            f"{(best(hi, 'peak_rss_mb') - best(lo, 'peak_rss_mb')) / span * 1024:.2f} KB peak RSS per record"
+        )
     print(json.dumps(rows))
 
 

@@ -42,8 +42,13 @@ def side(name: str) -> dict[str, float]:
     loss.backward()
     seconds = time.perf_counter() - began
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {"loss": float(loss), "grad_norm": float(hidden.grad.norm()), "peak_gib": peak,
-            "added_gib": peak - base, "seconds": seconds}
+    return {
+        "loss": float(loss),
+        "grad_norm": float(hidden.grad.norm()),
+        "peak_gib": peak,
+        "added_gib": peak - base,
+        "seconds": seconds,
+    }
 
 
 def main() -> int:
@@ -56,9 +61,14 @@ def main() -> int:
             out = subprocess.run([sys.executable, __file__, name], check=True, capture_output=True, text=True)
             found[name].append(json.loads(out.stdout.splitlines()[-1]))
     for name, runs in found.items():
-        print(f"{name}: " + "; ".join(f"peak {r['peak_gib']:.2f} GiB (+{r['added_gib']:.2f} over the inputs), "
-                                      f"{r['seconds']:.2f} s, loss {r['loss']:.4f}, |grad| {r['grad_norm']:.6f}"
-                                      for r in runs))
+        print(
+            f"{name}: "
+            + "; ".join(
+                f"peak {r['peak_gib']:.2f} GiB (+{r['added_gib']:.2f} over the inputs), "
+                f"{r['seconds']:.2f} s, loss {r['loss']:.4f}, |grad| {r['grad_norm']:.6f}"
+                for r in runs
+            )
+        )
     return 0
 
 

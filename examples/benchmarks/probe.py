@@ -66,8 +66,15 @@ class Probe:
         register_optimizer_step_post_hook(self._stepped)
 
     def _stepped(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self.steps.append({"end": time.perf_counter(), "real": self._real, "slots": self._slots,
-                           "rows": self._rows, "rss_mb": current_rss_mb()})
+        self.steps.append(
+            {
+                "end": time.perf_counter(),
+                "real": self._real,
+                "slots": self._slots,
+                "rows": self._rows,
+                "rss_mb": current_rss_mb(),
+            }
+        )
         self._real = self._slots = self._rows = 0
 
     def summary(self, t0: float, warmup: int) -> dict[str, Any]:
@@ -75,8 +82,11 @@ class Probe:
         tokens of those steps / time from the end of step ``warmup`` to the end of the last step."""
         steps = self.steps
         timed = steps[warmup:]
-        seconds = timed[-1]["end"] - steps[warmup - 1]["end"] if warmup and len(steps) > warmup else \
-            (steps[-1]["end"] - (self.first_forward or t0) if steps else 0.0)
+        seconds = (
+            timed[-1]["end"] - steps[warmup - 1]["end"]
+            if warmup and len(steps) > warmup
+            else (steps[-1]["end"] - (self.first_forward or t0) if steps else 0.0)
+        )
         real = sum(s["real"] for s in timed)
         slots = sum(s["slots"] for s in timed)
         all_real = sum(s["real"] for s in steps)
@@ -93,11 +103,17 @@ class Probe:
         return {
             "steps": len(steps),
             "tokens_per_s": real / seconds if seconds > 0 else None,
-            "timed_seconds": seconds, "timed_real_tokens": real, "timed_slots": slots,
-            "real_tokens": all_real, "slots": all_slots,
+            "timed_seconds": seconds,
+            "timed_real_tokens": real,
+            "timed_slots": slots,
+            "real_tokens": all_real,
+            "slots": all_slots,
             "padding_fraction": 1 - all_real / all_slots if all_slots else None,
             "preprocess_s": (self.first_forward - t0) if self.first_forward else None,
-            "peak_rss_mb": peak_rss_mb(), "gpu_peak_mb": gpu_peak,
-            "rss_mid_mb": rss[len(rss) // 2] if rss else None, "rss_end_mb": rss[-1] if rss else None,
-            "per_step_real": [s["real"] for s in steps], "per_step_slots": [s["slots"] for s in steps],
+            "peak_rss_mb": peak_rss_mb(),
+            "gpu_peak_mb": gpu_peak,
+            "rss_mid_mb": rss[len(rss) // 2] if rss else None,
+            "rss_end_mb": rss[-1] if rss else None,
+            "per_step_real": [s["real"] for s in steps],
+            "per_step_slots": [s["slots"] for s in steps],
         }

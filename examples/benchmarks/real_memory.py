@@ -25,8 +25,11 @@ from workload import VERBS, WORDS, write_jsonl  # noqa: E402
 CONFIGS = {
     "defaults": ("", ""),
     "gradient_checkpointing": ("", "gradient_checkpointing = true"),
-    "lora r=16": ('[model.peft]\nmethod = "lora"\nr = 16\ntarget_modules = ["q_proj", "k_proj", "v_proj", '
-                  '"o_proj", "gate_proj", "up_proj", "down_proj"]', ""),
+    "lora r=16": (
+        '[model.peft]\nmethod = "lora"\nr = 16\ntarget_modules = ["q_proj", "k_proj", "v_proj", '
+        '"o_proj", "gate_proj", "up_proj", "down_proj"]',
+        "",
+    ),
 }
 
 
@@ -54,29 +57,55 @@ def main() -> int:
 
     pad_id = AutoTokenizer.from_pretrained(args.model_dir).pad_token_id
     data = write_jsonl(rows(8 * args.steps + 64), args.work_dir / "data.jsonl")
-    settings = {"seed": 42, "steps": args.steps, "learning_rate": 1e-5, "adam_betas": [0.9, 0.999],
-                "weight_decay": 0.0, "max_grad_norm": 1.0, "batch_size": 8, "max_length": 512,
-                "ift_batching": args.batching, "shuffle": True}
+    settings = {
+        "seed": 42,
+        "steps": args.steps,
+        "learning_rate": 1e-5,
+        "adam_betas": [0.9, 0.999],
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "batch_size": 8,
+        "max_length": 512,
+        "ift_batching": args.batching,
+        "shuffle": True,
+    }
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     results: dict[str, list[dict]] = {name: [] for name in CONFIGS if not args.only or args.only in name}
     for r in range(args.rounds):
         for name in results:
             model_extra, trainer_extra = CONFIGS[name]
             work = args.work_dir / f"{name.split()[0]}-{r}"
-            spec = {"work_dir": str(work), "data_path": str(data), "model_dir": str(args.model_dir),
-                    "pad_id": pad_id, "warmup": 1, "settings": settings, "model_extra": model_extra,
-                    "trainer_extra": trainer_extra, "skip_data_report": True}
+            spec = {
+                "work_dir": str(work),
+                "data_path": str(data),
+                "model_dir": str(args.model_dir),
+                "pad_id": pad_id,
+                "warmup": 1,
+                "settings": settings,
+                "model_extra": model_extra,
+                "trainer_extra": trainer_extra,
+                "skip_data_report": True,
+            }
             (work).mkdir(parents=True, exist_ok=True)
             (work / "spec.json").write_text(json.dumps(spec))
-            subprocess.run([sys.executable, str(HERE / "child_ift.py"), str(work / "spec.json"),
-                            str(work / "result.json")], check=True, env=env, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [sys.executable, str(HERE / "child_ift.py"), str(work / "spec.json"), str(work / "result.json")],
+                check=True,
+                env=env,
+                stdout=subprocess.DEVNULL,
+            )
             found = json.loads((work / "result.json").read_text())
             results[name].append(found)
-            print(f"{name}: peak RSS {found['peak_rss_mb'] / 1024:.2f} GiB, {found['tokens_per_s']:.0f} real "
-                  f"tokens/s, losses {[round(x, 3) for x in found['losses']]}", flush=True)
+            print(
+                f"{name}: peak RSS {found['peak_rss_mb'] / 1024:.2f} GiB, {found['tokens_per_s']:.0f} real "
+                f"tokens/s, losses {[round(x, 3) for x in found['losses']]}",
+                flush=True,
+            )
     for name, found in results.items():
-        print(f"| {name} | {statistics.median(f['peak_rss_mb'] for f in found) / 1024:.2f} GiB | "
-              f"{statistics.median(f['tokens_per_s'] for f in found):.0f} |")
+        print(
+            f"| {name} | {statistics.median(f['peak_rss_mb'] for f in found) / 1024:.2f} GiB | "
+            f"{statistics.median(f['tokens_per_s'] for f in found):.0f} |"
+        )
     return 0
 
 

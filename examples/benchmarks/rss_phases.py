@@ -51,8 +51,10 @@ class Phases:
         self._tick()
         lines = ["| phase | RSS at start MB | peak MB | growth MB |", "|---|---|---|---|"]
         for row in self.rows:
-            lines.append(f"| {row['phase']} | {row['start_mb']:.0f} | {row['peak_mb']:.0f} | "
-                         f"{row['peak_mb'] - row['start_mb']:+.0f} |")
+            lines.append(
+                f"| {row['phase']} | {row['start_mb']:.0f} | {row['peak_mb']:.0f} | "
+                f"{row['peak_mb'] - row['start_mb']:+.0f} |"
+            )
         return "\n".join(lines)
 
 
@@ -84,8 +86,12 @@ def main() -> int:
     original_call = torch.nn.Module.__call__
 
     def call(module: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(module, PreTrainedModel) and module.training and torch.is_grad_enabled() and \
-                not getattr(call, "inside", False):
+        if (
+            isinstance(module, PreTrainedModel)
+            and module.training
+            and torch.is_grad_enabled()
+            and not getattr(call, "inside", False)
+        ):
             phases.enter(f"step {step['n'] + 1} forward")
             call.inside = True  # type: ignore[attr-defined]
             try:

@@ -53,8 +53,13 @@ REAL_COMPARISONS: list[tuple[str, str, str, str, dict[str, Any]]] = [
     ("default vs default", "real", "auto", "default", {}),
     ("padding vs padding", "real", "padding", "default", {}),
     ("padding-free vs padding-free", "real", "padding-free", "padding_free", {}),
-    ("gradient checkpointing, default vs default", "real", "auto", "default",
-     {"extra": {"gradient_checkpointing": True}, "pairs": 1}),
+    (
+        "gradient checkpointing, default vs default",
+        "real",
+        "auto",
+        "default",
+        {"extra": {"gradient_checkpointing": True}, "pairs": 1},
+    ),
     ("LoRA r=16, default vs default", "real", "auto", "default", {"extra": {"lora": LORA}, "pairs": 1}),
 ]
 REAL_LEARNING_RATE = 2e-5  # a pretrained model: a fine-tuning rate, not the toy model's 1e-3
@@ -63,6 +68,7 @@ PARITY_RTOL = 1e-5
 
 
 # --- the environment --------------------------------------------------------------------------------------
+
 
 def ensure_venv(venv: Path) -> Path:
     """Create the benchmark environment once: torch, this checkout of ift (editable), then TRL with
@@ -78,9 +84,17 @@ def ensure_venv(venv: Path) -> Path:
     subprocess.run([*pip, TORCH_SPEC], check=True)
     subprocess.run([*pip, "-e", str(REPO)], check=True)
     pinned = subprocess.run(
-        [str(python), "-c", "from importlib.metadata import version as v; "
-         "print('\\n'.join(f'{p}=={v(p)}' for p in ('torch', 'transformers', 'accelerate', 'datasets', "
-         "'tokenizers')))"], check=True, capture_output=True, text=True).stdout
+        [
+            str(python),
+            "-c",
+            "from importlib.metadata import version as v; "
+            "print('\\n'.join(f'{p}=={v(p)}' for p in ('torch', 'transformers', 'accelerate', 'datasets', "
+            "'tokenizers')))",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     constraints = venv / "constraints.txt"
     constraints.write_text(pinned)
     subprocess.run([*pip, f"trl=={TRL_VERSION}", "-c", str(constraints)], check=True)
@@ -105,19 +119,21 @@ def main_venv_versions() -> dict[str, str] | None:
     python = REPO / ".venv" / "bin" / "python"
     if not python.is_file():
         return None
-    code = ("from importlib.metadata import version as v; import json; "
-            "print(json.dumps({p: v(p) for p in ('torch', 'transformers', 'accelerate', 'datasets')}))")
+    code = (
+        "from importlib.metadata import version as v; import json; "
+        "print(json.dumps({p: v(p) for p in ('torch', 'transformers', 'accelerate', 'datasets')}))"
+    )
     try:
-        return json.loads(subprocess.run([str(python), "-c", code], capture_output=True, text=True,
-                                         timeout=60).stdout)
+        return json.loads(subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60).stdout)
     except (OSError, ValueError, subprocess.SubprocessError):
         return None
 
 
 def git_state() -> str | None:
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True,
-                             timeout=10)
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -140,11 +156,17 @@ def machine() -> dict[str, Any]:
             gpu = torch.cuda.get_device_name(0)
     except ImportError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
-            "platform": platform.platform()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 # --- one run -------------------------------------------------------------------------------------------
+
 
 def real_model_dir(source: Path, path: Path) -> tuple[Path, int]:
     """A benchmark copy of a local model folder (weights linked, not copied) whose tokenizer has a pad token
@@ -158,8 +180,9 @@ def real_model_dir(source: Path, path: Path) -> tuple[Path, int]:
         special = [t for t in tokenizer.all_special_tokens if t not in (tokenizer.eos_token, tokenizer.bos_token)]
         candidates = ([tokenizer.unk_token] if tokenizer.unk_token in special else []) + special
         if not candidates:
-            raise SystemExit(f"{source}: the tokenizer's pad token is its EOS and it has no other special token "
-                             "to pad with")
+            raise SystemExit(
+                f"{source}: the tokenizer's pad token is its EOS and it has no other special token to pad with"
+            )
         tokenizer.pad_token = candidates[0]
     tokenizer.save_pretrained(str(path))
     config = AutoConfig.from_pretrained(str(source))
@@ -168,8 +191,11 @@ def real_model_dir(source: Path, path: Path) -> tuple[Path, int]:
         del config.quantization_config
     config.save_pretrained(str(path))
     for item in source.iterdir():
-        if item.suffix == ".safetensors" or item.name.endswith((".safetensors.index.json", ".bin")) or \
-                item.name == "generation_config.json":
+        if (
+            item.suffix == ".safetensors"
+            or item.name.endswith((".safetensors.index.json", ".bin"))
+            or item.name == "generation_config.json"
+        ):
             target = path / item.name
             if not target.exists():
                 target.symlink_to(item.resolve())
@@ -177,9 +203,19 @@ def real_model_dir(source: Path, path: Path) -> tuple[Path, int]:
 
 
 class Runner:
-    def __init__(self, work: Path, data: dict[str, Path], model_dir: Path, pad_id: int, warmup: int,
-                 precision: str, timeout: int, threads: int | None, skip_data_report: bool = False,
-                 nice: int = 0) -> None:
+    def __init__(
+        self,
+        work: Path,
+        data: dict[str, Path],
+        model_dir: Path,
+        pad_id: int,
+        warmup: int,
+        precision: str,
+        timeout: int,
+        threads: int | None,
+        skip_data_report: bool = False,
+        nice: int = 0,
+    ) -> None:
         self.work, self.data, self.model_dir, self.pad_id = work, data, model_dir, pad_id
         self.warmup, self.precision, self.timeout, self.threads = warmup, precision, timeout, threads
         self.skip_data_report, self.nice = skip_data_report, nice
@@ -189,26 +225,50 @@ class Runner:
         self.count += 1
         folder = self.work / "runs" / f"{self.count:03d}-{tag}-{side}"
         folder.mkdir(parents=True)
-        spec = {"settings": settings.to_json(), "data_path": str(self.data[settings.data]),
-                "model_dir": str(self.model_dir), "pad_id": self.pad_id, "work_dir": str(folder),
-                "warmup": self.warmup, "precision": self.precision, "skip_data_report": self.skip_data_report}
+        spec = {
+            "settings": settings.to_json(),
+            "data_path": str(self.data[settings.data]),
+            "model_dir": str(self.model_dir),
+            "pad_id": self.pad_id,
+            "work_dir": str(folder),
+            "warmup": self.warmup,
+            "precision": self.precision,
+            "skip_data_report": self.skip_data_report,
+        }
         (folder / "spec.json").write_text(json.dumps(spec, indent=2))
         # Fresh caches per run: both sides read the JSONL through `datasets`, which caches on disk, and
         # ift caches prepared data; a cache hit on one side would not be the preprocessing being compared.
-        env = dict(os.environ, HF_HOME=str(folder / "hf"), HF_DATASETS_CACHE=str(folder / "hf" / "datasets"),
-                   IFT_CACHE_DIR=str(folder / "ift-cache"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-                   TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
-                   # ift core and its builtin plugins only: a logger plugin installed in the environment
-                   # (wandb, ...) would add its own cost to ift's side, or fail without credentials
-                   IFT_DISABLE_ENTRY_POINTS="1")
+        env = dict(
+            os.environ,
+            HF_HOME=str(folder / "hf"),
+            HF_DATASETS_CACHE=str(folder / "hf" / "datasets"),
+            IFT_CACHE_DIR=str(folder / "ift-cache"),
+            HF_HUB_OFFLINE="1",
+            HF_DATASETS_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            PYTHONUNBUFFERED="1",
+            # ift core and its builtin plugins only: a logger plugin installed in the environment
+            # (wandb, ...) would add its own cost to ift's side, or fail without credentials
+            IFT_DISABLE_ENTRY_POINTS="1",
+        )
         if self.threads:
             env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
         started = time.perf_counter()
         with (folder / "log.txt").open("w") as log:
             nice = ["nice", "-n", str(self.nice)] if self.nice else []
-            proc = subprocess.run([*nice, sys.executable, str(HERE / f"child_{side}.py"), str(folder / "spec.json"),
-                                   str(folder / "result.json")], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                  timeout=self.timeout)
+            proc = subprocess.run(
+                [
+                    *nice,
+                    sys.executable,
+                    str(HERE / f"child_{side}.py"),
+                    str(folder / "spec.json"),
+                    str(folder / "result.json"),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=self.timeout,
+            )
         if proc.returncode != 0:
             tail = (folder / "log.txt").read_text()[-4000:]
             raise SystemExit(f"{side} run failed ({folder}):\n{tail}")
@@ -221,27 +281,57 @@ class Runner:
 
 # --- parity --------------------------------------------------------------------------------------------
 
-def parity(runner: Runner, steps: int, batch_size: int, max_length: int, data: str = "lognormal",
-           base: dict[str, Any] | None = None) -> dict[str, Any]:
+
+def parity(
+    runner: Runner,
+    steps: int,
+    batch_size: int,
+    max_length: int,
+    data: str = "lognormal",
+    base: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Padding batches, data order as given, both sides: same batches, same per-step loss."""
-    settings = Settings(data=data, ift_batching="padding", trl_mode="default", steps=steps,
-                        batch_size=batch_size, max_length=max_length, shuffle=False, **(base or {}))
+    settings = Settings(
+        data=data,
+        ift_batching="padding",
+        trl_mode="default",
+        steps=steps,
+        batch_size=batch_size,
+        max_length=max_length,
+        shuffle=False,
+        **(base or {}),
+    )
     a = runner.run("ift", settings, "parity")
     b = runner.run("trl", settings, "parity")
     rows, ok = [], True
     for i in range(steps):
         la, lb = a["losses"][i], b["losses"][i]
         rel = abs(la - lb) / max(abs(lb), 1e-12)
-        same_batch = (a["per_step_real"][i] == b["per_step_real"][i] and a["per_step_slots"][i] ==
-                      b["per_step_slots"][i] and a["trainable_tokens"][i] == b["trainable_tokens"][i])
+        same_batch = (
+            a["per_step_real"][i] == b["per_step_real"][i]
+            and a["per_step_slots"][i] == b["per_step_slots"][i]
+            and a["trainable_tokens"][i] == b["trainable_tokens"][i]
+        )
         good = rel <= PARITY_RTOL and same_batch
         ok = ok and good
-        rows.append({"step": i + 1, "ift_loss": la, "trl_loss": lb, "rel_diff": rel,
-                     "real_tokens": [a["per_step_real"][i], b["per_step_real"][i]],
-                     "slots": [a["per_step_slots"][i], b["per_step_slots"][i]],
-                     "trainable_tokens": [a["trainable_tokens"][i], b["trainable_tokens"][i]], "ok": good})
-    return {"passed": ok and len(a["losses"]) >= steps and len(b["losses"]) >= steps, "steps": rows,
-            "rtol": PARITY_RTOL, "versions": {"ift": a["versions"], "trl": b["versions"]}}
+        rows.append(
+            {
+                "step": i + 1,
+                "ift_loss": la,
+                "trl_loss": lb,
+                "rel_diff": rel,
+                "real_tokens": [a["per_step_real"][i], b["per_step_real"][i]],
+                "slots": [a["per_step_slots"][i], b["per_step_slots"][i]],
+                "trainable_tokens": [a["trainable_tokens"][i], b["trainable_tokens"][i]],
+                "ok": good,
+            }
+        )
+    return {
+        "passed": ok and len(a["losses"]) >= steps and len(b["losses"]) >= steps,
+        "steps": rows,
+        "rtol": PARITY_RTOL,
+        "versions": {"ift": a["versions"], "trl": b["versions"]},
+    }
 
 
 def print_parity(report: dict[str, Any]) -> None:
@@ -249,12 +339,15 @@ def print_parity(report: dict[str, Any]) -> None:
     print("  step  ift loss          TRL loss          rel diff   real tokens  slots  trainable  ok")
     for r in report["steps"]:
         same = "=" if r["real_tokens"][0] == r["real_tokens"][1] else "!="
-        print(f"  {r['step']:>4}  {r['ift_loss']:.10f}  {r['trl_loss']:.10f}  {r['rel_diff']:.2e}   "
-              f"{r['real_tokens'][0]:>6} {same:<2}   {r['slots'][0]:>5}  {r['trainable_tokens'][0]:>9}  "
-              f"{'yes' if r['ok'] else 'NO'}")
+        print(
+            f"  {r['step']:>4}  {r['ift_loss']:.10f}  {r['trl_loss']:.10f}  {r['rel_diff']:.2e}   "
+            f"{r['real_tokens'][0]:>6} {same:<2}   {r['slots'][0]:>5}  {r['trainable_tokens'][0]:>9}  "
+            f"{'yes' if r['ok'] else 'NO'}"
+        )
 
 
 # --- comparisons ---------------------------------------------------------------------------------------
+
 
 def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
@@ -269,49 +362,91 @@ def summarize(values: list[float | None]) -> dict[str, float | None]:
     return {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
 
 
-def compare(runner: Runner, label: str, data: str, ift_batching: str, trl_mode: str, overrides: dict[str, Any],
-            pairs: int, steps: int, batch_size: int, max_length: int,
-            base: dict[str, Any] | None = None) -> dict[str, Any]:
+def compare(
+    runner: Runner,
+    label: str,
+    data: str,
+    ift_batching: str,
+    trl_mode: str,
+    overrides: dict[str, Any],
+    pairs: int,
+    steps: int,
+    batch_size: int,
+    max_length: int,
+    base: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     overrides = {**(base or {}), **overrides}
     pairs = min(pairs, overrides.pop("pairs", pairs))  # rows measured mainly for memory: fewer pairs
     if overrides.pop("packed_rows", False):
         # A packed row holds ~max_length / mean length examples; a quarter of the batch size in rows keeps
         # the tokens per step close to the other modes'.
         batch_size = max(1, batch_size // 4)
-    settings = Settings(data=data, ift_batching=ift_batching, trl_mode=trl_mode, steps=steps,
-                        batch_size=batch_size, max_length=max_length, **overrides)
+    settings = Settings(
+        data=data,
+        ift_batching=ift_batching,
+        trl_mode=trl_mode,
+        steps=steps,
+        batch_size=batch_size,
+        max_length=max_length,
+        **overrides,
+    )
     extra = settings.extra
-    tag = f"{data}-{ift_batching}-{trl_mode}" + ("-ootb" if extra.get("trl_out_of_the_box") else "") + \
-        ("-gc" if extra.get("gradient_checkpointing") else "") + ("-lora" if extra.get("lora") else "")
+    tag = (
+        f"{data}-{ift_batching}-{trl_mode}"
+        + ("-ootb" if extra.get("trl_out_of_the_box") else "")
+        + ("-gc" if extra.get("gradient_checkpointing") else "")
+        + ("-lora" if extra.get("lora") else "")
+    )
     runs = []
     for i in range(pairs):
         a = runner.run("ift", settings, tag)
         b = runner.run("trl", settings, tag)
         runs.append((a, b))
-        print(f"  pair {i + 1}/{pairs}: tokens/s ift {a['tokens_per_s']:.0f}  TRL {b['tokens_per_s']:.0f}  "
-              f"(x{a['tokens_per_s'] / b['tokens_per_s']:.2f})", flush=True)
-    out: dict[str, Any] = {"label": label, "data": data, "ift_batching": ift_batching,
-                           "ift_resolved": runs[0][0]["reported"]["batching"], "trl_mode": trl_mode,
-                           "settings": settings.to_json(), "ratios": {}, "ift": {}, "trl": {}}
+        print(
+            f"  pair {i + 1}/{pairs}: tokens/s ift {a['tokens_per_s']:.0f}  TRL {b['tokens_per_s']:.0f}  "
+            f"(x{a['tokens_per_s'] / b['tokens_per_s']:.2f})",
+            flush=True,
+        )
+    out: dict[str, Any] = {
+        "label": label,
+        "data": data,
+        "ift_batching": ift_batching,
+        "ift_resolved": runs[0][0]["reported"]["batching"],
+        "trl_mode": trl_mode,
+        "settings": settings.to_json(),
+        "ratios": {},
+        "ift": {},
+        "trl": {},
+    }
     for metric in METRICS:
         out["ratios"][metric] = summarize([ratio(a[metric], b[metric]) for a, b in runs])
         out["ift"][metric] = summarize([a[metric] for a, _ in runs])
         out["trl"][metric] = summarize([b[metric] for _, b in runs])
     # ift's own counters against the probe's count of the same tensors
-    out["ift_counters_match"] = all(a["reported"]["tokens"] == a["real_tokens"] and
-                                    abs(a["reported"]["padding_fraction"] - a["padding_fraction"]) < 1e-3
-                                    for a, _ in runs)
+    out["ift_counters_match"] = all(
+        a["reported"]["tokens"] == a["real_tokens"]
+        and abs(a["reported"]["padding_fraction"] - a["padding_fraction"]) < 1e-3
+        for a, _ in runs
+    )
     out["ift_data_prep_s"] = summarize([a["data_prep_s"] for a, _ in runs])
     out["trl_data_prep_s"] = summarize([b["data_prep_s"] for _, b in runs])
-    out["rss_growth_mb"] = {"ift": summarize([a["rss_end_mb"] - a["rss_mid_mb"] for a, _ in runs]),
-                            "trl": summarize([b["rss_end_mb"] - b["rss_mid_mb"] for _, b in runs])}
+    out["rss_growth_mb"] = {
+        "ift": summarize([a["rss_end_mb"] - a["rss_mid_mb"] for a, _ in runs]),
+        "trl": summarize([b["rss_end_mb"] - b["rss_mid_mb"] for _, b in runs]),
+    }
     out["trl_reported"] = runs[0][1]["reported"]
-    out["pairs"] = [{"ift": {k: a[k] for k in (*METRICS, "data_prep_s", "wall_s")},
-                     "trl": {k: b[k] for k in (*METRICS, "data_prep_s", "wall_s")}} for a, b in runs]
+    out["pairs"] = [
+        {
+            "ift": {k: a[k] for k in (*METRICS, "data_prep_s", "wall_s")},
+            "trl": {k: b[k] for k in (*METRICS, "data_prep_s", "wall_s")},
+        }
+        for a, b in runs
+    ]
     return out
 
 
 # --- report --------------------------------------------------------------------------------------------
+
 
 def fmt(s: dict[str, float | None], digits: int = 2, pct: bool = False) -> str:
     if s["median"] is None:
@@ -322,18 +457,28 @@ def fmt(s: dict[str, float | None], digits: int = 2, pct: bool = False) -> str:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    lines = ["| comparison (ift vs TRL) | data | real tokens/s | padding fraction | preprocessing time | "
-             "peak RSS | final loss |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| comparison (ift vs TRL) | data | real tokens/s | padding fraction | preprocessing time | "
+        "peak RSS | final loss |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         name = r["label"] + (f" (ift auto = {r['ift_resolved']})" if r["ift_batching"] == "auto" else "")
         pad = r["ratios"]["padding_fraction"]
         pad_text = fmt(pad) if pad["median"] is not None else "n/a (TRL 0%)"
-        lines.append(f"| {name} | {r['data']} | {fmt(r['ratios']['tokens_per_s'])} | {pad_text} | "
-                     f"{fmt(r['ratios']['preprocess_s'])} | {fmt(r['ratios']['peak_rss_mb'])} | "
-                     f"{fmt(r['ratios']['final_loss'], 3)} |")
-    lines += ["", "Medians per side (ift / TRL):", "",
-              "| comparison | data | real tokens/s | padding fraction | preprocessing s (data only) | "
-              "peak RSS MB (growth over the 2nd half) | final loss |", "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {r['data']} | {fmt(r['ratios']['tokens_per_s'])} | {pad_text} | "
+            f"{fmt(r['ratios']['preprocess_s'])} | {fmt(r['ratios']['peak_rss_mb'])} | "
+            f"{fmt(r['ratios']['final_loss'], 3)} |"
+        )
+    lines += [
+        "",
+        "Medians per side (ift / TRL):",
+        "",
+        "| comparison | data | real tokens/s | padding fraction | preprocessing s (data only) | "
+        "peak RSS MB (growth over the 2nd half) | final loss |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         i, t = r["ift"], r["trl"]
         lines.append(
@@ -343,7 +488,8 @@ def table(results: list[dict[str, Any]]) -> str:
             f"{t['preprocess_s']['median']:.2f} ({r['trl_data_prep_s']['median']:.2f}) | "
             f"{i['peak_rss_mb']['median']:.0f} ({r['rss_growth_mb']['ift']['median']:+.0f}) / "
             f"{t['peak_rss_mb']['median']:.0f} ({r['rss_growth_mb']['trl']['median']:+.0f}) | "
-            f"{i['final_loss']['median']:.3f} / {t['final_loss']['median']:.3f} |")
+            f"{i['final_loss']['median']:.3f} / {t['final_loss']['median']:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -362,8 +508,12 @@ def targets(results: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]
         out.append(("preprocessing time <= TRL's", pre <= 1.0, f"{pre:.2f}x"))
         rss = default["ratios"]["peak_rss_mb"]["median"]
         out.append(("peak RSS <= 1.1x TRL's", rss <= 1.1, f"{rss:.2f}x"))
-    for label in ("padding vs padding", "packing vs packing", "padding-free vs padding-free",
-                  "length-grouped vs group_by_length"):
+    for label in (
+        "padding vs padding",
+        "packing vs packing",
+        "padding-free vs padding-free",
+        "length-grouped vs group_by_length",
+    ):
         for data in ("lognormal", "constant"):
             r = find(label, data)
             if r:
@@ -376,8 +526,13 @@ def targets(results: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]
     if default:
         growth = default["rss_growth_mb"]["ift"]["max"]
         peak = default["ift"]["peak_rss_mb"]["median"]
-        out.append(("ift's RSS flat after warm-up (grows < 1% of its peak over the 2nd half of a run)",
-                    growth < 0.01 * peak, f"{growth:+.1f} MB at most"))
+        out.append(
+            (
+                "ift's RSS flat after warm-up (grows < 1% of its peak over the 2nd half of a run)",
+                growth < 0.01 * peak,
+                f"{growth:+.1f} MB at most",
+            )
+        )
     for r in results:
         if not r["ift_counters_match"]:
             out.append((f"ift's own token counters match the tensors ({r['label']}, {r['data']})", False, "differ"))
@@ -389,24 +544,29 @@ GIB = 1024  # the probe's RSS is in MiB
 
 def real_targets(results: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
     """Issue 13's targets on a real model (full fine-tuning fp32, batch 8, max length 512)."""
+
     def find(label: str) -> dict[str, Any] | None:
         return next((r for r in results if r["label"] == label), None)
 
     out: list[tuple[str, bool | None, str]] = []
-    for label, floor in (("default vs default", 3.0), ("padding vs padding", 1.5),
-                         ("padding-free vs padding-free", 1.2)):
+    for label, floor in (
+        ("default vs default", 3.0),
+        ("padding vs padding", 1.5),
+        ("padding-free vs padding-free", 1.2),
+    ):
         r = find(label)
         if r:
             tps = r["ratios"]["tokens_per_s"]["median"]
             out.append((f"{label}, real tokens/s ift/TRL >= {floor}x", tps >= floor, f"{tps:.2f}x"))
-    for label, what, limit in (("default vs default", "ift's defaults", 4.0),
-                               ("gradient checkpointing, default vs default", "gradient_checkpointing = true", 3.0),
-                               ("LoRA r=16, default vs default", "LoRA r=16", 1.5)):
+    for label, what, limit in (
+        ("default vs default", "ift's defaults", 4.0),
+        ("gradient checkpointing, default vs default", "gradient_checkpointing = true", 3.0),
+        ("LoRA r=16, default vs default", "LoRA r=16", 1.5),
+    ):
         r = find(label)
         if r:
             peak = r["ift"]["peak_rss_mb"]["max"] / GIB
-            out.append((f"peak RSS with {what} <= {limit} GiB (largest of the runs)", peak <= limit,
-                        f"{peak:.2f} GiB"))
+            out.append((f"peak RSS with {what} <= {limit} GiB (largest of the runs)", peak <= limit, f"{peak:.2f} GiB"))
     for r in results:
         if not r["ift_counters_match"]:
             out.append((f"ift's own token counters match the tensors ({r['label']}, {r['data']})", False, "differ"))
@@ -428,44 +588,71 @@ def update_readme(block: str, marker: str = "results") -> None:
 
 # --- main ----------------------------------------------------------------------------------------------
 
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", type=int, default=3, help="A B pairs per comparison (default 3)")
     p.add_argument("--steps", type=int, default=60, help="optimizer steps per run (default 60)")
     p.add_argument("--warmup", type=int, default=2, help="first steps left out of tokens/s (default 2)")
-    p.add_argument("--rows", type=int, default=None,
-                   help="rows per synthetic data set (default 3000); with --model-dir, at most this many real rows "
-                        "(default all)")
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=None,
+        help="rows per synthetic data set (default 3000); with --model-dir, at most this many real rows (default all)",
+    )
     p.add_argument("--parity-steps", type=int, default=10, help="steps whose loss must agree (default 10)")
     p.add_argument("--batch-size", type=int, default=8, help="examples per batch (packing: a quarter, in rows)")
     p.add_argument("--max-length", type=int, default=1024)
-    p.add_argument("--model-config", type=Path, default=None,
-                   help="JSON file of model config keys replacing the tiny Llama (e.g. a 0.5B-1B architecture "
-                        "for a GPU run); vocab size and special tokens come from the tokenizer")
-    p.add_argument("--core", action="store_true",
-                   help="only the comparisons issue 5 asks for (leave out length-grouped vs group_by_length, "
-                        "packing on constant lengths, and TRL with its untouched defaults)")
+    p.add_argument(
+        "--model-config",
+        type=Path,
+        default=None,
+        help="JSON file of model config keys replacing the tiny Llama (e.g. a 0.5B-1B architecture "
+        "for a GPU run); vocab size and special tokens come from the tokenizer",
+    )
+    p.add_argument(
+        "--core",
+        action="store_true",
+        help="only the comparisons issue 5 asks for (leave out length-grouped vs group_by_length, "
+        "packing on constant lengths, and TRL with its untouched defaults)",
+    )
     p.add_argument("--only", default=None, help="run only comparisons whose label contains this text")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="fp32 (CPU) or bf16 autocast on both sides (GPU)")
-    p.add_argument("--work-dir", type=Path, default=None,
-                   help="scratch folder (default examples/benchmarks/runs/<time>, git-ignored)")
+    p.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32", help="fp32 (CPU) or bf16 autocast on both sides (GPU)"
+    )
+    p.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="scratch folder (default examples/benchmarks/runs/<time>, git-ignored)",
+    )
     p.add_argument("--update-readme", action="store_true", help="write the table into README.md")
-    p.add_argument("--skip-ift-data-report", action="store_true",
-                   help="diagnostic: ift without the data quality report it writes before training (what moving "
-                        "it off the data path would give); not for the README table")
+    p.add_argument(
+        "--skip-ift-data-report",
+        action="store_true",
+        help="diagnostic: ift without the data quality report it writes before training (what moving "
+        "it off the data path would give); not for the README table",
+    )
     p.add_argument("--venv", type=Path, default=Path(os.environ.get("IFT_BENCH_VENV", DEFAULT_VENV)))
     p.add_argument("--no-venv", action="store_true", help="use the current interpreter (needs trl installed)")
-    p.add_argument("--model-dir", type=Path, default=None,
-                   help="a local causal-LM folder (weights and tokenizer, e.g. from smollm2_folder.py): benchmark "
-                        "that model on real instruction text (real_text.py) instead of the tiny Llama on synthetic "
-                        "rows; full fine-tuning and LoRA rows, issue 13's targets. Suggested with it: --steps 8 "
-                        "--pairs 2 --max-length 512 --parity-steps 4")
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="a local causal-LM folder (weights and tokenizer, e.g. from smollm2_folder.py): benchmark "
+        "that model on real instruction text (real_text.py) instead of the tiny Llama on synthetic "
+        "rows; full fine-tuning and LoRA rows, issue 13's targets. Suggested with it: --steps 8 "
+        "--pairs 2 --max-length 512 --parity-steps 4",
+    )
     p.add_argument("--nice", type=int, default=0, help="run every child under nice -n N (a shared machine)")
     p.add_argument("--timeout", type=int, default=None, help="seconds per run (default 600; 3600 with --model-dir)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads per run (default 1; 0 = torch's default). On a shared machine "
-                        "two threads make every small op wait for the other core, and timings swing 100x")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads per run (default 1; 0 = torch's default). On a shared machine "
+        "two threads make every small op wait for the other core, and timings swing 100x",
+    )
     args = p.parse_args(argv)
     if args.rows is None and args.model_dir is None:
         args.rows = 3000
@@ -483,12 +670,16 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     work = args.work_dir or HERE / "runs" / stamp
     work.mkdir(parents=True, exist_ok=True)
-    env = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), **machine(),
-           "versions": versions(), "main_venv_versions": main_venv_versions(), "git": git_state(),
-           "load_average_start": os.getloadavg()}
+    env = {
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        **machine(),
+        "versions": versions(),
+        "main_venv_versions": main_venv_versions(),
+        "git": git_state(),
+        "load_average_start": os.getloadavg(),
+    }
     print(f"ift vs TRL {env['versions']['trl']} | {env['cpu']}, {env['cores']} cores | work dir {work}")
-    print("versions (both sides run in this environment): " +
-          ", ".join(f"{k} {v}" for k, v in env["versions"].items()))
+    print("versions (both sides run in this environment): " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()))
     main_versions = env["main_venv_versions"]
     if main_versions and any(main_versions.get(k) != env["versions"].get(k) for k in main_versions):
         print(f"note: the project's .venv has different versions: {main_versions}")
@@ -503,25 +694,37 @@ def main(argv: list[str] | None = None) -> int:
         model_dir, pad_id = real_model_dir(args.model_dir.resolve(), work / "model")
         base: dict[str, Any] = {"learning_rate": REAL_LEARNING_RATE}
     else:
-        data = {kind: write_jsonl(make_rows(kind, args.rows), work / f"{kind}.jsonl")
-                for kind in ("lognormal", "constant")}
+        data = {
+            kind: write_jsonl(make_rows(kind, args.rows), work / f"{kind}.jsonl") for kind in ("lognormal", "constant")
+        }
         model_config = json.loads(args.model_config.read_text()) if args.model_config else None
         model_dir = build_model_dir(work / "model", model_config)
         pad_id = AutoTokenizer.from_pretrained(str(model_dir)).pad_token_id
         base = {}
     env["parameters"] = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(str(model_dir)).parameters())
     timeout = args.timeout or (3600 if real else 600)
-    runner = Runner(work, data, model_dir, pad_id, args.warmup, args.precision, timeout, args.threads,
-                    args.skip_ift_data_report, args.nice)
+    runner = Runner(
+        work,
+        data,
+        model_dir,
+        pad_id,
+        args.warmup,
+        args.precision,
+        timeout,
+        args.threads,
+        args.skip_ift_data_report,
+        args.nice,
+    )
 
-    report = parity(runner, args.parity_steps, args.batch_size, args.max_length, "real" if real else "lognormal",
-                    base)
+    report = parity(runner, args.parity_steps, args.batch_size, args.max_length, "real" if real else "lognormal", base)
     print_parity(report)
     results_file = work / "results.json"
     if not report["passed"]:
         results_file.write_text(json.dumps({"environment": env, "parity": report}, indent=2))
-        print("\nparity FAILED: the two trainers do not compute the same loss on the same batches, so no speed "
-              f"figure is printed. Details: {results_file}")
+        print(
+            "\nparity FAILED: the two trainers do not compute the same loss on the same batches, so no speed "
+            f"figure is printed. Details: {results_file}"
+        )
         return 1
     print("parity passed: same batches, same loss on every checked step\n")
 
@@ -531,38 +734,71 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for label, kind, ift_batching, trl_mode, overrides in plan:
         print(f"{label} ({kind}): ift batching={ift_batching}, TRL mode={trl_mode}", flush=True)
-        results.append(compare(runner, label, kind, ift_batching, trl_mode, overrides, args.pairs, args.steps,
-                               args.batch_size, args.max_length, base))
+        results.append(
+            compare(
+                runner,
+                label,
+                kind,
+                ift_batching,
+                trl_mode,
+                overrides,
+                args.pairs,
+                args.steps,
+                args.batch_size,
+                args.max_length,
+                base,
+            )
+        )
     env["load_average_end"] = os.getloadavg()
     env["minutes"] = round((time.perf_counter() - started) / 60, 1)
     checks = real_targets(results) if real else targets(results)
-    results_file.write_text(json.dumps({"environment": env, "parity": report, "results": results,
-                                        "targets": checks, "args": {k: str(v) for k, v in vars(args).items()}},
-                                       indent=2))
+    results_file.write_text(
+        json.dumps(
+            {
+                "environment": env,
+                "parity": report,
+                "results": results,
+                "targets": checks,
+                "args": {k: str(v) for k, v in vars(args).items()},
+            },
+            indent=2,
+        )
+    )
     body = table(results)
-    load = ", ".join(f"{x:.1f}" for x in env["load_average_start"]) + " → " + \
-        ", ".join(f"{x:.1f}" for x in env["load_average_end"])
-    header = (f"Measured {env['date'][:16].replace('T', ' ')} on {env['cpu']} ({env['cores']} cores"
-              f"{', GPU ' + env['gpu'] if env['gpu'] else ', no GPU'}), Python {env['python']}; "
-              + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
-              + f"; ift checkout {env['git']}"
-              + (f". Model: {args.model_dir.name} ({env['parameters']:,} parameters), learning rate "
-                 f"{REAL_LEARNING_RATE:g}; data: {env['data']}" if real else
-                 f". Model: {env['parameters']:,} parameters")
-              + f"; batch size {args.batch_size}, max length "
-              f"{args.max_length}; {args.pairs} pairs per comparison, {args.steps} optimizer steps per run "
-              f"({args.warmup} warm-up steps left out of tokens/s), "
-              + ("" if real else f"{args.rows} rows per data set, ")
-              + f"precision {args.precision}, "
-              f"{args.threads or 'default'} torch thread(s) per run; "
-              f"load average (1, 5, 15 min) {load}; {env['minutes']} minutes in all"
-              + (f"; children under nice -n {args.nice}" if args.nice else "") + "."
-              + (" DIAGNOSTIC: ift ran without its data quality report." if args.skip_ift_data_report else ""))
+    load = (
+        ", ".join(f"{x:.1f}" for x in env["load_average_start"])
+        + " → "
+        + ", ".join(f"{x:.1f}" for x in env["load_average_end"])
+    )
+    header = (
+        f"Measured {env['date'][:16].replace('T', ' ')} on {env['cpu']} ({env['cores']} cores"
+        f"{', GPU ' + env['gpu'] if env['gpu'] else ', no GPU'}), Python {env['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+        + f"; ift checkout {env['git']}"
+        + (
+            f". Model: {args.model_dir.name} ({env['parameters']:,} parameters), learning rate "
+            f"{REAL_LEARNING_RATE:g}; data: {env['data']}"
+            if real
+            else f". Model: {env['parameters']:,} parameters"
+        )
+        + f"; batch size {args.batch_size}, max length "
+        f"{args.max_length}; {args.pairs} pairs per comparison, {args.steps} optimizer steps per run "
+        f"({args.warmup} warm-up steps left out of tokens/s), "
+        + ("" if real else f"{args.rows} rows per data set, ")
+        + f"precision {args.precision}, "
+        f"{args.threads or 'default'} torch thread(s) per run; "
+        f"load average (1, 5, 15 min) {load}; {env['minutes']} minutes in all"
+        + (f"; children under nice -n {args.nice}" if args.nice else "")
+        + "."
+        + (" DIAGNOSTIC: ift ran without its data quality report." if args.skip_ift_data_report else "")
+    )
     target_lines = "\n".join(f"- {'met' if ok else 'NOT met'}: {name}: {value}" for name, ok, value in checks)
-    block = (f"{header}\n\nParity: {len(report['steps'])} steps, largest relative loss difference "
-             f"{max(r['rel_diff'] for r in report['steps']):.1e} (limit {PARITY_RTOL:g}), identical real / padded / "
-             f"trainable token counts per step.\n\nMedian of per-pair ratios ift/TRL (min–max):\n\n{body}\n\n"
-             f"Targets:\n\n{target_lines}")
+    block = (
+        f"{header}\n\nParity: {len(report['steps'])} steps, largest relative loss difference "
+        f"{max(r['rel_diff'] for r in report['steps']):.1e} (limit {PARITY_RTOL:g}), identical real / padded / "
+        f"trainable token counts per step.\n\nMedian of per-pair ratios ift/TRL (min–max):\n\n{body}\n\n"
+        f"Targets:\n\n{target_lines}"
+    )
     print("\n" + block)
     (work / "results.md").write_text(block + "\n")
     if args.update_readme:

@@ -32,8 +32,10 @@ def train_tiny(folder: Path) -> Path:
     from ift.cli import main
 
     model = tomllib.loads(TINY.read_text())["model"]
-    rows = [{"instruction": f"Uppercase: {w}", "input": "", "output": w.upper()} for w in
-            ["abc", "dog", "cat", "xyz", "sun", "map", "red", "toy", "fig", "jam"]]
+    rows = [
+        {"instruction": f"Uppercase: {w}", "input": "", "output": w.upper()}
+        for w in ["abc", "dog", "cat", "xyz", "sun", "map", "red", "toy", "fig", "jam"]
+    ]
     (folder / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "r.toml").write_text(f"""
 [run]
@@ -62,8 +64,9 @@ baseline = false
 
 def post(url: str, body: dict) -> tuple[int, float, int]:
     started = time.perf_counter()
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             reply = json.loads(response.read())
@@ -75,14 +78,20 @@ def post(url: str, body: dict) -> tuple[int, float, int]:
 def measure(served: object, max_batch: int, args: argparse.Namespace) -> dict:
     from ift.builtin_plugins.serving.server import ServerOptions, make_server
 
-    server = make_server(served, ServerOptions(model_id="m", max_batch=max_batch, max_queue=1024,
-                                               max_tokens_cap=args.max_tokens), "127.0.0.1", 0)
+    server = make_server(
+        served,
+        ServerOptions(model_id="m", max_batch=max_batch, max_queue=1024, max_tokens_cap=args.max_tokens),
+        "127.0.0.1",
+        0,
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/v1/completions"
     # min_tokens is not an OpenAI field: every answer is max_tokens long only if EOS never comes first, so
     # the generated token count is measured and reported rather than assumed
-    bodies = [{"model": "m", "prompt": f"word{i} says:",
-               "max_tokens": args.max_tokens, "temperature": 0} for i in range(args.clients)]
+    bodies = [
+        {"model": "m", "prompt": f"word{i} says:", "max_tokens": args.max_tokens, "temperature": 0}
+        for i in range(args.clients)
+    ]
     post(url, bodies[0])  # warm up
     started = time.perf_counter()
     with ThreadPoolExecutor(args.clients) as pool:
@@ -93,9 +102,17 @@ def measure(served: object, max_batch: int, args: argparse.Namespace) -> dict:
     flat = [r for rs in results for r in rs]
     latencies = sorted(seconds for _, seconds, _ in flat)
     cuts = statistics.quantiles(latencies, n=100, method="inclusive")
-    return {"max_batch": max_batch, "requests": len(flat), "ok": sum(1 for s, _, _ in flat if s == 200),
-            "p50": cuts[49], "p90": cuts[89], "p99": cuts[98], "requests_per_s": len(flat) / wall,
-            "tokens_per_s": sum(t for _, _, t in flat) / wall, "largest_batch": server.engine.largest_batch}
+    return {
+        "max_batch": max_batch,
+        "requests": len(flat),
+        "ok": sum(1 for s, _, _ in flat if s == 200),
+        "p50": cuts[49],
+        "p90": cuts[89],
+        "p99": cuts[98],
+        "requests_per_s": len(flat) / wall,
+        "tokens_per_s": sum(t for _, _, t in flat) / wall,
+        "largest_batch": server.engine.largest_batch,
+    }
 
 
 def main() -> None:
@@ -119,8 +136,10 @@ def main() -> None:
     print(f"{args.clients} clients x {args.requests} requests, max_tokens {args.max_tokens}, device {args.device}")
     print("max_batch  ok/requests  p50 s   p90 s   p99 s   req/s   tokens/s  largest batch")
     for r in rows:
-        print(f"{r['max_batch']:>9}  {r['ok']:>4}/{r['requests']:<6}  {r['p50']:6.3f}  {r['p90']:6.3f}  "
-              f"{r['p99']:6.3f}  {r['requests_per_s']:6.1f}  {r['tokens_per_s']:8.1f}  {r['largest_batch']:>5}")
+        print(
+            f"{r['max_batch']:>9}  {r['ok']:>4}/{r['requests']:<6}  {r['p50']:6.3f}  {r['p90']:6.3f}  "
+            f"{r['p99']:6.3f}  {r['requests_per_s']:6.1f}  {r['tokens_per_s']:8.1f}  {r['largest_batch']:>5}"
+        )
 
 
 if __name__ == "__main__":

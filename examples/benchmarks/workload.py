@@ -14,22 +14,40 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-WORDS = ("time year people way day man thing woman life child world school state family student group country "
-         "problem hand part place case week company system program question work government number night point "
-         "home water room mother area money story fact month lot right study book eye job word business issue "
-         "side kind head house service friend father power hour game line end member law car city community name "
-         "president team minute idea kid body information back parent face others level office door health "
-         "person art war history party result change morning reason research girl guy moment air teacher force "
-         "education").split()
-VERBS = ("Summarize", "Explain", "Rewrite", "List", "Describe", "Translate", "Classify", "Continue", "Answer",
-         "Compare")
+WORDS = (
+    "time year people way day man thing woman life child world school state family student group country "
+    "problem hand part place case week company system program question work government number night point "
+    "home water room mother area money story fact month lot right study book eye job word business issue "
+    "side kind head house service friend father power hour game line end member law car city community name "
+    "president team minute idea kid body information back parent face others level office door health "
+    "person art war history party result change morning reason research girl guy moment air teacher force "
+    "education"
+).split()
+VERBS = (
+    "Summarize",
+    "Explain",
+    "Rewrite",
+    "List",
+    "Describe",
+    "Translate",
+    "Classify",
+    "Continue",
+    "Answer",
+    "Compare",
+)
 
 # The model: a 4-layer Llama small enough for two CPU cores, large enough that the step time is dominated by
 # the model (not by Python) at a few hundred tokens per example.
 MODEL_CONFIG: dict[str, Any] = {
-    "model_type": "llama", "hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 2,
-    "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 1024,
-    "tie_word_embeddings": True, "rms_norm_eps": 1e-5,
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 192,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 1024,
+    "tie_word_embeddings": True,
+    "rms_norm_eps": 1e-5,
 }
 MODEL_SEED = 1234
 DATA_SEED = 0
@@ -93,8 +111,12 @@ def build_model_dir(path: Path, config: dict[str, Any] | None = None) -> Path:
     tokenizer = build_byte_tokenizer()
     options = dict(config or MODEL_CONFIG)
     model_type = options.pop("model_type")
-    options.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                   eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    options.update(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
     torch.manual_seed(MODEL_SEED)
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **options), dtype=torch.float32)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -108,11 +130,11 @@ class Settings:
     """One training configuration, identical for both trainers (the same optimizer, schedule, clipping,
     batch size, max length and number of optimizer steps)."""
 
-    data: str                 # lognormal | constant
-    ift_batching: str         # auto | padding | length-grouped | padding-free | packing
-    trl_mode: str             # default | padding_free | packing | group_by_length
+    data: str  # lognormal | constant
+    ift_batching: str  # auto | padding | length-grouped | padding-free | packing
+    trl_mode: str  # default | padding_free | packing | group_by_length
     steps: int = 40
-    batch_size: int = 8       # examples per batch; packed rows per batch for packing
+    batch_size: int = 8  # examples per batch; packed rows per batch for packing
     max_length: int = 1024
     learning_rate: float = 1e-3
     adam_betas: tuple[float, float] = (0.9, 0.999)

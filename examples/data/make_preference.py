@@ -11,10 +11,12 @@ import json
 import random
 from pathlib import Path
 
-WORDS = ("apple river stone cloud green tiger piano lemon candle mirror forest rocket button garden silver "
-         "window orange planet bridge castle dragon island jungle ladder meadow needle ocean pencil quartz rabbit "
-         "saddle turtle violin walnut yellow zebra anchor basket cactus dolphin engine falcon glacier harbor "
-         "igloo jacket kitten lantern magnet nectar").split()
+WORDS = (
+    "apple river stone cloud green tiger piano lemon candle mirror forest rocket button garden silver "
+    "window orange planet bridge castle dragon island jungle ladder meadow needle ocean pencil quartz rabbit "
+    "saddle turtle violin walnut yellow zebra anchor basket cactus dolphin engine falcon glacier harbor "
+    "igloo jacket kitten lantern magnet nectar"
+).split()
 REFUSALS = ("I cannot help with that.", "Sorry, I do not know.", "No.", "I would rather not say.")
 STYLES = {"Shout": str.upper, "Whisper": str.lower, "Reverse": lambda w: w[::-1], "Title": str.title}
 

@@ -32,8 +32,15 @@ def main(n_per_task: int = 4000, seed: int = 1234) -> None:
             if (task, word) in seen:
                 continue
             seen.add((task, word))
-            rows.append({"id": f"{task}-{word}", "task": task, "instruction": prompt.format(w=word),
-                         "input": "", "output": answer(word)})
+            rows.append(
+                {
+                    "id": f"{task}-{word}",
+                    "task": task,
+                    "instruction": prompt.format(w=word),
+                    "input": "",
+                    "output": answer(word),
+                }
+            )
     rng.shuffle(rows)
     out = Path(__file__).with_name("quickstart.jsonl")
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))

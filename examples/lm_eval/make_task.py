@@ -59,13 +59,18 @@ def main(run: Path, out: Path, max_tokens: int = 64) -> Path:
             continue
         rows.append({"prompt": messages[0]["content"], "target": messages[last]["content"]})
     if skipped:
-        print(f"{skipped} record(s) with a system prompt or several turns left out: lm-eval's chat prompt is a "
-              "single user turn, so the score covers the others only", file=sys.stderr)
+        print(
+            f"{skipped} record(s) with a system prompt or several turns left out: lm-eval's chat prompt is a "
+            "single user turn, so the score covers the others only",
+            file=sys.stderr,
+        )
     data = out / "ift_eval.jsonl"
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     task = out / "ift_eval.yaml"
-    task.write_text(TASK.format(data=json.dumps(str(data.resolve())), until=json.dumps(stops),
-                                max_tokens=max_tokens), encoding="utf-8")
+    task.write_text(
+        TASK.format(data=json.dumps(str(data.resolve())), until=json.dumps(stops), max_tokens=max_tokens),
+        encoding="utf-8",
+    )
     return task
 
 

@@ -14,8 +14,15 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "examples" / "benchmarks"
-TINY = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-        "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 1024}
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 1024,
+}
 
 
 def _module(name: str):
@@ -65,14 +72,27 @@ def test_ift_child_runs_lora_and_gradient_checkpointing(tmp_path: Path, extra: d
     workload = _module("workload")
     data = workload.write_jsonl(workload.make_rows("lognormal", 32), tmp_path / "data.jsonl")
     model = workload.build_model_dir(tmp_path / "model", TINY)
-    settings = workload.Settings(data="lognormal", ift_batching="padding", trl_mode="default", steps=2,
-                                 batch_size=4, extra=extra)
-    spec = {"settings": settings.to_json(), "data_path": str(data), "model_dir": str(model), "pad_id": 256,
-            "work_dir": str(tmp_path / "work"), "warmup": 1, "precision": "fp32"}
+    settings = workload.Settings(
+        data="lognormal", ift_batching="padding", trl_mode="default", steps=2, batch_size=4, extra=extra
+    )
+    spec = {
+        "settings": settings.to_json(),
+        "data_path": str(data),
+        "model_dir": str(model),
+        "pad_id": 256,
+        "work_dir": str(tmp_path / "work"),
+        "warmup": 1,
+        "precision": "fp32",
+    }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HOME=str(tmp_path / "hf"), IFT_DISABLE_ENTRY_POINTS="1")
-    out = subprocess.run([sys.executable, str(BENCH / "child_ift.py"), str(tmp_path / "spec.json"),
-                          str(tmp_path / "result.json")], env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "child_ift.py"), str(tmp_path / "spec.json"), str(tmp_path / "result.json")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert json.loads((tmp_path / "result.json").read_text())["steps"] == 2
     manifest = json.loads((tmp_path / "work" / "run" / "manifest.json").read_text())

@@ -19,16 +19,25 @@ def source(tmp_path: Path, content: bytes, **config) -> JsonlSource:
     return JsonlSource(JsonlSource.Config(path="d.jsonl", **config), source_name="d", base_dir=tmp_path)
 
 
-@pytest.mark.parametrize("content, line, message", [
-    (GOOD + b"\n" + b'{"prompt": "p", "compl', 2, "invalid JSON: Unterminated string"),
-    (GOOD + b"\n[1, 2]\n", 2, "expected a JSON object, got list"),
-    (GOOD + b"\n" + b'{"prompt": "caf\xe9", "completion": "c"}\n', 2, "invalid UTF-8 (byte column 16)"),
-    (GOOD + b"\n\n\n" + json.dumps({"prompt": "p"}).encode() + b"\n", 4, "missing field 'completion'"),
-    (GOOD + b"\n" + json.dumps({"messages": [{"role": "assistant", "content": "a"},
-                                             {"role": "user", "content": "u"}]}).encode(), 2,
-     "the last turn must be the assistant's answer"),
-    (GOOD + b"\n" + json.dumps({"prompt": 3, "completion": "c"}).encode(), 2, "field 'prompt' must be a string"),
-])
+@pytest.mark.parametrize(
+    "content, line, message",
+    [
+        (GOOD + b"\n" + b'{"prompt": "p", "compl', 2, "invalid JSON: Unterminated string"),
+        (GOOD + b"\n[1, 2]\n", 2, "expected a JSON object, got list"),
+        (GOOD + b"\n" + b'{"prompt": "caf\xe9", "completion": "c"}\n', 2, "invalid UTF-8 (byte column 16)"),
+        (GOOD + b"\n\n\n" + json.dumps({"prompt": "p"}).encode() + b"\n", 4, "missing field 'completion'"),
+        (
+            GOOD
+            + b"\n"
+            + json.dumps(
+                {"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "u"}]}
+            ).encode(),
+            2,
+            "the last turn must be the assistant's answer",
+        ),
+        (GOOD + b"\n" + json.dumps({"prompt": 3, "completion": "c"}).encode(), 2, "field 'prompt' must be a string"),
+    ],
+)
 def test_bad_rows_are_errors_naming_file_and_line(tmp_path: Path, content: bytes, line: int, message: str):
     with pytest.raises(ift.DataError) as err:
         list(source(tmp_path, content).records())
@@ -47,8 +56,7 @@ def test_skip_counts_bad_rows_by_reason_within_the_bound(tmp_path: Path):
     lines = [GOOD] * 97 + [b"{oops", b"[]", json.dumps({"prompt": "p"}).encode()]
     src = source(tmp_path, b"\n".join(lines), on_bad_rows="skip", max_bad_fraction=0.05)
     assert len(list(src.records())) == 97
-    assert src.stats == {"skipped_rows": {"invalid JSON": 1, "not a JSON object": 1,
-                                          "row does not fit the format": 1}}
+    assert src.stats == {"skipped_rows": {"invalid JSON": 1, "not a JSON object": 1, "row does not fit the format": 1}}
 
 
 def test_skip_beyond_max_bad_fraction_is_an_error(tmp_path: Path):

@@ -12,8 +12,14 @@ from ift.batching import pack_best_fit_decreasing
 from ift.builtin_plugins.causal_lm import CausalLMAdapter
 from ift.builtin_plugins.sft import SFTConfig, SFTTrainer, resolve_batching
 
-TINY = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 2, "num_key_value_heads": 1}
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+}
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +28,18 @@ def setup():
     tokenizer = adapter.load_tokenizer()
     torch.manual_seed(0)
     model = adapter.load_model(tokenizer).eval()
-    examples = [adapter.encode(tokenizer, [ift.Segment(f"question {i}: " + "x" * (i * 7 % 23), False),
-                                           ift.Segment("answer " + "y" * (i % 5) + "<|endoftext|>", True)],
-                               source="s", record_id=str(i)) for i in range(13)]
+    examples = [
+        adapter.encode(
+            tokenizer,
+            [
+                ift.Segment(f"question {i}: " + "x" * (i * 7 % 23), False),
+                ift.Segment("answer " + "y" * (i % 5) + "<|endoftext|>", True),
+            ],
+            source="s",
+            record_id=str(i),
+        )
+        for i in range(13)
+    ]
     return adapter, tokenizer, model, examples
 
 
@@ -40,8 +55,10 @@ def total_loss(adapter, model, batches):
 def test_loss_is_identical_across_batching_modes(setup):
     adapter, tokenizer, model, examples = setup
     reference = total_loss(adapter, model, [adapter.collate(tokenizer, [e]) for e in examples])
-    padded = total_loss(adapter, model, [adapter.collate(tokenizer, examples[i:i + 4]) for i in range(0, 13, 4)])
-    free = total_loss(adapter, model, [adapter.collate_packed(tokenizer, [examples[i:i + 4]]) for i in range(0, 13, 4)])
+    padded = total_loss(adapter, model, [adapter.collate(tokenizer, examples[i : i + 4]) for i in range(0, 13, 4)])
+    free = total_loss(
+        adapter, model, [adapter.collate_packed(tokenizer, [examples[i : i + 4]]) for i in range(0, 13, 4)]
+    )
     bins = pack_best_fit_decreasing([len(e.input_ids) for e in examples], 96)
     packed = total_loss(adapter, model, [adapter.collate_packed(tokenizer, [[examples[i] for i in b] for b in bins])])
     for got in (padded, free, packed):
@@ -70,7 +87,7 @@ def test_packed_example_logits_equal_its_logits_alone(setup):
         alone = model(input_ids=torch.tensor([b.input_ids])).logits[0]
         batch = adapter.collate_packed(tokenizer, [[a, b]])
         packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
-    torch.testing.assert_close(packed[len(a.input_ids):], alone, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(packed[len(a.input_ids) :], alone, rtol=1e-4, atol=1e-5)
 
 
 def test_auto_batching_picks_by_hardware(setup):
@@ -86,11 +103,21 @@ def test_trainer_counts_tokens_from_the_tensors(setup, mode, tmp_path):
     torch.manual_seed(0)
     model = adapter.load_model(tokenizer)
     events = []
-    trainer = SFTTrainer(SFTConfig(batching=mode, batch_size=4 if mode != "packing" else 1, max_steps=4,
-                                   log_every=100, max_length=128))
-    ctx = ift.TrainContext(model=model, tokenizer=tokenizer, adapter=adapter, train_examples=examples,
-                           eval_examples=[], seed=0, run_dir=tmp_path, log_step=events.append,
-                           evaluate=lambda m, s: {}, progress=_Silent())
+    trainer = SFTTrainer(
+        SFTConfig(batching=mode, batch_size=4 if mode != "packing" else 1, max_steps=4, log_every=100, max_length=128)
+    )
+    ctx = ift.TrainContext(
+        model=model,
+        tokenizer=tokenizer,
+        adapter=adapter,
+        train_examples=examples,
+        eval_examples=[],
+        seed=0,
+        run_dir=tmp_path,
+        log_step=events.append,
+        evaluate=lambda m, s: {},
+        progress=_Silent(),
+    )
     result = trainer.train(ctx)
     assert result.summary["batching"] == mode
     (event,) = events

@@ -17,8 +17,15 @@ from ift.records import InstructionRecord, Message
 
 Seg = ift.Segment
 IGNORE = -100
-TINY_LLAMA = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-              "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}
+TINY_LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+}
 ByteIds = Callable[[str], list[int]]
 
 
@@ -48,11 +55,12 @@ def expected_labels(segments: list[ift.Segment], byte_ids: ByteIds) -> list[int]
     ("options", "message"),
     [
         ({}, "set exactly one of name_or_path (a pretrained model) or from_config"),
-        ({"name_or_path": "m", "from_config": {"model_type": "llama"}, "tokenizer": "byte-level"},
-         "set exactly one of name_or_path"),
+        (
+            {"name_or_path": "m", "from_config": {"model_type": "llama"}, "tokenizer": "byte-level"},
+            "set exactly one of name_or_path",
+        ),
         ({"from_config": {"hidden_size": 8}, "tokenizer": "byte-level"}, "from_config needs model_type"),
-        ({"from_config": {"model_type": "llama"}},
-         "a model built from_config needs tokenizer = 'byte-level'"),
+        ({"from_config": {"model_type": "llama"}}, "a model built from_config needs tokenizer = 'byte-level'"),
         ({"name_or_path": "m", "peft": {"method": "lora", "r": 0}}, "greater than 0"),
         ({"name_or_path": "m", "dtype": "fp8"}, "Input should be 'auto', 'float32', 'bfloat16' or 'float16'"),
     ],
@@ -81,8 +89,7 @@ def test_byte_tokenizer(tok: Any, byte_ids: ByteIds) -> None:
 # --- encode: the trainable boundary ------------------------------------------------------------
 
 
-def test_encode_alpaca_labels_exactly_answer_and_eos(adapter: CausalLMAdapter, tok: Any,
-                                                     byte_ids: ByteIds) -> None:
+def test_encode_alpaca_labels_exactly_answer_and_eos(adapter: CausalLMAdapter, tok: Any, byte_ids: ByteIds) -> None:
     renderer = AlpacaRenderer(AlpacaRenderer.Config(), base_dir=Path("."))
     renderer.bind(tok)
     record = InstructionRecord("r1", "src", [Message("user", "Add 2 and 2."), Message("assistant", "4")])
@@ -101,29 +108,36 @@ def test_encode_alpaca_labels_exactly_answer_and_eos(adapter: CausalLMAdapter, t
 def test_encode_chat_template_conversation(adapter: CausalLMAdapter, tok: Any, byte_ids: ByteIds) -> None:
     renderer = ChatTemplateRenderer(ift.ComponentConfig(), base_dir=Path("."))
     renderer.bind(tok)
-    record = InstructionRecord("c1", "src", [
-        Message("system", "Be brief."), Message("user", "Hi"), Message("assistant", "Hello"),
-        Message("user", "Bye"), Message("assistant", "See you")])
+    record = InstructionRecord(
+        "c1",
+        "src",
+        [
+            Message("system", "Be brief."),
+            Message("user", "Hi"),
+            Message("assistant", "Hello"),
+            Message("user", "Bye"),
+            Message("assistant", "See you"),
+        ],
+    )
     segments = renderer.render(record)
     full = tok.apply_chat_template([m.to_dict() for m in record.messages], tokenize=False)
     example = adapter.encode(tok, segments, source="src", record_id="c1")
 
     assert example.input_ids == tok(full, add_special_tokens=False)["input_ids"]
     assert example.input_ids == byte_ids(full)
-    first_prompt = ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
-                    "<|im_start|>assistant\n")
+    first_prompt = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     second_prompt = "\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n"
-    hello = [39, 68, 75, 75, 78, 259]            # H e l l o <|im_end|>
+    hello = [39, 68, 75, 75, 78, 259]  # H e l l o <|im_end|>
     see_you = [50, 68, 68, 220, 88, 78, 84, 259]  # S e e (space) y o u <|im_end|>
-    assert example.labels == ([IGNORE] * len(byte_ids(first_prompt)) + hello +
-                              [IGNORE] * len(byte_ids(second_prompt)) + see_you + [IGNORE])
+    assert example.labels == (
+        [IGNORE] * len(byte_ids(first_prompt)) + hello + [IGNORE] * len(byte_ids(second_prompt)) + see_you + [IGNORE]
+    )
     assert hello == byte_ids("Hello<|im_end|>") and see_you == byte_ids("See you<|im_end|>")
     trained = [t for t in example.labels if t != IGNORE]
     assert tok.decode(trained) == "Hello<|im_end|>See you<|im_end|>"
 
 
-def test_encode_multibyte_characters_keep_the_boundary(adapter: CausalLMAdapter, tok: Any,
-                                                       byte_ids: ByteIds) -> None:
+def test_encode_multibyte_characters_keep_the_boundary(adapter: CausalLMAdapter, tok: Any, byte_ids: ByteIds) -> None:
     segments = [Seg("Ünïcode → ", False), Seg("café ☕<|im_end|>", True), Seg("\n", False)]
     example = adapter.encode(tok, segments, source="s", record_id="u")
     assert example.input_ids == byte_ids("Ünïcode → café ☕<|im_end|>\n")
@@ -131,11 +145,13 @@ def test_encode_multibyte_characters_keep_the_boundary(adapter: CausalLMAdapter,
     assert len(example.input_ids) == len("Ünïcode → café ☕".encode()) + 2
 
 
-def test_encode_of_chatml_equals_segment_by_segment(adapter: CausalLMAdapter, tok: Any,
-                                                    byte_ids: ByteIds) -> None:
+def test_encode_of_chatml_equals_segment_by_segment(adapter: CausalLMAdapter, tok: Any, byte_ids: ByteIds) -> None:
     renderer = ChatMLRenderer(ChatMLRenderer.Config(), base_dir=Path("."))
-    record = InstructionRecord("r", "s", [Message("user", "2+2?"), Message("assistant", "4"),
-                                          Message("user", "3+3?"), Message("assistant", "6")])
+    record = InstructionRecord(
+        "r",
+        "s",
+        [Message("user", "2+2?"), Message("assistant", "4"), Message("user", "3+3?"), Message("assistant", "6")],
+    )
     segments = renderer.render(record)
     example = adapter.encode(tok, segments, source="s", record_id="r")
     assert example.labels == expected_labels(segments, byte_ids)
@@ -166,8 +182,10 @@ def test_fit_truncates(adapter: CausalLMAdapter) -> None:
 
 def test_fit_drops_when_asked_or_when_nothing_trainable_is_left(adapter: CausalLMAdapter) -> None:
     assert adapter.fit(example(3, 4), max_length=5, overlong="drop") == (None, "longer than max_length")
-    assert adapter.fit(example(6, 2), max_length=5, overlong="truncate") == \
-        (None, "no trainable tokens left after truncation")
+    assert adapter.fit(example(6, 2), max_length=5, overlong="truncate") == (
+        None,
+        "no trainable tokens left after truncation",
+    )
 
 
 # --- batches and loss on a tiny model ----------------------------------------------------------
@@ -198,8 +216,9 @@ def test_loss_sum_counts_only_trainable_tokens(adapter: CausalLMAdapter, tok: An
     with torch.no_grad():
         logits_a = model(input_ids=torch.tensor([a.input_ids])).logits[0].float()
         logits_b = model(input_ids=torch.tensor([b.input_ids])).logits[0].float()
-    expected = (F.cross_entropy(logits_a[1:3], torch.tensor([12, 13]), reduction="sum") +
-                F.cross_entropy(logits_b[0:1], torch.tensor([257]), reduction="sum"))
+    expected = F.cross_entropy(logits_a[1:3], torch.tensor([12, 13]), reduction="sum") + F.cross_entropy(
+        logits_b[0:1], torch.tensor([257]), reduction="sum"
+    )
     assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
 
 
@@ -236,17 +255,16 @@ class ScriptedModel:
     def generate(self, input_ids: Any, attention_mask: Any, **kwargs: Any) -> Any:
         import torch
 
-        self.calls.append({"input_ids": input_ids.tolist(), "attention_mask": attention_mask.tolist(),
-                           **kwargs})
+        self.calls.append({"input_ids": input_ids.tolist(), "attention_mask": attention_mask.tolist(), **kwargs})
         extra = torch.tensor([self.continuation] * input_ids.shape[0])
         return torch.cat([input_ids, extra], dim=1)
 
 
-def test_generate_left_pads_and_cuts_at_stop_tokens_and_strings(adapter: CausalLMAdapter, tok: Any,
-                                                                byte_ids: ByteIds) -> None:
+def test_generate_left_pads_and_cuts_at_stop_tokens_and_strings(
+    adapter: CausalLMAdapter, tok: Any, byte_ids: ByteIds
+) -> None:
     model = ScriptedModel(byte_ids(" Paris.\n### more<|im_end|>junk"))
-    answers = adapter.generate(model, tok, ["ab", "c"], max_new_tokens=5, batch_size=8,
-                               stop=["<|im_end|>", "\n###"])
+    answers = adapter.generate(model, tok, ["ab", "c"], max_new_tokens=5, batch_size=8, stop=["<|im_end|>", "\n###"])
     assert answers == ["Paris.", "Paris."]
     [call] = model.calls
     assert call["input_ids"] == [byte_ids("ab"), [256] + byte_ids("c")]  # left padding with <|pad|>
@@ -278,7 +296,8 @@ def test_batched_greedy_generation_equals_one_at_a_time(adapter: CausalLMAdapter
 
 
 def test_a_model_shipped_in_an_installed_package_loads_by_package_name(
-        adapter: CausalLMAdapter, tok: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    adapter: CausalLMAdapter, tok: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import sys
 
     import torch
@@ -293,16 +312,22 @@ def test_a_model_shipped_in_an_installed_package_loads_by_package_name(
     (site / "ift_test_packaged_lm" / "__init__.py").write_text("raise RuntimeError('imported')\n")
     monkeypatch.syspath_prepend(str(site))
 
-    packaged = CausalLMAdapter(CausalLMConfig(name_or_path="package:ift_test_packaged_lm", device="cpu",
-                                              dtype="float32"), base_dir=tmp_path / "elsewhere")
+    packaged = CausalLMAdapter(
+        CausalLMConfig(name_or_path="package:ift_test_packaged_lm", device="cpu", dtype="float32"),
+        base_dir=tmp_path / "elsewhere",
+    )
     loaded = packaged.load_model(packaged.load_tokenizer())  # the tokenizer comes from the package too
     for (name, want), (_, got) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(want, got), name
     assert "ift_test_packaged_lm" not in sys.modules
     assert packaged.describe()["origin"] == "package:ift_test_packaged_lm"
 
-    missing = CausalLMAdapter(CausalLMConfig(name_or_path="package:ift_test_missing_lm", device="cpu"),
-                              base_dir=tmp_path)
-    with pytest.raises(ift.RunError, match="model.name_or_path = 'package:ift_test_missing_lm': the Python "
-                                           "package 'ift_test_missing_lm' is not installed"):
+    missing = CausalLMAdapter(
+        CausalLMConfig(name_or_path="package:ift_test_missing_lm", device="cpu"), base_dir=tmp_path
+    )
+    with pytest.raises(
+        ift.RunError,
+        match="model.name_or_path = 'package:ift_test_missing_lm': the Python "
+        "package 'ift_test_missing_lm' is not installed",
+    ):
         missing.load_tokenizer()

@@ -25,33 +25,70 @@ TEMPLATES = sorted(p.name for p in CORPUS.glob("*.jinja"))
 
 # family -> (bos, eos, end-of-turn text written right after an answer; None: the template writes none)
 FAMILIES: dict[str, tuple[str | None, str, str | None]] = {
-    "alpaca": ("<s>", "</s>", "</s>"), "amberchat": ("<s>", "</s>", None), "chatml": ("<s>", "</s>", "<|im_end|>"),
-    "chatqa": ("<s>", "</s>", None), "falcon-instruct": ("<s>", "</s>", None),
-    "gemma-it": ("<bos>", "<eos>", "<end_of_turn>"), "granite-3.0-instruct": (None, "<|end_of_text|>",
-                                                                              "<|end_of_text|>"),
-    "llama-2-chat": ("<s>", "</s>", " </s>"), "llama-3-instruct": ("<|begin_of_text|>", "<|eot_id|>", "<|eot_id|>"),
-    "mistral-instruct": ("<s>", "</s>", "</s>"), "openchat-3.5": ("<s>", "</s>", "<|end_of_turn|>"),
-    "phi-3": ("<s>", "<|endoftext|>", "<|end|>"), "phi-3-small": ("<|endoftext|>", "<|endoftext|>", "<|end|>"),
-    "qwen2.5-instruct": (None, "<|im_end|>", "<|im_end|>"), "saiga": ("<s>", "</s>", "</s>"),
-    "solar-instruct": ("<s>", "</s>", None), "vicuna": ("<s>", "</s>", "</s>"), "zephyr": ("<s>", "</s>", "</s>"),
+    "alpaca": ("<s>", "</s>", "</s>"),
+    "amberchat": ("<s>", "</s>", None),
+    "chatml": ("<s>", "</s>", "<|im_end|>"),
+    "chatqa": ("<s>", "</s>", None),
+    "falcon-instruct": ("<s>", "</s>", None),
+    "gemma-it": ("<bos>", "<eos>", "<end_of_turn>"),
+    "granite-3.0-instruct": (None, "<|end_of_text|>", "<|end_of_text|>"),
+    "llama-2-chat": ("<s>", "</s>", " </s>"),
+    "llama-3-instruct": ("<|begin_of_text|>", "<|eot_id|>", "<|eot_id|>"),
+    "mistral-instruct": ("<s>", "</s>", "</s>"),
+    "openchat-3.5": ("<s>", "</s>", "<|end_of_turn|>"),
+    "phi-3": ("<s>", "<|endoftext|>", "<|end|>"),
+    "phi-3-small": ("<|endoftext|>", "<|endoftext|>", "<|end|>"),
+    "qwen2.5-instruct": (None, "<|im_end|>", "<|im_end|>"),
+    "saiga": ("<s>", "</s>", "</s>"),
+    "solar-instruct": ("<s>", "</s>", None),
+    "vicuna": ("<s>", "</s>", "</s>"),
+    "zephyr": ("<s>", "</s>", "</s>"),
 }
-SPECIAL = sorted({t for bos, eos, _ in FAMILIES.values() for t in (bos, eos) if t} | {
-    "<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>", "<start_of_turn>", "<end_of_turn>",
-    "<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<|end_of_turn|>", "<|start_of_role|>",
-    "<|end_of_role|>"})
+SPECIAL = sorted(
+    {t for bos, eos, _ in FAMILIES.values() for t in (bos, eos) if t}
+    | {
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|start_header_id|>",
+        "<|end_header_id|>",
+        "<start_of_turn>",
+        "<end_of_turn>",
+        "<|user|>",
+        "<|assistant|>",
+        "<|system|>",
+        "<|end|>",
+        "<|end_of_turn|>",
+        "<|start_of_role|>",
+        "<|end_of_role|>",
+    }
+)
 
 M = Message
 CONVERSATIONS: dict[str, list[Message]] = {
-    "system-3-turns": [M("system", "You are terse."), M("user", "Hi"), M("assistant", "Hello."),
-                       M("user", "Capital of France?"), M("assistant", "Paris."), M("user", "And Spain?"),
-                       M("assistant", "Madrid.")],
+    "system-3-turns": [
+        M("system", "You are terse."),
+        M("user", "Hi"),
+        M("assistant", "Hello."),
+        M("user", "Capital of France?"),
+        M("assistant", "Paris."),
+        M("user", "And Spain?"),
+        M("assistant", "Madrid."),
+    ],
     "opening-greeting": [M("assistant", "Welcome! How can I help?"), M("user", "Say hi."), M("assistant", "Hi!")],
     "answer-in-question": [M("user", "Repeat exactly: yes please"), M("assistant", "yes please")],
-    "role-word": [M("user", "Who answers here?"), M("assistant", "assistant"), M("user", "And who asks?"),
-                  M("assistant", "user")],
+    "role-word": [
+        M("user", "Who answers here?"),
+        M("assistant", "assistant"),
+        M("user", "And who asks?"),
+        M("assistant", "user"),
+    ],
     "short": [M("user", "Pick A or B."), M("assistant", "A"), M("user", "6*7?"), M("assistant", "42")],
-    "whitespace": [M("user", "Indent it."), M("assistant", "  leading and trailing  \n"), M("user", "again"),
-                   M("assistant", "\nstarts with a newline")],
+    "whitespace": [
+        M("user", "Indent it."),
+        M("assistant", "  leading and trailing  \n"),
+        M("user", "again"),
+        M("assistant", "\nstarts with a newline"),
+    ],
     "multi-line": [M("user", "List two."), M("assistant", "Line one\nLine two\n\n- item 1\n- item 2")],
     "unicode": [M("user", "Greet in Chinese, emoji and French."), M("assistant", "你好，世界 👍🎉 Café crème, naïve")],
     "two-users": [M("user", "first"), M("user", "second"), M("assistant", "answer")],
@@ -74,8 +111,14 @@ def _training_text() -> list[str]:
         bos, eos, _ = FAMILIES[family(name)]
         template = env.from_string((CORPUS / name).read_text(encoding="utf-8"))
         for messages in CONVERSATIONS.values():
-            texts.append(template.render(messages=[m.to_dict() for m in messages], bos_token=bos or "",
-                                         eos_token=eos, add_generation_prompt=True))
+            texts.append(
+                template.render(
+                    messages=[m.to_dict() for m in messages],
+                    bos_token=bos or "",
+                    eos_token=eos,
+                    add_generation_prompt=True,
+                )
+            )
     return texts * 3
 
 
@@ -96,8 +139,9 @@ def backend(style: str) -> Any:
         tok.decoder = decoders.ByteLevel()
         alphabet = pre_tokenizers.ByteLevel.alphabet()
         extra = []
-    trainer = trainers.BpeTrainer(vocab_size=900, special_tokens=SPECIAL + extra, initial_alphabet=alphabet,
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=900, special_tokens=SPECIAL + extra, initial_alphabet=alphabet, show_progress=False
+    )
     tok.train_from_iterator(_training_text(), trainer)
     if not style.startswith("metaspace"):
         tok.post_processor = processors.ByteLevel(trim_offsets=style.endswith("-trim"))
@@ -113,8 +157,9 @@ def tokenizer(style: str, fam: str, template: str | None = None) -> Any:
     tok = Tokenizer.from_str(backend(style).to_str())
     if style.endswith("-bos") and bos:
         steps = [] if style.startswith("metaspace") else [processors.ByteLevel(trim_offsets=False)]
-        tok.post_processor = processors.Sequence([*steps, processors.TemplateProcessing(
-            single=f"{bos} $A", special_tokens=[(bos, tok.token_to_id(bos))])])
+        tok.post_processor = processors.Sequence(
+            [*steps, processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tok.token_to_id(bos))])]
+        )
     wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=eos)
     if template is not None:
         wrapped.chat_template = (CORPUS / template).read_text(encoding="utf-8")
@@ -139,8 +184,8 @@ def expected_text(tok: Any, messages: list[Message], eot: str | None) -> tuple[s
                 continue
             c = m["content"]
             core = c.strip() if inside else c
-            lead = c[:len(c) - len(c.lstrip())] if inside else ""
-            trail = c[len(lead) + len(core):] if inside else ""
+            lead = c[: len(c) - len(c.lstrip())] if inside else ""
+            trail = c[len(lead) + len(core) :] if inside else ""
             marked.append({**m, "content": lead + chr(OPEN + j) + core + chr(CLOSE + j) + trail})
         out = tok.apply_chat_template(marked, tokenize=False)
         if "".join(ch for ch in out if not OPEN <= ord(ch) < CLOSE + 256) == real:
@@ -153,7 +198,7 @@ def expected_text(tok: Any, messages: list[Message], eot: str | None) -> tuple[s
         ch = out[i]
         if OPEN <= ord(ch) < OPEN + 256:
             close = out.index(chr(CLOSE + ord(ch) - OPEN), i)
-            content = out[i + 1:close]
+            content = out[i + 1 : close]
             text.append(content)
             mask += b"\x01" * len(content)
             i = close + 1
@@ -162,7 +207,7 @@ def expected_text(tok: Any, messages: list[Message], eot: str | None) -> tuple[s
                 text.append(eos)
                 mask += b"\x01" * len(eos)
             else:
-                assert out.startswith(eot, i), (out[i:i + 20], eot)
+                assert out.startswith(eot, i), (out[i : i + 20], eot)
                 text.append(eot)
                 mask += b"\x01" * len(eot)
                 i += len(eot)
@@ -217,12 +262,14 @@ def test_labels_are_exact_for_every_conversation(template: str, style: str) -> N
             ids, labels = [tok.bos_token_id, *ids], [-100, *labels]
         assert "".join(s.text for s in segments) == text, name
         assert example.input_ids == ids, name
-        assert example.labels == labels, (name, [(tok.convert_ids_to_tokens(i), lab != -100)
-                                                 for i, lab in zip(ids, example.labels, strict=True)])
+        assert example.labels == labels, (
+            name,
+            [(tok.convert_ids_to_tokens(i), lab != -100) for i, lab in zip(ids, example.labels, strict=True)],
+        )
         assert example.straddling == straddles, name
         if eot is not None:  # nothing inserted: exactly the template's own token ids
             template_ids = _template_ids(tok, messages)
-            assert example.input_ids[len(example.input_ids) - len(template_ids):] == template_ids, name
+            assert example.input_ids[len(example.input_ids) - len(template_ids) :] == template_ids, name
         leading = [i for i in example.input_ids[:4] if i == tok.bos_token_id]
         assert len(leading) <= 1, f"{name}: BOS doubled"
     if eot is None:

@@ -21,9 +21,15 @@ PREDICTED = ["refund", "track_order", "refund", "track_order", "login", "login"]
 
 
 def outputs(truth: list[str], predicted: list[str], *, with_labels: bool = True) -> ift.EvalOutputs:
-    records = [InstructionRecord(str(i), "s", [Message("user", "q"), Message("assistant", t)],
-                                 label=t if with_labels and i % 2 == 0 else None)  # half use the answer
-               for i, t in enumerate(truth)]
+    records = [
+        InstructionRecord(
+            str(i),
+            "s",
+            [Message("user", "q"), Message("assistant", t)],
+            label=t if with_labels and i % 2 == 0 else None,
+        )  # half use the answer
+        for i, t in enumerate(truth)
+    ]
     return ift.EvalOutputs(predicted, list(truth), records)
 
 
@@ -83,8 +89,9 @@ def test_empty_group_has_no_number_and_no_details() -> None:
 
 
 def test_label_field_wins_over_the_answer() -> None:
-    record = InstructionRecord("1", "s", [Message("user", "q"), Message("assistant", "I think it is a refund")],
-                               label="refund")
+    record = InstructionRecord(
+        "1", "s", [Message("user", "q"), Message("assistant", "I think it is a refund")], label="refund"
+    )
     out = ift.EvalOutputs(["refund"], [record.answer], [record])
     assert AccuracyMetric(LabelConfig()).compute(out) == 1.0
     details = AccuracyMetric(LabelConfig()).details(out)

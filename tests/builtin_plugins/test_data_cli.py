@@ -73,19 +73,35 @@ def test_build_writes_messages_jsonl_that_the_jsonl_source_reads_back(folder: Pa
     assert printed[0].startswith("source reviews (templated): 10 records  [sha256:")
     assert printed[1:] == ["transform dedup: 10 -> 8 (duplicate 2)", f"wrote 8 records to {out}"]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert rows[0] == {"id": "sentiment:r1", "source": "reviews", "task": "sentiment", "label": "positive",
-                       "choices": ["positive", "negative"],
-                       "metadata": {"row": 0, "phrasing": 0, "template": "tasks[0].instructions[0]"},
-                       "messages": [{"role": "user", "content": "Sentiment of: I love this book."},
-                                    {"role": "assistant", "content": "positive"}]}
-    assert [r["id"] for r in rows] == ["sentiment:r1", "sentiment:r2", "sentiment:r3", "sentiment:r4",
-                                       "sentiment:r5", "greet:r1", "greet:r2", "greet:r3"]  # r4, r5 repeat a prompt
+    assert rows[0] == {
+        "id": "sentiment:r1",
+        "source": "reviews",
+        "task": "sentiment",
+        "label": "positive",
+        "choices": ["positive", "negative"],
+        "metadata": {"row": 0, "phrasing": 0, "template": "tasks[0].instructions[0]"},
+        "messages": [
+            {"role": "user", "content": "Sentiment of: I love this book."},
+            {"role": "assistant", "content": "positive"},
+        ],
+    }
+    assert [r["id"] for r in rows] == [
+        "sentiment:r1",
+        "sentiment:r2",
+        "sentiment:r3",
+        "sentiment:r4",
+        "sentiment:r5",
+        "greet:r1",
+        "greet:r2",
+        "greet:r3",
+    ]  # r4, r5 repeat a prompt
     assert [p.name for p in out.parent.iterdir()] == ["built.jsonl"]  # no temporary file left
 
     back = list(JsonlSource(JsonlSource.Config(path=str(out)), source_name="again", base_dir=folder).records())
     assert [(r.id, r.task, r.label, r.choices, [(m.role, m.content) for m in r.messages]) for r in back] == [
         (row["id"], row["task"], row["label"], row["choices"], [(m["role"], m["content"]) for m in row["messages"]])
-        for row in rows]
+        for row in rows
+    ]
     assert back[5].metadata == {"row": 0, "line": 6, "phrasing": 0, "template": "tasks[1].instructions[0]"}
 
 
@@ -98,13 +114,21 @@ def test_several_sources_get_source_prefixed_ids_and_overrides_apply(folder: Pat
     assert printed[-1] == "wrote 11 records to mixed.jsonl"
     rows = [json.loads(line) for line in (folder / "mixed.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows][-2:] == ["reviews/greet:r5", "picked/lib-01"]
-    assert rows[-1]["metadata"] == {"row": 0, "line": 1, "retrieval_score": 0.615421,
-                                    "retrieval_query": "Translate a sentence into French"}
-    assert len(list(JsonlSource(JsonlSource.Config(path="mixed.jsonl"), source_name="x", base_dir=folder).records())) == 11
+    assert rows[-1]["metadata"] == {
+        "row": 0,
+        "line": 1,
+        "retrieval_score": 0.615421,
+        "retrieval_query": "Translate a sentence into French",
+    }
+    assert (
+        len(list(JsonlSource(JsonlSource.Config(path="mixed.jsonl"), source_name="x", base_dir=folder).records())) == 11
+    )
 
 
 def test_build_prints_what_self_instruct_kept_and_rejected(folder: Path, capsys) -> None:
-    recipe = write(folder, """
+    recipe = write(
+        folder,
+        """
 [[data]]
 source = "self-instruct"
 name = "generated"
@@ -115,7 +139,8 @@ max_rounds = 1
 prompts_per_round = 2
 max_new_tokens = 16
 instance_max_new_tokens = 4
-""")
+""",
+    )
     assert main(["data", "build", recipe, "-o", str(folder / "gen.jsonl")]) == 0
     printed = capsys.readouterr().out
     assert "source generated (self-instruct): " in printed
@@ -128,13 +153,15 @@ def test_data_errors_are_one_line_with_their_exit_code(folder: Path, capsys) -> 
     assert main(["data", "build", write(folder, bad_template), "-o", str(folder / "x.jsonl")]) == 3
     assert capsys.readouterr().err == (
         f"error: {folder / 'reviews.csv'}:2: task 'sentiment', template tasks[0].answer: 'sentimnt' is undefined "
-        '(variables: ["choices", "id", "sentence", "sentiment", "target_language", "task", "translation"])\n')
+        '(variables: ["choices", "id", "sentence", "sentiment", "target_language", "task", "translation"])\n'
+    )
     unknown = TEMPLATED.replace('rows = "reviews.csv"', 'rows = { source = "cvs", path = "reviews.csv" }')
     recipe = write(folder, unknown)
     assert main(["data", "build", recipe, "-o", str(folder / "x.jsonl")]) == 2
     # caught while validating the recipe, before any data is read
     assert capsys.readouterr().err.startswith(
-        f"error: {recipe}: invalid recipe: data[0].rows: unknown source 'cvs' (did you mean 'csv'?)")
+        f"error: {recipe}: invalid recipe: data[0].rows: unknown source 'cvs' (did you mean 'csv'?)"
+    )
     assert not (folder / "x.jsonl").exists()
 
 
@@ -153,8 +180,9 @@ def test_write_jsonl_is_atomic(tmp_path: Path) -> None:
     assert target.read_text(encoding="utf-8") == '{"a": 1}\n{"b": "é"}\n'
 
 
-def test_report_reads_splits_and_hands_the_training_records_to_the_quality_module(folder: Path, capsys,
-                                                                                    monkeypatch) -> None:
+def test_report_reads_splits_and_hands_the_training_records_to_the_quality_module(
+    folder: Path, capsys, monkeypatch
+) -> None:
     calls: dict[str, Any] = {}
     fake = types.ModuleType("ift.builtin_plugins.quality")
 
@@ -167,7 +195,11 @@ def test_report_reads_splits_and_hands_the_training_records_to_the_quality_modul
     fake.format_report_table = lambda report: f"TABLE {report['records']}"
     monkeypatch.setitem(sys.modules, "ift.builtin_plugins.quality", fake)
     monkeypatch.chdir(folder)
-    recipe = write(folder, TEMPLATED + DEDUP + """
+    recipe = write(
+        folder,
+        TEMPLATED
+        + DEDUP
+        + """
 [[data]]
 source = "jsonl"
 path = "library.jsonl"
@@ -175,7 +207,8 @@ weight = 2.0
 
 [eval]
 fraction = 0.2
-""")
+""",
+    )
     assert main(["data", "report", recipe]) == 0
     printed = capsys.readouterr().out.splitlines()
     # 8 + 10 records after dedup; 20% of each source held out; the weighted copies are reported once
@@ -201,13 +234,19 @@ def test_the_multitask_example_builds_and_cleans_exactly(tmp_path: Path, capsys)
         "source colours (templated): 12 records",
         "transform drop-invalid: 668 -> 666 (empty output 2)",  # the empty row's reverse and uppercase
         "transform dedup: 666 -> 659 (duplicate 7)",  # repeated words where the same phrasing was drawn
-        f"wrote 659 records to {out}"]
+        f"wrote 659 records to {out}",
+    ]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     phrasings: dict[str, set[int]] = {}
     for row in rows:
         phrasings.setdefault(row["task"], set()).add(row["metadata"]["phrasing"])
-    assert phrasings == {"reverse": {0, 1, 2}, "uppercase": {0, 1}, "vowel-start": {0, 1}, "length": {0},
-                         "translate-colour": {0, 1}}
+    assert phrasings == {
+        "reverse": {0, 1, 2},
+        "uppercase": {0, 1},
+        "vowel-start": {0, 1},
+        "length": {0},
+        "translate-colour": {0, 1},
+    }
     vowel = [r for r in rows if r["task"] == "vowel-start"]
     assert all(r["label"] == r["messages"][-1]["content"] and r["choices"] == ["yes", "no"] for r in vowel)
     csv_rows = (EXAMPLE.parent / "data" / "multitask" / "words.csv").read_text().splitlines()[1:]
@@ -219,8 +258,21 @@ def test_the_multitask_example_builds_and_cleans_exactly(tmp_path: Path, capsys)
 
 @pytest.mark.slow
 def test_the_multitask_example_trains(tmp_path: Path) -> None:
-    assert main(["run", str(EXAMPLE), "-o", str(tmp_path / "run"), "--set", "trainer.max_steps=3",
-                 "--set", "eval.baseline=false"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(EXAMPLE),
+                "-o",
+                str(tmp_path / "run"),
+                "--set",
+                "trainer.max_steps=3",
+                "--set",
+                "eval.baseline=false",
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert [s["records"] for s in manifest["data"]["sources"]] == [656, 12]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]["overall"]["n"] == 32
@@ -229,10 +281,14 @@ def test_the_multitask_example_trains(tmp_path: Path) -> None:
 def test_data_commands_say_what_left_the_eval_tables(tmp_path: Path, capsys) -> None:
     rows = [{"instruction": f"Say {w}", "output": w} for w in ["a", "b", "c", "d"]]
     (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "e.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*rows[:1], *rows, {**rows[0], "output": ""}]))
-    (tmp_path / "r.toml").write_text('[[data]]\nsource = "jsonl"\npath = "t.jsonl"\nsplit = "train"\n\n'
-                                     '[[data]]\nsource = "jsonl"\nname = "held"\npath = "e.jsonl"\nsplit = "eval"\n\n'
-                                     '[[transforms]]\nname = "drop-invalid"\n\n[eval]\nmax_examples = 3\n')
+    (tmp_path / "e.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in [*rows[:1], *rows, {**rows[0], "output": ""}])
+    )
+    (tmp_path / "r.toml").write_text(
+        '[[data]]\nsource = "jsonl"\npath = "t.jsonl"\nsplit = "train"\n\n'
+        '[[data]]\nsource = "jsonl"\nname = "held"\npath = "e.jsonl"\nsplit = "eval"\n\n'
+        '[[transforms]]\nname = "drop-invalid"\n\n[eval]\nmax_examples = 3\n'
+    )
     assert main(["data", "build", str(tmp_path / "r.toml"), "-o", str(tmp_path / "o.jsonl")]) == 0
     out = capsys.readouterr().out
     assert "note: transform 'drop-invalid' dropped 1 of 6 records of the eval table(s) (split = 'eval')" in out

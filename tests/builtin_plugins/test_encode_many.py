@@ -13,8 +13,10 @@ def items() -> list[tuple[ift.InstructionRecord, list[ift.Segment]]]:
     out = []
     for i in range(25):
         record = ift.InstructionRecord(f"r{i}", "s", [ift.Message("user", "q"), ift.Message("assistant", "a")])
-        segments = [ift.Segment(f"### Q{i}: " + "é" * (i % 4) + "x" * i, False),
-                    ift.Segment(" answer " + "y" * (i % 6) + "<|endoftext|>", True)]
+        segments = [
+            ift.Segment(f"### Q{i}: " + "é" * (i % 4) + "x" * i, False),
+            ift.Segment(" answer " + "y" * (i % 6) + "<|endoftext|>", True),
+        ]
         if i % 5 == 0:
             segments += [ift.Segment("\nmore prompt ", False), ift.Segment("second answer<|im_end|>", True)]
         out.append((record, segments))
@@ -22,8 +24,9 @@ def items() -> list[tuple[ift.InstructionRecord, list[ift.Segment]]]:
 
 
 def adapter() -> tuple[CausalLMAdapter, object]:
-    made = CausalLMAdapter(CausalLMAdapter.Config(tokenizer="byte-level", from_config={"model_type": "llama"}),
-                           base_dir=Path("."))
+    made = CausalLMAdapter(
+        CausalLMAdapter.Config(tokenizer="byte-level", from_config={"model_type": "llama"}), base_dir=Path(".")
+    )
     return made, made.load_tokenizer()
 
 
@@ -50,8 +53,9 @@ def test_a_subclass_changing_encode_is_encoded_through_it():
             example.record_id += "!"
             return example
 
-    made = Tagged(CausalLMAdapter.Config(tokenizer="byte-level", from_config={"model_type": "llama"}),
-                  base_dir=Path("."))
+    made = Tagged(
+        CausalLMAdapter.Config(tokenizer="byte-level", from_config={"model_type": "llama"}), base_dir=Path(".")
+    )
     tokenizer = made.load_tokenizer()
     assert [e.record_id for e in made.encode_many(tokenizer, items()[:3])] == ["r0!", "r1!", "r2!"]
 

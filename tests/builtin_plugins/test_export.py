@@ -19,11 +19,31 @@ from ift.host import PluginHost
 
 pytestmark = pytest.mark.slow
 
-ROWS = [{"instruction": f"Uppercase: {w}", "input": "", "output": w.upper()}
-        for w in ["abc", "dog", "cat", "xyz", "sun", "map", "red", "toy", "fig", "jam", "owl", "pen",
-                  "rug", "sky", "tea", "van"]]
-TINY = ('{ model_type = "llama", hidden_size = 64, intermediate_size = 128, num_hidden_layers = 2, '
-        'num_attention_heads = 2, num_key_value_heads = 2, max_position_embeddings = 128 }')
+ROWS = [
+    {"instruction": f"Uppercase: {w}", "input": "", "output": w.upper()}
+    for w in [
+        "abc",
+        "dog",
+        "cat",
+        "xyz",
+        "sun",
+        "map",
+        "red",
+        "toy",
+        "fig",
+        "jam",
+        "owl",
+        "pen",
+        "rug",
+        "sky",
+        "tea",
+        "van",
+    ]
+]
+TINY = (
+    '{ model_type = "llama", hidden_size = 64, intermediate_size = 128, num_hidden_layers = 2, '
+    "num_attention_heads = 2, num_key_value_heads = 2, max_position_embeddings = 128 }"
+)
 PROBE = "### Instruction:\nUppercase: dog\n\n### Response:\n"
 
 
@@ -107,13 +127,18 @@ def test_merged_model_gives_the_logits_of_base_plus_adapter(lora_run: Path, expo
     assert report["merge"]["r"] == 4 and report["merge"]["alpha"] == 16
 
 
-def test_export_folder_is_a_standalone_transformers_model_with_a_model_card(lora_run: Path,
-                                                                           exported: tuple[Path, str]):
+def test_export_folder_is_a_standalone_transformers_model_with_a_model_card(lora_run: Path, exported: tuple[Path, str]):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaForCausalLM
 
     out, _ = exported
-    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "README.md",
-                 "export_report.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "README.md",
+        "export_report.json",
+    ):
         assert (out / name).is_file(), name
     assert not (out / "adapter_config.json").exists() and not (out / "base_model").exists()
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -152,8 +177,9 @@ def test_int8_copy_is_smaller_and_its_report_has_both_metric_values(lora_run: Pa
         assert set(evaluation[model]) == {"loss", "exact_match", "rouge_l", "n"}
         assert evaluation[model]["loss"] > 0 and evaluation[model]["n"] == 4
     for name in ("loss", "exact_match", "rouge_l"):
-        assert evaluation["change"][name] == pytest.approx(evaluation["int8"][name] - evaluation["export"][name],
-                                                           abs=2e-6)
+        assert evaluation["change"][name] == pytest.approx(
+            evaluation["int8"][name] - evaluation["export"][name], abs=2e-6
+        )
     assert evaluation["int8"]["loss"] != evaluation["export"]["loss"]  # quantized: close, not identical
     assert abs(evaluation["change"]["loss"]) < 0.05 * evaluation["export"]["loss"]
     # the merged export reproduces the run's own final evaluation
@@ -165,8 +191,7 @@ def test_int8_copy_is_smaller_and_its_report_has_both_metric_values(lora_run: Pa
     assert f"{evaluation['export']['loss']:.4f}" in lines[2] and f"{evaluation['int8']['loss']:.4f}" in lines[2]
 
 
-def test_int8_copy_loads_back_quantized_and_ift_generate_uses_it(lora_run: Path, exported: tuple[Path, str],
-                                                                 capsys):
+def test_int8_copy_loads_back_quantized_and_ift_generate_uses_it(lora_run: Path, exported: tuple[Path, str], capsys):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -181,8 +206,9 @@ def test_int8_copy_loads_back_quantized_and_ift_generate_uses_it(lora_run: Path,
     ids = ids_of(open_run(lora_run, PluginHost(entry_points=False)).tokenizer, PROBE)
     with torch.no_grad():
         assert torch.equal(quantized(input_ids=ids).logits, fresh(input_ids=ids).logits)
-    assert main(["generate", str(lora_run), "Uppercase: dog", "--model", str(out / "int8"),
-                 "--max-new-tokens", "5"]) == 0
+    assert (
+        main(["generate", str(lora_run), "Uppercase: dog", "--model", str(out / "int8"), "--max-new-tokens", "5"]) == 0
+    )
     run = open_run(lora_run, PluginHost(entry_points=False), model_dir=out / "int8")
     assert "quantized" in type(run.model.lm_head).__module__
     assert capsys.readouterr().out == run.generate([PROBE], max_new_tokens=5)[0] + "\n"
@@ -191,9 +217,9 @@ def test_int8_copy_loads_back_quantized_and_ift_generate_uses_it(lora_run: Path,
 # --- refusals and atomicity ------------------------------------------------------------------------
 
 
-def test_merge_is_refused_for_a_full_fine_tune_which_exports_without_it(lora_run: Path,
-                                                                       exported: tuple[Path, str],
-                                                                       tmp_path: Path, capsys):
+def test_merge_is_refused_for_a_full_fine_tune_which_exports_without_it(
+    lora_run: Path, exported: tuple[Path, str], tmp_path: Path, capsys
+):
     out, _ = exported
     full = tmp_path / "full"
     shutil.copytree(lora_run, full, ignore=shutil.ignore_patterns("model"))
@@ -304,18 +330,22 @@ def test_virtual_token_runs_are_refused_with_or_without_merge(method: str, tmp_p
 
     from ift.builtin_plugins.inference.runs import open_run
 
-    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run / "model" / "base_model"),
-                                       run / "model").eval()
+    loaded = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(run / "model" / "base_model"), run / "model"
+    ).eval()
     opened = open_run(run, PluginHost(entry_points=False))
     ids = ids_of(opened.tokenizer, PROBE)
     with torch.no_grad():
         assert torch.allclose(loaded(input_ids=ids).logits, opened.model.eval()(input_ids=ids).logits, atol=1e-6)
 
 
-@pytest.mark.parametrize(("method", "peft", "label"), [
-    ("ia3", '{ method = "ia3" }', "IA3"),
-    ("adalora", '{ method = "adalora", init_r = 4, target_r = 2, alpha = 8, dropout = 0.0 }', "AdaLoRA"),
-])
+@pytest.mark.parametrize(
+    ("method", "peft", "label"),
+    [
+        ("ia3", '{ method = "ia3" }', "IA3"),
+        ("adalora", '{ method = "adalora", init_r = 4, target_r = 2, alpha = 8, dropout = 0.0 }', "AdaLoRA"),
+    ],
+)
 def test_ia3_and_adalora_runs_merge_into_a_standalone_model(method: str, peft: str, label: str, tmp_path: Path):
     import torch
     from peft import PeftModel
@@ -329,8 +359,9 @@ def test_ia3_and_adalora_runs_merge_into_a_standalone_model(method: str, peft: s
     assert not (out / "adapter_config.json").exists()
     assert f"Fine-tuning: {label} (" in (out / "README.md").read_text()
     tokenizer_ids = ids_of(AutoTokenizer.from_pretrained(out), PROBE + "DOG")
-    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run / "model" / "base_model"),
-                                        run / "model").eval()
+    adapted = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(run / "model" / "base_model"), run / "model"
+    ).eval()
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     base = AutoModelForCausalLM.from_pretrained(run / "model" / "base_model").eval()
     with torch.no_grad():

@@ -18,14 +18,36 @@ from ift.host import PluginHost
 
 pytestmark = pytest.mark.slow
 
-ROWS = [{"instruction": f"Uppercase: {w}", "input": "", "output": w.upper()}
-        for w in ["abc", "dog", "cat", "xyz", "sun", "map", "red", "toy", "fig", "jam", "owl", "pen",
-                  "rug", "sky", "tea", "van"]]
-TEMPLATE = ("{% for m in messages %}{% if m.role == 'system' %}[{{ m.content }}]\n"
-            "{% elif m.role == 'user' %}Q: {{ m.content }}\nA: "
-            "{% else %}{% generation %}{{ m.content }}{{ eos_token }}{% endgeneration %}\n{% endif %}{% endfor %}")
-TINY = ('{ model_type = "llama", hidden_size = 32, intermediate_size = 64, num_hidden_layers = 2, '
-        'num_attention_heads = 2, num_key_value_heads = 2, max_position_embeddings = 256 }')
+ROWS = [
+    {"instruction": f"Uppercase: {w}", "input": "", "output": w.upper()}
+    for w in [
+        "abc",
+        "dog",
+        "cat",
+        "xyz",
+        "sun",
+        "map",
+        "red",
+        "toy",
+        "fig",
+        "jam",
+        "owl",
+        "pen",
+        "rug",
+        "sky",
+        "tea",
+        "van",
+    ]
+]
+TEMPLATE = (
+    "{% for m in messages %}{% if m.role == 'system' %}[{{ m.content }}]\n"
+    "{% elif m.role == 'user' %}Q: {{ m.content }}\nA: "
+    "{% else %}{% generation %}{{ m.content }}{{ eos_token }}{% endgeneration %}\n{% endif %}{% endfor %}"
+)
+TINY = (
+    '{ model_type = "llama", hidden_size = 32, intermediate_size = 64, num_hidden_layers = 2, '
+    "num_attention_heads = 2, num_key_value_heads = 2, max_position_embeddings = 256 }"
+)
 EOS = "<|endoftext|>"
 
 
@@ -101,8 +123,9 @@ def test_adapter_loads_the_saved_lora_folder_unmerged_with_its_tokenizer(lora_ru
     assert isinstance(model, PeftModel) and not model.training
     assert tokenizer.eos_token == EOS and tokenizer.pad_token == "<|pad|>"
     # the same weights plain peft loads: base from model/base_model, adapter on top
-    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(lora_run / "model" / "base_model"),
-                                      lora_run / "model").eval()
+    plain = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(lora_run / "model" / "base_model"), lora_run / "model"
+    ).eval()
     ids = torch.tensor([tokenizer("Q: Uppercase: dog\nA: ")["input_ids"]])
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, plain(input_ids=ids).logits)
@@ -115,46 +138,70 @@ def test_run_keeps_a_copy_of_its_template_file(lora_run: Path):
 # --- ift generate ----------------------------------------------------------------------------------
 
 
-def test_generate_prints_what_adapter_generate_gives_for_the_training_format_prompt(lora_run: Path, opened,
-                                                                                    capsys):
+def test_generate_prints_what_adapter_generate_gives_for_the_training_format_prompt(lora_run: Path, opened, capsys):
     import torch
 
-    assert main(["generate", str(lora_run), "Uppercase: dog", "--max-new-tokens", "6", "--device", "cpu",
-                 "--show-prompt"]) == 0
+    assert (
+        main(["generate", str(lora_run), "Uppercase: dog", "--max-new-tokens", "6", "--device", "cpu", "--show-prompt"])
+        == 0
+    )
     captured = capsys.readouterr()
     prompt = "Q: Uppercase: dog\nA: "  # the user message through the prompt part of the run's template
     assert prompts_shown(captured.err) == [prompt]
-    expected = opened.adapter.generate(opened.model, opened.tokenizer, [prompt], max_new_tokens=6, batch_size=1,
-                                       stop=[EOS])[0]
+    expected = opened.adapter.generate(
+        opened.model, opened.tokenizer, [prompt], max_new_tokens=6, batch_size=1, stop=[EOS]
+    )[0]
     assert captured.out == expected + "\n"
     # and independently of the adapter: plain greedy decoding of the same ids, cut at EOS
     ids = torch.tensor([opened.tokenizer(prompt)["input_ids"]])
-    out = opened.model.generate(input_ids=ids, max_new_tokens=6, do_sample=False,
-                                pad_token_id=opened.tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()
+    out = opened.model.generate(
+        input_ids=ids, max_new_tokens=6, do_sample=False, pad_token_id=opened.tokenizer.pad_token_id
+    )[0, ids.shape[1] :].tolist()
     eos = opened.tokenizer.eos_token_id
     out = out[: out.index(eos)] if eos in out else out
     assert captured.out.rstrip("\n") == opened.tokenizer.decode(out, skip_special_tokens=True).strip()
 
 
 def test_generate_renders_the_system_message_with_the_template(lora_run: Path, capsys):
-    assert main(["generate", str(lora_run), "hi", "--system", "be brief", "--max-new-tokens", "1",
-                 "--show-prompt"]) == 0
+    assert (
+        main(["generate", str(lora_run), "hi", "--system", "be brief", "--max-new-tokens", "1", "--show-prompt"]) == 0
+    )
     assert prompts_shown(capsys.readouterr().err) == ["[be brief]\nQ: hi\nA: "]
 
 
 def test_generate_reads_jsonl_prompts_and_writes_jsonl_answers(lora_run: Path, opened, tmp_path: Path, capsys):
-    rows = ['"Uppercase: abc"', '{"id": "r2", "prompt": "Uppercase: sun"}',
-            '{"id": 3, "instruction": "Uppercase:", "input": "map"}',
-            '{"messages": [{"role": "user", "content": "Uppercase: red"}, {"role": "assistant", "content": "RED"},'
-            ' {"role": "user", "content": "Uppercase: toy"}]}']
+    rows = [
+        '"Uppercase: abc"',
+        '{"id": "r2", "prompt": "Uppercase: sun"}',
+        '{"id": 3, "instruction": "Uppercase:", "input": "map"}',
+        '{"messages": [{"role": "user", "content": "Uppercase: red"}, {"role": "assistant", "content": "RED"},'
+        ' {"role": "user", "content": "Uppercase: toy"}]}',
+    ]
     (tmp_path / "prompts.jsonl").write_text("\n".join(rows) + "\n\n")
-    assert main(["generate", str(lora_run), "--input", str(tmp_path / "prompts.jsonl"), "--max-new-tokens", "4",
-                 "--show-prompt", "--batch-size", "2"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(lora_run),
+                "--input",
+                str(tmp_path / "prompts.jsonl"),
+                "--max-new-tokens",
+                "4",
+                "--show-prompt",
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     out = [json.loads(line) for line in captured.out.splitlines()]
     assert [{k: v for k, v in row.items() if k != "completion"} for row in out] == [
-        {"prompt": "Uppercase: abc"}, {"id": "r2", "prompt": "Uppercase: sun"},
-        {"id": 3, "prompt": "Uppercase:\n\nmap"}, {"prompt": "Uppercase: toy"}]
+        {"prompt": "Uppercase: abc"},
+        {"id": "r2", "prompt": "Uppercase: sun"},
+        {"id": 3, "prompt": "Uppercase:\n\nmap"},
+        {"prompt": "Uppercase: toy"},
+    ]
     rendered = prompts_shown(captured.err)
     assert rendered[2] == "Q: Uppercase:\n\nmap\nA: "
     assert rendered[3] == f"Q: Uppercase: red\nA: RED{EOS}\nQ: Uppercase: toy\nA: "
@@ -171,8 +218,9 @@ def test_generate_reads_one_prompt_per_line_from_stdin(lora_run: Path, opened, m
 
 
 def test_generate_names_file_and_line_of_a_bad_prompt_row(lora_run: Path, tmp_path: Path, capsys):
-    (tmp_path / "bad.jsonl").write_text('"ok"\n{"messages": [{"role": "user", "content": "a"}, '
-                                        '{"role": "assistant", "content": "b"}]}\n')
+    (tmp_path / "bad.jsonl").write_text(
+        '"ok"\n{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
+    )
     assert main(["generate", str(lora_run), "--input", str(tmp_path / "bad.jsonl")]) == 3
     assert f"{tmp_path / 'bad.jsonl'}:2: 'messages' must end with a user turn" in capsys.readouterr().err
 
@@ -183,9 +231,12 @@ def test_generate_names_file_and_line_of_a_bad_prompt_row(lora_run: Path, tmp_pa
 def test_chat_renders_the_history_with_the_run_template_each_turn(lora_run: Path, opened):
     host = PluginHost(entry_points=False)
     host.register_commands(cli)
-    result = CliRunner().invoke(cli, ["chat", str(lora_run), "--max-new-tokens", "4", "--show-prompt"],
-                                input="Uppercase: cat\nUppercase: dog\n/reset\nUppercase: owl\n/exit\nnot read\n",
-                                obj={"host": host})
+    result = CliRunner().invoke(
+        cli,
+        ["chat", str(lora_run), "--max-new-tokens", "4", "--show-prompt"],
+        input="Uppercase: cat\nUppercase: dog\n/reset\nUppercase: owl\n/exit\nnot read\n",
+        obj={"host": host},
+    )
     assert result.exit_code == 0, result.output
     shown = prompts_shown(result.stderr)
     first = opened.generate(["Q: Uppercase: cat\nA: "], max_new_tokens=4, batch_size=1)[0]
@@ -204,8 +255,12 @@ def test_chat_drops_the_oldest_exchanges_when_the_context_is_full(lora_run: Path
     # ~40 tokens a turn plus its answer: the run trained with max_length = 64, and a conversation is fitted to
     # that length (not to the model's 256 positions), so every new turn drops the exchange before it
     long = "Uppercase: " + "x" * 20
-    result = CliRunner().invoke(cli, ["chat", str(lora_run), "--max-new-tokens", "20", "--show-prompt"],
-                                input=f"{long}1\n{long}2\n{long}3\n", obj={"host": host})
+    result = CliRunner().invoke(
+        cli,
+        ["chat", str(lora_run), "--max-new-tokens", "20", "--show-prompt"],
+        input=f"{long}1\n{long}2\n{long}3\n",
+        obj={"host": host},
+    )
     assert result.exit_code == 0, result.output
     shown = prompts_shown(result.stderr)
     assert "dropped the oldest 1 exchange(s)" in result.stderr
@@ -221,8 +276,10 @@ def test_not_a_run_directory_is_a_clear_error(tmp_path: Path, capsys):
     assert f"{tmp_path} is not an ift run directory" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("status", "hint"), [("failed", "it has no trained model"),
-                                              ("interrupted", "--resume"), ("running", "still running")])
+@pytest.mark.parametrize(
+    ("status", "hint"),
+    [("failed", "it has no trained model"), ("interrupted", "--resume"), ("running", "still running")],
+)
 def test_unfinished_run_is_refused_with_its_status(lora_run: Path, tmp_path: Path, capsys, status: str, hint: str):
     run = tmp_path / "run"
     shutil.copytree(lora_run, run)
@@ -260,8 +317,11 @@ def test_run_without_a_template_copy_uses_the_recipe_file_and_checks_it(lora_run
     renderer = build_renderer(run, host, recipe_dir)
     assert check_template(renderer, manifest, run) == manifest["template"]["hash"]
     (recipe_dir / "qa.jinja").write_text(TEMPLATE + "\n")  # edited since the run: one more newline
-    with pytest.raises(Exception, match=r"template drift .* trained with template hash sha256:\w+, but .* "
-                                        r"has hash sha256:\w+"):
+    with pytest.raises(
+        Exception,
+        match=r"template drift .* trained with template hash sha256:\w+, but .* "
+        r"has hash sha256:\w+",
+    ):
         check_template(build_renderer(run, host, recipe_dir), manifest, run)
 
 
@@ -293,8 +353,10 @@ def test_chat_template_drift_follows_the_tokenizer_saved_with_the_model(tokenize
     changed.chat_template = tokenizer.chat_template.replace("<|im_end|>\n", "<|im_end|>\n\n")
     rebuilt = ChatTemplateRenderer(ChatTemplateRenderer.Config(), base_dir=Path("."))
     rebuilt.bind(changed)
-    with pytest.raises(Exception, match=f"trained with template hash {manifest['template']['hash']}, but .* "
-                                        f"has hash {rebuilt.template_hash()}"):
+    with pytest.raises(
+        Exception,
+        match=f"trained with template hash {manifest['template']['hash']}, but .* has hash {rebuilt.template_hash()}",
+    ):
         check_template(rebuilt, manifest, Path("run"))
 
 
@@ -309,8 +371,12 @@ def test_generate_fits_its_budget_to_the_models_context(lora_run: Path, opened, 
 
 
 def test_chat_fits_its_budget_to_the_models_context(lora_run: Path):
-    result = CliRunner().invoke(cli, ["chat", str(lora_run), "--max-new-tokens", "1000"], input="Uppercase: cat\n",
-                                obj={"host": PluginHost(entry_points=False)})
+    result = CliRunner().invoke(
+        cli,
+        ["chat", str(lora_run), "--max-new-tokens", "1000"],
+        input="Uppercase: cat\n",
+        obj={"host": PluginHost(entry_points=False)},
+    )
     assert result.exit_code == 0, result.output
     assert "error" not in result.output
 
@@ -325,8 +391,10 @@ def test_generation_cuts_prompts_at_the_trained_length(lora_run: Path, opened, c
     assert tokens > 64
     assert main(["generate", str(lora_run), long_prompt, "--max-new-tokens", "4", "--device", "cpu"]) == 0
     captured = capsys.readouterr()
-    assert f"the prompt is {tokens} tokens; the model is given its last 64 (the length the run was trained with)" \
+    assert (
+        f"the prompt is {tokens} tokens; the model is given its last 64 (the length the run was trained with)"
         in captured.err
+    )
     seen: list[int] = []
     original = opened.model.generate
 

@@ -77,8 +77,9 @@ def test_labels_from_offsets_policy() -> None:
 
 def test_an_indented_template_is_trained_not_refused() -> None:
     tok = corpus_tokenizer("bytelevel", "zephyr", "zephyr.jinja")
-    record = InstructionRecord("z", "s", [M("user", "hi"), M("assistant", "Hello"), M("user", "bye"),
-                                          M("assistant", "Bye")])
+    record = InstructionRecord(
+        "z", "s", [M("user", "hi"), M("assistant", "Hello"), M("user", "bye"), M("assistant", "Bye")]
+    )
     renderer = chat(tok)
     assert trained_text(renderer.render(record)) == ["Hello</s>", "Bye</s>"]
     assert any("whitespace only" in n for n in renderer.notices())
@@ -100,8 +101,9 @@ def test_whitespace_before_bos_does_not_give_a_second_bos() -> None:
 def test_a_template_without_end_of_turn_text_trains_eos_and_stops_on_it() -> None:
     tok = corpus_tokenizer("bytelevel", "falcon-instruct", "falcon-instruct.compact.jinja")
     renderer = chat(tok)
-    record = InstructionRecord("f", "s", [M("user", "hi"), M("assistant", "Hello"), M("user", "more"),
-                                          M("assistant", "Sure")])
+    record = InstructionRecord(
+        "f", "s", [M("user", "hi"), M("assistant", "Hello"), M("user", "more"), M("assistant", "Sure")]
+    )
     assert trained_text(renderer.render(record)) == ["Hello</s>", "Sure</s>"]
     assert any("ift inserts the tokenizer's EOS '</s>'" in n for n in renderer.notices())
     assert stop_texts(renderer) == ["</s>"]
@@ -116,12 +118,30 @@ def test_prompt_of_a_record_without_an_assistant_turn_is_a_clear_error() -> None
 
 def test_train_on_last_assistant_and_per_message_train_false() -> None:
     tok = build_byte_tokenizer()
-    record = InstructionRecord("t", "s", [M("user", "a"), M("assistant", "one"), M("user", "b"),
-                                          M("assistant", "two"), M("user", "c"), M("assistant", "three")])
+    record = InstructionRecord(
+        "t",
+        "s",
+        [
+            M("user", "a"),
+            M("assistant", "one"),
+            M("user", "b"),
+            M("assistant", "two"),
+            M("user", "c"),
+            M("assistant", "three"),
+        ],
+    )
     assert trained_text(chat(tok, train_on="last_assistant").render(record)) == ["three<|im_end|>"]
-    messages, _ = normalize_row({"messages": [
-        {"role": "user", "content": "a"}, {"role": "assistant", "content": "one", "train": False},
-        {"role": "user", "content": "b"}, {"role": "assistant", "content": "two"}]}, "messages")
+    messages, _ = normalize_row(
+        {
+            "messages": [
+                {"role": "user", "content": "a"},
+                {"role": "assistant", "content": "one", "train": False},
+                {"role": "user", "content": "b"},
+                {"role": "assistant", "content": "two"},
+            ]
+        },
+        "messages",
+    )
     marked = InstructionRecord("t2", "s", messages)
     assert trained_text(chat(tok).render(marked)) == ["two<|im_end|>"]
     text_renderer = ChatMLRenderer(ChatMLRenderer.Config(), base_dir=Path("."))
@@ -131,58 +151,80 @@ def test_train_on_last_assistant_and_per_message_train_false() -> None:
 
 def test_generation_blocks_in_a_chat_template_decide_the_mask() -> None:
     tok = build_byte_tokenizer()
-    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'assistant' %}A: {% generation %}"
-                         "{{ m['content'] }}!{% endgeneration %}\n{% else %}U: {{ m['content'] }}\n{% endif %}"
-                         "{% endfor %}")
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'assistant' %}A: {% generation %}"
+        "{{ m['content'] }}!{% endgeneration %}\n{% else %}U: {{ m['content'] }}\n{% endif %}"
+        "{% endfor %}"
+    )
     record = InstructionRecord("g", "s", [M("user", "hi"), M("assistant", "yo")])
     assert trained_text(chat(tok).render(record)) == ["yo!"]
 
 
 def test_tool_calls_are_trained_and_tool_results_never() -> None:
     tok = corpus_tokenizer("bytelevel", "qwen2.5-instruct", "qwen2.5-instruct.jinja")
-    messages, _ = normalize_row({"messages": [
-        {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
-        {"role": "tool", "content": "sunny"},
-        {"role": "assistant", "content": "It is sunny."}]}, "messages")
+    messages, _ = normalize_row(
+        {
+            "messages": [
+                {"role": "user", "content": "Weather in Paris?"},
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [
+                        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+                    ],
+                },
+                {"role": "tool", "content": "sunny"},
+                {"role": "assistant", "content": "It is sunny."},
+            ]
+        },
+        "messages",
+    )
     record = InstructionRecord("tool", "s", messages)
     segments = chat(tok).render(record)
-    assert "".join(s.text for s in segments) == tok.apply_chat_template([m.to_dict() for m in messages],
-                                                                        tokenize=False)
+    assert "".join(s.text for s in segments) == tok.apply_chat_template([m.to_dict() for m in messages], tokenize=False)
     assert trained_text(segments) == [
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>',
-        "It is sunny.<|im_end|>"]
+        "It is sunny.<|im_end|>",
+    ]
     assert not any("sunny\n</tool_response>" in t for t in trained_text(segments))
 
 
 def test_a_conversation_the_template_refuses_is_a_record_error_or_skipped(
-        make_recipe: Callable[..., Any], tmp_path: Path) -> None:
+    make_recipe: Callable[..., Any], tmp_path: Path
+) -> None:
     tok = corpus_tokenizer("bytelevel", "chatml", "chatml.compact.jinja")
     renderer = chat(tok)
     good = InstructionRecord("d.jsonl:0", "d", [M("user", "q"), M("assistant", "a")], metadata={"row": 0})
-    bad = InstructionRecord("d.jsonl:2", "d", [M("user", "q"), M("user", "q2"), M("assistant", "a")],
-                            metadata={"row": 1, "line": 2})
+    bad = InstructionRecord(
+        "d.jsonl:2", "d", [M("user", "q"), M("user", "q2"), M("assistant", "a")], metadata={"row": 1, "line": 2}
+    )
     cfg = make_recipe([{"source": "jsonl", "path": "d.jsonl", "name": "d"}]).trainer_config
     for policy in ("error", "skip"):
         recipe = make_recipe([{"source": "jsonl", "path": "d.jsonl", "name": "d", "on_bad_rows": policy}])
         report = DataReport()
         if policy == "error":
-            with pytest.raises(DataError, match=r"d\.jsonl:2: source 'd', record 'd\.jsonl:2': "
-                                                r"the chat template refuses .*alternate"):
-                encode_records([good, bad], renderer, adapter(), tok, cfg, "train", report,
-                               bad_records=bad_record_policy(recipe))
+            with pytest.raises(
+                DataError,
+                match=r"d\.jsonl:2: source 'd', record 'd\.jsonl:2': "
+                r"the chat template refuses .*alternate",
+            ):
+                encode_records(
+                    [good, bad], renderer, adapter(), tok, cfg, "train", report, bad_records=bad_record_policy(recipe)
+                )
         else:
-            examples, _ = encode_records([good, bad], renderer, adapter(), tok, cfg, "train", report,
-                                         bad_records=bad_record_policy(recipe))
+            examples, _ = encode_records(
+                [good, bad], renderer, adapter(), tok, cfg, "train", report, bad_records=bad_record_policy(recipe)
+            )
             assert [e.record_id for e in examples] == ["d.jsonl:0"]
             assert report.encoding["train"]["reasons"] == {"the template refuses the record": 1}
 
 
 def test_straddling_tokens_are_counted_in_the_report_and_warned_once(make_recipe: Callable[..., Any]) -> None:
     tok = corpus_tokenizer("nosplit", "vicuna", "vicuna.compact.jinja")
-    records = [InstructionRecord(f"r{i}", "d", [M("user", "Repeat exactly: yes please"),
-                                                M("assistant", "yes please")]) for i in range(3)]
+    records = [
+        InstructionRecord(f"r{i}", "d", [M("user", "Repeat exactly: yes please"), M("assistant", "yes please")])
+        for i in range(3)
+    ]
     report = DataReport()
     cfg = make_recipe().trainer_config
     encode_records(records, chat(tok), adapter(), tok, cfg, "train", report)
@@ -191,14 +233,25 @@ def test_straddling_tokens_are_counted_in_the_report_and_warned_once(make_recipe
     assert sum("begin in the prompt and reach into the answer" in w for w in info["warnings"]) == 1
 
 
-def test_preview_tokens_lists_label_states(make_recipe: Callable[..., Any], tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_preview_tokens_lists_label_states(
+    make_recipe: Callable[..., Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from ift.host import PluginHost
     from ift.previewing import preview
 
-    (tmp_path / "d.jsonl").write_text(json.dumps({"messages": [
-        {"role": "assistant", "content": "Hi there"}, {"role": "user", "content": "x"},
-        {"role": "assistant", "content": "ok"}]}) + "\n", encoding="utf-8")
+    (tmp_path / "d.jsonl").write_text(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "assistant", "content": "Hi there"},
+                    {"role": "user", "content": "x"},
+                    {"role": "assistant", "content": "ok"},
+                ]
+            }
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     recipe = make_recipe(template={"name": "chat"}, eval={"fraction": 0, "metrics": []})
     shown = preview(recipe, PluginHost(), 1, color=False, tokens=True)
     rows = shown[0]["token_rows"]

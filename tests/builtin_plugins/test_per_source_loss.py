@@ -19,8 +19,13 @@ from ift.builtin_plugins.causal_lm import CausalLMAdapter
 from ift.builtin_plugins.sft import SFTConfig, SFTTrainer
 from ift.meter import TrainMeter
 
-TINY = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-        "num_attention_heads": 2}
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+}
 
 
 class Silent:
@@ -35,18 +40,32 @@ class Silent:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, list[ift.EncodedExample]]:
-    adapter = CausalLMAdapter(CausalLMAdapter.Config(tokenizer="byte-level", from_config=TINY),
-                              base_dir=tmp_path_factory.mktemp("per-source"))
+    adapter = CausalLMAdapter(
+        CausalLMAdapter.Config(tokenizer="byte-level", from_config=TINY), base_dir=tmp_path_factory.mktemp("per-source")
+    )
     tokenizer = adapter.load_tokenizer()
     # two sources that look different (short arithmetic, longer words), of different lengths
     examples = []
     for i in range(6):
-        examples.append(adapter.encode(tokenizer, [ift.Segment(f"{i}+{i}=", False),
-                                                   ift.Segment(f"{2 * i}<|endoftext|>", True)],
-                                       source="arith", record_id=str(i)))
-        examples.append(adapter.encode(tokenizer, [ift.Segment("Say " + "ab" * (i + 1) + ": ", False),
-                                                   ift.Segment("ba" * (i + 2) + "<|endoftext|>", True)],
-                                       source="words", record_id=str(i)))  # same ids as arith: ids are per source
+        examples.append(
+            adapter.encode(
+                tokenizer,
+                [ift.Segment(f"{i}+{i}=", False), ift.Segment(f"{2 * i}<|endoftext|>", True)],
+                source="arith",
+                record_id=str(i),
+            )
+        )
+        examples.append(
+            adapter.encode(
+                tokenizer,
+                [
+                    ift.Segment("Say " + "ab" * (i + 1) + ": ", False),
+                    ift.Segment("ba" * (i + 2) + "<|endoftext|>", True),
+                ],
+                source="words",
+                record_id=str(i),
+            )
+        )  # same ids as arith: ids are per source
     return adapter, tokenizer, examples
 
 
@@ -98,14 +117,24 @@ def test_the_gradient_is_that_of_loss_sum_bit_for_bit(setup):
     assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
 
 
-def train(setup: Any, trainer_cls: type = SFTTrainer, examples: list[ift.EncodedExample] | None = None,
-          **config: Any) -> tuple[ift.TrainResult, list[dict[str, Any]]]:
+def train(
+    setup: Any, trainer_cls: type = SFTTrainer, examples: list[ift.EncodedExample] | None = None, **config: Any
+) -> tuple[ift.TrainResult, list[dict[str, Any]]]:
     adapter, tokenizer, default = setup
     examples = default if examples is None else examples
     events: list[dict[str, Any]] = []
-    ctx = ift.TrainContext(model=fresh_model(adapter, tokenizer), tokenizer=tokenizer, adapter=adapter,
-                           train_examples=examples, eval_examples=[], seed=0, run_dir=Path("."),
-                           log_step=events.append, evaluate=lambda m, s: {}, progress=Silent())
+    ctx = ift.TrainContext(
+        model=fresh_model(adapter, tokenizer),
+        tokenizer=tokenizer,
+        adapter=adapter,
+        train_examples=examples,
+        eval_examples=[],
+        seed=0,
+        run_dir=Path("."),
+        log_step=events.append,
+        evaluate=lambda m, s: {},
+        progress=Silent(),
+    )
     settings = {"batch_size": 3, "max_length": 64, "log_every": 1, "shuffle": False, **config}
     return trainer_cls(SFTConfig(**settings)).train(ctx), events
 
@@ -115,8 +144,9 @@ def test_first_step_per_source_loss_equals_each_source_run_alone(setup, mode):
     adapter, tokenizer, examples = setup
     # one optimizer step over all examples: every forward pass sees the initial weights
     micro = 4 if mode != "packing" else 8
-    _, (event,) = train(setup, batching=mode, batch_size=3 if mode != "packing" else 1, max_steps=1,
-                        gradient_accumulation_steps=micro)
+    _, (event,) = train(
+        setup, batching=mode, batch_size=3 if mode != "packing" else 1, max_steps=1, gradient_accumulation_steps=micro
+    )
     model = fresh_model(adapter, tokenizer)
     for source in ("arith", "words"):
         expected, n = alone(adapter, tokenizer, model, [e for e in examples if e.source == source])
@@ -136,9 +166,11 @@ def test_run_summary_is_the_token_weighted_mean_of_the_events(setup):
         losses = [e["loss_by_source"].get(source, 0.0) for e in events]
         assert summary["trainable_tokens_by_source"][source] == sum(tokens)
         assert summary["loss_by_source"][source] == pytest.approx(
-            sum(v * n for v, n in zip(losses, tokens, strict=True)) / sum(tokens), rel=1e-9)
+            sum(v * n for v, n in zip(losses, tokens, strict=True)) / sum(tokens), rel=1e-9
+        )
     assert summary["mean_loss"] == pytest.approx(
-        sum(e["loss"] * e["trainable_tokens"] for e in events) / sum(e["trainable_tokens"] for e in events))
+        sum(e["loss"] * e["trainable_tokens"] for e in events) / sum(e["trainable_tokens"] for e in events)
+    )
     weighted = sum(summary["loss_by_source"][s] * summary["trainable_tokens_by_source"][s] for s in ("arith", "words"))
     assert weighted / summary["trainable_tokens"] == pytest.approx(summary["mean_loss"], rel=1e-6)
 
@@ -169,15 +201,15 @@ def test_subclasses_that_override_loss(setup):
     _, (unchanged,) = train(setup, Unchanged, batching="padding", max_steps=1, gradient_accumulation_steps=4)
     assert unchanged["loss_by_source"] == plain["loss_by_source"]
 
-    changed_result, (changed,) = train(setup, ChangedObjective, batching="padding", max_steps=1,
-                                       gradient_accumulation_steps=4)
+    changed_result, (changed,) = train(
+        setup, ChangedObjective, batching="padding", max_steps=1, gradient_accumulation_steps=4
+    )
     assert changed["loss"] == pytest.approx(plain["loss"] + 0.5, rel=1e-6)  # trained as before
     assert "loss_by_source" not in changed and "loss_by_source" not in changed_result.summary
 
     own_result, (own,) = train(setup, OwnBreakdown, batching="padding", max_steps=1, gradient_accumulation_steps=4)
     assert own["loss"] == pytest.approx(plain["loss"] + 0.5, rel=1e-6)
-    assert own["loss_by_source"] == pytest.approx({s: v + 0.5 for s, v in plain["loss_by_source"].items()},
-                                                  rel=1e-6)
+    assert own["loss_by_source"] == pytest.approx({s: v + 0.5 for s, v in plain["loss_by_source"].items()}, rel=1e-6)
     assert own_result.summary["loss_by_source"] == pytest.approx(own["loss_by_source"], rel=1e-9)
 
 
@@ -198,8 +230,14 @@ def test_per_task_loss_combines_the_sources_of_a_task(setup, mode):
     adapter, tokenizer, examples = setup
     tagged = with_tasks(examples)
     micro = 4 if mode != "packing" else 8
-    _, (event,) = train(setup, examples=tagged, batching=mode, batch_size=3 if mode != "packing" else 1,
-                        max_steps=1, gradient_accumulation_steps=micro)
+    _, (event,) = train(
+        setup,
+        examples=tagged,
+        batching=mode,
+        batch_size=3 if mode != "packing" else 1,
+        max_steps=1,
+        gradient_accumulation_steps=micro,
+    )
     assert set(event["loss_by_source"]) == {"arith", "plain", "words", "spell"}
     assert set(event["loss_by_task"]) == set(event["trainable_tokens_by_task"]) == {"math", "text"}
     by_source, tokens = event["loss_by_source"], event["trainable_tokens_by_source"]
@@ -209,7 +247,9 @@ def test_per_task_loss_combines_the_sources_of_a_task(setup, mode):
     assert event["trainable_tokens_by_task"]["text"] == tokens["words"] + tokens["spell"]
     assert event["loss_by_task"]["text"] == pytest.approx(
         (by_source["words"] * tokens["words"] + by_source["spell"] * tokens["spell"])
-        / (tokens["words"] + tokens["spell"]), rel=1e-9)
+        / (tokens["words"] + tokens["spell"]),
+        rel=1e-9,
+    )
     # and the same as running the task's examples alone; the example without a task is in no task's figures
     model = fresh_model(adapter, tokenizer)
     for task in ("math", "text"):
@@ -227,11 +267,13 @@ def test_per_task_summary_and_absence_without_tasks(setup):
         losses = [e["loss_by_task"].get(task, 0.0) for e in events]
         assert summary["trainable_tokens_by_task"][task] == sum(tokens) > 0
         assert summary["loss_by_task"][task] == pytest.approx(
-            sum(v * n for v, n in zip(losses, tokens, strict=True)) / sum(tokens), rel=1e-9)
+            sum(v * n for v, n in zip(losses, tokens, strict=True)) / sum(tokens), rel=1e-9
+        )
 
     plain_result, plain_events = train(setup, batching="padding", max_steps=2, log_every=1)
-    assert all("loss_by_source" in e and "loss_by_task" not in e and "trainable_tokens_by_task" not in e
-               for e in plain_events)
+    assert all(
+        "loss_by_source" in e and "loss_by_task" not in e and "trainable_tokens_by_task" not in e for e in plain_events
+    )
     assert "loss_by_source" in plain_result.summary and "loss_by_task" not in plain_result.summary
 
 
@@ -253,8 +295,14 @@ def test_meter_state_keeps_the_per_task_window_across_a_resume(setup):
     def meter() -> TrainMeter:
         return TrainMeter(OneProcess(), torch.device("cpu"), model, 64, groups)
 
-    batch = {"sources": ["a", "b", "b", "a"], "tasks": ["t", None, "u", "t"], "input_ids": torch.zeros(4, 5),
-             "real_tokens": 20, "num_examples": 4, "loss_tokens": 10}
+    batch = {
+        "sources": ["a", "b", "b", "a"],
+        "tasks": ["t", None, "u", "t"],
+        "input_ids": torch.zeros(4, 5),
+        "real_tokens": 20,
+        "num_examples": 4,
+        "loss_tokens": 10,
+    }
     sums, counts = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([1, 2, 3, 4])
     first = meter()
     first.add_batch(batch)
@@ -299,8 +347,12 @@ def test_encoded_examples_carry_the_record_task(adapter_cls, tmp_path):
     tokenizer = adapter.load_tokenizer()
     renderer = ChatMLRenderer(ChatMLRenderer.Config(), base_dir=tmp_path)
     renderer.bind(tokenizer)
-    records = [ift.InstructionRecord(f"r{i}", "s", [ift.Message("user", "q" * (i + 1)), ift.Message("assistant", "a")],
-                                     task=task) for i, task in enumerate(["qa", None, "chat"])]
+    records = [
+        ift.InstructionRecord(
+            f"r{i}", "s", [ift.Message("user", "q" * (i + 1)), ift.Message("assistant", "a")], task=task
+        )
+        for i, task in enumerate(["qa", None, "chat"])
+    ]
     config = ift.TrainerConfig(max_length=200, overlong="truncate")
     examples, kept = encode_records(records, renderer, adapter, tokenizer, config, "train", DataReport())
     assert [(e.record_id, e.task) for e in examples] == [("r0", "qa"), ("r1", None), ("r2", "chat")]

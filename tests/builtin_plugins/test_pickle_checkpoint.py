@@ -11,8 +11,16 @@ import pytest
 import ift
 from ift.builtin_plugins.causal_lm import CausalLMAdapter
 
-CONFIG = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-          "num_attention_heads": 2, "num_key_value_heads": 2, "vocab_size": 300, "max_position_embeddings": 64}
+CONFIG = {
+    "model_type": "llama",
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "vocab_size": 300,
+    "max_position_embeddings": 64,
+}
 
 
 def test_a_pickle_only_model_folder_is_a_run_error_not_an_internal_error(tmp_path: Path) -> None:
@@ -21,8 +29,10 @@ def test_a_pickle_only_model_folder_is_a_run_error_not_an_internal_error(tmp_pat
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text(json.dumps(CONFIG))
     torch.save({"weights": collections.Counter(a=1), "hook": print}, tmp_path / "m" / "pytorch_model.bin")
-    adapter = CausalLMAdapter(CausalLMAdapter.Config.model_validate(
-        {"name_or_path": "m", "tokenizer": "byte-level", "device": "cpu"}), base_dir=tmp_path)
+    adapter = CausalLMAdapter(
+        CausalLMAdapter.Config.model_validate({"name_or_path": "m", "tokenizer": "byte-level", "device": "cpu"}),
+        base_dir=tmp_path,
+    )
     tokenizer = adapter.load_tokenizer()
     with pytest.raises(ift.RunError) as info:
         adapter.load_model(tokenizer)

@@ -12,8 +12,14 @@ from ift.builtin_plugins import quality
 
 
 def records(n: int) -> list[ift.InstructionRecord]:
-    return [ift.InstructionRecord(f"r{i}", "s", [ift.Message("user", f"Write item {i} about water"),
-                                                 ift.Message("assistant", f"answer number {i}")]) for i in range(n)]
+    return [
+        ift.InstructionRecord(
+            f"r{i}",
+            "s",
+            [ift.Message("user", f"Write item {i} about water"), ift.Message("assistant", f"answer number {i}")],
+        )
+        for i in range(n)
+    ]
 
 
 def test_large_sets_are_sampled_and_small_ones_are_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -57,8 +57,9 @@ def test_every_text_template_becomes_an_equal_chat_template(tmp_path: Path) -> N
         assert exported.template is not None, exported.origin
         assert verify_chat_template(exported.template, tokenizer, renderer, conversations()) is None
         turns = [ift.Message("system", "Be brief."), ift.Message("user", "Name a colour.")]
-        got = tokenizer.apply_chat_template([t.to_dict() for t in turns], chat_template=exported.template,
-                                            tokenize=False, add_generation_prompt=True)
+        got = tokenizer.apply_chat_template(
+            [t.to_dict() for t in turns], chat_template=exported.template, tokenize=False, add_generation_prompt=True
+        )
         assert got == conversation_prompt(renderer, turns)
 
 
@@ -72,10 +73,12 @@ def test_the_comparison_catches_a_different_template(tmp_path: Path) -> None:
 
 def test_templates_a_chat_template_cannot_express_export_none(tmp_path: Path) -> None:
     tokenizer = build_byte_tokenizer()
-    (tmp_path / "rec.jinja").write_text("{{ record.id }}{% for m in messages %}{% generation %}{{ m.content }}"
-                                        "{% endgeneration %}{% endfor %}")
-    (tmp_path / "flt.jinja").write_text("{% for m in messages %}{% generation %}{{ m.content | shout }}"
-                                        "{% endgeneration %}{% endfor %}")
+    (tmp_path / "rec.jinja").write_text(
+        "{{ record.id }}{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}{% endfor %}"
+    )
+    (tmp_path / "flt.jinja").write_text(
+        "{% for m in messages %}{% generation %}{{ m.content | shout }}{% endgeneration %}{% endfor %}"
+    )
 
     def prepare(env: object) -> None:
         env.filters["shout"] = str.upper  # type: ignore[attr-defined]
@@ -88,10 +91,14 @@ def test_templates_a_chat_template_cannot_express_export_none(tmp_path: Path) ->
         assert exported.template is None and why in exported.origin
 
 
-TINY = ('{ model_type = "llama", hidden_size = 32, intermediate_size = 64, num_hidden_layers = 2, '
-        'num_attention_heads = 2, num_key_value_heads = 2, max_position_embeddings = 256 }')
-ROWS = [{"instruction": f"Uppercase: {w}", "input": "", "output": w.upper()}
-        for w in ["abc", "dog", "cat", "xyz", "sun", "map", "red", "toy", "fig", "jam", "owl", "pen"]]
+TINY = (
+    '{ model_type = "llama", hidden_size = 32, intermediate_size = 64, num_hidden_layers = 2, '
+    "num_attention_heads = 2, num_key_value_heads = 2, max_position_embeddings = 256 }"
+)
+ROWS = [
+    {"instruction": f"Uppercase: {w}", "input": "", "output": w.upper()}
+    for w in ["abc", "dog", "cat", "xyz", "sun", "map", "red", "toy", "fig", "jam", "owl", "pen"]
+]
 
 
 def make_run(folder: Path, *, template: str, model: str) -> Path:
@@ -144,8 +151,7 @@ def ift_answer(run: Path, messages: list[ift.Message]) -> tuple[str, str]:
 def test_full_chatml_run_works_in_a_pipeline(tmp_path: Path) -> None:
     from transformers import AutoTokenizer, GenerationConfig, pipeline
 
-    run = make_run(tmp_path / "a", template="chatml",
-                   model=f'tokenizer = "byte-level"\nfrom_config = {TINY}')
+    run = make_run(tmp_path / "a", template="chatml", model=f'tokenizer = "byte-level"\nfrom_config = {TINY}')
     model_dir = run / "model"
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     assert tokenizer.model_max_length == 96
@@ -153,8 +159,10 @@ def test_full_chatml_run_works_in_a_pipeline(tmp_path: Path) -> None:
     assert set(eos) == {tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id}
     turns = [ift.Message("system", "Shout."), ift.Message("user", "Uppercase: cat")]
     prompt, answer = ift_answer(run, turns)
-    assert tokenizer.apply_chat_template([t.to_dict() for t in turns], tokenize=False,
-                                         add_generation_prompt=True) == prompt
+    assert (
+        tokenizer.apply_chat_template([t.to_dict() for t in turns], tokenize=False, add_generation_prompt=True)
+        == prompt
+    )
     generator = pipeline("text-generation", model=str(model_dir), device="cpu")
     out = generator([t.to_dict() for t in turns], max_new_tokens=12, do_sample=False)
     assert out[0]["generated_text"][-1]["content"].strip() == answer
@@ -169,19 +177,33 @@ def test_lora_plain_run_loads_from_anywhere_and_after_a_move(tmp_path: Path, mon
 
     base = tmp_path / "base"  # a "pretrained" base folder outside the run
     tokenizer = build_byte_tokenizer()
-    config = AutoConfig.for_model("llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                  num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                                  vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
-                                  pad_token_id=tokenizer.pad_token_id)
+    config = AutoConfig.for_model(
+        "llama",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        vocab_size=len(tokenizer),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     AutoModelForCausalLM.from_config(config).save_pretrained(base)
     tokenizer.save_pretrained(base)
-    run = make_run(tmp_path / "b", template="plain",
-                   model=f'name_or_path = "{base}"\npeft = {{ method = "lora", r = 4, alpha = 8 }}')
+    run = make_run(
+        tmp_path / "b",
+        template="plain",
+        model=f'name_or_path = "{base}"\npeft = {{ method = "lora", r = 4, alpha = 8 }}',
+    )
     saved = AutoTokenizer.from_pretrained(run / "model")
     turns = [ift.Message("user", "Uppercase: dog")]
     prompt, answer = ift_answer(run, turns)
-    assert saved.apply_chat_template([t.to_dict() for t in turns], tokenize=False,
-                                     add_generation_prompt=True) == prompt == "Uppercase: dog\n"
+    assert (
+        saved.apply_chat_template([t.to_dict() for t in turns], tokenize=False, add_generation_prompt=True)
+        == prompt
+        == "Uppercase: dog\n"
+    )
     assert GenerationConfig.from_pretrained(run / "model").eos_token_id == saved.eos_token_id
     adapter = json.loads((run / "model" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(base.resolve())
@@ -194,25 +216,34 @@ def test_lora_plain_run_loads_from_anywhere_and_after_a_move(tmp_path: Path, mon
     assert os.getcwd() != str(moved / "model")
     model = AutoPeftModelForCausalLM.from_pretrained(str(moved / "model"))
     ids = saved(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    out = model.generate(input_ids=ids, max_new_tokens=12, do_sample=False,
-                         eos_token_id=saved.eos_token_id, pad_token_id=saved.pad_token_id)
-    assert saved.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip() == ift_answer(moved, turns)[1]
+    out = model.generate(
+        input_ids=ids,
+        max_new_tokens=12,
+        do_sample=False,
+        eos_token_id=saved.eos_token_id,
+        pad_token_id=saved.pad_token_id,
+    )
+    assert saved.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip() == ift_answer(moved, turns)[1]
 
 
 @pytest.mark.slow
-def test_lora_base_built_from_a_config_loads_from_another_cwd(tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lora_base_built_from_a_config_loads_from_another_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from peft import AutoPeftModelForCausalLM
     from transformers import GenerationConfig
 
-    run = make_run(tmp_path / "c", template="chatml", model=f'tokenizer = "byte-level"\nfrom_config = {TINY}\n'
-                   'peft = { method = "lora", r = 4, alpha = 8 }')
+    run = make_run(
+        tmp_path / "c",
+        template="chatml",
+        model=f'tokenizer = "byte-level"\nfrom_config = {TINY}\npeft = {{ method = "lora", r = 4, alpha = 8 }}',
+    )
     monkeypatch.chdir(tmp_path)
     model = AutoPeftModelForCausalLM.from_pretrained(str(run / "model"))
     # peft's generate uses the base's generation config: the base inside the folder carries the trained stops
     tokenizer = build_byte_tokenizer()
-    assert set(model.generation_config.eos_token_id) == {tokenizer.convert_tokens_to_ids("<|im_end|>"),
-                                                         tokenizer.eos_token_id}
+    assert set(model.generation_config.eos_token_id) == {
+        tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        tokenizer.eos_token_id,
+    }
     assert GenerationConfig.from_pretrained(run / "model").eos_token_id == model.generation_config.eos_token_id
     moved = tmp_path / "moved"
     shutil.move(str(run), moved)
@@ -230,9 +261,12 @@ def test_lm_eval_task_script_writes_the_eval_set(tmp_path: Path) -> None:
     tokenizer.save_pretrained(run / "model")
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     GenerationConfig(eos_token_id=[tokenizer.eos_token_id, im_end]).save_pretrained(run / "model")
-    records = [ift.InstructionRecord("1", "s", [ift.Message("user", "Q1"), ift.Message("assistant", "A1")]),
-               ift.InstructionRecord("2", "s", [ift.Message("system", "S"), ift.Message("user", "Q2"),
-                                                ift.Message("assistant", "A2")])]
+    records = [
+        ift.InstructionRecord("1", "s", [ift.Message("user", "Q1"), ift.Message("assistant", "A1")]),
+        ift.InstructionRecord(
+            "2", "s", [ift.Message("system", "S"), ift.Message("user", "Q2"), ift.Message("assistant", "A2")]
+        ),
+    ]
     (run / "data").mkdir()
     (run / "data" / "eval.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in records))
     script = Path(__file__).parents[2] / "examples" / "lm_eval" / "make_task.py"

@@ -13,10 +13,15 @@ from ift.builtin_plugins.reporting import write_run_report
 from ift.builtin_plugins.reporting.rundata import fmt
 from ift.cli import main
 
-ROWS = [{"id": f"{s}-{w}", "instruction": f"Uppercase: {w}", "input": "", "output": w.upper()}
-        for s in ("a", "b") for w in ["abc", "dog", "cat", "xyz", "sun", "map", "red", "toy", "fig", "jam"]]
-TINY = ('{ model_type = "llama", hidden_size = 16, intermediate_size = 32, num_hidden_layers = 1, '
-        'num_attention_heads = 2, num_key_value_heads = 2, max_position_embeddings = 64 }')
+ROWS = [
+    {"id": f"{s}-{w}", "instruction": f"Uppercase: {w}", "input": "", "output": w.upper()}
+    for s in ("a", "b")
+    for w in ["abc", "dog", "cat", "xyz", "sun", "map", "red", "toy", "fig", "jam"]
+]
+TINY = (
+    '{ model_type = "llama", hidden_size = 16, intermediate_size = 32, num_hidden_layers = 1, '
+    "num_attention_heads = 2, num_key_value_heads = 2, max_position_embeddings = 64 }"
+)
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +99,13 @@ def test_report_shows_what_each_source_of_the_mixture_contributed(run_dir: Path)
         assert row, name
         cells = re.findall(r"<td[^>]*>([^<]*)</td>", row.group(1))
         source = mixture["sources"][name]
-        assert cells == [fmt(source["records"]), f"{source['target_share']:.3f}", fmt(source["examples"]),
-                         fmt(source["trainable_tokens"]), f"{source['trainable_token_share']:.3f}"]
+        assert cells == [
+            fmt(source["records"]),
+            f"{source['target_share']:.3f}",
+            fmt(source["examples"]),
+            fmt(source["trainable_tokens"]),
+            f"{source['trainable_token_share']:.3f}",
+        ]
 
 
 def test_report_is_self_contained(run_dir: Path):
@@ -115,8 +125,11 @@ def test_report_command_rewrites_the_report(run_dir: Path, capsys: pytest.Captur
 
 
 def test_failed_run_report_shows_status_and_error(tmp_path: Path):
-    (tmp_path / "status.json").write_text(json.dumps({"status": "failed", "started": 1.0, "updated": 2.0,
-                                                      "error": "DataError: no training examples <left>"}))
+    (tmp_path / "status.json").write_text(
+        json.dumps(
+            {"status": "failed", "started": 1.0, "updated": 2.0, "error": "DataError: no training examples <left>"}
+        )
+    )
     (tmp_path / "events.jsonl").write_text('{"step": 1, "loss": 2.5, "learning_rate": 0.001}\n{"step": 2, "lo')
     html = write_run_report(tmp_path).read_text()
     assert "badge failed" in html and "no training examples &lt;left&gt;" in html

@@ -20,11 +20,17 @@ def make_run(folder: Path, status: str, started: float, metrics: dict | None = N
 
 
 def metrics(loss: float, em: float, a_em: float, steps: int, tps: float) -> dict:
-    return {"baseline": {"overall": {"loss": 3.0, "exact_match": 0.0, "n": 10},
-                         "per_source": {"a": {"loss": 3.0, "exact_match": 0.0, "n": 10}}},
-            "final": {"overall": {"loss": loss, "exact_match": em, "n": 10},
-                      "per_source": {"a": {"loss": loss, "exact_match": a_em, "n": 10}}},
-            "train": {"steps": steps, "train_loss": loss + 0.1, "tokens_per_s": tps}}
+    return {
+        "baseline": {
+            "overall": {"loss": 3.0, "exact_match": 0.0, "n": 10},
+            "per_source": {"a": {"loss": 3.0, "exact_match": 0.0, "n": 10}},
+        },
+        "final": {
+            "overall": {"loss": loss, "exact_match": em, "n": 10},
+            "per_source": {"a": {"loss": loss, "exact_match": a_em, "n": 10}},
+        },
+        "train": {"steps": steps, "train_loss": loss + 0.1, "tokens_per_s": tps},
+    }
 
 
 @pytest.fixture
@@ -52,8 +58,10 @@ def test_runs_json(runs_folder: Path, capsys: pytest.CaptureFixture[str]):
     assert main(["runs", str(runs_folder), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["name"], r["status"], r["steps"], r["metric"], r["baseline"], r["final"]) for r in rows] == [
-        ("alpha", "completed", 100, "loss", 3.0, 1.5), ("beta", "completed", 200, "loss", 3.0, 1.25),
-        ("gamma", "failed", None, None, None, None)]
+        ("alpha", "completed", 100, "loss", 3.0, 1.5),
+        ("beta", "completed", 200, "loss", 3.0, 1.25),
+        ("gamma", "failed", None, None, None, None),
+    ]
     assert rows[2]["error"] == "RunError: out of memory"
 
 
@@ -79,8 +87,15 @@ def test_compare_json(runs_folder: Path, capsys: pytest.CaptureFixture[str]):
     assert main(["compare", str(runs_folder / "alpha"), str(runs_folder / "beta"), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
     row = next(r for r in rows if (r["scope"], r["stage"], r["metric"]) == ("a", "final", "loss"))
-    assert row == {"scope": "a", "stage": "final", "metric": "loss", "a": 1.5, "b": 1.25, "difference": -0.25,
-                   "better": "b"}
+    assert row == {
+        "scope": "a",
+        "stage": "final",
+        "metric": "loss",
+        "a": 1.5,
+        "b": 1.25,
+        "difference": -0.25,
+        "better": "b",
+    }
 
 
 def test_metric_direction():
@@ -92,10 +107,21 @@ def test_metric_direction():
 
 def test_compare_notes_metrics_computed_with_other_options(runs_folder: Path, capsys: pytest.CaptureFixture[str]):
     def manifest(run: str, normalize: bool) -> None:
-        (runs_folder / run / "manifest.json").write_text(json.dumps({"metrics": {
-            "loss": {"options": {}, "plugin": "metrics", "distribution": "ift", "version": "0.1.0"},
-            "exact_match": {"options": {"normalize": normalize}, "plugin": "metrics", "distribution": "ift",
-                            "version": "0.1.0"}}}))
+        (runs_folder / run / "manifest.json").write_text(
+            json.dumps(
+                {
+                    "metrics": {
+                        "loss": {"options": {}, "plugin": "metrics", "distribution": "ift", "version": "0.1.0"},
+                        "exact_match": {
+                            "options": {"normalize": normalize},
+                            "plugin": "metrics",
+                            "distribution": "ift",
+                            "version": "0.1.0",
+                        },
+                    }
+                }
+            )
+        )
 
     manifest("alpha", True)
     manifest("beta", False)
@@ -105,7 +131,8 @@ def test_compare_notes_metrics_computed_with_other_options(runs_folder: Path, ca
     assert "note: loss" not in out
     assert main(["compare", str(runs_folder / "alpha"), str(runs_folder / "beta"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["notes"] == [
-        "exact_match was computed with other options: A {normalize = True}, B {normalize = False}"]
+        "exact_match was computed with other options: A {normalize = True}, B {normalize = False}"
+    ]
     manifest("beta", True)
     assert main(["compare", str(runs_folder / "alpha"), str(runs_folder / "beta")]) == 0
     assert "note:" not in capsys.readouterr().out

@@ -22,8 +22,15 @@ from ift.records import InstructionRecord, Message
 
 Seg = ift.Segment
 EOS, PAD = 257, 256
-TINY_T5 = {"model_type": "t5", "d_model": 16, "d_ff": 32, "d_kv": 8, "num_heads": 2, "num_layers": 1,
-           "num_decoder_layers": 1}
+TINY_T5 = {
+    "model_type": "t5",
+    "d_model": 16,
+    "d_ff": 32,
+    "d_kv": 8,
+    "num_heads": 2,
+    "num_layers": 1,
+    "num_decoder_layers": 1,
+}
 ByteIds = Callable[[str], list[int]]
 
 
@@ -56,23 +63,29 @@ def test_prompt_to_encoder_answer_and_eos_to_decoder(adapter: Seq2SeqAdapter, to
     assert plain.input_ids == byte_ids("Q\n") and plain.labels == byte_ids("A") + [EOS]
 
 
-def test_multi_turn_trains_the_last_answer_with_earlier_turns_as_context(adapter: Seq2SeqAdapter, tok: Any,
-                                                                          byte_ids: ByteIds) -> None:
+def test_multi_turn_trains_the_last_answer_with_earlier_turns_as_context(
+    adapter: Seq2SeqAdapter, tok: Any, byte_ids: ByteIds
+) -> None:
     segments = [Seg("u1\n", False), Seg("a1<|endoftext|>", True), Seg("u2\n", False), Seg("a2<|endoftext|>", True)]
     example = adapter.encode(tok, segments, source="s", record_id="r")
     assert example.input_ids == byte_ids("u1\na1<|endoftext|>u2\n")
     assert example.labels == byte_ids("a2") + [EOS]
 
 
-def test_encoder_input_is_exactly_the_renderers_generation_prompt(adapter: Seq2SeqAdapter, tok: Any,
-                                                                   byte_ids: ByteIds, tmp_path: Path) -> None:
+def test_encoder_input_is_exactly_the_renderers_generation_prompt(
+    adapter: Seq2SeqAdapter, tok: Any, byte_ids: ByteIds, tmp_path: Path
+) -> None:
     renderer = AlpacaRenderer(AlpacaRenderer.Config(), base_dir=tmp_path)
     renderer.bind(tok)
-    record = InstructionRecord(id="x", source="s", messages=[Message("user", "Reverse: abc"),
-                                                             Message("assistant", "cba")])
+    record = InstructionRecord(
+        id="x", source="s", messages=[Message("user", "Reverse: abc"), Message("assistant", "cba")]
+    )
     example = adapter.encode_record(tok, record, renderer.render(record))
-    assert example.input_ids == byte_ids(renderer.prompt(record)) == byte_ids(
-        "### Instruction:\nReverse: abc\n\n### Response:\n")
+    assert (
+        example.input_ids
+        == byte_ids(renderer.prompt(record))
+        == byte_ids("### Instruction:\nReverse: abc\n\n### Response:\n")
+    )
     assert example.labels == byte_ids("cba") + [EOS]
     assert adapter.encode_prompt(tok, renderer.prompt(record)) == example.input_ids  # what generation feeds
 
@@ -92,7 +105,8 @@ def t5_like_tokenizer() -> Any:
 
     tokenizer = build_byte_tokenizer()
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="$A <|endoftext|>", special_tokens=[("<|endoftext|>", EOS)])
+        single="$A <|endoftext|>", special_tokens=[("<|endoftext|>", EOS)]
+    )
     return tokenizer
 
 
@@ -108,8 +122,7 @@ def test_tokenizer_special_tokens_are_kept_on_the_encoder_side(adapter: Seq2SeqA
 
 
 @pytest.mark.parametrize(("side", "kept"), [("end", "abcd"), ("start", "ghij")])
-def test_overlong_prompt_is_cut_on_the_configured_side(tmp_path: Path, byte_ids: ByteIds, side: str,
-                                                       kept: str) -> None:
+def test_overlong_prompt_is_cut_on_the_configured_side(tmp_path: Path, byte_ids: ByteIds, side: str, kept: str) -> None:
     adapter = make_adapter(tmp_path, prompt_truncation=side)
     tokenizer = adapter.load_tokenizer()
     example = adapter.encode(tokenizer, [Seg("abcdefghij", False), Seg("ok", True)], source="s", record_id="r")
@@ -149,14 +162,19 @@ def test_collate_pads_each_side_to_its_own_width(adapter: Seq2SeqAdapter, tok: A
 def test_loss_matches_transformers_own_seq2seq_loss(adapter: Seq2SeqAdapter, tok: Any) -> None:
     torch.manual_seed(0)
     model = adapter.load_model(tok).eval()
-    examples = [adapter.encode(tok, [Seg(f"prompt {i}" * (i + 1), False), Seg("answer" * i, True)], source="s",
-                               record_id=str(i)) for i in range(3)]
+    examples = [
+        adapter.encode(
+            tok, [Seg(f"prompt {i}" * (i + 1), False), Seg("answer" * i, True)], source="s", record_id=str(i)
+        )
+        for i in range(3)
+    ]
     batch = adapter.collate(tok, examples)
     with torch.no_grad():
         loss_sum, count = adapter.loss_sum(model, batch)
         # transformers builds the decoder inputs from labels itself (shift right behind decoder_start_token_id)
-        reference = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          labels=batch["labels"]).loss
+        reference = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        ).loss
         per_example, counts = adapter.loss_by_example(model, batch)
     assert int(count) == int(batch["loss_tokens"]) == 1 + 7 + 13
     assert torch.allclose(loss_sum / count, reference, rtol=1e-5)
@@ -192,16 +210,18 @@ class ScriptedModel(torch.nn.Module):
 
     def generate(self, **kwargs: Any) -> torch.Tensor:
         self.seen.append(kwargs)
-        batch = self.rows[:kwargs["input_ids"].shape[0]]
-        self.rows = self.rows[len(batch):]
+        batch = self.rows[: kwargs["input_ids"].shape[0]]
+        self.rows = self.rows[len(batch) :]
         width = max(len(r) for r in batch)
         return torch.tensor([[PAD, *r, *[PAD] * (width - len(r))] for r in batch])
 
 
-def test_generation_returns_the_answer_only_cut_at_stop_strings(adapter: Seq2SeqAdapter, tok: Any,
-                                                                 byte_ids: ByteIds) -> None:
-    model = ScriptedModel([byte_ids("yes###more") + [EOS], byte_ids(" no ") + [EOS] + byte_ids("junk"),
-                           byte_ids("abc")])
+def test_generation_returns_the_answer_only_cut_at_stop_strings(
+    adapter: Seq2SeqAdapter, tok: Any, byte_ids: ByteIds
+) -> None:
+    model = ScriptedModel(
+        [byte_ids("yes###more") + [EOS], byte_ids(" no ") + [EOS] + byte_ids("junk"), byte_ids("abc")]
+    )
     out = adapter.generate(model, tok, ["p1", "prompt two", "p3"], max_new_tokens=8, batch_size=2, stop=["###"])
     assert out == ["yes", "no", "abc"]
     first = model.seen[0]
@@ -227,25 +247,47 @@ def train(adapter: Seq2SeqAdapter, steps: int = 4) -> tuple[Any, Any, list[ift.E
     tokenizer = adapter.load_tokenizer()
     torch.manual_seed(0)
     model = adapter.load_model(tokenizer)
-    data = [adapter.encode(tokenizer, [Seg(f"Reverse: {w}\n", False), Seg(w[::-1] + "<|endoftext|>", True)],
-                           source="s", record_id=w) for w in ("abc", "dog", "sun", "map", "red", "toy")]
-    ctx = ift.TrainContext(model=model, tokenizer=tokenizer, adapter=adapter, train_examples=data, eval_examples=[],
-                           seed=0, run_dir=adapter.base_dir, log_step=lambda e: None, evaluate=lambda m, s: {},
-                           progress=Silent())
-    trainer = SFTTrainer(SFTConfig(batch_size=3, max_steps=steps, learning_rate=5e-2, warmup_ratio=0.0,
-                                   scheduler="constant", log_every=steps))
+    data = [
+        adapter.encode(
+            tokenizer, [Seg(f"Reverse: {w}\n", False), Seg(w[::-1] + "<|endoftext|>", True)], source="s", record_id=w
+        )
+        for w in ("abc", "dog", "sun", "map", "red", "toy")
+    ]
+    ctx = ift.TrainContext(
+        model=model,
+        tokenizer=tokenizer,
+        adapter=adapter,
+        train_examples=data,
+        eval_examples=[],
+        seed=0,
+        run_dir=adapter.base_dir,
+        log_step=lambda e: None,
+        evaluate=lambda m, s: {},
+        progress=Silent(),
+    )
+    trainer = SFTTrainer(
+        SFTConfig(
+            batch_size=3, max_steps=steps, learning_rate=5e-2, warmup_ratio=0.0, scheduler="constant", log_every=steps
+        )
+    )
     return trainer.train(ctx).model, tokenizer, data
 
 
 def forward_logits(model: Any, adapter: Seq2SeqAdapter, batch: dict[str, Any]) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     labels=batch["labels"]).logits
+        return model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        ).logits
 
 
-@pytest.mark.parametrize("peft", [{"method": "lora", "r": 4, "alpha": 8},
-                                  {"method": "prompt-tuning", "num_virtual_tokens": 3, "init_text": "Reverse"}])
+@pytest.mark.parametrize(
+    "peft",
+    [
+        {"method": "lora", "r": 4, "alpha": 8},
+        {"method": "prompt-tuning", "num_virtual_tokens": 3, "init_text": "Reverse"},
+    ],
+)
 def test_peft_training_saves_an_adapter_plain_peft_reloads(tmp_path: Path, peft: dict[str, Any]) -> None:
     from peft import PeftModel
     from transformers import AutoModelForSeq2SeqLM
@@ -258,8 +300,9 @@ def test_peft_training_saves_an_adapter_plain_peft_reloads(tmp_path: Path, peft:
     base = AutoModelForSeq2SeqLM.from_pretrained(folder / "base_model")
     reloaded = PeftModel.from_pretrained(base, folder).eval()
     batch = adapter.collate(tokenizer, data[:4])
-    assert torch.allclose(forward_logits(model, adapter, batch), forward_logits(reloaded, adapter, batch),
-                          atol=1e-5, rtol=0)
+    assert torch.allclose(
+        forward_logits(model, adapter, batch), forward_logits(reloaded, adapter, batch), atol=1e-5, rtol=0
+    )
     # ift's own loader gives the same model back, and generation through it returns strings
     loaded, loaded_tokenizer = adapter.load_trained(folder)
     prompts = ["Reverse: abc\n", "Reverse: xy\n"]

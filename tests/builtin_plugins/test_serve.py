@@ -23,10 +23,14 @@ from ift.host import PluginHost
 openai = pytest.importorskip("openai")
 
 KEY = "test-key-123"
-ROWS = [{"instruction": f"Uppercase: {w}", "input": "", "output": w.upper()}
-        for w in ["abc", "dog", "cat", "xyz", "sun", "map", "red", "toy", "fig", "jam", "owl", "pen"]]
-TINY_MODEL = ('{ model_type = "llama", hidden_size = 32, intermediate_size = 64, num_hidden_layers = 2, '
-              'num_attention_heads = 2, num_key_value_heads = 2, max_position_embeddings = 128 }')
+ROWS = [
+    {"instruction": f"Uppercase: {w}", "input": "", "output": w.upper()}
+    for w in ["abc", "dog", "cat", "xyz", "sun", "map", "red", "toy", "fig", "jam", "owl", "pen"]
+]
+TINY_MODEL = (
+    '{ model_type = "llama", hidden_size = 32, intermediate_size = 64, num_hidden_layers = 2, '
+    "num_attention_heads = 2, num_key_value_heads = 2, max_position_embeddings = 128 }"
+)
 
 
 def train(folder: Path, extra_model: str = "", model_config: str = TINY_MODEL) -> Path:
@@ -104,7 +108,8 @@ def raw(url: str, data: bytes | None = None, key: str | None = KEY) -> tuple[int
 
 def test_chat_completion_returns_text_and_usage(server: Serving):
     reply = server.client().chat.completions.create(
-        model="tiny", messages=[{"role": "user", "content": "Uppercase: dog"}], max_tokens=5)
+        model="tiny", messages=[{"role": "user", "content": "Uppercase: dog"}], max_tokens=5
+    )
     assert reply.object == "chat.completion" and reply.model == "tiny" and reply.id.startswith("chatcmpl-")
     choice = reply.choices[0]
     assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
@@ -134,8 +139,9 @@ def test_completion_stops_at_max_tokens_and_stop_string(server: Serving):
         assert long.usage.completion_tokens == 3
     text = long.choices[0].text
     if text:
-        cut = client.completions.create(model="tiny", prompt="abc", max_tokens=3, temperature=0.8, seed=1,
-                                        stop=[text[-1]])
+        cut = client.completions.create(
+            model="tiny", prompt="abc", max_tokens=3, temperature=0.8, seed=1, stop=[text[-1]]
+        )
         assert cut.choices[0].finish_reason == "stop" and text[-1] not in cut.choices[0].text
 
 
@@ -143,8 +149,11 @@ def test_streaming_chat_sends_deltas_that_add_up_to_the_answer(server: Serving):
     client = server.client()
     messages = [{"role": "user", "content": "Uppercase: sun"}]
     whole = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6)
-    chunks = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, stream=True,
-                                                 stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=6, stream=True, stream_options={"include_usage": True}
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
@@ -153,8 +162,10 @@ def test_streaming_chat_sends_deltas_that_add_up_to_the_answer(server: Serving):
 
 def test_models_and_health(server: Serving):
     assert [m.id for m in server.client().models.list()] == ["tiny"]
-    assert raw(server.url + "/health", key=None) == (200, {"status": "ok", "model": "tiny", "waiting": 0, "running": 0,
-                                                          "max_queue": 64, "max_batch": 8})
+    assert raw(server.url + "/health", key=None) == (
+        200,
+        {"status": "ok", "model": "tiny", "waiting": 0, "running": 0, "max_queue": 64, "max_batch": 8},
+    )
 
 
 def test_wrong_or_missing_token_is_401(server: Serving):
@@ -165,16 +176,23 @@ def test_wrong_or_missing_token_is_401(server: Serving):
     assert status == 401 and body["error"]["type"] == "invalid_request_error"
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ({"model": "tiny"}, "'messages' must be a non-empty list"),
-    ({"model": "tiny", "messages": "hello"}, "'messages' must be a non-empty list"),
-    ({"model": "tiny", "messages": [{"role": "user", "content": 3}]}, "messages[0].content must be a string"),
-    ({"model": "tiny", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role must be one of"),
-    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"},
-     "'temperature' must be a number"),
-    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0},
-     "'max_tokens' must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"model": "tiny"}, "'messages' must be a non-empty list"),
+        ({"model": "tiny", "messages": "hello"}, "'messages' must be a non-empty list"),
+        ({"model": "tiny", "messages": [{"role": "user", "content": 3}]}, "messages[0].content must be a string"),
+        ({"model": "tiny", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role must be one of"),
+        (
+            {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"},
+            "'temperature' must be a number",
+        ),
+        (
+            {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0},
+            "'max_tokens' must be a positive integer",
+        ),
+    ],
+)
 def test_malformed_request_is_400_with_a_clear_message(server: Serving, body: dict, message: str):
     with pytest.raises(openai.BadRequestError) as info:
         server.client().post("/chat/completions", body=body, cast_to=object)
@@ -194,21 +212,26 @@ def test_unknown_model_is_404(server: Serving):
 def test_log_has_no_prompt_text_by_default(server: Serving, caplog):
     secret = "Uppercase: zebra-secret"
     with caplog.at_level(logging.INFO, logger="ift.serve"):
-        server.client().chat.completions.create(model="tiny", messages=[{"role": "user", "content": secret}],
-                                                max_tokens=2)
+        server.client().chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": secret}], max_tokens=2
+        )
         deadline = time.time() + 5  # the server thread logs after the response is sent
-        while time.time() < deadline and not any(r.name == "ift.serve" and "200" in r.getMessage()
-                                                 for r in caplog.records):
+        while time.time() < deadline and not any(
+            r.name == "ift.serve" and "200" in r.getMessage() for r in caplog.records
+        ):
             time.sleep(0.05)
     lines = [r.getMessage() for r in caplog.records if r.name == "ift.serve"]
-    assert any(line.startswith("POST /v1/chat/completions 200 ") and "prompt_tokens=" in line
-               and "completion_tokens=" in line for line in lines), lines
+    assert any(
+        line.startswith("POST /v1/chat/completions 200 ") and "prompt_tokens=" in line and "completion_tokens=" in line
+        for line in lines
+    ), lines
     assert not any("zebra-secret" in line for line in lines)
     server.server.options.log_prompts = True
     try:
         with caplog.at_level(logging.INFO, logger="ift.serve"):
-            server.client().chat.completions.create(model="tiny", messages=[{"role": "user", "content": secret}],
-                                                    max_tokens=2)
+            server.client().chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": secret}], max_tokens=2
+            )
             deadline = time.time() + 5
             while time.time() < deadline and not any("zebra-secret" in r.getMessage() for r in caplog.records):
                 time.sleep(0.05)
@@ -219,8 +242,12 @@ def test_log_has_no_prompt_text_by_default(server: Serving, caplog):
 
 def test_parse_chat_rejects_a_conversation_ending_with_the_assistant():
     with pytest.raises(RequestError, match="last message must not be an assistant"):
-        parse_chat({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
-                   served_model="m", default_max_tokens=8, max_tokens_cap=8)
+        parse_chat(
+            {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+            served_model="m",
+            default_max_tokens=8,
+            max_tokens_cap=8,
+        )
 
 
 def test_lora_run_is_served(tmp_path: Path):
@@ -229,7 +256,8 @@ def test_lora_run_is_served(tmp_path: Path):
     serving = Serving(run_dir)  # no api_key: any token is accepted
     try:
         reply = serving.client(key="anything").chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": "Uppercase: owl"}], max_tokens=3)
+            model="tiny", messages=[{"role": "user", "content": "Uppercase: owl"}], max_tokens=3
+        )
         assert reply.usage.completion_tokens >= 1 and reply.choices[0].finish_reason in ("stop", "length")
     finally:
         serving.close()
@@ -252,13 +280,17 @@ def test_a_prompt_longer_than_the_trained_length_keeps_its_last_tokens(server: S
     assert reply.choices[0].text == alone.choices[0].text
 
 
-@pytest.mark.parametrize(("template", "prompt", "stops"), [
-    ({"name": "chatml"}, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", ["<|im_end|>"]),
-    ({"name": "chat"}, None, None),
-    ({"name": "jinja", "path": "t.jinja"}, "Q: hi\nA: ", ["<|endoftext|>"]),
-])
-def test_renderer_is_rebuilt_from_resolved_json(tmp_path: Path, template: dict, prompt: str | None,
-                                                stops: list[str] | None):
+@pytest.mark.parametrize(
+    ("template", "prompt", "stops"),
+    [
+        ({"name": "chatml"}, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", ["<|im_end|>"]),
+        ({"name": "chat"}, None, None),
+        ({"name": "jinja", "path": "t.jinja"}, "Q: hi\nA: ", ["<|endoftext|>"]),
+    ],
+)
+def test_renderer_is_rebuilt_from_resolved_json(
+    tmp_path: Path, template: dict, prompt: str | None, stops: list[str] | None
+):
     from ift.builtin_plugins.byte_tokenizer import build_byte_tokenizer
     from ift.builtin_plugins.serving.model import build_renderer, stop_texts
     from ift.records import InstructionRecord, Message
@@ -266,17 +298,20 @@ def test_renderer_is_rebuilt_from_resolved_json(tmp_path: Path, template: dict, 
     recipe_dir, run_dir = tmp_path / "recipe", tmp_path / "run"
     recipe_dir.mkdir()
     run_dir.mkdir()
-    (recipe_dir / "t.jinja").write_text("{% for m in messages %}{% if m.role == 'user' %}Q: {{ m.content }}\nA: "
-                                        "{% else %}{% generation %}{{ m.content }}{{ eos_token }}{% endgeneration %}"
-                                        "\n{% endif %}{% endfor %}")
+    (recipe_dir / "t.jinja").write_text(
+        "{% for m in messages %}{% if m.role == 'user' %}Q: {{ m.content }}\nA: "
+        "{% else %}{% generation %}{{ m.content }}{{ eos_token }}{% endgeneration %}"
+        "\n{% endif %}{% endfor %}"
+    )
     (run_dir / "resolved.json").write_text(json.dumps({"template": template}))
     tokenizer = build_byte_tokenizer()
     renderer = build_renderer(run_dir, PluginHost(entry_points=False), recipe_dir)
     renderer.bind(tokenizer)
     record = InstructionRecord("r", "s", [Message("user", "hi"), Message("assistant", "")])
     if prompt is None:  # the tokenizer's own chat template, with its generation prompt
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                               add_generation_prompt=True)
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+        )
     assert renderer.prompt(record) == prompt
     if stops is not None:
         assert stop_texts(renderer) == stops
@@ -290,9 +325,25 @@ def test_serve_command_end_to_end(server: Serving, tmp_path: Path):
 
     run_dir = server.served.run_dir
     env = {**os.environ, "IFT_TEST_SERVE_KEY": KEY, "IFT_DISABLE_ENTRY_POINTS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "ift.cli", "serve", str(run_dir), "--port", "0",
-                                "--api-key-env", "IFT_TEST_SERVE_KEY", "--device", "cpu"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ift.cli",
+            "serve",
+            str(run_dir),
+            "--port",
+            "0",
+            "--api-key-env",
+            "IFT_TEST_SERVE_KEY",
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     lines: list[str] = []  # the server's log, read as it is written (a line is logged just after its response)
     reader = threading.Thread(target=lambda: lines.extend(iter(process.stderr.readline, "")), daemon=True)
     reader.start()
@@ -304,8 +355,9 @@ def test_serve_command_end_to_end(server: Serving, tmp_path: Path):
         url = line.split(" at ", 1)[1].split()[0]
         assert url.startswith("http://127.0.0.1:") and KEY not in line
         client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=30)
-        reply = client.chat.completions.create(model=run_dir.name, messages=[{"role": "user", "content": "hi"}],
-                                               max_tokens=2)
+        reply = client.chat.completions.create(
+            model=run_dir.name, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
         assert reply.model == run_dir.name and reply.usage.prompt_tokens > 0
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=url, api_key="nope", max_retries=0).models.list()

@@ -21,13 +21,13 @@ from ift.builtin_plugins.serving.protocol import Sampling
 
 openai = pytest.importorskip("openai")
 
-WORDS = ["abc", "dog", "cat", "xyz", "sun", "map", "red", "toy", "fig", "jam", "owl", "pen", "cup", "hat", "ice",
-         "kit"]
+WORDS = ["abc", "dog", "cat", "xyz", "sun", "map", "red", "toy", "fig", "jam", "owl", "pen", "cup", "hat", "ice", "kit"]
 ALPACA = "### Instruction:\n{}\n\n### Response:\n"
 # Larger initial weights than the default: the barely trained model's greedy answer then depends on its prompt,
 # so an answer given to the wrong request is seen.
-PEAKY_MODEL = TINY_MODEL.replace("max_position_embeddings = 128", "max_position_embeddings = 128, "
-                                 "initializer_range = 0.5")
+PEAKY_MODEL = TINY_MODEL.replace(
+    "max_position_embeddings = 128", "max_position_embeddings = 128, initializer_range = 0.5"
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,12 @@ def serving(run_dir: Path, request: pytest.FixtureRequest) -> Iterator[Serving]:
 
 
 def post(url: str, body: dict[str, Any], timeout: float = 60) -> tuple[int, dict[str, Any], dict[str, str]]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read()), dict(response.headers)
@@ -54,8 +58,13 @@ def post(url: str, body: dict[str, Any], timeout: float = 60) -> tuple[int, dict
 
 
 def completion(word: str, max_tokens: int = 8, **extra: Any) -> dict[str, Any]:
-    return {"model": "tiny", "prompt": ALPACA.format(f"Uppercase: {word}"), "max_tokens": max_tokens,
-            "temperature": 0, **extra}
+    return {
+        "model": "tiny",
+        "prompt": ALPACA.format(f"Uppercase: {word}"),
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        **extra,
+    }
 
 
 def paused(serving: Serving) -> threading.Event:
@@ -144,13 +153,17 @@ def test_sixteen_concurrent_clients_get_their_own_answers_or_a_clean_503(serving
 def test_a_batch_gives_every_row_what_it_would_get_alone(serving: Serving):
     served, engine = serving.served, serving.server.engine
     prompts = [ALPACA.format("Uppercase: dog"), "abc", ALPACA.format("Uppercase: a much longer instruction")]
-    settings = [Sampling(max_tokens=3), Sampling(max_tokens=12, temperature=0.9, seed=7),
-                Sampling(max_tokens=6, stop=["E"])]
+    settings = [
+        Sampling(max_tokens=3),
+        Sampling(max_tokens=12, temperature=0.9, seed=7),
+        Sampling(max_tokens=6, stop=["E"]),
+    ]
 
     def answers(together: bool) -> list[tuple[str, int, str | None]]:
-        jobs = [served.new_job(served.encode(p), s, template_stops=False) for p, s in zip(prompts, settings,
-                                                                                         strict=True)]
-        for group in ([jobs] if together else [[job] for job in jobs]):
+        jobs = [
+            served.new_job(served.encode(p), s, template_stops=False) for p, s in zip(prompts, settings, strict=True)
+        ]
+        for group in [jobs] if together else [[job] for job in jobs]:
             engine._decode(group)
         out = []
         for job in jobs:
@@ -272,25 +285,31 @@ def test_completion_logprobs_are_the_models_own(serving: Serving):
 def test_chat_logprobs_with_top_logprobs_through_the_openai_client(serving: Serving):
     client = serving.client()
     messages = [{"role": "user", "content": "Uppercase: jam"}]
-    reply = client.chat.completions.create(model="tiny", messages=messages, max_tokens=4, logprobs=True,
-                                           top_logprobs=2)
+    reply = client.chat.completions.create(model="tiny", messages=messages, max_tokens=4, logprobs=True, top_logprobs=2)
     content = reply.choices[0].logprobs.content
     assert "".join(t.token for t in content) == reply.choices[0].message.content
-    assert all(len(t.top_logprobs) == 2 and t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob
-               and bytes(t.bytes) == t.token.encode() for t in content)
+    assert all(
+        len(t.top_logprobs) == 2
+        and t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob
+        and bytes(t.bytes) == t.token.encode()
+        for t in content
+    )
     expected = _first_token_logprobs(serving, ALPACA.format("Uppercase: jam"))
     assert math.isclose(content[0].logprob, float(expected.max()), abs_tol=1e-4)
-    streamed = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=4, logprobs=True,
-                                                   stream=True))
-    tokens = [t.token for c in streamed if c.choices and c.choices[0].logprobs
-              for t in c.choices[0].logprobs.content]
+    streamed = list(
+        client.chat.completions.create(model="tiny", messages=messages, max_tokens=4, logprobs=True, stream=True)
+    )
+    tokens = [t.token for c in streamed if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
     assert tokens == [t.token for t in content]
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ({"logprobs": 6}, "'logprobs' must be an integer from 0 to 5"),
-    ({"logprobs": True}, "'logprobs' must be an integer from 0 to 5"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"logprobs": 6}, "'logprobs' must be an integer from 0 to 5"),
+        ({"logprobs": True}, "'logprobs' must be an integer from 0 to 5"),
+    ],
+)
 def test_bad_completion_logprobs_are_400(serving: Serving, body: dict[str, Any], message: str):
     status, reply, _ = post(serving.url + "/v1/completions", completion("x", **body))
     assert status == 400 and message in reply["error"]["message"]
@@ -298,5 +317,6 @@ def test_bad_completion_logprobs_are_400(serving: Serving, body: dict[str, Any],
 
 def test_top_logprobs_without_logprobs_is_400(serving: Serving):
     with pytest.raises(openai.BadRequestError, match="'top_logprobs' needs 'logprobs': true"):
-        serving.client().chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
-                                                 top_logprobs=2)
+        serving.client().chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "x"}], top_logprobs=2
+        )

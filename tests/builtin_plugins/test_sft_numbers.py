@@ -12,8 +12,13 @@ import ift
 from ift.builtin_plugins.causal_lm import CausalLMAdapter
 from ift.builtin_plugins.sft import SFTConfig, SFTTrainer
 
-TINY = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-        "num_attention_heads": 2}
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+}
 
 
 class Silent:
@@ -43,13 +48,30 @@ def setup(tmp_path: Path):
     tokenizer = adapter.load_tokenizer()
     torch.manual_seed(0)
     model = adapter.load_model(tokenizer)
-    examples = [adapter.encode(tokenizer, [ift.Segment(f"q{i}\n", False), ift.Segment(f"a{i}<|endoftext|>", True)],
-                               source="s", record_id=f"row-{i}") for i in range(8)]
+    examples = [
+        adapter.encode(
+            tokenizer,
+            [ift.Segment(f"q{i}\n", False), ift.Segment(f"a{i}<|endoftext|>", True)],
+            source="s",
+            record_id=f"row-{i}",
+        )
+        for i in range(8)
+    ]
 
     def context(events):
-        return ift.TrainContext(model=model, tokenizer=tokenizer, adapter=adapter, train_examples=examples,
-                                eval_examples=[], seed=0, run_dir=tmp_path, log_step=events.append,
-                                evaluate=lambda m, s: {}, progress=Silent())
+        return ift.TrainContext(
+            model=model,
+            tokenizer=tokenizer,
+            adapter=adapter,
+            train_examples=examples,
+            eval_examples=[],
+            seed=0,
+            run_dir=tmp_path,
+            log_step=events.append,
+            evaluate=lambda m, s: {},
+            progress=Silent(),
+        )
+
     return context
 
 
@@ -62,8 +84,9 @@ def test_non_finite_loss_stops_with_step_and_example_ids(setup):
 
 def test_bounded_skips_are_counted_and_training_goes_on(setup):
     events: list = []
-    trainer = PoisonedStep(SFTConfig(batch_size=2, max_steps=4, shuffle=False, batching="padding",
-                                     skip_nonfinite_steps=1, log_every=1))
+    trainer = PoisonedStep(
+        SFTConfig(batch_size=2, max_steps=4, shuffle=False, batching="padding", skip_nonfinite_steps=1, log_every=1)
+    )
     result = trainer.train(setup(events))
     assert result.summary["skipped_nonfinite_steps"] == 1 and result.steps == 4
     assert [e["step"] for e in events] == [1, 2, 3, 4]

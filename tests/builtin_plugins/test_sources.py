@@ -18,8 +18,10 @@ from ift.builtin_plugins.sources import (
     ParquetSource,
 )
 
-ALPACA = [{"instruction": "Add 2 and 2.", "output": "4"},
-          {"instruction": "Translate.", "input": "bonjour", "output": "hello"}]
+ALPACA = [
+    {"instruction": "Add 2 and 2.", "output": "4"},
+    {"instruction": "Translate.", "input": "bonjour", "output": "hello"},
+]
 
 
 def source(cls: type[FileSource], folder: Path, path: str, **options: Any) -> FileSource:
@@ -48,9 +50,10 @@ def test_jsonl_rows_become_records_with_stable_ids(tmp_path: Path) -> None:
 
 
 def test_jsonl_options_format_system_limit(tmp_path: Path) -> None:
-    write_jsonl(tmp_path / "chat.jsonl", [
-        {"conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": f"a{i}"}]}
-        for i in range(3)])
+    write_jsonl(
+        tmp_path / "chat.jsonl",
+        [{"conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": f"a{i}"}]} for i in range(3)],
+    )
     src = source(JsonlSource, tmp_path, "chat.jsonl", format="sharegpt", system="Be kind.", limit=2)
     records = list(src.records())
     assert [conversation(r) for r in records] == [
@@ -60,9 +63,19 @@ def test_jsonl_options_format_system_limit(tmp_path: Path) -> None:
 
 
 def test_jsonl_extras_become_record_fields(tmp_path: Path) -> None:
-    write_jsonl(tmp_path / "cls.jsonl", [{"prompt": "Sentiment: great", "completion": "positive",
-                                          "label": "positive", "choices": ["positive", "negative"],
-                                          "task": "sentiment", "metadata": {"lang": "en"}}])
+    write_jsonl(
+        tmp_path / "cls.jsonl",
+        [
+            {
+                "prompt": "Sentiment: great",
+                "completion": "positive",
+                "label": "positive",
+                "choices": ["positive", "negative"],
+                "task": "sentiment",
+                "metadata": {"lang": "en"},
+            }
+        ],
+    )
     [record] = source(JsonlSource, tmp_path, "cls.jsonl").records()
     assert (record.label, record.choices, record.task) == ("positive", ["positive", "negative"], "sentiment")
     assert record.metadata == {"row": 0, "line": 1, "lang": "en"}
@@ -70,8 +83,10 @@ def test_jsonl_extras_become_record_fields(tmp_path: Path) -> None:
 
 def test_jsonl_broken_line_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "broken.jsonl"
-    path.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": "d"}\n'
-                    '{"instruction": "e", "output": \n{"instruction": "f", "output": "g"}\n')
+    path.write_text(
+        '{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": "d"}\n'
+        '{"instruction": "e", "output": \n{"instruction": "f", "output": "g"}\n'
+    )
     with pytest.raises(ift.DataError) as info:
         list(source(JsonlSource, tmp_path, "broken.jsonl").records())
     message = str(info.value)
@@ -90,20 +105,27 @@ def test_jsonl_line_that_is_not_an_object(tmp_path: Path) -> None:
 
 def test_jsonl_row_missing_output_names_its_line_across_blank_lines(tmp_path: Path) -> None:
     path = tmp_path / "missing.jsonl"
-    path.write_text('{"instruction": "a", "output": "b"}\n\n{"instruction": "c", "output": "d"}\n'
-                    '{"instruction": "e"}\n')
+    path.write_text(
+        '{"instruction": "a", "output": "b"}\n\n{"instruction": "c", "output": "d"}\n{"instruction": "e"}\n'
+    )
     with pytest.raises(ift.DataError) as info:
         list(source(JsonlSource, tmp_path, "missing.jsonl").records())
     assert str(info.value) == f"{path}:4: missing field 'output'"
 
 
 def test_jsonl_mixing_formats_is_detected_row_by_row(tmp_path: Path) -> None:
-    write_jsonl(tmp_path / "mixed.jsonl", [
-        {"instruction": "q1", "output": "a1"},
-        {"messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]}])
+    write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [
+            {"instruction": "q1", "output": "a1"},
+            {"messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]},
+        ],
+    )
     records = list(source(JsonlSource, tmp_path, "mixed.jsonl").records())
-    assert [conversation(r) for r in records] == [[("user", "q1"), ("assistant", "a1")],
-                                                  [("user", "q2"), ("assistant", "a2")]]
+    assert [conversation(r) for r in records] == [
+        [("user", "q1"), ("assistant", "a1")],
+        [("user", "q2"), ("assistant", "a2")],
+    ]
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -145,8 +167,9 @@ def test_json_object_with_a_list_under_field(tmp_path: Path) -> None:
 
 
 def test_csv_keeps_numbers_as_text_and_empty_input(tmp_path: Path) -> None:
-    (tmp_path / "t.csv").write_text('instruction,input,output\n"Add 2 and 2.",,4\nTranslate.,bonjour,hello\n'
-                                    '"Say ""hi""",,"hi, you"\n')
+    (tmp_path / "t.csv").write_text(
+        'instruction,input,output\n"Add 2 and 2.",,4\nTranslate.,bonjour,hello\n"Say ""hi""",,"hi, you"\n'
+    )
     records = list(source(CsvSource, tmp_path, "t.csv").records())
     assert [conversation(r) for r in records] == [
         [("user", "Add 2 and 2."), ("assistant", "4")],
@@ -220,19 +243,30 @@ def test_an_id_written_like_file_line_is_always_the_real_line(tmp_path: Path) ->
     that holds a position writes it ``[<number>]`` (the hub source, JSON, the templated builder)."""
     from ift.builtin_plugins.builders.templated import TemplatedConfig, TemplatedSource
 
-    (tmp_path / "a.jsonl").write_text('{"instruction": "first", "output": "1"}\n\n{"instruction": "second", '
-                                      '"output": "2"}\n', encoding="utf-8")
+    (tmp_path / "a.jsonl").write_text(
+        '{"instruction": "first", "output": "1"}\n\n{"instruction": "second", "output": "2"}\n', encoding="utf-8"
+    )
     (tmp_path / "b.csv").write_text('instruction,output\n"multi\nline",x\nthird,y\n', encoding="utf-8")
     (tmp_path / "hub").mkdir()
     write_jsonl(tmp_path / "hub" / "train.jsonl", ALPACA)
     (tmp_path / "c.json").write_text(json.dumps(ALPACA), encoding="utf-8")
-    templated = TemplatedSource(TemplatedConfig.model_validate(
-        {"rows": {"source": "csv", "path": "b.csv"},
-         "tasks": [{"name": "echo", "instructions": ["{{ instruction }}"], "answer": "{{ output }}"}]}),
-        source_name="t", base_dir=tmp_path)
-    records = [*source(JsonlSource, tmp_path, "a.jsonl").records(), *source(CsvSource, tmp_path, "b.csv").records(),
-               *source(JsonSource, tmp_path, "c.json").records(), *hub(tmp_path / "hub").records(),
-               *templated.records()]
+    templated = TemplatedSource(
+        TemplatedConfig.model_validate(
+            {
+                "rows": {"source": "csv", "path": "b.csv"},
+                "tasks": [{"name": "echo", "instructions": ["{{ instruction }}"], "answer": "{{ output }}"}],
+            }
+        ),
+        source_name="t",
+        base_dir=tmp_path,
+    )
+    records = [
+        *source(JsonlSource, tmp_path, "a.jsonl").records(),
+        *source(CsvSource, tmp_path, "b.csv").records(),
+        *source(JsonSource, tmp_path, "c.json").records(),
+        *hub(tmp_path / "hub").records(),
+        *templated.records(),
+    ]
     lines: dict[str, int] = {}
     for record in records:
         name, _, number = record.id.rpartition(":")
@@ -241,5 +275,11 @@ def test_an_id_written_like_file_line_is_always_the_real_line(tmp_path: Path) ->
             text = (tmp_path / name).read_text(encoding="utf-8").splitlines()[int(number) - 1]
             assert record.messages[0].content.splitlines()[0] in text, record.id
     assert lines == {"a.jsonl:1": 1, "a.jsonl:3": 3, "b.csv:2": 2, "b.csv:4": 4}
-    assert [r.id for r in records if r.id not in lines] == \
-        ["c.json[0]", "c.json[1]", f"{tmp_path / 'hub'}:train[0]", f"{tmp_path / 'hub'}:train[1]", "echo[0]", "echo[1]"]
+    assert [r.id for r in records if r.id not in lines] == [
+        "c.json[0]",
+        "c.json[1]",
+        f"{tmp_path / 'hub'}:train[0]",
+        f"{tmp_path / 'hub'}:train[1]",
+        "echo[0]",
+        "echo[1]",
+    ]

@@ -11,9 +11,31 @@ import pytest
 from ift.builtin_plugins import tensorboard as tb
 from ift.cli import main
 
-ROWS = [{"instruction": f"Uppercase: {w}", "input": "", "output": w.upper()}
-        for w in ["abc", "dog", "cat", "xyz", "sun", "map", "red", "toy", "fig", "jam", "owl", "pen",
-                  "rug", "sky", "tea", "van", "wax", "yak", "zip", "elm"]]
+ROWS = [
+    {"instruction": f"Uppercase: {w}", "input": "", "output": w.upper()}
+    for w in [
+        "abc",
+        "dog",
+        "cat",
+        "xyz",
+        "sun",
+        "map",
+        "red",
+        "toy",
+        "fig",
+        "jam",
+        "owl",
+        "pen",
+        "rug",
+        "sky",
+        "tea",
+        "van",
+        "wax",
+        "yak",
+        "zip",
+        "elm",
+    ]
+]
 RECIPE = """
 [run]
 name = "tb"
@@ -134,5 +156,10 @@ def test_a_resumed_run_shows_each_step_once(tmp_path: Path, monkeypatch: pytest.
     tb.ift_run_end(run_dir, "completed", {})
     acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
     acc.Reload()
-    assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(1, 1.0), (2, 2.0), (3, 13.0), (4, 14.0),
-                                                                      (5, 15.0)]
+    assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [
+        (1, 1.0),
+        (2, 2.0),
+        (3, 13.0),
+        (4, 14.0),
+        (5, 15.0),
+    ]

@@ -25,22 +25,34 @@ def test_drop_invalid_counts_by_reason() -> None:
         rec("multi-ok", "a", "b", "c", "d"),
         InstructionRecord("answer-only", "s", [Message("assistant", "alone")]),
         InstructionRecord("no-turns", "s", []),
-        InstructionRecord("ends-with-user", "s", [Message("user", "q"), Message("assistant", "a"), Message("user", "q2")]),
+        InstructionRecord(
+            "ends-with-user", "s", [Message("user", "q"), Message("assistant", "a"), Message("user", "q2")]
+        ),
         InstructionRecord("two-users", "s", [Message("user", "q"), Message("user", "q2"), Message("assistant", "a")]),
-        InstructionRecord("late-system", "s", [Message("user", "q"), Message("system", "s"), Message("assistant", "a")]),
+        InstructionRecord(
+            "late-system", "s", [Message("user", "q"), Message("system", "s"), Message("assistant", "a")]
+        ),
         InstructionRecord("system-ok", "s", [Message("system", "s"), Message("user", "q"), Message("assistant", "a")]),
         InstructionRecord("system-only", "s", [Message("system", "s"), Message("assistant", "a")]),
-        InstructionRecord("bad-label", "s", [Message("user", "Pick"), Message("assistant", "c")], label="c",
-                          choices=["a", "b"]),
-        InstructionRecord("good-label", "s", [Message("user", "Pick"), Message("assistant", "a")], label="a",
-                          choices=["a", "b"]),
+        InstructionRecord(
+            "bad-label", "s", [Message("user", "Pick"), Message("assistant", "c")], label="c", choices=["a", "b"]
+        ),
+        InstructionRecord(
+            "good-label", "s", [Message("user", "Pick"), Message("assistant", "a")], label="a", choices=["a", "b"]
+        ),
     ]
     tally = ift.Tally()
     kept = DropInvalid(DropInvalid.Config()).apply(records, tally)
     assert [r.id for r in kept] == ["ok", "multi-ok", "system-ok", "good-label"]
-    assert dict(tally.dropped) == {"empty output": 1, "empty turn": 1, "answer identical to prompt": 1,
-                                   "missing prompt": 2, "missing output": 2, "bad role order": 2,
-                                   "label outside choices": 1}
+    assert dict(tally.dropped) == {
+        "empty output": 1,
+        "empty turn": 1,
+        "answer identical to prompt": 1,
+        "missing prompt": 2,
+        "missing output": 2,
+        "bad role order": 2,
+        "label outside choices": 1,
+    }
     assert dict(tally.changed) == {}
     assert len(DropInvalid(DropInvalidConfig(check_choices=False)).apply(records, ift.Tally())) == 5
 

@@ -20,12 +20,37 @@ import ift
 from ift.cli import main
 from ift.recipe import tomllib
 
-ROWS = [{"instruction": f"Uppercase: {w}", "input": "", "output": w.upper()}
-        for w in ["abc", "dog", "cat", "xyz", "sun", "map", "red", "toy", "fig", "jam", "owl", "pen", "rug", "sky",
-                  "tea", "van"]]
+ROWS = [
+    {"instruction": f"Uppercase: {w}", "input": "", "output": w.upper()}
+    for w in [
+        "abc",
+        "dog",
+        "cat",
+        "xyz",
+        "sun",
+        "map",
+        "red",
+        "toy",
+        "fig",
+        "jam",
+        "owl",
+        "pen",
+        "rug",
+        "sky",
+        "tea",
+        "van",
+    ]
+]
 ROWS_BY_PROMPT = {r["instruction"]: r["output"] for r in ROWS}
-TINY = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-        "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+}
 #: the recipe as a dict; RECIPE_TOML is the same recipe as a file
 RECIPE: dict[str, Any] = {
     "run": {"name": "tiny", "seed": 7},
@@ -82,8 +107,9 @@ def read(run_dir: Path, name: str) -> Any:
 
 def files(run_dir: Path) -> list[str]:
     """The run directory's files; TensorBoard's event file names carry the time and pid."""
-    return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")
-                  if not p.name.startswith("events.out.tfevents."))
+    return sorted(
+        str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if not p.name.startswith("events.out.tfevents.")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +141,13 @@ def runs(work: Path) -> dict[str, Any]:
             os.environ.pop("IFT_CACHE_DIR", None)
         else:
             os.environ["IFT_CACHE_DIR"] = old
-    return {"cli": work / "cli", "file": from_file, "dict": from_dict, "shown": shown.getvalue(),
-            "silent": silent.getvalue()}
+    return {
+        "cli": work / "cli",
+        "file": from_file,
+        "dict": from_dict,
+        "shown": shown.getvalue(),
+        "silent": silent.getvalue(),
+    }
 
 
 @pytest.mark.slow
@@ -134,7 +165,8 @@ def test_api_run_directory_is_the_cli_s(runs: dict[str, Any], kind: str) -> None
     assert read(api, "resolved.json") == read(cli, "resolved.json")
     events = [json.loads(line) for line in (api / "events.jsonl").read_text().splitlines()]
     assert without_timing(events) == without_timing(
-        [json.loads(line) for line in (cli / "events.jsonl").read_text().splitlines()])
+        [json.loads(line) for line in (cli / "events.jsonl").read_text().splitlines()]
+    )
     assert read(api, "status.json")["status"] == "completed"
     assert result.status == "completed" and result.ran and result.metrics == read(api, "metrics.json")
     assert [e["step"] for e in result.events()] == [1, 2, 3]
@@ -166,8 +198,9 @@ def test_result_paths_and_model_handle(runs: dict[str, Any]) -> None:
     assert result.model_dir == result.run_dir / "model" and (result.model_dir / "config.json").is_file()
     assert result.manifest["seed"] == 7
     assert "loss" in result.table() and "(4 held-out examples)" in result.table()
-    assert result._repr_html_() == (f"<p><b>completed</b>: <code>{result.run_dir}</code></p>"
-                                    f"<pre>{result.table()}</pre>")
+    assert result._repr_html_() == (
+        f"<p><b>completed</b>: <code>{result.run_dir}</code></p><pre>{result.table()}</pre>"
+    )
     in_memory = result.generate("Uppercase: dog", max_new_tokens=3)
     assert result.model is result.open().model  # the trained model, not reloaded
     reopened = ift.load_run(result.run_dir)
@@ -178,8 +211,9 @@ def test_result_paths_and_model_handle(runs: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
-def test_resume_of_a_completed_run_returns_it(runs: dict[str, Any], work: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_of_a_completed_run_returns_it(
+    runs: dict[str, Any], work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     again = ift.run(work / "recipe.toml", output_dir=work / "api", resume=True)
     assert not again.ran and again.status == "completed" and again.metrics == runs["file"].metrics
     assert f"{work / 'api'}: the run already completed; nothing to resume" in capsys.readouterr().out
@@ -190,7 +224,7 @@ def cli_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int,
     code = main(args)
     err = capsys.readouterr().err
     assert err.count("error: ") == 1, err
-    return code, err[err.index("error: "):].removeprefix("error: ").rstrip("\n")  # the message, every line
+    return code, err[err.index("error: ") :].removeprefix("error: ").rstrip("\n")  # the message, every line
 
 
 def test_recipe_errors_are_raised_with_the_cli_s_message(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -230,9 +264,16 @@ def test_run_directory_errors_match_the_cli(work: Path, capsys: pytest.CaptureFi
     busy.mkdir()
     (busy / "x").write_text("")
     holder = subprocess.Popen(  # another process holds the run directory, as a running `ift run` does
-        [sys.executable, "-c", "import sys; from ift.rundir import hold_run_directory\n"
-         f"with hold_run_directory({str(busy)!r}):\n    print('held', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys; from ift.rundir import hold_run_directory\n"
+            f"with hold_run_directory({str(busy)!r}):\n    print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         code, message = cli_error(["run", str(work / "recipe.toml"), "-o", str(busy), "--overwrite"], capsys)
@@ -246,8 +287,9 @@ def test_run_directory_errors_match_the_cli(work: Path, capsys: pytest.CaptureFi
 
 
 def test_overrides_as_a_dict_or_as_set_strings(work: Path) -> None:
-    loaded = ift.load_recipe(work / "recipe.toml", overrides={"trainer.max_steps": 5, "eval.metrics": ["loss"],
-                                                                "run.name": "renamed"})
+    loaded = ift.load_recipe(
+        work / "recipe.toml", overrides={"trainer.max_steps": 5, "eval.metrics": ["loss"], "run.name": "renamed"}
+    )
     resolved = loaded.resolved()
     assert (resolved["trainer"]["max_steps"], resolved["eval"]["metrics"], loaded.name) == (5, ["loss"], "renamed")
     assert resolved["overrides"] == ["trainer.max_steps=5", 'eval.metrics=["loss"]', 'run.name="renamed"']
@@ -267,8 +309,9 @@ def test_overrides_as_a_dict_or_as_set_strings(work: Path) -> None:
         ift.run(loaded, progress="bar")  # type: ignore[arg-type]
 
 
-def test_dict_recipe_paths_resolve_against_base_dir(work: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dict_recipe_paths_resolve_against_base_dir(
+    work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)  # no data.jsonl here
     loaded = ift.load_recipe({**RECIPE, "data": [{"source": "jsonl", "path": Path("data.jsonl")}]}, base_dir=work)
     assert loaded.base_dir == work.resolve() and loaded.path is None
@@ -282,8 +325,10 @@ def test_preview_as_data_is_what_ift_preview_prints(work: Path, capsys: pytest.C
     assert isinstance(shown, ift.PreviewResult)
     assert (shown.train_records, shown.eval_records, len(shown.examples)) == (12, 4, 2)
     first = shown.examples[0]
-    assert first.trainable_text == ROWS_BY_PROMPT[first.text.split("### Instruction:\n")[1].split("\n")[0]] \
-        + "<|endoftext|>"
+    assert (
+        first.trainable_text
+        == ROWS_BY_PROMPT[first.text.split("### Instruction:\n")[1].split("\n")[0]] + "<|endoftext|>"
+    )
     assert first.trainable_tokens == len(first.trainable_text.encode()) - len("<|endoftext|>") + 1
     rows = first.token_rows
     assert rows is not None and len(rows) == first.tokens
@@ -302,25 +347,27 @@ def test_preview_as_data_is_what_ift_preview_prints(work: Path, capsys: pytest.C
         assert example.text in out
 
 
-
 def test_import_ift_exposes_the_api_without_torch() -> None:
-    code = ("import sys, ift; assert callable(ift.run) and callable(ift.preview) and callable(ift.load_recipe); "
-            "print('torch' in sys.modules, 'ift.pipeline' in sys.modules)")
+    code = (
+        "import sys, ift; assert callable(ift.run) and callable(ift.preview) and callable(ift.load_recipe); "
+        "print('torch' in sys.modules, 'ift.pipeline' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.split() == ["False", "False"]
-    assert {"load_recipe", "run", "preview", "load_run", "RunResult", "LoadedRecipe", "PreviewResult"} <= \
-        set(ift.__all__)
+    assert {"load_recipe", "run", "preview", "load_run", "RunResult", "LoadedRecipe", "PreviewResult"} <= set(
+        ift.__all__
+    )
 
 
-def test_a_failing_run_raises_the_cli_s_error_and_leaves_the_same_status(work: Path, tmp_path: Path,
-                                                                          capsys: pytest.CaptureFixture[str],
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_run_raises_the_cli_s_error_and_leaves_the_same_status(
+    work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("IFT_NO_CACHE", "1")
-    code, message = cli_error(["run", str(work / "recipe.toml"), "-o", str(tmp_path / "cli"),
-                               "--set", "trainer.max_length=4"], capsys)
+    code, message = cli_error(
+        ["run", str(work / "recipe.toml"), "-o", str(tmp_path / "cli"), "--set", "trainer.max_length=4"], capsys
+    )
     with pytest.raises(ift.DataError) as caught:
-        ift.run(work / "recipe.toml", output_dir=tmp_path / "api", overrides={"trainer.max_length": 4},
-                progress="off")
+        ift.run(work / "recipe.toml", output_dir=tmp_path / "api", overrides={"trainer.max_length": 4}, progress="off")
     assert str(caught.value) == message and caught.value.exit_code == code == 3
     assert "every training example was dropped while tokenizing" in message
     cli_status, api_status = read(tmp_path / "cli", "status.json"), read(tmp_path / "api", "status.json")
@@ -345,16 +392,25 @@ def test_resume_continues_a_killed_run_to_the_cli_s_result(tmp_path: Path, monke
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
     (tmp_path / "r.toml").write_text(RESUME_RECIPE, encoding="utf-8")
     assert main(["run", str(tmp_path / "r.toml"), "-o", str(tmp_path / "reference")]) == 0
-    killed = subprocess.run([sys.executable, "-m", "ift.cli", "run", "r.toml", "-o", "run"], cwd=tmp_path,
-                            env={**os.environ, "IFT_FAULT": "step-4"}, capture_output=True, text=True, timeout=300)
+    killed = subprocess.run(
+        [sys.executable, "-m", "ift.cli", "run", "r.toml", "-o", "run"],
+        cwd=tmp_path,
+        env={**os.environ, "IFT_FAULT": "step-4"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert killed.returncode == -signal.SIGKILL
     result = ift.run(tmp_path / "r.toml", output_dir=tmp_path / "run", resume=True, progress="off")
     assert result.ran and result.resumed and result.status == "completed"
     reference = tmp_path / "reference"
-    assert (result.model_dir / "model.safetensors").read_bytes() == \
-        (reference / "model" / "model.safetensors").read_bytes()
-    assert [(e["step"], e["loss"]) for e in result.events() if "step" in e] == \
-        [(e["step"], e["loss"]) for e in map(json.loads, (reference / "events.jsonl").read_text().splitlines())
-         if "step" in e]
+    assert (result.model_dir / "model.safetensors").read_bytes() == (
+        reference / "model" / "model.safetensors"
+    ).read_bytes()
+    assert [(e["step"], e["loss"]) for e in result.events() if "step" in e] == [
+        (e["step"], e["loss"])
+        for e in map(json.loads, (reference / "events.jsonl").read_text().splitlines())
+        if "step" in e
+    ]
     assert read(result.run_dir, "metrics.json")["final"] == read(reference, "metrics.json")["final"]
     assert len(result.manifest["resumes"]) == 1

@@ -14,10 +14,13 @@ def lognormal_lengths(n: int, seed: int = 0) -> list[int]:
     return [max(4, min(512, int(rng.lognormvariate(4.0, 0.7)))) for _ in range(n)]
 
 
-@pytest.mark.parametrize("make", [
-    lambda lengths, e: random_batches(len(lengths), 8, 3, e),
-    lambda lengths, e: length_grouped_batches(lengths, 8, 3, e),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda lengths, e: random_batches(len(lengths), 8, 3, e),
+        lambda lengths, e: length_grouped_batches(lengths, 8, 3, e),
+    ],
+)
 def test_each_example_exactly_once_per_epoch_and_seeded(make):
     lengths = lognormal_lengths(203)
     for epoch in (0, 1):

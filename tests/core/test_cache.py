@@ -14,10 +14,19 @@ from ift.cli import main
 
 
 def sample() -> Prepared:
-    examples = [ift.EncodedExample([5, 6, 7], [-100, 6, 7], "a", "r1"),
-                ift.EncodedExample([9], [9], "b", "r2", truncated=True, task="t")]
-    record = ift.InstructionRecord("r2", "b", [ift.Message("user", "q"), ift.Message("assistant", "é")],
-                                   task="t", label="x", choices=["x", "y"], metadata={"row": 3})
+    examples = [
+        ift.EncodedExample([5, 6, 7], [-100, 6, 7], "a", "r1"),
+        ift.EncodedExample([9], [9], "b", "r2", truncated=True, task="t"),
+    ]
+    record = ift.InstructionRecord(
+        "r2",
+        "b",
+        [ift.Message("user", "q"), ift.Message("assistant", "é")],
+        task="t",
+        label="x",
+        choices=["x", "y"],
+        metadata={"row": 3},
+    )
     return Prepared(examples, examples[1:], [record], {"split": {"train": 2}})
 
 
@@ -102,8 +111,9 @@ baseline = false
 @pytest.mark.slow
 def test_second_run_reuses_prepared_data_and_a_new_template_does_not(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("IFT_CACHE_DIR", str(tmp_path / "cache"))
-    (tmp_path / "data.jsonl").write_text("".join(json.dumps({"prompt": f"p{i}", "completion": f"c{i}"}) + "\n"
-                                                 for i in range(10)))
+    (tmp_path / "data.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"p{i}", "completion": f"c{i}"}) + "\n" for i in range(10))
+    )
 
     def run(name: str, template: str) -> dict:
         (tmp_path / "r.toml").write_text(RECIPE.format(template=template))
@@ -153,8 +163,9 @@ class _JinjaFilters:
         env.filters["loud"] = str.upper
 
 
-def test_the_key_changes_with_the_version_of_a_plugin_that_shaped_the_data(host, make_recipe, tokenizer,
-                                                                              tmp_path: Path, monkeypatch):
+def test_the_key_changes_with_the_version_of_a_plugin_that_shaped_the_data(
+    host, make_recipe, tokenizer, tmp_path: Path, monkeypatch
+):
     from ift.pipeline import Run, make_renderer
 
     monkeypatch.delenv("IFT_NO_CACHE", raising=False)
@@ -188,8 +199,10 @@ def test_the_key_follows_a_local_plugin_files_contents(host, make_recipe, tokeni
     monkeypatch.delenv("IFT_NO_CACHE", raising=False)
     (tmp_path / "d.jsonl").write_text('{"prompt": "p", "completion": "c"}\n')
     plugin = tmp_path / "shouting.py"
-    body = ("import ift\n\nclass Shout(ift.Transform):\n    name = 'shout'\n\n    def apply(self, records, tally):\n"
-            "        return records{}\n\n@ift.hookimpl\ndef ift_register_transforms():\n    return [Shout]\n")
+    body = (
+        "import ift\n\nclass Shout(ift.Transform):\n    name = 'shout'\n\n    def apply(self, records, tally):\n"
+        "        return records{}\n\n@ift.hookimpl\ndef ift_register_transforms():\n    return [Shout]\n"
+    )
 
     def key(suffix: str) -> str:
         if "local:shouting" in host.plugins:

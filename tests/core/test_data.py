@@ -23,8 +23,9 @@ MakeRecipe = Callable[..., Any]
 
 
 def rec(source: str, i: int, question: str | None = None, answer: str = "a") -> InstructionRecord:
-    return InstructionRecord(f"{source}-{i}", source, [Message("user", question or f"q{i}"),
-                                                       Message("assistant", answer)])
+    return InstructionRecord(
+        f"{source}-{i}", source, [Message("user", question or f"q{i}"), Message("assistant", answer)]
+    )
 
 
 def table(name: str, **extra: Any) -> dict[str, Any]:
@@ -75,10 +76,12 @@ def test_fraction_is_per_source_and_capped_proportionally(make_recipe: MakeRecip
 
 
 def test_split_tables_and_tiny_sources(make_recipe: MakeRecipe) -> None:
-    records = [rec("t", i) for i in range(4)] + [rec("e", i, question=f"e{i}") for i in range(3)] + \
-        [rec("one", 0, question="only")]
-    recipe = make_recipe([table("t", split="train"), table("e", split="eval"), table("one")],
-                         eval={"fraction": 0.5})
+    records = (
+        [rec("t", i) for i in range(4)]
+        + [rec("e", i, question=f"e{i}") for i in range(3)]
+        + [rec("one", 0, question="only")]
+    )
+    recipe = make_recipe([table("t", split="train"), table("e", split="eval"), table("one")], eval={"fraction": 0.5})
     train, held = split_records(recipe, records, DataReport())
     assert sorted(r.id for r in held) == ["e-0", "e-1", "e-2"]
     assert sorted(r.id for r in train) == ["one-0", "t-0", "t-1", "t-2", "t-3"]
@@ -92,10 +95,14 @@ def test_zero_fraction_keeps_everything_for_training(make_recipe: MakeRecipe) ->
 
 
 def test_max_examples_caps_held_out_records_over_all_sources(make_recipe: MakeRecipe) -> None:
-    records = [rec("e1", i) for i in range(3)] + [rec("e2", i, question=f"x{i}") for i in range(3)] + \
-        [rec("t", i, question=f"t{i}") for i in range(3)]
-    recipe = make_recipe([table("e1", split="eval"), table("e2", split="eval"), table("t", split="train")],
-                         eval={"max_examples": 4})
+    records = (
+        [rec("e1", i) for i in range(3)]
+        + [rec("e2", i, question=f"x{i}") for i in range(3)]
+        + [rec("t", i, question=f"t{i}") for i in range(3)]
+    )
+    recipe = make_recipe(
+        [table("e1", split="eval"), table("e2", split="eval"), table("t", split="train")], eval={"max_examples": 4}
+    )
     report = DataReport()
     _, held = split_records(recipe, records, report)
     assert len(held) <= 4
@@ -103,36 +110,40 @@ def test_max_examples_caps_held_out_records_over_all_sources(make_recipe: MakeRe
     assert report.split["cut_by_max_examples"] == {"e2": {"records": 3, "kept": 1, "max_examples": 4}}
     assert data_notes(report.to_dict()) == [
         "eval.max_examples = 4 kept 1 of the 3 records of eval table 'e2'; raise eval.max_examples (or set it to "
-        "nothing) to keep them all"]
+        "nothing) to keep them all"
+    ]
 
 
 def test_transforms_dropping_eval_records_say_so_per_split(make_recipe: MakeRecipe, host: PluginHost) -> None:
     records = [rec("t", 0), rec("e", 0, answer=" "), rec("e", 1)]
     records[0].metadata["split"] = "train"
     records[1].metadata["split"] = records[2].metadata["split"] = "eval"
-    recipe = make_recipe([table("t", split="train"), table("e", split="eval")],
-                         transforms=[{"name": "drop-invalid"}])
+    recipe = make_recipe([table("t", split="train"), table("e", split="eval")], transforms=[{"name": "drop-invalid"}])
     report = DataReport()
     apply_transforms(recipe, host, records, report)
     assert report.transforms[0]["by_split"] == {"eval": {"in": 2, "out": 1}, "train": {"in": 1, "out": 1}}
     assert data_notes(report.to_dict()) == [
-        "transform 'drop-invalid' dropped 1 of 2 records of the eval table(s) (split = 'eval')"]
+        "transform 'drop-invalid' dropped 1 of 2 records of the eval table(s) (split = 'eval')"
+    ]
 
 
 # --- weights -----------------------------------------------------------------------------------
 
 
 def test_weights_repeat_and_subsample_with_a_seed(make_recipe: MakeRecipe) -> None:
-    records = [rec("a", i) for i in range(4)] + [rec("b", i, question=f"b{i}") for i in range(6)] + \
-        [rec("c", i, question=f"c{i}") for i in range(4)]
-    recipe = make_recipe([table("a", weight=2), table("b", weight=0.5), table("c", weight=1.5)],
-                         eval={"fraction": 0, "metrics": []})
+    records = (
+        [rec("a", i) for i in range(4)]
+        + [rec("b", i, question=f"b{i}") for i in range(6)]
+        + [rec("c", i, question=f"c{i}") for i in range(4)]
+    )
+    recipe = make_recipe(
+        [table("a", weight=2), table("b", weight=0.5), table("c", weight=1.5)], eval={"fraction": 0, "metrics": []}
+    )
     report = DataReport()
     train, _ = split_records(recipe, records, report)
     assert report.split["weighted_train"] == {"a": 8, "b": 3, "c": 6}
     ids = [r.id for r in train]
-    assert sorted(i for i in ids if i.startswith("a-")) == \
-        ["a-0", "a-0", "a-1", "a-1", "a-2", "a-2", "a-3", "a-3"]
+    assert sorted(i for i in ids if i.startswith("a-")) == ["a-0", "a-0", "a-1", "a-1", "a-2", "a-2", "a-3", "a-3"]
     b_ids = [i for i in ids if i.startswith("b-")]
     assert len(set(b_ids)) == 3
     c_ids = [i for i in ids if i.startswith("c-")]
@@ -157,19 +168,26 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def test_read_sources_sets_task_split_and_reports_counts(make_recipe: MakeRecipe, host: PluginHost,
-                                                       tmp_path: Path) -> None:
-    _write_jsonl(tmp_path / "a.jsonl", [{"instruction": "q1", "output": "a1"},
-                                        {"instruction": "q2", "output": "a2", "task": "own"}])
+def test_read_sources_sets_task_split_and_reports_counts(
+    make_recipe: MakeRecipe, host: PluginHost, tmp_path: Path
+) -> None:
+    _write_jsonl(
+        tmp_path / "a.jsonl",
+        [{"instruction": "q1", "output": "a1"}, {"instruction": "q2", "output": "a2", "task": "own"}],
+    )
     _write_jsonl(tmp_path / "b.jsonl", [{"prompt": "p", "completion": "c"}])
     recipe = make_recipe([table("a", task="math"), table("b", split="eval")])
     report = DataReport()
     records = read_sources(recipe, host, report)
     assert [(r.id, r.source, r.task, r.metadata["split"]) for r in records] == [
-        ("a.jsonl:1", "a", "math", "auto"), ("a.jsonl:2", "a", "own", "auto"),
-        ("b.jsonl:1", "b", None, "eval")]
-    assert [(s["name"], s["source"], s["records"], s["weight"]) for s in report.sources] == \
-        [("a", "jsonl", 2, 1.0), ("b", "jsonl", 1, 1.0)]
+        ("a.jsonl:1", "a", "math", "auto"),
+        ("a.jsonl:2", "a", "own", "auto"),
+        ("b.jsonl:1", "b", None, "eval"),
+    ]
+    assert [(s["name"], s["source"], s["records"], s["weight"]) for s in report.sources] == [
+        ("a", "jsonl", 2, 1.0),
+        ("b", "jsonl", 1, 1.0),
+    ]
     assert all(s["fingerprint"].startswith("sha256:") for s in report.sources)
 
 
@@ -185,8 +203,9 @@ class MemorySource(ift.InstructionSource):
 
     def records(self) -> list[InstructionRecord]:
         source = "elsewhere" if self.config.wrong_source else self.source_name
-        return [InstructionRecord(i, source, [Message("user", "q"), Message("assistant", "a")])
-                for i in self.config.ids]
+        return [
+            InstructionRecord(i, source, [Message("user", "q"), Message("assistant", "a")]) for i in self.config.ids
+        ]
 
 
 class MemoryPlugin:
@@ -203,14 +222,17 @@ def test_duplicate_ids_within_a_source_are_a_data_error(make_recipe: MakeRecipe,
     assert str(info.value) == "source 'mem' has two records with id 'x'; ids must be unique within a source"
 
 
-def test_source_returning_records_of_another_source_is_a_plugin_error(make_recipe: MakeRecipe,
-                                                                      host: PluginHost) -> None:
+def test_source_returning_records_of_another_source_is_a_plugin_error(
+    make_recipe: MakeRecipe, host: PluginHost
+) -> None:
     host.register(MemoryPlugin(), "memory-plugin", distribution="ift-memory")
     recipe = make_recipe([{"source": "memory", "name": "mem", "ids": ["x"], "wrong_source": True}])
     with pytest.raises(PluginError) as info:
         read_sources(recipe, host, DataReport())
-    assert str(info.value) == ("plugin 'memory-plugin' (from ift-memory): source 'memory' returned a record "
-                               "with source='elsewhere', expected 'mem'")
+    assert str(info.value) == (
+        "plugin 'memory-plugin' (from ift-memory): source 'memory' returned a record "
+        "with source='elsewhere', expected 'mem'"
+    )
 
 
 # --- transforms --------------------------------------------------------------------------------
@@ -229,29 +251,40 @@ class SilentPlugin:
         return [SilentDrop]
 
 
-def test_transform_dropping_without_counting_is_a_plugin_error(make_recipe: MakeRecipe,
-                                                               host: PluginHost) -> None:
+def test_transform_dropping_without_counting_is_a_plugin_error(make_recipe: MakeRecipe, host: PluginHost) -> None:
     host.register(SilentPlugin(), "silent", distribution="ift-silent")
     recipe = make_recipe(transforms=[{"name": "silent-drop"}])
     with pytest.raises(PluginError) as info:
         apply_transforms(recipe, host, [rec("d", 0), rec("d", 1)], DataReport())
-    assert str(info.value) == ("plugin 'silent' (from ift-silent): transform 'silent-drop' dropped 1 records "
-                               "but counted 0; every drop must be counted with tally.drop(reason)")
+    assert str(info.value) == (
+        "plugin 'silent' (from ift-silent): transform 'silent-drop' dropped 1 records "
+        "but counted 0; every drop must be counted with tally.drop(reason)"
+    )
 
 
 def test_transforms_report_counts_by_reason(make_recipe: MakeRecipe, host: PluginHost) -> None:
-    records = [rec("d", 0), rec("d", 1, question="q0"), rec("d", 2, answer=" "), rec("d", 3, question="x",
-                                                                                    answer="x")]
+    records = [rec("d", 0), rec("d", 1, question="q0"), rec("d", 2, answer=" "), rec("d", 3, question="x", answer="x")]
     recipe = make_recipe(transforms=[{"name": "drop-invalid"}, {"name": "dedup"}])
     report = DataReport()
     kept = apply_transforms(recipe, host, records, report)
     assert [r.id for r in kept] == ["d-0"]
     assert report.transforms == [
-        {"name": "drop-invalid", "in": 4, "out": 2,
-         "dropped": {"empty output": 1, "answer identical to prompt": 1}, "changed": {},
-         "by_split": {"auto": {"in": 4, "out": 2}}},
-        {"name": "dedup", "in": 2, "out": 1, "dropped": {"duplicate": 1}, "changed": {},
-         "by_split": {"auto": {"in": 2, "out": 1}}},
+        {
+            "name": "drop-invalid",
+            "in": 4,
+            "out": 2,
+            "dropped": {"empty output": 1, "answer identical to prompt": 1},
+            "changed": {},
+            "by_split": {"auto": {"in": 4, "out": 2}},
+        },
+        {
+            "name": "dedup",
+            "in": 2,
+            "out": 1,
+            "dropped": {"duplicate": 1},
+            "changed": {},
+            "by_split": {"auto": {"in": 2, "out": 1}},
+        },
     ]
 
 
@@ -264,8 +297,7 @@ def adapter(tmp_path: Path) -> CausalLMAdapter:
     return CausalLMAdapter(config, base_dir=tmp_path)
 
 
-def test_encode_records_applies_the_length_policy_and_counts(adapter: CausalLMAdapter,
-                                                             tmp_path: Path) -> None:
+def test_encode_records_applies_the_length_policy_and_counts(adapter: CausalLMAdapter, tmp_path: Path) -> None:
     tokenizer = adapter.load_tokenizer()
     renderer = ChatMLRenderer(ChatMLRenderer.Config(), base_dir=tmp_path)
     renderer.bind(tokenizer)
@@ -273,16 +305,22 @@ def test_encode_records_applies_the_length_policy_and_counts(adapter: CausalLMAd
     long_prompt = rec("s", 1, question="x" * 40, answer="yo")  # the answer falls after token 40
     records = [short, long_prompt]
     report = DataReport()
-    examples, kept = encode_records(records, renderer, adapter, tokenizer,
-                                    ift.TrainerConfig(max_length=40, overlong="truncate"), "train", report)
+    examples, kept = encode_records(
+        records, renderer, adapter, tokenizer, ift.TrainerConfig(max_length=40, overlong="truncate"), "train", report
+    )
     assert kept == [short]
     assert [e.record_id for e in examples] == ["s-0"]
-    assert report.encoding["train"] == {"in": 2, "out": 1,
-                                        "reasons": {"no trainable tokens left after truncation": 1},
-                                        "tokens": 25, "trainable_tokens": 3}
+    assert report.encoding["train"] == {
+        "in": 2,
+        "out": 1,
+        "reasons": {"no trainable tokens left after truncation": 1},
+        "tokens": 25,
+        "trainable_tokens": 3,
+    }
 
-    examples, _ = encode_records(records, renderer, adapter, tokenizer,
-                                 ift.TrainerConfig(max_length=25, overlong="drop"), "eval", report)
+    examples, _ = encode_records(
+        records, renderer, adapter, tokenizer, ift.TrainerConfig(max_length=25, overlong="drop"), "eval", report
+    )
     assert [e.record_id for e in examples] == ["s-0"]
     assert report.encoding["eval"]["reasons"] == {"longer than max_length": 1}
 
@@ -300,8 +338,7 @@ def test_encode_records_drops_examples_without_trainable_tokens(adapter: CausalL
     tokenizer = adapter.load_tokenizer()
     report = DataReport()
     renderer = PromptOnly(ift.ComponentConfig(), base_dir=Path("."))
-    examples, _ = encode_records([rec("s", 0)], renderer, adapter, tokenizer, ift.TrainerConfig(), "train",
-                                 report)
+    examples, _ = encode_records([rec("s", 0)], renderer, adapter, tokenizer, ift.TrainerConfig(), "train", report)
     assert examples == []
     assert report.encoding["train"]["reasons"] == {"no trainable tokens": 1}
 

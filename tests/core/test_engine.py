@@ -15,8 +15,13 @@ import ift
 from ift.builtin_plugins.causal_lm import CausalLMAdapter
 from ift.host import PluginHost
 
-TINY = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-        "num_attention_heads": 2}
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+}
 
 
 class Silent:
@@ -33,16 +38,33 @@ class Silent:
 def make_context(tmp_path: Path) -> Any:
     adapter = CausalLMAdapter(CausalLMAdapter.Config(tokenizer="byte-level", from_config=TINY), base_dir=tmp_path)
     tokenizer = adapter.load_tokenizer()
-    examples = [adapter.encode(tokenizer, [ift.Segment(f"q{i}\n", False), ift.Segment(f"answer {i}" * (1 + i % 3)
-                                                                                      + "<|endoftext|>", True)],
-                               source="s", record_id=f"row-{i}") for i in range(8)]
+    examples = [
+        adapter.encode(
+            tokenizer,
+            [ift.Segment(f"q{i}\n", False), ift.Segment(f"answer {i}" * (1 + i % 3) + "<|endoftext|>", True)],
+            source="s",
+            record_id=f"row-{i}",
+        )
+        for i in range(8)
+    ]
 
     def context(events: list[dict[str, Any]], *, model_seed: int = 0, **kwargs: Any) -> ift.TrainContext:
         torch.manual_seed(model_seed)
         model = adapter.load_model(tokenizer)
-        return ift.TrainContext(model=model, tokenizer=tokenizer, adapter=adapter, train_examples=examples,
-                                eval_examples=[], seed=0, run_dir=tmp_path, log_step=events.append,
-                                evaluate=lambda m, s: {}, progress=Silent(), **kwargs)
+        return ift.TrainContext(
+            model=model,
+            tokenizer=tokenizer,
+            adapter=adapter,
+            train_examples=examples,
+            eval_examples=[],
+            seed=0,
+            run_dir=tmp_path,
+            log_step=events.append,
+            evaluate=lambda m, s: {},
+            progress=Silent(),
+            **kwargs,
+        )
+
     return context
 
 
@@ -62,8 +84,9 @@ class Counted(ift.Objective):
     def loss(self, model: Any, batch: dict[str, Any]) -> ift.LossTerms:
         self.calls += 1
         sums, counts = self.ctx.adapter.loss_by_example(model, batch)
-        return ift.LossTerms(sums.sum(), per_example=(sums, counts),
-                             figures={"tokens_seen": counts.sum().detach().float()})
+        return ift.LossTerms(
+            sums.sum(), per_example=(sums, counts), figures={"tokens_seen": counts.sum().detach().float()}
+        )
 
     def state(self) -> dict[str, Any]:
         return {"calls": self.calls}
@@ -75,13 +98,15 @@ class Counted(ift.Objective):
 def test_accumulated_micro_batches_give_the_gradient_of_one_big_batch(make_context: Any):
     """Token-normalised: 2 micro-batches of 2 update exactly like 1 batch of 4, although their token counts
     differ (the examples have different lengths)."""
-    config = dict(max_steps=1, shuffle=False, batching="padding", learning_rate=1e-2, warmup_ratio=0.0,
-                  max_grad_norm=None)
+    config = dict(
+        max_steps=1, shuffle=False, batching="padding", learning_rate=1e-2, warmup_ratio=0.0, max_grad_norm=None
+    )
     one = make_context([])
     ift.train(one, ift.NLL(ift.ObjectiveConfig()), ift.TrainingConfig(batch_size=4, **config))
     two = make_context([])
-    ift.train(two, ift.NLL(ift.ObjectiveConfig()),
-              ift.TrainingConfig(batch_size=2, gradient_accumulation_steps=2, **config))
+    ift.train(
+        two, ift.NLL(ift.ObjectiveConfig()), ift.TrainingConfig(batch_size=2, gradient_accumulation_steps=2, **config)
+    )
     a, b = weights(one.model), weights(two.model)
     assert max(float((a[n] - b[n]).abs().max()) for n in a) < 1e-6
     assert any(float((a[n] - weights(make_context([]).model)[n]).abs().max()) > 1e-4 for n in a)  # it moved
@@ -95,8 +120,11 @@ def test_figures_and_extra_terms_are_logged_per_unit(make_context: Any):
             return terms
 
     events: list[dict[str, Any]] = []
-    ift.train(make_context(events), WithPenalty(ift.ObjectiveConfig()),
-              ift.TrainingConfig(batch_size=4, max_steps=2, log_every=1, shuffle=False, batching="padding"))
+    ift.train(
+        make_context(events),
+        WithPenalty(ift.ObjectiveConfig()),
+        ift.TrainingConfig(batch_size=4, max_steps=2, log_every=1, shuffle=False, batching="padding"),
+    )
     assert [e["step"] for e in events] == [1, 2]
     for event in events:
         assert event["tokens_seen"] == pytest.approx(1.0)  # a sum of trained tokens, per trained token
@@ -117,13 +145,20 @@ def test_the_peft_penalty_is_added_whatever_the_objective(make_context: Any, mon
         def loss(self, model: Any, batch: dict[str, Any]) -> ift.LossTerms:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             labels = batch["labels"][:, 1:]
-            return ift.LossTerms(torch.nn.functional.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"))
+            return ift.LossTerms(
+                torch.nn.functional.cross_entropy(
+                    logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"
+                )
+            )
 
     events: list[dict[str, Any]] = []
-    ift.train(make_context(events), FromLogits(ift.ObjectiveConfig()),
-              ift.TrainingConfig(batch_size=2, gradient_accumulation_steps=2, max_steps=1, log_every=1,
-                                 shuffle=False, batching="padding"))
+    ift.train(
+        make_context(events),
+        FromLogits(ift.ObjectiveConfig()),
+        ift.TrainingConfig(
+            batch_size=2, gradient_accumulation_steps=2, max_steps=1, log_every=1, shuffle=False, batching="padding"
+        ),
+    )
     assert events[0]["loss_terms"] == {"peft_penalty": pytest.approx(3.0)}
     assert penalty.grad is not None and float(penalty.grad) == pytest.approx(1.0)  # d(mean loss)/d(penalty)
     assert "loss_by_source" not in events[0]  # the objective gave no per-example split
@@ -154,8 +189,12 @@ class Stopper(ift.Callback):
 def test_a_callback_logs_and_stops_the_run(make_context: Any):
     events: list[dict[str, Any]] = []
     context = make_context(events)
-    result = ift.train(context, ift.NLL(ift.ObjectiveConfig()),
-                       ift.TrainingConfig(batch_size=2, max_steps=10, log_every=5), callbacks=[Stopper(4)])
+    result = ift.train(
+        context,
+        ift.NLL(ift.ObjectiveConfig()),
+        ift.TrainingConfig(batch_size=2, max_steps=10, log_every=5),
+        callbacks=[Stopper(4)],
+    )
     assert result.steps == 4 and result.summary["stopped"] == "stopper: 4 steps are enough"
     assert [(e["step"], e.get("seen")) for e in events] == [(2, 3), (4, 10)]  # logged where it added something
     assert context.progress.last == "stopper: 4 steps are enough"
@@ -207,8 +246,7 @@ class ObjectivePlugin:
 def test_a_registered_objective_is_a_trainer_with_the_loops_keys_and_its_own(host: PluginHost):
     host.register(ObjectivePlugin(), "objective-plugin", distribution="ift-smooth", version="1.2")
     registered = host.get("trainer", "nll-smoothed")
-    assert (registered.plugin, registered.distribution, registered.version) == ("objective-plugin", "ift-smooth",
-                                                                                "1.2")
+    assert (registered.plugin, registered.distribution, registered.version) == ("objective-plugin", "ift-smooth", "1.2")
     config = registered.cls.Config(smoothing=0.25, learning_rate=1e-3, max_steps=2)
     trainer = registered.cls(config)
     objective = trainer.objective(None)
@@ -260,8 +298,9 @@ def test_a_callback_schedules_evaluations_and_sees_their_results(make_context: A
     context = make_context([])
     context.evaluate = lambda model, stage: stages.append(stage) or {"overall": {"loss": float(len(stages))}}
     callback = EveryThird()
-    ift.train(context, ift.NLL(ift.ObjectiveConfig()), ift.TrainingConfig(batch_size=2, max_steps=7),
-              callbacks=[callback])
+    ift.train(
+        context, ift.NLL(ift.ObjectiveConfig()), ift.TrainingConfig(batch_size=2, max_steps=7), callbacks=[callback]
+    )
     assert stages == ["step-3", "step-6"] and callback.seen == [(3, 1.0), (6, 2.0)]
 
 
@@ -270,5 +309,6 @@ def test_a_callback_needs_a_name_of_its_own(make_context: Any, name: str):
     callback = ift.Callback()
     callback.name = name
     with pytest.raises(ift.RunError, match=f"callback {name!r} \\(Callback\\): every callback needs a name"):
-        ift.train(make_context([]), ift.NLL(ift.ObjectiveConfig()), ift.TrainingConfig(max_steps=1),
-                  callbacks=[callback])
+        ift.train(
+            make_context([]), ift.NLL(ift.ObjectiveConfig()), ift.TrainingConfig(max_steps=1), callbacks=[callback]
+        )

@@ -40,21 +40,37 @@ class _CountsCorrect(ift.Metric):
 
 
 def _record(rid: str, source: str, task: str | None, prompt: str, answer: str) -> ift.InstructionRecord:
-    return ift.InstructionRecord(rid, source, [ift.Message("user", prompt), ift.Message("assistant", answer)],
-                                 task=task)
+    return ift.InstructionRecord(
+        rid, source, [ift.Message("user", prompt), ift.Message("assistant", answer)], task=task
+    )
 
 
 def test_results_overall_per_source_per_task_and_details() -> None:
-    records = [_record("1", "a", "math", "p1", "x"), _record("2", "a", "chat", "p2", "y"),
-               _record("3", "b", "math", "p3", "z"), _record("4", "b", "math", "p4", "w")]
+    records = [
+        _record("1", "a", "math", "p1", "x"),
+        _record("2", "a", "chat", "p2", "y"),
+        _record("3", "b", "math", "p3", "z"),
+        _record("4", "b", "math", "p4", "w"),
+    ]
     adapter = _Answers({"p1": "x", "p2": "no", "p3": "z", "p4": "no"})
-    evaluator = Evaluator(adapter=adapter, tokenizer=None, renderer=_Renderer(),  # type: ignore[arg-type]
-                          metrics=[ExactMatchMetric(ExactMatchMetric.Config()), _CountsCorrect(ift.ComponentConfig())],
-                          records=records, examples=[], batch_size=2, max_new_tokens=4, stop=[], samples=0)
+    evaluator = Evaluator(
+        adapter=adapter,
+        tokenizer=None,
+        renderer=_Renderer(),  # type: ignore[arg-type]
+        metrics=[ExactMatchMetric(ExactMatchMetric.Config()), _CountsCorrect(ift.ComponentConfig())],
+        records=records,
+        examples=[],
+        batch_size=2,
+        max_new_tokens=4,
+        stop=[],
+        samples=0,
+    )
     result = evaluator(None, "final")
     assert result["overall"] == {"exact_match": 0.5, "counts": 2.0, "n": 4}
-    assert result["per_source"] == {"a": {"exact_match": 0.5, "counts": 1.0, "n": 2},
-                                    "b": {"exact_match": 0.5, "counts": 1.0, "n": 2}}
+    assert result["per_source"] == {
+        "a": {"exact_match": 0.5, "counts": 1.0, "n": 2},
+        "b": {"exact_match": 0.5, "counts": 1.0, "n": 2},
+    }
     assert set(result["per_task"]) == {"math", "chat"}
     assert result["per_task"]["chat"] == {"exact_match": 0.0, "counts": 0.0, "n": 1}
     assert result["per_task"]["math"] == {"exact_match": round(2 / 3, 6), "counts": 2.0, "n": 3}
@@ -63,9 +79,18 @@ def test_results_overall_per_source_per_task_and_details() -> None:
 
 def test_no_per_task_group_when_records_have_no_task() -> None:
     records = [_record("1", "a", None, "p1", "x")]
-    evaluator = Evaluator(adapter=_Answers({"p1": "x"}), tokenizer=None, renderer=_Renderer(),  # type: ignore[arg-type]
-                          metrics=[ExactMatchMetric(ExactMatchMetric.Config())], records=records, examples=[],
-                          batch_size=2, max_new_tokens=4, stop=[], samples=0)
+    evaluator = Evaluator(
+        adapter=_Answers({"p1": "x"}),
+        tokenizer=None,
+        renderer=_Renderer(),  # type: ignore[arg-type]
+        metrics=[ExactMatchMetric(ExactMatchMetric.Config())],
+        records=records,
+        examples=[],
+        batch_size=2,
+        max_new_tokens=4,
+        stop=[],
+        samples=0,
+    )
     result = evaluator(None, "final")
     assert "per_task" not in result and "details" not in result
 
@@ -88,12 +113,23 @@ class _OtherReport(_CountsCorrect):
 
 def test_a_report_identical_to_an_earlier_one_is_stored_once_as_a_reference() -> None:
     records = [_record("1", "a", None, "p1", "x"), _record("2", "a", None, "p2", "y")]
-    metrics = [_CountsCorrect(ift.ComponentConfig()), _OtherReport(ift.ComponentConfig()),
-               _CountsAgain(ift.ComponentConfig())]
-    evaluator = Evaluator(adapter=_Answers({"p1": "x", "p2": "no"}), tokenizer=None,  # type: ignore[arg-type]
-                          renderer=_Renderer(), metrics=metrics, records=records,  # type: ignore[arg-type]
-                          examples=[], batch_size=2, max_new_tokens=4, stop=[], samples=0)
+    metrics = [
+        _CountsCorrect(ift.ComponentConfig()),
+        _OtherReport(ift.ComponentConfig()),
+        _CountsAgain(ift.ComponentConfig()),
+    ]
+    evaluator = Evaluator(
+        adapter=_Answers({"p1": "x", "p2": "no"}),
+        tokenizer=None,  # type: ignore[arg-type]
+        renderer=_Renderer(),
+        metrics=metrics,
+        records=records,  # type: ignore[arg-type]
+        examples=[],
+        batch_size=2,
+        max_new_tokens=4,
+        stop=[],
+        samples=0,
+    )
     result = evaluator(None, "final")
     assert result["overall"] == {"counts": 1.0, "other": 1.0, "counts_again": 2.0, "n": 2}
-    assert result["details"] == {"counts": {"wrong": ["2"]}, "other": {"n": 2},
-                                 "counts_again": {"same_as": "counts"}}
+    assert result["details"] == {"counts": {"wrong": ["2"]}, "other": {"n": 2}, "counts_again": {"same_as": "counts"}}

@@ -23,8 +23,11 @@ def examples(n: int = 40, seed: int = 0) -> list[ift.EncodedExample]:
         labels = [-100] * cut + ids[cut:]
         if i % 7 == 3:  # encoder-decoder style: labels of their own length
             labels = [rng.randrange(0, 300) for _ in range(rng.randint(0, 9))]
-        out.append(ift.EncodedExample(ids, labels, f"src{i % 3}", f"id-{i}", truncated=i % 5 == 0,
-                                      task=None if i % 4 == 0 else f"task{i % 2}"))
+        out.append(
+            ift.EncodedExample(
+                ids, labels, f"src{i % 3}", f"id-{i}", truncated=i % 5 == 0, task=None if i % 4 == 0 else f"task{i % 2}"
+            )
+        )
     return out
 
 
@@ -60,8 +63,14 @@ def test_writer_flushes_token_buffers_and_keeps_memory_bounded(tmp_path: Path, m
 def test_empty_table(tmp_path: Path):
     table = write_table([], tmp_path / "t")
     assert len(table) == 0 and list(table) == [] and lengths(table) == []
-    assert list(PreparedCache(tmp_path / "c").load(PreparedCache(tmp_path / "c").store(
-        "k", Prepared(examples(3), [], [], {})).name).eval) == []
+    assert (
+        list(
+            PreparedCache(tmp_path / "c")
+            .load(PreparedCache(tmp_path / "c").store("k", Prepared(examples(3), [], [], {})).name)
+            .eval
+        )
+        == []
+    )
 
 
 def test_cache_entry_is_memory_mapped_and_equal_to_the_lists(tmp_path: Path):
@@ -94,19 +103,38 @@ def test_batches_from_a_table_equal_batches_from_lists(mode: str, tmp_path: Path
     from ift.builtin_plugins.causal_lm import CausalLMAdapter
     from ift.builtin_plugins.sft import SFTConfig, SFTTrainer
 
-    adapter = CausalLMAdapter(CausalLMAdapter.Config(tokenizer="byte-level", from_config={"model_type": "llama"}),
-                             base_dir=Path("."))
+    adapter = CausalLMAdapter(
+        CausalLMAdapter.Config(tokenizer="byte-level", from_config={"model_type": "llama"}), base_dir=Path(".")
+    )
     tokenizer = adapter.load_tokenizer()
     given = [e for e in examples(60, seed=2) if len(e.labels) == len(e.input_ids)]
-    given = [ift.EncodedExample([t % 256 for t in e.input_ids], [t % 256 if t >= 0 else t for t in e.labels],
-                                e.source, e.record_id, e.truncated, e.task) for e in given]
+    given = [
+        ift.EncodedExample(
+            [t % 256 for t in e.input_ids],
+            [t % 256 if t >= 0 else t for t in e.labels],
+            e.source,
+            e.record_id,
+            e.truncated,
+            e.task,
+        )
+        for e in given
+    ]
     table = write_table(given, tmp_path / "t")
     trainer = SFTTrainer(SFTConfig(batch_size=4, max_length=40))
 
     def batches(train: object) -> list[dict]:
-        ctx = ift.TrainContext(model=None, tokenizer=tokenizer, adapter=adapter, train_examples=train,  # type: ignore[arg-type]
-                               eval_examples=[], seed=3, run_dir=tmp_path, log_step=lambda e: None,
-                               evaluate=lambda m, s: {}, progress=None)  # type: ignore[arg-type]
+        ctx = ift.TrainContext(
+            model=None,
+            tokenizer=tokenizer,
+            adapter=adapter,
+            train_examples=train,  # type: ignore[arg-type]
+            eval_examples=[],
+            seed=3,
+            run_dir=tmp_path,
+            log_step=lambda e: None,
+            evaluate=lambda m, s: {},
+            progress=None,
+        )  # type: ignore[arg-type]
         loader = trainer.build_loader(ctx, mode)
         loader.batch_sampler.select(1)
         return list(loader)
@@ -121,8 +149,19 @@ def test_batches_from_a_table_equal_batches_from_lists(mode: str, tmp_path: Path
             else:
                 assert a[key] == b[key], key
     if mode == "packing":
-        rows = trainer.build_loader(ift.TrainContext(
-            model=None, tokenizer=tokenizer, adapter=adapter, train_examples=table, eval_examples=[], seed=3,
-            run_dir=tmp_path, log_step=lambda e: None, evaluate=lambda m, s: {}, progress=None),  # type: ignore[arg-type]
-            mode).dataset
+        rows = trainer.build_loader(
+            ift.TrainContext(
+                model=None,
+                tokenizer=tokenizer,
+                adapter=adapter,
+                train_examples=table,
+                eval_examples=[],
+                seed=3,
+                run_dir=tmp_path,
+                log_step=lambda e: None,
+                evaluate=lambda m, s: {},
+                progress=None,
+            ),  # type: ignore[arg-type]
+            mode,
+        ).dataset
         assert isinstance(rows, PackedRows)  # rows are index lists until a batch reads them

@@ -37,15 +37,19 @@ def test_the_readme_table_lists_exactly_the_codes_ift_errors_defines() -> None:
         assert cls.exit_code in table, cls
 
 
-def test_a_recipe_needing_a_plugin_that_failed_to_load_exits_with_the_plugin_code(tmp_path: Path, capsys,
-                                                                                   monkeypatch) -> None:
+def test_a_recipe_needing_a_plugin_that_failed_to_load_exits_with_the_plugin_code(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
     (tmp_path / "r.toml").write_text('[[data]]\nsource = "sql"\nquery = "select 1"\n')
     broken = PluginFailure("sql", "ift-sql", "0.3.0", "ImportError: no module named sqlalchemy", "ift_sql:plugin")
     monkeypatch.setattr(PluginHost, "_load_entry_points", lambda self: self.failures.append(broken))
     assert main(["validate", str(tmp_path / "r.toml")]) == errors.EXIT_PLUGIN
     err = capsys.readouterr().err
-    assert "unknown source 'sql'" in err and "plugin 'sql' (ift-sql 0.3.0, entry point ift_sql:plugin) failed to " \
-                                              "load" in err and "sqlalchemy" in err
+    assert (
+        "unknown source 'sql'" in err
+        and "plugin 'sql' (ift-sql 0.3.0, entry point ift_sql:plugin) failed to load" in err
+        and "sqlalchemy" in err
+    )
     monkeypatch.setattr(PluginHost, "_load_entry_points", lambda self: None)
     assert main(["validate", str(tmp_path / "r.toml")]) == errors.EXIT_RECIPE  # no plugin failed: the recipe's fault
 
@@ -70,18 +74,26 @@ def ift_register_transforms():
 
 
 def test_a_hook_function_without_the_hookimpl_marker_is_an_error(host: PluginHost, tmp_path: Path) -> None:
-    with pytest.raises(ift.PluginError, match=r"plugin 'forgetful'.*ift_register_transforms is not marked with "
-                                              r"@ift.hookimpl, so it would never be called"):
+    with pytest.raises(
+        ift.PluginError,
+        match=r"plugin 'forgetful'.*ift_register_transforms is not marked with "
+        r"@ift.hookimpl, so it would never be called",
+    ):
         host.register(_module(UNDECORATED), "forgetful")
     assert "forgetful" not in host.plugins
     misspelled = UNDECORATED.replace("def ift_register_transforms", "def ift_register_transform")
-    with pytest.raises(ift.PluginError, match=r"ift_register_transform is not marked with @ift.hookimpl.*did you "
-                                              r"mean 'ift_register_transforms'"):
+    with pytest.raises(
+        ift.PluginError,
+        match=r"ift_register_transform is not marked with @ift.hookimpl.*did you "
+        r"mean 'ift_register_transforms'",
+    ):
         host.register(_module(misspelled), "forgetful")
     local = tmp_path / "forgetful.py"
     local.write_text(UNDECORATED)
     with pytest.raises(ift.PluginError, match="not marked with @ift.hookimpl"):
         host.load_local(local)
-    decorated = _module(UNDECORATED.replace("def ift_register_transforms", "@ift.hookimpl\ndef ift_register_transforms"))
+    decorated = _module(
+        UNDECORATED.replace("def ift_register_transforms", "@ift.hookimpl\ndef ift_register_transforms")
+    )
     host.register(decorated, "remembers")
     assert host.get("transform", "loud").plugin == "remembers"

@@ -23,8 +23,10 @@ def test_a_recipe_that_is_not_utf8_is_a_recipe_error(tmp_path: Path) -> None:
     path.write_bytes(b'[run]\nname = "caf\xe9"\n')
     with pytest.raises(RecipeError) as info:
         read_toml(path)
-    assert str(info.value) == f"{path}: invalid recipe: not valid UTF-8 (byte 0xe9 at line 2, column 12); " \
-                              "save the recipe as UTF-8"
+    assert (
+        str(info.value) == f"{path}: invalid recipe: not valid UTF-8 (byte 0xe9 at line 2, column 12); "
+        "save the recipe as UTF-8"
+    )
     assert main(["validate", str(path)]) == 2
 
 
@@ -32,8 +34,10 @@ def test_set_indexing_a_list_by_name_is_named() -> None:
     raw = {"data": [{"source": "jsonl"}], "trainer": {"epochs": 1}}
     with pytest.raises(RecipeError) as info:
         apply_override(raw, "data.name=x")
-    assert str(info.value) == "invalid recipe: --set data.name: data is a list of 1 table(s); index it by " \
-                              "number, e.g. data.0.name or data[0].name"
+    assert (
+        str(info.value) == "invalid recipe: --set data.name: data is a list of 1 table(s); index it by "
+        "number, e.g. data.0.name or data[0].name"
+    )
     with pytest.raises(RecipeError, match="trainer is a table, not a list; it has no item 0"):
         apply_override(raw, "trainer.0=x")
 
@@ -43,11 +47,12 @@ def test_data_file_kinds_are_named(tmp_path: Path) -> None:
     os.symlink(tmp_path / "b", tmp_path / "a")
     os.symlink(tmp_path / "a", tmp_path / "b")
     os.symlink(tmp_path / "nowhere", tmp_path / "broken")
-    cases = {"folder": "data file is a directory; give the path of a file inside it",
-             "a": "data file is a symlink loop (the links point at each other)",
-             "broken": f"data file is a broken symlink (it points to {str(tmp_path / 'nowhere')!r}, which does "
-                       "not exist)",
-             "absent": "data file not found"}
+    cases = {
+        "folder": "data file is a directory; give the path of a file inside it",
+        "a": "data file is a symlink loop (the links point at each other)",
+        "broken": f"data file is a broken symlink (it points to {str(tmp_path / 'nowhere')!r}, which does not exist)",
+        "absent": "data file not found",
+    }
     for name, message in cases.items():
         with pytest.raises(ift.DataError) as info:
             check_data_file(tmp_path / name, "data file", "(source 's')")
@@ -56,8 +61,11 @@ def test_data_file_kinds_are_named(tmp_path: Path) -> None:
 
 def test_a_secret_is_refused_and_never_echoed_by_another_key(host: PluginHost) -> None:
     secret = "hf_" + "A" * 34
-    raw = {"data": [{"source": "jsonl", "path": "a.jsonl", "weight": secret, "api_key": secret}],
-           "model": MODEL, "trainer": {"epochs": secret}}
+    raw = {
+        "data": [{"source": "jsonl", "path": "a.jsonl", "weight": secret, "api_key": secret}],
+        "model": MODEL,
+        "trainer": {"epochs": secret},
+    }
     with pytest.raises(RecipeError) as info:
         validate_recipe(raw, host, base_dir=Path("."))
     message = str(info.value)
@@ -65,14 +73,17 @@ def test_a_secret_is_refused_and_never_echoed_by_another_key(host: PluginHost) -
     assert secret not in message and "AAAAAAAAAA" not in message
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("cannot reach https://user:tok3n@hub.example/api", "cannot reach https://***@hub.example/api"),
-    ("HF_ENDPOINT=https://tok3n@mirror.local", "HF_ENDPOINT=https://***@mirror.local"),
-    ("proxy http://u:p@proxy:3128 failed", "proxy http://***@proxy:3128 failed"),
-    ("postgresql://admin:s3cret@db:5432/x", "postgresql://***@db:5432/x"),
-    ("https://hub.example/a@b", "https://hub.example/a@b"),  # an @ in the path is no credential
-    ("token hf_" + "x" * 34, "token ***"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("cannot reach https://user:tok3n@hub.example/api", "cannot reach https://***@hub.example/api"),
+        ("HF_ENDPOINT=https://tok3n@mirror.local", "HF_ENDPOINT=https://***@mirror.local"),
+        ("proxy http://u:p@proxy:3128 failed", "proxy http://***@proxy:3128 failed"),
+        ("postgresql://admin:s3cret@db:5432/x", "postgresql://***@db:5432/x"),
+        ("https://hub.example/a@b", "https://hub.example/a@b"),  # an @ in the path is no credential
+        ("token hf_" + "x" * 34, "token ***"),
+    ],
+)
 def test_redact(text: str, expected: str) -> None:
     assert redact(text) == expected
 
@@ -111,8 +122,9 @@ def test_a_bugs_traceback_masks_url_credentials(capsys: pytest.CaptureFixture[st
 
 @pytest.mark.parametrize("kind", ["directory", "loop"])
 @pytest.mark.parametrize("source", ["jsonl", "csv", "json", "parquet"])
-def test_a_data_path_that_is_no_file_is_named_by_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                             kind: str, source: str) -> None:
+def test_a_data_path_that_is_no_file_is_named_by_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, source: str
+) -> None:
     path = tmp_path / f"train.{source}"
     if kind == "directory":
         path.mkdir()

@@ -16,8 +16,15 @@ from ift import head_loss
 from ift.builtin_plugins.causal_lm import CausalLMAdapter
 from ift.builtin_plugins.seq2seq import Seq2SeqAdapter, Seq2SeqConfig
 
-TINY = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 128}
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+}
 WORDS = ["abc", "doggo", "cat", "xyzzy", "sun", "mapping", "r", "toyboxes"]
 
 
@@ -32,9 +39,15 @@ def build(tmp_path: Any, **options: Any) -> tuple[CausalLMAdapter, Any, Any]:
 
 
 def examples(adapter: Any, tokenizer: Any, words: list[str] = WORDS) -> list[ift.EncodedExample]:
-    return [adapter.encode(tokenizer, [ift.Segment(f"Spell {w} loudly:\n", False),
-                                       ift.Segment(f"{w.upper()}!<|endoftext|>", True)],
-                           source=f"s{i % 2}", record_id=f"r{i}") for i, w in enumerate(words)]
+    return [
+        adapter.encode(
+            tokenizer,
+            [ift.Segment(f"Spell {w} loudly:\n", False), ift.Segment(f"{w.upper()}!<|endoftext|>", True)],
+            source=f"s{i % 2}",
+            record_id=f"r{i}",
+        )
+        for i, w in enumerate(words)
+    ]
 
 
 def batch_of(adapter: Any, tokenizer: Any, mode: str, words: list[str] = WORDS) -> dict[str, Any]:
@@ -51,8 +64,9 @@ def full_logits_losses(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
     inputs = CausalLMAdapter.model_inputs(batch)
     logits = model(**inputs).logits[:, :-1].float()
     labels = batch["labels"][:, 1:]
-    per_token = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100,
-                                reduction="none").view_as(labels)
+    per_token = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="none"
+    ).view_as(labels)
     owner = CausalLMAdapter.loss_owners(batch)
     counted = labels != -100
     n = len(batch["record_ids"])
@@ -140,8 +154,9 @@ def test_accumulated_micro_batches_give_the_gradient_of_the_whole_batch(tmp_path
 
 
 def test_lora_finds_the_head_through_peft(tmp_path, small_chunks):
-    adapter, tokenizer, model = build(tmp_path, peft={"method": "lora", "r": 4, "target_modules": ["q_proj",
-                                                                                                    "lm_head"]})
+    adapter, tokenizer, model = build(
+        tmp_path, peft={"method": "lora", "r": 4, "target_modules": ["q_proj", "lm_head"]}
+    )
     model.eval()
     with torch.no_grad():  # LoRA's B starts at zero: make the adapters matter
         for name, p in model.named_parameters():
@@ -185,22 +200,38 @@ def test_logits_changed_after_the_head_fall_back_to_the_full_logits(tmp_path, sm
 
 
 def test_seq2seq_decoder_head_matches_the_full_logits(tmp_path, small_chunks):
-    tiny_t5 = {"model_type": "t5", "d_model": 16, "d_ff": 32, "d_kv": 8, "num_heads": 2, "num_layers": 1,
-               "vocab_size": 260, "dropout_rate": 0.0}
-    adapter = Seq2SeqAdapter(Seq2SeqConfig(tokenizer="byte-level", from_config=tiny_t5, device="cpu",
-                                           dtype="float32"), base_dir=tmp_path)
+    tiny_t5 = {
+        "model_type": "t5",
+        "d_model": 16,
+        "d_ff": 32,
+        "d_kv": 8,
+        "num_heads": 2,
+        "num_layers": 1,
+        "vocab_size": 260,
+        "dropout_rate": 0.0,
+    }
+    adapter = Seq2SeqAdapter(
+        Seq2SeqConfig(tokenizer="byte-level", from_config=tiny_t5, device="cpu", dtype="float32"), base_dir=tmp_path
+    )
     tokenizer = adapter.load_tokenizer()
     torch.manual_seed(0)
     model = adapter.load_model(tokenizer).eval()
-    batch = adapter.collate(tokenizer, [adapter.encode(tokenizer, [ift.Segment(f"Spell {w}: ", False),
-                                                                  ift.Segment(w.upper(), True)],
-                                                       source="s", record_id=w) for w in WORDS])
+    batch = adapter.collate(
+        tokenizer,
+        [
+            adapter.encode(
+                tokenizer, [ift.Segment(f"Spell {w}: ", False), ift.Segment(w.upper(), True)], source="s", record_id=w
+            )
+            for w in WORDS
+        ],
+    )
     labels = batch["labels"]
     decoder_ids = labels.new_full(labels.shape, model.config.pad_token_id)
     decoder_ids[:, 0] = model.config.decoder_start_token_id
     decoder_ids[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, model.config.pad_token_id)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   decoder_input_ids=decoder_ids).logits.float()
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=decoder_ids
+    ).logits.float()
     ref = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none").sum(dim=1)
     ref_grads = grads(model, ref.sum())
     sums, counts = adapter.loss_by_example(model, batch)

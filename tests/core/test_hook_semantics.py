@@ -107,6 +107,7 @@ def test_tryfirst_and_trylast_order_is_honoured(host: PluginHost) -> None:
             @ift.hookimpl(**opts)
             def ift_run_start(self, run_dir: str, resolved: dict[str, Any]) -> None:
                 order.append(label)
+
         return Observer()
 
     host.register(observer("last", trylast=True), "last")
@@ -168,8 +169,9 @@ def test_an_impl_failing_inside_a_wrapper_is_named_and_the_wrapper_sees_it(host:
     host.register(Watcher(), "watcher", distribution="ift-watcher", version="1.0")
     with pytest.raises(PluginError) as err:
         host.step_end("run", {"step": 40})
-    assert str(err.value) == ("plugin 'tracker' (ift-tracker 2.0): ift_step_end (step 40) raised ConnectionError: "
-                              "tracker offline")
+    assert str(err.value) == (
+        "plugin 'tracker' (ift-tracker 2.0): ift_step_end (step 40) raised ConnectionError: tracker offline"
+    )
     assert isinstance(err.value.__cause__, ConnectionError) and seen == [err.value.__cause__]
 
 
@@ -181,8 +183,11 @@ def test_a_wrapper_that_raises_its_own_error_is_the_one_named(host: PluginHost) 
             raise ValueError("no metrics")
 
     host.register(Strict(), "strict", distribution="ift-strict", version="0.1")
-    with pytest.raises(PluginError, match=r"^plugin 'strict' \(ift-strict 0.1\): ift_run_end \(run end, completed\) "
-                                          r"raised ValueError: no metrics$") as err:
+    with pytest.raises(
+        PluginError,
+        match=r"^plugin 'strict' \(ift-strict 0.1\): ift_run_end \(run end, completed\) "
+        r"raised ValueError: no metrics$",
+    ) as err:
         host.run_end("runs/x", "completed", {})
     assert isinstance(err.value.__cause__, ValueError)
 
@@ -215,8 +220,11 @@ def test_a_wrapper_that_never_yields_is_named(host: PluginHost) -> None:
             return None
 
     host.register(Broken(), "broken", distribution="ift-broken", version="3")
-    with pytest.raises(PluginError, match=r"plugin 'broken' \(ift-broken 3\): ift_run_start \(run start\) raised "
-                                          r"RuntimeError: wrap_controller at 'ift_run_start' .* did not yield"):
+    with pytest.raises(
+        PluginError,
+        match=r"plugin 'broken' \(ift-broken 3\): ift_run_start \(run start\) raised "
+        r"RuntimeError: wrap_controller at 'ift_run_start' .* did not yield",
+    ):
         host.run_start("runs/x", {})
 
 

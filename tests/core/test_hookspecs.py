@@ -12,14 +12,26 @@ HOOKS = sorted(name for name, obj in vars(hookspecs).items() if name.startswith(
 
 
 def test_the_expected_hooks_exist() -> None:
-    assert HOOKS == sorted([
-        "ift_register_sources", "ift_register_transforms", "ift_register_renderers",
-        "ift_register_model_adapters", "ift_register_trainers", "ift_register_objectives", "ift_register_metrics",
-        "ift_register_peft_methods",
-        "ift_register_similarity_backends", "ift_register_commands", "ift_prepare_jinja_env", "ift_run_start",
-        "ift_step_end", "ift_data_prepared",
-        "ift_evaluate_end", "ift_run_end",
-    ])
+    assert HOOKS == sorted(
+        [
+            "ift_register_sources",
+            "ift_register_transforms",
+            "ift_register_renderers",
+            "ift_register_model_adapters",
+            "ift_register_trainers",
+            "ift_register_objectives",
+            "ift_register_metrics",
+            "ift_register_peft_methods",
+            "ift_register_similarity_backends",
+            "ift_register_commands",
+            "ift_prepare_jinja_env",
+            "ift_run_start",
+            "ift_step_end",
+            "ift_data_prepared",
+            "ift_evaluate_end",
+            "ift_run_end",
+        ]
+    )
 
 
 @pytest.mark.parametrize("name", HOOKS)

@@ -57,9 +57,28 @@ def test_builtins_register_every_component_under_its_name(host: PluginHost) -> N
 
 def test_builtin_plugins_are_described_with_origin_and_registered_names(host: PluginHost) -> None:
     described = {row["name"]: row for row in host.describe()}
-    assert set(described) == {"sources", "transforms", "renderers", "causal_lm", "seq2seq", "classifier", "peft_methods",
-                              "sft", "trainers", "preference", "metrics", "cleaning", "builders", "data_cli",
-                              "reporting", "quality", "tensorboard", "serve", "inference", "scaffold"}
+    assert set(described) == {
+        "sources",
+        "transforms",
+        "renderers",
+        "causal_lm",
+        "seq2seq",
+        "classifier",
+        "peft_methods",
+        "sft",
+        "trainers",
+        "preference",
+        "metrics",
+        "cleaning",
+        "builders",
+        "data_cli",
+        "reporting",
+        "quality",
+        "tensorboard",
+        "serve",
+        "inference",
+        "scaffold",
+    }
     assert described["transforms"]["origin"] == "builtin"
     assert described["transforms"]["distribution"] == "ift"
     assert described["transforms"]["registered"] == {"transform": ["drop-invalid", "dedup"]}
@@ -68,8 +87,12 @@ def test_builtin_plugins_are_described_with_origin_and_registered_names(host: Pl
 def test_a_registered_plugin_adds_its_component(host: PluginHost) -> None:
     host.register(SourcePlugin(_Source), "mine", distribution="ift-mine", version="1.2")
     registered = host.get("source", "memory")
-    assert (registered.cls, registered.plugin, registered.distribution, registered.version) == \
-        (_Source, "mine", "ift-mine", "1.2")
+    assert (registered.cls, registered.plugin, registered.distribution, registered.version) == (
+        _Source,
+        "mine",
+        "ift-mine",
+        "1.2",
+    )
     host.unregister("mine")
     assert "memory" not in host.names("source")
 
@@ -113,8 +136,9 @@ def test_misspelled_hook_is_reported_with_did_you_mean(host: PluginHost) -> None
 
     with pytest.raises(PluginError) as info:
         host.register(Misspelled(), "typo", distribution="ift-typo")
-    assert str(info.value) == ("plugin 'typo' (from ift-typo): unknown hook 'ift_register_sorces' "
-                               "(did you mean 'ift_register_sources'?)")
+    assert str(info.value) == (
+        "plugin 'typo' (from ift-typo): unknown hook 'ift_register_sorces' (did you mean 'ift_register_sources'?)"
+    )
     assert "typo" not in host.plugins
     assert "typo" not in [name for name, _ in host.pm.list_name_plugin()]
 
@@ -136,8 +160,7 @@ def test_hookimpl_with_unknown_argument_is_a_plugin_error(host: PluginHost) -> N
         ("jsonl", "returned 'jsonl', which is not a subclass of ift.InstructionSource"),
     ],
 )
-def test_registration_hook_returning_a_non_subclass_is_rejected(host: PluginHost, returned: Any,
-                                                                expected: str) -> None:
+def test_registration_hook_returning_a_non_subclass_is_rejected(host: PluginHost, returned: Any, expected: str) -> None:
     host.register(SourcePlugin(returned), "wrong", distribution="ift-wrong")
     with pytest.raises(PluginError) as info:
         _ = host.registry
@@ -190,15 +213,18 @@ def test_registration_hook_that_raises_names_plugin_and_hook(host: PluginHost) -
     host.register(Raises(), "raiser", distribution="ift-raiser")
     with pytest.raises(PluginError) as info:
         _ = host.registry
-    assert str(info.value) == \
-        "plugin 'raiser' (from ift-raiser): ift_register_metrics() raised RuntimeError: boom"
+    assert str(info.value) == "plugin 'raiser' (from ift-raiser): ift_register_metrics() raised RuntimeError: boom"
 
 
 def test_unknown_name_message_has_did_you_mean_and_choices(host: PluginHost) -> None:
-    assert host.unknown_message("source", "jsnl") == \
-        f"unknown source 'jsnl' (did you mean 'jsonl'?); available: {', '.join(host.names('source'))}"
-    assert host.unknown_message("renderer", "zzz") == \
-        "unknown template renderer 'zzz'; available: alpaca, chat, chatml, jinja, plain"
+    assert (
+        host.unknown_message("source", "jsnl")
+        == f"unknown source 'jsnl' (did you mean 'jsonl'?); available: {', '.join(host.names('source'))}"
+    )
+    assert (
+        host.unknown_message("renderer", "zzz")
+        == "unknown template renderer 'zzz'; available: alpaca, chat, chatml, jinja, plain"
+    )
     with pytest.raises(PluginError, match=r"unknown metric 'rouge' \(did you mean 'rouge_l'\?\)"):
         host.get("metric", "rouge")
 
@@ -239,21 +265,30 @@ def _fake_entry_points(monkeypatch: pytest.MonkeyPatch, eps: list[FakeEntryPoint
 
 
 def test_broken_entry_point_is_recorded_and_the_others_still_load(monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_entry_points(monkeypatch, [
-        FakeEntryPoint("zz-good", lambda: SourcePlugin(_Source), dist="ift-good", version="1.0"),
-        FakeEntryPoint("aa-broken", _broken, dist="ift-broken", version="0.1"),
-    ])
-    with pytest.warns(UserWarning, match=r"plugin 'aa-broken' \(ift-broken 0.1, entry point aa_broken_module\) "
-                                         r"failed to load"):
+    _fake_entry_points(
+        monkeypatch,
+        [
+            FakeEntryPoint("zz-good", lambda: SourcePlugin(_Source), dist="ift-good", version="1.0"),
+            FakeEntryPoint("aa-broken", _broken, dist="ift-broken", version="0.1"),
+        ],
+    )
+    with pytest.warns(
+        UserWarning,
+        match=r"plugin 'aa-broken' \(ift-broken 0.1, entry point aa_broken_module\) "
+        r"failed to load",
+    ):
         host = PluginHost()
     assert [(f.name, f.distribution, f.version, f.error) for f in host.failures] == [
-        ("aa-broken", "ift-broken", "0.1", "ImportError: No module named 'missing_dependency'")]
+        ("aa-broken", "ift-broken", "0.1", "ImportError: No module named 'missing_dependency'")
+    ]
     assert host.plugins["zz-good"].origin == "entry-point"
     assert host.get("source", "memory").distribution == "ift-good"
     message = host.unknown_message("source", "private-db")
-    assert message.endswith("; plugin 'aa-broken' (ift-broken 0.1, entry point aa_broken_module) failed to load "
-                            "and may provide it: "
-                            "ImportError: No module named 'missing_dependency'")
+    assert message.endswith(
+        "; plugin 'aa-broken' (ift-broken 0.1, entry point aa_broken_module) failed to load "
+        "and may provide it: "
+        "ImportError: No module named 'missing_dependency'"
+    )
 
 
 def test_entry_point_with_misspelled_hook_is_a_failure_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -274,8 +309,10 @@ def test_plugin_allow_list_skips_other_entry_points(monkeypatch: pytest.MonkeyPa
     class Other(_Source):
         name = "other"
 
-    _fake_entry_points(monkeypatch, [FakeEntryPoint("one", lambda: SourcePlugin(_Source)),
-                                     FakeEntryPoint("two", lambda: SourcePlugin(Other))])
+    _fake_entry_points(
+        monkeypatch,
+        [FakeEntryPoint("one", lambda: SourcePlugin(_Source)), FakeEntryPoint("two", lambda: SourcePlugin(Other))],
+    )
     monkeypatch.setenv("IFT_LOAD_PLUGINS", "two")
     host = PluginHost()
     assert "one" not in host.plugins and "two" in host.plugins
@@ -361,22 +398,32 @@ def test_lifecycle_hooks_reach_every_observer(host: PluginHost) -> None:
     host.run_end("runs/x", "completed", {})
     env: dict[str, Any] = {}
     host.prepare_jinja_env(env)
+
     class Commands(list):  # stands in for the click group
         def add_command(self, command: Any) -> None:
             self.append(command.name)
 
     commands = Commands()
     host.register_commands(commands)
-    assert calls == [("start", "runs/x", {"a": 1}), ("step", 3), ("eval", "final", {"loss": 0.5}),
-                     ("end", "completed")]
+    assert calls == [("start", "runs/x", {"a": 1}), ("step", 3), ("eval", "final", {"loss": 0.5}), ("end", "completed")]
     assert env == {"touched": True}
-    assert sorted(commands) == ["chat", "cmd", "compare", "data", "export", "generate", "init", "report", "runs", "serve"]  # the builtin commands
+    assert sorted(commands) == [
+        "chat",
+        "cmd",
+        "compare",
+        "data",
+        "export",
+        "generate",
+        "init",
+        "report",
+        "runs",
+        "serve",
+    ]  # the builtin commands
 
 
 def test_pluggy_project_name_is_ift(host: PluginHost) -> None:
     assert isinstance(host.pm, pluggy.PluginManager)
     assert host.pm.project_name == "ift"
-
 
 
 def test_an_observer_that_raises_is_named_with_hook_and_step(host: PluginHost) -> None:
@@ -388,6 +435,7 @@ def test_an_observer_that_raises_is_named_with_hook_and_step(host: PluginHost) -
     host.register(Tracker(), "tracker", distribution="ift-tracker", version="2.0")
     with pytest.raises(PluginError) as err:
         host.step_end("run", {"step": 40, "loss": 1.0})
-    assert str(err.value) == ("plugin 'tracker' (ift-tracker 2.0): ift_step_end (step 40) raised ConnectionError: "
-                              "tracker offline")
+    assert str(err.value) == (
+        "plugin 'tracker' (ift-tracker 2.0): ift_step_end (step 40) raised ConnectionError: tracker offline"
+    )
     assert isinstance(err.value.__cause__, ConnectionError)

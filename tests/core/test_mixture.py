@@ -87,14 +87,18 @@ def test_cap_limits_a_source_in_the_proportional_rate(sizes: dict[str, int]) -> 
     assert_close_to(plan.counts(), {k: 500 * v / sum(capped.values()) for k, v in capped.items()})
 
 
-@pytest.mark.parametrize("weights, cap, expected", [
-    ({"a": 2.0, "b": 0.5, "c": 1.0}, None, {"a": 1800, "b": 45, "c": 10}),
-    ({"a": 0.1, "b": 3.0, "c": 25.0}, None, {"a": 90, "b": 270, "c": 250}),
-    ({"a": 2.0, "b": 0.5, "c": 25.0}, 100, {"a": 100, "b": 45, "c": 100}),  # the cap is a hard cap
-    ({"a": 0.333, "b": 0.333, "c": 0.25}, None, {"a": 300, "b": 30, "c": 2}),  # round(2.5) = 2, as before
-])
-def test_weighted_counts_are_weight_times_size_capped(weights: dict[str, float], cap: int | None,
-                                                      expected: dict[str, int]) -> None:
+@pytest.mark.parametrize(
+    "weights, cap, expected",
+    [
+        ({"a": 2.0, "b": 0.5, "c": 1.0}, None, {"a": 1800, "b": 45, "c": 10}),
+        ({"a": 0.1, "b": 3.0, "c": 25.0}, None, {"a": 90, "b": 270, "c": 250}),
+        ({"a": 2.0, "b": 0.5, "c": 25.0}, 100, {"a": 100, "b": 45, "c": 100}),  # the cap is a hard cap
+        ({"a": 0.333, "b": 0.333, "c": 0.25}, None, {"a": 300, "b": 30, "c": 2}),  # round(2.5) = 2, as before
+    ],
+)
+def test_weighted_counts_are_weight_times_size_capped(
+    weights: dict[str, float], cap: int | None, expected: dict[str, int]
+) -> None:
     sizes = {"a": 900, "b": 90, "c": 10}
     plan = plan_mixture(sizes, strategy="weighted", weights=weights, cap=cap)
     assert plan.counts() == expected
@@ -103,8 +107,9 @@ def test_weighted_counts_are_weight_times_size_capped(weights: dict[str, float],
         assert max(plan.counts().values()) <= cap
 
 
-def _temperature_targets(sizes: dict[str, int], temperature: float, total: int,
-                         cap: int | None = None) -> dict[str, float]:
+def _temperature_targets(
+    sizes: dict[str, int], temperature: float, total: int, cap: int | None = None
+) -> dict[str, float]:
     """The rule written out directly in floating point, independently of the code under test."""
     rates = {k: min(v, cap or v) ** (1 / temperature) for k, v in sizes.items()}
     return {k: total * r / sum(rates.values()) for k, r in rates.items()}
@@ -113,8 +118,7 @@ def _temperature_targets(sizes: dict[str, int], temperature: float, total: int,
 @pytest.mark.parametrize("sizes", SIZE_SETS)
 @pytest.mark.parametrize("temperature", [0.5, 2.0, 3.0, 10.0])
 @pytest.mark.parametrize("total", [None, 100, 5000])
-def test_temperature_counts_follow_the_t5_rule(sizes: dict[str, int], temperature: float,
-                                              total: int | None) -> None:
+def test_temperature_counts_follow_the_t5_rule(sizes: dict[str, int], temperature: float, total: int | None) -> None:
     plan = plan_mixture(sizes, strategy="temperature", temperature=temperature, total=total)
     budget = sum(sizes.values()) if total is None else total
     assert sum(plan.counts().values()) == budget
@@ -155,8 +159,10 @@ def test_temperature_one_draws_the_same_records_as_proportional(make_recipe: Mak
 
 def test_large_temperature_approaches_equal_shares() -> None:
     sizes = {"big": 20_000, "mid": 333, "small": 11, "tiny": 1}
-    shares = [plan_mixture(sizes, strategy="temperature", temperature=t, total=1000).sources[0].share
-              for t in (1.0, 2.0, 5.0, 50.0, 1e6)]
+    shares = [
+        plan_mixture(sizes, strategy="temperature", temperature=t, total=1000).sources[0].share
+        for t in (1.0, 2.0, 5.0, 50.0, 1e6)
+    ]
     assert shares == sorted(shares, reverse=True)  # the largest source's share falls as T grows
     for t in (1e6, math.inf):
         counts = plan_mixture(sizes, strategy="temperature", temperature=t, total=1000).counts()
@@ -209,8 +215,11 @@ def test_mixing_is_seeded_by_the_data_seed(make_recipe: MakeRecipe) -> None:
 
 def test_eval_split_is_taken_before_mixing_and_never_repeats(make_recipe: MakeRecipe) -> None:
     records = [rec("a", i) for i in range(200)] + [rec("b", i) for i in range(10)]
-    recipe = make_recipe([table("a"), table("b")], eval={"fraction": 0.1},
-                         mixture={"strategy": "temperature", "temperature": 5.0, "total": 300})
+    recipe = make_recipe(
+        [table("a"), table("b")],
+        eval={"fraction": 0.1},
+        mixture={"strategy": "temperature", "temperature": 5.0, "total": 300},
+    )
     report = DataReport()
     train, held = split_records(recipe, records, report)
     held_ids = [r.id for r in held]
@@ -238,23 +247,38 @@ def test_default_strategy_keeps_weighted_recipes_as_they_were(make_recipe: MakeR
 
 def test_report_explains_the_mixture_and_each_sources_contribution(make_recipe: MakeRecipe, tmp_path: Path) -> None:
     records = [rec("a", i) for i in range(30)] + [rec("b", i) for i in range(3)]
-    recipe = make_recipe([table("a"), table("b")], eval={"fraction": 0, "metrics": []},
-                         mixture={"strategy": "proportional", "cap": 12, "total": 20})
+    recipe = make_recipe(
+        [table("a"), table("b")],
+        eval={"fraction": 0, "metrics": []},
+        mixture={"strategy": "proportional", "cap": 12, "total": 20},
+    )
     report = DataReport()
     train, _ = split_records(recipe, records, report)
     mixture = report.to_dict()["mixture"]
-    assert {k: mixture[k] for k in ("strategy", "temperature", "cap", "epoch_examples")} == \
-        {"strategy": "proportional", "temperature": None, "cap": 12, "epoch_examples": 20}
+    assert {k: mixture[k] for k in ("strategy", "temperature", "cap", "epoch_examples")} == {
+        "strategy": "proportional",
+        "temperature": None,
+        "cap": 12,
+        "epoch_examples": 20,
+    }
     assert mixture["rule"].startswith("share_i = min(n_i, cap) / sum_j min(n_j, cap)")
-    assert mixture["sources"]["a"] == {"records": 30, "weight": 1.0, "effective_size": 12.0, "target_share": 0.8,
-                                       "target_examples": 16.0, "planned_examples": 16, "unique_records": 16}
+    assert mixture["sources"]["a"] == {
+        "records": 30,
+        "weight": 1.0,
+        "effective_size": 12.0,
+        "target_share": 0.8,
+        "target_examples": 16.0,
+        "planned_examples": 16,
+        "unique_records": 16,
+    }
     assert mixture["sources"]["b"]["planned_examples"] == 4 and mixture["sources"]["b"]["unique_records"] == 3
 
     # encoding drops b's over-long example (each of its copies); the contribution is what is trained on
     tokenizer, renderer, adapter = encoding_parts(tmp_path)
     train = [r if r.id != "b-0" else rec("b", 0, long=True) for r in train]
-    examples, _ = encode_records(train, renderer, adapter, tokenizer, TrainerConfig(max_length=60, overlong="drop"),
-                                 "train", report)
+    examples, _ = encode_records(
+        train, renderer, adapter, tokenizer, TrainerConfig(max_length=60, overlong="drop"), "train", report
+    )
     sources = report.to_dict()["mixture"]["sources"]
     for name in ("a", "b"):
         mine = [e for e in examples if e.source == name]
@@ -275,8 +299,9 @@ def encoding_parts(tmp_path: Path) -> tuple[Any, Any, Any]:
     from ift.builtin_plugins.causal_lm import CausalLMAdapter
     from ift.builtin_plugins.renderers import ChatMLRenderer
 
-    adapter = CausalLMAdapter(CausalLMAdapter.Config(tokenizer="byte-level", from_config={"model_type": "llama"}),
-                              base_dir=tmp_path)
+    adapter = CausalLMAdapter(
+        CausalLMAdapter.Config(tokenizer="byte-level", from_config={"model_type": "llama"}), base_dir=tmp_path
+    )
     tokenizer = adapter.load_tokenizer()
     renderer = ChatMLRenderer(ChatMLRenderer.Config(), base_dir=tmp_path)
     renderer.bind(tokenizer)
@@ -285,8 +310,10 @@ def encoding_parts(tmp_path: Path) -> tuple[Any, Any, Any]:
 
 # --- a whole run -------------------------------------------------------------------------------------
 
-TINY_MODEL = ('{ model_type = "llama", hidden_size = 32, intermediate_size = 64, num_hidden_layers = 1, '
-              'num_attention_heads = 2, num_key_value_heads = 2, max_position_embeddings = 128 }')
+TINY_MODEL = (
+    '{ model_type = "llama", hidden_size = 32, intermediate_size = 64, num_hidden_layers = 1, '
+    "num_attention_heads = 2, num_key_value_heads = 2, max_position_embeddings = 128 }"
+)
 
 
 def _write_run_recipe(folder: Path) -> Path:

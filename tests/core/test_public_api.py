@@ -22,13 +22,20 @@ def ift_imports(folder: Path) -> list[tuple[str, int, str, str]]:
     found = []
     for path in sorted(folder.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and \
-                    (node.module == "ift" or node.module.startswith("ift.")) and \
-                    not node.module.startswith("ift.builtin_plugins"):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.level == 0
+                and node.module
+                and (node.module == "ift" or node.module.startswith("ift."))
+                and not node.module.startswith("ift.builtin_plugins")
+            ):
                 found += [(str(path.relative_to(folder)), node.lineno, node.module, a.name) for a in node.names]
             elif isinstance(node, ast.Import):
-                found += [(str(path.relative_to(folder)), node.lineno, a.name, "") for a in node.names
-                          if a.name.startswith("ift.") and not a.name.startswith("ift.builtin_plugins")]
+                found += [
+                    (str(path.relative_to(folder)), node.lineno, a.name, "")
+                    for a in node.names
+                    if a.name.startswith("ift.") and not a.name.startswith("ift.builtin_plugins")
+                ]
     return found
 
 
@@ -66,8 +73,10 @@ def test_every_public_module_declares_its_api():
 
 
 def test_the_check_names_a_private_import(tmp_path: Path):
-    (tmp_path / "plugin.py").write_text("from ift.host import PluginHost\nfrom ift.templating import _budget\n"
-                                        "import ift.pipeline\nfrom ift import Objective\n")
+    (tmp_path / "plugin.py").write_text(
+        "from ift.host import PluginHost\nfrom ift.templating import _budget\n"
+        "import ift.pipeline\nfrom ift import Objective\n"
+    )
     found = private(ift_imports(tmp_path))
     assert [f.split(": ", 1)[1] for f in found] == ["ift.host.PluginHost", "ift.templating._budget", "ift.pipeline"]
 

@@ -49,21 +49,39 @@ def test_minimal_recipe_gets_defaults(host: PluginHost) -> None:
     assert recipe.trainer_config == SFTConfig()
     assert recipe.eval.metrics == ["loss", "exact_match"]
     [spec] = recipe.data
-    assert (spec.name, spec.source_name, spec.weight, spec.split, spec.task) == \
-        ("jsonl", "train", 1.0, "auto", None)
+    assert (spec.name, spec.source_name, spec.weight, spec.split, spec.task) == ("jsonl", "train", 1.0, "auto", None)
     assert spec.config.path == "train.jsonl"  # type: ignore[attr-defined]
 
 
 def test_resolved_fills_every_default(host: PluginHost) -> None:
-    raw = minimal(data=[{"source": "jsonl", "path": "a.jsonl", "name": "tickets", "weight": 2, "task": "qa"}],
-                  trainer={"name": "sft", "epochs": 3})
+    raw = minimal(
+        data=[{"source": "jsonl", "path": "a.jsonl", "name": "tickets", "weight": 2, "task": "qa"}],
+        trainer={"name": "sft", "epochs": 3},
+    )
     resolved = validate_recipe(raw, host, base_dir=Path(".")).resolved()
-    assert resolved["data"] == [{"source": "jsonl", "name": "tickets", "weight": 2.0, "task": "qa",
-                                 "split": "auto", "format": "auto", "system": None, "limit": None,
-                                 "on_bad_rows": "error", "max_bad_fraction": 0.01, "fields": None, "explode": None,
-                                 "path": "a.jsonl"}]
-    assert resolved["template"] == {"name": "alpaca", "max_seconds": 2.0, "max_chars": 1_000_000,
-                                    "train_on": "all_assistant"}
+    assert resolved["data"] == [
+        {
+            "source": "jsonl",
+            "name": "tickets",
+            "weight": 2.0,
+            "task": "qa",
+            "split": "auto",
+            "format": "auto",
+            "system": None,
+            "limit": None,
+            "on_bad_rows": "error",
+            "max_bad_fraction": 0.01,
+            "fields": None,
+            "explode": None,
+            "path": "a.jsonl",
+        }
+    ]
+    assert resolved["template"] == {
+        "name": "alpaca",
+        "max_seconds": 2.0,
+        "max_chars": 1_000_000,
+        "train_on": "all_assistant",
+    }
     assert resolved["trainer"]["epochs"] == 3.0
     assert resolved["trainer"]["learning_rate"] == 2e-4
     assert resolved["model"]["adapter"] == "causal-lm"
@@ -77,8 +95,7 @@ def test_template_path_alone_selects_the_jinja_renderer(host: PluginHost) -> Non
 
 
 def test_default_source_names_come_from_the_path(host: PluginHost) -> None:
-    raw = minimal(data=[{"source": "jsonl", "path": "data/my tickets.jsonl"},
-                        {"source": "hf", "dataset": "org/set"}])
+    raw = minimal(data=[{"source": "jsonl", "path": "data/my tickets.jsonl"}, {"source": "hf", "dataset": "org/set"}])
     recipe = validate_recipe(raw, host, base_dir=Path("."))
     assert [d.source_name for d in recipe.data] == ["my-tickets", "set"]
 
@@ -88,21 +105,31 @@ def test_default_source_names_come_from_the_path(host: PluginHost) -> None:
 
 def test_every_problem_is_reported_at_once_with_key_paths(host: PluginHost) -> None:
     raw = minimal(
-        data=[{"source": "jsnl", "path": "a.jsonl"},
-              {"source": "jsonl", "pth": "b.jsonl"},
-              {"source": "jsonl", "path": "c.jsonl", "weight": -1}],
+        data=[
+            {"source": "jsnl", "path": "a.jsonl"},
+            {"source": "jsonl", "pth": "b.jsonl"},
+            {"source": "jsonl", "path": "c.jsonl", "weight": -1},
+        ],
         trainer={"name": "sft", "learnig_rate": 1e-4, "epochs": 0},
         trainr={"name": "sft"},
         eval={"metrics": ["exact_mach"]},
     )
     problems = problems_of(raw, host)
     assert as_pairs(problems) == [
-        ("trainr", "unknown section (did you mean 'trainer'?); sections are run, data, mixture, transforms, "
-                   "template, model, trainer, eval, plugins"),
-        ("eval.metrics[0]", "unknown metric 'exact_mach' (did you mean 'exact_match'?); available: accuracy, "
-                            "exact_match, f1, loss, perplexity, precision, recall, rouge_l"),
-        ("data[0].source", "unknown source 'jsnl' (did you mean 'jsonl'?); available: "
-                           + ", ".join(host.names("source"))),
+        (
+            "trainr",
+            "unknown section (did you mean 'trainer'?); sections are run, data, mixture, transforms, "
+            "template, model, trainer, eval, plugins",
+        ),
+        (
+            "eval.metrics[0]",
+            "unknown metric 'exact_mach' (did you mean 'exact_match'?); available: accuracy, "
+            "exact_match, f1, loss, perplexity, precision, recall, rouge_l",
+        ),
+        (
+            "data[0].source",
+            "unknown source 'jsnl' (did you mean 'jsonl'?); available: " + ", ".join(host.names("source")),
+        ),
         ("data[1].path", "required key is missing"),
         ("data[1].pth", "unknown key (did you mean 'path'?)"),
         ("data[2].weight", "must be a positive number (got -1)"),
@@ -113,8 +140,12 @@ def test_every_problem_is_reported_at_once_with_key_paths(host: PluginHost) -> N
 
 def test_recipe_error_message_lists_every_problem(host: PluginHost) -> None:
     with pytest.raises(RecipeError) as info:
-        validate_recipe(minimal(trainer={"name": "sft", "learnig_rate": 1}, trainr={}), host,
-                        base_dir=Path("."), path=Path("r.toml"))
+        validate_recipe(
+            minimal(trainer={"name": "sft", "learnig_rate": 1}, trainr={}),
+            host,
+            base_dir=Path("."),
+            path=Path("r.toml"),
+        )
     assert str(info.value).splitlines() == [
         "r.toml: invalid recipe, 2 problems:",
         "  - trainr: unknown section (did you mean 'trainer'?); sections are run, data, mixture, transforms, "
@@ -125,17 +156,19 @@ def test_recipe_error_message_lists_every_problem(host: PluginHost) -> None:
 
 
 def test_missing_and_misshapen_data(host: PluginHost) -> None:
-    assert as_pairs(problems_of({"model": MODEL}, host)) == \
-        [("data", "at least one [[data]] table is required")]
-    assert as_pairs(problems_of({"data": {"source": "jsonl"}, "model": MODEL}, host)) == \
-        [("data", "must be an array of tables: write [[data]], not [data]")]
-    assert as_pairs(problems_of(minimal(data=[{"path": "a.jsonl"}]), host)) == \
-        [("data[0].source", f"required: the source's name; available: {', '.join(host.names('source'))}")]
+    assert as_pairs(problems_of({"model": MODEL}, host)) == [("data", "at least one [[data]] table is required")]
+    assert as_pairs(problems_of({"data": {"source": "jsonl"}, "model": MODEL}, host)) == [
+        ("data", "must be an array of tables: write [[data]], not [data]")
+    ]
+    assert as_pairs(problems_of(minimal(data=[{"path": "a.jsonl"}]), host)) == [
+        ("data[0].source", f"required: the source's name; available: {', '.join(host.names('source'))}")
+    ]
 
 
 def test_duplicate_source_names_and_bad_split(host: PluginHost) -> None:
-    raw = minimal(data=[{"source": "jsonl", "path": "a/x.jsonl"}, {"source": "jsonl", "path": "b/x.jsonl",
-                                                                  "split": "test"}])
+    raw = minimal(
+        data=[{"source": "jsonl", "path": "a/x.jsonl"}, {"source": "jsonl", "path": "b/x.jsonl", "split": "test"}]
+    )
     assert as_pairs(problems_of(raw, host)) == [
         ("data[1].split", "must be 'auto', 'train' or 'eval' (got 'test')"),
         ("data[1].name", "'x' is already the name of data[0]; give each table a distinct name"),
@@ -144,24 +177,35 @@ def test_duplicate_source_names_and_bad_split(host: PluginHost) -> None:
 
 def test_nothing_to_train_or_evaluate(host: PluginHost) -> None:
     raw = minimal(data=[{"source": "jsonl", "path": "a.jsonl", "split": "eval"}])
-    assert as_pairs(problems_of(raw, host)) == \
-        [("data", "every [[data]] table has split = 'eval': nothing to train on")]
+    assert as_pairs(problems_of(raw, host)) == [
+        ("data", "every [[data]] table has split = 'eval': nothing to train on")
+    ]
     raw = minimal(eval={"fraction": 0})
     assert [p.key for p in problems_of(raw, host)] == ["eval.fraction"]
     validate_recipe(minimal(eval={"fraction": 0, "metrics": []}), host, base_dir=Path("."))
 
 
 def test_model_config_is_validated_by_the_adapter(host: PluginHost) -> None:
-    raw = minimal(model={"adapter": "causal-lm", "name_or_path": "x", "from_config": {"model_type": "llama"},
-                         "tokenizer": "byte-level"})
+    raw = minimal(
+        model={
+            "adapter": "causal-lm",
+            "name_or_path": "x",
+            "from_config": {"model_type": "llama"},
+            "tokenizer": "byte-level",
+        }
+    )
     [problem] = problems_of(raw, host)
     assert problem.key == "model"
     assert "set exactly one of name_or_path (a pretrained model) or from_config" in problem.message
 
 
 def test_unknown_component_names_in_every_section(host: PluginHost) -> None:
-    raw = minimal(template={"name": "chatm"}, model={"adapter": "causal"}, trainer={"name": "ppo"},
-                  transforms=[{"name": "dedupe"}])
+    raw = minimal(
+        template={"name": "chatm"},
+        model={"adapter": "causal"},
+        trainer={"name": "ppo"},
+        transforms=[{"name": "dedupe"}],
+    )
     assert [(p.key, p.message.split(";")[0]) for p in problems_of(raw, host)] == [
         ("transforms[0].name", "unknown transform 'dedupe' (did you mean 'dedup'?)"),
         ("template.name", "unknown template renderer 'chatm' (did you mean 'chatml'?)"),
@@ -172,14 +216,14 @@ def test_unknown_component_names_in_every_section(host: PluginHost) -> None:
 
 def test_a_section_that_is_not_a_table_is_a_recipe_error(host: PluginHost) -> None:
     problems = problems_of(minimal(template="chatml", trainer=["sft"]), host)
-    assert as_pairs(problems) == [("template", "must be a table, got str"),
-                                  ("trainer", "must be a table, got list")]
+    assert as_pairs(problems) == [("template", "must be a table, got str"), ("trainer", "must be a table, got list")]
 
 
 def test_unknown_nested_key_gets_did_you_mean(host: PluginHost) -> None:
     model = {**MODEL, "peft": {"method": "lora", "alpah": 8}}
-    assert as_pairs(problems_of(minimal(model=model), host)) == \
-        [("model.peft.alpah", "unknown key (did you mean 'alpha'?)")]
+    assert as_pairs(problems_of(minimal(model=model), host)) == [
+        ("model.peft.alpah", "unknown key (did you mean 'alpha'?)")
+    ]
 
 
 def test_eval_problems_and_unknown_metrics_are_reported_together(host: PluginHost) -> None:
@@ -279,17 +323,19 @@ def test_toml_syntax_error_names_the_file_and_line(tmp_path: Path) -> None:
 def test_unreadable_recipe(tmp_path: Path) -> None:
     with pytest.raises(RecipeError) as info:
         read_toml(tmp_path / "absent.toml")
-    assert str(info.value) == f"{tmp_path / 'absent.toml'}: invalid recipe: cannot read recipe: " \
-                              "No such file or directory"
-
+    assert (
+        str(info.value) == f"{tmp_path / 'absent.toml'}: invalid recipe: cannot read recipe: No such file or directory"
+    )
 
 
 def test_secrets_in_a_recipe_are_refused(host, tmp_path):
     from ift.recipe import validate_recipe
 
-    raw = {"data": [{"source": "hf", "dataset": "org/set", "revision": "hf_" + "a1" * 20}],
-           "model": {"adapter": "causal-lm", "name_or_path": "https://user:pa55@example.com/model"},
-           "plugins": {"local": []}}
+    raw = {
+        "data": [{"source": "hf", "dataset": "org/set", "revision": "hf_" + "a1" * 20}],
+        "model": {"adapter": "causal-lm", "name_or_path": "https://user:pa55@example.com/model"},
+        "plugins": {"local": []},
+    }
     with pytest.raises(ift.RecipeError) as err:
         validate_recipe(raw, host, base_dir=tmp_path)
     keys = [p.key for p in err.value.problems if "looks like a secret" in p.message]
@@ -322,15 +368,18 @@ def test_mixture_strategy_defaults_to_what_the_weights_meant(host: PluginHost) -
     assert recipe.resolved()["mixture"] == {"strategy": "concat", "temperature": None, "cap": None, "total": None}
     recipe = validate_recipe(minimal(data=two_tables(2, 1)), host, base_dir=Path("."))
     assert recipe.resolved()["mixture"]["strategy"] == "weighted"
-    recipe = validate_recipe(minimal(data=two_tables(1, 1), mixture={"strategy": "temperature", "temperature": 2,
-                                                                     "cap": 1000, "total": 500}),
-                             host, base_dir=Path("."))
+    recipe = validate_recipe(
+        minimal(
+            data=two_tables(1, 1), mixture={"strategy": "temperature", "temperature": 2, "cap": 1000, "total": 500}
+        ),
+        host,
+        base_dir=Path("."),
+    )
     assert recipe.resolved()["mixture"] == {"strategy": "temperature", "temperature": 2.0, "cap": 1000, "total": 500}
 
 
 def test_mixture_problems_are_reported_together_with_key_paths(host: PluginHost) -> None:
-    raw = minimal(data=two_tables(1, 1), mixture={"stratgy": "temperature", "temprature": 2, "cap": 0,
-                                                  "total": 1.5})
+    raw = minimal(data=two_tables(1, 1), mixture={"stratgy": "temperature", "temprature": 2, "cap": 0, "total": 1.5})
     assert as_pairs(problems_of(raw, host)) == [
         ("mixture.cap", "Input should be greater than 0 (got 0)"),
         ("mixture.total", "Input should be a valid integer, got a number with a fractional part (got 1.5)"),
@@ -338,45 +387,80 @@ def test_mixture_problems_are_reported_together_with_key_paths(host: PluginHost)
         ("mixture.temprature", "unknown key (did you mean 'temperature'?)"),
     ]
     assert as_pairs(problems_of(minimal(mixture={"strategy": "temprature"}), host)) == [
-        ("mixture.strategy", "unknown strategy 'temprature' (did you mean 'temperature'?); strategies are concat, "
-                             "proportional, weighted, temperature")]
+        (
+            "mixture.strategy",
+            "unknown strategy 'temprature' (did you mean 'temperature'?); strategies are concat, "
+            "proportional, weighted, temperature",
+        )
+    ]
     assert as_pairs(problems_of(minimal(mixture={"strategy": "temperature", "temperature": -1}), host)) == [
-        ("mixture.temperature", "Input should be greater than 0 (got -1)")]
+        ("mixture.temperature", "Input should be greater than 0 (got -1)")
+    ]
     assert as_pairs(problems_of(minimal(mixture="temperature"), host)) == [("mixture", "must be a table, got str")]
 
 
 def test_mixture_keys_must_fit_the_strategy(host: PluginHost) -> None:
     assert as_pairs(problems_of(minimal(mixture={"strategy": "temperature"}), host)) == [
-        ("mixture.temperature", "required by strategy 'temperature': e.g. 2.0 (1 gives the proportional shares; "
-                                "larger values move the shares toward equal)")]
-    assert as_pairs(problems_of(minimal(data=two_tables(1, 1), mixture={"temperature": 2.0, "total": 10}),
-                                host)) == [
-        ("mixture.temperature", "is not used by mixture.strategy = 'concat' (the default for these weights); only "
-                                "strategy 'temperature' reads it"),
-        ("mixture.total", "is not used by mixture.strategy = 'concat' (the default for these weights); only "
-                          "strategies 'proportional' and 'temperature' read it"),
+        (
+            "mixture.temperature",
+            "required by strategy 'temperature': e.g. 2.0 (1 gives the proportional shares; "
+            "larger values move the shares toward equal)",
+        )
+    ]
+    assert as_pairs(problems_of(minimal(data=two_tables(1, 1), mixture={"temperature": 2.0, "total": 10}), host)) == [
+        (
+            "mixture.temperature",
+            "is not used by mixture.strategy = 'concat' (the default for these weights); only "
+            "strategy 'temperature' reads it",
+        ),
+        (
+            "mixture.total",
+            "is not used by mixture.strategy = 'concat' (the default for these weights); only "
+            "strategies 'proportional' and 'temperature' read it",
+        ),
     ]
     assert as_pairs(problems_of(minimal(data=two_tables(2, 1), mixture={"total": 10}), host)) == [
-        ("mixture.total", "is not used by mixture.strategy = 'weighted' (the default for these weights); only "
-                          "strategies 'proportional' and 'temperature' read it")]
+        (
+            "mixture.total",
+            "is not used by mixture.strategy = 'weighted' (the default for these weights); only "
+            "strategies 'proportional' and 'temperature' read it",
+        )
+    ]
     assert as_pairs(problems_of(minimal(mixture={"strategy": "concat", "cap": 5}), host)) == [
-        ("mixture.cap", "is not used by mixture.strategy = 'concat'; only strategies 'proportional', 'weighted' "
-                        "and 'temperature' read it")]
+        (
+            "mixture.cap",
+            "is not used by mixture.strategy = 'concat'; only strategies 'proportional', 'weighted' "
+            "and 'temperature' read it",
+        )
+    ]
 
 
 def test_weights_outside_the_weighted_strategy_are_refused(host: PluginHost) -> None:
     raw = minimal(data=two_tables(0.5, 3), mixture={"strategy": "temperature", "temperature": 2.0})
     assert as_pairs(problems_of(raw, host)) == [
-        ("data[0].weight", "is 0.5, but mixture.strategy = 'temperature' sets the shares from source sizes; only "
-                           "strategy 'weighted' reads weights"),
-        ("data[1].weight", "is 3, but mixture.strategy = 'temperature' sets the shares from source sizes; only "
-                           "strategy 'weighted' reads weights"),
+        (
+            "data[0].weight",
+            "is 0.5, but mixture.strategy = 'temperature' sets the shares from source sizes; only "
+            "strategy 'weighted' reads weights",
+        ),
+        (
+            "data[1].weight",
+            "is 3, but mixture.strategy = 'temperature' sets the shares from source sizes; only "
+            "strategy 'weighted' reads weights",
+        ),
     ]
     raw = minimal(data=two_tables(1, 2), mixture={"strategy": "concat"})
     assert as_pairs(problems_of(raw, host)) == [
-        ("data[1].weight", "is 2, but mixture.strategy = 'concat' uses every record once; only strategy 'weighted' "
-                           "reads weights")]
-    recipe = validate_recipe(minimal(data=two_tables(1, 2), mixture={"strategy": "weighted", "cap": 100}), host,
-                             base_dir=Path("."))
-    assert (recipe.mixture.strategy, recipe.mixture.cap, [d.weight for d in recipe.data]) == ("weighted", 100,
-                                                                                               [1.0, 2.0])
+        (
+            "data[1].weight",
+            "is 2, but mixture.strategy = 'concat' uses every record once; only strategy 'weighted' reads weights",
+        )
+    ]
+    recipe = validate_recipe(
+        minimal(data=two_tables(1, 2), mixture={"strategy": "weighted", "cap": 100}), host, base_dir=Path(".")
+    )
+    assert (recipe.mixture.strategy, recipe.mixture.cap, [d.weight for d in recipe.data]) == (
+        "weighted",
+        100,
+        [1.0, 2.0],
+    )

@@ -29,15 +29,26 @@ def test_alpaca_with_input_and_blank_input() -> None:
 
 
 def test_messages_format() -> None:
-    row = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                        {"role": "assistant", "content": "Hello"}]}
+    row = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+        ]
+    }
     assert pairs(normalize_row(row)[0]) == [(S, "Be brief."), (U, "Hi"), (A, "Hello")]
 
 
 def test_sharegpt_roles_are_mapped() -> None:
-    row = {"conversations": [{"from": "system", "value": "sys"}, {"from": "human", "value": "q1"},
-                             {"from": "gpt", "value": "a1"}, {"from": "Human", "value": "q2"},
-                             {"from": "bot", "value": "a2"}]}
+    row = {
+        "conversations": [
+            {"from": "system", "value": "sys"},
+            {"from": "human", "value": "q1"},
+            {"from": "gpt", "value": "a1"},
+            {"from": "Human", "value": "q2"},
+            {"from": "bot", "value": "a2"},
+        ]
+    }
     assert pairs(normalize_row(row)[0]) == [(S, "sys"), (U, "q1"), (A, "a1"), (U, "q2"), (A, "a2")]
 
 
@@ -49,17 +60,32 @@ def test_prompt_completion() -> None:
 def test_system_prompt_is_added_only_when_missing() -> None:
     messages, _ = normalize_row({"prompt": "p", "completion": "c"}, system="You are terse.")
     assert pairs(messages) == [(S, "You are terse."), (U, "p"), (A, "c")]
-    row = {"messages": [{"role": "system", "content": "own"}, {"role": "user", "content": "p"},
-                        {"role": "assistant", "content": "c"}]}
+    row = {
+        "messages": [
+            {"role": "system", "content": "own"},
+            {"role": "user", "content": "p"},
+            {"role": "assistant", "content": "c"},
+        ]
+    }
     assert pairs(normalize_row(row, system="You are terse.")[0]) == [(S, "own"), (U, "p"), (A, "c")]
 
 
 def test_extras_label_task_choices_metadata() -> None:
-    row = {"instruction": "Sentiment?", "output": "positive", "label": "positive", "task": 7,
-           "choices": ["positive", "negative", 3], "metadata": {"lang": "en"}}
+    row = {
+        "instruction": "Sentiment?",
+        "output": "positive",
+        "label": "positive",
+        "task": 7,
+        "choices": ["positive", "negative", 3],
+        "metadata": {"lang": "en"},
+    }
     _, extras = normalize_row(row)
-    assert extras == {"label": "positive", "task": "7", "choices": ["positive", "negative", "3"],
-                      "metadata": {"lang": "en"}}
+    assert extras == {
+        "label": "positive",
+        "task": "7",
+        "choices": ["positive", "negative", "3"],
+        "metadata": {"lang": "en"},
+    }
 
 
 @pytest.mark.parametrize(
@@ -73,28 +99,41 @@ def test_extras_label_task_choices_metadata() -> None:
         ({"messages": [{"role": "user"}]}, "messages", "turn 0 must have 'role' and 'content'"),
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages", "turn 0 has unknown role 'robot'"),
         ({"messages": [{"role": "user", "content": 1}]}, "messages", "turn 0 content must be a string"),
-        ({"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]}, "messages",
-         "the last turn must be the assistant's answer"),
-        ({"conversations": [{"from": "human", "value": "q"}, {"from": "alien", "value": "a"}]}, "sharegpt",
-         "turn 1 has unknown role 'alien'"),
-        ({"conversations": [{"role": "user", "content": "q"}]}, "sharegpt",
-         "turn 0 must have 'from' and 'value'"),
+        (
+            {"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]},
+            "messages",
+            "the last turn must be the assistant's answer",
+        ),
+        (
+            {"conversations": [{"from": "human", "value": "q"}, {"from": "alien", "value": "a"}]},
+            "sharegpt",
+            "turn 1 has unknown role 'alien'",
+        ),
+        ({"conversations": [{"role": "user", "content": "q"}]}, "sharegpt", "turn 0 must have 'from' and 'value'"),
         ({"instruction": "q", "output": "a", "choices": "a,b"}, "auto", "field 'choices' must be a list"),
-        ({"instruction": "q", "output": "a"}, "csv",
-         "unknown format 'csv'; choose one of auto, alpaca, messages, sharegpt, prompt-completion, classification, "
-         "preference"),
+        (
+            {"instruction": "q", "output": "a"},
+            "csv",
+            "unknown format 'csv'; choose one of auto, alpaca, messages, sharegpt, prompt-completion, classification, "
+            "preference",
+        ),
         ({"label": "refund"}, "auto", "missing field 'text' (or 'instruction') of a classification row"),
         ({"text": "money back"}, "classification", "missing field 'label'"),
-        ({"text": "money back", "label": 1.5}, "classification",
-         "field 'label' must be a string or an integer, got float"),
+        (
+            {"text": "money back", "label": 1.5},
+            "classification",
+            "field 'label' must be a string or an integer, got float",
+        ),
         ({"text": "money back", "label": True}, "auto", "field 'label' must be a string or an integer, got bool"),
-        ({"text": "money back", "label": ["refund"]}, "auto",
-         "field 'label' must be a string or an integer, got list"),
+        ({"text": "money back", "label": ["refund"]}, "auto", "field 'label' must be a string or an integer, got list"),
         ({"text": "money back", "label": "  "}, "auto", "field 'label' is empty"),
         ({"text": " \n", "label": "refund"}, "auto", "the text to classify is empty"),
         ({"text": 42, "label": "refund"}, "auto", "field 'text' must be a string, got int"),
-        ({"text": "a", "instruction": "b", "label": "refund"}, "auto",
-         "a classification row has either 'text' or 'instruction' (+ 'input'), not both"),
+        (
+            {"text": "a", "instruction": "b", "label": "refund"},
+            "auto",
+            "a classification row has either 'text' or 'instruction' (+ 'input'), not both",
+        ),
     ],
 )
 def test_bad_rows(row: dict[str, Any], fmt: str, message: str) -> None:
@@ -106,8 +145,9 @@ def test_bad_rows(row: dict[str, Any], fmt: str, message: str) -> None:
 def test_undetectable_format_lists_the_keys_and_the_options() -> None:
     with pytest.raises(RowError) as info:
         detect_format({"question": "q", "answer": "a"})
-    assert str(info.value).startswith("cannot tell the row's format from its keys ['answer', 'question']; "
-                                      "expected 'instruction'+'output' (alpaca)")
+    assert str(info.value).startswith(
+        "cannot tell the row's format from its keys ['answer', 'question']; expected 'instruction'+'output' (alpaca)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -129,21 +169,36 @@ def test_detect_format(row: dict[str, Any], fmt: str) -> None:
 
 
 def test_record_answer_content_key_and_dict() -> None:
-    record = InstructionRecord("r1", "src", [Message(U, "Hi  there"), Message(A, "first"),
-                                             Message(U, "again"), Message(A, "last")], task="chat")
+    record = InstructionRecord(
+        "r1",
+        "src",
+        [Message(U, "Hi  there"), Message(A, "first"), Message(U, "again"), Message(A, "last")],
+        task="chat",
+    )
     assert record.answer == "last"
-    same_but_spaced = InstructionRecord("r2", "other", [Message(U, " Hi there "), Message(A, "first"),
-                                                        Message(U, "again"), Message(A, "last")])
+    same_but_spaced = InstructionRecord(
+        "r2", "other", [Message(U, " Hi there "), Message(A, "first"), Message(U, "again"), Message(A, "last")]
+    )
     assert record.content_key() == same_but_spaced.content_key()
-    swapped_roles = InstructionRecord("r3", "src", [Message(A, "Hi there"), Message(U, "first"),
-                                                    Message(U, "again"), Message(A, "last")])
+    swapped_roles = InstructionRecord(
+        "r3", "src", [Message(A, "Hi there"), Message(U, "first"), Message(U, "again"), Message(A, "last")]
+    )
     assert record.content_key() != swapped_roles.content_key()
     assert InstructionRecord("r4", "s", [Message(U, "q")]).answer == ""
-    assert record.to_dict() == {"id": "r1", "source": "src", "task": "chat", "label": None, "choices": None,
-                                "metadata": {}, "messages": [{"role": "user", "content": "Hi  there"},
-                                                             {"role": "assistant", "content": "first"},
-                                                             {"role": "user", "content": "again"},
-                                                             {"role": "assistant", "content": "last"}]}
+    assert record.to_dict() == {
+        "id": "r1",
+        "source": "src",
+        "task": "chat",
+        "label": None,
+        "choices": None,
+        "metadata": {},
+        "messages": [
+            {"role": "user", "content": "Hi  there"},
+            {"role": "assistant", "content": "first"},
+            {"role": "user", "content": "again"},
+            {"role": "assistant", "content": "last"},
+        ],
+    }
 
 
 def test_classification_text_and_label() -> None:
@@ -175,15 +230,22 @@ def test_classification_rows_through_a_jsonl_source(tmp_path: Any) -> None:
     from ift.errors import DataError
 
     path = tmp_path / "intents.jsonl"
-    path.write_text(json.dumps({"text": "cancel it", "label": "cancel_order"}) + "\n"
-                    + json.dumps({"text": "refund please", "label": "refund"}) + "\n")
+    path.write_text(
+        json.dumps({"text": "cancel it", "label": "cancel_order"})
+        + "\n"
+        + json.dumps({"text": "refund please", "label": "refund"})
+        + "\n"
+    )
     source = JsonlSource(JsonlSource.Config(path=str(path)), source_name="intents", base_dir=tmp_path)
     records = list(source.records())
     assert [(r.label, r.answer, r.messages[0].content) for r in records] == [
-        ("cancel_order", "cancel_order", "cancel it"), ("refund", "refund", "refund please")]
+        ("cancel_order", "cancel_order", "cancel it"),
+        ("refund", "refund", "refund please"),
+    ]
     path.write_text(json.dumps({"text": "ok", "label": "a"}) + "\n" + json.dumps({"text": "x", "label": {}}) + "\n")
-    bad = JsonlSource(JsonlSource.Config(path=str(path), format="classification"), source_name="intents",
-                      base_dir=tmp_path)
+    bad = JsonlSource(
+        JsonlSource.Config(path=str(path), format="classification"), source_name="intents", base_dir=tmp_path
+    )
     with pytest.raises(DataError) as info:
         list(bad.records())
     assert str(info.value) == f"{path}:2: field 'label' must be a string or an integer, got dict"

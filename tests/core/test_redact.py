@@ -55,8 +55,11 @@ def test_warnings_are_masked() -> None:
         warnings.warn(f"cannot reach {ENDPOINT}", UserWarning, stacklevel=1)
         warnings.warn("nothing secret here", UserWarning, stacklevel=1)
         warnings.warn(TwoPartWarning("cannot reach", ENDPOINT), stacklevel=1)
-    assert [str(w.message) for w in caught] == ["cannot reach https://***@mirror.example:8443",
-                                                "nothing secret here", "cannot reach https://***@mirror.example:8443"]
+    assert [str(w.message) for w in caught] == [
+        "cannot reach https://***@mirror.example:8443",
+        "nothing secret here",
+        "cannot reach https://***@mirror.example:8443",
+    ]
     assert [w.category for w in caught] == [UserWarning, UserWarning, TwoPartWarning]
 
 
@@ -73,15 +76,20 @@ def test_run_directory_records_are_masked(tmp_path: Path, monkeypatch: pytest.Mo
     for name in (".lock", "events.jsonl", "manifest.json", "status.json"):
         assert TOKEN not in (folder / name).read_text(), name
     assert TOKEN not in lock and "run.notes=https://***@mirror.example:8443" in lock
-    assert json.loads((folder / "events.jsonl").read_text()) == \
-        {"step": 1, "note": "retrying https://***@mirror.example:8443", "loss": 0.5}
-    assert json.loads((folder / "status.json").read_text())["error"] == \
-        "RuntimeError: cannot reach https://***@mirror.example:8443"
+    assert json.loads((folder / "events.jsonl").read_text()) == {
+        "step": 1,
+        "note": "retrying https://***@mirror.example:8443",
+        "loss": 0.5,
+    }
+    assert (
+        json.loads((folder / "status.json").read_text())["error"]
+        == "RuntimeError: cannot reach https://***@mirror.example:8443"
+    )
     assert json.loads((folder / "manifest.json").read_text())["sources"] == [{"url": "https://***@mirror.example:8443"}]
     assert "ftp://anon@example.org" in (folder / "metrics.json").read_text()
 
 
-PLUGIN = '''
+PLUGIN = """
 import ift
 
 
@@ -95,7 +103,7 @@ class Explodes(ift.Transform):
 @ift.hookimpl
 def ift_register_transforms():
     return [Explodes]
-'''.replace("TOKEN", TOKEN)
+""".replace("TOKEN", TOKEN)
 
 
 @pytest.fixture
@@ -103,13 +111,16 @@ def failing_data_recipe(tmp_path: Path) -> Path:
     (tmp_path / "shaky_plugin.py").write_text(PLUGIN)
     (tmp_path / "d.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
     recipe = tmp_path / "r.toml"
-    recipe.write_text('[plugins]\nlocal = ["shaky_plugin.py"]\n\n[[data]]\nsource = "jsonl"\npath = "d.jsonl"\n\n'
-                      '[[transforms]]\nname = "explodes"\n')
+    recipe.write_text(
+        '[plugins]\nlocal = ["shaky_plugin.py"]\n\n[[data]]\nsource = "jsonl"\npath = "d.jsonl"\n\n'
+        '[[transforms]]\nname = "explodes"\n'
+    )
     return recipe
 
 
-def test_a_plugin_error_is_one_line_by_default(failing_data_recipe: Path, capsys: pytest.CaptureFixture[str],
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_plugin_error_is_one_line_by_default(
+    failing_data_recipe: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("IFT_TRACEBACK", raising=False)
     assert main(["data", "build", str(failing_data_recipe), "-o", str(failing_data_recipe.parent / "o.jsonl")]) == 4
     err = capsys.readouterr().err
@@ -118,8 +129,9 @@ def test_a_plugin_error_is_one_line_by_default(failing_data_recipe: Path, capsys
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])
-def test_the_plugins_own_traceback_when_asked(failing_data_recipe: Path, capsys: pytest.CaptureFixture[str],
-                                              monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+def test_the_plugins_own_traceback_when_asked(
+    failing_data_recipe: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
     args = ["data", "build", str(failing_data_recipe), "-o", str(failing_data_recipe.parent / "o.jsonl")]
     if how == "flag":
         monkeypatch.delenv("IFT_TRACEBACK", raising=False)
@@ -135,16 +147,24 @@ def test_the_plugins_own_traceback_when_asked(failing_data_recipe: Path, capsys:
     assert err.rstrip().splitlines()[-1].startswith("error: plugin 'local:shaky_plugin'")
 
 
-def test_ift_plugins_masks_a_failed_plugins_error(monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_ift_plugins_masks_a_failed_plugins_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from ift.host import PluginFailure, PluginHost
 
     init = PluginHost.__init__
 
     def with_a_failure(self: PluginHost, *args: object, **kwargs: object) -> None:
         init(self, *args, **kwargs)  # type: ignore[arg-type]
-        self.failures.append(PluginFailure("dbplug", "ift-dbplug", "1.0", f"OperationalError: cannot reach "
-                                           f"postgresql://admin:{TOKEN}@db.example/x", "ift_dbplug:plugin"))
+        self.failures.append(
+            PluginFailure(
+                "dbplug",
+                "ift-dbplug",
+                "1.0",
+                f"OperationalError: cannot reach postgresql://admin:{TOKEN}@db.example/x",
+                "ift_dbplug:plugin",
+            )
+        )
 
     monkeypatch.setattr(PluginHost, "__init__", with_a_failure)
     for args in (["plugins"], ["plugins", "--json"]):

@@ -6,8 +6,10 @@ from ift.resume import differences, run_identity
 
 
 def _identity(**eval_section: object) -> dict:
-    resolved = {"trainer": {"name": "sft", "learning_rate": 0.01, "log_every": 10},
-                "eval": {"fraction": 0.1, "max_examples": 200, "metrics": ["loss"], "samples": 3, **eval_section}}
+    resolved = {
+        "trainer": {"name": "sft", "learning_rate": 0.01, "log_every": 10},
+        "eval": {"fraction": 0.1, "max_examples": 200, "metrics": ["loss"], "samples": 3, **eval_section},
+    }
     return run_identity(resolved, data=[{"name": "d", "fingerprint": "f"}], tokenizer="t", template="h", world_size=1)
 
 

@@ -17,11 +17,15 @@ from ift.cli import main
 from ift.errors import EXIT_RECIPE, RunDirectoryInUse
 from ift.rundir import LOCK_FILE, RunDirectory, hold_run_directory, prepare_output_dir
 
-HOLD = "import sys, time; from ift.rundir import hold_run_directory\n" \
-       "with hold_run_directory(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)\n"
+HOLD = (
+    "import sys, time; from ift.rundir import hold_run_directory\n"
+    "with hold_run_directory(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)\n"
+)
 
-RECIPE = ('[[data]]\nsource = "jsonl"\npath = "d.jsonl"\n[model]\ntokenizer = "byte-level"\nfrom_config = { model_type = '
-          '"llama", hidden_size = 16, intermediate_size = 32, num_hidden_layers = 1, num_attention_heads = 2 }\n')
+RECIPE = (
+    '[[data]]\nsource = "jsonl"\npath = "d.jsonl"\n[model]\ntokenizer = "byte-level"\nfrom_config = { model_type = '
+    '"llama", hidden_size = 16, intermediate_size = 32, num_hidden_layers = 1, num_attention_heads = 2 }\n'
+)
 
 
 @pytest.fixture

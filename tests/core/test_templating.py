@@ -24,8 +24,7 @@ def test_generation_block_marks_its_body_trainable() -> None:
     template = env.from_string("Q: {{ q }}\nA: {% generation %}{{ a }}<eos>{% endgeneration %}\n")
     text = template.render(q="hi", a="yo")
     assert text == f"Q: hi\nA: {GEN_START}yo<eos>{GEN_END}\n"
-    assert split_segments(text) == \
-        [Segment("Q: hi\nA: ", False), Segment("yo<eos>", True), Segment("\n", False)]
+    assert split_segments(text) == [Segment("Q: hi\nA: ", False), Segment("yo<eos>", True), Segment("\n", False)]
 
 
 def test_environment_is_sandboxed_strict_and_keeps_trailing_newline() -> None:
@@ -74,8 +73,7 @@ def test_split_segments_rejects_unbalanced_blocks(text: str, message: str) -> No
 
 
 def test_merge_segments() -> None:
-    segments = [Segment("a", False), Segment("", True), Segment("b", False), Segment("c", True),
-                Segment("d", True)]
+    segments = [Segment("a", False), Segment("", True), Segment("b", False), Segment("c", True), Segment("d", True)]
     assert merge_segments(segments) == [Segment("ab", False), Segment("cd", True)]
 
 

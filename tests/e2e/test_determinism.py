@@ -50,12 +50,36 @@ metrics = ["loss"]
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("det")
-    words = ["amber", "basil", "cedar", "delta", "ember", "fjord", "grape", "hazel", "igloo", "jolly", "koala",
-             "lemon", "mango", "nylon", "olive", "pearl"]
-    (work / "train.jsonl").write_text("".join(json.dumps({"prompt": f"Reverse {w}", "completion": w[::-1] * (i % 3 + 1)})
-                                              + "\n" for i, w in enumerate(words)))
-    (work / "held.jsonl").write_text("".join(json.dumps({"prompt": f"Reverse {w}", "completion": w[::-1]}) + "\n"
-                                             for w in ["quilt", "raven", "sugar", "tulip"]))
+    words = [
+        "amber",
+        "basil",
+        "cedar",
+        "delta",
+        "ember",
+        "fjord",
+        "grape",
+        "hazel",
+        "igloo",
+        "jolly",
+        "koala",
+        "lemon",
+        "mango",
+        "nylon",
+        "olive",
+        "pearl",
+    ]
+    (work / "train.jsonl").write_text(
+        "".join(
+            json.dumps({"prompt": f"Reverse {w}", "completion": w[::-1] * (i % 3 + 1)}) + "\n"
+            for i, w in enumerate(words)
+        )
+    )
+    (work / "held.jsonl").write_text(
+        "".join(
+            json.dumps({"prompt": f"Reverse {w}", "completion": w[::-1]}) + "\n"
+            for w in ["quilt", "raven", "sugar", "tulip"]
+        )
+    )
     (work / "r.toml").write_text(RECIPE)
     return work
 
@@ -89,15 +113,32 @@ def test_data_seed_changes_the_order_and_not_the_model(work: Path):
 def test_two_processes_match_one_process_with_the_same_global_batch(work: Path):
     single = run(work, "single")
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    result = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "ift.cli", "run", str(work / "r.toml"),
-                             "-o", str(work / "ddp"), "--set", "trainer.batch_size=4"],
-                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    result = subprocess.run(
+        [
+            torchrun,
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "ift.cli",
+            "run",
+            str(work / "r.toml"),
+            "-o",
+            str(work / "ddp"),
+            "--set",
+            "trainer.batch_size=4",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = work / "ddp"
     events = [json.loads(line) for line in (ddp / "events.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events] == [1, 2, 3, 4]  # 16 rows, 2 x 4 per step: 2 steps per epoch
-    assert sum(e["tokens"] for e in events) == sum(e["tokens"] for e in map(json.loads, (single / "events.jsonl")
-                                                                             .read_text().splitlines()))
+    assert sum(e["tokens"] for e in events) == sum(
+        e["tokens"] for e in map(json.loads, (single / "events.jsonl").read_text().splitlines())
+    )
     assert log(ddp) == pytest.approx(log(single), rel=1e-5)
     final = [json.loads((d / "metrics.json").read_text())["final"]["overall"]["loss"] for d in (single, ddp)]
     assert final[1] == pytest.approx(final[0], rel=1e-5)
@@ -109,9 +150,26 @@ def test_two_process_run_killed_and_resumed_is_bitwise_identical(work: Path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def launch(out: str, *extra: str, fault: str = "") -> subprocess.CompletedProcess[str]:
-        return subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "ift.cli", "run", str(work / "ckpt.toml"),
-                               "-o", str(work / out), "--set", "trainer.batch_size=4", *extra],
-                              capture_output=True, text=True, env={**env, "IFT_FAULT": fault}, timeout=300)
+        return subprocess.run(
+            [
+                torchrun,
+                "--nproc_per_node",
+                "2",
+                "-m",
+                "ift.cli",
+                "run",
+                str(work / "ckpt.toml"),
+                "-o",
+                str(work / out),
+                "--set",
+                "trainer.batch_size=4",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            env={**env, "IFT_FAULT": fault},
+            timeout=300,
+        )
 
     assert launch("ddp-ref").returncode == 0
     assert launch("ddp-killed", fault="step-3").returncode != 0
@@ -120,5 +178,6 @@ def test_two_process_run_killed_and_resumed_is_bitwise_identical(work: Path):
     resumed = launch("ddp-killed", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert log(work / "ddp-killed") == log(work / "ddp-ref")
-    assert (work / "ddp-killed" / "model" / "model.safetensors").read_bytes() == \
-        (work / "ddp-ref" / "model" / "model.safetensors").read_bytes()
+    assert (work / "ddp-killed" / "model" / "model.safetensors").read_bytes() == (
+        work / "ddp-ref" / "model" / "model.safetensors"
+    ).read_bytes()

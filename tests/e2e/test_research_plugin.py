@@ -21,8 +21,10 @@ from ift.testing import tiny_model_table
 pytestmark = pytest.mark.slow
 
 SOURCE = Path(__file__).resolve().parents[2] / "plugins" / "ift-research" / "src"
-ROWS = [{"instruction": f"Uppercase: {w}", "input": "", "output": w.upper()}
-        for w in ["abc", "dog", "cat", "xyz", "sun", "map", "red", "toy", "fig", "jam", "owl", "pen"]]
+ROWS = [
+    {"instruction": f"Uppercase: {w}", "input": "", "output": w.upper()}
+    for w in ["abc", "dog", "cat", "xyz", "sun", "map", "red", "toy", "fig", "jam", "owl", "pen"]
+]
 
 
 def _installed() -> bool:
@@ -47,11 +49,20 @@ def test_a_loha_run_saves_a_folder_plain_peft_loads(ift_run: Any, tmp_path: Path
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    recipe = {"run": {"name": "loha", "seed": 3}, "data": [{"source": "jsonl", "path": "data.jsonl"}],
-              "model": tiny_model_table(peft={"method": "loha", "r": 4, "alpha": 8}),
-              "trainer": {"name": "sft", "max_steps": 4, "batch_size": 4, "learning_rate": 5e-3, "log_every": 2,
-                          "max_length": 64},
-              "eval": {"fraction": 0.2, "metrics": ["loss"], "baseline": False}}
+    recipe = {
+        "run": {"name": "loha", "seed": 3},
+        "data": [{"source": "jsonl", "path": "data.jsonl"}],
+        "model": tiny_model_table(peft={"method": "loha", "r": 4, "alpha": 8}),
+        "trainer": {
+            "name": "sft",
+            "max_steps": 4,
+            "batch_size": 4,
+            "learning_rate": 5e-3,
+            "log_every": 2,
+            "max_length": 64,
+        },
+        "eval": {"fraction": 0.2, "metrics": ["loss"], "baseline": False},
+    }
     run_dir = ift_run(recipe, files={"data.jsonl": ROWS})
 
     saved = json.loads((run_dir / "model" / "adapter_config.json").read_text())
@@ -68,9 +79,15 @@ def test_a_loha_run_saves_a_folder_plain_peft_loads(ift_run: Any, tmp_path: Path
     assert not torch.allclose(tuned, base_logits), "the trained LoHa update changes nothing"
 
     resolved = json.loads((run_dir / "resolved.json").read_text())
-    assert resolved["model"]["peft"] == {"method": "loha", "r": 4, "alpha": 8, "rank_dropout": 0.0,
-                                         "module_dropout": 0.0, "target_modules": "all-linear",
-                                         "modules_to_save": None}
+    assert resolved["model"]["peft"] == {
+        "method": "loha",
+        "r": 4,
+        "alpha": 8,
+        "rank_dropout": 0.0,
+        "module_dropout": 0.0,
+        "target_modules": "all-linear",
+        "modules_to_save": None,
+    }
     manifest = json.loads((run_dir / "manifest.json").read_text())
     described = manifest["model"]["peft_method"]
     assert (described["method"], described["plugin"]) == ("loha", "research")
@@ -90,15 +107,30 @@ def test_the_installed_distribution_registers_loha_through_its_entry_point() -> 
 def test_a_third_party_objective_trains_by_name(ift_run: Any) -> None:
     """``[trainer] name = "label-smoothing"``: the loop's keys and the objective's own in one table; with
     ``smoothing = 0`` the run logs the same losses as ``sft``, with 0.3 it trains a different objective."""
+
     def run(trainer: dict[str, Any]) -> list[dict[str, Any]]:
-        recipe = {"run": {"seed": 3}, "data": [{"source": "jsonl", "path": "data.jsonl"}],
-                  "model": tiny_model_table(),
-                  "trainer": {"max_steps": 3, "batch_size": 4, "learning_rate": 5e-3, "log_every": 1,
-                              "max_length": 64, "shuffle": False, "batching": "padding", **trainer},
-                  "eval": {"fraction": 0.2, "metrics": ["loss"], "baseline": False}}
+        recipe = {
+            "run": {"seed": 3},
+            "data": [{"source": "jsonl", "path": "data.jsonl"}],
+            "model": tiny_model_table(),
+            "trainer": {
+                "max_steps": 3,
+                "batch_size": 4,
+                "learning_rate": 5e-3,
+                "log_every": 1,
+                "max_length": 64,
+                "shuffle": False,
+                "batching": "padding",
+                **trainer,
+            },
+            "eval": {"fraction": 0.2, "metrics": ["loss"], "baseline": False},
+        }
         run_dir = ift_run(recipe, files={"data.jsonl": ROWS})
-        return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()
-                if '"step"' in line and '"eval"' not in line]
+        return [
+            json.loads(line)
+            for line in (run_dir / "events.jsonl").read_text().splitlines()
+            if '"step"' in line and '"eval"' not in line
+        ]
 
     plain = run({"name": "sft"})
     unsmoothed = run({"name": "label-smoothing", "smoothing": 0.0})

@@ -15,10 +15,51 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-ROWS = [{"prompt": f"Spell {w}", "completion": " ".join(w)} for w in
-        ["cat", "dog", "sun", "map", "red", "toy", "fig", "jam", "owl", "pen", "rug", "sky", "tea", "van", "wax",
-         "yak", "zip", "elm", "gum", "hat", "ink", "kit", "log", "mud", "nut", "oak", "pig", "rat", "sea", "tin",
-         "urn", "vet", "web", "axe", "bee", "cow", "den", "eel", "fox", "gnu"]]
+ROWS = [
+    {"prompt": f"Spell {w}", "completion": " ".join(w)}
+    for w in [
+        "cat",
+        "dog",
+        "sun",
+        "map",
+        "red",
+        "toy",
+        "fig",
+        "jam",
+        "owl",
+        "pen",
+        "rug",
+        "sky",
+        "tea",
+        "van",
+        "wax",
+        "yak",
+        "zip",
+        "elm",
+        "gum",
+        "hat",
+        "ink",
+        "kit",
+        "log",
+        "mud",
+        "nut",
+        "oak",
+        "pig",
+        "rat",
+        "sea",
+        "tin",
+        "urn",
+        "vet",
+        "web",
+        "axe",
+        "bee",
+        "cow",
+        "den",
+        "eel",
+        "fox",
+        "gnu",
+    ]
+]
 
 RECIPE = """
 [run]
@@ -52,13 +93,20 @@ baseline = false
 
 
 def ift(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ift.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "ift.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
 
 
 def losses(run: Path) -> list[tuple[int, float]]:
-    return [(e["step"], e["loss"]) for e in map(json.loads, (run / "events.jsonl").read_text().splitlines())
-            if "step" in e]
+    return [
+        (e["step"], e["loss"]) for e in map(json.loads, (run / "events.jsonl").read_text().splitlines()) if "step" in e
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +124,11 @@ def reference(workdir: Path) -> Path:
     return workdir / "reference"
 
 
-@pytest.mark.parametrize("fault", ["micro-3-1", "step-4", "step-5", "checkpoint-write-7"],
-                         ids=["inside-accumulation-window", "mid-epoch", "epoch-boundary", "during-checkpoint-write"])
+@pytest.mark.parametrize(
+    "fault",
+    ["micro-3-1", "step-4", "step-5", "checkpoint-write-7"],
+    ids=["inside-accumulation-window", "mid-epoch", "epoch-boundary", "during-checkpoint-write"],
+)
 def test_killed_run_resumes_bitwise_identical(workdir: Path, reference: Path, fault: str):
     out = f"killed-{fault}"
     killed = ift(["run", "r.toml", "-o", out], workdir, IFT_FAULT=fault)
@@ -90,14 +141,19 @@ def test_killed_run_resumes_bitwise_identical(workdir: Path, reference: Path, fa
     run = workdir / out
     assert losses(run) == losses(reference)  # every step logged once, same values to the last bit
     assert [s for s, _ in losses(run)] == list(range(1, 11))
-    for name in ("model/model.safetensors", "checkpoints/step-00000009/weights.safetensors",
-                 "checkpoints/step-00000009/optimizer.safetensors"):
+    for name in (
+        "model/model.safetensors",
+        "checkpoints/step-00000009/weights.safetensors",
+        "checkpoints/step-00000009/optimizer.safetensors",
+    ):
         assert (run / name).read_bytes() == (reference / name).read_bytes(), name
     if fault.startswith("checkpoint-write"):  # the unfinished write was set aside, not trusted or deleted
         assert [p.name.split(".tmp-")[0] for p in (run / "checkpoints").glob("broken-*")] == ["broken-step-00000007"]
         assert "set aside" in resumed.stderr
-    assert json.loads((run / "metrics.json").read_text())["final"] == \
-        json.loads((reference / "metrics.json").read_text())["final"]
+    assert (
+        json.loads((run / "metrics.json").read_text())["final"]
+        == json.loads((reference / "metrics.json").read_text())["final"]
+    )
 
 
 def test_resuming_a_finished_run_is_a_no_op(workdir: Path, reference: Path):
@@ -110,8 +166,10 @@ def test_resuming_a_finished_run_is_a_no_op(workdir: Path, reference: Path):
 def test_resume_with_a_changed_recipe_lists_the_changes(workdir: Path):
     out = "changed"
     assert ift(["run", "r.toml", "-o", out], workdir, IFT_FAULT="step-3").returncode == -signal.SIGKILL
-    result = ift(["run", "r.toml", "-o", out, "--resume", "--set", "trainer.learning_rate=0.5",
-                  "--set", "trainer.log_every=2"], workdir)
+    result = ift(
+        ["run", "r.toml", "-o", out, "--resume", "--set", "trainer.learning_rate=0.5", "--set", "trainer.log_every=2"],
+        workdir,
+    )
     assert result.returncode == 2
     assert "the run changed since step-00000003: recipe key trainer.learning_rate: 0.01 -> 0.5" in result.stderr
     assert "log_every" not in result.stderr  # a safe change is allowed
@@ -135,10 +193,16 @@ def test_broken_checkpoints_are_set_aside_and_an_older_one_used(workdir: Path, r
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_for_requeue(workdir: Path, reference: Path):
-    (workdir / "slow.toml").write_text(RECIPE.replace("epochs = 2", "epochs = 400").replace("save_every = 1",
-                                                                                              "save_every = 1000"))
-    process = subprocess.Popen([sys.executable, "-m", "ift.cli", "run", "slow.toml", "-o", "term"], cwd=workdir,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    (workdir / "slow.toml").write_text(
+        RECIPE.replace("epochs = 2", "epochs = 400").replace("save_every = 1", "save_every = 1000")
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ift.cli", "run", "slow.toml", "-o", "term"],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     events = workdir / "term" / "events.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (events.is_file() and events.read_text().count("\n") >= 3):
@@ -164,9 +228,10 @@ def tensorboard_steps(run: Path, tag: str) -> list[int]:
 def sampled(workdir: Path) -> str:
     """A recipe that generates (baseline and final samples) and checkpoints only every third step."""
     (workdir / "sampled.toml").write_text(
-        RECIPE.replace("save_every = 1", "save_every = 3").replace('metrics = ["loss"]', 'metrics = ["loss", '
-                                                                   '"exact_match"]\nmax_new_tokens = 3\nsamples = 2')
-        .replace("baseline = false", "baseline = true"))
+        RECIPE.replace("save_every = 1", "save_every = 3")
+        .replace('metrics = ["loss"]', 'metrics = ["loss", "exact_match"]\nmax_new_tokens = 3\nsamples = 2')
+        .replace("baseline = false", "baseline = true")
+    )
     return "sampled.toml"
 
 
@@ -181,8 +246,9 @@ def test_a_resumed_run_logs_each_step_once_and_keeps_earlier_generations(workdir
     assert tensorboard_steps(run, "train/loss") == list(range(1, 11))
     assert tensorboard_steps(run, "eval/loss") == [0, 10]  # the baseline once, the final once
     metrics = json.loads((run / "metrics.json").read_text())
-    assert [sorted(row) for row in metrics["samples"]] == \
-        [["baseline", "final", "id", "prompt", "reference", "source"]] * 2
+    assert [sorted(row) for row in metrics["samples"]] == [
+        ["baseline", "final", "id", "prompt", "reference", "source"]
+    ] * 2
     assert all(isinstance(row["baseline"], str) for row in metrics["samples"])
     if fault == "step-4":  # the baseline was not recomputed, its generations came back from the run directory
         assert "evaluating baseline" not in resumed.stdout + resumed.stderr

@@ -12,11 +12,39 @@ from ift.cli import main
 
 pytestmark = pytest.mark.slow
 
-ROWS = [{"instruction": f"Uppercase: {w}", "input": "", "output": w.upper()}
-        for w in ["abc", "dog", "cat", "xyz", "sun", "map", "red", "toy", "fig", "jam", "owl", "pen",
-                  "rug", "sky", "tea", "van", "wax", "yak", "zip", "elm", "gum", "hat", "ink", "kit"]]
-TINY_MODEL = ('{ model_type = "llama", hidden_size = 32, intermediate_size = 64, num_hidden_layers = 2, '
-              'num_attention_heads = 2, num_key_value_heads = 2, max_position_embeddings = 64 }')
+ROWS = [
+    {"instruction": f"Uppercase: {w}", "input": "", "output": w.upper()}
+    for w in [
+        "abc",
+        "dog",
+        "cat",
+        "xyz",
+        "sun",
+        "map",
+        "red",
+        "toy",
+        "fig",
+        "jam",
+        "owl",
+        "pen",
+        "rug",
+        "sky",
+        "tea",
+        "van",
+        "wax",
+        "yak",
+        "zip",
+        "elm",
+        "gum",
+        "hat",
+        "ink",
+        "kit",
+    ]
+]
+TINY_MODEL = (
+    '{ model_type = "llama", hidden_size = 32, intermediate_size = 64, num_hidden_layers = 2, '
+    "num_attention_heads = 2, num_key_value_heads = 2, max_position_embeddings = 64 }"
+)
 
 
 def write_recipe(tmp_path: Path, extra_model: str = "", eval_section: str = "") -> Path:
@@ -127,8 +155,9 @@ def test_model_folder_loads_with_plain_transformers_and_generates(full_run: Path
 
 
 def test_lora_run_saves_adapter_that_plain_peft_loads(tmp_path: Path):
-    recipe = write_recipe(tmp_path, extra_model='peft = { method = "lora", r = 4, alpha = 8 }',
-                          eval_section="baseline = false")
+    recipe = write_recipe(
+        tmp_path, extra_model='peft = { method = "lora", r = 4, alpha = 8 }', eval_section="baseline = false"
+    )
     out = tmp_path / "run"
     assert main(["run", str(recipe), "--output-dir", str(out)]) == 0
     from peft import PeftModel
@@ -146,8 +175,18 @@ def test_failed_run_is_marked_failed_without_metrics_or_model(tmp_path: Path, ca
     recipe = write_recipe(tmp_path)
     out = tmp_path / "run"
     # a learning rate this large makes the loss non-finite: the run must fail visibly
-    code = main(["run", str(recipe), "--output-dir", str(out), "--set", "trainer.learning_rate=1e30",
-                 "--set", "trainer.max_grad_norm=1e30"])
+    code = main(
+        [
+            "run",
+            str(recipe),
+            "--output-dir",
+            str(out),
+            "--set",
+            "trainer.learning_rate=1e30",
+            "--set",
+            "trainer.max_grad_norm=1e30",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 5, err
     status = json.loads((out / "status.json").read_text())
@@ -165,7 +204,7 @@ def test_existing_output_dir_is_refused(tmp_path: Path, capsys):
     assert (out / "keep.txt").read_text() == "x"
 
 
-OBSERVER = '''
+OBSERVER = """
 import json
 from pathlib import Path
 
@@ -197,7 +236,7 @@ def ift_evaluate_end(run_dir, stage, metrics):
 @ift.hookimpl
 def ift_run_end(run_dir, status, metrics):
     _log(hook="run_end", status=status)
-'''
+"""
 
 
 def test_local_plugin_observes_the_run_lifecycle(tmp_path: Path):
@@ -223,7 +262,8 @@ def test_local_plugin_observes_the_run_lifecycle(tmp_path: Path):
 def test_empty_dataset_after_filtering_fails_before_the_model_loads(tmp_path: Path, capsys):
     recipe = write_recipe(tmp_path)
     (tmp_path / "data.jsonl").write_text(
-        "".join(json.dumps({"instruction": "Say hi", "input": "", "output": ""}) + "\n" for _ in range(5)))
+        "".join(json.dumps({"instruction": "Say hi", "input": "", "output": ""}) + "\n" for _ in range(5))
+    )
     recipe.write_text(recipe.read_text() + '\n[[transforms]]\nname = "drop-invalid"\n')
     code = main(["run", str(recipe), "--output-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
@@ -253,8 +293,13 @@ def test_runs_under_torchrun_with_two_processes(tmp_path: Path):
     recipe = write_recipe(tmp_path)
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "ift.cli", "run", str(recipe),
-                             "--output-dir", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "-m", "ift.cli", "run", str(recipe), "--output-dir", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("run directory:") == 1  # rank 1 stays quiet
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]

@@ -19,8 +19,9 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_run_writes_its_train_and_eval_records_also_on_a_cache_hit(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_writes_its_train_and_eval_records_also_on_a_cache_hit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("IFT_CACHE_DIR", str(tmp_path / "cache"))  # a cache of its own: the first run is a miss
     recipe = write_recipe(tmp_path)
     assert main(["run", str(recipe), "--output-dir", str(tmp_path / "a"), "--set", "trainer.max_steps=1"]) == 0

@@ -13,11 +13,16 @@ from .test_resume import RECIPE, ROWS, ift
 
 pytestmark = pytest.mark.slow
 
-CANARIES = {"HF_TOKEN": "hf_CANARYcanaryCANARYcanaryCANARY0001", "WANDB_API_KEY": "CANARY-wandb-0002",
-            "HUGGING_FACE_HUB_TOKEN": "hf_CANARYcanaryCANARYcanaryCANARY0003", "OPENAI_API_KEY": "sk-CANARY0004",
-            # credentials inside URLs (HF_HUB_OFFLINE keeps the hub unasked; tests/e2e/test_url_credentials.py asks it)
-            "HF_ENDPOINT": "https://hfuser:CANARY-url-0005@127.0.0.1:9", "HTTPS_PROXY": "http://u:CANARY-url-0006@127.0.0.1:9",
-            "DATABASE_URL": "postgresql://admin:CANARY-url-0007@127.0.0.1:9/db"}
+CANARIES = {
+    "HF_TOKEN": "hf_CANARYcanaryCANARYcanaryCANARY0001",
+    "WANDB_API_KEY": "CANARY-wandb-0002",
+    "HUGGING_FACE_HUB_TOKEN": "hf_CANARYcanaryCANARYcanaryCANARY0003",
+    "OPENAI_API_KEY": "sk-CANARY0004",
+    # credentials inside URLs (HF_HUB_OFFLINE keeps the hub unasked; tests/e2e/test_url_credentials.py asks it)
+    "HF_ENDPOINT": "https://hfuser:CANARY-url-0005@127.0.0.1:9",
+    "HTTPS_PROXY": "http://u:CANARY-url-0006@127.0.0.1:9",
+    "DATABASE_URL": "postgresql://admin:CANARY-url-0007@127.0.0.1:9/db",
+}
 
 
 def test_canaries_never_written(tmp_path: Path):
@@ -28,8 +33,11 @@ def test_canaries_never_written(tmp_path: Path):
     assert killed.returncode == -signal.SIGKILL
     resumed = ift(["run", "r.toml", "-o", "run", "--resume"], tmp_path, **CANARIES)
     assert resumed.returncode == 0, resumed.stderr
-    failed = ift(["run", "r.toml", "-o", "failed", "--set", "trainer.learning_rate=1e30",
-                  "--set", "trainer.max_grad_norm=1e30"], tmp_path, **CANARIES)
+    failed = ift(
+        ["run", "r.toml", "-o", "failed", "--set", "trainer.learning_rate=1e30", "--set", "trainer.max_grad_norm=1e30"],
+        tmp_path,
+        **CANARIES,
+    )
     assert failed.returncode == 5
     outputs += [killed.stdout, killed.stderr, resumed.stdout, resumed.stderr, failed.stdout, failed.stderr]
     files = [p for p in tmp_path.rglob("*") if p.is_file() and p.name not in ("data.jsonl", "r.toml")]

@@ -52,28 +52,55 @@ metrics = ["loss"]
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(ROOT / "plugins" / "ift-sql"), str(ROOT / "plugins" / "ift-wandb")],
-                   check=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(ROOT / "plugins" / "ift-sql"),
+            str(ROOT / "plugins" / "ift-wandb"),
+        ],
+        check=True,
+        timeout=300,
+    )
     return target
 
 
 def ift(args: list[str], site: Path, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ift.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", **env}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "ift.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", **env},
+        timeout=300,
+    )
 
 
 def test_recipe_trains_on_a_sqlite_table(installed: Path, tmp_path: Path):
     db = tmp_path / "support.db"
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE tickets (ticket_id INTEGER PRIMARY KEY, question TEXT, answer TEXT, approved INT)")
-        conn.executemany("INSERT INTO tickets VALUES (?, ?, ?, ?)",
-                         [(i, f"Uppercase: {w}", w.upper(), int(i != 3)) for i, w in enumerate(WORDS)])
+        conn.executemany(
+            "INSERT INTO tickets VALUES (?, ?, ?, ?)",
+            [(i, f"Uppercase: {w}", w.upper(), int(i != 3)) for i, w in enumerate(WORDS)],
+        )
     (tmp_path / "recipe.toml").write_text(RECIPE)
     wandb_dir = tmp_path / "wandb-files"
     wandb_dir.mkdir()
-    env = {"SUPPORT_DB_URL": f"sqlite:///{db}", "WANDB_MODE": "offline", "WANDB_DIR": str(wandb_dir),
-           "WANDB_SILENT": "true", "IFT_NO_CACHE": "1"}
+    env = {
+        "SUPPORT_DB_URL": f"sqlite:///{db}",
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(wandb_dir),
+        "WANDB_SILENT": "true",
+        "IFT_NO_CACHE": "1",
+    }
 
     listed = ift(["plugins", "--json"], installed, tmp_path, **env)
     assert listed.returncode == 0, listed.stderr

@@ -18,15 +18,30 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def ift(args: list[str], pythonpath: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(pythonpath), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "ift.cli", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "ift.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(ROOT / "plugins" / "ift-arith")], check=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(ROOT / "plugins" / "ift-arith"),
+        ],
+        check=True,
+        timeout=300,
+    )
     return target
 
 
@@ -36,8 +51,12 @@ def test_plugins_lists_the_installed_distribution(installed: Path, tmp_path: Pat
     plugins = {p["name"]: p for p in json.loads(result.stdout)["plugins"]}
     assert plugins["arith"]["distribution"] == "ift-arith"
     assert plugins["arith"]["origin"] == "entry-point"
-    assert plugins["arith"]["registered"] == {"source": ["arithmetic"], "renderer": ["qa"],
-                                              "metric": ["numeric_match"], "trainer": ["sft-smoothed"]}
+    assert plugins["arith"]["registered"] == {
+        "source": ["arithmetic"],
+        "renderer": ["qa"],
+        "metric": ["numeric_match"],
+        "trainer": ["sft-smoothed"],
+    }
 
 
 def test_recipe_uses_plugin_components_by_name(installed: Path, tmp_path: Path):

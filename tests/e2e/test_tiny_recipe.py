@@ -17,8 +17,23 @@ RECIPE = Path(__file__).resolve().parents[2] / "examples" / "tiny.toml"
 def test_tiny_recipe_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IFT_CACHE_DIR", str(tmp_path / "cache"))
     run = tmp_path / "run"
-    assert main(["run", str(RECIPE), "-o", str(run), "--set", "trainer.max_steps=3",
-                 "--set", "eval.max_examples=8", "--set", "eval.max_new_tokens=4"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(RECIPE),
+                "-o",
+                str(run),
+                "--set",
+                "trainer.max_steps=3",
+                "--set",
+                "eval.max_examples=8",
+                "--set",
+                "eval.max_new_tokens=4",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 3
     assert metrics["baseline"]["overall"]["n"] == metrics["final"]["overall"]["n"] == 8

@@ -12,18 +12,20 @@ from ift.cli import main
 
 pytestmark = pytest.mark.slow
 
-WORDS = ["abc", "dog", "cat", "xyz", "sun", "map", "red", "toy", "fig", "jam", "owl", "pen", "rug", "sky", "tea",
-         "van"]
-MODEL = ('from_config = { model_type = "llama", hidden_size = 32, intermediate_size = 64, num_hidden_layers = 1, '
-         'num_attention_heads = 2, num_key_value_heads = 2, max_position_embeddings = 64 }\ntokenizer = "byte-level"')
+WORDS = ["abc", "dog", "cat", "xyz", "sun", "map", "red", "toy", "fig", "jam", "owl", "pen", "rug", "sky", "tea", "van"]
+MODEL = (
+    'from_config = { model_type = "llama", hidden_size = 32, intermediate_size = 64, num_hidden_layers = 1, '
+    'num_attention_heads = 2, num_key_value_heads = 2, max_position_embeddings = 64 }\ntokenizer = "byte-level"'
+)
 
 
 def write_run(folder: Path, task: str, model: str, trainer: str) -> Path:
     """A recipe for one tiny run on ``task`` rows (uppercase or reverse the word)."""
     folder.mkdir(parents=True, exist_ok=True)
     answer = str.upper if task == "upper" else (lambda w: w[::-1])
-    (folder / f"{task}.jsonl").write_text("".join(
-        json.dumps({"instruction": f"{task}: {w}", "input": "", "output": answer(w)}) + "\n" for w in WORDS))
+    (folder / f"{task}.jsonl").write_text(
+        "".join(json.dumps({"instruction": f"{task}: {w}", "input": "", "output": answer(w)}) + "\n" for w in WORDS)
+    )
     recipe = folder / "recipe.toml"
     recipe.write_text(f"""
 [run]
@@ -68,8 +70,9 @@ def first_run(tmp_path_factory) -> Path:
 
 
 def test_continual_run_replays_and_reports_the_previous_tasks(first_run: Path, tmp_path: Path):
-    trainer = (f'name = "continual"\nprevious_run = "{first_run}"\nreplay_fraction = 0.5\newc_lambda = 100.0\n'
-               "ewc_examples = 6")
+    trainer = (
+        f'name = "continual"\nprevious_run = "{first_run}"\nreplay_fraction = 0.5\newc_lambda = 100.0\newc_examples = 6'
+    )
     recipe = write_run(tmp_path, "reverse", f'name_or_path = "{first_run / "model"}"', trainer)
     out = tmp_path / "run"
     assert main(["run", str(recipe), "--output-dir", str(out)]) == 0
@@ -79,9 +82,13 @@ def test_continual_run_replays_and_reports_the_previous_tasks(first_run: Path, t
     old_train = (first_run / "data" / "train.jsonl").read_text().splitlines()
     old_eval = (first_run / "data" / "eval.jsonl").read_text().splitlines()
     assert report["previous_run"] == str(first_run) and "warnings" not in report
-    assert report["replay"] == {"records": round(0.5 * len(old_train)), "examples": round(0.5 * len(old_train)),
-                                "dropped_in_eval_split": 0, "of_previous_train_records": len(old_train),
-                                "by_source": {"upper": round(0.5 * len(old_train))}}
+    assert report["replay"] == {
+        "records": round(0.5 * len(old_train)),
+        "examples": round(0.5 * len(old_train)),
+        "dropped_in_eval_split": 0,
+        "of_previous_train_records": len(old_train),
+        "by_source": {"upper": round(0.5 * len(old_train))},
+    }
     before, after = report["previous_tasks"]["before"], report["previous_tasks"]["after"]
     assert before["overall"]["n"] == after["overall"]["n"] == len(old_eval)
     assert set(before["per_source"]) == {"upper"}
@@ -89,7 +96,8 @@ def test_continual_run_replays_and_reports_the_previous_tasks(first_run: Path, t
     first = json.loads((first_run / "metrics.json").read_text())
     assert before["overall"]["loss"] == pytest.approx(first["final"]["overall"]["loss"], rel=1e-4)
     assert report["previous_tasks"]["change"]["loss"] == pytest.approx(
-        after["overall"]["loss"] - before["overall"]["loss"], abs=1e-5)
+        after["overall"]["loss"] - before["overall"]["loss"], abs=1e-5
+    )
     assert report["ewc"]["fisher_examples"] == 6 and report["ewc"]["final_penalty"] > 0
     assert set(metrics["final"]["per_source"]) == {"reverse"}  # the new task, evaluated as usual
     # replayed examples keep their source: the training loss is reported for both tasks
@@ -99,8 +107,9 @@ def test_continual_run_replays_and_reports_the_previous_tasks(first_run: Path, t
 
 def test_distill_run_with_a_run_directory_as_teacher(first_run: Path, tmp_path: Path):
     student = MODEL.replace("hidden_size = 32, intermediate_size = 64", "hidden_size = 16, intermediate_size = 32")
-    recipe = write_run(tmp_path, "upper", student,
-                       f'name = "distill"\nteacher = "{first_run}"\nalpha = 0.5\ntemperature = 2.0')
+    recipe = write_run(
+        tmp_path, "upper", student, f'name = "distill"\nteacher = "{first_run}"\nalpha = 0.5\ntemperature = 2.0'
+    )
     out = tmp_path / "run"
     assert main(["run", str(recipe), "--output-dir", str(out)]) == 0
     report = json.loads((out / "metrics.json").read_text())["train"]["distill"]

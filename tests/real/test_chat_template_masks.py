@@ -11,8 +11,15 @@ from ift.records import InstructionRecord, Message
 
 M = Message
 CONVERSATIONS = [
-    [M("system", "Be brief."), M("user", "Hi"), M("assistant", "Hello."), M("user", "2+2?"), M("assistant", "4"),
-     M("user", "Repeat: assistant"), M("assistant", "assistant")],
+    [
+        M("system", "Be brief."),
+        M("user", "Hi"),
+        M("assistant", "Hello."),
+        M("user", "2+2?"),
+        M("assistant", "4"),
+        M("user", "Repeat: assistant"),
+        M("assistant", "assistant"),
+    ],
     [M("assistant", "Welcome!"), M("user", "Say hi"), M("assistant", "  hi\n")],
     [M("user", "中文 and emoji?"), M("assistant", "你好 👍 Café\nsecond line")],
 ]

@@ -10,15 +10,19 @@ from pathlib import Path
 
 import pytest
 
-MESSAGES = [[{"role": "user", "content": "What is the capital of France?"}],
-            [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "2 + 2 = ?"}]]
+MESSAGES = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "2 + 2 = ?"}],
+]
 
 
 @pytest.fixture(scope="module")
 def converted(smollm2_dir: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(str(smollm2_dir)).eval(), AutoTokenizer.from_pretrained(str(smollm2_dir))
+    return AutoModelForCausalLM.from_pretrained(str(smollm2_dir)).eval(), AutoTokenizer.from_pretrained(
+        str(smollm2_dir)
+    )
 
 
 def _logits(model, ids):
@@ -28,8 +32,9 @@ def _logits(model, ids):
         return model(torch.tensor([ids])).logits[0]
 
 
-def test_converted_folder_matches_transformers_gguf_load(smollm2_gguf: Path, smollm2_dir: Path,
-                                                         smollm2_tokenizer, converted) -> None:
+def test_converted_folder_matches_transformers_gguf_load(
+    smollm2_gguf: Path, smollm2_dir: Path, smollm2_tokenizer, converted
+) -> None:
     from transformers import AutoModelForCausalLM
 
     model, tokenizer = converted
@@ -37,8 +42,9 @@ def test_converted_folder_matches_transformers_gguf_load(smollm2_gguf: Path, smo
     assert tokenizer.chat_template == smollm2_tokenizer.chat_template and len(tokenizer) == 49152
     for messages in MESSAGES:
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        assert ids == smollm2_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                            return_dict=False)
+        assert ids == smollm2_tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
         assert float((_logits(model, ids) - _logits(reference, ids)).abs().max()) == 0.0
     source = json.loads((smollm2_dir / "gguf_source.json").read_text())
     assert source["quantization"] == "Q4_1" and source["file"] == smollm2_gguf.name
@@ -56,8 +62,15 @@ def test_gguf_export_round_trip(converted, tmp_path: Path, quant: str, tolerance
 
     model, tokenizer = converted
     started = time.perf_counter()
-    facts = write_gguf(model, tokenizer, tmp_path / f"smollm2-{quant}.gguf", quant=quant, name="SmolLM2 round trip",
-                       tokenizer_pre="smollm", eot_token_ids=[tokenizer.convert_tokens_to_ids("<|im_end|>")])
+    facts = write_gguf(
+        model,
+        tokenizer,
+        tmp_path / f"smollm2-{quant}.gguf",
+        quant=quant,
+        name="SmolLM2 round trip",
+        tokenizer_pre="smollm",
+        eot_token_ids=[tokenizer.convert_tokens_to_ids("<|im_end|>")],
+    )
     written = time.perf_counter() - started
     loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=facts["file"]).eval()
     loaded_tokenizer = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=facts["file"])
@@ -65,12 +78,16 @@ def test_gguf_export_round_trip(converted, tmp_path: Path, quant: str, tolerance
     worst, agreement = 0.0, []
     for messages in MESSAGES:
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        assert loaded_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                    return_dict=False) == ids
+        assert (
+            loaded_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+            == ids
+        )
         before, after = _logits(model, ids), _logits(loaded, ids)
         worst = max(worst, float((after - before).abs().max()))
         agreement.append(float((after.argmax(-1) == before.argmax(-1)).float().mean()))
         assert int(after[-1].argmax()) == int(before[-1].argmax())  # the first answer token is the same
-    print(f"\n{quant}: wrote {facts['bytes'] / 1e6:.1f} MB in {written:.1f} s; max |logit diff| {worst:.4f}; "
-          f"greedy next token agrees at {[round(a, 3) for a in agreement]} of prompt positions")
+    print(
+        f"\n{quant}: wrote {facts['bytes'] / 1e6:.1f} MB in {written:.1f} s; max |logit diff| {worst:.4f}; "
+        f"greedy next token agrees at {[round(a, 3) for a in agreement]} of prompt positions"
+    )
     assert worst < tolerance and min(agreement) > 0.8

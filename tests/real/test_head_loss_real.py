@@ -15,8 +15,9 @@ pytestmark = pytest.mark.real
 def test_smollm2_takes_the_chunked_path_with_the_full_logits_loss(smollm2_gguf):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name,
-                                                 dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name, dtype=torch.float32
+    ).eval()
     torch.manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (2, 40))
     labels = ids.clone()

@@ -20,16 +20,19 @@ def smollm2_folder(smollm2_dir: Path) -> Path:
 
 
 @pytest.mark.parametrize("template", ["chatml", "chat"])
-def test_smollm2_lora_run_in_a_pipeline(smollm2_folder: Path, tmp_path: Path, template: str,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_smollm2_lora_run_in_a_pipeline(
+    smollm2_folder: Path, tmp_path: Path, template: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoTokenizer, GenerationConfig, pipeline
 
     from ift.builtin_plugins.inference.runs import open_run
     from ift.host import PluginHost
 
-    rows = [{"instruction": f"Reverse the word: {w}", "input": "", "output": w[::-1]}
-            for w in ["apple", "river", "stone", "cloud", "tiger", "lemon", "piano", "ocean"]]
+    rows = [
+        {"instruction": f"Reverse the word: {w}", "input": "", "output": w[::-1]}
+        for w in ["apple", "river", "stone", "cloud", "tiger", "lemon", "piano", "ocean"]
+    ]
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "recipe.toml").write_text(f"""
 [run]

@@ -12,14 +12,28 @@ from ift.cli import main
 RECIPE = Path(__file__).resolve().parents[2] / "examples" / "smollm2-support.toml"
 
 
-def test_main_job_recipe_tunes_the_packaged_gguf(smollm2_gguf: Path, smollm2_dir: Path, tmp_path: Path,
-                                                capsys) -> None:
+def test_main_job_recipe_tunes_the_packaged_gguf(smollm2_gguf: Path, smollm2_dir: Path, tmp_path: Path, capsys) -> None:
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoTokenizer, GenerationConfig
 
     run = tmp_path / "run"
-    assert main(["run", str(RECIPE), "-o", str(run), "--set", "trainer.max_steps=2",
-                 "--set", "eval.max_examples=4", "--set", "trainer.log_every=1"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(RECIPE),
+                "-o",
+                str(run),
+                "--set",
+                "trainer.max_steps=2",
+                "--set",
+                "eval.max_examples=4",
+                "--set",
+                "trainer.log_every=1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert smollm2_gguf.name in out  # the run says which file it tunes
     manifest = json.loads((run / "manifest.json").read_text())

@@ -70,8 +70,11 @@ class TestJsonlSource(SourceContract):
 class TestJsonSource(SourceContract):
     component = S.JsonSource
     config = {"path": "data.json", "field": "rows"}
-    files = {"data.json": '{"rows": [' + ", ".join(
-        f'{{"instruction": "{r["instruction"]}", "output": "{r["output"]}"}}' for r in ROWS) + "]}"}
+    files = {
+        "data.json": '{"rows": ['
+        + ", ".join(f'{{"instruction": "{r["instruction"]}", "output": "{r["output"]}"}}' for r in ROWS)
+        + "]}"
+    }
     min_records = 6
 
 
@@ -111,11 +114,20 @@ class TestHubSourceFromLocalFolder(SourceContract):
 
 class TestTemplatedSource(SourceContract):
     component = TemplatedSource
-    config = {"rows": {"source": "csv", "path": "rows.csv"},
-              "tasks": [{"name": "shout", "answer": "{{ output }}",
-                         "instructions": ["Uppercase: {{ word }}", "Write {{ word }} in capitals."]}]}
-    files = {"rows.csv": "id,word,output\n" + "".join(f"w{i},{w},{w.upper()}\n"
-                                                     for i, w in enumerate(["oak", "elm", "ash", "yew"]))}
+    config = {
+        "rows": {"source": "csv", "path": "rows.csv"},
+        "tasks": [
+            {
+                "name": "shout",
+                "answer": "{{ output }}",
+                "instructions": ["Uppercase: {{ word }}", "Write {{ word }} in capitals."],
+            }
+        ],
+    }
+    files = {
+        "rows.csv": "id,word,output\n"
+        + "".join(f"w{i},{w},{w.upper()}\n" for i, w in enumerate(["oak", "elm", "ash", "yew"]))
+    }
     min_records = 4
 
 
@@ -136,33 +148,60 @@ def fake_generate(prompts: list[str], *, max_new_tokens: int, stop: list[str]) -
             out.append(" none\nOutput: Here it is.")
             continue
         h = hashlib.sha256(prompt.encode()).digest()
-        out.append("\n".join(f"{verbs[h[3 * k] % 8]} the {nouns[h[3 * k + 1] % 10]} of {nouns[h[3 * k + 2] % 10]}."
-                             for k in range(3)))
+        out.append(
+            "\n".join(
+                f"{verbs[h[3 * k] % 8]} the {nouns[h[3 * k + 1] % 10]} of {nouns[h[3 * k + 2] % 10]}." for k in range(3)
+            )
+        )
     return out
 
 
 class TestSelfInstructSource(SourceContract):
     component = SelfInstructSource
-    config = {"seeds": {"source": "jsonl", "path": "seeds.jsonl"}, "num_instructions": 4, "max_rounds": 3,
-              "prompts_per_round": 2, "work_dir": "work",
-              "model": component_config(tiny_model_table())}
-    files = {"seeds.jsonl": [{"id": f"s{i}", "instruction": text, "output": "ok"} for i, text in enumerate(
-        ["Write a short poem about the sea.", "Name three primary colors.", "Convert 10 kilometers to miles.",
-         "Give a synonym for happy."])]}
+    config = {
+        "seeds": {"source": "jsonl", "path": "seeds.jsonl"},
+        "num_instructions": 4,
+        "max_rounds": 3,
+        "prompts_per_round": 2,
+        "work_dir": "work",
+        "model": component_config(tiny_model_table()),
+    }
+    files = {
+        "seeds.jsonl": [
+            {"id": f"s{i}", "instruction": text, "output": "ok"}
+            for i, text in enumerate(
+                [
+                    "Write a short poem about the sea.",
+                    "Name three primary colors.",
+                    "Convert 10 kilometers to miles.",
+                    "Give a synonym for happy.",
+                ]
+            )
+        ]
+    }
     min_records = 1
 
     def make_source(self, base_dir: Path, host: Any) -> ift.InstructionSource:
-        return SelfInstructSource(self.make_config(base_dir), source_name=self.source_name, base_dir=base_dir,
-                                  host=host, generate=fake_generate)
+        return SelfInstructSource(
+            self.make_config(base_dir),
+            source_name=self.source_name,
+            base_dir=base_dir,
+            host=host,
+            generate=fake_generate,
+        )
 
 
 # --- transforms ------------------------------------------------------------------------------------
 
-MIXED = [rec("a", "Uppercase: apple", "APPLE"), rec("b", "uppercase:  APPLE", "apple"),
-         rec("c", "Say hi", "   "), rec("d", "Echo this", "echo this"),
-         rec("e", "Call me at 555-123-4567 or mail jo@example.com", "Done, jo@example.com noted."),
-         InstructionRecord("f", "data", [Message("user", "Only a question")]),
-         rec("g", "Summarize this long article about the history of the river trade in the valley", "Trade grew.")]
+MIXED = [
+    rec("a", "Uppercase: apple", "APPLE"),
+    rec("b", "uppercase:  APPLE", "apple"),
+    rec("c", "Say hi", "   "),
+    rec("d", "Echo this", "echo this"),
+    rec("e", "Call me at 555-123-4567 or mail jo@example.com", "Done, jo@example.com noted."),
+    InstructionRecord("f", "data", [Message("user", "Only a question")]),
+    rec("g", "Summarize this long article about the history of the river trade in the valley", "Trade grew."),
+]
 
 
 class TestDropInvalid(TransformContract):
@@ -190,8 +229,11 @@ class TestExactDedupByPrompt(TransformContract):
 class TestNearDedup(TransformContract):
     component = NearDedup
     config = {"by": "prompt", "threshold": 0.5, "shingle_size": 1}
-    records = [rec("a", "write a poem about the sea at night", "x"), rec("b", "write a poem about the sea at dawn", "y"),
-               rec("c", "list three prime numbers below twenty", "z")]
+    records = [
+        rec("a", "write a poem about the sea at night", "x"),
+        rec("b", "write a poem about the sea at dawn", "y"),
+        rec("c", "list three prime numbers below twenty", "z"),
+    ]
     expected_ids = ["a", "c"]
     expected_dropped = {"near-duplicate": 1}
 
@@ -218,8 +260,11 @@ class TestTag(TransformContract):
 class TestDecontaminate(TransformContract):
     component = Decontaminate
     config = {"eval_path": "eval.jsonl", "n": 4}
-    files = {"eval.jsonl": [{"instruction": "Summarize this long article about the history of the river trade",
-                             "output": "x"}]}
+    files = {
+        "eval.jsonl": [
+            {"instruction": "Summarize this long article about the history of the river trade", "output": "x"}
+        ]
+    }
     records = MIXED
     expected_ids = ["a", "b", "c", "d", "e", "f"]
     expected_dropped = {"overlaps eval set": 1}
@@ -244,16 +289,19 @@ class TestPlainRenderer(RendererContract):
 class TestJinjaFileRenderer(RendererContract):
     component = R.JinjaFileRenderer
     config = {"path": "qa.jinja"}
-    files = {"qa.jinja": "{% for m in messages %}{% if m.role == 'assistant' %}A: {% generation %}{{ m.content }}"
-                         "{{ eos_token }}{% endgeneration %}\n{% else %}{{ m.role[0] | upper }}: {{ m.content }}\n"
-                         "{% endif %}{% endfor %}"}
+    files = {
+        "qa.jinja": "{% for m in messages %}{% if m.role == 'assistant' %}A: {% generation %}{{ m.content }}"
+        "{{ eos_token }}{% endgeneration %}\n{% else %}{{ m.role[0] | upper }}: {{ m.content }}\n"
+        "{% endif %}{% endfor %}"
+    }
     expected_text = {"sample-0": "U: Uppercase: apple\nA: APPLE<|endoftext|>\n"}
 
 
 class TestChatTemplateRenderer(RendererContract):
     component = R.ChatTemplateRenderer
-    expected_text = {"sample-0": "<|im_start|>user\nUppercase: apple<|im_end|>\n<|im_start|>assistant\nAPPLE"
-                                 "<|im_end|>\n"}
+    expected_text = {
+        "sample-0": "<|im_start|>user\nUppercase: apple<|im_end|>\n<|im_start|>assistant\nAPPLE<|im_end|>\n"
+    }
 
 
 # --- model adapters and trainers -------------------------------------------------------------------
@@ -271,21 +319,35 @@ class TestCausalLMAdapterWithLoRA(ModelAdapterContract):
 
 class TestSeq2SeqAdapter(ModelAdapterContract):
     component = Seq2SeqAdapter
-    config = {"tokenizer": "byte-level", "device": "cpu", "dtype": "float32",
-              "from_config": {"model_type": "t5", "d_model": 32, "d_ff": 64, "d_kv": 16, "num_layers": 1,
-                              "num_heads": 2}}
+    config = {
+        "tokenizer": "byte-level",
+        "device": "cpu",
+        "dtype": "float32",
+        "from_config": {"model_type": "t5", "d_model": 32, "d_ff": 64, "d_kv": 16, "num_layers": 1, "num_heads": 2},
+    }
     labels_are_input_ids = False
 
 
 class TestClassifierAdapter(ModelAdapterContract):
     component = ClassifierAdapter
-    config = {"tokenizer": "byte-level", "device": "cpu", "dtype": "float32", "labels": ["positive", "negative"],
-              "from_config": {"model_type": "bert", "hidden_size": 32, "intermediate_size": 64,
-                              "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 256}}
-    records = [rec(f"c{i}", f"Is '{text}' positive or negative?", label, label=label,
-                   choices=["positive", "negative"])
-               for i, (text, label) in enumerate([("I love it", "positive"), ("Awful", "negative"),
-                                                  ("Great fun", "positive")])]
+    config = {
+        "tokenizer": "byte-level",
+        "device": "cpu",
+        "dtype": "float32",
+        "labels": ["positive", "negative"],
+        "from_config": {
+            "model_type": "bert",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 256,
+        },
+    }
+    records = [
+        rec(f"c{i}", f"Is '{text}' positive or negative?", label, label=label, choices=["positive", "negative"])
+        for i, (text, label) in enumerate([("I love it", "positive"), ("Awful", "negative"), ("Great fun", "positive")])
+    ]
     labels_are_input_ids = False
 
 
@@ -297,7 +359,6 @@ class TestSFTTrainer(TrainerContract):
 class TestSFTObjective(ObjectiveContract):
     component = NLL
     config = {"max_steps": 3, "batch_size": 2, "learning_rate": 1e-2, "log_every": 1, "max_length": 128}
-
 
 
 TRAIN = {"max_steps": 3, "batch_size": 2, "learning_rate": 1e-2, "log_every": 1, "max_length": 128}
@@ -331,14 +392,18 @@ class TestContinualTrainer(TrainerContract):
 
     def prepare(self, folder: Path) -> None:
         old = sample_records(6, source="old-task")
-        write_files(folder / "previous" / "data", {"train.jsonl": [r.to_dict() for r in old[:4]],
-                                                   "eval.jsonl": [r.to_dict() for r in old[4:]]})
+        write_files(
+            folder / "previous" / "data",
+            {"train.jsonl": [r.to_dict() for r in old[:4]], "eval.jsonl": [r.to_dict() for r in old[4:]]},
+        )
 
 
 # --- metrics ---------------------------------------------------------------------------------------
 
-LABELS = [rec(f"l{i}", "Sentiment?", gold, label=gold, choices=["pos", "neg"])
-          for i, gold in enumerate(["pos", "pos", "neg", "neg"])]
+LABELS = [
+    rec(f"l{i}", "Sentiment?", gold, label=gold, choices=["pos", "neg"])
+    for i, gold in enumerate(["pos", "pos", "neg", "neg"])
+]
 
 
 class TestLossMetric(MetricContract):
@@ -353,8 +418,10 @@ class TestPerplexityMetric(MetricContract):
 
 class TestExactMatchMetric(MetricContract):
     component = M.ExactMatchMetric
-    cases = [MetricCase(["Paris.", "rome", "Berlin"], ["paris", "Rome", "Madrid"], 2 / 3),
-             MetricCase(["Paris."], ["paris"], 1.0, note="normalized")]
+    cases = [
+        MetricCase(["Paris.", "rome", "Berlin"], ["paris", "Rome", "Madrid"], 2 / 3),
+        MetricCase(["Paris."], ["paris"], 1.0, note="normalized"),
+    ]
 
 
 class TestExactMatchStrict(MetricContract):
@@ -449,9 +516,14 @@ class TestKTOObjective(PreferenceObjectiveContract):
 
 def covered_components() -> set[tuple[str, type]]:
     module = sys.modules[__name__]
-    return {(value.kind, value.component) for value in vars(module).values()
-            if isinstance(value, type) and issubclass(value, ComponentContract) and value.__name__.startswith("Test")
-            and getattr(value, "component", None) is not None}
+    return {
+        (value.kind, value.component)
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, ComponentContract)
+        and value.__name__.startswith("Test")
+        and getattr(value, "component", None) is not None
+    }
 
 
 def test_every_builtin_component_has_a_contract_test() -> None:
@@ -459,10 +531,14 @@ def test_every_builtin_component_has_a_contract_test() -> None:
     covered = covered_components()
     # an objective's contract trains through the trainer it becomes, which each host builds afresh
     through_objective = {cls for kind, cls in covered if kind == "objective"}
-    missing = [f"{kind} {name!r} ({reg.cls.__module__}.{reg.cls.__qualname__})"
-               for kind in KINDS for name, reg in sorted(host.registry[kind].items())
-               if reg.distribution == "ift" and (kind, reg.cls) not in covered
-               and getattr(reg.cls, "objective_class", None) not in through_objective]
+    missing = [
+        f"{kind} {name!r} ({reg.cls.__module__}.{reg.cls.__qualname__})"
+        for kind in KINDS
+        for name, reg in sorted(host.registry[kind].items())
+        if reg.distribution == "ift"
+        and (kind, reg.cls) not in covered
+        and getattr(reg.cls, "objective_class", None) not in through_objective
+    ]
     assert not missing, "builtin components without a contract test in this file: " + "; ".join(missing)
 
 

@@ -8,7 +8,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-HEADER = '''
+HEADER = """
 import ift
 from ift.testing.contracts import ObjectiveContract, TrainerContract
 
@@ -56,9 +56,9 @@ def ift_register_trainers():
 def ift_register_objectives():
     return [Nll, Unbalanced]
 
-'''
+"""
 
-FIXTURE = '''
+FIXTURE = """
 import pytest
 
 import cases
@@ -68,7 +68,7 @@ from cases import *  # noqa: F403
 @pytest.fixture
 def ift_plugins():
     return {"contract-cases": cases}
-'''
+"""
 
 
 def outcomes(pytester: pytest.Pytester, body: str) -> tuple[set[str], str]:
@@ -77,25 +77,33 @@ def outcomes(pytester: pytest.Pytester, body: str) -> tuple[set[str], str]:
     pytester.makepyfile(cases=HEADER, test_contract=FIXTURE + body)
     result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", "-rf", timeout=300)
     text = result.stdout.str()
-    return {"::".join(line.split(" ")[1].split("::")[1:]) for line in text.splitlines()
-            if line.startswith("FAILED")}, text
+    return {
+        "::".join(line.split(" ")[1].split("::")[1:]) for line in text.splitlines() if line.startswith("FAILED")
+    }, text
 
 
 def test_a_trainer_that_logs_nothing_fails_the_contract(pytester: pytest.Pytester):
-    failed, report = outcomes(pytester, "\n\nclass TestSilent(TrainerContract):\n    component = Silent\n    config = TRAIN\n")
+    failed, report = outcomes(
+        pytester, "\n\nclass TestSilent(TrainerContract):\n    component = Silent\n    config = TRAIN\n"
+    )
     assert failed == {"TestSilent::test_steps_are_logged_with_their_loss"}
     assert "no step was logged" in report
 
 
 def test_a_trainer_that_raises_the_loss_fails_the_contract(pytester: pytest.Pytester):
-    failed, report = outcomes(pytester, "\n\nclass TestAscent(TrainerContract):\n    component = Ascent\n    config = TRAIN\n")
+    failed, report = outcomes(
+        pytester, "\n\nclass TestAscent(TrainerContract):\n    component = Ascent\n    config = TRAIN\n"
+    )
     assert "TestAscent::test_a_few_steps_lower_the_training_loss" in failed
     assert "the mean loss of the training examples did not go down" in report
 
 
 def test_objectives_pass_or_fail_on_their_loss_terms(pytester: pytest.Pytester):
-    failed, report = outcomes(pytester, "\n\nclass TestNll(ObjectiveContract):\n    component = Nll\n    config = TRAIN\n\n\n"
-                                "class TestUnbalanced(ObjectiveContract):\n    component = Unbalanced\n"
-                                "    config = TRAIN\n")
+    failed, report = outcomes(
+        pytester,
+        "\n\nclass TestNll(ObjectiveContract):\n    component = Nll\n    config = TRAIN\n\n\n"
+        "class TestUnbalanced(ObjectiveContract):\n    component = Unbalanced\n"
+        "    config = TRAIN\n",
+    )
     assert failed == {"TestUnbalanced::test_loss_terms_are_well_formed"}
     assert "per-example sums must add up to the loss" in report

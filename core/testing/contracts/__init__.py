@@ -16,12 +16,31 @@ from ift.testing.contracts.transform import TransformContract
 
 #: The contract suite of each plugin kind (keys: ``ift.components.KINDS``).
 CONTRACTS: dict[str, type[ComponentContract]] = {
-    "source": SourceContract, "transform": TransformContract, "renderer": RendererContract,
-    "model_adapter": ModelAdapterContract, "trainer": TrainerContract, "objective": ObjectiveContract,
-    "metric": MetricContract, "similarity_backend": SimilarityBackendContract, "peft_method": PeftMethodContract,
+    "source": SourceContract,
+    "transform": TransformContract,
+    "renderer": RendererContract,
+    "model_adapter": ModelAdapterContract,
+    "trainer": TrainerContract,
+    "objective": ObjectiveContract,
+    "metric": MetricContract,
+    "similarity_backend": SimilarityBackendContract,
+    "peft_method": PeftMethodContract,
 }
 
-__all__ = ["CONTRACTS", "ComponentContract", "MetricCase", "MetricContract", "ModelAdapterContract",
-           "ObjectiveContract", "PeftMethodContract", "PreferenceObjectiveContract", "RendererContract",
-           "SimilarityBackendContract", "SourceContract", "TrainerContract", "TransformContract", "record_problems",
-           "sample_pairs"]
+__all__ = [
+    "CONTRACTS",
+    "ComponentContract",
+    "MetricCase",
+    "MetricContract",
+    "ModelAdapterContract",
+    "ObjectiveContract",
+    "PeftMethodContract",
+    "PreferenceObjectiveContract",
+    "RendererContract",
+    "SimilarityBackendContract",
+    "SourceContract",
+    "TrainerContract",
+    "TransformContract",
+    "record_problems",
+    "sample_pairs",
+]

@@ -97,23 +97,29 @@ class ModelAdapterContract(ComponentContract):
         for record, example in zip(loaded.records, loaded.examples, strict=True):
             where = f"record {record.id!r}"
             assert isinstance(example, EncodedExample), f"{where}: encode_record() must return an ift.EncodedExample"
-            assert example.record_id == record.id and example.source == record.source, \
+            assert example.record_id == record.id and example.source == record.source, (
                 f"{where}: the example must carry the record's id and source"
+            )
             assert example.input_ids and example.labels, f"{where}: an example needs ids and labels"
             assert all(isinstance(t, int) for t in example.input_ids + example.labels), f"{where}: ids must be ints"
             assert example.trainable_tokens > 0, f"{where}: no label is trained; the answer must be"
             if self.labels_are_input_ids:
-                assert len(example.input_ids) == len(example.labels), \
+                assert len(example.input_ids) == len(example.labels), (
                     f"{where}: {len(example.input_ids)} ids but {len(example.labels)} labels"
+                )
                 assert example.labels[0] == -100, f"{where}: the prompt's first token must not be trained (-100)"
-                assert example.trainable_tokens < len(example.labels), \
+                assert example.trainable_tokens < len(example.labels), (
                     f"{where}: every token is trained; the prompt must not be"
-                wrong = [i for i, (t, y) in enumerate(zip(example.input_ids, example.labels, strict=True))
-                         if y not in (-100, t)]
+                )
+                wrong = [
+                    i
+                    for i, (t, y) in enumerate(zip(example.input_ids, example.labels, strict=True))
+                    if y not in (-100, t)
+                ]
                 assert not wrong, f"{where}: labels at positions {wrong[:10]} are neither -100 nor the token there"
                 text = "".join(s.text for s in loaded.renderer.render(record))
                 ids = list(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
-                body = example.input_ids[len(example.input_ids) - len(ids):]
+                body = example.input_ids[len(example.input_ids) - len(ids) :]
                 assert body == ids, f"{where}: the ids trained on differ from tokenizing the whole text"
 
     def test_collate_gives_the_batch_contract(self, loaded: LoadedAdapter) -> None:
@@ -122,11 +128,13 @@ class ModelAdapterContract(ComponentContract):
         batch = loaded.adapter.collate(loaded.tokenizer, loaded.examples)
         missing = [k for k in BATCH_KEYS if k not in batch]
         assert not missing, f"collate() is missing batch keys {missing}"
-        assert isinstance(batch["loss_tokens"], torch.Tensor) and batch["loss_tokens"].ndim == 0, \
+        assert isinstance(batch["loss_tokens"], torch.Tensor) and batch["loss_tokens"].ndim == 0, (
             "loss_tokens must be a 0-d tensor"
+        )
         assert int(batch["num_examples"]) == len(loaded.examples)
-        assert list(batch["record_ids"]) == [e.record_id for e in loaded.examples], \
+        assert list(batch["record_ids"]) == [e.record_id for e in loaded.examples], (
             "record_ids must list the examples' ids in order"
+        )
         assert 0 < int(batch["real_tokens"]), "real_tokens must count the non-padding tokens"
         if self.labels_are_input_ids:
             assert int(batch["real_tokens"]) == sum(len(e.input_ids) for e in loaded.examples)
@@ -136,8 +144,9 @@ class ModelAdapterContract(ComponentContract):
         loaded.model.train()
         loss, count = loaded.adapter.loss_sum(loaded.model, batch)
         assert finite(loss) and float(loss.detach()) > 0, f"loss_sum() gave {loss}; expected a finite positive sum"
-        assert int(count) == int(batch["loss_tokens"]) > 0, \
+        assert int(count) == int(batch["loss_tokens"]) > 0, (
             f"loss_sum() counted {int(count)} tokens but the batch's loss_tokens is {int(batch['loss_tokens'])}"
+        )
         assert getattr(loss, "requires_grad", False), "the loss must be differentiable (trainers call backward)"
         loss.backward()
         loaded.model.zero_grad(set_to_none=True)
@@ -154,8 +163,9 @@ class ModelAdapterContract(ComponentContract):
             loss, count = loaded.adapter.loss_sum(loaded.model, batch)
         sums, counts = per_example
         assert len(sums) == len(counts) == len(loaded.examples)
-        assert math.isclose(float(sums.sum()), float(loss), rel_tol=1e-4), \
+        assert math.isclose(float(sums.sum()), float(loss), rel_tol=1e-4), (
             f"loss_by_example() sums to {float(sums.sum())}, loss_sum() gives {float(loss)}"
+        )
         assert int(counts.sum()) == int(count)
 
     def test_packed_batches_match_padded_ones(self, loaded: LoadedAdapter) -> None:
@@ -198,20 +208,26 @@ class ModelAdapterContract(ComponentContract):
         try:
             model2, tokenizer2 = fresh.load_trained(target)
         except NotImplementedError as exc:
-            pytest.fail(f"{type(fresh).__name__}.load_trained() is not implemented ({exc}); without it a saved "
-                        "run cannot be used by ift generate / chat / export / serve")
+            pytest.fail(
+                f"{type(fresh).__name__}.load_trained() is not implemented ({exc}); without it a saved "
+                "run cannot be used by ift generate / chat / export / serve"
+            )
         record = loaded.records[0]
         text = "".join(s.text for s in loaded.renderer.render(record))
-        assert tokenizer2(text, add_special_tokens=False)["input_ids"] == \
-            tokenizer(text, add_special_tokens=False)["input_ids"], "the loaded tokenizer encodes differently"
+        assert (
+            tokenizer2(text, add_special_tokens=False)["input_ids"]
+            == tokenizer(text, add_special_tokens=False)["input_ids"]
+        ), "the loaded tokenizer encodes differently"
         batch = adapter.collate(tokenizer, loaded.examples)
         model.eval()
         model2.eval()
         with torch.no_grad():
             before, _ = adapter.loss_sum(model, to_device(batch, model))
             after, _ = fresh.loss_sum(model2, to_device(batch, model2))
-        assert math.isclose(float(before), float(after), rel_tol=self.tolerance), \
+        assert math.isclose(float(before), float(after), rel_tol=self.tolerance), (
             f"the loaded model's loss {float(after)} differs from the saved one's {float(before)}"
+        )
         prompts = [loaded.renderer.prompt(r) for r in loaded.records[:2]]
-        assert fresh.generate(model2, tokenizer2, prompts, max_new_tokens=4, batch_size=2) == \
-            adapter.generate(model, tokenizer, prompts, max_new_tokens=4, batch_size=2)
+        assert fresh.generate(model2, tokenizer2, prompts, max_new_tokens=4, batch_size=2) == adapter.generate(
+            model, tokenizer, prompts, max_new_tokens=4, batch_size=2
+        )

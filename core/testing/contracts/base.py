@@ -15,10 +15,16 @@ from ift.config import ComponentConfig
 from ift.records import ROLES, InstructionRecord, Message
 from ift.testing.samples import FileContent, write_files
 
-_HOOKS = {"source": "ift_register_sources", "transform": "ift_register_transforms",
-          "renderer": "ift_register_renderers", "model_adapter": "ift_register_model_adapters",
-          "trainer": "ift_register_trainers", "metric": "ift_register_metrics",
-          "similarity_backend": "ift_register_similarity_backends", "peft_method": "ift_register_peft_methods"}
+_HOOKS = {
+    "source": "ift_register_sources",
+    "transform": "ift_register_transforms",
+    "renderer": "ift_register_renderers",
+    "model_adapter": "ift_register_model_adapters",
+    "trainer": "ift_register_trainers",
+    "metric": "ift_register_metrics",
+    "similarity_backend": "ift_register_similarity_backends",
+    "peft_method": "ift_register_peft_methods",
+}
 
 
 class ComponentContract:
@@ -63,12 +69,15 @@ class ComponentContract:
 
     def test_declares_name_and_config(self) -> None:
         cls = self.component_class()
-        assert isinstance(getattr(cls, "name", None), str) and cls.name.strip(), \
+        assert isinstance(getattr(cls, "name", None), str) and cls.name.strip(), (
             f"{cls.__name__} needs a non-empty `name`: the name recipes use"
-        assert cls.name == cls.name.strip() and not any(ch.isspace() for ch in cls.name), \
+        )
+        assert cls.name == cls.name.strip() and not any(ch.isspace() for ch in cls.name), (
             f"{cls.__name__}.name {cls.name!r} must not contain whitespace"
-        assert isinstance(cls.Config, type) and issubclass(cls.Config, ComponentConfig), \
+        )
+        assert isinstance(cls.Config, type) and issubclass(cls.Config, ComponentConfig), (
             f"{cls.__name__}.Config must subclass ift.ComponentConfig"
+        )
 
     def test_config_rejects_unknown_keys(self) -> None:
         from pydantic import ValidationError
@@ -83,7 +92,8 @@ class ComponentContract:
         assert registered is not None, (
             f"{cls.__name__} ({self.kind} {cls.name!r}) is not registered on the plugin host: return it from "
             f"{_HOOKS[self.kind]}() in your plugin module and list that module in the `ift_plugins` fixture "
-            "(see ift.testing)")
+            "(see ift.testing)"
+        )
         assert registered.cls is cls, f"{self.kind} name {cls.name!r} is registered by {registered.cls!r}, not {cls!r}"
 
 
@@ -110,8 +120,9 @@ def record_problems(record: Any, *, source: str | None = None, require_answer: b
     for key in ("task", "label"):
         if getattr(record, key) is not None and not isinstance(getattr(record, key), str):
             problems.append(f"{where}: {key} must be a string or None")
-    if record.choices is not None and not (isinstance(record.choices, list)
-                                           and all(isinstance(c, str) for c in record.choices)):
+    if record.choices is not None and not (
+        isinstance(record.choices, list) and all(isinstance(c, str) for c in record.choices)
+    ):
         problems.append(f"{where}: choices must be a list of strings or None")
     if not isinstance(record.metadata, dict):
         problems.append(f"{where}: metadata must be a dict")

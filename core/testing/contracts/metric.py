@@ -30,11 +30,21 @@ class MetricCase:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def outputs(self) -> EvalOutputs:
-        records = self.records if self.records is not None else [
-            InstructionRecord(f"case-{i}", "case", [Message("user", "?"), Message("assistant", ref)])
-            for i, ref in enumerate(self.references)]
-        return EvalOutputs(predictions=list(self.predictions), references=list(self.references), records=records,
-                           loss_sum=self.loss_sum, loss_tokens=self.loss_tokens)
+        records = (
+            self.records
+            if self.records is not None
+            else [
+                InstructionRecord(f"case-{i}", "case", [Message("user", "?"), Message("assistant", ref)])
+                for i, ref in enumerate(self.references)
+            ]
+        )
+        return EvalOutputs(
+            predictions=list(self.predictions),
+            references=list(self.references),
+            records=records,
+            loss_sum=self.loss_sum,
+            loss_tokens=self.loss_tokens,
+        )
 
 
 def _value(metric: Metric, outputs: EvalOutputs) -> float | None:
@@ -66,8 +76,9 @@ class MetricContract(ComponentContract):
             if math.isnan(case.expected):
                 assert value is None or math.isnan(value), f"{label}: expected nan, got {value}"
             else:
-                assert value is not None and math.isclose(value, case.expected, rel_tol=0, abs_tol=case.tolerance), \
+                assert value is not None and math.isclose(value, case.expected, rel_tol=0, abs_tol=case.tolerance), (
                     f"{label}: expected {case.expected}, got {value}"
+                )
 
     def test_empty_input_does_not_crash(self) -> None:
         metric = self.make_metric()
@@ -79,8 +90,9 @@ class MetricContract(ComponentContract):
     def test_empty_prediction_does_not_crash(self) -> None:
         metric = self.make_metric()
         record = InstructionRecord("edge", "case", [Message("user", "?"), Message("assistant", "yes")])
-        value = _value(metric, EvalOutputs(predictions=[""], references=["yes"], records=[record],
-                                           loss_sum=2.0, loss_tokens=1))
+        value = _value(
+            metric, EvalOutputs(predictions=[""], references=["yes"], records=[record], loss_sum=2.0, loss_tokens=1)
+        )
         assert value is None or not math.isinf(value) or metric.needs == "loss"
 
     def test_is_deterministic(self) -> None:

@@ -64,9 +64,10 @@ class PeftMethodContract(ComponentContract):
         optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
         model.train()
         for _ in range(3):
-            logits = model(input_ids=ids).logits[:, -ids.size(1):]
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)),
-                                                     ids[:, 1:].reshape(-1))
+            logits = model(input_ids=ids).logits[:, -ids.size(1) :]
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1)
+            )
             assert torch.isfinite(loss)
             loss.backward()
             optimizer.step()
@@ -79,6 +80,6 @@ class PeftMethodContract(ComponentContract):
         tiny.adapter.save(model, tiny.tokenizer, folder)  # as a run saves model/: the adapter, its base beside it
         reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder / "base_model"), folder)
         with torch.no_grad():
-            ours = model(input_ids=ids).logits[:, -ids.size(1):]
-            theirs = reloaded.eval()(input_ids=ids).logits[:, -ids.size(1):]
+            ours = model(input_ids=ids).logits[:, -ids.size(1) :]
+            theirs = reloaded.eval()(input_ids=ids).logits[:, -ids.size(1) :]
         assert torch.allclose(ours, theirs, atol=1e-5, rtol=0), "plain peft's reload gives other logits"

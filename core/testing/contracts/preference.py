@@ -15,10 +15,15 @@ _WORDS = ["apple", "river", "stone", "cloud", "maple", "tiger", "lemon", "piano"
 
 def sample_pairs(n: int = 10, *, source: str = "sample") -> list[InstructionRecord]:
     """Preference pairs with distinct prompts: the chosen answer does what is asked, the rejected one refuses."""
-    return [InstructionRecord(f"pair-{i}", source, [Message("user", f"Uppercase: {word}"),
-                                                    Message("assistant", word.upper())],
-                              rejected=Message("assistant", "I cannot help with that."))
-            for i, word in enumerate((_WORDS * (n // len(_WORDS) + 1))[:n])]
+    return [
+        InstructionRecord(
+            f"pair-{i}",
+            source,
+            [Message("user", f"Uppercase: {word}"), Message("assistant", word.upper())],
+            rejected=Message("assistant", "I cannot help with that."),
+        )
+        for i, word in enumerate((_WORDS * (n // len(_WORDS) + 1))[:n])
+    ]
 
 
 class PreferenceObjectiveContract(ObjectiveContract):
@@ -39,15 +44,24 @@ class PreferenceObjectiveContract(ObjectiveContract):
         tiny, trainer = trained.tiny, self.make_trainer(Path("."))
         objective: Any = trainer.objective(None)  # type: ignore[attr-defined]
         model = trained.result.model
-        ctx = TrainContext(model=model, tokenizer=tiny.tokenizer, adapter=tiny.adapter,
-                           train_examples=trained.examples, eval_examples=[], seed=0, run_dir=Path("."),
-                           log_step=lambda event: None, evaluate=lambda m, stage: {},
-                           progress=Progress(0, interactive=False, enabled=False))
+        ctx = TrainContext(
+            model=model,
+            tokenizer=tiny.tokenizer,
+            adapter=tiny.adapter,
+            train_examples=trained.examples,
+            eval_examples=[],
+            seed=0,
+            run_dir=Path("."),
+            log_step=lambda event: None,
+            evaluate=lambda m, stage: {},
+            progress=Progress(0, interactive=False, enabled=False),
+        )
         objective.ctx = ctx
         objective.setup(ctx, model)
         loader = objective.loader(ctx, "padding")
-        assert loader is not None and hasattr(loader.batch_sampler, "select"), \
+        assert loader is not None and hasattr(loader.batch_sampler, "select"), (
             "a preference objective brings its own loader, whose batch_sampler has select(epoch, skip=...)"
+        )
         batch = to_device(next(iter(loader)), model)
         units = objective.units(batch)
         assert isinstance(units, int) and units == len(batch["record_ids"]) > 0

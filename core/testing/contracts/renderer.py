@@ -36,8 +36,11 @@ class RendererContract(ComponentContract):
 
     def make_renderer(self, base_dir: Path, host: Any) -> Renderer:
         cls = self.component_class()
-        renderer = cls(self.make_config(base_dir), base_dir=base_dir,  # type: ignore[call-arg]
-                       prepare_jinja_env=host.prepare_jinja_env)
+        renderer = cls(
+            self.make_config(base_dir),
+            base_dir=base_dir,  # type: ignore[call-arg]
+            prepare_jinja_env=host.prepare_jinja_env,
+        )
         renderer.bind(self.tokenizer())
         return renderer
 
@@ -47,8 +50,9 @@ class RendererContract(ComponentContract):
             segments = renderer.render(record)
             assert isinstance(segments, list) and segments, f"record {record.id!r}: render() returned no segments"
             for s in segments:
-                assert isinstance(s, Segment) and isinstance(s.text, str) and isinstance(s.trainable, bool), \
+                assert isinstance(s, Segment) and isinstance(s.text, str) and isinstance(s.trainable, bool), (
                     f"record {record.id!r}: {s!r} is not an ift.Segment(text: str, trainable: bool)"
+                )
             text = "".join(s.text for s in segments)
             assert renderer.render(record) == segments, f"record {record.id!r}: rendering twice differs"
             if record.id in self.expected_text:
@@ -60,8 +64,9 @@ class RendererContract(ComponentContract):
             segments = renderer.render(record)
             trained = [s.text for s in segments if s.trainable]
             assert trained, f"record {record.id!r}: no trainable segment, so nothing would be learned"
-            assert any(record.answer in t for t in trained), \
+            assert any(record.answer in t for t in trained), (
                 f"record {record.id!r}: the answer {record.answer!r} is not inside a trainable segment"
+            )
 
     def test_prompt_is_a_prefix_of_the_text(self, base_dir: Path, ift_host: Any) -> None:
         renderer = self.make_renderer(base_dir, ift_host)
@@ -69,12 +74,14 @@ class RendererContract(ComponentContract):
             segments = renderer.render(record)
             text = "".join(s.text for s in segments)
             prompt = renderer.prompt(record)
-            assert isinstance(prompt, str) and text.startswith(prompt), \
+            assert isinstance(prompt, str) and text.startswith(prompt), (
                 f"record {record.id!r}: prompt() {prompt!r} is not a prefix of the rendered text {text!r}"
+            )
             last = max(i for i, s in enumerate(segments) if s.trainable)
             start = sum(len(s.text) for s in segments[:last])
-            assert len(prompt) <= start, \
+            assert len(prompt) <= start, (
                 f"record {record.id!r}: prompt() reaches into the last trainable segment (the answer to generate)"
+            )
             question = [m.content for m in record.messages if m.role == "user"]
             if question:
                 assert question[-1] in prompt, f"record {record.id!r}: prompt() lacks the last user turn"

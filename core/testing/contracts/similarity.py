@@ -7,8 +7,12 @@ from typing import ClassVar
 from ift.components import SimilarityBackend
 from ift.testing.contracts.base import ComponentContract
 
-TEXTS = ["Translate this sentence into French.", "Summarize the following news article.",
-         "Write a haiku about autumn leaves.", "Solve the quadratic equation for x."]
+TEXTS = [
+    "Translate this sentence into French.",
+    "Summarize the following news article.",
+    "Write a haiku about autumn leaves.",
+    "Solve the quadratic equation for x.",
+]
 
 
 class SimilarityBackendContract(ComponentContract):
@@ -29,8 +33,9 @@ class SimilarityBackendContract(ComponentContract):
     def test_scores_every_query_against_every_text(self) -> None:
         queries = [self.texts[0], "something else entirely"]
         rows = [[float(s) for s in row] for row in self.make_backend().scores(queries)]
-        assert len(rows) == len(queries) and all(len(row) == len(self.texts) for row in rows), \
+        assert len(rows) == len(queries) and all(len(row) == len(self.texts) for row in rows), (
             f"scores() must be {len(queries)} x {len(self.texts)}"
+        )
         assert all(-1e-6 <= s <= 1 + 1e-6 for row in rows for s in row), f"scores outside [0, 1]: {rows}"
 
     def test_an_identical_text_scores_highest(self) -> None:

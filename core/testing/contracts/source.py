@@ -26,19 +26,25 @@ class SourceContract(ComponentContract):
 
     def make_source(self, base_dir: Path, host: Any) -> InstructionSource:
         cls = self.component_class()
-        return cls(self.make_config(base_dir), source_name=self.source_name, base_dir=base_dir,  # type: ignore[call-arg]
-                   host=host)
+        return cls(
+            self.make_config(base_dir),
+            source_name=self.source_name,
+            base_dir=base_dir,  # type: ignore[call-arg]
+            host=host,
+        )
 
     def read(self, base_dir: Path, host: Any) -> list[InstructionRecord]:
         return list(self.make_source(base_dir, host).records())
 
     def test_yields_valid_records(self, base_dir: Path, ift_host: Any) -> None:
         records = self.read(base_dir, ift_host)
-        assert len(records) >= self.min_records, \
-            f"the source yielded {len(records)} records from the test files, fewer than min_records = " \
+        assert len(records) >= self.min_records, (
+            f"the source yielded {len(records)} records from the test files, fewer than min_records = "
             f"{self.min_records}"
-        problems = [p for r in records for p in record_problems(r, source=self.source_name,
-                                                                require_answer=self.require_answer)]
+        )
+        problems = [
+            p for r in records for p in record_problems(r, source=self.source_name, require_answer=self.require_answer)
+        ]
         assert not problems, "invalid records:\n" + "\n".join(problems[:20])
 
     def test_ids_are_unique(self, base_dir: Path, ift_host: Any) -> None:
@@ -60,5 +66,6 @@ class SourceContract(ComponentContract):
         assert isinstance(one.fingerprint(), str) and one.fingerprint(), "fingerprint() must be a non-empty string"
         assert one.fingerprint() == two.fingerprint(), "fingerprint() differs between two reads of the same data"
         early = self.make_source(base_dir, ift_host).content_fingerprint()
-        assert early is None or (isinstance(early, str) and early), \
+        assert early is None or (isinstance(early, str) and early), (
             "content_fingerprint() must be None or a non-empty string"
+        )

@@ -87,24 +87,47 @@ class TrainerContract(ComponentContract):
             examples, kept = encode_records(batch, renderer, tiny.adapter, tiny.tokenizer, cfg, "extra", DataReport())
             from ift.builtin_plugins.metrics import LossMetric
 
-            return Evaluator(adapter=tiny.adapter, tokenizer=tiny.tokenizer, renderer=renderer,
-                             metrics=[LossMetric(LossMetric.Config())], records=kept, examples=examples,
-                             batch_size=4, max_new_tokens=4, stop=[], samples=0)(model, stage)
+            return Evaluator(
+                adapter=tiny.adapter,
+                tokenizer=tiny.tokenizer,
+                renderer=renderer,
+                metrics=[LossMetric(LossMetric.Config())],
+                records=kept,
+                examples=examples,
+                batch_size=4,
+                max_new_tokens=4,
+                stop=[],
+                samples=0,
+            )(model, stage)
 
         train_examples, eval_examples = encode(records[:-2]), encode(records[-2:])
-        outcome = TrainedTiny(tiny, tiny.snapshot(), None, examples=train_examples,
-                              loss_before=mean_loss(tiny, tiny.model, train_examples))
+        outcome = TrainedTiny(
+            tiny,
+            tiny.snapshot(),
+            None,
+            examples=train_examples,
+            loss_before=mean_loss(tiny, tiny.model, train_examples),
+        )
 
         def evaluate(model: Any, stage: str) -> dict[str, Any]:
             outcome.evaluations.append(stage)
             return evaluate_records(model, records[-2:], stage)
 
-        ctx = TrainContext(model=tiny.model, tokenizer=tiny.tokenizer, adapter=tiny.adapter,
-                           train_examples=train_examples, eval_examples=eval_examples, seed=0, run_dir=folder,
-                           log_step=outcome.events.append, evaluate=evaluate,
-                           progress=Progress(0, interactive=False, enabled=False),
-                           checkpoint_dir=folder / "checkpoints", encode_records=encode,
-                           evaluate_records=evaluate_records)
+        ctx = TrainContext(
+            model=tiny.model,
+            tokenizer=tiny.tokenizer,
+            adapter=tiny.adapter,
+            train_examples=train_examples,
+            eval_examples=eval_examples,
+            seed=0,
+            run_dir=folder,
+            log_step=outcome.events.append,
+            evaluate=evaluate,
+            progress=Progress(0, interactive=False, enabled=False),
+            checkpoint_dir=folder / "checkpoints",
+            encode_records=encode,
+            evaluate_records=evaluate_records,
+        )
         outcome.result = trainer.train(ctx)
         return outcome
 
@@ -117,8 +140,9 @@ class TrainerContract(ComponentContract):
 
     def test_changes_the_weights(self, trained: TrainedTiny) -> None:
         after = dict(trained.result.model.named_parameters())
-        changed = [n for n, p in trained.before.items() if n in after and not bool((after[n].detach().cpu()
-                                                                                   == p.cpu()).all())]
+        changed = [
+            n for n, p in trained.before.items() if n in after and not bool((after[n].detach().cpu() == p.cpu()).all())
+        ]
         assert changed, "no trainable weight changed during training"
         broken = [n for n, p in after.items() if not bool(p.detach().isfinite().all())]
         assert not broken, f"non-finite weights after training: {broken[:5]}"
@@ -137,13 +161,15 @@ class TrainerContract(ComponentContract):
         assert after < trained.loss_before, (
             f"the mean loss of the training examples did not go down: {trained.loss_before:.6f} before, "
             f"{after:.6f} after {trained.result.steps} steps (is the objective minimised? raise the contract "
-            "config's learning_rate or max_steps if it is too small to show)")
+            "config's learning_rate or max_steps if it is too small to show)"
+        )
 
     def test_steps_are_logged_with_their_loss(self, trained: TrainedTiny) -> None:
         logged = [e for e in trained.events if isinstance(e.get("step"), int)]
         assert logged, "no step was logged: call ctx.log_step with each logged step's event"
         assert logged[-1]["step"] == trained.result.steps, (
-            f"the last step ({trained.result.steps}) was not logged (last logged: {logged[-1]['step']})")
+            f"the last step ({trained.result.steps}) was not logged (last logged: {logged[-1]['step']})"
+        )
         assert all("loss" in e for e in logged), "every logged step needs its 'loss'"
 
     def test_summary_is_json_serializable(self, trained: TrainedTiny) -> None:
@@ -171,7 +197,7 @@ def mean_loss(tiny: TinyModel, model: Any, examples: list[Any]) -> float:
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(examples), 4):
-            batch = to_device(tiny.adapter.collate(tiny.tokenizer, examples[start:start + 4]), model)
+            batch = to_device(tiny.adapter.collate(tiny.tokenizer, examples[start : start + 4]), model)
             loss, n = tiny.adapter.loss_sum(model, batch)
             total, count = total + float(loss), count + int(n)
     model.train(was_training)
@@ -204,10 +230,12 @@ class ObjectiveContract(TrainerContract):
         assert isinstance(units, int) and units > 0, f"units(batch) must be a positive int, got {units!r}"
         terms = objective.loss(model, batch)
         assert isinstance(terms, LossTerms), f"loss() must return ift.LossTerms, got {type(terms).__name__}"
-        assert finite(terms.trained()) and terms.trained().requires_grad, "the trained loss must be finite and " \
-            "carry the graph"
+        assert finite(terms.trained()) and terms.trained().requires_grad, (
+            "the trained loss must be finite and carry the graph"
+        )
         if terms.per_example is not None:
             sums, counts = terms.per_example
-            assert torch.allclose(sums.sum(), terms.loss, rtol=1e-4, atol=1e-5), "per-example sums must add up " \
-                "to the loss"
+            assert torch.allclose(sums.sum(), terms.loss, rtol=1e-4, atol=1e-5), (
+                "per-example sums must add up to the loss"
+            )
             assert len(sums) == len(counts) == len(batch["record_ids"])

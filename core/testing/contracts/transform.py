@@ -57,9 +57,11 @@ class TransformContract(ComponentContract):
         counted = sum(tally.dropped.values())
         assert len(records) - len(out) == counted, (
             f"{len(records) - len(out)} records were dropped but {counted} counted ({dict(tally.dropped)}); call "
-            "tally.drop(reason) once per dropped record")
-        assert all(isinstance(r, str) and r and n > 0 for r, n in tally.dropped.items()), \
+            "tally.drop(reason) once per dropped record"
+        )
+        assert all(isinstance(r, str) and r and n > 0 for r, n in tally.dropped.items()), (
             f"drop reasons must be non-empty strings with positive counts: {dict(tally.dropped)}"
+        )
 
     def test_every_rewrite_is_counted(self, base_dir: Path, ift_host: Any) -> None:
         records = self.input_records()
@@ -67,8 +69,9 @@ class TransformContract(ComponentContract):
         out, tally = self.apply(base_dir, ift_host, records)
         rewritten = [r.id for r in out if r.to_dict() != before[r.id]]
         if rewritten:
-            assert sum(tally.changed.values()) > 0, \
+            assert sum(tally.changed.values()) > 0, (
                 f"records were rewritten ({rewritten[:5]}) but no change was counted; call tally.change(reason)"
+            )
 
     def test_known_result(self, base_dir: Path, ift_host: Any) -> None:
         out, tally = self.apply(base_dir, ift_host, self.input_records())

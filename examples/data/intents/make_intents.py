@@ -157,15 +157,64 @@ PHRASINGS: dict[str, list[str]] = {
     ],
 }
 
-PRODUCTS = ["pair of running shoes", "wireless headset", "coffee maker", "winter jacket", "phone case", "yoga mat",
-            "desk lamp", "backpack", "smart watch", "blender", "office chair", "bluetooth speaker", "kettle",
-            "rain jacket", "laptop stand", "electric toothbrush", "board game", "air fryer"]
-WHEN = ["last Tuesday", "two weeks ago", "on Monday", "yesterday", "over a week ago", "at the start of the month",
-        "three days ago", "last weekend", "on the 3rd", "ten days ago"]
-OPENINGS = ["", "", "", "Hi, ", "Hello! ", "Hey, ", "Good morning. ", "Hi there. ", "Quick question: ",
-            "Sorry to bother you, but ", "Hello, ", "Excuse me, "]
-CLOSINGS = ["", "", "", " Thanks.", " Thank you!", " Thanks in advance.", " Please help.", " Cheers.",
-            " Appreciate it.", " Thx"]
+PRODUCTS = [
+    "pair of running shoes",
+    "wireless headset",
+    "coffee maker",
+    "winter jacket",
+    "phone case",
+    "yoga mat",
+    "desk lamp",
+    "backpack",
+    "smart watch",
+    "blender",
+    "office chair",
+    "bluetooth speaker",
+    "kettle",
+    "rain jacket",
+    "laptop stand",
+    "electric toothbrush",
+    "board game",
+    "air fryer",
+]
+WHEN = [
+    "last Tuesday",
+    "two weeks ago",
+    "on Monday",
+    "yesterday",
+    "over a week ago",
+    "at the start of the month",
+    "three days ago",
+    "last weekend",
+    "on the 3rd",
+    "ten days ago",
+]
+OPENINGS = [
+    "",
+    "",
+    "",
+    "Hi, ",
+    "Hello! ",
+    "Hey, ",
+    "Good morning. ",
+    "Hi there. ",
+    "Quick question: ",
+    "Sorry to bother you, but ",
+    "Hello, ",
+    "Excuse me, ",
+]
+CLOSINGS = [
+    "",
+    "",
+    "",
+    " Thanks.",
+    " Thank you!",
+    " Thanks in advance.",
+    " Please help.",
+    " Cheers.",
+    " Appreciate it.",
+    " Thx",
+]
 
 TRAIN_PER_INTENT = 32
 TEST_PER_INTENT = 10
@@ -189,10 +238,15 @@ def fill(phrasing: str, rng: random.Random) -> str:
     return text
 
 
-def split_rows(phrasings: dict[str, list[str]], fill: Callable[[str, random.Random], str], rng: random.Random, *,
-               train_per_intent: int, test_per_intent: int,
-               row: Callable[[str, str, int, str], dict[str, str]],
-               ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+def split_rows(
+    phrasings: dict[str, list[str]],
+    fill: Callable[[str, random.Random], str],
+    rng: random.Random,
+    *,
+    train_per_intent: int,
+    test_per_intent: int,
+    row: Callable[[str, str, int, str], dict[str, str]],
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """Train and test rows from each intent's phrasings: every fourth phrasing only in the test rows, each filled
     in until the intent has its count of distinct texts, ``row(intent, split, i, text)`` making the row. Also used
     by ../support/make_support.py and make_support_zh.py."""
@@ -213,9 +267,14 @@ def split_rows(phrasings: dict[str, list[str]], fill: Callable[[str, random.Rand
 
 
 def build(seed: int = 2026) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    return split_rows(PHRASINGS, fill, random.Random(seed), train_per_intent=TRAIN_PER_INTENT,
-                      test_per_intent=TEST_PER_INTENT,
-                      row=lambda intent, split, i, text: {"id": f"{intent}-{split}-{i}", "text": text, "label": intent})
+    return split_rows(
+        PHRASINGS,
+        fill,
+        random.Random(seed),
+        train_per_intent=TRAIN_PER_INTENT,
+        test_per_intent=TEST_PER_INTENT,
+        row=lambda intent, split, i, text: {"id": f"{intent}-{split}-{i}", "text": text, "label": intent},
+    )
 
 
 def main() -> None:

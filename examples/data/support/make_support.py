@@ -117,10 +117,20 @@ def _intents_module():
 def build(seed: int = 2027) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     intents = _intents_module()
     phrasings = {intent: base + EXTRA_PHRASINGS[intent] for intent, base in intents.PHRASINGS.items()}
-    return intents.split_rows(phrasings, intents.fill, random.Random(seed), train_per_intent=TRAIN_PER_INTENT,
-                              test_per_intent=TEST_PER_INTENT, row=lambda intent, split, i, text: {
-                                  "id": f"{intent}-{split}-{i}", "task": intent, "instruction": text, "input": "",
-                                  "output": intent})
+    return intents.split_rows(
+        phrasings,
+        intents.fill,
+        random.Random(seed),
+        train_per_intent=TRAIN_PER_INTENT,
+        test_per_intent=TEST_PER_INTENT,
+        row=lambda intent, split, i, text: {
+            "id": f"{intent}-{split}-{i}",
+            "task": intent,
+            "instruction": text,
+            "input": "",
+            "output": intent,
+        },
+    )
 
 
 def main() -> None:

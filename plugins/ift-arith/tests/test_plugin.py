@@ -28,8 +28,9 @@ def test_registers_every_component(host):
 
 
 def test_source_is_seeded_and_correct():
-    source = plugin.ArithmeticSource(plugin.ArithmeticConfig(n=50, seed=3, operations=["*"]), source_name="a",
-                                     base_dir=Path("."))
+    source = plugin.ArithmeticSource(
+        plugin.ArithmeticConfig(n=50, seed=3, operations=["*"]), source_name="a", base_dir=Path(".")
+    )
     records = list(source.records())
     again = list(source.records())
     assert [r.to_dict() for r in records] == [r.to_dict() for r in again]
@@ -46,8 +47,11 @@ def test_qa_template_marks_answer_and_eos():
 
     renderer.bind(Tok())
     record = ift.InstructionRecord("1", "a", [ift.Message("user", "What is 1 + 2?"), ift.Message("assistant", "3")])
-    assert renderer.render(record) == [ift.Segment("Q: What is 1 + 2?\nA: ", False), ift.Segment("3</s>", True),
-                                       ift.Segment("\n", False)]
+    assert renderer.render(record) == [
+        ift.Segment("Q: What is 1 + 2?\nA: ", False),
+        ift.Segment("3</s>", True),
+        ift.Segment("\n", False),
+    ]
 
 
 def test_numeric_match_tolerance():
@@ -57,9 +61,12 @@ def test_numeric_match_tolerance():
 
 
 def test_recipe_validates_plugin_keys(host, tmp_path):
-    raw = {"data": [{"source": "arithmetic", "n": 10, "max_operant": 3}], "template": {"name": "qa"},
-           "model": {"adapter": "causal-lm", "tokenizer": "byte-level", "from_config": {"model_type": "llama"}},
-           "trainer": {"name": "sft-smoothed", "label_smoothing": 2.0}}
+    raw = {
+        "data": [{"source": "arithmetic", "n": 10, "max_operant": 3}],
+        "template": {"name": "qa"},
+        "model": {"adapter": "causal-lm", "tokenizer": "byte-level", "from_config": {"model_type": "llama"}},
+        "trainer": {"name": "sft-smoothed", "label_smoothing": 2.0},
+    }
     with pytest.raises(ift.RecipeError) as err:
         validate_recipe(raw, host, base_dir=tmp_path)
     text = str(err.value)

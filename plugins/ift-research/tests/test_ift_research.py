@@ -46,26 +46,36 @@ def test_registered_by_name_with_the_distribution(ift_host: Any) -> None:
 
 
 def test_loha_keys_are_validated_at_their_recipe_key(ift_host: Any, tmp_path: Path) -> None:
-    assert "model.peft.alpah: unknown key (did you mean 'alpha'?)" in \
-        recipe_problems(ift_host, tmp_path, {"method": "loha", "alpah": 4})
+    assert "model.peft.alpah: unknown key (did you mean 'alpha'?)" in recipe_problems(
+        ift_host, tmp_path, {"method": "loha", "alpah": 4}
+    )
     message = recipe_problems(ift_host, tmp_path, {"method": "loha", "use_dora": True})
     assert "model.peft.use_dora: unknown key for method 'loha' (use_dora is a key of lora)" in message
-    assert "model.peft.r: Input should be greater than 0" in recipe_problems(ift_host, tmp_path,
-                                                                             {"method": "loha", "r": 0})
-    assert "'lohaa' is not a PEFT method (did you mean 'loha'?)" in \
-        recipe_problems(ift_host, tmp_path, {"method": "lohaa"})
+    assert "model.peft.r: Input should be greater than 0" in recipe_problems(
+        ift_host, tmp_path, {"method": "loha", "r": 0}
+    )
+    assert "'lohaa' is not a PEFT method (did you mean 'loha'?)" in recipe_problems(
+        ift_host, tmp_path, {"method": "lohaa"}
+    )
 
 
 def test_the_peft_config_carries_the_recipe_keys(ift_host: Any, tmp_path: Path) -> None:
     from ift.testing.models import load_tiny_model
 
-    tiny = load_tiny_model(ift_host, tiny_model_table(peft={"method": "loha", "r": 2, "alpha": 6,
-                                                           "target_modules": ["q_proj"]}), base_dir=tmp_path)
+    tiny = load_tiny_model(
+        ift_host,
+        tiny_model_table(peft={"method": "loha", "r": 2, "alpha": 6, "target_modules": ["q_proj"]}),
+        base_dir=tmp_path,
+    )
     config = tiny.model.peft_config["default"]
     assert (type(config).__name__, config.r, config.alpha, config.target_modules) == ("LoHaConfig", 2, 6, {"q_proj"})
     assert "LoHa r=2, alpha=6 (alpha/r = 3)" in tiny.adapter.describe()["summary"]
-    assert tiny.adapter.describe()["peft_method"] == {"method": "loha", "plugin": "research",
-                                                      "distribution": "ift_research (under test)", "version": "0"}
+    assert tiny.adapter.describe()["peft_method"] == {
+        "method": "loha",
+        "plugin": "research",
+        "distribution": "ift_research (under test)",
+        "version": "0",
+    }
 
 
 def test_vera_refuses_all_linear_on_a_classifier(ift_host: Any, tmp_path: Path) -> None:
@@ -74,11 +84,23 @@ def test_vera_refuses_all_linear_on_a_classifier(ift_host: Any, tmp_path: Path) 
     from ift.builtin_plugins.peft_methods import apply_peft, method_for
 
     table = tiny_model_table(peft={"method": "vera"})
-    section = ift_host.get("model_adapter", "causal-lm").cls.Config.model_validate(
-        {k: v for k, v in table.items() if k != "adapter"}, context={"host": ift_host}).peft
+    section = (
+        ift_host.get("model_adapter", "causal-lm")
+        .cls.Config.model_validate({k: v for k, v in table.items() if k != "adapter"}, context={"host": ift_host})
+        .peft
+    )
     assert isinstance(method_for(section), VeraMethod)
-    config = AutoConfig.for_model("llama", vocab_size=260, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                  num_attention_heads=2, num_key_value_heads=2, pad_token_id=256, num_labels=2)
+    config = AutoConfig.for_model(
+        "llama",
+        vocab_size=260,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        pad_token_id=256,
+        num_labels=2,
+    )
     with pytest.raises(ift.RecipeError, match="model.peft.target_modules: vera on a classification model needs"):
         apply_peft(AutoModelForSequenceClassification.from_config(config), section, task_type="SEQ_CLS")
 
@@ -88,21 +110,40 @@ def test_vera_refuses_all_linear_on_a_classifier(ift_host: Any, tmp_path: Path) 
 
 class TestLabelSmoothing(ObjectiveContract):
     component = LabelSmoothing
-    config = {"max_steps": 3, "batch_size": 2, "learning_rate": 1e-2, "log_every": 1, "max_length": 128,
-              "smoothing": 0.2}
+    config = {
+        "max_steps": 3,
+        "batch_size": 2,
+        "learning_rate": 1e-2,
+        "log_every": 1,
+        "max_length": 128,
+        "smoothing": 0.2,
+    }
 
 
 def test_label_smoothing_against_a_hand_computed_value(ift_tiny_model: Any) -> None:
     import torch
 
     tiny = ift_tiny_model
-    examples = [tiny.adapter.encode(tiny.tokenizer, [ift.Segment("q: ab\n", False), ift.Segment("AB", True)],
-                                    source="s", record_id=f"r{i}") for i in range(2)]
+    examples = [
+        tiny.adapter.encode(
+            tiny.tokenizer, [ift.Segment("q: ab\n", False), ift.Segment("AB", True)], source="s", record_id=f"r{i}"
+        )
+        for i in range(2)
+    ]
     batch = tiny.adapter.collate(tiny.tokenizer, examples)
     objective = LabelSmoothing(LabelSmoothing.Config(smoothing=0.25))
-    objective.ctx = ift.TrainContext(model=tiny.model, tokenizer=tiny.tokenizer, adapter=tiny.adapter,
-                                     train_examples=examples, eval_examples=[], seed=0, run_dir=Path("."),
-                                     log_step=lambda e: None, evaluate=lambda m, s: {}, progress=None)  # type: ignore[arg-type]
+    objective.ctx = ift.TrainContext(
+        model=tiny.model,
+        tokenizer=tiny.tokenizer,
+        adapter=tiny.adapter,
+        train_examples=examples,
+        eval_examples=[],
+        seed=0,
+        run_dir=Path("."),
+        log_step=lambda e: None,
+        evaluate=lambda m, s: {},
+        progress=None,
+    )  # type: ignore[arg-type]
     with torch.no_grad():
         terms = objective.loss(tiny.model, batch)
         logits = tiny.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()

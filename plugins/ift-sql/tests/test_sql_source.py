@@ -40,16 +40,25 @@ def db(tmp_path: Path) -> Path:
             CREATE TABLE alpaca (id TEXT PRIMARY KEY, instruction TEXT, input TEXT, output TEXT);
             CREATE TABLE chats (id INTEGER PRIMARY KEY, turns TEXT, label TEXT, choices TEXT);
         """)
-        conn.executemany("INSERT INTO tickets VALUES (?, ?, ?, ?, ?, ?)", [
-            (17, "How do I get a refund?", "Open Billing > Refunds.", "billing", 1, 2),
-            (4, "Where is my invoice?", "Under Billing > Invoices.", "billing", 1, 1),
-            (9, "Can I change my plan?", "Yes, in Settings.", "plans", 0, 3),
-            (12, "How many seats do I have?", 5, "plans", 1, 1),
-        ])
+        conn.executemany(
+            "INSERT INTO tickets VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (17, "How do I get a refund?", "Open Billing > Refunds.", "billing", 1, 2),
+                (4, "Where is my invoice?", "Under Billing > Invoices.", "billing", 1, 1),
+                (9, "Can I change my plan?", "Yes, in Settings.", "plans", 0, 3),
+                (12, "How many seats do I have?", 5, "plans", 1, 1),
+            ],
+        )
         conn.execute("INSERT INTO alpaca VALUES ('a1', 'Translate to French', 'cat', 'chat')")
-        conn.execute("INSERT INTO chats VALUES (1, ?, 'positive', ?)",
-                     (json.dumps([{"role": "user", "content": "Great product!"},
-                                  {"role": "assistant", "content": "positive"}]), '["positive", "negative"]'))
+        conn.execute(
+            "INSERT INTO chats VALUES (1, ?, 'positive', ?)",
+            (
+                json.dumps(
+                    [{"role": "user", "content": "Great product!"}, {"role": "assistant", "content": "positive"}]
+                ),
+                '["positive", "negative"]',
+            ),
+        )
     return path
 
 
@@ -57,18 +66,29 @@ def source(tmp_path: Path, **config) -> SqlSource:
     return SqlSource(SqlSourceConfig(**config), source_name="support", base_dir=tmp_path)
 
 
-TICKETS = dict(url="tickets.db", id_column="ticket_id", columns={"prompt": "question", "completion": "answer"},
-               query="SELECT ticket_id, question, answer, product FROM tickets WHERE approved = 1 ORDER BY ticket_id")
+TICKETS = dict(
+    url="tickets.db",
+    id_column="ticket_id",
+    columns={"prompt": "question", "completion": "answer"},
+    query="SELECT ticket_id, question, answer, product FROM tickets WHERE approved = 1 ORDER BY ticket_id",
+)
 
 
 def test_prompt_completion_columns_with_stable_ids_and_metadata(tmp_path, db):
     records = list(source(tmp_path, **TICKETS, metadata_columns=["product"]).records())
     assert [r.id for r in records] == ["4", "12", "17"]
     assert records[2].to_dict() == {
-        "id": "17", "source": "support", "task": None, "label": None, "choices": None,
+        "id": "17",
+        "source": "support",
+        "task": None,
+        "label": None,
+        "choices": None,
         "metadata": {"product": "billing"},
-        "messages": [{"role": "user", "content": "How do I get a refund?"},
-                     {"role": "assistant", "content": "Open Billing > Refunds."}]}
+        "messages": [
+            {"role": "user", "content": "How do I get a refund?"},
+            {"role": "assistant", "content": "Open Billing > Refunds."},
+        ],
+    }
     assert records[1].answer == "5"  # an integer answer column is the answer's text
 
 
@@ -76,19 +96,30 @@ def test_alpaca_columns_are_detected_and_system_prompt_added(tmp_path, db):
     (record,) = source(tmp_path, url=f"sqlite:///{db}", query="SELECT * FROM alpaca", system="Be brief.").records()
     assert record.id == "a1"
     assert [(m.role, m.content) for m in record.messages] == [
-        ("system", "Be brief."), ("user", "Translate to French\n\ncat"), ("assistant", "chat")]
+        ("system", "Be brief."),
+        ("user", "Translate to French\n\ncat"),
+        ("assistant", "chat"),
+    ]
 
 
 def test_messages_json_column_with_label_and_choices(tmp_path, db):
-    (record,) = source(tmp_path, url="tickets.db", query="SELECT id, turns, label, choices FROM chats",
-                       columns={"messages": "turns"}, format="messages").records()
+    (record,) = source(
+        tmp_path,
+        url="tickets.db",
+        query="SELECT id, turns, label, choices FROM chats",
+        columns={"messages": "turns"},
+        format="messages",
+    ).records()
     assert [m.content for m in record.messages] == ["Great product!", "positive"]
     assert record.label == "positive" and record.choices == ["positive", "negative"]
 
 
 def test_bound_parameters_and_limit(tmp_path, db):
-    config = {**TICKETS, "query": "SELECT * FROM tickets WHERE product = :product ORDER BY ticket_id",
-              "params": {"product": "plans"}}
+    config = {
+        **TICKETS,
+        "query": "SELECT * FROM tickets WHERE product = :product ORDER BY ticket_id",
+        "params": {"product": "plans"},
+    }
     assert [r.id for r in source(tmp_path, **config).records()] == ["9", "12"]
     assert [r.id for r in source(tmp_path, **config, limit=1).records()] == ["9"]
 
@@ -104,16 +135,22 @@ def test_url_from_environment(tmp_path, db, monkeypatch):
 
 def test_password_comes_from_environment_and_is_never_shown(tmp_path, monkeypatch):
     monkeypatch.setenv("SUPPORT_DB_PASSWORD", "s3cr3t-pw")
-    src = source(tmp_path, url="postgresql://reader@db.internal:5432/support", password_env="SUPPORT_DB_PASSWORD",
-                 query="SELECT 1")
+    src = source(
+        tmp_path,
+        url="postgresql://reader@db.internal:5432/support",
+        password_env="SUPPORT_DB_PASSWORD",
+        query="SELECT 1",
+    )
     url = src.database_url()
     assert url.password == "s3cr3t-pw" and url.username == "reader"
     assert "s3cr3t-pw" not in url.render_as_string(hide_password=True)
 
 
 def test_recipe_with_inline_password_is_refused_without_echoing_it(host, tmp_path):
-    raw = {"data": [{"source": "sql", "url": "postgresql://reader:hunter22@db/prod", "query": "SELECT 1"}],
-           "model": MODEL}
+    raw = {
+        "data": [{"source": "sql", "url": "postgresql://reader:hunter22@db/prod", "query": "SELECT 1"}],
+        "model": MODEL,
+    }
     with pytest.raises(ift.RecipeError) as err:
         validate_recipe(raw, host, base_dir=tmp_path)
     assert "data[0].url: the URL contains a password" in str(err.value)
@@ -123,8 +160,19 @@ def test_recipe_with_inline_password_is_refused_without_echoing_it(host, tmp_pat
 
 
 def test_recipe_keys_are_validated(host, tmp_path):
-    raw = {"data": [{"source": "sql", "url": "x.db", "url_env": "X", "query": "SELECT 1", "colums": {},
-                     "columns": {"answer": "a"}}], "model": MODEL}
+    raw = {
+        "data": [
+            {
+                "source": "sql",
+                "url": "x.db",
+                "url_env": "X",
+                "query": "SELECT 1",
+                "colums": {},
+                "columns": {"answer": "a"},
+            }
+        ],
+        "model": MODEL,
+    }
     with pytest.raises(ift.RecipeError) as err:
         validate_recipe(raw, host, base_dir=tmp_path)
     text = str(err.value)
@@ -143,11 +191,15 @@ def test_bad_sql_names_the_query(tmp_path, db):
 def test_missing_column_lists_what_the_query_returns(tmp_path, db):
     with pytest.raises(ift.DataError) as err:
         list(source(tmp_path, **{**TICKETS, "query": "SELECT ticket_id, question FROM tickets"}).records())
-    assert ("the query returns no column 'answer' (named by columns.completion); it returns: ticket_id, question"
-            in str(err.value))
+    assert "the query returns no column 'answer' (named by columns.completion); it returns: ticket_id, question" in str(
+        err.value
+    )
     with pytest.raises(ift.DataError, match="no column 'id' \\(named by id_column\\)"):
-        list(source(tmp_path, url="tickets.db", query="SELECT question AS prompt, answer AS completion FROM tickets")
-             .records())
+        list(
+            source(
+                tmp_path, url="tickets.db", query="SELECT question AS prompt, answer AS completion FROM tickets"
+            ).records()
+        )
 
 
 def test_missing_driver_or_unknown_database_is_a_data_error(tmp_path):
@@ -171,8 +223,10 @@ def test_a_database_path_that_is_a_folder_or_a_symlink_loop_is_named(tmp_path):
     (tmp_path / "b.db").symlink_to(tmp_path / "a.db")
     with pytest.raises(ift.DataError) as info:
         list(source(tmp_path, **{**TICKETS, "url": "folder.db"}).records())
-    assert str(info.value) == f"{tmp_path / 'folder.db'}: SQLite database file is a directory; give the path of a " \
-                              "file inside it (source 'support')"
+    assert (
+        str(info.value) == f"{tmp_path / 'folder.db'}: SQLite database file is a directory; give the path of a "
+        "file inside it (source 'support')"
+    )
     with pytest.raises(ift.DataError, match=r"a.db: SQLite database file is a symlink loop"):
         list(source(tmp_path, **{**TICKETS, "url": "sqlite:///a.db"}).records())
 

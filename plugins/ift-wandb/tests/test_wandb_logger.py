@@ -18,8 +18,10 @@ from ift_wandb import plugin
 
 wandb = pytest.importorskip("wandb")
 
-ROWS = [{"prompt": f"Uppercase: {w}", "completion": w.upper()}
-        for w in ["abc", "dog", "cat", "xyz", "sun", "map", "red", "toy", "fig", "jam", "owl", "pen"]]
+ROWS = [
+    {"prompt": f"Uppercase: {w}", "completion": w.upper()}
+    for w in ["abc", "dog", "cat", "xyz", "sun", "map", "red", "toy", "fig", "jam", "owl", "pen"]
+]
 RECIPE = """
 [run]
 name = "wandb-offline"
@@ -82,8 +84,9 @@ def read_offline_run(wandb_dir: Path) -> list[dict]:
     assert len(files) == 1, files
     cli = shutil.which("wandb")
     assert cli, "the wandb command is not on PATH"
-    out = subprocess.run([cli, "leet", "inspect", "--json", str(files[0])], capture_output=True, text=True,
-                         check=True, timeout=120).stdout
+    out = subprocess.run(
+        [cli, "leet", "inspect", "--json", str(files[0])], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 

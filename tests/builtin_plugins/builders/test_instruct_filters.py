@@ -70,12 +70,15 @@ def test_rouge_pool_scores_equal_the_rouge_l_metric() -> None:
 def test_prompts_and_parsing() -> None:
     assert instruction_prompt(["Name a color.", "Add  two\nnumbers."], "math drills") == (
         "Come up with new, diverse tasks for this goal: math drills. Each task is one instruction that can be "
-        "done with text alone.\n\nTask 1: Name a color.\nTask 2: Add two numbers.\nTask 3:")
-    assert parse_instructions(" Summarize this text.\nTask 9: Write a haiku.\n\n  \n4) Count words.\n2.5 is a number.") == [
-        "Summarize this text.", "Write a haiku.", "Count words.", "2.5 is a number."]
+        "done with text alone.\n\nTask 1: Name a color.\nTask 2: Add two numbers.\nTask 3:"
+    )
+    assert parse_instructions(
+        " Summarize this text.\nTask 9: Write a haiku.\n\n  \n4) Count words.\n2.5 is a number."
+    ) == ["Summarize this text.", "Write a haiku.", "Count words.", "2.5 is a number."]
     assert instance_prompt([("Add.", "2 and 3", "5"), ("Name a color.", "", "Red.")], "Double it.") == (
         "Task: Add.\nInput: 2 and 3\nOutput: 5\n\nTask: Name a color.\nInput: none\nOutput: Red.\n\n"
-        "Task: Double it.\nInput:")
+        "Task: Double it.\nInput:"
+    )
     assert parse_instance(" none\nOutput: 42") == ("", "42")
     assert parse_instance(" 3, 4\nOutput: 7 ") == ("3, 4", "7")
     assert parse_instance("just text") == ("", "just text")

@@ -46,8 +46,11 @@ class Stub:
                 time.sleep(delay)
                 if reply is None:
                     prompt = body.get("prompt") or body["messages"][0]["content"]
-                    reply = {"choices": [{"text": " none\nOutput: An answer." if prompt.endswith("Input:")
-                                          else INSTRUCTIONS}]}
+                    reply = {
+                        "choices": [
+                            {"text": " none\nOutput: An answer." if prompt.endswith("Input:") else INSTRUCTIONS}
+                        ]
+                    }
                 data = json.dumps(reply).encode()
                 try:
                     self.send_response(status)
@@ -77,9 +80,16 @@ def stub() -> Iterator[Stub]:
 
 
 def build(tmp_path: Path, openai: dict[str, Any], **options: Any) -> SelfInstructSource:
-    config = SelfInstructConfig.model_validate({"seeds": str(DATA / "seed_tasks.jsonl"), "openai": openai,
-                                                "work_dir": str(tmp_path / "work"), "prompts_per_round": 2,
-                                                "max_rounds": 1, **options})
+    config = SelfInstructConfig.model_validate(
+        {
+            "seeds": str(DATA / "seed_tasks.jsonl"),
+            "openai": openai,
+            "work_dir": str(tmp_path / "work"),
+            "prompts_per_round": 2,
+            "max_rounds": 1,
+            **options,
+        }
+    )
     return SelfInstructSource(config, source_name="gen", base_dir=tmp_path)
 
 
@@ -93,15 +103,23 @@ def files_text(folder: Path) -> str:
 
 
 def test_retries_429_5xx_and_timeouts_then_answers(tmp_path: Path, stub: Stub):
-    stub.script = [(429, {"error": {"message": "slow down"}}, {"Retry-After": "0"}, 0.0),
-                   (503, {"error": {"message": "busy"}}, {}, 0.0),
-                   (200, {"choices": [{"text": "late"}]}, {}, 1.0),  # longer than the timeout: retried
-                   (200, {"choices": [{"text": "hello"}]}, {}, 0.0)]
+    stub.script = [
+        (429, {"error": {"message": "slow down"}}, {"Retry-After": "0"}, 0.0),
+        (503, {"error": {"message": "busy"}}, {}, 0.0),
+        (200, {"choices": [{"text": "late"}]}, {}, 1.0),  # longer than the timeout: retried
+        (200, {"choices": [{"text": "hello"}]}, {}, 0.0),
+    ]
     gen = generator(tmp_path, stub.url, timeout=0.3)
     assert gen(["p"], max_new_tokens=5, stop=["\n"]) == ["hello"]
     assert gen.sent == 4 and len(stub.requests) == 4
-    assert stub.requests[0] == {"model": "m", "max_tokens": 5, "temperature": 0.0, "top_p": 1.0, "stop": ["\n"],
-                                "prompt": "p"}
+    assert stub.requests[0] == {
+        "model": "m",
+        "max_tokens": 5,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "stop": ["\n"],
+        "prompt": "p",
+    }
 
 
 def test_retries_give_up_with_one_clear_line(tmp_path: Path, stub: Stub):
@@ -156,24 +174,31 @@ def test_the_budget_stops_the_build_cleanly_and_a_rerun_continues(tmp_path: Path
 def test_concurrent_requests_keep_the_prompt_order(tmp_path: Path, stub: Stub):
     stub.script = [(200, {"choices": [{"text": "first"}]}, {}, 0.3), (200, {"choices": [{"text": "second"}]}, {}, 0.0)]
     gen = generator(tmp_path, stub.url, concurrency=2, api="chat")
-    stub.script = [(200, {"choices": [{"message": {"content": "slow"}}]}, {}, 0.3),
-                   (200, {"choices": [{"message": {"content": "fast"}}]}, {}, 0.0)]
+    stub.script = [
+        (200, {"choices": [{"message": {"content": "slow"}}]}, {}, 0.3),
+        (200, {"choices": [{"message": {"content": "fast"}}]}, {}, 0.0),
+    ]
     assert gen(["a", "b"], max_new_tokens=5, stop=[]) == ["slow", "fast"]
-    assert [r["messages"] for r in stub.requests] == [[{"role": "user", "content": "a"}],
-                                                       [{"role": "user", "content": "b"}]]
+    assert [r["messages"] for r in stub.requests] == [
+        [{"role": "user", "content": "a"}],
+        [{"role": "user", "content": "b"}],
+    ]
 
 
-@pytest.mark.parametrize(("table", "message"), [
-    ('api_key = "abc123"', "looks like a secret"),
-    ('api_key_env = "sk-proj-abcdefghijklmnopqrstuvwx"', "looks like a secret"),
-    ('api_key_env = "my key value 123"', "must be the NAME of an environment variable"),
-    ('base_url = "http://user:pw123@127.0.0.1/v1"', "looks like a secret"),
-])
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('api_key = "abc123"', "looks like a secret"),
+        ('api_key_env = "sk-proj-abcdefghijklmnopqrstuvwx"', "looks like a secret"),
+        ('api_key_env = "my key value 123"', "must be the NAME of an environment variable"),
+        ('base_url = "http://user:pw123@127.0.0.1/v1"', "looks like a secret"),
+    ],
+)
 def test_a_key_in_the_recipe_is_refused_and_not_echoed(tmp_path: Path, table: str, message: str):
     (tmp_path / "r.toml").write_text(f"""
 [[data]]
 source = "self-instruct"
-seeds = "{DATA / 'seed_tasks.jsonl'}"
+seeds = "{DATA / "seed_tasks.jsonl"}"
 
 [data.openai]
 model = "m"
@@ -227,16 +252,21 @@ baseline = false
     server = make_server(served, ServerOptions(model_id="tiny", api_key=CANARY), "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("IFT_TEST_CANARY_KEY", CANARY)
-    openai = {"base_url": f"http://127.0.0.1:{server.server_address[1]}/v1", "model": "tiny",
-              "api_key_env": "IFT_TEST_CANARY_KEY", "concurrency": 2}
+    openai = {
+        "base_url": f"http://127.0.0.1:{server.server_address[1]}/v1",
+        "model": "tiny",
+        "api_key_env": "IFT_TEST_CANARY_KEY",
+        "concurrency": 2,
+    }
     try:
         first = build(tmp_path, openai, max_new_tokens=16, instance_max_new_tokens=16)
         records = [(r.id, r.answer) for r in first.records()]
         sent = first.stats["requests"]["sent"]
         assert sent >= 2 and first.stats["rounds"] == 1  # 2 instruction prompts, then one per survivor
         assert server.engine.batches >= 1
-        answers = [json.loads(line)["text"] for line in (tmp_path / "work" / "responses.jsonl").read_text()
-                   .splitlines()]
+        answers = [
+            json.loads(line)["text"] for line in (tmp_path / "work" / "responses.jsonl").read_text().splitlines()
+        ]
         assert len(answers) == sent and all(isinstance(a, str) for a in answers)
         again = build(tmp_path, openai, max_new_tokens=16, instance_max_new_tokens=16)
         assert [(r.id, r.answer) for r in again.records()] == records

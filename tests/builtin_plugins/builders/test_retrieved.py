@@ -21,8 +21,12 @@ FRENCH = "Translate a sentence into French"
 
 
 def retrieve(host: PluginHost | None, **config: Any) -> list[ift.InstructionRecord]:
-    source = RetrievedSource(RetrievedConfig.model_validate({"library": "library.jsonl", **config}),
-                             source_name="picked", base_dir=DATA, host=host)
+    source = RetrievedSource(
+        RetrievedConfig.model_validate({"library": "library.jsonl", **config}),
+        source_name="picked",
+        base_dir=DATA,
+        host=host,
+    )
     return list(source.records())
 
 
@@ -36,25 +40,37 @@ def test_top_k_best_first_with_scores_and_the_query_in_metadata(host: PluginHost
     assert {r.metadata["retrieval_query"] for r in records} == {FRENCH}
     assert {r.source for r in records} == {"picked"}
     assert [(m.role, m.content) for m in records[0].messages] == [
-        ("user", "Translate the following sentence into French.\n\nGood morning."), ("assistant", "Bonjour.")]
+        ("user", "Translate the following sentence into French.\n\nGood morning."),
+        ("assistant", "Bonjour."),
+    ]
 
 
 def test_the_floor_drops_lower_scores_and_zero_similarity_is_never_returned(host: PluginHost) -> None:
-    assert scored(retrieve(host, query=FRENCH, top_k=5, min_score=0.4)) == [("lib-01", 0.615421),
-                                                                            ("lib-10", 0.464134)]
+    assert scored(retrieve(host, query=FRENCH, top_k=5, min_score=0.4)) == [("lib-01", 0.615421), ("lib-10", 0.464134)]
     assert retrieve(host, query=FRENCH, min_score=0.62) == []
     assert retrieve(host, query="zebra xylophone", top_k=10) == []  # no word in common with any record
-    assert scored(retrieve(host, query="Summarize a news article", top_k=5)) == [("lib-03", 0.573577),
-                                                                                 ("lib-07", 0.168914)]
+    assert scored(retrieve(host, query="Summarize a news article", top_k=5)) == [
+        ("lib-03", 0.573577),
+        ("lib-07", 0.168914),
+    ]
 
 
 def test_named_tasks_each_take_their_top_k_and_a_shared_record_appears_once(host: PluginHost) -> None:
-    records = retrieve(host, tasks={"translation": "translate sentences into French",
-                                    "sentiment": "classify the sentiment of a customer review"},
-                       top_k=2, min_score=0.2)
+    records = retrieve(
+        host,
+        tasks={
+            "translation": "translate sentences into French",
+            "sentiment": "classify the sentiment of a customer review",
+        },
+        top_k=2,
+        min_score=0.2,
+    )
     assert [(r.id, r.task, r.metadata["retrieval_task"], r.metadata["retrieval_score"]) for r in records] == [
-        ("lib-05", "sentiment", "sentiment", 0.568192), ("lib-01", "translation", "translation", 0.514001),
-        ("lib-08", "sentiment", "sentiment", 0.392746), ("lib-06", "translation", "translation", 0.387744)]
+        ("lib-05", "sentiment", "sentiment", 0.568192),
+        ("lib-01", "translation", "translation", 0.514001),
+        ("lib-08", "sentiment", "sentiment", 0.392746),
+        ("lib-06", "translation", "translation", 0.387744),
+    ]
     both = retrieve(host, query=["French word", FRENCH], top_k=3)
     assert Counter(r.id for r in both) == {"lib-01": 1, "lib-06": 1, "lib-10": 1}
     lib06 = next(r for r in both if r.id == "lib-06")
@@ -122,8 +138,9 @@ class BackendPlugin:
 
 def test_a_plugin_backend_is_used_by_name(host: PluginHost) -> None:
     host.register(BackendPlugin(OverlapBackend), "overlap-plugin")
-    records = retrieve(host, query="Give the French word for cat.", top_k=2, backend="overlap",
-                       backend_options={"scale": 0.5})
+    records = retrieve(
+        host, query="Give the French word for cat.", top_k=2, backend="overlap", backend_options={"scale": 0.5}
+    )
     assert scored(records) == [("lib-06", 0.5), ("lib-07", round(0.5 * 2 / 15, 6))]  # shares "the", "for"
     with pytest.raises(ift.RecipeError, match=r"data\[picked\]\.backend_options: scale: Input should be"):
         retrieve(host, query="x", backend="overlap", backend_options={"scale": "big"})
@@ -137,6 +154,8 @@ def test_unknown_and_clashing_backends_are_clear_errors(host: PluginHost) -> Non
         name = "tfidf"
 
     host.register(BackendPlugin(Clash), "clash")
-    with pytest.raises(ift.PluginError, match="similarity backend name 'tfidf' is registered twice: by plugin "
-                                              "'builders' .* and by plugin 'clash'"):
+    with pytest.raises(
+        ift.PluginError,
+        match="similarity backend name 'tfidf' is registered twice: by plugin 'builders' .* and by plugin 'clash'",
+    ):
         retrieve(host, query="x")

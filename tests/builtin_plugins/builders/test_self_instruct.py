@@ -15,23 +15,33 @@ from ift.builtin_plugins.builders.instruct_state import BuildState
 from ift.builtin_plugins.builders.self_instruct import SelfInstructConfig, SelfInstructSource
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "builders"
-TINY = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-        "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 1024}
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 1024,
+}
 MODEL = {"tokenizer": "byte-level", "from_config": TINY, "device": "cpu"}
 
 # What the fake model writes after each instruction prompt: one line per candidate.
-LINES = ["Compose a brief poem describing the sea.",  # a paraphrase of a seed below the ROUGE-L threshold
-         "Write a short poem about the ocean.",  # above it
-         "Draw a picture of a cat.",  # blocklisted
-         "Hi.",  # too short
-         "the the the the the",  # a loop: repetitive
-         "Explain why the sky is blue.",  # the fake model writes no output for it: invalid instance
-         "List three fruits that are red."]
+LINES = [
+    "Compose a brief poem describing the sea.",  # a paraphrase of a seed below the ROUGE-L threshold
+    "Write a short poem about the ocean.",  # above it
+    "Draw a picture of a cat.",  # blocklisted
+    "Hi.",  # too short
+    "the the the the the",  # a loop: repetitive
+    "Explain why the sky is blue.",  # the fake model writes no output for it: invalid instance
+    "List three fruits that are red.",
+]
 
 
 def config(tmp_path: Path, **options: Any) -> SelfInstructConfig:
-    return SelfInstructConfig.model_validate({"seeds": str(DATA / "seed_tasks.jsonl"), "model": MODEL,
-                                              "work_dir": str(tmp_path / "work"), **options})
+    return SelfInstructConfig.model_validate(
+        {"seeds": str(DATA / "seed_tasks.jsonl"), "model": MODEL, "work_dir": str(tmp_path / "work"), **options}
+    )
 
 
 def source(tmp_path: Path, generate: Any, **options: Any) -> SelfInstructSource:
@@ -45,23 +55,46 @@ def fixed_lines(prompts: list[str], *, max_new_tokens: int, stop: list[str]) -> 
 
 
 def test_each_filter_counts_its_rejections_and_the_best_are_kept(tmp_path: Path) -> None:
-    src = source(tmp_path, fixed_lines, task_description="Write poems and explain nature", prompts_per_round=2,
-                 num_instructions=10, max_rounds=1)
+    src = source(
+        tmp_path,
+        fixed_lines,
+        task_description="Write poems and explain nature",
+        prompts_per_round=2,
+        num_instructions=10,
+        max_rounds=1,
+    )
     records = list(src.records())
     assert [(r.id, r.messages[0].content, r.answer, r.metadata["quality"]) for r in records] == [
         ("gen-0000-0000", "Compose a brief poem describing the sea.", "An answer.", 0.85),
-        ("gen-0000-0006", "List three fruits that are red.", "An answer.", 0.7)]
+        ("gen-0000-0006", "List three fruits that are red.", "An answer.", 0.7),
+    ]
     assert {r.source for r in records} == {"gen"}
     # 2 prompts x 7 lines; the second prompt's copies are too similar to what the first one kept
-    assert src.stats == {"target": 10, "rounds": 1, "candidates": 14, "kept": 2, "rejected": {
-        "blocklisted keyword": 2, "invalid instance": 2, "repetitive": 2, "too short": 2, "too similar": 4}}
-    assert "(kept 2 of 14 candidates in 1 rounds; rejected: blocklisted keyword 2, invalid instance 2, " \
-           "repetitive 2, too short 2, too similar 4)" in src.fingerprint()
+    assert src.stats == {
+        "target": 10,
+        "rounds": 1,
+        "candidates": 14,
+        "kept": 2,
+        "rejected": {
+            "blocklisted keyword": 2,
+            "invalid instance": 2,
+            "repetitive": 2,
+            "too short": 2,
+            "too similar": 4,
+        },
+    }
+    assert (
+        "(kept 2 of 14 candidates in 1 rounds; rejected: blocklisted keyword 2, invalid instance 2, "
+        "repetitive 2, too short 2, too similar 4)" in src.fingerprint()
+    )
     lines = [json.loads(line) for line in (tmp_path / "work" / "state.jsonl").read_text().splitlines()]
     similar = [e for e in lines if e.get("reason") == "too similar"]
     assert [(e["index"], e["similar_to"], e["rouge_l"]) for e in similar] == [
-        (1, "Write a short poem about the sea.", 0.8571), (8, "Write a short poem about the sea.", 0.8571),
-        (7, "Compose a brief poem describing the sea.", 1.0), (13, "List three fruits that are red.", 1.0)]
+        (1, "Write a short poem about the sea.", 0.8571),
+        (8, "Write a short poem about the sea.", 0.8571),
+        (7, "Compose a brief poem describing the sea.", 1.0),
+        (13, "List three fruits that are red.", 1.0),
+    ]
 
 
 def unique_lines(prompts: list[str], *, max_new_tokens: int, stop: list[str]) -> list[str]:
@@ -74,8 +107,11 @@ def unique_lines(prompts: list[str], *, max_new_tokens: int, stop: list[str]) ->
             outputs.append(" none\nOutput: Here it is.")
             continue
         h = hashlib.sha256(prompt.encode()).digest()
-        outputs.append("\n".join(f"{verbs[h[3 * k] % 8]} the {nouns[h[3 * k + 1] % 10]} of "
-                                 f"{nouns[h[3 * k + 2] % 10]}." for k in range(3)))
+        outputs.append(
+            "\n".join(
+                f"{verbs[h[3 * k] % 8]} the {nouns[h[3 * k + 1] % 10]} of {nouns[h[3 * k + 2] % 10]}." for k in range(3)
+            )
+        )
     return outputs
 
 
@@ -104,6 +140,7 @@ def test_an_interrupted_build_resumes_without_duplicates(tmp_path: Path, monkeyp
             if calls["n"] > int(after):
                 raise Interrupt(where)
             return fn(*args, **kwargs)
+
         return wrapper
 
     if kind == "record":
@@ -158,9 +195,18 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_a_local_model_runs_the_whole_pipeline(tmp_path: Path, tiny_model_dir: Path) -> None:
-    cfg = config(tmp_path, model={"name_or_path": str(tiny_model_dir), "device": "cpu"}, num_instructions=3,
-                 max_rounds=2, prompts_per_round=2, max_new_tokens=16, instance_max_new_tokens=8, min_words=1,
-                 min_quality=0.0, rouge_threshold=1.0)
+    cfg = config(
+        tmp_path,
+        model={"name_or_path": str(tiny_model_dir), "device": "cpu"},
+        num_instructions=3,
+        max_rounds=2,
+        prompts_per_round=2,
+        max_new_tokens=16,
+        instance_max_new_tokens=8,
+        min_words=1,
+        min_quality=0.0,
+        rouge_threshold=1.0,
+    )
     src = SelfInstructSource(cfg, source_name="gen", base_dir=tmp_path)
     records = list(src.records())
     stats = src.stats
@@ -180,6 +226,7 @@ def test_two_builds_in_one_work_dir_take_turns(tmp_path: Path) -> None:
             calls[name] += 1
             time.sleep(0.05)
             return unique_lines(prompts, **kwargs)
+
         return generate
 
     results: dict[str, list[str]] = {}
@@ -202,8 +249,9 @@ def test_two_builds_in_one_work_dir_take_turns(tmp_path: Path) -> None:
 def loops(prompts: list[str], *, max_new_tokens: int, stop: list[str]) -> list[str]:
     """The issue's case: a looping instruction, and a sound instruction whose answer is a loop."""
     if prompts and prompts[0].endswith("Input:"):
-        return [" none\nOutput: " + ("t t t t" if "colour" in p.rsplit("Task: ", 1)[1] else "Paris is.")
-                for p in prompts]
+        return [
+            " none\nOutput: " + ("t t t t" if "colour" in p.rsplit("Task: ", 1)[1] else "Paris is.") for p in prompts
+        ]
     return ["t t t t\nName a colour of the rainbow.\nWhat is the capital of France?" for _ in prompts]
 
 

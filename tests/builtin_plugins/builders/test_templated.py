@@ -17,17 +17,27 @@ from ift.host import PluginHost
 from ift.recipe import validate_recipe
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "builders"
-TRANSLATE = {"name": "translate", "answer": "{{ translation }}",
-             "instructions": ["Translate into {{ target_language }}: {{ sentence }}",
-                              'How do you say "{{ sentence }}" in {{ target_language }}?']}
-SENTIMENT = {"name": "sentiment", "answer": "{{ sentiment }}", "choices": ["positive", "negative"],
-             "instructions": ["Is the sentiment of this sentence positive or negative?\n{{ sentence }}",
-                              "Classify the sentiment ({{ choices | join(' / ') }}): {{ sentence }}"]}
+TRANSLATE = {
+    "name": "translate",
+    "answer": "{{ translation }}",
+    "instructions": [
+        "Translate into {{ target_language }}: {{ sentence }}",
+        'How do you say "{{ sentence }}" in {{ target_language }}?',
+    ],
+}
+SENTIMENT = {
+    "name": "sentiment",
+    "answer": "{{ sentiment }}",
+    "choices": ["positive", "negative"],
+    "instructions": [
+        "Is the sentiment of this sentence positive or negative?\n{{ sentence }}",
+        "Classify the sentiment ({{ choices | join(' / ') }}): {{ sentence }}",
+    ],
+}
 
 
 def build(folder: Path, host: PluginHost | None = None, **config: Any) -> list[ift.InstructionRecord]:
-    source = TemplatedSource(TemplatedConfig.model_validate(config), source_name="built", base_dir=folder,
-                             host=host)
+    source = TemplatedSource(TemplatedConfig.model_validate(config), source_name="built", base_dir=folder, host=host)
     return list(source.records())
 
 
@@ -64,8 +74,11 @@ def test_five_rows_two_tasks_give_exactly_these_ten_records(host: PluginHost) ->
 def test_phrasings_are_all_used_stable_per_row_and_seeded(tmp_path: Path) -> None:
     rows = [{"id": f"w{i}", "word": f"word{i}"} for i in range(60)]
     write_jsonl(tmp_path / "words.jsonl", rows)
-    task = {"name": "upper", "answer": "{{ word | upper }}",
-            "instructions": ["Upper-case: {{ word }}", "Write {{ word }} in capitals.", "SHOUT {{ word }}"]}
+    task = {
+        "name": "upper",
+        "answer": "{{ word | upper }}",
+        "instructions": ["Upper-case: {{ word }}", "Write {{ word }} in capitals.", "SHOUT {{ word }}"],
+    }
     first = build(tmp_path, rows="words.jsonl", tasks=[task])
     assert Counter(r.metadata["phrasing"] for r in first) == {0: 22, 1: 17, 2: 21}
     assert texts(build(tmp_path, rows="words.jsonl", tasks=[task])) == texts(first)
@@ -74,14 +87,19 @@ def test_phrasings_are_all_used_stable_per_row_and_seeded(tmp_path: Path) -> Non
     again = {r.id: r.messages[0].content for r in build(tmp_path, rows="words.jsonl", tasks=[task])}
     assert all(again[r.id] == r.messages[0].content for r in first[30:])
     other_seed = build(tmp_path, rows="words.jsonl", tasks=[task], seed=1)
-    assert sum(a.metadata["phrasing"] != b.metadata["phrasing"] for a, b in zip(other_seed, first[30:], strict=False)) > 10
+    assert (
+        sum(a.metadata["phrasing"] != b.metadata["phrasing"] for a, b in zip(other_seed, first[30:], strict=False)) > 10
+    )
 
 
 def test_few_shot_examples_are_other_rows_with_their_answers(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "w.jsonl", [{"word": w} for w in ["cat", "dog", "owl", "yak"]])
     template = "{% for ex in examples %}{{ ex.word }} -> {{ ex.answer }}\n{% endfor %}{{ word }} ->"
-    records = build(tmp_path, rows="w.jsonl", tasks=[{"name": "rev", "instructions": [template],
-                                                      "answer": "{{ word | reverse }}", "few_shot": 2}])
+    records = build(
+        tmp_path,
+        rows="w.jsonl",
+        tasks=[{"name": "rev", "instructions": [template], "answer": "{{ word | reverse }}", "few_shot": 2}],
+    )
     assert texts(records) == [
         ("rev[0]", "yak -> kay\ndog -> god\ncat ->", "tac"),
         ("rev[1]", "owl -> lwo\nyak -> kay\ndog ->", "god"),
@@ -92,36 +110,70 @@ def test_few_shot_examples_are_other_rows_with_their_answers(tmp_path: Path) -> 
 
 def test_choices_from_a_column_system_prompt_and_label_template(tmp_path: Path) -> None:
     (tmp_path / "q.csv").write_text("question,options,answer\nSky colour?,blue|green,blue\n2+2?,3|4|5,4\n")
-    records = build(tmp_path, rows="q.csv", tasks=[{
-        "name": "quiz", "system": "Answer with one option.", "choices_column": "options",
-        "instructions": ["{{ question }} Options: {{ choices | join(', ') }}"],
-        "answer": "The answer is {{ answer }}.", "label": "{{ answer }}"}])
-    assert texts(records) == [("quiz[0]", "Answer with one option.", "Sky colour? Options: blue, green",
-                               "The answer is blue."),
-                              ("quiz[1]", "Answer with one option.", "2+2? Options: 3, 4, 5", "The answer is 4.")]
+    records = build(
+        tmp_path,
+        rows="q.csv",
+        tasks=[
+            {
+                "name": "quiz",
+                "system": "Answer with one option.",
+                "choices_column": "options",
+                "instructions": ["{{ question }} Options: {{ choices | join(', ') }}"],
+                "answer": "The answer is {{ answer }}.",
+                "label": "{{ answer }}",
+            }
+        ],
+    )
+    assert texts(records) == [
+        ("quiz[0]", "Answer with one option.", "Sky colour? Options: blue, green", "The answer is blue."),
+        ("quiz[1]", "Answer with one option.", "2+2? Options: 3, 4, 5", "The answer is 4."),
+    ]
     assert [(r.label, r.choices) for r in records] == [("blue", ["blue", "green"]), ("4", ["3", "4", "5"])]
 
 
 def test_a_label_outside_the_choices_names_file_and_line(tmp_path: Path) -> None:
     (tmp_path / "s.csv").write_text("text,label\ngood,positive\nmeh,neutral\n")
     with pytest.raises(ift.DataError, match=r"s\.csv:3: task 'sent': label 'neutral' is not one of the choices"):
-        build(tmp_path, rows="s.csv", tasks=[{"name": "sent", "instructions": ["{{ text }}"],
-                                              "answer": "{{ label }}", "choices": ["positive", "negative"]}])
+        build(
+            tmp_path,
+            rows="s.csv",
+            tasks=[
+                {
+                    "name": "sent",
+                    "instructions": ["{{ text }}"],
+                    "answer": "{{ label }}",
+                    "choices": ["positive", "negative"],
+                }
+            ],
+        )
 
 
 def test_an_undefined_variable_names_the_template_and_the_row(tmp_path: Path) -> None:
     (tmp_path / "r.csv").write_text("sentence,lang\nhello,French\n")
-    task = {"name": "tr", "instructions": ["Say {{ sentence }}", "Into {{ language }}: {{ sentence }}"],
-            "answer": "{{ sentence }}"}
-    with pytest.raises(ift.DataError, match=r"r\.csv:2: task 'tr', template tasks\[0\]\.instructions\[1\]: "
-                                            r"'language' is undefined \(variables: \[\"examples\", \"lang\", \"sentence\", \"task\"\]\)"):
+    task = {
+        "name": "tr",
+        "instructions": ["Say {{ sentence }}", "Into {{ language }}: {{ sentence }}"],
+        "answer": "{{ sentence }}",
+    }
+    with pytest.raises(
+        ift.DataError,
+        match=r"r\.csv:2: task 'tr', template tasks\[0\]\.instructions\[1\]: "
+        r"'language' is undefined \(variables: \[\"examples\", \"lang\", \"sentence\", \"task\"\]\)",
+    ):
         build(tmp_path, rows="r.csv", tasks=[task], seed=3)
 
 
 def test_template_syntax_errors_are_reported_when_the_recipe_is_validated(host: PluginHost, tmp_path: Path):
-    raw = {"data": [{"source": "templated", "rows": {"source": "csv", "pth": "r.csv"},
-                     "tasks": [{"name": "t", "instructions": ["ok {{ a }}", "broken {{ a "], "answr": "x"}]}],
-           "model": {"tokenizer": "byte-level", "from_config": {"model_type": "llama"}}}
+    raw = {
+        "data": [
+            {
+                "source": "templated",
+                "rows": {"source": "csv", "pth": "r.csv"},
+                "tasks": [{"name": "t", "instructions": ["ok {{ a }}", "broken {{ a "], "answr": "x"}],
+            }
+        ],
+        "model": {"tokenizer": "byte-level", "from_config": {"model_type": "llama"}},
+    }
     with pytest.raises(ift.RecipeError) as info:
         validate_recipe(raw, host, base_dir=tmp_path)
     problems = {p.key: p.message for p in info.value.problems}
@@ -163,27 +215,57 @@ def test_rows_from_json_parquet_files_and_from_any_registered_source(host: Plugi
             return [MemorySource]
 
     host.register(Plugin(), "memory-plugin")
-    records = build(tmp_path, host, tasks=[
-        {"name": "j", "rows": {"source": "json", "path": "r.json", "field": "items"},
-         "instructions": ["x={{ x }}"], "answer": "{{ x }}!"},
-        {"name": "p", "rows": {"path": "r.parquet", "limit": 2}, "instructions": ["x={{ x }}"], "answer": "{{ x }}"},
-        {"name": "m", "rows": {"source": "memory"}, "instructions": ["Briefly: {{ prompt }}"],
-         "answer": "{{ answer }} ({{ id }})"}])
-    assert texts(records) == [("j:a", "x=1", "1!"), ("j:b", "x=2", "2!"), ("p[0]", "x=3", "3"), ("p[1]", "x=4", "4"),
-                              ("m:q1", "Briefly: Capital of France?", "Paris (q1)")]
+    records = build(
+        tmp_path,
+        host,
+        tasks=[
+            {
+                "name": "j",
+                "rows": {"source": "json", "path": "r.json", "field": "items"},
+                "instructions": ["x={{ x }}"],
+                "answer": "{{ x }}!",
+            },
+            {
+                "name": "p",
+                "rows": {"path": "r.parquet", "limit": 2},
+                "instructions": ["x={{ x }}"],
+                "answer": "{{ x }}",
+            },
+            {
+                "name": "m",
+                "rows": {"source": "memory"},
+                "instructions": ["Briefly: {{ prompt }}"],
+                "answer": "{{ answer }} ({{ id }})",
+            },
+        ],
+    )
+    assert texts(records) == [
+        ("j:a", "x=1", "1!"),
+        ("j:b", "x=2", "2!"),
+        ("p[0]", "x=3", "3"),
+        ("p[1]", "x=4", "4"),
+        ("m:q1", "Briefly: Capital of France?", "Paris (q1)"),
+    ]
 
 
 def test_instruction_files_and_fingerprints(tmp_path: Path) -> None:
     (tmp_path / "rows.csv").write_text("n\n1\n2\n")
     (tmp_path / "double.jinja").write_text("Example: 5 doubled is 10.\nNow double {{ n }}.\n")
-    config = TemplatedConfig(rows={"source": "csv", "path": "rows.csv"}, tasks=[
-        {"name": "double", "instruction_files": ["double.jinja"], "answer": "{{ n | int * 2 }}"}])
+    config = TemplatedConfig(
+        rows={"source": "csv", "path": "rows.csv"},
+        tasks=[{"name": "double", "instruction_files": ["double.jinja"], "answer": "{{ n | int * 2 }}"}],
+    )
     source = TemplatedSource(config, source_name="s", base_dir=tmp_path)
     before = source.content_fingerprint()
-    assert texts(list(source.records())) == [("double[0]", "Example: 5 doubled is 10.\nNow double 1.", "2"),
-                                             ("double[1]", "Example: 5 doubled is 10.\nNow double 2.", "4")]
+    assert texts(list(source.records())) == [
+        ("double[0]", "Example: 5 doubled is 10.\nNow double 1.", "2"),
+        ("double[1]", "Example: 5 doubled is 10.\nNow double 2.", "4"),
+    ]
     assert source.fingerprint() == before
     (tmp_path / "double.jinja").write_text("Double {{ n }}.")
     assert source.content_fingerprint() != before
     (tmp_path / "rows.csv").write_text("n\n1\n3\n")
-    assert TemplatedSource(config, source_name="s", base_dir=tmp_path).fingerprint() not in (before, source.fingerprint())
+    assert TemplatedSource(config, source_name="s", base_dir=tmp_path).fingerprint() not in (
+        before,
+        source.fingerprint(),
+    )

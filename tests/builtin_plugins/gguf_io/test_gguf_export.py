@@ -18,8 +18,10 @@ from .helpers import write_tiny_gguf
 
 pytestmark = pytest.mark.slow
 
-ROWS = [{"instruction": f"Repeat: {w}", "input": "", "output": w}
-        for w in ["hello", "world", "quick", "brown", "fox", "lazy", "dog", "tiny", "model", "Paris", "there", "over"]]
+ROWS = [
+    {"instruction": f"Repeat: {w}", "input": "", "output": w}
+    for w in ["hello", "world", "quick", "brown", "fox", "lazy", "dog", "tiny", "model", "Paris", "there", "over"]
+]
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +112,9 @@ def test_gguf_export_round_trip(gguf_run: tuple[Path, str], tmp_path: Path, quan
     run = open_run(run_dir, PluginHost(entry_points=False), device="cpu")
     messages = [ift.Message("system", "Be brief."), ift.Message("user", "Repeat: hello")]
     trained_prompt = run.prompt(messages)
-    rendered = tokenizer.apply_chat_template([{"role": m.role, "content": m.content} for m in messages],
-                                             tokenize=False, add_generation_prompt=True)
+    rendered = tokenizer.apply_chat_template(
+        [{"role": m.role, "content": m.content} for m in messages], tokenize=False, add_generation_prompt=True
+    )
     assert rendered == trained_prompt  # the GGUF's chat template builds the training prompt
     ids = torch.tensor([tokenizer(trained_prompt, add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
@@ -123,8 +126,11 @@ def test_gguf_export_round_trip(gguf_run: tuple[Path, str], tmp_path: Path, quan
     assert "PARAMETER temperature 0" in modelfile and "PARAMETER num_ctx 64" in modelfile
     pieces = prompt_pieces(run.prompt)
     assert pieces.multi_turn
-    for conversation in (messages, messages[1:],
-                         [ift.Message("user", "a"), ift.Message("assistant", "b"), ift.Message("user", "c")]):
+    for conversation in (
+        messages,
+        messages[1:],
+        [ift.Message("user", "a"), ift.Message("assistant", "b"), ift.Message("user", "c")],
+    ):
         assert render_like_ollama(pieces, conversation) == run.prompt(conversation)
     assert "<|im_start|>system\n{{ .System }}<|im_end|>\n" in modelfile
 

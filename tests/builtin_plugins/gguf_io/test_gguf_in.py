@@ -52,8 +52,9 @@ def test_converted_folder_equals_transformers_gguf_load(tmp_path: Path, cache: P
     assert source["quantization"] == quant.upper() and source["size"] == (tmp_path / "tiny.gguf").stat().st_size
 
 
-def test_second_resolve_reuses_the_entry_and_a_changed_file_converts_again(tmp_path: Path, cache: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_second_resolve_reuses_the_entry_and_a_changed_file_converts_again(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "tiny.gguf"
     write_tiny_gguf(path)
     first = convert_module.resolve_gguf(path)
@@ -96,8 +97,11 @@ def test_package_references(tmp_path: Path, cache: Path, monkeypatch: pytest.Mon
     folder = Path(resolve_model_path("package:ift_test_gguf_one", Path("/elsewhere")))
     assert json.loads((folder / "gguf_source.json").read_text())["label"] == "package:ift_test_gguf_one"
     assert resolve_model_path("package:ift_test_gguf_one/model.Q8_0.gguf", Path(".")) == str(folder)
-    with pytest.raises(ift.RunError, match=r"several GGUF files; name one: 'package:ift_test_gguf_two/a.gguf', "
-                                           r"'package:ift_test_gguf_two/b.gguf'"):
+    with pytest.raises(
+        ift.RunError,
+        match=r"several GGUF files; name one: 'package:ift_test_gguf_two/a.gguf', "
+        r"'package:ift_test_gguf_two/b.gguf'",
+    ):
         resolve_model_path("package:ift_test_gguf_two", Path("."))
     with pytest.raises(ift.RunError, match="ships no model folder .* and no GGUF file"):
         resolve_model_path("package:ift_test_gguf_none", Path("."))
@@ -135,15 +139,22 @@ def _truncated(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
-@pytest.mark.parametrize(("make", "message"), [
-    (lambda p: p.write_text("this is not a model\n"), r"bad.gguf: not a GGUF file \(it starts with b'this'"),
-    (_truncated, r"bad.gguf: the GGUF file cannot be read .*truncated or damaged"),
-    (_bad_architecture, r"bad.gguf: a GGUF file of architecture 'notallama' .*transformers cannot load"),
-    (_bad_tensor_type, r"bad.gguf: tensor token_embd.weight is stored as I8, which the gguf package cannot "
-                       r"dequantize"),
-])
-def test_bad_files_fail_in_one_line_and_leave_no_cache_entry(tmp_path: Path, cache: Path, make: object,
-                                                              message: str) -> None:
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p.write_text("this is not a model\n"), r"bad.gguf: not a GGUF file \(it starts with b'this'"),
+        (_truncated, r"bad.gguf: the GGUF file cannot be read .*truncated or damaged"),
+        (_bad_architecture, r"bad.gguf: a GGUF file of architecture 'notallama' .*transformers cannot load"),
+        (
+            _bad_tensor_type,
+            r"bad.gguf: tensor token_embd.weight is stored as I8, which the gguf package cannot "
+            r"dequantize",
+        ),
+    ],
+)
+def test_bad_files_fail_in_one_line_and_leave_no_cache_entry(
+    tmp_path: Path, cache: Path, make: object, message: str
+) -> None:
     path = tmp_path / "bad.gguf"
     make(path)  # type: ignore[operator]
     with pytest.raises(ift.RunError, match=message) as caught:

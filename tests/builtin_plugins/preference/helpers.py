@@ -14,13 +14,17 @@ from ift.builtin_plugins.renderers import ChatMLRenderer
 from ift.data import DataReport, encode_records
 from ift.records import normalize_row
 
-TINY = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-        "num_attention_heads": 2}
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+}
 
 
 def adapter(tmp: Path, peft: dict[str, Any] | None = None) -> tuple[CausalLMAdapter, Any]:
-    config = CausalLMAdapter.Config(tokenizer="byte-level", from_config=TINY,
-                                    **({"peft": peft} if peft else {}))
+    config = CausalLMAdapter.Config(tokenizer="byte-level", from_config=TINY, **({"peft": peft} if peft else {}))
     made = CausalLMAdapter(config, base_dir=tmp)
     return made, made.load_tokenizer()
 
@@ -38,8 +42,9 @@ def records(rows: list[dict[str, Any]], source: str = "prefs") -> list[ift.Instr
     return out
 
 
-def encode(made: CausalLMAdapter, tokenizer: Any, recs: list[ift.InstructionRecord],
-           max_length: int = 256) -> list[ift.EncodedExample]:
+def encode(
+    made: CausalLMAdapter, tokenizer: Any, recs: list[ift.InstructionRecord], max_length: int = 256
+) -> list[ift.EncodedExample]:
     renderer = ChatMLRenderer(ChatMLRenderer.Config(), base_dir=Path("."))
     renderer.bind(tokenizer)
     cfg = ift.TrainerConfig(max_length=max_length)
@@ -49,8 +54,24 @@ def encode(made: CausalLMAdapter, tokenizer: Any, recs: list[ift.InstructionReco
 
 def pair_rows(n: int, offset: int = 0) -> list[dict[str, Any]]:
     """Pairs whose chosen answer repeats the prompt's word in capitals and whose rejected one is lower case."""
-    words = ["apple", "river", "stone", "cloud", "green", "tiger", "piano", "lemon", "candle", "mirror", "forest",
-             "rocket", "button", "garden", "silver", "window"]
+    words = [
+        "apple",
+        "river",
+        "stone",
+        "cloud",
+        "green",
+        "tiger",
+        "piano",
+        "lemon",
+        "candle",
+        "mirror",
+        "forest",
+        "rocket",
+        "button",
+        "garden",
+        "silver",
+        "window",
+    ]
     rows = []
     for i in range(offset, offset + n):
         word = words[i % len(words)] + ("" if i < len(words) else str(i))
@@ -58,11 +79,21 @@ def pair_rows(n: int, offset: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
-def context(made: CausalLMAdapter, tokenizer: Any, net: Any, train: Any, eval_: Any, *,
-            tmp: Path = Path(".")) -> ift.TrainContext:
-    ctx = ift.TrainContext(model=net, tokenizer=tokenizer, adapter=made, train_examples=train, eval_examples=eval_,
-                           seed=3, run_dir=tmp, log_step=lambda e: None, evaluate=lambda m, s: {},
-                           progress=None)  # type: ignore[arg-type]
+def context(
+    made: CausalLMAdapter, tokenizer: Any, net: Any, train: Any, eval_: Any, *, tmp: Path = Path(".")
+) -> ift.TrainContext:
+    ctx = ift.TrainContext(
+        model=net,
+        tokenizer=tokenizer,
+        adapter=made,
+        train_examples=train,
+        eval_examples=eval_,
+        seed=3,
+        run_dir=tmp,
+        log_step=lambda e: None,
+        evaluate=lambda m, s: {},
+        progress=None,
+    )  # type: ignore[arg-type]
     return ctx
 
 

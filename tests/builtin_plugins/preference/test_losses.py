@@ -54,15 +54,17 @@ def test_orpo_matches_the_odds_ratio_by_hand() -> None:
     expected_odds = math.log(odds(-0.5) / odds(-1.0))
     assert log_odds[0].item() == pytest.approx(expected_odds, abs=1e-5)
     assert out.losses[0].item() == pytest.approx(0.5 - 0.25 * math.log(sig(expected_odds)), abs=1e-5)
-    assert out.losses[1].item() == pytest.approx(2.0 - 0.25 * math.log(sig(math.log(odds(-2.0) / odds(-1.5)))),
-                                                 abs=1e-5)
+    assert out.losses[1].item() == pytest.approx(
+        2.0 - 0.25 * math.log(sig(math.log(odds(-2.0) / odds(-1.5)))), abs=1e-5
+    )
 
 
 def test_kto_matches_the_paper_by_hand() -> None:
     logps, ref = torch.tensor([-5.0, -6.0, -4.0]), torch.tensor([-6.0, -5.0, -4.5])
     desirable = torch.tensor([True, False, False])
-    per, rewards = losses.kto(logps, ref, desirable, torch.tensor(0.3), beta=2.0, desirable_weight=1.5,
-                              undesirable_weight=0.5)
+    per, rewards = losses.kto(
+        logps, ref, desirable, torch.tensor(0.3), beta=2.0, desirable_weight=1.5, undesirable_weight=0.5
+    )
     assert per[0].item() == pytest.approx(1.5 * (1 - sig(2.0 * (1.0 - 0.3))), abs=1e-6)
     assert per[1].item() == pytest.approx(0.5 * (1 - sig(2.0 * (0.3 - -1.0))), abs=1e-6)
     assert per[2].item() == pytest.approx(0.5 * (1 - sig(2.0 * (0.3 - 0.5))), abs=1e-6)
@@ -76,11 +78,20 @@ def test_kto_matches_the_paper_by_hand() -> None:
 
 def _trl_self(**attributes: Any) -> SimpleNamespace:
     """The few attributes of a TRL trainer its loss code reads, so it runs on given log-probabilities."""
-    accelerator = SimpleNamespace(device=torch.device("cpu"), gather_for_metrics=lambda x: x, gather=lambda x: x,
-                                  unwrap_model=lambda m: m)
-    return SimpleNamespace(accelerator=accelerator, _metrics=defaultdict(lambda: defaultdict(list)),
-                           aux_loss_enabled=False, model=SimpleNamespace(training=True), _total_train_tokens=0,
-                           _tp_size=1, precompute_ref_logps=True, ld_alpha=None, **attributes)
+    accelerator = SimpleNamespace(
+        device=torch.device("cpu"), gather_for_metrics=lambda x: x, gather=lambda x: x, unwrap_model=lambda m: m
+    )
+    return SimpleNamespace(
+        accelerator=accelerator,
+        _metrics=defaultdict(lambda: defaultdict(list)),
+        aux_loss_enabled=False,
+        model=SimpleNamespace(training=True),
+        _total_train_tokens=0,
+        _tp_size=1,
+        precompute_ref_logps=True,
+        ld_alpha=None,
+        **attributes,
+    )
 
 
 class _GivenLogps:
@@ -93,13 +104,21 @@ class _GivenLogps:
     def __call__(self, **kwargs: Any) -> SimpleNamespace:
         n = self.logps.numel()
         per_token = torch.stack([self.logps, torch.zeros(n)], dim=1)
-        return SimpleNamespace(log_probs=per_token, entropy=torch.zeros(n, 2), mean_logits=torch.zeros(n, 2),
-                               is_top1=torch.zeros(n, 2, dtype=torch.bool), aux_loss=None)
+        return SimpleNamespace(
+            log_probs=per_token,
+            entropy=torch.zeros(n, 2),
+            mean_logits=torch.zeros(n, 2),
+            is_top1=torch.zeros(n, 2, dtype=torch.bool),
+            aux_loss=None,
+        )
 
 
 def _completion_batch(n: int) -> dict[str, torch.Tensor]:
-    return {"input_ids": torch.ones(n, 3, dtype=torch.long), "attention_mask": torch.ones(n, 3, dtype=torch.long),
-            "completion_mask": torch.tensor([[0, 1, 0]] * n)}
+    return {
+        "input_ids": torch.ones(n, 3, dtype=torch.long),
+        "attention_mask": torch.ones(n, 3, dtype=torch.long),
+        "completion_mask": torch.tensor([[0, 1, 0]] * n),
+    }
 
 
 def test_dpo_equals_trl() -> None:
@@ -109,9 +128,16 @@ def test_dpo_equals_trl() -> None:
     from trl.trainer.dpo_trainer import DPOTrainer
 
     for smoothing, loss_type in ((0.0, "sigmoid"),):
-        stub = _trl_self(beta=0.5, label_smoothing=smoothing, loss_types=[loss_type], loss_weights=[1.0],
-                         f_divergence_type="reverse_kl", use_weighting=False, rpo_alpha=None,
-                         args=SimpleNamespace(gradient_checkpointing_kwargs=None))
+        stub = _trl_self(
+            beta=0.5,
+            label_smoothing=smoothing,
+            loss_types=[loss_type],
+            loss_weights=[1.0],
+            f_divergence_type="reverse_kl",
+            use_weighting=False,
+            rpo_alpha=None,
+            args=SimpleNamespace(gradient_checkpointing_kwargs=None),
+        )
         inputs = {**_completion_batch(6), "ref_chosen_logps": REF_CHOSEN, "ref_rejected_logps": REF_REJECTED}
         try:
             theirs = DPOTrainer._compute_loss(stub, _GivenLogps(torch.cat([CHOSEN, REJECTED])), inputs, False)
@@ -129,8 +155,15 @@ def test_kto_equals_trl() -> None:
     logps, ref = torch.tensor([-5.0, -6.0, -4.0, -9.0]), torch.tensor([-6.0, -5.0, -4.5, -8.0])
     kl_logps, ref_kl = torch.tensor([-7.0, -8.0, -6.0, -9.5]), torch.tensor([-7.5, -8.2, -6.1, -9.0])
     desirable = torch.tensor([True, False, False, True])
-    stub = _trl_self(beta=0.7, desirable_weight=1.5, undesirable_weight=0.5, loss_type="kto", calculate_KL=True,
-                     args=SimpleNamespace(gradient_checkpointing_kwargs=None), _compute_kl_logps=lambda m, b: kl_logps)
+    stub = _trl_self(
+        beta=0.7,
+        desirable_weight=1.5,
+        undesirable_weight=0.5,
+        loss_type="kto",
+        calculate_KL=True,
+        args=SimpleNamespace(gradient_checkpointing_kwargs=None),
+        _compute_kl_logps=lambda m, b: kl_logps,
+    )
     inputs = {**_completion_batch(4), "label": desirable, "ref_logps": ref, "ref_KL_logps": ref_kl}
     try:
         theirs = KTOTrainer._compute_loss(stub, _GivenLogps(logps), inputs, False)

@@ -143,7 +143,8 @@ def test_kto_batches_hold_mismatched_sequences_for_the_kl_estimate(data: Any, tm
     text = tokenizer.decode(batch["kl"]["input_ids"][0][batch["kl"]["attention_mask"][0].bool()])
     prompt = tokenizer.decode(batch["input_ids"][0][batch["attention_mask"][0].bool()]).split("assistant")[0]
     assert text.startswith(prompt) and text != tokenizer.decode(
-        batch["input_ids"][0][batch["attention_mask"][0].bool()])  # its own prompt, another completion
+        batch["input_ids"][0][batch["attention_mask"][0].bool()]
+    )  # its own prompt, another completion
 
 
 def test_objectives_refuse_ordinary_examples(data: Any, tmp_path: Path) -> None:
@@ -160,8 +161,9 @@ def test_objectives_refuse_ordinary_examples(data: Any, tmp_path: Path) -> None:
 
 def test_held_out_figures_per_source_add_up_to_the_overall_ones(data: Any, tmp_path: Path) -> None:
     made, tokenizer, train, _ = data
-    held = encode(made, tokenizer, records(pair_rows(3, offset=8), source="a") +
-                  records(pair_rows(2, offset=11), source="b"))
+    held = encode(
+        made, tokenizer, records(pair_rows(3, offset=8), source="a") + records(pair_rows(2, offset=11), source="b")
+    )
     net = model(made, tokenizer)
     obj = objective(DPOObjective, batch_size=2)
     figures = obj.start_evaluation(context(made, tokenizer, net, train, held, tmp=tmp_path), net)

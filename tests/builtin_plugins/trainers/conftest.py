@@ -22,9 +22,21 @@ def tiny(tmp_path: Path) -> tuple[Any, Any, Any]:
 
 @pytest.fixture
 def make_context(tmp_path: Path) -> Callable[..., ift.TrainContext]:
-    def make(adapter: Any, tokenizer: Any, model: Any, examples: list[ift.EncodedExample],
-             **fields: Any) -> ift.TrainContext:
-        return ift.TrainContext(model=model, tokenizer=tokenizer, adapter=adapter, train_examples=examples,
-                                eval_examples=[], seed=0, run_dir=tmp_path, log_step=lambda event: None,
-                                evaluate=lambda m, stage: {}, progress=Recorder(), **fields)
+    def make(
+        adapter: Any, tokenizer: Any, model: Any, examples: list[ift.EncodedExample], **fields: Any
+    ) -> ift.TrainContext:
+        return ift.TrainContext(
+            model=model,
+            tokenizer=tokenizer,
+            adapter=adapter,
+            train_examples=examples,
+            eval_examples=[],
+            seed=0,
+            run_dir=tmp_path,
+            log_step=lambda event: None,
+            evaluate=lambda m, stage: {},
+            progress=Recorder(),
+            **fields,
+        )
+
     return make

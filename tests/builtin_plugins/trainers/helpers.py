@@ -11,8 +11,15 @@ import torch
 import ift
 from ift.builtin_plugins.causal_lm import CausalLMAdapter
 
-TINY = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-        "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+}
 WORDS = ["abc", "dog", "cat", "xyz", "sun", "map", "red", "toy", "fig", "jam", "owl", "pen"]
 
 
@@ -43,9 +50,12 @@ def build(tmp_path: Path, seed: int = 0, **options: Any) -> tuple[CausalLMAdapte
 
 
 def encode(adapter: CausalLMAdapter, tokenizer: Any, word: str, source: str = "s") -> ift.EncodedExample:
-    return adapter.encode(tokenizer, [ift.Segment(f"Uppercase {word}:\n", False),
-                                      ift.Segment(f"{word.upper()}<|endoftext|>", True)],
-                          source=source, record_id=f"{source}-{word}")
+    return adapter.encode(
+        tokenizer,
+        [ift.Segment(f"Uppercase {word}:\n", False), ift.Segment(f"{word.upper()}<|endoftext|>", True)],
+        source=source,
+        record_id=f"{source}-{word}",
+    )
 
 
 def manual_loss(model: Any, batch: dict[str, Any]) -> Any:

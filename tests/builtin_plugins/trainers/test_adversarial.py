@@ -105,8 +105,7 @@ def test_pgd_stays_in_the_ball_and_one_full_step_is_fgm(tiny, make_context):
     batch = batch_of(adapter, tokenizer)
     ctx = make_context(adapter, tokenizer, model, [])
     seen, handle = embedding_outputs(model)
-    AdversarialTrainer(AdversarialConfig(epsilon=0.5, attack="pgd", pgd_steps=4, pgd_alpha=0.3)).loss(
-        ctx, model, batch)
+    AdversarialTrainer(AdversarialConfig(epsilon=0.5, attack="pgd", pgd_steps=4, pgd_alpha=0.3)).loss(ctx, model, batch)
     handle.remove()
     assert len(seen) == 5  # clean (also PGD's first gradient), three more gradient steps, the final pass
     for attacked in seen[1:]:
@@ -115,21 +114,22 @@ def test_pgd_stays_in_the_ball_and_one_full_step_is_fgm(tiny, make_context):
         assert rows.norm().item() <= 0.5 * (1 + 1e-4)
     fgm, _ = AdversarialTrainer(AdversarialConfig(epsilon=0.5)).loss(ctx, model, batch)
     pgd, _ = AdversarialTrainer(AdversarialConfig(epsilon=0.5, attack="pgd", pgd_steps=1, pgd_alpha=0.5)).loss(
-        ctx, model, batch)
+        ctx, model, batch
+    )
     assert pgd.item() == pytest.approx(fgm.item(), rel=1e-6)
 
 
 def test_lora_frozen_embeddings_are_attacked_and_only_adapters_learn(tmp_path, make_context):
-    adapter, tokenizer, model = build(tmp_path, peft={"method": "lora", "r": 4, "target_modules": ["q_proj",
-                                                                                                    "v_proj"]})
+    adapter, tokenizer, model = build(tmp_path, peft={"method": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]})
     model.eval()
     embedding = model.get_input_embeddings()
     assert not embedding.weight.requires_grad
     batch = batch_of(adapter, tokenizer)
     weight = embedding.weight.detach().clone()
     seen, handle = embedding_outputs(model)
-    loss, _ = AdversarialTrainer(AdversarialConfig(epsilon=0.5)).loss(make_context(adapter, tokenizer, model, []),
-                                                                       model, batch)
+    loss, _ = AdversarialTrainer(AdversarialConfig(epsilon=0.5)).loss(
+        make_context(adapter, tokenizer, model, []), model, batch
+    )
     handle.remove()
     clean, _ = adapter.loss_sum(model, batch)
     loss.backward()
@@ -147,8 +147,9 @@ def test_under_bf16_autocast(tiny, make_context):
     before = model.get_input_embeddings().weight.detach().clone()
     seen, handle = embedding_outputs(model)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, _ = AdversarialTrainer(AdversarialConfig(epsilon=0.5)).loss(make_context(adapter, tokenizer, model, []),
-                                                                          model, batch)
+        loss, _ = AdversarialTrainer(AdversarialConfig(epsilon=0.5)).loss(
+            make_context(adapter, tokenizer, model, []), model, batch
+        )
     handle.remove()
     loss.backward()
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
@@ -167,8 +168,11 @@ def test_training_with_gradient_accumulation(tiny, make_context):
     ctx.log_step = events.append
     # (bf16 autocast through the trainer's precision key would fix accelerate's process-wide state for
     # the rest of the test session; autocast itself is covered above)
-    trainer = AdversarialTrainer(AdversarialConfig(epsilon=1.0, batch_size=2, gradient_accumulation_steps=2,
-                                                   max_steps=2, batching="padding", log_every=1))
+    trainer = AdversarialTrainer(
+        AdversarialConfig(
+            epsilon=1.0, batch_size=2, gradient_accumulation_steps=2, max_steps=2, batching="padding", log_every=1
+        )
+    )
     result = trainer.train(ctx)
     report = result.summary["adversarial"]
     assert [e["step"] for e in events] == [1, 2] and all(e["loss"] > 0 for e in events)
@@ -193,7 +197,8 @@ def test_packed_rows_are_attacked_like_padded_batches(tiny, make_context):
     assert "attention_mask" not in packed
     seen, handle = embedding_outputs(model)
     loss, count = AdversarialTrainer(AdversarialConfig(epsilon=0.25, perturb="positions")).loss(
-        make_context(adapter, tokenizer, model, []), model, packed)
+        make_context(adapter, tokenizer, model, []), model, packed
+    )
     handle.remove()
     norms = (seen[1] - seen[0]).flatten(1).norm(dim=1)  # one packed row is one sequence here
     assert torch.allclose(norms, torch.full_like(norms, 0.25), rtol=1e-4)

@@ -25,9 +25,12 @@ OLD_WORDS = ["ant", "bee", "cow", "elk", "fox", "gnu", "hen", "jay", "koi", "yak
 
 
 def old_record(word: str, i: int) -> ift.InstructionRecord:
-    return ift.InstructionRecord(id=f"old.jsonl:{i}", source="old", task="reverse",
-                                 messages=[ift.Message("user", f"Reverse {word}"),
-                                           ift.Message("assistant", word[::-1])])
+    return ift.InstructionRecord(
+        id=f"old.jsonl:{i}",
+        source="old",
+        task="reverse",
+        messages=[ift.Message("user", f"Reverse {word}"), ift.Message("assistant", word[::-1])],
+    )
 
 
 @pytest.fixture
@@ -59,8 +62,7 @@ def setup(tiny, make_context):
         return {"overall": {"loss": 2.0 if stage.endswith("before") else 2.5, "n": len(records)}}
 
     new = [encode(adapter, tokenizer, w, source="new") for w in WORDS[:6]]
-    ctx = make_context(adapter, tokenizer, model, new, encode_records=encode_records,
-                       evaluate_records=evaluate_records)
+    ctx = make_context(adapter, tokenizer, model, new, encode_records=encode_records, evaluate_records=evaluate_records)
     return ctx, encoded, evaluations
 
 
@@ -79,8 +81,11 @@ def test_ewc_penalty_is_zero_at_the_old_weights_and_matches_a_hand_computation(s
         p1.view(-1)[5] += 0.25
         p2 += 0.125
     d1 = p1.view(-1)[5].double().item() - a1.view(-1)[5].double().item()
-    expected = 3.0 / 2 * (f1.view(-1)[5].double().item() * d1 ** 2
-                          + (f2.double() * (p2.double() - a2.double()) ** 2).sum().item())
+    expected = (
+        3.0
+        / 2
+        * (f1.view(-1)[5].double().item() * d1**2 + (f2.double() * (p2.double() - a2.double()) ** 2).sum().item())
+    )
     assert expected > 0
     assert trainer.ewc_penalty().item() == pytest.approx(expected, rel=1e-5)
     loss, count = trainer.loss(ctx, ctx.model, batch)
@@ -104,7 +109,7 @@ def test_fisher_is_estimated_on_the_previous_runs_records(setup, previous):
         model.zero_grad()
         (manual_loss(model, batch) / int(batch["loss_tokens"])).backward()
         for name, param in model.named_parameters():
-            by_hand[name] += param.grad ** 2 / 5
+            by_hand[name] += param.grad**2 / 5
     model.zero_grad()
     names = {id(p): n for n, p in model.named_parameters()}
     assert len(trainer.ewc) == len(by_hand)
@@ -120,8 +125,13 @@ def test_replay_adds_a_seeded_sample_that_keeps_its_source(setup, previous):
     replayed_ctx, report = trainer.prepare(ctx)
     again, _ = ContinualTrainer(ContinualConfig(previous_run=str(previous), replay_examples=3)).prepare(ctx)
     examples = replayed_ctx.train_examples
-    assert len(examples) == 6 + 3 and report["replay"] == {"records": 3, "examples": 3, "dropped_in_eval_split": 0,
-                                                           "of_previous_train_records": 8, "by_source": {"old": 3}}
+    assert len(examples) == 6 + 3 and report["replay"] == {
+        "records": 3,
+        "examples": 3,
+        "dropped_in_eval_split": 0,
+        "of_previous_train_records": 8,
+        "by_source": {"old": 3},
+    }
     old = [e for e in examples if e.source == "old"]
     assert len(old) == 3 and all(e.record_id.startswith("old.jsonl:") for e in old)
     assert [e.record_id for e in examples] == [e.record_id for e in again.train_examples]  # stable
@@ -148,8 +158,9 @@ def test_replay_sample_is_seeded_and_nested():
 
 def test_previous_tasks_are_evaluated_before_and_after(setup, previous):
     ctx, _, evaluations = setup
-    trainer = ContinualTrainer(ContinualConfig(previous_run=str(previous), replay_examples=2, max_steps=1,
-                                               batch_size=4, batching="padding"))
+    trainer = ContinualTrainer(
+        ContinualConfig(previous_run=str(previous), replay_examples=2, max_steps=1, batch_size=4, batching="padding")
+    )
     result = trainer.train(ctx)
     report = result.summary["continual"]
     assert [stage for stage, _ in evaluations] == ["previous-tasks-before", "previous-tasks-after"]
@@ -162,9 +173,10 @@ def test_previous_tasks_are_evaluated_before_and_after(setup, previous):
 
 def test_errors_name_the_key(setup, previous, tmp_path, make_recipe):
     ctx, _, _ = setup
-    for target, message in ((tmp_path / "nowhere", f"trainer.previous_run: no folder '{tmp_path / 'nowhere'}' "
-                                                   f"(looked in {tmp_path})"),
-                            (tmp_path, "has no data/ folder")):
+    for target, message in (
+        (tmp_path / "nowhere", f"trainer.previous_run: no folder '{tmp_path / 'nowhere'}' (looked in {tmp_path})"),
+        (tmp_path, "has no data/ folder"),
+    ):
         with pytest.raises(ift.RecipeError) as err:
             ContinualTrainer(ContinualConfig(previous_run=str(target))).prepare(ctx)
         assert message in str(err.value) and "trainer.previous_run" in str(err.value)
@@ -173,8 +185,9 @@ def test_errors_name_the_key(setup, previous, tmp_path, make_recipe):
         ContinualTrainer(ContinualConfig(previous_run=str(previous))).prepare(ctx)
 
     with pytest.raises(ift.RecipeError) as err:
-        make_recipe(trainer={"name": "continual", "previous_run": str(previous), "replay_fraction": 0.1,
-                             "replay_examples": 3})
+        make_recipe(
+            trainer={"name": "continual", "previous_run": str(previous), "replay_fraction": 0.1, "replay_examples": 3}
+        )
     assert "set trainer.replay_fraction or trainer.replay_examples, not both" in str(err.value)
     with pytest.raises(ift.RecipeError) as err:
         make_recipe(trainer={"name": "continual", "ewc_examples": 3})
@@ -196,9 +209,11 @@ def test_replayed_records_equal_to_this_runs_eval_records_are_not_replayed(setup
 
     ctx, encoded, _ = setup
     # this run's eval split holds, under other ids and another source, the content of two old training records
-    held = [dataclasses.replace(old_record("bee", 1), id="new.jsonl:40", source="new"),
-            dataclasses.replace(old_record("hen", 6), id="new.jsonl:41", source="new", metadata={"x": 1}),
-            dataclasses.replace(old_record("zzz", 99), source="new")]  # content no old record has
+    held = [
+        dataclasses.replace(old_record("bee", 1), id="new.jsonl:40", source="new"),
+        dataclasses.replace(old_record("hen", 6), id="new.jsonl:41", source="new", metadata={"x": 1}),
+        dataclasses.replace(old_record("zzz", 99), source="new"),
+    ]  # content no old record has
     ctx = dataclasses.replace(ctx, eval_records=held)
     replayed_ctx, report = ContinualTrainer(ContinualConfig(previous_run=str(previous), replay_examples=8)).prepare(ctx)
     assert report["replay"]["dropped_in_eval_split"] == 2
@@ -206,8 +221,9 @@ def test_replayed_records_equal_to_this_runs_eval_records_are_not_replayed(setup
     old_ids = [e.record_id for e in replayed_ctx.train_examples if e.source == "old"]
     assert sorted(old_ids) == sorted(f"old.jsonl:{i}" for i in (0, 2, 3, 4, 5, 7))
     assert [r.id for r in encoded[-1]] == sorted(old_ids, key=lambda rid: int(rid.split(":")[1]))
-    assert any("2 sampled previous-run record(s) equal records of this run's eval split" in line
-               for line in ctx.progress.lines)
+    assert any(
+        "2 sampled previous-run record(s) equal records of this run's eval split" in line for line in ctx.progress.lines
+    )
 
 
 def test_a_missing_previous_run_names_both_places_looked_in(setup, make_recipe, tmp_path, monkeypatch):
@@ -218,6 +234,8 @@ def test_a_missing_previous_run_names_both_places_looked_in(setup, make_recipe, 
     trainer = ContinualTrainer(recipe.trainer.config)
     with pytest.raises(ift.RecipeError) as err:
         trainer.prepare(ctx)
-    assert str(err.value) == (f"invalid recipe: trainer.previous_run: no folder 'runs/quickstart' (looked in "
-                              f"{ctx.adapter.base_dir.resolve()} and {tmp_path / 'cwd'})")
+    assert str(err.value) == (
+        f"invalid recipe: trainer.previous_run: no folder 'runs/quickstart' (looked in "
+        f"{ctx.adapter.base_dir.resolve()} and {tmp_path / 'cwd'})"
+    )
     assert encoded == []  # refused before anything was encoded

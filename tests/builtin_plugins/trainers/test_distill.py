@@ -58,7 +58,7 @@ def test_loss_matches_a_hand_computation(tiny, make_context, tmp_path):
         kl += float((p * (p.log() - torch.log_softmax(s / temperature, -1))).sum())
     ce = manual_loss(model, batch).item()
     assert kl > 0.01
-    assert loss.item() == pytest.approx((1 - alpha) * ce + alpha * temperature ** 2 * kl, rel=1e-5)
+    assert loss.item() == pytest.approx((1 - alpha) * ce + alpha * temperature**2 * kl, rel=1e-5)
     assert int(count) == int(keep.sum())
     loss.backward()
     assert all(p.grad is None for p in trainer.teacher.parameters())
@@ -78,8 +78,9 @@ def test_teacher_with_another_vocabulary_is_refused(tiny, make_context, tmp_path
     adapter.save(model, other_tokenizer, tmp_path / "retokenized")
     with pytest.raises(ift.RecipeError) as err:
         with_teacher(ctx, teacher=str(tmp_path / "retokenized"))
-    assert "trainer.teacher: the teacher's tokenizer (261 tokens) differs from the student's (260 tokens)" \
-        in str(err.value)
+    assert "trainer.teacher: the teacher's tokenizer (261 tokens) differs from the student's (260 tokens)" in str(
+        err.value
+    )
 
 
 def test_teacher_names_a_run_directory_or_fails_clearly(tiny, make_context, tmp_path):
@@ -119,8 +120,9 @@ def test_non_causal_adapters_are_refused_by_validation(make_recipe, adapter, tmp
     (tmp_path / "teacher").mkdir()
     (tmp_path / "teacher" / "config.json").write_text("{}")
     with pytest.raises(ift.RecipeError) as err:
-        make_recipe(model={"adapter": adapter, "name_or_path": "some/model"},
-                    trainer={"name": "distill", "teacher": "teacher"})
+        make_recipe(
+            model={"adapter": adapter, "name_or_path": "some/model"}, trainer={"name": "distill", "teacher": "teacher"}
+        )
     text = str(err.value)
     assert f"'distill' needs a causal language model, but model.adapter is {adapter!r}" in text
     assert text.count("causal language model") == 1

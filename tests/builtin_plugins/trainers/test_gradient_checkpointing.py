@@ -28,8 +28,9 @@ def loss_and_grads(adapter: Any, model: Any, batch: dict[str, Any]) -> tuple[flo
 
 @pytest.mark.parametrize("peft", [None, LORA], ids=["full", "lora"])
 def test_same_loss_and_gradients_with_layers_recomputed(tmp_path, peft):
-    adapter, tokenizer, model = build(tmp_path, from_config={**TINY, "num_hidden_layers": 2},
-                                      **({"peft": peft} if peft else {}))
+    adapter, tokenizer, model = build(
+        tmp_path, from_config={**TINY, "num_hidden_layers": 2}, **({"peft": peft} if peft else {})
+    )
     model.train()
     batch = adapter.collate(tokenizer, [encode(adapter, tokenizer, w) for w in WORDS[:6]])
     plain_loss, plain = loss_and_grads(adapter, model, batch)
@@ -55,8 +56,9 @@ def test_an_sft_run_logs_the_same_losses(tmp_path, make_context):
         events: list[dict[str, Any]] = []
         ctx = make_context(adapter, tokenizer, model, [encode(adapter, tokenizer, w) for w in WORDS])
         ctx.log_step = events.append
-        SFTTrainer(SFTConfig(max_steps=3, batch_size=4, learning_rate=1e-2, warmup_ratio=0.0, log_every=1,
-                             **options)).train(ctx)
+        SFTTrainer(
+            SFTConfig(max_steps=3, batch_size=4, learning_rate=1e-2, warmup_ratio=0.0, log_every=1, **options)
+        ).train(ctx)
         return [e["loss"] for e in events if "loss" in e]
 
     plain, checked = run(), run(gradient_checkpointing=True)
@@ -68,8 +70,9 @@ def test_validation_refuses_an_adapter_without_support():
         supports_gradient_checkpointing = False
 
     context = {"model": SimpleNamespace(cls=Plain, name="my-adapter")}
-    with pytest.raises(ValueError, match="gradient_checkpointing = true needs a model adapter that supports it; "
-                                         "'my-adapter' does not"):
+    with pytest.raises(
+        ValueError, match="gradient_checkpointing = true needs a model adapter that supports it; 'my-adapter' does not"
+    ):
         ift.TrainerConfig.model_validate({"gradient_checkpointing": True}, context=context)
     assert ift.TrainerConfig.model_validate({"gradient_checkpointing": False}, context=context)
     from ift.builtin_plugins.causal_lm import CausalLMAdapter

@@ -16,8 +16,10 @@ ARITH = Path(__file__).resolve().parents[3] / "plugins" / "ift-arith" / "src" / 
 
 
 def test_sft_trainer_and_config_are_public_and_lazy():
-    code = ("import sys, ift\nassert 'torch' not in sys.modules\nassert 'ift.builtin_plugins.sft' not in sys.modules\n"
-            "ift.SFTTrainer, ift.SFTConfig\nassert 'torch' not in sys.modules\nprint('ok')")
+    code = (
+        "import sys, ift\nassert 'torch' not in sys.modules\nassert 'ift.builtin_plugins.sft' not in sys.modules\n"
+        "ift.SFTTrainer, ift.SFTConfig\nassert 'torch' not in sys.modules\nprint('ok')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
     assert ift.SFTTrainer is sft.SFTTrainer and ift.SFTConfig is sft.SFTConfig
@@ -30,7 +32,9 @@ def test_trainers_import_only_ift():
         modules = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         modules |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         assert "ift" in modules, path
-        private = {m for m in modules if m.startswith("ift.") and not (path == ARITH and m == "ift.builtin_plugins.renderers")}
+        private = {
+            m for m in modules if m.startswith("ift.") and not (path == ARITH and m == "ift.builtin_plugins.renderers")
+        }
         assert not private, (path, private)
     for cls in (adversarial.AdversarialTrainer, continual.ContinualTrainer, distill.DistillTrainer):
         assert issubclass(cls, ift.SFTTrainer) and issubclass(cls.Config, ift.SFTConfig)

@@ -15,20 +15,42 @@ from ift.builtin_plugins.trainers.distill import DistillConfig, DistillTrainer
 
 from .helpers import WORDS, Recorder, build, encode
 
-SETTINGS = {"batch_size": 2, "max_steps": 4, "save_every": 2, "log_every": 100, "shuffle": False,
-            "batching": "padding", "learning_rate": 5e-3}
+SETTINGS = {
+    "batch_size": 2,
+    "max_steps": 4,
+    "save_every": 2,
+    "log_every": 100,
+    "shuffle": False,
+    "batching": "padding",
+    "learning_rate": 5e-3,
+}
 
 
-def train(trainer: ift.SFTTrainer, tmp_path: Path, run_dir: Path, *, resume_from: Path | None = None,
-          stop_after: int | None = None) -> ift.TrainResult:
+def train(
+    trainer: ift.SFTTrainer,
+    tmp_path: Path,
+    run_dir: Path,
+    *,
+    resume_from: Path | None = None,
+    stop_after: int | None = None,
+) -> ift.TrainResult:
     adapter, tokenizer, model = build(tmp_path, seed=0)
     events: list[dict[str, Any]] = []
-    ctx = ift.TrainContext(model=model.train(), tokenizer=tokenizer, adapter=adapter,
-                           train_examples=[encode(adapter, tokenizer, w) for w in WORDS[:8]], eval_examples=[],
-                           seed=0, run_dir=run_dir, log_step=events.append, evaluate=lambda m, stage: {},
-                           progress=Recorder(), checkpoint_dir=run_dir / "checkpoints", resume_from=resume_from,
-                           should_stop=lambda: stop_after is not None and bool(events) and
-                           events[-1]["step"] >= stop_after)
+    ctx = ift.TrainContext(
+        model=model.train(),
+        tokenizer=tokenizer,
+        adapter=adapter,
+        train_examples=[encode(adapter, tokenizer, w) for w in WORDS[:8]],
+        eval_examples=[],
+        seed=0,
+        run_dir=run_dir,
+        log_step=events.append,
+        evaluate=lambda m, stage: {},
+        progress=Recorder(),
+        checkpoint_dir=run_dir / "checkpoints",
+        resume_from=resume_from,
+        should_stop=lambda: stop_after is not None and bool(events) and events[-1]["step"] >= stop_after,
+    )
     return trainer.train(ctx)
 
 

@@ -36,9 +36,11 @@ class ArithmeticSource(ift.InstructionSource):
             a, b = rng.randint(0, self.config.max_operand), rng.randint(0, self.config.max_operand)
             op = rng.choice(self.config.operations)
             yield ift.InstructionRecord(
-                id=f"arith-{self.config.seed}-{i}", source=self.source_name, task=f"arith{op}",
-                messages=[ift.Message("user", f"What is {a} {op} {b}?"),
-                          ift.Message("assistant", str(OPS[op](a, b)))])
+                id=f"arith-{self.config.seed}-{i}",
+                source=self.source_name,
+                task=f"arith{op}",
+                messages=[ift.Message("user", f"What is {a} {op} {b}?"), ift.Message("assistant", str(OPS[op](a, b)))],
+            )
 
 
 class QARenderer(JinjaRenderer):
@@ -94,8 +96,13 @@ class LabelSmoothingTrainer(ift.SFTTrainer):
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
         logits = model(**inputs, use_cache=False).logits[:, :-1]
         labels = batch["labels"][:, 1:]
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
-                               ignore_index=-100, reduction="sum", label_smoothing=self.config.label_smoothing)
+        loss = F.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)),
+            labels.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
+            label_smoothing=self.config.label_smoothing,
+        )
         return loss, batch["loss_tokens"]
 
 

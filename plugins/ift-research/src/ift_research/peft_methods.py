@@ -40,8 +40,9 @@ class LoHaConfig(ift.PeftMethodConfig):
     alpha: float = Field(8, gt=0, description="Scale: the update is multiplied by alpha / r.")
     rank_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the update's ranks while training.")
     module_dropout: float = Field(0.0, ge=0, lt=1, description="Chance of skipping a module's update in a step.")
-    target_modules: str | list[str] = Field("all-linear", description="'all-linear', module names, or one regular "
-                                            "expression.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="'all-linear', module names, or one regular expression."
+    )
     modules_to_save: list[str] | None = Field(None, description="Modules trained fully and saved beside the adapter.")
 
 
@@ -56,14 +57,23 @@ class LoHaMethod(ift.PeftMethod):
 
         c = self.config
         # peft annotates alpha as int, but only uses it in the float scale alpha / r: floats work.
-        return PeftLoHaConfig(r=c.r, alpha=c.alpha, rank_dropout=c.rank_dropout, module_dropout=c.module_dropout,  # type: ignore[arg-type]
-                              target_modules=c.target_modules, modules_to_save=_with_head(c.modules_to_save, head),
-                              exclude_modules=_not_head(head), task_type=task_type)
+        return PeftLoHaConfig(
+            r=c.r,
+            alpha=c.alpha,
+            rank_dropout=c.rank_dropout,
+            module_dropout=c.module_dropout,  # type: ignore[arg-type]
+            target_modules=c.target_modules,
+            modules_to_save=_with_head(c.modules_to_save, head),
+            exclude_modules=_not_head(head),
+            task_type=task_type,
+        )
 
     def describe(self) -> str:
         c = self.config
-        return (f"LoHa r={c.r}, alpha={c.alpha:g} (alpha/r = {c.alpha / c.r:.3g}), rank_dropout={c.rank_dropout:g}, "
-                f"module_dropout={c.module_dropout:g}, on {_targets(c.target_modules)}")
+        return (
+            f"LoHa r={c.r}, alpha={c.alpha:g} (alpha/r = {c.alpha / c.r:.3g}), rank_dropout={c.rank_dropout:g}, "
+            f"module_dropout={c.module_dropout:g}, on {_targets(c.target_modules)}"
+        )
 
 
 class VeraConfig(ift.PeftMethodConfig):
@@ -72,8 +82,9 @@ class VeraConfig(ift.PeftMethodConfig):
     d_initial: float = Field(0.1, gt=0, description="Initial value of the trained scaling vector d.")
     dropout: float = Field(0.0, ge=0, lt=1)
     projection_seed: int = Field(0, description="Seed of the shared random projections.")
-    target_modules: str | list[str] = Field("all-linear", description="'all-linear', module names, or one regular "
-                                            "expression (linear layers only).")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="'all-linear', module names, or one regular expression (linear layers only)."
+    )
     modules_to_save: list[str] | None = Field(None, description="Modules trained fully and saved beside the adapter.")
 
 
@@ -86,19 +97,34 @@ class VeraMethod(ift.PeftMethod):
     def check(self, model: Any, task_type: str, head: list[str]) -> None:
         if head and self.config.target_modules == "all-linear":
             # peft's VeRA has no exclude_modules: "all-linear" would adapt the head it also trains fully
-            raise ift.RecipeError([ift.Problem("model.peft.target_modules", "vera on a classification model needs "
-                                               "target_modules listed by name (the head is trained fully)")])
+            raise ift.RecipeError(
+                [
+                    ift.Problem(
+                        "model.peft.target_modules",
+                        "vera on a classification model needs "
+                        "target_modules listed by name (the head is trained fully)",
+                    )
+                ]
+            )
 
     def peft_config(self, model: Any, task_type: str, head: list[str]) -> Any:
         from peft import VeraConfig as PeftVeraConfig
 
         c = self.config
-        return PeftVeraConfig(r=c.r, d_initial=c.d_initial, vera_dropout=c.dropout,
-                              projection_prng_key=c.projection_seed, save_projection=True,
-                              target_modules=c.target_modules, modules_to_save=_with_head(c.modules_to_save, head),
-                              task_type=task_type)
+        return PeftVeraConfig(
+            r=c.r,
+            d_initial=c.d_initial,
+            vera_dropout=c.dropout,
+            projection_prng_key=c.projection_seed,
+            save_projection=True,
+            target_modules=c.target_modules,
+            modules_to_save=_with_head(c.modules_to_save, head),
+            task_type=task_type,
+        )
 
     def describe(self) -> str:
         c = self.config
-        return (f"VeRA r={c.r} (shared random projections, seed {c.projection_seed}), d_initial={c.d_initial:g}, "
-                f"dropout={c.dropout:g}, on {_targets(c.target_modules)}")
+        return (
+            f"VeRA r={c.r} (shared random projections, seed {c.projection_seed}), d_initial={c.d_initial:g}, "
+            f"dropout={c.dropout:g}, on {_targets(c.target_modules)}"
+        )

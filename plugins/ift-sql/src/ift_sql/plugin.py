@@ -24,8 +24,7 @@ from ift.files import check_data_file
 from ift.records import RowError, normalize_row
 
 #: Record fields a column can be mapped to (``columns = { prompt = "question", completion = "answer" }``).
-FIELDS = ("prompt", "completion", "instruction", "input", "output", "messages", "system", "task", "label",
-          "choices")
+FIELDS = ("prompt", "completion", "instruction", "input", "output", "messages", "system", "task", "label", "choices")
 _JSON_FIELDS = ("messages", "choices")
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -33,26 +32,39 @@ _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 class SqlSourceConfig(ift.ComponentConfig):
     model_config = ConfigDict(**ift.ComponentConfig.model_config, hide_input_in_errors=True)  # URLs stay unshown
 
-    url: str | None = Field(None, description="SQLAlchemy URL without a password (postgresql://reader@db/prod), "
-                                              "or a SQLite file path relative to the recipe's folder.")
-    url_env: str | None = Field(None, pattern=_ENV_NAME,
-                                description="Environment variable holding the whole URL, credentials included.")
-    password_env: str | None = Field(None, pattern=_ENV_NAME,
-                                     description="Environment variable holding the password for `url`.")
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy URL without a password (postgresql://reader@db/prod), "
+        "or a SQLite file path relative to the recipe's folder.",
+    )
+    url_env: str | None = Field(
+        None, pattern=_ENV_NAME, description="Environment variable holding the whole URL, credentials included."
+    )
+    password_env: str | None = Field(
+        None, pattern=_ENV_NAME, description="Environment variable holding the password for `url`."
+    )
     query: str = Field(description="A query returning one row per record.")
     params: dict[str, str | int | float | bool | None] = Field(
-        default_factory=dict, description="Values bound to :name placeholders in the query.")
+        default_factory=dict, description="Values bound to :name placeholders in the query."
+    )
     format: Literal["auto", "alpaca", "prompt-completion", "messages"] = "auto"
-    columns: dict[str, str] = Field(default_factory=dict,
-                                    description="Record field -> column, for columns not named like the field.")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Record field -> column, for columns not named like the field."
+    )
     id_column: str = Field("id", description="Column with a stable unique id per row (e.g. the primary key).")
     metadata_columns: list[str] = Field(default_factory=list, description="Columns copied into record metadata.")
     system: str | None = Field(None, description="System prompt added to records that have none.")
     limit: int | None = Field(None, gt=0, description="Read at most this many rows.")
-    snapshot: str | None = Field(None, description="A version you vouch for (a snapshot date, a release tag). "
-                                                   "With it, ift may reuse prepared data; without, it re-reads.")
-    snapshot_query: str | None = Field(None, description="A query whose result changes whenever the data does "
-                                                         "(SELECT max(updated_at), count(*) FROM t); same effect.")
+    snapshot: str | None = Field(
+        None,
+        description="A version you vouch for (a snapshot date, a release tag). "
+        "With it, ift may reuse prepared data; without, it re-reads.",
+    )
+    snapshot_query: str | None = Field(
+        None,
+        description="A query whose result changes whenever the data does "
+        "(SELECT max(updated_at), count(*) FROM t); same effect.",
+    )
 
     @field_validator("url")
     @classmethod
@@ -67,9 +79,11 @@ class SqlSourceConfig(ift.ComponentConfig):
         except ArgumentError:
             raise ValueError("not a valid SQLAlchemy URL (dialect+driver://user@host/database)") from None
         if parsed.password is not None:  # the message must not repeat the URL: it holds the password
-            raise ValueError("the URL contains a password; recipes are shared, so remove it and set "
-                             "password_env = \"NAME\" (an environment variable holding it), or put the whole URL "
-                             "in an environment variable named by url_env")
+            raise ValueError(
+                "the URL contains a password; recipes are shared, so remove it and set "
+                'password_env = "NAME" (an environment variable holding it), or put the whole URL '
+                "in an environment variable named by url_env"
+            )
         return url
 
     @field_validator("columns")
@@ -77,8 +91,9 @@ class SqlSourceConfig(ift.ComponentConfig):
     def _known_fields(cls, columns: dict[str, str]) -> dict[str, str]:
         unknown = sorted(set(columns) - set(FIELDS))
         if unknown:
-            raise ValueError(f"unknown record field(s) {', '.join(map(repr, unknown))}; "
-                             f"map columns to: {', '.join(FIELDS)}")
+            raise ValueError(
+                f"unknown record field(s) {', '.join(map(repr, unknown))}; map columns to: {', '.join(FIELDS)}"
+            )
         return columns
 
     @model_validator(mode="after")
@@ -110,8 +125,10 @@ class SqlSource(ift.InstructionSource):
             try:
                 return make_url(value)
             except ArgumentError:
-                raise ift.DataError(f"source {self.source_name!r}: environment variable {cfg.url_env} does not "
-                                    "hold a valid SQLAlchemy URL") from None
+                raise ift.DataError(
+                    f"source {self.source_name!r}: environment variable {cfg.url_env} does not "
+                    "hold a valid SQLAlchemy URL"
+                ) from None
         assert cfg.url is not None
         if "://" not in cfg.url:  # a bare path: the embedded SQLite default
             url = make_url("sqlite://").set(database=str(self._resolve(cfg.url)))
@@ -133,8 +150,9 @@ class SqlSource(ift.InstructionSource):
     def _env(self, name: str, what: str) -> str:
         value = os.environ.get(name)
         if not value:
-            raise ift.DataError(f"source {self.source_name!r}: environment variable {name} is not set; "
-                                f"it must hold {what}")
+            raise ift.DataError(
+                f"source {self.source_name!r}: environment variable {name} is not set; it must hold {what}"
+            )
         return value
 
     @contextmanager
@@ -148,8 +166,10 @@ class SqlSource(ift.InstructionSource):
         try:
             engine = create_engine(url)
         except ImportError as exc:  # the dialect is known, its DBAPI driver is not installed
-            raise ift.DataError(f"source {self.source_name!r}: no database driver for {url.drivername} "
-                                f"({exc}); install it (e.g. psycopg for postgresql, pymysql for mysql)") from None
+            raise ift.DataError(
+                f"source {self.source_name!r}: no database driver for {url.drivername} "
+                f"({exc}); install it (e.g. psycopg for postgresql, pymysql for mysql)"
+            ) from None
         except SQLAlchemyError as exc:
             raise ift.DataError(f"source {self.source_name!r}: cannot use {shown}: {exc}") from None
         try:
@@ -157,8 +177,10 @@ class SqlSource(ift.InstructionSource):
                 yield conn.execution_options(stream_results=True, yield_per=1000).execute(text(query), params)
         except SQLAlchemyError as exc:
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-            raise ift.DataError(f"source {self.source_name!r}: SQL query failed on {shown}: {reason}\n"
-                                f"  query: {' '.join(query.split())}") from None
+            raise ift.DataError(
+                f"source {self.source_name!r}: SQL query failed on {shown}: {reason}\n"
+                f"  query: {' '.join(query.split())}"
+            ) from None
         finally:
             engine.dispose()
 
@@ -180,13 +202,18 @@ class SqlSource(ift.InstructionSource):
     def _column_mapping(self, returned: list[str]) -> dict[str, str]:
         """Record field -> column, for the fields the query returns; a missing named column is an error."""
         cfg = self.config
-        needed = {"id_column": cfg.id_column, **{f"columns.{k}": v for k, v in cfg.columns.items()},
-                  **{f"metadata_columns[{i}]": c for i, c in enumerate(cfg.metadata_columns)}}
+        needed = {
+            "id_column": cfg.id_column,
+            **{f"columns.{k}": v for k, v in cfg.columns.items()},
+            **{f"metadata_columns[{i}]": c for i, c in enumerate(cfg.metadata_columns)},
+        }
         for key, column in needed.items():
             if column not in returned:
-                raise ift.DataError(f"source {self.source_name!r}: the query returns no column {column!r} "
-                                    f"(named by {key}); it returns: {', '.join(returned)}\n"
-                                    f"  query: {' '.join(cfg.query.split())}")
+                raise ift.DataError(
+                    f"source {self.source_name!r}: the query returns no column {column!r} "
+                    f"(named by {key}); it returns: {', '.join(returned)}\n"
+                    f"  query: {' '.join(cfg.query.split())}"
+                )
         return {field: cfg.columns.get(field, field) for field in FIELDS if cfg.columns.get(field, field) in returned}
 
     def _record(self, row: Any, mapping: dict[str, str]) -> ift.InstructionRecord:
@@ -212,8 +239,9 @@ class SqlSource(ift.InstructionSource):
         except RowError as exc:
             raise ift.DataError(f"{where}: {exc}") from None
         metadata = {c: _plain(row[c]) for c in cfg.metadata_columns}
-        return ift.InstructionRecord(id=str(row_id), source=self.source_name, messages=messages,
-                                     metadata=metadata, **extras)
+        return ift.InstructionRecord(
+            id=str(row_id), source=self.source_name, messages=messages, metadata=metadata, **extras
+        )
 
     # --- fingerprints ----------------------------------------------------------------------------
 

@@ -34,8 +34,9 @@ def is_main_process() -> bool:
 
 
 def scalars(values: dict[str, Any], prefix: str) -> dict[str, float]:
-    return {f"{prefix}{k}": float(v) for k, v in values.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        f"{prefix}{k}": float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 @ift.hookimpl
@@ -43,14 +44,18 @@ def ift_run_start(run_dir: str, resolved: dict[str, Any]) -> None:
     if not is_main_process() or not enabled(resolved):
         return
     if not (os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE")):
-        warnings.warn("ift-wandb: not logging to Weights & Biases: set WANDB_API_KEY (or WANDB_MODE=offline, or "
-                      "WANDB_MODE=online after `wandb login`), or IFT_WANDB=0 to silence this", stacklevel=2)
+        warnings.warn(
+            "ift-wandb: not logging to Weights & Biases: set WANDB_API_KEY (or WANDB_MODE=offline, or "
+            "WANDB_MODE=online after `wandb login`), or IFT_WANDB=0 to silence this",
+            stacklevel=2,
+        )
         return
     try:
         import wandb
     except ImportError:
-        warnings.warn("ift-wandb is installed but wandb is not: pip install 'ift-wandb[wandb]' "
-                      "(or set IFT_WANDB=0)", stacklevel=2)
+        warnings.warn(
+            "ift-wandb is installed but wandb is not: pip install 'ift-wandb[wandb]' (or set IFT_WANDB=0)", stacklevel=2
+        )
         return
     _finish(run_dir, "completed")
     id_file = Path(run_dir) / RUN_ID_FILE
@@ -60,7 +65,10 @@ def ift_run_start(run_dir: str, resolved: dict[str, Any]) -> None:
         name=(resolved.get("run") or {}).get("name"),
         config=resolved,  # the resolved recipe; ift never writes secrets into it
         dir=None if os.environ.get("WANDB_DIR") else run_dir,
-        id=run_id, resume="allow" if run_id else None, job_type="fine-tune")
+        id=run_id,
+        resume="allow" if run_id else None,
+        job_type="fine-tune",
+    )
     id_file.write_text(run.id + "\n")
     _runs[run_dir] = run
     _last_step[run_dir] = 0
