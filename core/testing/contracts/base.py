@@ -17,7 +17,7 @@ from ift.testing.samples import FileContent, write_files
 
 _HOOKS = {"source": "ift_register_sources", "transform": "ift_register_transforms",
           "renderer": "ift_register_renderers", "model_adapter": "ift_register_model_adapters",
-          "trainer": "ift_register_trainers", "metric": "ift_register_metrics",
+          "trainer": "ift_register_trainers", "objective": "ift_register_objectives", "metric": "ift_register_metrics",
           "similarity_backend": "ift_register_similarity_backends"}
 
 
