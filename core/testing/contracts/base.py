@@ -21,6 +21,7 @@ _HOOKS = {
     "renderer": "ift_register_renderers",
     "model_adapter": "ift_register_model_adapters",
     "trainer": "ift_register_trainers",
+    "objective": "ift_register_objectives",
     "metric": "ift_register_metrics",
     "similarity_backend": "ift_register_similarity_backends",
     "peft_method": "ift_register_peft_methods",
