@@ -420,8 +420,8 @@ class _Loop:
                     micro.append(batch)
                 if not micro:
                     break
-                n_units = sum(objective.units(b) for b in micro)
-                n_units = int(accelerator.reduce(torch.tensor(n_units, device=accelerator.device), reduction="sum"))
+                units = [objective.units(b) for b in micro]  # once per micro-batch: known before any forward
+                n_units = int(accelerator.reduce(torch.tensor(sum(units), device=accelerator.device), reduction="sum"))
                 step_loss = 0.0
                 step_terms: dict[str, float] = {}
                 step_groups = meter.zeros()
@@ -433,7 +433,7 @@ class _Loop:
                         trained = terms.trained()
                         penalty = ctx.adapter.training_penalty(model)
                         if penalty is not None:  # the PEFT method's own term, once per unit: once in the mean
-                            trained = trained + penalty * objective.units(batch)
+                            trained = trained + penalty * units[i]
                         # Divide by the units of the whole optimizer step (all micro-batches, all processes) so
                         # accumulation and data parallelism give the same gradient.
                         loss = trained * accelerator.num_processes / max(n_units, 1)
@@ -444,9 +444,9 @@ class _Loop:
                     for name, value in terms.figures.items():
                         step_terms[f"figure:{name}"] = step_terms.get(f"figure:{name}", 0.0) + float(value)
                     if penalty is not None:
-                        step_terms["peft_penalty"] = step_terms.get("peft_penalty", 0.0) + float(
-                            penalty.detach()
-                        ) * objective.units(batch)
+                        step_terms["peft_penalty"] = (
+                            step_terms.get("peft_penalty", 0.0) + float(penalty.detach()) * units[i]
+                        )
                     split = terms.per_example
                     if not (
                         split is not None
@@ -471,8 +471,8 @@ class _Loop:
                         f"({loop.skipped}/{cfg.skip_nonfinite_steps})"
                     )
                 else:
-                    for batch in micro:
-                        meter.add_batch(batch, objective.units(batch))
+                    for batch, n in zip(micro, units, strict=True):
+                        meter.add_batch(batch, n)
                     meter.loss += step_loss
                     meter.add_terms(step_terms)
                     meter.add_groups(step_groups, unsplit)
