@@ -35,7 +35,7 @@ from ift.objectives import LossTerms, Objective, ObjectiveConfig
 from ift.peft import PeftMethod, PeftMethodConfig
 from ift.records import InstructionRecord, Message, RowError, normalize_row
 from ift.runtime import is_main_process, select_device
-from ift.sft import NLL, SFTConfig, SFTTrainer
+from ift.sft import NLL, ObjectiveTrainer, SFTConfig, SFTTrainer
 from ift.training import TrainContext, TrainResult
 
 #: Public names imported on first use: ``PreviewResult`` / ``PreviewExample`` (what :func:`preview` returns)
@@ -116,6 +116,7 @@ __all__ = [
     "ModelAdapter",
     "Objective",
     "ObjectiveConfig",
+    "ObjectiveTrainer",
     "PeftMethod",
     "PeftMethodConfig",
     "PluginError",

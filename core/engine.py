@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from ift.components import ModelAdapter
+    from ift.components import EncodedExample, ModelAdapter
     from ift.objectives import Objective
     from ift.training import TrainContext, TrainResult
 
@@ -191,11 +191,14 @@ def resolve_batching(requested: str, adapter: ModelAdapter, device: Any) -> str:
     return "length-grouped"
 
 
-def sequence_loader(ctx: TrainContext, config: TrainingConfig, mode: str) -> Any:
-    """The loader of sequence examples: a DataLoader whose ``batch_sampler`` is a :class:`~ift.batching.BatchPlan`;
-    examples become batches per ``mode``. It has a generator of its own so that starting an epoch never draws from
-    the global RNG (which dropout uses, and which a resume restores). Each batch also carries ``sources``, the
-    [[data]] table name of each example in ``record_ids`` order, and ``tasks``, each example's task or None."""
+def sequence_loader(
+    ctx: TrainContext, config: TrainingConfig, mode: str, examples: Sequence[EncodedExample] | None = None
+) -> Any:
+    """The loader of sequence ``examples`` (``ctx.train_examples`` by default): a DataLoader whose
+    ``batch_sampler`` is a :class:`~ift.batching.BatchPlan`; examples become batches per ``mode``. It has a
+    generator of its own so that starting an epoch never draws from the global RNG (which dropout uses, and
+    which a resume restores). Each batch also carries ``sources``, the [[data]] table name of each example in
+    ``record_ids`` order, and ``tasks``, each example's task or None."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -227,7 +230,7 @@ def sequence_loader(ctx: TrainContext, config: TrainingConfig, mode: str) -> Any
             "tasks": [e.task for e in batch],
         }
 
-    examples = ctx.train_examples
+    examples = ctx.train_examples if examples is None else examples
     lengths = example_lengths(examples)  # read from the table's offsets: no example is built here
     if mode == "packing":
         bins = PackedRows(examples, pack_best_fit_decreasing(lengths, config.max_length))
@@ -254,14 +257,18 @@ def train(
     optimizer: OptimizerFactory = adamw,
     scheduler: SchedulerFactory = warmup_then_decay,
     loader: Callable[[TrainContext, str], Any] | None = None,
+    examples: Sequence[EncodedExample] | None = None,
 ) -> TrainResult:
     """Train ``ctx.model`` on ``ctx.train_examples`` by minimising ``objective``, as ``config`` says.
 
-    Batches come from the objective's own ``loader(ctx, mode)`` when it has one, else from ``loader(ctx, mode)``
-    when given, else from :func:`sequence_loader`; ``mode`` is the resolved ``trainer.batching``. A loader is a
+    ``examples`` are the sequence examples to train on when they are not ``ctx.train_examples`` (a trainer that
+    adds data, as ``continual`` adds replayed examples): the default loader batches them and the per-source and
+    per-task figures count them; a given ``loader`` should batch the same ones. Batches come from the
+    objective's own ``loader(ctx, mode)`` when it has one, else from ``loader(ctx, mode)`` when given, else from
+    :func:`sequence_loader`; ``mode`` is the resolved ``trainer.batching``. A loader is a
     DataLoader whose ``batch_sampler`` has ``select(epoch, skip=...)`` (as :class:`~ift.batching.BatchPlan` does,
     so a resume continues exactly). Returns the trained model (unwrapped) and the summary for ``metrics.json``."""
-    return _Loop(ctx, objective, config, list(callbacks), optimizer, scheduler, loader).run()
+    return _Loop(ctx, objective, config, list(callbacks), optimizer, scheduler, loader, examples).run()
 
 
 #: What a checkpoint's position holds besides the callbacks' states (each under its callback's name).
@@ -278,8 +285,10 @@ class _Loop:
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory,
         loader: Callable[[TrainContext, str], Any] | None,
+        examples: Sequence[EncodedExample] | None = None,
     ) -> None:
         self.ctx, self.objective, self.cfg = ctx, objective, config
+        self.examples = ctx.train_examples if examples is None else examples
         self.make_optimizer, self.make_scheduler, self.given_loader = optimizer, scheduler, loader
         stopping = early_stopping_callback(ctx, config)
         self.callbacks = ([stopping] if stopping is not None else []) + callbacks
@@ -315,7 +324,9 @@ class _Loop:
         mode = resolve_batching(cfg.batching, ctx.adapter, device)
         loader = objective.loader(ctx, mode)
         if loader is None:
-            loader = self.given_loader(ctx, mode) if self.given_loader else sequence_loader(ctx, cfg, mode)
+            loader = (
+                self.given_loader(ctx, mode) if self.given_loader else sequence_loader(ctx, cfg, mode, self.examples)
+            )
         plan = loader.batch_sampler
         optimizer = self.make_optimizer(model, cfg)
         model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
@@ -332,8 +343,8 @@ class _Loop:
             model,
             cfg.max_length,
             {
-                "source": sorted(set(example_sources(ctx.train_examples))),
-                "task": sorted({t for t in example_tasks(ctx.train_examples) if t is not None}),
+                "source": sorted(set(example_sources(self.examples))),
+                "task": sorted({t for t in example_tasks(self.examples) if t is not None}),
             },
         )
         loop = Position()

@@ -5,12 +5,16 @@ that plugins subclass a class of the public API (``ift.SFTTrainer``); the builti
 from __future__ import annotations
 
 import functools
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ift.components import Trainer
 from ift.engine import Callback, TrainingConfig, sequence_loader, train
 from ift.objectives import LossTerms, Objective, ObjectiveConfig
 from ift.training import TrainContext, TrainResult
+
+if TYPE_CHECKING:
+    from ift.components import EncodedExample
 
 SFTConfig = TrainingConfig
 
@@ -51,12 +55,25 @@ class SFTTrainer(Trainer):
         """Callbacks for the loop (none by default)."""
         return []
 
+    def training_examples(self, ctx: TrainContext) -> Sequence[EncodedExample]:
+        """The sequence examples to train on: ``ctx.train_examples`` by default. The declared way for a trainer to
+        add training data (``continual`` mixes in replayed examples here); the per-source and per-task figures
+        count what this returns."""
+        return ctx.train_examples
+
     def build_loader(self, ctx: TrainContext, mode: str) -> Any:
-        """The batches of ``ctx.train_examples`` for batching ``mode`` (:func:`ift.engine.sequence_loader`)."""
-        return sequence_loader(ctx, self.config, mode)
+        """The batches of :meth:`training_examples` for batching ``mode`` (:func:`ift.engine.sequence_loader`)."""
+        return sequence_loader(ctx, self.config, mode, self.training_examples(ctx))
 
     def train(self, ctx: TrainContext) -> TrainResult:
-        return train(ctx, self.objective(ctx), self.config, callbacks=self.callbacks(ctx), loader=self.build_loader)
+        return train(
+            ctx,
+            self.objective(ctx),
+            self.config,
+            callbacks=self.callbacks(ctx),
+            loader=self.build_loader,
+            examples=self.training_examples(ctx),
+        )
 
     def loss(self, ctx: TrainContext, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
         """Summed loss and trainable-token count of a micro-batch (the :class:`NLL` objective).
@@ -115,13 +132,24 @@ class ObjectiveTrainer(SFTTrainer):
 
     name = "objective"
     objective_class: ClassVar[type[Objective]]
+    _made: Objective | None = None
 
-    def objective(self, ctx: TrainContext) -> Objective:
-        cls = self.objective_class
-        own = cls.Config.model_construct(**{key: getattr(self.config, key) for key in cls.Config.model_fields})
-        made = cls(own)
-        made.training = self.config  # the loop's keys (batch_size, shuffle), for an objective's own loader
-        return made
+    def objective(self, ctx: TrainContext | None) -> Objective:
+        """This trainer's objective, made once from its keys (the same instance for every call, so a trainer can
+        read what its objective kept after training)."""
+        if self._made is None:
+            cls = self.objective_class
+            own = cls.Config.model_construct(**{key: getattr(self.config, key) for key in cls.Config.model_fields})
+            self._made = cls(own)
+            self._made.training = self.config  # the loop's keys (batch_size, shuffle), for an objective's loader
+        return self._made
+
+    def loss(self, ctx: TrainContext, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+        """One micro-batch of the objective outside the loop (in a test or a notebook): the summed loss it trains
+        (its extra terms included, the PEFT penalty not) and the batch's units."""
+        objective = self.objective(ctx)
+        objective.ctx = ctx
+        return objective.loss(model, batch).trained(), objective.units(batch)
 
 
 @functools.cache

@@ -23,7 +23,7 @@ when parameters are sharded across processes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import Field, model_validator
 
@@ -32,7 +32,9 @@ import ift
 from .totals import RunningTotals
 
 
-class AdversarialConfig(ift.SFTConfig):
+class AdversarialKeys(ift.ObjectiveConfig):
+    """The attack's keys (in ``[trainer]`` beside the loop's)."""
+
     epsilon: float = Field(
         1.0,
         ge=0,
@@ -61,7 +63,7 @@ class AdversarialConfig(ift.SFTConfig):
     )
 
     @model_validator(mode="after")
-    def _pgd_keys_need_pgd(self) -> AdversarialConfig:
+    def _pgd_keys_need_pgd(self) -> AdversarialKeys:
         given = {"pgd_steps", "pgd_alpha"} & self.model_fields_set
         if self.attack == "fgm" and given:
             raise ValueError(f"trainer.{sorted(given)[0]} only applies with trainer.attack = 'pgd'")
@@ -72,46 +74,37 @@ class AdversarialConfig(ift.SFTConfig):
         return self.pgd_alpha if self.pgd_alpha is not None else 2.5 * self.epsilon / self.pgd_steps
 
 
-class AdversarialTrainer(RunningTotals, ift.SFTTrainer):
-    """Supervised fine-tuning on clean and adversarially perturbed input embeddings."""
+class AdversarialConfig(ift.SFTConfig, AdversarialKeys):
+    """``[trainer]`` of ``sft-adversarial``: the loop's keys and the attack's."""
+
+
+class EmbeddingAdversarial(RunningTotals, ift.Objective):
+    """``(1 - w) * clean + w * adversarial`` summed over the trained tokens, the adversarial loss taken with the
+    input embeddings perturbed along the clean loss's gradient (FGM, or PGD). Logs ``clean_loss`` and
+    ``adversarial_loss`` per step; keeps their totals across a resume for the run's summary."""
 
     name = "sft-adversarial"
-    Config = AdversarialConfig
-    config: AdversarialConfig
+    Config = AdversarialKeys
+    config: AdversarialKeys
 
-    def train(self, ctx: ift.TrainContext) -> ift.TrainResult:
+    def setup(self, ctx: ift.TrainContext, model: Any) -> None:
         self.start_totals()  # clean loss, adversarial loss, loss tokens
-        result = super().train(ctx)
-        clean, adversarial, tokens = self.totals(3)
-        cfg = self.config
-        result.summary["adversarial"] = {
-            "attack": cfg.attack,
-            "perturb": cfg.perturb,
-            "epsilon": cfg.epsilon,
-            "adversarial_weight": cfg.adversarial_weight,
-            **({"pgd_steps": cfg.pgd_steps, "pgd_alpha": cfg.step_size} if cfg.attack == "pgd" else {}),
-            # token means over every micro-batch this process trained on (skipped updates included)
-            "clean_loss": clean / tokens if tokens else None,
-            "adversarial_loss": adversarial / tokens if tokens else None,
-        }
-        return result
 
-    def loss(self, ctx: ift.TrainContext, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
-        """The weighted sum of clean and adversarial summed losses, and the clean loss-token count."""
+    def loss(self, model: Any, batch: dict[str, Any]) -> ift.LossTerms:
         import torch
 
-        cfg = self.config
+        cfg, adapter = self.config, self.ctx.adapter
         attack = EmbeddingAttack(input_embeddings(model), batch["input_ids"], cfg.perturb)
 
         def loss_at(delta: Any) -> tuple[Any, Any]:
             with attack.added(delta):
-                return ctx.adapter.loss_sum(model, batch)
+                return adapter.loss_sum(model, batch)
 
         def losses_at(delta: Any) -> tuple[Any, Any]:
             """Per-example summed losses and counts where the adapter gives them (per-source training loss),
             else the batch's sum and count."""
             with attack.added(delta):
-                split = ctx.adapter.loss_by_example(model, batch)
+                split = adapter.loss_by_example(model, batch)
             return split if split is not None else loss_at(delta)
 
         # The clean pass goes through a zero perturbation so that its gradient with respect to the
@@ -133,12 +126,42 @@ class AdversarialTrainer(RunningTotals, ift.SFTTrainer):
                 delta = attack.project(delta + cfg.step_size * attack.unit(grad), cfg.epsilon)
         adversarial_sums, _ = losses_at(delta.detach())
         adversarial = adversarial_sums.sum()
-        weight = cfg.adversarial_weight
         self.add_totals(clean, adversarial, torch.as_tensor(count, device=clean.device))
+        weight = cfg.adversarial_weight
         sums = (1 - weight) * clean_sums + weight * adversarial_sums
+        figures = {"clean_loss": clean.detach(), "adversarial_loss": adversarial.detach()}
         if sums.dim() == 1:  # per example: the per-source training loss reports the objective trained on
-            return self.example_losses(batch, sums, counts)
-        return sums, count
+            return ift.LossTerms(sums.sum(), per_example=(sums, counts), figures=figures)
+        return ift.LossTerms(sums, figures=figures)
+
+
+class AdversarialTrainer(ift.ObjectiveTrainer):
+    """Supervised fine-tuning on clean and adversarially perturbed input embeddings: the loop with
+    :class:`EmbeddingAdversarial`, and its figures in the run's summary."""
+
+    name = "sft-adversarial"
+    Config = AdversarialConfig
+    config: AdversarialConfig
+    objective_class = EmbeddingAdversarial
+
+    def train(self, ctx: ift.TrainContext) -> ift.TrainResult:
+        result = super().train(ctx)
+        clean, adversarial, tokens = cast(EmbeddingAdversarial, self.objective(ctx)).totals(3)
+        cfg = self.config
+        result.summary["adversarial"] = {
+            "attack": cfg.attack,
+            "perturb": cfg.perturb,
+            "epsilon": cfg.epsilon,
+            "adversarial_weight": cfg.adversarial_weight,
+            **({"pgd_steps": cfg.pgd_steps, "pgd_alpha": cfg.step_size} if cfg.attack == "pgd" else {}),
+            # token means over every micro-batch this process trained on (skipped updates included)
+            "clean_loss": clean / tokens if tokens else None,
+            "adversarial_loss": adversarial / tokens if tokens else None,
+        }
+        return result
+
+
+EmbeddingAdversarial.trainer = AdversarialTrainer
 
 
 def input_embeddings(model: Any) -> Any:

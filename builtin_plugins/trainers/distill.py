@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import Field, ValidationInfo, model_validator
 
@@ -30,7 +30,20 @@ from .totals import RunningTotals
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
 
-class DistillConfig(ift.SFTConfig):
+def owners(batch: dict[str, Any]) -> Any:
+    """The example each trainable position belongs to (padded rows: the row; packed rows: the batch's
+    ``example_index``), or None where the batch does not say."""
+    positions = batch["labels"][:, 1:] != -100
+    if "example_index" in batch:
+        return batch["example_index"][:, 1:][positions]
+    if "position_ids" in batch:
+        return None
+    return positions.nonzero()[:, 0]
+
+
+class DistillKeys(ift.ObjectiveConfig):
+    """The distillation's keys (in ``[trainer]`` beside the loop's)."""
+
     teacher: str = Field(
         ...,
         min_length=1,
@@ -49,68 +62,50 @@ class DistillConfig(ift.SFTConfig):
     )
 
     @model_validator(mode="after")
-    def _student_is_causal(self, info: ValidationInfo) -> DistillConfig:
+    def _student_is_causal(self, info: ValidationInfo) -> DistillKeys:
         model = (info.context or {}).get("model")
         if model is not None and not is_causal(model.cls):
             raise ValueError(not_causal_message(model.name))
         return self
 
 
-class DistillTrainer(RunningTotals, ift.SFTTrainer):
-    """Supervised fine-tuning that also matches a frozen teacher's token distributions."""
+class DistillConfig(ift.SFTConfig, DistillKeys):
+    """``[trainer]`` of ``distill``: the loop's keys and the distillation's."""
+
+
+class Distillation(RunningTotals, ift.Objective):
+    """``(1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T)`` summed over the trained positions. The
+    teacher is loaded in :meth:`setup` (unless one was given); the CE and KL totals are kept across a resume."""
 
     name = "distill"
-    Config = DistillConfig
-    config: DistillConfig
+    Config = DistillKeys
+    config: DistillKeys
+    teacher: Any = None
+    teacher_path: str | None = None
 
-    def train(self, ctx: ift.TrainContext) -> ift.TrainResult:
+    def setup(self, ctx: ift.TrainContext, model: Any) -> None:
         if not is_causal(type(ctx.adapter)):
             raise ift.RecipeError([ift.Problem("trainer.name", not_causal_message(ctx.adapter.name))])
-        self.teacher = self.load_teacher(ctx)
+        if self.teacher is None:
+            self.teacher = self.load_teacher(ctx)
         self.start_totals()  # summed CE, summed KL, loss tokens
-        try:
-            result = super().train(ctx)
-        finally:
-            self.teacher = None  # free its memory before the final evaluation and saving
-        ce, kl, tokens = self.totals(3)
-        cfg = self.config
-        result.summary["distill"] = {
-            "teacher": self.teacher_path,
-            "alpha": cfg.alpha,
-            "temperature": cfg.temperature,
-            # token means over the micro-batches this process trained on
-            "ce_loss": ce / tokens if tokens else None,
-            "kl": kl / tokens if tokens else None,
-        }
-        return result
 
-    def loss(self, ctx: ift.TrainContext, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
-        """``(1 - alpha) * CE + alpha * T^2 * KL``, summed over the batch's loss tokens, and their count."""
+    def loss(self, model: Any, batch: dict[str, Any]) -> ift.LossTerms:
         import torch
 
         ce, kl, count = self.terms(model, batch)
         cfg = self.config
         self.add_totals(ce.sum(), kl.sum(), count)
         per_position = (1 - cfg.alpha) * ce + cfg.alpha * cfg.temperature**2 * kl
-        owner = self._owners(batch)
+        figures = {"ce_loss": ce.detach().sum(), "kl": kl.detach().sum()}
+        owner = owners(batch)
         if owner is None:
-            return per_position.sum(), count
-        # Summed per example, so the trainer's per-source training loss reports this objective.
+            return ift.LossTerms(per_position.sum(), figures=figures)
+        # Summed per example, so the per-source training loss reports this objective.
         n = len(batch["record_ids"])
         sums = per_position.new_zeros(n).index_add(0, owner, per_position)
         counts = torch.zeros(n, dtype=torch.long, device=owner.device).index_add(0, owner, torch.ones_like(owner))
-        return self.example_losses(batch, sums, counts)
-
-    @staticmethod
-    def _owners(batch: dict[str, Any]) -> Any:
-        """The example each trainable position belongs to (padded rows: the row; packed rows: the batch's
-        ``example_index``), or None where the batch does not say."""
-        positions = batch["labels"][:, 1:] != -100
-        if "example_index" in batch:
-            return batch["example_index"][:, 1:][positions]
-        if "position_ids" in batch:
-            return None
-        return positions.nonzero()[:, 0]
+        return ift.LossTerms(sums.sum(), per_example=(sums, counts), figures=figures)
 
     def terms(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any, Any]:
         """Per trainable position (in batch order): cross-entropy and ``KL(teacher_T || student_T)``; and
@@ -148,8 +143,6 @@ class DistillTrainer(RunningTotals, ift.SFTTrainer):
         ce, kl = head_loss.map_chunks(ce_and_kl, [student, teacher], [labels[positions]])
         return ce, kl, positions.sum()
 
-    # --- the teacher -----------------------------------------------------------------------------
-
     def load_teacher(self, ctx: ift.TrainContext) -> Any:
         """The teacher on the student's device, in eval mode, without gradients; its vocabulary checked
         against the student's."""
@@ -170,6 +163,62 @@ class DistillTrainer(RunningTotals, ift.SFTTrainer):
         if student_out is not None and teacher_out is not None and student_out != teacher_out:
             raise vocabulary_error(f"the teacher predicts {teacher_out} tokens, the student {student_out}")
         return teacher
+
+
+class DistillTrainer(ift.ObjectiveTrainer):
+    """Supervised fine-tuning that also matches a frozen teacher's token distributions: the loop with
+    :class:`Distillation`, and its figures in the run's summary."""
+
+    name = "distill"
+    Config = DistillConfig
+    config: DistillConfig
+    objective_class = Distillation
+
+    def train(self, ctx: ift.TrainContext) -> ift.TrainResult:
+        distillation = self.distillation
+        try:
+            result = super().train(ctx)
+        finally:
+            distillation.teacher = None  # free its memory before the final evaluation and saving
+        ce, kl, tokens = distillation.totals(3)
+        cfg = self.config
+        result.summary["distill"] = {
+            "teacher": distillation.teacher_path,
+            "alpha": cfg.alpha,
+            "temperature": cfg.temperature,
+            # token means over the micro-batches this process trained on
+            "ce_loss": ce / tokens if tokens else None,
+            "kl": kl / tokens if tokens else None,
+        }
+        return result
+
+    @property
+    def distillation(self) -> Distillation:
+        return cast(Distillation, self.objective(None))
+
+    # The objective's parts, reachable from the trainer (a notebook, a test).
+    @property
+    def teacher(self) -> Any:
+        return self.distillation.teacher
+
+    @teacher.setter
+    def teacher(self, model: Any) -> None:
+        self.distillation.teacher = model
+
+    @property
+    def teacher_path(self) -> str | None:
+        return self.distillation.teacher_path
+
+    def load_teacher(self, ctx: ift.TrainContext) -> Any:
+        return self.distillation.load_teacher(ctx)
+
+    def terms(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any, Any]:
+        return self.distillation.terms(model, batch)
+
+    _owners = staticmethod(owners)
+
+
+Distillation.trainer = DistillTrainer
 
 
 def is_causal(adapter_cls: type) -> bool:

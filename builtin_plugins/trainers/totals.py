@@ -8,9 +8,9 @@ from typing import Any
 
 
 class RunningTotals:
-    """Mixin for :class:`ift.SFTTrainer` subclasses: call :meth:`start_totals` at the start of ``train``,
-    :meth:`add_totals` in ``loss`` (a no-op when ``loss`` is called outside ``train``, e.g. by tests), and read
-    :meth:`totals` at the end."""
+    """Mixin for :class:`ift.Objective` subclasses: call :meth:`start_totals` in ``setup``, :meth:`add_totals` in
+    ``loss`` (a no-op when ``loss`` is called outside training, e.g. by tests), and read :meth:`totals` at the
+    end. The totals are the objective's checkpointed state."""
 
     _totals: Any
 
@@ -30,11 +30,11 @@ class RunningTotals:
         """The ``n`` sums, zeros when nothing was trained."""
         return self._totals.tolist() if getattr(self, "_totals", None) is not None else [0.0] * n
 
-    def checkpoint_state(self) -> dict[str, Any] | None:
+    def state(self) -> dict[str, Any] | None:
         totals = getattr(self, "_totals", None)
         return {"totals": totals.tolist()} if totals is not None else None
 
-    def restore_checkpoint_state(self, state: dict[str, Any] | None) -> None:
+    def load_state(self, state: dict[str, Any] | None) -> None:
         import torch
 
         if state and state.get("totals") is not None and hasattr(self, "_totals"):
