@@ -16,14 +16,16 @@ import random
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import Field, model_validator
 
 import ift
 
 
-class ContinualConfig(ift.SFTConfig):
+class ContinualKeys(ift.ObjectiveConfig):
+    """The continual trainer's keys (in ``[trainer]`` beside the loop's)."""
+
     previous_run: str = Field(
         ...,
         min_length=1,
@@ -52,7 +54,7 @@ class ContinualConfig(ift.SFTConfig):
     )
 
     @model_validator(mode="after")
-    def _consistent(self) -> ContinualConfig:
+    def _consistent(self) -> ContinualKeys:
         if self.replay_fraction is not None and self.replay_examples is not None:
             raise ValueError("set trainer.replay_fraction or trainer.replay_examples, not both")
         if "ewc_examples" in self.model_fields_set and self.ewc_lambda == 0:
@@ -60,16 +62,63 @@ class ContinualConfig(ift.SFTConfig):
         return self
 
 
-class ContinualTrainer(ift.SFTTrainer):
-    """``sft`` on the new data plus replayed old examples, with an optional EWC penalty, reporting the old
-    tasks' metrics before and after."""
+class ContinualConfig(ift.SFTConfig, ContinualKeys):
+    """``[trainer]`` of ``continual``: the loop's keys and the continual trainer's."""
+
+
+class ElasticWeightConsolidation(ift.NLL):
+    """The ``sft`` loss plus, once anchored (:meth:`anchor`), the EWC penalty
+    ``ewc_lambda / 2 * sum_i F_i (theta_i - theta*_i)^2`` as the extra term ``ewc``.
+
+    The term is ``penalty * units`` of each micro-batch: the loop divides the step's summed terms by the step's
+    loss tokens, so the penalty enters the per-token objective exactly once per update, whatever the
+    accumulation or the number of processes. That is also the scale its Fisher is measured on (squared
+    gradients of per-token mean losses, see :func:`diagonal_fisher`). The per-source training loss stays the
+    cross-entropy; the penalty is logged as ``ewc``."""
+
+    name = "continual"
+    Config = ContinualKeys
+    config: ContinualKeys
+    #: (parameter, its Fisher diagonal, its anchored value) per trainable parameter; empty: no penalty.
+    ewc: list[tuple[Any, Any, Any]]
+
+    def __init__(self, config: ContinualKeys) -> None:
+        super().__init__(config)
+        self.ewc = []
+
+    def anchor(
+        self, model: Any, adapter: ift.ModelAdapter, tokenizer: Any, examples: list[ift.EncodedExample]
+    ) -> float:
+        """Anchor the penalty at ``model``'s current weights with the diagonal Fisher estimated on
+        ``examples``; returns the Fisher's sum."""
+        fisher = diagonal_fisher(model, adapter, tokenizer, examples)
+        self.ewc = [(p, fisher[n], p.detach().clone()) for n, p in model.named_parameters() if n in fisher]
+        return float(sum(float(f.sum()) for f in fisher.values()))
+
+    def penalty(self) -> Any:
+        """``ewc_lambda / 2 * sum_i F_i (theta_i - theta*_i)^2`` over the anchored parameters."""
+        total = sum(((param.float() - anchor.float()).pow(2) * fisher).sum() for param, fisher, anchor in self.ewc)
+        return self.config.ewc_lambda / 2 * total
+
+    def loss(self, model: Any, batch: dict[str, Any]) -> ift.LossTerms:
+        terms = super().loss(model, batch)
+        if self.ewc:
+            terms.extra["ewc"] = self.penalty() * self.units(batch)
+        return terms
+
+
+class ContinualTrainer(ift.ObjectiveTrainer):
+    """``sft`` on the new data plus replayed old examples (:meth:`training_examples`), with an optional EWC
+    penalty (:class:`ElasticWeightConsolidation`), reporting the old tasks' metrics before and after."""
 
     name = "continual"
     Config = ContinualConfig
     config: ContinualConfig
+    objective_class = ElasticWeightConsolidation
+    replayed: list[ift.EncodedExample] | None = None  # set by prepare()
 
     def train(self, ctx: ift.TrainContext) -> ift.TrainResult:
-        ctx, report = self.prepare(ctx)
+        _, report = self.prepare(ctx)
         old_eval = self.previous_records("eval")
         cfg = self.config
         if cfg.evaluate_previous and old_eval:
@@ -93,9 +142,15 @@ class ContinualTrainer(ift.SFTTrainer):
         result.summary["continual"] = report
         return result
 
+    def training_examples(self, ctx: ift.TrainContext) -> Sequence[ift.EncodedExample]:
+        """This run's training examples with the replayed ones (from :meth:`prepare`) spread evenly through
+        them; they keep their source names, so the per-source training loss covers both tasks."""
+        return interleave(ctx.train_examples, self.replayed) if self.replayed else ctx.train_examples
+
     def prepare(self, ctx: ift.TrainContext) -> tuple[ift.TrainContext, dict[str, Any]]:
-        """Check the previous run, encode the replayed records, estimate the Fisher; return the context to
-        train with (this run's examples with the replayed ones mixed in) and what to report."""
+        """Check the previous run, encode the replayed records, anchor the EWC penalty; return what to report,
+        after a view of ``ctx`` whose ``train_examples`` are :meth:`training_examples` (the context itself is
+        not changed: training reads the examples through that method)."""
         cfg = self.config
         if ctx.encode_records is None or ctx.evaluate_records is None:
             raise ift.RunError(
@@ -122,17 +177,17 @@ class ContinualTrainer(ift.SFTTrainer):
         held_out = {r.content_key() for r in ctx.eval_records}
         leaking = [r for r in chosen if r.content_key() in held_out]
         chosen = [r for r in chosen if r.content_key() not in held_out]
-        replayed = ctx.encode_records(chosen) if chosen else []
+        self.replayed = ctx.encode_records(chosen) if chosen else []
         report["replay"] = {
             "records": len(chosen),
-            "examples": len(replayed),
+            "examples": len(self.replayed),
             "dropped_in_eval_split": len(leaking),
             "of_previous_train_records": len(old_train),
-            "by_source": dict(sorted(Counter(e.source for e in replayed).items())),
+            "by_source": dict(sorted(Counter(e.source for e in self.replayed).items())),
         }
-        if len(replayed) < len(chosen):
+        if len(self.replayed) < len(chosen):
             notes.append(
-                f"{len(chosen) - len(replayed)} replayed record(s) were dropped while encoding "
+                f"{len(chosen) - len(self.replayed)} replayed record(s) were dropped while encoding "
                 f"(trainer.max_length = {cfg.max_length}, trainer.overlong = {cfg.overlong!r})"
             )
             ctx.progress.write(f"continual: {notes[-1]}")
@@ -143,19 +198,13 @@ class ContinualTrainer(ift.SFTTrainer):
                 "run's eval split and were not replayed (they would leak into training)"
             )
 
-        self.ewc: list[tuple[Any, Any, Any]] = []
         if cfg.ewc_lambda > 0:
             sample = random.Random(f"continual-ewc-{ctx.seed}").sample(old_train, min(cfg.ewc_examples, len(old_train)))
             examples = ctx.encode_records(sample)
             ctx.progress.write(f"continual: estimating the Fisher on {len(examples)} previous-run examples")
-            fisher = diagonal_fisher(ctx.model, ctx.adapter, ctx.tokenizer, examples)
-            self.ewc = [(p, fisher[n], p.detach().clone()) for n, p in ctx.model.named_parameters() if n in fisher]
-            report["ewc"] = {
-                "lambda": cfg.ewc_lambda,
-                "fisher_examples": len(examples),
-                "fisher_sum": float(sum(float(f.sum()) for f in fisher.values())),
-            }
-        return dataclasses.replace(ctx, train_examples=interleave(ctx.train_examples, replayed)), report
+            fisher_sum = self.elastic.anchor(ctx.model, ctx.adapter, ctx.tokenizer, examples)
+            report["ewc"] = {"lambda": cfg.ewc_lambda, "fisher_examples": len(examples), "fisher_sum": fisher_sum}
+        return dataclasses.replace(ctx, train_examples=list(self.training_examples(ctx))), report
 
     def previous_records(self, split: str) -> list[ift.InstructionRecord]:
         path = self.previous / "data" / f"{split}.jsonl"
@@ -174,31 +223,21 @@ class ContinualTrainer(ift.SFTTrainer):
             )
         return read_records(path)
 
-    # --- EWC -------------------------------------------------------------------------------------
+    # The objective's parts, reachable from the trainer (a notebook, a test).
+    @property
+    def elastic(self) -> ElasticWeightConsolidation:
+        return cast(ElasticWeightConsolidation, self.objective(None))
 
-    def loss(self, ctx: ift.TrainContext, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
-        """The ``sft`` loss plus, with EWC, ``penalty * loss_tokens`` of this micro-batch.
-
-        The loop divides the summed loss of all micro-batches (and processes) of an optimizer step by their
-        loss tokens N. Adding ``P * n_m`` to each micro-batch's sum therefore adds exactly ``P`` to the step's
-        per-token objective, whatever the accumulation or the number of processes: the penalty is weighed
-        once per update against the per-token cross-entropy, which is also the scale its Fisher is measured on
-        (squared gradients of per-token mean losses, see :func:`diagonal_fisher`)."""
-        if not getattr(self, "ewc", None):
-            return super().loss(ctx, model, batch)
-        penalty = self.ewc_penalty()
-        split = ctx.adapter.loss_by_example(model, batch)
-        if split is None:
-            loss_sum, count = ctx.adapter.loss_sum(model, batch)
-            return loss_sum + penalty * batch["loss_tokens"], count
-        # Charged per loss token of each example, so the per-source training loss adds up to the logged one.
-        sums, counts = split
-        return self.example_losses(batch, sums + penalty * counts, counts)
+    @property
+    def ewc(self) -> list[tuple[Any, Any, Any]]:
+        return self.elastic.ewc
 
     def ewc_penalty(self) -> Any:
         """``ewc_lambda / 2 * sum_i F_i (theta_i - theta*_i)^2`` over the trainable parameters."""
-        total = sum(((param.float() - anchor.float()).pow(2) * fisher).sum() for param, fisher, anchor in self.ewc)
-        return self.config.ewc_lambda / 2 * total
+        return self.elastic.penalty()
+
+
+ElasticWeightConsolidation.trainer = ContinualTrainer
 
 
 def diagonal_fisher(

@@ -4,6 +4,7 @@ objectives registered by plugins becoming trainers of their name with their own 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -312,3 +313,23 @@ def test_a_callback_needs_a_name_of_its_own(make_context: Any, name: str):
         ift.train(
             make_context([]), ift.NLL(ift.ObjectiveConfig()), ift.TrainingConfig(max_steps=1), callbacks=[callback]
         )
+
+
+def test_the_loop_trains_on_the_examples_it_is_given_and_reports_their_sources(make_context: Any):
+    """``ift.train(..., examples=...)``: the declared way to train on other examples than the context's (replay,
+    curricula); the per-source figures count them, and the context's own list is left alone."""
+    events: list[dict[str, Any]] = []
+    ctx = make_context(events)
+    own = list(ctx.train_examples)
+    added = [dataclasses.replace(e, source="added", record_id=f"added-{i}") for i, e in enumerate(own[:4])]
+    config = ift.TrainingConfig(batch_size=4, epochs=1, log_every=1, shuffle=False, batching="padding")
+    result = ift.train(ctx, ift.NLL(ift.ObjectiveConfig()), config, examples=own + added)
+    assert result.steps == 3 and ctx.train_examples == own  # 12 examples in batches of 4
+    trained: dict[str, int] = {}
+    for event in events:
+        for source, n in event["trainable_tokens_by_source"].items():
+            trained[source] = trained.get(source, 0) + n
+    assert trained == {
+        "s": sum(e.trainable_tokens for e in own),
+        "added": sum(e.trainable_tokens for e in added),
+    }

@@ -22,7 +22,7 @@ BUILTIN_NAMES = {
     "renderer": ["alpaca", "chat", "chatml", "jinja", "plain"],
     "model_adapter": ["causal-lm", "classifier", "seq2seq"],
     "trainer": ["continual", "distill", "dpo", "kto", "orpo", "sft", "sft-adversarial"],
-    "objective": ["dpo", "kto", "orpo", "sft"],
+    "objective": ["continual", "distill", "dpo", "kto", "orpo", "sft", "sft-adversarial"],
     "metric": ["accuracy", "exact_match", "f1", "loss", "perplexity", "precision", "recall", "rouge_l"],
     "peft_method": ["adalora", "ia3", "lora", "prefix-tuning", "prompt-tuning"],
 }

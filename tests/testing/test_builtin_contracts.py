@@ -3,6 +3,7 @@ run, from ``ift.testing``), and no builtin component is left without one."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import sys
 from pathlib import Path
@@ -23,9 +24,9 @@ from ift.builtin_plugins.cleaning import Decontaminate, LengthFilter, MaskPII, N
 from ift.builtin_plugins.preference import DPOObjective, KTOObjective, ORPOObjective
 from ift.builtin_plugins.seq2seq import Seq2SeqAdapter
 from ift.builtin_plugins.sft import NLL, SFTTrainer
-from ift.builtin_plugins.trainers.adversarial import AdversarialTrainer
-from ift.builtin_plugins.trainers.continual import ContinualTrainer
-from ift.builtin_plugins.trainers.distill import DistillTrainer
+from ift.builtin_plugins.trainers.adversarial import AdversarialTrainer, EmbeddingAdversarial
+from ift.builtin_plugins.trainers.continual import ContinualTrainer, ElasticWeightConsolidation
+from ift.builtin_plugins.trainers.distill import Distillation, DistillTrainer
 from ift.components import KINDS
 from ift.host import PluginHost
 from ift.records import InstructionRecord, Message
@@ -396,6 +397,34 @@ class TestContinualTrainer(TrainerContract):
             folder / "previous" / "data",
             {"train.jsonl": [r.to_dict() for r in old[:4]], "eval.jsonl": [r.to_dict() for r in old[4:]]},
         )
+
+
+class TestEmbeddingAdversarialObjective(ObjectiveContract):
+    component = EmbeddingAdversarial
+    config = {**TRAIN, "epsilon": 0.5}
+
+
+class TestElasticWeightConsolidationObjective(ObjectiveContract):
+    component = ElasticWeightConsolidation
+    config = TestContinualTrainer.config
+    prepare = TestContinualTrainer.prepare
+
+    def loss_objective(self, trained: Any) -> Any:
+        objective = super().loss_objective(trained)
+        model = trained.result.model  # anchored at other weights, so the penalty is not zero
+        objective.ewc = [(p, torch.ones_like(p), p.detach() + 0.01) for p in model.parameters() if p.requires_grad]
+        return objective
+
+
+class TestDistillationObjective(ObjectiveContract):
+    component = Distillation
+    config = TestDistillTrainer.config
+    prepare = TestDistillTrainer.prepare
+
+    def loss_objective(self, trained: Any) -> Any:
+        objective = super().loss_objective(trained)
+        objective.teacher = copy.deepcopy(trained.result.model).requires_grad_(False)  # what setup() loads
+        return objective
 
 
 # --- metrics ---------------------------------------------------------------------------------------

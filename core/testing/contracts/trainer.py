@@ -216,14 +216,21 @@ class ObjectiveContract(TrainerContract):
         cls = objective_trainer(self.component_class())  # type: ignore[arg-type]
         return cls(cls.Config(**self.config))
 
+    def loss_objective(self, trained: TrainedTiny) -> Any:
+        """The objective whose loss terms :meth:`test_loss_terms_are_well_formed` checks on a batch of the trained
+        model: a fresh one made from ``config``, its ``ctx`` holding the adapter and the tokenizer; its ``setup`` is
+        not called. Override to give it what its ``setup`` would make (a teacher model, say)."""
+        trainer = self.make_trainer(Path("."))
+        objective = trainer.objective(None)  # type: ignore[attr-defined]
+        objective.ctx = type("Ctx", (), {"adapter": trained.tiny.adapter, "tokenizer": trained.tiny.tokenizer})()
+        return objective
+
     def test_loss_terms_are_well_formed(self, trained: TrainedTiny) -> None:
         import torch
 
         from ift.objectives import LossTerms
 
-        tiny, trainer = trained.tiny, self.make_trainer(Path("."))
-        objective = trainer.objective(None)  # type: ignore[attr-defined]
-        objective.ctx = type("Ctx", (), {"adapter": tiny.adapter, "tokenizer": tiny.tokenizer})()
+        tiny, objective = trained.tiny, self.loss_objective(trained)
         model = trained.result.model
         batch = to_device(tiny.adapter.collate(tiny.tokenizer, trained.examples[:4]), model)
         units = objective.units(batch)
