@@ -35,4 +35,6 @@ def test_smollm2_takes_the_chunked_path_with_the_full_logits_loss(smollm2_gguf):
     full.backward()
     assert chunked.item() == pytest.approx(full.item(), rel=1e-5)
     reference = model.get_output_embeddings().weight.grad  # tied: the embedding's gradient is in it too
-    assert float((grad - reference).norm() / reference.norm()) < 1e-5
+    # float32 sums in another order (chunks of 7 rows; BLAS blocking also changes with the threads it gets on a
+    # loaded machine): 2.2e-5 measured under load, under 1e-5 on a quiet machine; a wrong gradient is off by O(1)
+    assert float((grad - reference).norm() / reference.norm()) < 1e-4
