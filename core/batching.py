@@ -18,12 +18,23 @@ from __future__ import annotations
 import bisect
 import random
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 MODES = ("auto", "padding", "length-grouped", "padding-free", "packing")
 
 
 #: Public: plugins and builtin commands may import these names (see ift.PUBLIC_MODULES).
-__all__ = ["BatchPlan", "length_grouped_batches", "pack_best_fit_decreasing", "random_batches", "shuffled"]
+__all__ = [
+    "BatchPlan",
+    "Passes",
+    "activation_bytes_per_token",
+    "forward_token_budget",
+    "length_grouped_batches",
+    "pack_best_fit_decreasing",
+    "random_batches",
+    "shuffled",
+    "split_for_passes",
+]
 
 
 def shuffled(n: int, seed: int, epoch: int) -> list[int]:
@@ -103,3 +114,68 @@ class BatchPlan:
 
     def __len__(self) -> int:
         return -(-len(self.lengths) // self.batch_size)
+
+
+class Passes(list):  # type: ignore[type-arg]
+    """One micro-batch collated as several batches of whole examples (``[trainer] max_tokens_per_forward``): the
+    loop runs a forward and backward pass for each and steps once for the whole micro-batch."""
+
+
+def split_for_passes(lengths: Sequence[int], budget: int, padded: bool) -> list[list[int]]:
+    """Positions of a micro-batch's examples grouped so that each group holds at most ``budget`` tokens: its
+    longest example times its size when ``padded``, else the sum of its lengths. Longest first, so a padded
+    group's examples are alike in length; an example longer than the budget is a group of its own. One group
+    (in the given order) when the whole micro-batch fits."""
+    cost = max(lengths, default=0) * len(lengths) if padded else sum(lengths)
+    if cost <= budget:
+        return [list(range(len(lengths)))]
+    groups: list[list[int]] = []
+    group: list[int] = []
+    used = first = 0
+    for i in sorted(range(len(lengths)), key=lambda j: -lengths[j]):
+        n = lengths[i]
+        if group and (first * (len(group) + 1) if padded else used + n) > budget:
+            groups.append(group)
+            group, used = [], 0
+        if not group:
+            first = n
+        group.append(i)
+        used += n
+    groups.append(group)
+    return groups
+
+
+def activation_bytes_per_token(model_config: Any, element_bytes: int, checkpointed: bool) -> int | None:
+    """An estimate of the activation bytes a transformer keeps for backward per token of a forward pass: per
+    decoder layer about 10 hidden-sized and 4 intermediate-sized values (norm inputs and outputs, q/k/v,
+    attention output, gate, up, their product); with activation checkpointing one hidden state per layer plus
+    one layer being recomputed. None when the config does not give the layer count and width."""
+    hidden = getattr(model_config, "hidden_size", None) or getattr(model_config, "d_model", None)
+    layers = getattr(model_config, "num_hidden_layers", None) or getattr(model_config, "num_layers", None)
+    if not isinstance(hidden, int) or not isinstance(layers, int):
+        return None
+    layers += int(getattr(model_config, "num_decoder_layers", 0) or 0)
+    inner = getattr(model_config, "intermediate_size", None) or getattr(model_config, "d_ff", None) or 4 * hidden
+    per_layer = (10 * hidden + 4 * int(inner)) * element_bytes
+    return layers * hidden * element_bytes + per_layer if checkpointed else layers * per_layer
+
+
+#: What ``max_tokens_per_forward = "auto"`` lets one forward pass keep for backward on a CPU.
+CPU_ACTIVATION_BUDGET = 512 * 2**20
+
+
+def forward_token_budget(
+    requested: int | str, model: Any, device_type: str, element_bytes: int, checkpointed: bool
+) -> int | None:
+    """The tokens one forward pass may hold (``[trainer] max_tokens_per_forward``), or None for one pass per
+    micro-batch. ``auto``: on a CPU, as many as keep about :data:`CPU_ACTIVATION_BUDGET` of activations (by
+    :func:`activation_bytes_per_token`, at least 128); elsewhere (a GPU's batch size is chosen to fit its
+    memory), none."""
+    if requested == "none":
+        return None
+    if isinstance(requested, int):
+        return requested
+    if device_type != "cpu":
+        return None
+    per_token = activation_bytes_per_token(getattr(model, "config", None), element_bytes, checkpointed)
+    return None if not per_token else max(128, CPU_ACTIVATION_BUDGET // per_token)

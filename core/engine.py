@@ -36,6 +36,7 @@ __all__ = [
     "TrainingConfig",
     "adamw",
     "early_stopping_callback",
+    "forward_tokens",
     "resolve_batching",
     "sequence_loader",
     "train",
@@ -59,6 +60,13 @@ class TrainingConfig(TrainerConfig):
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     gradient_accumulation_steps: int = Field(1, gt=0)
+    max_tokens_per_forward: int | Literal["auto", "none"] = Field(
+        "auto",
+        description="Run each micro-batch as several forward/backward passes of whole examples holding at most "
+        "this many (padded) tokens each: the same loss and gradient, less activation memory. auto: on a CPU, "
+        "the tokens whose kept activations fit in about 512 MiB (estimated from the model's shape); on a GPU, "
+        "none. none: one pass per micro-batch.",
+    )
     max_grad_norm: float | None = Field(1.0, gt=0)
     log_every: int = Field(10, gt=0)
     eval_every: int | None = Field(None, gt=0, description="Evaluate every N optimizer steps.")
@@ -91,6 +99,13 @@ class TrainingConfig(TrainerConfig):
         "not the last (with early_stopping_metric).",
     )
     _higher_is_better: bool | None = PrivateAttr(None)
+
+    @field_validator("max_tokens_per_forward")
+    @classmethod
+    def _positive_tokens(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value <= 0:
+            raise ValueError("must be a positive number of tokens, 'auto' or 'none'")
+        return value
 
     @field_validator("early_stopping_metric")
     @classmethod
@@ -191,18 +206,50 @@ def resolve_batching(requested: str, adapter: ModelAdapter, device: Any) -> str:
     return "length-grouped"
 
 
+def forward_tokens(ctx: TrainContext, config: TrainingConfig, objective: Objective) -> int | None:
+    """The tokens one forward pass may hold (``[trainer] max_tokens_per_forward`` resolved for ``ctx.model`` on its
+    device, :func:`ift.batching.forward_token_budget`), or None for one pass per micro-batch, as
+    :func:`sequence_loader` takes it. An objective whose loss couples the examples of a micro-batch
+    (:meth:`~ift.Objective.splits` false) is never split; asking for a number of tokens then is a recipe error."""
+    from ift.batching import forward_token_budget
+
+    requested = config.max_tokens_per_forward
+    if not objective.splits():
+        if isinstance(requested, int):
+            raise RecipeError(
+                [
+                    Problem(
+                        "trainer.max_tokens_per_forward",
+                        f"the {objective.name!r} objective couples the examples of a micro-batch (its loss is not a "
+                        "sum over examples), so a micro-batch cannot be split; remove the key or lower "
+                        "trainer.batch_size",
+                    )
+                ]
+            )
+        return None
+    device = next(ctx.model.parameters()).device
+    wide = config.precision == "fp32" or (config.precision == "auto" and device.type == "cpu")
+    return forward_token_budget(requested, ctx.model, device.type, 4 if wide else 2, config.gradient_checkpointing)
+
+
 def sequence_loader(
-    ctx: TrainContext, config: TrainingConfig, mode: str, examples: Sequence[EncodedExample] | None = None
+    ctx: TrainContext,
+    config: TrainingConfig,
+    mode: str,
+    examples: Sequence[EncodedExample] | None = None,
+    forward_tokens: int | None = None,
 ) -> Any:
     """The loader of sequence ``examples`` (``ctx.train_examples`` by default): a DataLoader whose
     ``batch_sampler`` is a :class:`~ift.batching.BatchPlan`; examples become batches per ``mode``. It has a
     generator of its own so that starting an epoch never draws from the global RNG (which dropout uses, and
     which a resume restores). Each batch also carries ``sources``, the [[data]] table name of each example in
-    ``record_ids`` order, and ``tasks``, each example's task or None."""
+    ``record_ids`` order, and ``tasks``, each example's task or None. With ``forward_tokens`` a micro-batch that
+    holds more tokens is collated as :class:`~ift.batching.Passes` of whole examples (packed rows in ``packing``
+    mode) of at most that many tokens each (:func:`~ift.batching.split_for_passes`)."""
     import torch
     from torch.utils.data import DataLoader
 
-    from ift.batching import BatchPlan, pack_best_fit_decreasing
+    from ift.batching import BatchPlan, Passes, pack_best_fit_decreasing, split_for_passes
     from ift.examples import PackedRows
     from ift.examples import lengths as example_lengths
 
@@ -230,12 +277,23 @@ def sequence_loader(
             "tasks": [e.task for e in batch],
         }
 
+    def tokens(e: EncodedExample) -> int:  # a seq2seq example's target is a sequence of its own
+        return len(e.input_ids) + (len(e.labels) if len(e.labels) != len(e.input_ids) else 0)
+
+    def passes(items: list[Any], costs: list[int], padded_cost: bool, collate: Any) -> Any:
+        if forward_tokens is None:
+            return collate(items)
+        groups = split_for_passes(costs, forward_tokens, padded_cost)
+        if len(groups) == 1:
+            return collate(items)
+        return Passes(collate([items[i] for i in group]) for group in groups)
+
     examples = ctx.train_examples if examples is None else examples
     lengths = example_lengths(examples)  # read from the table's offsets: no example is built here
     if mode == "packing":
         bins = PackedRows(examples, pack_best_fit_decreasing(lengths, config.max_length))
         plan = BatchPlan("padding", [1] * len(bins), config.batch_size, ctx.seed, config.shuffle)
-        return loader(bins, plan, packed)
+        return loader(bins, plan, lambda rows: passes(rows, [config.max_length] * len(rows), False, packed))
     plan = BatchPlan(
         "length-grouped" if mode == "length-grouped" else "padding",
         lengths,
@@ -244,8 +302,10 @@ def sequence_loader(
         config.shuffle,
     )
     if mode == "padding-free":
-        return loader(examples, plan, lambda batch: packed([batch]))
-    return loader(examples, plan, padded)
+        return loader(
+            examples, plan, lambda batch: passes(batch, [tokens(e) for e in batch], False, lambda b: packed([b]))
+        )
+    return loader(examples, plan, lambda batch: passes(batch, [tokens(e) for e in batch], True, padded))
 
 
 def train(
@@ -315,6 +375,10 @@ class _Loop:
         if cfg.gradient_checkpointing:
             ctx.adapter.enable_gradient_checkpointing(model)
         device = next(model.parameters()).device
+        if device.type == "cpu":
+            from ift.allocator import tune_for_training
+
+            tune_for_training()
         precision = cfg.precision
         if precision == "auto":
             precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
@@ -325,7 +389,9 @@ class _Loop:
         loader = objective.loader(ctx, mode)
         if loader is None:
             loader = (
-                self.given_loader(ctx, mode) if self.given_loader else sequence_loader(ctx, cfg, mode, self.examples)
+                self.given_loader(ctx, mode)
+                if self.given_loader
+                else sequence_loader(ctx, cfg, mode, self.examples, forward_tokens(ctx, cfg, objective))
             )
         plan = loader.batch_sampler
         optimizer = self.make_optimizer(model, cfg)
@@ -431,6 +497,8 @@ class _Loop:
                     micro.append(batch)
                 if not micro:
                     break
+                loaded = len(micro)
+                micro = [part for b in micro for part in (b if isinstance(b, list) else [b])]  # Passes
                 units = [objective.units(b) for b in micro]  # once per micro-batch: known before any forward
                 n_units = int(accelerator.reduce(torch.tensor(sum(units), device=accelerator.device), reduction="sum"))
                 step_loss = 0.0
@@ -466,7 +534,7 @@ class _Loop:
                         unsplit += 1
                     faults.point(f"micro-{loop.step + 1}-{i}")
                 grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf))
-                loop.consumed += len(micro) * accelerator.num_processes
+                loop.consumed += loaded * accelerator.num_processes
                 if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
                     ids = [rid for b in micro for rid in b.get("record_ids", [])]
                     if loop.skipped >= cfg.skip_nonfinite_steps:

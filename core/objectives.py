@@ -93,6 +93,13 @@ class Objective(Component, ABC):
         """Called once before the first step, with the model as it will be trained (load a teacher or a
         reference model here, precompute what the loss needs)."""
 
+    def splits(self) -> bool:
+        """Whether a micro-batch may run as several forward/backward passes of whole examples
+        (``[trainer] max_tokens_per_forward``): true when the loss is a sum over examples, as the default and
+        every token-summed objective's is. An objective that couples the examples of a micro-batch (a
+        perturbation normalised over the whole batch) returns False."""
+        return True
+
     def units(self, batch: Mapping[str, Any]) -> int:
         """How many units of loss this micro-batch holds (trained tokens by default), known before the forward
         pass."""

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ift.components import Trainer
-from ift.engine import Callback, TrainingConfig, sequence_loader, train
+from ift.engine import Callback, TrainingConfig, forward_tokens, sequence_loader, train
 from ift.objectives import LossTerms, Objective, ObjectiveConfig
 from ift.training import TrainContext, TrainResult
 
@@ -63,7 +63,8 @@ class SFTTrainer(Trainer):
 
     def build_loader(self, ctx: TrainContext, mode: str) -> Any:
         """The batches of :meth:`training_examples` for batching ``mode`` (:func:`ift.engine.sequence_loader`)."""
-        return sequence_loader(ctx, self.config, mode, self.training_examples(ctx))
+        examples = self.training_examples(ctx)
+        return sequence_loader(ctx, self.config, mode, examples, forward_tokens(ctx, self.config, self.objective(ctx)))
 
     def train(self, ctx: TrainContext) -> TrainResult:
         return train(

@@ -90,6 +90,10 @@ class EmbeddingAdversarial(RunningTotals, ift.Objective):
     def setup(self, ctx: ift.TrainContext, model: Any) -> None:
         self.start_totals()  # clean loss, adversarial loss, loss tokens
 
+    def splits(self) -> bool:
+        # perturb = "weights" normalises one perturbation over every row the micro-batch uses
+        return self.config.perturb == "positions"
+
     def loss(self, model: Any, batch: dict[str, Any]) -> ift.LossTerms:
         import torch
 

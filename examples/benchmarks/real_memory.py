@@ -3,8 +3,9 @@
 (a SmolLM2 folder: ``smollm2_folder.py``). Each configuration runs in a fresh process through
 ``child_ift.py`` (the ``ift run`` code path, measured by ``probe.py``), in rounds A B C A B C.
 
-The data are seeded prompt/completion rows of English words (``workload.WORDS``), 60-500 words per example,
-so most batches reach max_length 512 with the real tokenizer: a memory workload, not real instruction text.
+The data are seeded prompt/completion rows of English words (``workload.WORDS``), 370-600 words per example,
+so every example is cut at max_length 512 with the real tokenizer and every batch holds 8 x 512 tokens: the
+worst case of that batch shape, a memory workload, not real instruction text.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from workload import VERBS, WORDS, write_jsonl  # noqa: E402
 
 CONFIGS = {
     "defaults": ("", ""),
+    "one pass per micro-batch": ("", 'max_tokens_per_forward = "none"'),
     "gradient_checkpointing": ("", "gradient_checkpointing = true"),
     "lora r=16": (
         '[model.peft]\nmethod = "lora"\nr = 16\ntarget_modules = ["q_proj", "k_proj", "v_proj", '
@@ -38,7 +40,7 @@ def rows(n: int, seed: int = 0) -> list[dict[str, str]]:
     out = []
     for i in range(n):
         prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 100)))
-        answer = " ".join(rng.choice(WORDS) for _ in range(rng.randint(40, 400)))
+        answer = " ".join(rng.choice(WORDS) for _ in range(rng.randint(350, 500)))
         out.append({"prompt": f"{rng.choice(VERBS)} #{i}: {prompt}\n", "completion": answer})
     return out
 
@@ -51,7 +53,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batching", default="auto")
-    p.add_argument("--only", default=None)
+    p.add_argument("--only", default=None, help="comma-separated parts of configuration names")
     args = p.parse_args()
     from transformers import AutoTokenizer
 
@@ -70,7 +72,8 @@ def main() -> int:
         "shuffle": True,
     }
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    results: dict[str, list[dict]] = {name: [] for name in CONFIGS if not args.only or args.only in name}
+    wanted = args.only.split(",") if args.only else None
+    results: dict[str, list[dict]] = {name: [] for name in CONFIGS if not wanted or any(w in name for w in wanted)}
     for r in range(args.rounds):
         for name in results:
             model_extra, trainer_extra = CONFIGS[name]

@@ -28,7 +28,10 @@ def main(out: Path) -> None:
     path = gguf_file()
     loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    fresh = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # else save_pretrained refuses, and so does every run's save
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
     if unexpected or any(not k.endswith("lm_head.weight") for k in missing):
         raise SystemExit(f"weights do not fit the config: missing {missing}, unexpected {unexpected}")

@@ -333,3 +333,90 @@ def test_the_loop_trains_on_the_examples_it_is_given_and_reports_their_sources(m
         "s": sum(e.trainable_tokens for e in own),
         "added": sum(e.trainable_tokens for e in added),
     }
+
+
+class Calls(ift.NLL):
+    """NLL that records the examples of each forward pass."""
+
+    name = "nll"
+
+    def setup(self, ctx: ift.TrainContext, model: Any) -> None:
+        self.passes: list[list[str]] = []
+
+    def loss(self, model: Any, batch: dict[str, Any]) -> ift.LossTerms:
+        self.passes.append(list(batch["record_ids"]))
+        return super().loss(model, batch)
+
+
+@pytest.mark.parametrize("batching", ["padding", "length-grouped", "padding-free", "packing"])
+def test_a_micro_batch_split_into_passes_trains_exactly_as_one_pass(make_context: Any, batching: str):
+    """``max_tokens_per_forward``: each micro-batch runs as several forward/backward passes of whole examples
+    and updates as the unsplit micro-batch does (the same loss, per-source figures and weights), every example
+    trained once per epoch."""
+    config = dict(
+        batch_size=4, epochs=1, shuffle=False, batching=batching, learning_rate=1e-2, log_every=1, max_length=64
+    )
+    runs = {}
+    for budget in ("none", 24):
+        events: list[dict[str, Any]] = []
+        ctx = make_context(events)
+        objective = Calls(ift.ObjectiveConfig())
+        ift.train(ctx, objective, ift.TrainingConfig(max_tokens_per_forward=budget, **config))
+        runs[budget] = (events, weights(ctx.model), objective.passes)
+    (whole, a, one), (split, b, many) = runs["none"], runs[24]
+    assert len(many) > len(one) and sorted(sum(many, [])) == sorted(sum(one, []))  # split, each example once
+    if batching != "packing":  # packed rows of 64 tokens: one row per pass
+        lengths = {e.record_id: len(e.input_ids) for e in make_context([]).train_examples}
+        for ids in many:
+            cost = (
+                sum(lengths[i] for i in ids) if batching == "padding-free" else max(lengths[i] for i in ids) * len(ids)
+            )
+            assert len(ids) == 1 or cost <= 24
+    assert [e["loss"] for e in split] == pytest.approx([e["loss"] for e in whole], rel=1e-5)
+    assert [e["tokens"] for e in split] == [e["tokens"] for e in whole]
+    assert [e["trainable_tokens_by_source"] for e in split] == [e["trainable_tokens_by_source"] for e in whole]
+    assert max(float((a[n] - b[n]).abs().max()) for n in a) < 1e-6
+
+
+def test_passes_are_grouped_by_length_and_an_overlong_example_runs_alone():
+    from ift.batching import split_for_passes
+
+    assert split_for_passes([5, 9, 3], 27, padded=True) == [[0, 1, 2]]  # fits: one pass, order kept
+    assert split_for_passes([5, 9, 3, 8], 20, padded=True) == [[1, 3], [0, 2]]  # 9*2, then 5*2
+    assert split_for_passes([5, 9, 3, 8], 20, padded=False) == [[1, 3], [0, 2]]  # 17, then 8
+    assert split_for_passes([40, 2, 2], 10, padded=False) == [[0], [1, 2]]
+
+
+def test_the_automatic_token_budget_follows_the_device_and_the_model_shape():
+    from types import SimpleNamespace
+
+    from ift.batching import CPU_ACTIVATION_BUDGET, activation_bytes_per_token, forward_token_budget
+
+    smollm2 = SimpleNamespace(config=SimpleNamespace(hidden_size=576, intermediate_size=1536, num_hidden_layers=30))
+    per_token = 30 * (10 * 576 + 4 * 1536) * 4
+    assert activation_bytes_per_token(smollm2.config, 4, False) == per_token
+    assert forward_token_budget("auto", smollm2, "cpu", 4, False) == CPU_ACTIVATION_BUDGET // per_token == 375
+    assert forward_token_budget("auto", smollm2, "cpu", 4, True) > 4096  # checkpointed: one hidden state per layer
+    assert forward_token_budget("auto", smollm2, "cuda", 4, False) is None
+    assert forward_token_budget("none", smollm2, "cpu", 4, False) is None
+    assert forward_token_budget(1000, smollm2, "cuda", 2, False) == 1000
+    assert forward_token_budget("auto", SimpleNamespace(config=SimpleNamespace()), "cpu", 4, False) is None
+    t5 = SimpleNamespace(d_model=512, d_ff=2048, num_layers=6, num_decoder_layers=6)
+    assert activation_bytes_per_token(t5, 4, False) == 12 * (10 * 512 + 4 * 2048) * 4
+    with pytest.raises(ValueError, match="positive number of tokens"):
+        ift.TrainingConfig(max_tokens_per_forward=0)
+
+
+def test_an_objective_that_couples_its_examples_is_never_split(make_context: Any):
+    class Coupled(Calls):
+        def splits(self) -> bool:
+            return False
+
+    config = dict(batch_size=4, max_steps=1, shuffle=False, batching="padding")
+    objective = Coupled(ift.ObjectiveConfig())
+    ift.train(make_context([]), objective, ift.TrainingConfig(**config))  # auto: not split
+    assert [len(p) for p in objective.passes] == [4]
+    with pytest.raises(ift.RecipeError, match="the .nll. objective couples the examples"):
+        ift.train(
+            make_context([]), Coupled(ift.ObjectiveConfig()), ift.TrainingConfig(max_tokens_per_forward=8, **config)
+        )

@@ -4,11 +4,13 @@ the declared data seam (``training_examples``) instead of a changed context."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 import ift
 from ift.builtin_plugins.trainers import (
@@ -144,3 +146,23 @@ def test_the_ewc_penalty_is_a_logged_term_on_top_of_the_per_source_loss(tiny, ma
     for event in (first, second):  # one source: the logged loss is its cross-entropy plus the penalty
         assert event["loss"] == pytest.approx(event["loss_by_source"]["new"] + event["loss_terms"]["ewc"], rel=1e-5)
     assert result.summary["continual"]["ewc"]["final_penalty"] > 0
+
+
+def test_adversarial_weights_perturbation_is_never_split_and_positions_are(tiny, make_context):
+    """perturb = "weights" normalises one perturbation over the whole micro-batch: splitting it into passes would
+    change the loss, so it is refused; per-position perturbations are per sequence and split exactly."""
+    adapter, tokenizer, model = tiny
+    examples = [encode(adapter, tokenizer, w) for w in WORDS[:6]]
+    keys = dict(epsilon=0.5, max_steps=1, **STEPS)
+    weights = AdversarialTrainer(AdversarialTrainer.Config(max_tokens_per_forward=8, **keys))
+    with pytest.raises(ift.RecipeError, match="'sft-adversarial' objective couples the examples of a micro-batch"):
+        run(weights, make_context(adapter, tokenizer, model.train(), examples))
+    losses = []
+    for budget in ("none", 8):
+        torch.manual_seed(0)
+        trainer = AdversarialTrainer(
+            AdversarialTrainer.Config(perturb="positions", max_tokens_per_forward=budget, **keys)
+        )
+        ctx = make_context(adapter, tokenizer, copy.deepcopy(model).train(), examples)
+        losses.append(run(trainer, ctx)[1][0]["adversarial_loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)

@@ -1,0 +1,54 @@
+"""``ift.allocator``: on glibc, blocks freed after training-sized allocations go back to the system."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ift import allocator
+
+PROGRAM = """
+import ctypes, ctypes.util, os, sys
+from ift.allocator import tune_for_training
+tuned = tune_for_training()
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+page = os.sysconf("SC_PAGE_SIZE")
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * page
+size = 4 << 20
+libc.free(libc.malloc(2 * size))  # untuned glibc raises its mmap threshold above 4 MiB here
+big, small = [], []
+for _ in range(100):
+    p = libc.malloc(size)
+    ctypes.memset(p, 1, size)
+    big.append(p)
+    small.append(libc.malloc(200 << 10))  # from the untuned heap: pins it between the big blocks
+before = rss()
+for p in big:
+    libc.free(p)
+print(tuned, (before - rss()) >> 20)
+"""
+
+
+def released(tuning: str) -> tuple[str, int]:
+    env = dict(os.environ, IFT_MALLOC_TUNING=tuning)
+    out = subprocess.run([sys.executable, "-c", PROGRAM], env=env, capture_output=True, text=True, check=True)
+    tuned, mib = out.stdout.split()
+    return tuned, int(mib)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_freed_activation_sized_blocks_are_returned_to_the_system():
+    assert released("1") == ("True", pytest.approx(400, abs=20))  # 100 blocks of 4 MiB given back
+    tuned, mib = released("0")
+    assert tuned == "False" and mib < 50  # the untuned heap keeps them
+
+
+def test_the_tuning_can_be_switched_off(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(allocator, "_tuned", False)
+    monkeypatch.setenv("IFT_MALLOC_TUNING", "0")
+    assert allocator.tune_for_training() is False
