@@ -28,6 +28,7 @@ __all__ = [
     "BatchPlan",
     "Passes",
     "activation_bytes_per_token",
+    "checkpoints_by_default",
     "forward_token_budget",
     "length_grouped_batches",
     "pack_best_fit_decreasing",
@@ -161,7 +162,16 @@ def activation_bytes_per_token(model_config: Any, element_bytes: int, checkpoint
 
 
 #: What ``max_tokens_per_forward = "auto"`` lets one forward pass keep for backward on a CPU.
-CPU_ACTIVATION_BUDGET = 512 * 2**20
+CPU_ACTIVATION_BUDGET = 256 * 2**20
+
+
+def checkpoints_by_default(model: Any, device_type: str, element_bytes: int, max_length: int) -> bool:
+    """``gradient_checkpointing = "auto"``: on a CPU, whether one ``max_length`` example would keep more than
+    :data:`CPU_ACTIVATION_BUDGET` of activations, which no split at example boundaries can avoid."""
+    if device_type != "cpu":
+        return False
+    per_token = activation_bytes_per_token(getattr(model, "config", None), element_bytes, False)
+    return per_token is not None and per_token * max_length > CPU_ACTIVATION_BUDGET
 
 
 def forward_token_budget(

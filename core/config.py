@@ -27,17 +27,19 @@ class TrainerConfig(ComponentConfig):
     batching: Literal["auto", "padding", "length-grouped", "padding-free", "packing"] = Field(
         "auto", description="How examples become batches; auto picks the fastest the model and hardware allow."
     )
-    gradient_checkpointing: bool = Field(
-        False,
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto",
         description="Keep only each layer's input in the forward pass and recompute the layer in backward "
-        "(activation checkpointing): less memory, about one more forward pass of time. Same loss and gradients.",
+        "(activation checkpointing): less memory, about one more forward pass of time. Same loss and gradients. "
+        "auto: on a CPU when one max_length example's activations would exceed the budget of a forward pass "
+        "(see max_tokens_per_forward) and the adapter supports it; off on a GPU.",
     )
 
     @model_validator(mode="after")
     def _adapter_checkpoints(self, info: ValidationInfo) -> Any:
         model = (info.context or {}).get("model")
         if (
-            self.gradient_checkpointing
+            self.gradient_checkpointing is True
             and model is not None
             and not getattr(model.cls, "supports_gradient_checkpointing", False)
         ):

@@ -35,6 +35,7 @@ __all__ = [
     "SchedulerFactory",
     "TrainingConfig",
     "adamw",
+    "checkpointing",
     "early_stopping_callback",
     "forward_tokens",
     "resolve_batching",
@@ -227,9 +228,33 @@ def forward_tokens(ctx: TrainContext, config: TrainingConfig, objective: Objecti
                 ]
             )
         return None
+    if ctx.model is None:  # a loader built to look at its batches, with no model to size passes for
+        return requested if isinstance(requested, int) else None
     device = next(ctx.model.parameters()).device
-    wide = config.precision == "fp32" or (config.precision == "auto" and device.type == "cpu")
-    return forward_token_budget(requested, ctx.model, device.type, 4 if wide else 2, config.gradient_checkpointing)
+    checkpointed = checkpointing(ctx, config)
+    return forward_token_budget(requested, ctx.model, device.type, _element_bytes(config, device.type), checkpointed)
+
+
+def _element_bytes(config: TrainingConfig, device_type: str) -> int:
+    return 4 if config.precision == "fp32" or (config.precision == "auto" and device_type == "cpu") else 2
+
+
+def checkpointing(ctx: TrainContext, config: TrainingConfig) -> bool:
+    """``[trainer] gradient_checkpointing`` resolved: ``auto`` is on where the adapter and the model support it
+    and :func:`ift.batching.checkpoints_by_default` says so (a CPU, an example's activations over the budget of a
+    forward pass)."""
+    from ift.batching import checkpoints_by_default
+
+    if config.gradient_checkpointing != "auto":
+        return bool(config.gradient_checkpointing)
+    model = ctx.model
+    if model is None:
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not (ctx.adapter.supports_gradient_checkpointing and getattr(base, "supports_gradient_checkpointing", False)):
+        return False
+    device = next(model.parameters()).device
+    return checkpoints_by_default(model, device.type, _element_bytes(config, device.type), config.max_length)
 
 
 def sequence_loader(
@@ -372,7 +397,8 @@ class _Loop:
 
         ctx, cfg, objective, callbacks = self.ctx, self.cfg, self.objective, self.callbacks
         model = ctx.model
-        if cfg.gradient_checkpointing:
+        checkpointed = checkpointing(ctx, cfg)
+        if checkpointed:
             ctx.adapter.enable_gradient_checkpointing(model)
         device = next(model.parameters()).device
         if device.type == "cpu":
@@ -387,6 +413,7 @@ class _Loop:
         objective.setup(ctx, model)
         mode = resolve_batching(cfg.batching, ctx.adapter, device)
         loader = objective.loader(ctx, mode)
+        loader_is_sequences = loader is None
         if loader is None:
             loader = (
                 self.given_loader(ctx, mode)
@@ -608,6 +635,8 @@ class _Loop:
             "epochs": round(loop.step / steps_per_epoch, 4),
             "train_seconds": round(seconds, 2),
             "batching": mode,
+            "gradient_checkpointing": checkpointed,
+            "max_tokens_per_forward": forward_tokens(ctx, cfg, objective) if loader_is_sequences else None,
             "skipped_nonfinite_steps": loop.skipped,
             **meter.totals(seconds),
         }

@@ -1,6 +1,6 @@
-"""Peak RSS and tokens/s of ift on a real pretrained model folder, with its defaults, with
-``gradient_checkpointing = true`` and with LoRA: ``python examples/benchmarks/real_memory.py --model-dir DIR``
-(a SmolLM2 folder: ``smollm2_folder.py``). Each configuration runs in a fresh process through
+"""Peak RSS and tokens/s of ift on a real pretrained model folder, with its defaults, with checkpointing and
+token-budget passes switched off, and with LoRA: ``python examples/benchmarks/real_memory.py --model-dir DIR`` (a
+SmolLM2 folder: ``smollm2_folder.py``). Each configuration runs in a fresh process through
 ``child_ift.py`` (the ``ift run`` code path, measured by ``probe.py``), in rounds A B C A B C.
 
 The data are seeded prompt/completion rows of English words (``workload.WORDS``), 370-600 words per example,
@@ -23,15 +23,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from workload import VERBS, WORDS, write_jsonl  # noqa: E402
 
+LORA = (
+    '[model.peft]\nmethod = "lora"\nr = 16\ntarget_modules = ["q_proj", "k_proj", "v_proj", '
+    '"o_proj", "gate_proj", "up_proj", "down_proj"]'
+)
 CONFIGS = {
     "defaults": ("", ""),
-    "one pass per micro-batch": ("", 'max_tokens_per_forward = "none"'),
-    "gradient_checkpointing": ("", "gradient_checkpointing = true"),
-    "lora r=16": (
-        '[model.peft]\nmethod = "lora"\nr = 16\ntarget_modules = ["q_proj", "k_proj", "v_proj", '
-        '"o_proj", "gate_proj", "up_proj", "down_proj"]',
-        "",
-    ),
+    "no checkpointing": ("", "gradient_checkpointing = false"),
+    "one pass, no checkpointing (before)": ("", 'max_tokens_per_forward = "none"\ngradient_checkpointing = false'),
+    "lora r=16": (LORA, ""),
+    "lora r=16, no checkpointing": (LORA, "gradient_checkpointing = false"),
 }
 
 
@@ -77,7 +78,7 @@ def main() -> int:
     for r in range(args.rounds):
         for name in results:
             model_extra, trainer_extra = CONFIGS[name]
-            work = args.work_dir / f"{name.split()[0]}-{r}"
+            work = args.work_dir / f"{''.join(c if c.isalnum() else '-' for c in name)}-{r}"
             spec = {
                 "work_dir": str(work),
                 "data_path": str(data),

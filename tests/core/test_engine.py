@@ -390,13 +390,25 @@ def test_passes_are_grouped_by_length_and_an_overlong_example_runs_alone():
 def test_the_automatic_token_budget_follows_the_device_and_the_model_shape():
     from types import SimpleNamespace
 
-    from ift.batching import CPU_ACTIVATION_BUDGET, activation_bytes_per_token, forward_token_budget
+    from ift.batching import (
+        CPU_ACTIVATION_BUDGET,
+        activation_bytes_per_token,
+        checkpoints_by_default,
+        forward_token_budget,
+    )
 
     smollm2 = SimpleNamespace(config=SimpleNamespace(hidden_size=576, intermediate_size=1536, num_hidden_layers=30))
     per_token = 30 * (10 * 576 + 4 * 1536) * 4
     assert activation_bytes_per_token(smollm2.config, 4, False) == per_token
-    assert forward_token_budget("auto", smollm2, "cpu", 4, False) == CPU_ACTIVATION_BUDGET // per_token == 375
-    assert forward_token_budget("auto", smollm2, "cpu", 4, True) > 4096  # checkpointed: one hidden state per layer
+    assert forward_token_budget("auto", smollm2, "cpu", 4, False) == CPU_ACTIVATION_BUDGET // per_token == 187
+    # checkpointed: one hidden state per layer and one layer recomputed
+    assert (
+        forward_token_budget("auto", smollm2, "cpu", 4, True)
+        == CPU_ACTIVATION_BUDGET // (30 * 576 * 4 + per_token // 30)
+        == 2299
+    )
+    assert checkpoints_by_default(smollm2, "cpu", 4, 512)  # one 512-token example alone keeps 731 MB
+    assert not checkpoints_by_default(smollm2, "cpu", 4, 128) and not checkpoints_by_default(smollm2, "cuda", 4, 512)
     assert forward_token_budget("auto", smollm2, "cuda", 4, False) is None
     assert forward_token_budget("none", smollm2, "cpu", 4, False) is None
     assert forward_token_budget(1000, smollm2, "cuda", 2, False) == 1000
@@ -420,3 +432,23 @@ def test_an_objective_that_couples_its_examples_is_never_split(make_context: Any
         ift.train(
             make_context([]), Coupled(ift.ObjectiveConfig()), ift.TrainingConfig(max_tokens_per_forward=8, **config)
         )
+
+
+def test_automatic_checkpointing_follows_the_model_and_is_reported(make_context: Any, monkeypatch: pytest.MonkeyPatch):
+    """``gradient_checkpointing = "auto"``: off for a model whose max_length example fits the budget of a pass,
+    on (and reported in the summary) once it does not; an explicit false wins."""
+    import ift.batching
+
+    config = dict(batch_size=4, max_steps=1, shuffle=False, batching="padding")
+    result = ift.train(make_context([]), ift.NLL(ift.ObjectiveConfig()), ift.TrainingConfig(**config))
+    assert result.summary["gradient_checkpointing"] is False
+    assert result.summary["max_tokens_per_forward"] > 10_000
+    monkeypatch.setattr(ift.batching, "CPU_ACTIVATION_BUDGET", 1000)  # the tiny model's 1,024-token example: 1.2 MB
+    ctx = make_context([])
+    result = ift.train(ctx, ift.NLL(ift.ObjectiveConfig()), ift.TrainingConfig(**config))
+    assert result.summary["gradient_checkpointing"] is True and ctx.model.model.gradient_checkpointing
+    assert result.summary["max_tokens_per_forward"] == 128  # the smallest automatic budget
+    off = ift.train(
+        make_context([]), ift.NLL(ift.ObjectiveConfig()), ift.TrainingConfig(gradient_checkpointing=False, **config)
+    )
+    assert off.summary["gradient_checkpointing"] is False
