@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from importlib import metadata
@@ -40,7 +41,7 @@ from ift.redact import install as mask_credentials_in_logs
 from ift.redact import redact
 from ift.resume import check_same_run, checkpoint_step, choose_checkpoint, run_identity, trim_events
 from ift.rundir import RunDirectory
-from ift.runtime import finish_distributed, is_main_process, seed_everything, world_size
+from ift.runtime import finish_distributed, is_main_process, rank, seed_everything, world_size
 from ift.training import TrainContext
 
 #: The sampled generations of each stage evaluated so far; a resume takes back those it does not repeat.
@@ -181,7 +182,7 @@ class Run:
         key = self._cache_key(adapter, tokenizer, renderer)
         cache = PreparedCache()
         started = time.perf_counter()
-        if key is not None and (hit := cache.load(key)) is not None:
+        if key is not None and (hit := self._cached(cache, key)) is not None:
             if "adapter" in hit.report:  # what the adapter learned from the training split (a classifier's labels)
                 adapter.restore_data(hit.report["adapter"])
             self.manifest["data"] = hit.report
@@ -248,6 +249,28 @@ class Run:
         finally:  # a committed entry was renamed away; anything else goes
             shutil.rmtree(folder, ignore_errors=True)
         return prepared
+
+    @staticmethod
+    def _cached(cache: PreparedCache, key: str) -> Prepared | None:
+        """The cache entry ``key``. Under torchrun on one machine global rank 0 prepares the data and commits the
+        entry, and every other rank waits for it and maps the same files (read-only memory maps: one copy in
+        the page cache, not one per rank). A rank that waits longer than ``IFT_PREPARE_WAIT_SECONDS`` (default
+        3600) prepares its own copy, as ranks on other machines (which may not share the cache folder) do."""
+        hit = cache.load(key)
+        if hit is not None or is_main_process() or os.environ.get("LOCAL_WORLD_SIZE") != str(world_size()):
+            return hit
+        wait = float(os.environ.get("IFT_PREPARE_WAIT_SECONDS", "3600"))
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            if (cache.root / key / "complete.json").is_file() and (hit := cache.load(key)) is not None:
+                return hit
+        warnings.warn(
+            f"rank {rank()}: rank 0's prepared data did not appear in {cache.root} within {wait:g} s "
+            "(IFT_PREPARE_WAIT_SECONDS); preparing this rank's own copy",
+            stacklevel=2,
+        )
+        return None
 
     def _report_data(self) -> None:
         """Write the records trained and evaluated on (``data/train.jsonl``, ``data/eval.jsonl``: what a later
