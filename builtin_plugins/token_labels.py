@@ -17,8 +17,10 @@ post-processor trims offsets, ``ByteLevel(trim_offsets=True)``).
 
 from __future__ import annotations
 
+import gc
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
@@ -225,6 +227,20 @@ def _called(tokenizer: Any, texts: list[str]) -> list[tuple[list[int], list[tupl
     ]
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for the block (on again afterwards, also on an exception, when it was on):
+    converting a batch's offsets allocates a tuple per token, and every 700 allocations would start a collection
+    that finds nothing (a quarter of the conversion's time)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 @dataclass
 class BatchLabels:
     """Token ids and labels of many texts, end to end: text ``i`` is ``ids[bounds[i]:bounds[i + 1]]`` (numpy int64
@@ -247,39 +263,40 @@ def batch_labels(tokenizer: Any, texts: Sequence[str], trainable: Sequence[bytes
     import numpy as np
 
     texts = list(texts)
-    encodings = _encodings(tokenizer, texts)
-    if encodings is not None:
-        id_lists = [e.ids for e in encodings]
-        span_lists = [e.offsets for e in encodings]
-    else:
-        pairs = _called(tokenizer, texts)
-        id_lists = [ids for ids, _ in pairs]
-        span_lists = [offs for _, offs in pairs]
-    counts = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
-    bounds = np.zeros(len(texts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=bounds[1:])
-    total = int(bounds[-1])
-    ids = np.fromiter(chain.from_iterable(id_lists), dtype=np.int64, count=total)
-    spans = np.fromiter(chain.from_iterable(chain.from_iterable(span_lists)), dtype=np.int64, count=2 * total)
-    spans = spans.reshape(total, 2)
+    with _collector_paused():  # a (start, end) tuple per token: hundreds of thousands, none of them in a cycle
+        encodings = _encodings(tokenizer, texts)
+        if encodings is not None:
+            id_lists = [e.ids for e in encodings]
+            span_lists = [e.offsets for e in encodings]
+        else:
+            pairs = _called(tokenizer, texts)
+            id_lists = [ids for ids, _ in pairs]
+            span_lists = [offs for _, offs in pairs]
+        counts = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
+        bounds = np.zeros(len(texts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=bounds[1:])
+        total = int(bounds[-1])
+        ids = np.fromiter(chain.from_iterable(id_lists), dtype=np.int64, count=total)
+        spans = np.fromiter(chain.from_iterable(chain.from_iterable(span_lists)), dtype=np.int64, count=2 * total)
+        del encodings, id_lists, span_lists
+    first, last = spans[0::2], spans[1::2]  # each token's span, in its own text's characters
     sizes = np.fromiter(map(len, trainable), dtype=np.int64, count=len(texts))
     base = np.zeros(len(texts) + 1, dtype=np.int64)
     np.cumsum(sizes, out=base[1:])
     owner = np.repeat(np.arange(len(texts)), counts)  # each token's text
     n, origin = sizes[owner], base[owner]
-    mask = np.frombuffer(b"".join(bytes(m) for m in trainable) + b"\x00", dtype=np.uint8) != 0
+    # every text's characters end to end, then one more (index -1 and the end of an empty text land on it)
+    mask = np.frombuffer(b"".join(trainable) + b"\x00", dtype=np.uint8) != 0
     cum = np.zeros(len(mask) + 1, dtype=np.int64)
     np.cumsum(mask, out=cum[1:])
-    start, end = np.clip(spans[:, 0], 0, n), np.clip(spans[:, 1], 0, n)
-    nonempty = spans[:, 1] > spans[:, 0]
-    inside = start < n
-    last = np.maximum(n - 1, 0)
-    at = mask[origin + np.minimum(start, last)] & (n > 0)  # the character a token begins on
-    begins = nonempty & inside & at
-    reaches = (cum[origin + end] - cum[origin + start]) > 0
-    straddle = nonempty & ~begins & reaches
-    has_before, has_after = start > 0, inside
-    before = mask[origin + np.maximum(start - 1, 0)] & (n > 0)
+    start = np.minimum(np.maximum(first, 0), n)
+    end = np.minimum(np.maximum(last, 0), n)
+    nonempty = last > first
+    has_before, has_after = start > 0, start < n  # has_after: the token begins inside the text (so n > 0)
+    at = mask[origin + np.minimum(start, n - 1)]  # the character a token begins on (when n > 0)
+    begins = nonempty & has_after & at
+    straddle = nonempty & ~begins & (cum[origin + end] != cum[origin + start])
+    before = mask[origin + start - 1]  # read only where has_before
     empty_ok = ~nonempty & (has_before | has_after) & (~has_before | before) & (~has_after | at)
     labels = np.where((begins | empty_ok) & (n > 0), ids, IGNORE)
     straddling = np.bincount(owner[straddle], minlength=len(texts))

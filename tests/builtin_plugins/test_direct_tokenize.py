@@ -288,3 +288,31 @@ def test_encoding_freezes_the_collector_and_always_unfreezes_it() -> None:
         assert gc.get_freeze_count() == frozen
     finally:
         gc.unfreeze()
+
+
+def test_batch_labels_turns_the_collector_back_on_even_when_tokenizing_fails() -> None:
+    tok = build_byte_tokenizer()
+    token_labels.batch_labels(tok, ["some text"], [bytearray(9)])
+    assert gc.isenabled()
+
+    class Failing:
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            assert not gc.isenabled()  # paused while the offsets are converted
+            raise RuntimeError("tokenizer failed")
+
+    with pytest.raises(RuntimeError, match="tokenizer failed"):
+        token_labels.batch_labels(Failing(), ["x"], [bytearray(1)])
+    assert gc.isenabled()
+    gc.disable()  # a process that runs with the collector off keeps it off
+    try:
+        token_labels.batch_labels(tok, ["some text"], [bytearray(9)])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_batch_labels_read_any_non_zero_byte_as_trainable() -> None:
+    tok = build_byte_tokenizer()
+    texts = ["abcdef", "ghij"]
+    masks = [bytearray(b"\x00\x02\x00\xff\x01\x00"), bytearray(b"\x07\x00\x00\x03")]
+    assert_same(tok, texts, masks)
