@@ -63,8 +63,8 @@ class CausalLMAdapter(ift.ModelAdapter):
         self, tokenizer: Any, items: Sequence[tuple[ift.InstructionRecord, Sequence[ift.Segment]]]
     ) -> list[ift.EncodedExample]:
         """One batched tokenizer call for all the texts (the fast tokenizer works through them in Rust), then
-        the same labelling as :meth:`encode`. A subclass that changes ``encode`` or ``encode_record`` is encoded
-        one example at a time through them."""
+        the labelling of :meth:`encode` on the whole batch at once (:func:`token_labels.batch_labels`). A
+        subclass that changes ``encode`` or ``encode_record`` is encoded one example at a time through them."""
         if (
             type(self).encode is not CausalLMAdapter.encode
             or type(self).encode_record is not ift.ModelAdapter.encode_record
@@ -72,11 +72,17 @@ class CausalLMAdapter(ift.ModelAdapter):
         ):
             return super().encode_many(tokenizer, items)
         masks = [token_labels.trainable_mask(segments) for _, segments in items]
-        encoded = token_labels.encode_batch_with_offsets(tokenizer, [text for text, _ in masks])
-        return [
-            self._example(tokenizer, text, trainable, ids, offsets, record.source, record.id)
-            for (record, _), (text, trainable), (ids, offsets) in zip(items, masks, encoded, strict=True)
-        ]
+        batch = token_labels.batch_labels(tokenizer, [text for text, _ in masks], [m for _, m in masks])
+        adds_bos = getattr(self, "_adds_bos", False)
+        bos = (tokenizer.bos_token or "\0") if adds_bos else ""
+        out = []
+        for i, ((record, _), (text, _)) in enumerate(zip(items, masks, strict=True)):
+            input_ids, labels, straddling = batch.example(i)
+            if adds_bos and not text.lstrip().startswith(bos):
+                input_ids.insert(0, tokenizer.bos_token_id)
+                labels.insert(0, -100)
+            out.append(ift.EncodedExample(input_ids, labels, record.source, record.id, straddling=straddling))
+        return out
 
     def _example(
         self,

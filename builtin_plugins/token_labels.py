@@ -17,9 +17,12 @@ post-processor trims offsets, ``ByteLevel(trim_offsets=True)``).
 
 from __future__ import annotations
 
+import gc
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 IGNORE = -100
@@ -101,28 +104,200 @@ def _untrimmed(backend: Any) -> Any:
     return copy
 
 
+#: The methods of ``transformers``' fast tokenizer whose behaviour :func:`direct_backend` reproduces; a tokenizer
+#: class (or instance) that overrides any of them is tokenized through ``tokenizer(...)``.
+_MIRRORED = (
+    "__call__",
+    "_encode_plus",
+    "_get_padding_truncation_strategies",
+    "set_truncation_and_padding",
+    "_convert_encoding",
+)
+
+
+def direct_backend(tokenizer: Any) -> Any:
+    """The ``tokenizers.Tokenizer`` to call directly for ``tokenizer(texts, add_special_tokens=False,
+    return_offsets_mapping=True)``, or None when that call is not understood here (a slow tokenizer, a class that
+    changes any step of the call, a tokenizer with an input/target mode, another ``transformers`` without these
+    internals): the caller then goes through ``tokenizer(...)``.
+
+    For a plain fast tokenizer of ``transformers`` 5 that call does exactly this: no padding and no truncation on
+    the backend, its ``encode_special_tokens`` set to the tokenizer's ``split_special_tokens``, then the backend's
+    ``encode_batch(texts, add_special_tokens=False)``, whose ``ids`` and ``offsets`` are the result (the rest of the
+    call builds attention masks and type ids, which are not used here). :func:`_direct_encode` does the same and puts
+    the backend's settings back afterwards."""
+    try:
+        from tokenizers import Tokenizer
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:
+        return None
+    cls = type(tokenizer)
+    if not isinstance(tokenizer, TokenizersBackend):
+        return None
+    for name in _MIRRORED:
+        mine = getattr(cls, name, None)
+        reference = getattr(TokenizersBackend, name, None)
+        if reference is None or mine is not reference or name in vars(tokenizer):
+            return None
+    if PreTrainedTokenizerBase.__call__ is not TokenizersBackend.__call__:  # pragma: no cover - another version
+        return None
+    if hasattr(tokenizer, "_switch_to_input_mode") or getattr(tokenizer, "_in_target_context_manager", False):
+        return None
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if not isinstance(backend, Tokenizer) or getattr(tokenizer, "backend_tokenizer", None) is not backend:
+        return None
+    if not isinstance(getattr(tokenizer, "split_special_tokens", None), bool):
+        return None
+    return backend
+
+
+def _direct_encode(tokenizer: Any, backend: Any, texts: list[str], *, copy: Any = None) -> list[Any]:
+    """``encode_batch(texts, add_special_tokens=False)`` on ``copy`` (an untrimmed copy of ``backend``) or on
+    ``backend``, set up as ``tokenizer(texts, add_special_tokens=False)`` sets it up (see :func:`direct_backend`);
+    the backend's truncation, padding and ``encode_special_tokens`` are restored afterwards."""
+    target = copy if copy is not None else backend
+    truncation, padding = target.truncation, target.padding
+    split = target.encode_special_tokens
+    try:
+        if truncation is not None:
+            target.no_truncation()
+        if padding is not None:
+            target.no_padding()
+        target.encode_special_tokens = tokenizer.split_special_tokens
+        encodings = target.encode_batch(texts, add_special_tokens=False)
+    finally:
+        target.encode_special_tokens = split
+        if truncation is not None:
+            target.enable_truncation(**truncation)
+        if padding is not None:
+            target.enable_padding(**padding)
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and any(len(e) > limit for e in encodings):  # the call's one-time warning
+        warn = getattr(tokenizer, "_eventual_warn_about_too_long_sequence", None)
+        if warn is not None:
+            warn(next(e.ids for e in encodings if len(e) > limit), None, True)
+    return encodings
+
+
 def encode_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids of ``text`` without special tokens added (what ``apply_chat_template(tokenize=True)`` gives for a
     rendered chat) and the exact character span of each token."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    untrimmed = _untrimmed(backend) if backend is not None else None
-    if untrimmed is not None:
-        enc = untrimmed.encode(text, add_special_tokens=False)
-        return list(enc.ids), [tuple(o) for o in enc.offsets]  # type: ignore[misc]
+    encodings = _encodings(tokenizer, [text])
+    if encodings is not None:
+        return list(encodings[0].ids), [tuple(o) for o in encodings[0].offsets]  # type: ignore[misc]
     out = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     return list(out["input_ids"]), [tuple(o) for o in out["offset_mapping"]]
 
 
-def encode_batch_with_offsets(tokenizer: Any, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
-    """:func:`encode_with_offsets` for many texts in one batched call of the fast tokenizer."""
+def _encodings(tokenizer: Any, texts: list[str]) -> list[Any] | None:
+    """The backend's encodings of ``texts`` as ``tokenizer(texts, add_special_tokens=False)`` makes them, with
+    untrimmed offsets; None when the tokenizer must be called instead (see :func:`direct_backend`)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     untrimmed = _untrimmed(backend) if backend is not None else None
+    direct = direct_backend(tokenizer)
+    if direct is not None:
+        return _direct_encode(tokenizer, direct, texts, copy=untrimmed)
     if untrimmed is not None:
-        return [
-            (list(e.ids), [tuple(o) for o in e.offsets])  # type: ignore[misc]
-            for e in untrimmed.encode_batch(list(texts), add_special_tokens=False)
-        ]
-    out = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+        # a fast tokenizer of a kind not mirrored here, whose offsets are trimmed: the untrimmed copy, with the
+        # tokenizer's own split_special_tokens (a copy does not carry the backend's runtime setting)
+        split = untrimmed.encode_special_tokens
+        untrimmed.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
+        try:
+            return list(untrimmed.encode_batch(texts, add_special_tokens=False))
+        finally:
+            untrimmed.encode_special_tokens = split
+    return None
+
+
+def encode_batch_with_offsets(tokenizer: Any, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """:func:`encode_with_offsets` for many texts in one batched call of the fast tokenizer."""
+    texts = list(texts)
+    encodings = _encodings(tokenizer, texts)
+    if encodings is not None:
+        return [(list(e.ids), [tuple(o) for o in e.offsets]) for e in encodings]  # type: ignore[misc]
+    return _called(tokenizer, texts)
+
+
+def _called(tokenizer: Any, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """The reference path: the tokenizer itself."""
+    out = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
     return [
         (list(ids), [tuple(o) for o in offs]) for ids, offs in zip(out["input_ids"], out["offset_mapping"], strict=True)
     ]
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for the block (on again afterwards, also on an exception, when it was on):
+    converting a batch's offsets allocates a tuple per token, and every 700 allocations would start a collection
+    that finds nothing (a quarter of the conversion's time)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@dataclass
+class BatchLabels:
+    """Token ids and labels of many texts, end to end: text ``i`` is ``ids[bounds[i]:bounds[i + 1]]`` (numpy int64
+    arrays), with ``straddling[i]`` tokens of it straddling a trainable boundary."""
+
+    ids: Any
+    labels: Any
+    bounds: Any
+    straddling: Any
+
+    def example(self, i: int) -> tuple[list[int], list[int], int]:
+        a, b = int(self.bounds[i]), int(self.bounds[i + 1])
+        return self.ids[a:b].tolist(), self.labels[a:b].tolist(), int(self.straddling[i])
+
+
+def batch_labels(tokenizer: Any, texts: Sequence[str], trainable: Sequence[bytes | bytearray]) -> BatchLabels:
+    """Tokenize ``texts`` (as :func:`encode_batch_with_offsets`) and label every token of every text at once, by
+    the policy of :func:`labels_from_offsets` (which gives exactly the same labels one text at a time): the ids
+    and spans of the whole batch go into flat numpy arrays, with each text's characters placed end to end."""
+    import numpy as np
+
+    texts = list(texts)
+    with _collector_paused():  # a (start, end) tuple per token: hundreds of thousands, none of them in a cycle
+        encodings = _encodings(tokenizer, texts)
+        if encodings is not None:
+            id_lists = [e.ids for e in encodings]
+            span_lists = [e.offsets for e in encodings]
+        else:
+            pairs = _called(tokenizer, texts)
+            id_lists = [ids for ids, _ in pairs]
+            span_lists = [offs for _, offs in pairs]
+        counts = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
+        bounds = np.zeros(len(texts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=bounds[1:])
+        total = int(bounds[-1])
+        ids = np.fromiter(chain.from_iterable(id_lists), dtype=np.int64, count=total)
+        spans = np.fromiter(chain.from_iterable(chain.from_iterable(span_lists)), dtype=np.int64, count=2 * total)
+        del encodings, id_lists, span_lists
+    first, last = spans[0::2], spans[1::2]  # each token's span, in its own text's characters
+    sizes = np.fromiter(map(len, trainable), dtype=np.int64, count=len(texts))
+    base = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=base[1:])
+    owner = np.repeat(np.arange(len(texts)), counts)  # each token's text
+    n, origin = sizes[owner], base[owner]
+    # every text's characters end to end, then one more (index -1 and the end of an empty text land on it)
+    mask = np.frombuffer(b"".join(trainable) + b"\x00", dtype=np.uint8) != 0
+    cum = np.zeros(len(mask) + 1, dtype=np.int64)
+    np.cumsum(mask, out=cum[1:])
+    start = np.minimum(np.maximum(first, 0), n)
+    end = np.minimum(np.maximum(last, 0), n)
+    nonempty = last > first
+    has_before, has_after = start > 0, start < n  # has_after: the token begins inside the text (so n > 0)
+    at = mask[origin + np.minimum(start, n - 1)]  # the character a token begins on (when n > 0)
+    begins = nonempty & has_after & at
+    straddle = nonempty & ~begins & (cum[origin + end] != cum[origin + start])
+    before = mask[origin + start - 1]  # read only where has_before
+    empty_ok = ~nonempty & (has_before | has_after) & (~has_before | before) & (~has_after | at)
+    labels = np.where((begins | empty_ok) & (n > 0), ids, IGNORE)
+    straddling = np.bincount(owner[straddle], minlength=len(texts))
+    return BatchLabels(ids, labels, bounds, straddling)

@@ -5,9 +5,12 @@ Every record that is dropped is counted by reason; the counts end up in the mani
 
 from __future__ import annotations
 
+import gc
 import math
 import random
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -282,7 +285,45 @@ def encode_records(
     A record the template refuses is a data error naming its source and record (file and line where known);
     ``bad_records`` (source name -> (``on_bad_rows``, file), see :func:`bad_record_policy`) lets a source with
     ``on_bad_rows = "skip"`` drop it instead, counted by reason. Tokens straddling a trainable boundary are counted
-    per example (``straddling``) and the renderer's notices are kept (``warnings``)."""
+    per example (``straddling``) and the renderer's notices are kept (``warnings``).
+
+    The objects alive when encoding starts (the records, above all) are frozen out of the cyclic garbage
+    collector meanwhile (:func:`frozen_gc`)."""
+    with frozen_gc():
+        return _encode_records(
+            records, renderer, adapter, tokenizer, trainer_cfg, stage, report, bad_records=bad_records, into=into
+        )
+
+
+@contextmanager
+def frozen_gc() -> Iterator[None]:
+    """Move every object alive now out of the cyclic garbage collector's reach (``gc.freeze``) until the block
+    ends, even by an exception (``gc.unfreeze``). Encoding a million records keeps tens of millions of objects
+    alive; without this each full collection walks them all (1.4 s a pass) and encoding only makes short-lived
+    ones. Nothing is done when objects are frozen already (an enclosing block, or a process that froze its own
+    before forking: its freeze is left as it is) or the collector is disabled."""
+    if gc.get_freeze_count() or not gc.isenabled():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _encode_records(
+    records: list[InstructionRecord],
+    renderer: Renderer,
+    adapter: ModelAdapter,
+    tokenizer: Any,
+    trainer_cfg: TrainerConfig,
+    stage: str,
+    report: DataReport,
+    *,
+    bad_records: dict[str, tuple[str, str | None]] | None,
+    into: Path | None,
+) -> tuple[Any, list[InstructionRecord]]:
     writer = TableWriter(into) if into is not None else None
     examples: list[EncodedExample] = []
     kept: list[InstructionRecord] = []

@@ -216,8 +216,8 @@ class TableWriter:
 
     def add(self, example: EncodedExample, trainable: int | None = None) -> None:
         b = self._buffers
-        b["ids"].extend(example.input_ids)
-        b["labels"].extend(example.labels)
+        _append(b["ids"], example.input_ids)
+        _append(b["labels"], example.labels)
         self._tokens += len(example.input_ids)
         self._label_tokens += len(example.labels)
         b["offsets"].append(self._tokens)
@@ -230,8 +230,8 @@ class TableWriter:
         b["trainable"].append(example.trainable_tokens if trainable is None else trainable)
         b["kind"].append(KINDS.index(example.kind))
         if example.rejected_ids is not None and example.rejected_labels is not None:
-            b["rejected_ids"].extend(example.rejected_ids)
-            b["rejected_labels"].extend(example.rejected_labels)
+            _append(b["rejected_ids"], example.rejected_ids)
+            _append(b["rejected_labels"], example.rejected_labels)
             self._rejected_tokens += len(example.rejected_ids)
             self._rejected_label_tokens += len(example.rejected_labels)
         b["rejected_offsets"].append(self._rejected_tokens)
@@ -270,6 +270,14 @@ class TableWriter:
         table = ExampleTable.open(self.folder, meta)
         table.digests = {f"{name}.bin": digest.hexdigest() for name, digest in self._digests.items()}
         return table
+
+
+def _append(buffer: array[int], values: Sequence[int]) -> None:
+    """``buffer.extend(values)``; a list goes through ``fromlist``, about three times faster (no iterator)."""
+    if type(values) is list:
+        buffer.fromlist(values)
+    else:
+        buffer.extend(values)
 
 
 def write_table(examples: Sequence[EncodedExample], folder: Path) -> ExampleTable:
