@@ -26,10 +26,15 @@ INSTRUCTIONS = "Compose a brief poem describing the sea.\nList three fruits that
 
 
 class Stub:
-    """A local OpenAI-style server answering from a script: each entry is (status, body, headers, delay)."""
+    """A local OpenAI-style server answering from a script: each entry is (status, body, headers, delay), taken in
+    the order requests arrive, or, for a prompt in ``by_prompt``, that prompt's own entry (requests sent at once
+    arrive in any order)."""
 
     def __init__(self, script: list[tuple[int, Any, dict[str, str], float]] | None = None) -> None:
         self.script = list(script or [])
+        self.by_prompt: dict[str, tuple[int, Any, dict[str, str], float]] = {}
+        self.in_flight = self.most_in_flight = 0
+        lock = threading.Lock()
         self.requests: list[dict[str, Any]] = []
         self.auth: list[str | None] = []
         stub = self
@@ -42,10 +47,18 @@ class Stub:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 stub.requests.append(body)
                 stub.auth.append(self.headers.get("Authorization"))
-                status, reply, headers, delay = stub.script.pop(0) if stub.script else (200, None, {}, 0.0)
+                prompt = body.get("prompt") or body["messages"][0]["content"]
+                if prompt in stub.by_prompt:
+                    status, reply, headers, delay = stub.by_prompt[prompt]
+                else:
+                    status, reply, headers, delay = stub.script.pop(0) if stub.script else (200, None, {}, 0.0)
+                with lock:
+                    stub.in_flight += 1
+                    stub.most_in_flight = max(stub.most_in_flight, stub.in_flight)
                 time.sleep(delay)
+                with lock:
+                    stub.in_flight -= 1
                 if reply is None:
-                    prompt = body.get("prompt") or body["messages"][0]["content"]
                     reply = {
                         "choices": [
                             {"text": " none\nOutput: An answer." if prompt.endswith("Input:") else INSTRUCTIONS}
@@ -172,17 +185,15 @@ def test_the_budget_stops_the_build_cleanly_and_a_rerun_continues(tmp_path: Path
 
 
 def test_concurrent_requests_keep_the_prompt_order(tmp_path: Path, stub: Stub):
-    stub.script = [(200, {"choices": [{"text": "first"}]}, {}, 0.3), (200, {"choices": [{"text": "second"}]}, {}, 0.0)]
     gen = generator(tmp_path, stub.url, concurrency=2, api="chat")
-    stub.script = [
-        (200, {"choices": [{"message": {"content": "slow"}}]}, {}, 0.3),
-        (200, {"choices": [{"message": {"content": "fast"}}]}, {}, 0.0),
-    ]
+    stub.by_prompt = {  # "a" is answered last, whichever request reaches the server first
+        "a": (200, {"choices": [{"message": {"content": "slow"}}]}, {}, 0.6),
+        "b": (200, {"choices": [{"message": {"content": "fast"}}]}, {}, 0.2),
+    }
     assert gen(["a", "b"], max_new_tokens=5, stop=[]) == ["slow", "fast"]
-    assert [r["messages"] for r in stub.requests] == [
-        [{"role": "user", "content": "a"}],
-        [{"role": "user", "content": "b"}],
-    ]
+    assert stub.most_in_flight == 2  # both were sent before the first answer came
+    assert sorted(r["messages"][0]["content"] for r in stub.requests) == ["a", "b"]
+    assert all(r["messages"] == [{"role": "user", "content": r["messages"][0]["content"]}] for r in stub.requests)
 
 
 @pytest.mark.parametrize(
