@@ -140,6 +140,8 @@ def main() -> int:
                 "data_wait_fraction",
                 "peak_memory_mb",
                 "train_seconds",
+                "gradient_checkpointing",
+                "max_tokens_per_forward",
             )
         },
         "versions": manifest.get("packages", {}) | {"ift": manifest.get("ift")},

@@ -68,6 +68,24 @@ class BenchSFTTrainer(SFTTrainer):
         return loss
 
 
+def checkpointing_as_ift(spec: dict) -> bool:
+    """The spec's ``gradient_checkpointing``, or what ift's ``gradient_checkpointing = "auto"`` picks for
+    this model, precision and device (ift.batching.checkpoints_by_default)."""
+    explicit = spec["settings"]["extra"].get("gradient_checkpointing")
+    if explicit is not None:
+        return bool(explicit)
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig
+
+    from ift.batching import checkpoints_by_default
+
+    model = SimpleNamespace(config=AutoConfig.from_pretrained(spec["model_dir"]))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    element_bytes = 2 if spec.get("precision") == "bf16" else 4
+    return checkpoints_by_default(model, device, element_bytes, spec["settings"]["max_length"])
+
+
 def trl_config(spec: dict, output_dir: Path) -> SFTConfig:
     s = spec["settings"]
     mode = s["trl_mode"]
@@ -77,11 +95,11 @@ def trl_config(spec: dict, output_dir: Path) -> SFTConfig:
         kwargs.update(use_cpu=True)  # TRL's default bf16=True is refused on a CPU unless use_cpu is set
     if not out_of_the_box:
         # Same numerics as ift on this device: no bf16 autocast on a CPU (TRL's default is bf16=True even
-        # there) and no gradient checkpointing unless both sides turn it on (TRL's default is True; ift's
-        # is False).
+        # there), and gradient checkpointing exactly when ift uses it: as the spec says, or else as ift's
+        # "auto" resolves it for this model and device (TRL's own default is always on).
         kwargs.update(
             bf16=spec.get("precision") == "bf16",
-            gradient_checkpointing=bool(s["extra"].get("gradient_checkpointing", False)),
+            gradient_checkpointing=checkpointing_as_ift(spec),
         )
     if mode == "packing":
         kwargs.update(packing=True)  # TRL's default strategy: "bfd" (implies padding-free batches)
