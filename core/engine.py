@@ -162,16 +162,30 @@ OptimizerFactory = Callable[[Any, TrainingConfig], Any]
 SchedulerFactory = Callable[[Any, int, TrainingConfig], Any]
 
 
+#: Devices whose parameters torch's fused AdamW kernel updates (torch.optim.AdamW's ``fused`` documentation).
+_FUSED_DEVICES = ("cpu", "cuda", "mps", "xpu")
+
+
 def adamw(model: Any, config: TrainingConfig) -> Any:
-    """The default optimizer: AdamW, weight decay on matrices only (not on biases and norms)."""
+    """The default optimizer: AdamW, weight decay on matrices only (not on biases and norms).
+
+    Torch's fused kernel where every trainable parameter allows it (a plain floating-point tensor on a CPU or
+    an accelerator): on a CPU the default implementation loops over the parameters in Python, 0.5-0.9 s per step
+    for SmolLM2-135M on 2 cores against 0.08 s fused (measured 2026-12-06). Same update, the arithmetic in
+    another order (float tolerance)."""
     import torch
 
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
+    fused = bool(trainable) and all(
+        type(p) is torch.nn.Parameter and p.is_floating_point() and p.device.type in _FUSED_DEVICES for p in trainable
+    )
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.learning_rate,
         betas=config.adam_betas,
+        **({"fused": True} if fused else {}),
     )
 
 
