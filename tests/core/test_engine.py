@@ -452,3 +452,45 @@ def test_automatic_checkpointing_follows_the_model_and_is_reported(make_context:
         make_context([]), ift.NLL(ift.ObjectiveConfig()), ift.TrainingConfig(gradient_checkpointing=False, **config)
     )
     assert off.summary["gradient_checkpointing"] is False
+
+
+def test_the_default_optimizer_is_fused_adamw_with_decay_on_matrices_only():
+    from ift.engine import TrainingConfig, adamw
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 3))
+    twin = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 3))
+    twin.load_state_dict(net.state_dict())
+    config = TrainingConfig(learning_rate=0.05, weight_decay=0.1)
+    fused = adamw(net, config)
+    assert fused.defaults["fused"] is True
+    assert [g["weight_decay"] for g in fused.param_groups] == [0.1, 0.0]
+    assert [len(g["params"]) for g in fused.param_groups] == [2, 4]  # two weight matrices; biases and the norm
+    looped = torch.optim.AdamW(
+        [
+            {"params": [p for p in twin.parameters() if p.ndim >= 2], "weight_decay": 0.1},
+            {"params": [p for p in twin.parameters() if p.ndim < 2], "weight_decay": 0.0},
+        ],
+        lr=0.05,
+        betas=config.adam_betas,
+        foreach=False,
+    )
+    x = torch.randn(5, 6)
+    for _ in range(3):  # the same updates as the Python loop, to float tolerance
+        for model, opt in ((net, fused), (twin, looped)):
+            opt.zero_grad()
+            model(x).square().sum().backward()
+            opt.step()
+    for a, b in zip(net.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_default_optimizer_is_not_fused_for_a_parameter_torch_cannot_fuse():
+    from ift.engine import TrainingConfig, adamw
+
+    class Odd(torch.nn.Parameter):  # a tensor subclass (as a sharded or quantized parameter is)
+        pass
+
+    net = torch.nn.Linear(3, 2)
+    net.weight = Odd(net.weight.detach().clone())
+    assert not adamw(net, TrainingConfig()).defaults["fused"]
