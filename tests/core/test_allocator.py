@@ -48,6 +48,13 @@ def test_freed_activation_sized_blocks_are_returned_to_the_system():
     assert tuned == "False" and mib < 50  # the untuned heap keeps them
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_a_threshold_in_bytes_replaces_the_default():
+    tuned, mib = released(str(8 << 20))  # 8 MiB: the 4 MiB blocks come from the heap again
+    assert tuned == "True" and mib < 50
+    assert allocator.THRESHOLD == 2 << 20
+
+
 def test_the_tuning_can_be_switched_off(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(allocator, "_tuned", False)
     monkeypatch.setenv("IFT_MALLOC_TUNING", "0")
