@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 
 import ift
 from ift.builtin_plugins.model_paths import resolve_model_path
-from ift.builtin_plugins.peft_methods import PeftSection, apply_peft
+from ift.builtin_plugins.peft_methods import PeftSection, apply_peft, peft_wrapping
 
 BASE_FOLDER = "base_model"
 
@@ -243,7 +243,8 @@ def load_saved_model(cfg: PretrainedModelConfig, path: Path, auto_class: Any) ->
             model = auto_class.from_pretrained(base, **kwargs)
             if len(tokenizer) > model.get_input_embeddings().num_embeddings:
                 model.resize_token_embeddings(len(tokenizer))  # as load_model did before applying peft
-            model = PeftModel.from_pretrained(model, str(path))
+            with peft_wrapping():
+                model = PeftModel.from_pretrained(model, str(path))
         else:
             model = auto_class.from_pretrained(str(path), **kwargs)
     except pickle.UnpicklingError:

@@ -15,6 +15,9 @@ before any training starts (AdaLoRA's schedule, which needs the run's step count
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 from pydantic import SerializeAsAny, ValidationError, ValidationInfo, ValidatorFunctionWrapHandler, WrapValidator
@@ -176,6 +179,16 @@ def provenance(section: Any) -> dict[str, str] | None:
 # --- applying ------------------------------------------------------------------------------------
 
 
+@contextmanager
+def peft_wrapping() -> Iterator[None]:
+    """Wrapping a transformers model in peft without transformers' FutureWarning about
+    ``is_gradient_checkpointing`` (peft reads that attribute, transformers 5.x renamed it; nothing a user can
+    change)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
+        yield
+
+
 def apply_peft(model: Any, section: Any, *, task_type: str, tokenizer: Any = None) -> Any:
     """Wrap ``model`` with the method ``section`` describes. ``task_type`` is peft's (``CAUSAL_LM``,
     ``SEQ_2_SEQ_LM``, ``SEQ_CLS``). For ``SEQ_CLS`` the classification head (every child module besides the
@@ -194,7 +207,8 @@ def apply_peft(model: Any, section: Any, *, task_type: str, tokenizer: Any = Non
     method.check(model, task_type, head)
     try:
         config = method.peft_config(model, task_type, head)
-        wrapped = get_peft_model(model, config)
+        with peft_wrapping():
+            wrapped = get_peft_model(model, config)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         key = (
             "target_modules"

@@ -460,3 +460,14 @@ def test_prefix_tuning_on_a_model_without_a_cache_is_refused(tmp_path: Path) -> 
         peft_methods.apply_peft(classifier(), section, task_type="SEQ_CLS")
     assert "model.peft.method: prefix-tuning needs a model that takes a key/value cache" in str(err.value)
     assert "LlamaForSequenceClassification does not" in str(err.value)
+
+
+def test_wrapping_in_peft_shows_no_deprecation_warning_a_user_cannot_act_on(tmp_path: Path) -> None:
+    import warnings
+
+    adapter = make_adapter(tmp_path, METHODS["dora-rslora"])
+    tokenizer = adapter.load_tokenizer()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        adapter.load_model(tokenizer)
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
