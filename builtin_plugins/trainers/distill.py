@@ -23,7 +23,6 @@ from typing import Any, Literal, cast
 from pydantic import Field, ValidationInfo, model_validator
 
 import ift
-from ift.builtin_plugins.peft_methods import peft_wrapping
 
 from .totals import RunningTotals
 
@@ -323,8 +322,7 @@ def _load(path: Path | None, spec: str, dtype: Any) -> Any:
             )
             if (path / base).is_dir():  # ift saves a base built from a config beside the adapter
                 base = str(path / base)
-            with peft_wrapping():
-                model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), str(path))
+            model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), str(path))
             return model.merge_and_unload()  # plain weights: the teacher only runs forward passes
         return AutoModelForCausalLM.from_pretrained(str(path) if path is not None else spec, dtype=dtype)
     except (OSError, ValueError, KeyError) as exc:
