@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
+from ift.builtin_plugins import byte_spans
+
 IGNORE = -100
 
 
@@ -152,10 +154,13 @@ def direct_backend(tokenizer: Any) -> Any:
     return backend
 
 
-def _direct_encode(tokenizer: Any, backend: Any, texts: list[str], *, copy: Any = None) -> list[Any]:
+def _direct_encode(
+    tokenizer: Any, backend: Any, texts: list[str], *, copy: Any = None, offsets: bool = True
+) -> list[Any]:
     """``encode_batch(texts, add_special_tokens=False)`` on ``copy`` (an untrimmed copy of ``backend``) or on
     ``backend``, set up as ``tokenizer(texts, add_special_tokens=False)`` sets it up (see :func:`direct_backend`);
-    the backend's truncation, padding and ``encode_special_tokens`` are restored afterwards."""
+    the backend's truncation, padding and ``encode_special_tokens`` are restored afterwards. With ``offsets``
+    false, ``encode_batch_fast`` where the backend has it: the same ids, no offsets computed."""
     target = copy if copy is not None else backend
     truncation, padding = target.truncation, target.padding
     split = target.encode_special_tokens
@@ -165,7 +170,8 @@ def _direct_encode(tokenizer: Any, backend: Any, texts: list[str], *, copy: Any 
         if padding is not None:
             target.no_padding()
         target.encode_special_tokens = tokenizer.split_special_tokens
-        encodings = target.encode_batch(texts, add_special_tokens=False)
+        encode = target.encode_batch if offsets else getattr(target, "encode_batch_fast", target.encode_batch)
+        encodings = encode(texts, add_special_tokens=False)
     finally:
         target.encode_special_tokens = split
         if truncation is not None:
@@ -256,13 +262,19 @@ class BatchLabels:
         return self.ids[a:b].tolist(), self.labels[a:b].tolist(), int(self.straddling[i])
 
 
-def batch_labels(tokenizer: Any, texts: Sequence[str], trainable: Sequence[bytes | bytearray]) -> BatchLabels:
-    """Tokenize ``texts`` (as :func:`encode_batch_with_offsets`) and label every token of every text at once, by
-    the policy of :func:`labels_from_offsets` (which gives exactly the same labels one text at a time): the ids
-    and spans of the whole batch go into flat numpy arrays, with each text's characters placed end to end."""
+def _flat_ids(id_lists: list[Any]) -> tuple[Any, Any]:
+    """The token ids of many texts end to end (int64) and each text's token count."""
     import numpy as np
 
-    texts = list(texts)
+    counts = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
+    return np.fromiter(chain.from_iterable(id_lists), dtype=np.int64, count=int(counts.sum())), counts
+
+
+def _ids_and_offsets(tokenizer: Any, texts: list[str]) -> tuple[Any, Any, Any, Any]:
+    """Flat ids, token counts, and each token's span (starts, ends) in its own text, from the tokenizer's
+    offsets (:func:`encode_batch_with_offsets`)."""
+    import numpy as np
+
     with _collector_paused():  # a (start, end) tuple per token: hundreds of thousands, none of them in a cycle
         encodings = _encodings(tokenizer, texts)
         if encodings is not None:
@@ -272,14 +284,33 @@ def batch_labels(tokenizer: Any, texts: Sequence[str], trainable: Sequence[bytes
             pairs = _called(tokenizer, texts)
             id_lists = [ids for ids, _ in pairs]
             span_lists = [offs for _, offs in pairs]
-        counts = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
-        bounds = np.zeros(len(texts) + 1, dtype=np.int64)
-        np.cumsum(counts, out=bounds[1:])
-        total = int(bounds[-1])
-        ids = np.fromiter(chain.from_iterable(id_lists), dtype=np.int64, count=total)
-        spans = np.fromiter(chain.from_iterable(chain.from_iterable(span_lists)), dtype=np.int64, count=2 * total)
+        ids, counts = _flat_ids(id_lists)
+        spans = np.fromiter(chain.from_iterable(chain.from_iterable(span_lists)), dtype=np.int64, count=2 * len(ids))
         del encodings, id_lists, span_lists
-    first, last = spans[0::2], spans[1::2]  # each token's span, in its own text's characters
+    return ids, counts, spans[0::2], spans[1::2]
+
+
+def batch_labels(tokenizer: Any, texts: Sequence[str], trainable: Sequence[bytes | bytearray]) -> BatchLabels:
+    """Tokenize ``texts`` (as :func:`encode_batch_with_offsets`) and label every token of every text at once, by
+    the policy of :func:`labels_from_offsets` (which gives exactly the same labels one text at a time): the ids
+    and spans of the whole batch go into flat numpy arrays, with each text's characters placed end to end. For a
+    byte-level BPE tokenizer the spans are read from the ids (:mod:`byte_spans`) instead of the tokenizer's
+    offsets, which cost a Python tuple per token."""
+    import numpy as np
+
+    texts = list(texts)
+    direct = direct_backend(tokenizer)
+    table = byte_spans.lengths_table(direct) if direct is not None else None
+    read = None
+    if table is not None:  # ids only; the spans follow from them (byte_spans)
+        ids, counts = _flat_ids([e.ids for e in _direct_encode(tokenizer, direct, texts, offsets=False)])
+        read = byte_spans.token_spans(table, texts, ids, counts)
+    if read is not None:
+        first, last = read
+    else:
+        ids, counts, first, last = _ids_and_offsets(tokenizer, texts)
+    bounds = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=bounds[1:])
     sizes = np.fromiter(map(len, trainable), dtype=np.int64, count=len(texts))
     base = np.zeros(len(texts) + 1, dtype=np.int64)
     np.cumsum(sizes, out=base[1:])
