@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 
 import ift
 from ift.builtin_plugins.model_paths import resolve_model_path
-from ift.builtin_plugins.peft_methods import PeftSection, apply_peft, peft_wrapping
+from ift.builtin_plugins.peft_methods import PeftSection, apply_peft
 
 BASE_FOLDER = "base_model"
 
@@ -228,8 +228,6 @@ def load_saved_model(cfg: PretrainedModelConfig, path: Path, auto_class: Any) ->
         if (path / QUANTIZATION_FILE).is_file():
             return load_quantized_model(path, auto_class, **remote), tokenizer
         if adapter_config.is_file():
-            from peft import PeftModel
-
             base = str(json.loads(adapter_config.read_text(encoding="utf-8"))["base_model_name_or_path"])
             if (path / BASE_FOLDER).is_dir():  # the folder's own base wins: the run folder may have been moved
                 base = str(path / BASE_FOLDER)
@@ -243,8 +241,7 @@ def load_saved_model(cfg: PretrainedModelConfig, path: Path, auto_class: Any) ->
             model = auto_class.from_pretrained(base, **kwargs)
             if len(tokenizer) > model.get_input_embeddings().num_embeddings:
                 model.resize_token_embeddings(len(tokenizer))  # as load_model did before applying peft
-            with peft_wrapping():
-                model = PeftModel.from_pretrained(model, str(path))
+            model = ift.load_peft_model(model, path)
         else:
             model = auto_class.from_pretrained(str(path), **kwargs)
     except pickle.UnpicklingError:

@@ -15,9 +15,6 @@ before any training starts (AdaLoRA's schedule, which needs the run's step count
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 from pydantic import SerializeAsAny, ValidationError, ValidationInfo, ValidatorFunctionWrapHandler, WrapValidator
@@ -179,16 +176,6 @@ def provenance(section: Any) -> dict[str, str] | None:
 # --- applying ------------------------------------------------------------------------------------
 
 
-@contextmanager
-def peft_wrapping() -> Iterator[None]:
-    """Wrapping a transformers model in peft without transformers' FutureWarning about
-    ``is_gradient_checkpointing`` (peft reads that attribute, transformers 5.x renamed it; nothing a user can
-    change)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
-        yield
-
-
 def apply_peft(model: Any, section: Any, *, task_type: str, tokenizer: Any = None) -> Any:
     """Wrap ``model`` with the method ``section`` describes. ``task_type`` is peft's (``CAUSAL_LM``,
     ``SEQ_2_SEQ_LM``, ``SEQ_CLS``). For ``SEQ_CLS`` the classification head (every child module besides the
@@ -198,7 +185,6 @@ def apply_peft(model: Any, section: Any, *, task_type: str, tokenizer: Any = Non
     The wrapped model's logits always line up with the input ids: prompt tuning of a causal LM prepends
     virtual tokens, whose logit positions are dropped from the output, so adapters compute losses the same
     way for every method."""
-    from peft import get_peft_model
 
     method = method_for(section)
     head = classification_head(model) if task_type == "SEQ_CLS" else []
@@ -207,8 +193,7 @@ def apply_peft(model: Any, section: Any, *, task_type: str, tokenizer: Any = Non
     method.check(model, task_type, head)
     try:
         config = method.peft_config(model, task_type, head)
-        with peft_wrapping():
-            wrapped = get_peft_model(model, config)
+        wrapped = ift.wrap_peft_model(model, config)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         key = (
             "target_modules"

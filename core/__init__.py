@@ -32,7 +32,7 @@ from ift.files import atomic_write, check_data_file
 from ift.hookspecs import HOOK_API_VERSION, hookimpl
 from ift.host import did_you_mean
 from ift.objectives import LossTerms, Objective, ObjectiveConfig
-from ift.peft import PeftMethod, PeftMethodConfig
+from ift.peft import PeftMethod, PeftMethodConfig, load_peft_model, wrap_peft_model
 from ift.records import InstructionRecord, Message, RowError, normalize_row
 from ift.runtime import is_main_process, select_device
 from ift.sft import NLL, ObjectiveTrainer, SFTConfig, SFTTrainer
@@ -91,6 +91,8 @@ __all__ = [
     "check_data_file",
     "did_you_mean",
     "is_main_process",
+    "load_peft_model",
+    "wrap_peft_model",
     "normalize_row",
     "select_device",
     "NLL",

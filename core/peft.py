@@ -13,6 +13,10 @@ Nothing here imports torch or peft.
 
 from __future__ import annotations
 
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from pydantic import PrivateAttr
@@ -101,3 +105,31 @@ class PeftMethod(Component):
 
 
 GUARDED[PeftMethod] = ("check", "after_wrap", "training_penalty", "on_optimizer_step", "describe")
+
+
+@contextmanager
+def _peft_wrapping() -> Iterator[None]:
+    """Wrapping a transformers model in peft (or reloading an adapter) without transformers' FutureWarning about
+    ``is_gradient_checkpointing``: peft reads that attribute, transformers 5.x renamed it, and nothing a user can
+    change would avoid it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
+        yield
+
+
+def wrap_peft_model(model: Any, peft_config: Any, **kwargs: Any) -> Any:
+    """``peft.get_peft_model(model, peft_config, **kwargs)``, without transformers' FutureWarning about
+    ``is_gradient_checkpointing`` (peft reads the attribute transformers 5.x renamed; nothing a user can change)."""
+    from peft import get_peft_model
+
+    with _peft_wrapping():
+        return get_peft_model(model, peft_config, **kwargs)
+
+
+def load_peft_model(base: Any, folder: str | os.PathLike[str], **kwargs: Any) -> Any:
+    """``peft.PeftModel.from_pretrained(base, folder, **kwargs)`` (a saved adapter on its base model, such as a
+    PEFT run's ``model/`` folder), without the warning :func:`wrap_peft_model` leaves out."""
+    from peft import PeftModel
+
+    with _peft_wrapping():
+        return PeftModel.from_pretrained(base, str(folder), **kwargs)

@@ -315,14 +315,12 @@ def _load(path: Path | None, spec: str, dtype: Any) -> Any:
 
     try:
         if path is not None and (path / "adapter_config.json").is_file():
-            from peft import PeftModel
-
             base = str(
                 json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
             )
             if (path / base).is_dir():  # ift saves a base built from a config beside the adapter
                 base = str(path / base)
-            model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), str(path))
+            model = ift.load_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), path)
             return model.merge_and_unload()  # plain weights: the teacher only runs forward passes
         return AutoModelForCausalLM.from_pretrained(str(path) if path is not None else spec, dtype=dtype)
     except (OSError, ValueError, KeyError) as exc:

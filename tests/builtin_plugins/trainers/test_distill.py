@@ -188,3 +188,26 @@ def test_a_missing_local_teacher_fails_at_once(tmp_path, monkeypatch, make_recip
     # validation accepts it (an earlier step may produce it); training refuses it before loading anything
     monkeypatch.delenv("HF_HUB_OFFLINE")
     make_recipe(trainer={"name": "distill", "teacher": "runs/quickstart"})
+
+
+def test_a_lora_teacher_is_merged_with_its_trained_weights_and_no_warning(tiny, make_context, tmp_path):
+    import warnings
+
+    adapter, tokenizer, model = tiny
+    lora, _, wrapped = build(tmp_path / "lora", peft={"method": "lora", "r": 4, "alpha": 8})
+    with torch.no_grad():
+        for name, p in wrapped.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # a trained adapter: B is not zero any more
+    lora.save(wrapped, tokenizer, tmp_path / "teacher")
+    ctx = make_context(adapter, tokenizer, model, [])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = with_teacher(ctx, teacher=str(tmp_path / "teacher"))
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
+    assert not hasattr(trainer.teacher, "peft_config")  # merged into plain weights
+    batch = batch_of(adapter, tokenizer)
+    with torch.no_grad():
+        want = wrapped.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        got = trainer.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert torch.allclose(got, want, atol=1e-5, rtol=0)
