@@ -43,21 +43,45 @@ class LengthsTable:
     normalizer: Any
 
 
-_TABLES: dict[int, tuple[Any, int, LengthsTable | None]] = {}
+_TABLES: dict[int, tuple[Any, Any, LengthsTable | None]] = {}
+
+
+def _fingerprint(backend: Any) -> Any:
+    """What the table depends on, cheap to read (microseconds): the vocabulary size, the normalizer and
+    pre-tokenizer, the model's kind and options, the added tokens and their stripping. None when a part does not
+    serialize (a custom Python component)."""
+    try:
+        model, normalizer, pre = backend.model, backend.normalizer, backend.pre_tokenizer
+        added = backend.get_added_tokens_decoder()
+        return (
+            backend.get_vocab_size(with_added_tokens=True),
+            None if pre is None else pre.__getstate__(),
+            None if normalizer is None else normalizer.__getstate__(),
+            type(model).__name__,
+            tuple(
+                getattr(model, k, None) for k in ("byte_fallback", "continuing_subword_prefix", "end_of_word_suffix")
+            ),
+            tuple((i, t.content, t.lstrip, t.rstrip) for i, t in sorted(added.items())),
+        )
+    except Exception:  # noqa: BLE001 - a component that cannot be read: never read spans from lengths
+        return None
 
 
 def lengths_table(backend: Any) -> LengthsTable | None:
     """The :class:`LengthsTable` of a ``tokenizers.Tokenizer`` whose pipeline is one described in the module
-    docstring; None for any other. Cached per backend and vocabulary size (tokens added later make a new one)."""
-    size = backend.get_vocab_size(with_added_tokens=True)
+    docstring; None for any other. Cached per backend, rebuilt when the pipeline changes (tokens added, another
+    pre-tokenizer or normalizer set; see :func:`_fingerprint`)."""
+    key = _fingerprint(backend)
+    if key is None:
+        return None
     cached = _TABLES.get(id(backend))
-    if cached is not None and cached[0] is backend and cached[1] == size:
+    if cached is not None and cached[0] is backend and cached[1] == key:
         return cached[2]
     try:
         table = _build(json.loads(backend.to_str()), backend)
     except Exception:  # a pipeline that does not serialize (custom Python parts) or an unexpected layout
         table = None
-    _TABLES[id(backend)] = (backend, size, table)
+    _TABLES[id(backend)] = (backend, key, table)
     return table
 
 

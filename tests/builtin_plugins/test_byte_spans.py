@@ -181,3 +181,19 @@ def test_a_byte_level_batch_never_asks_for_offsets(monkeypatch: pytest.MonkeyPat
     )
     assert batch.example(0)[0] == expected[0][0]
     assert batch.example(0)[1][:2] == [-100, -100] and batch.example(1) == ([], [], 0)
+
+
+def test_a_pipeline_changed_after_a_first_batch_is_read_again() -> None:
+    from tokenizers import AddedToken, pre_tokenizers
+
+    tok = variant(corpus_tokenizer("bytelevel", "chatml"))
+    assert_same(tok, ["one batch first"])
+    assert byte_spans.lengths_table(tok.backend_tokenizer) is not None
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    assert byte_spans.lengths_table(tok.backend_tokenizer) is None
+    assert_same(tok, ["then a prefix space", "x"])
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.add_tokens([AddedToken("<sep>", lstrip=True)])
+    table = byte_spans.lengths_table(tok.backend_tokenizer)
+    assert table is not None and table.lengths[tok.convert_tokens_to_ids("<sep>")] == -1
+    assert_same(tok, ["a  <sep> b"])
