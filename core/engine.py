@@ -127,9 +127,11 @@ class _Loop:
             ctx.adapter.enable_gradient_checkpointing(model)
         device = next(model.parameters()).device
         if device.type == "cpu":
-            from ift.allocator import tune_for_training
+            from ift.allocator import threshold_for, tune_for_training
 
-            tune_for_training()
+            sizes = [(p.numel(), p.requires_grad) for p in model.parameters()]
+            trained = sum(n for n, grad in sizes if grad) / max(1, sum(n for n, _ in sizes))
+            tune_for_training(threshold_for(checkpointed, trained))
         precision = cfg.precision
         if precision == "auto":
             precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"

@@ -13,7 +13,7 @@ from ift import allocator
 PROGRAM = """
 import ctypes, ctypes.util, os, sys
 from ift.allocator import tune_for_training
-tuned = tune_for_training()
+tuned = tune_for_training(*[int(a) for a in sys.argv[1:]])
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
@@ -34,9 +34,10 @@ print(tuned, (before - rss()) >> 20)
 """
 
 
-def released(tuning: str) -> tuple[str, int]:
+def released(tuning: str, *threshold: int) -> tuple[str, int]:
     env = dict(os.environ, IFT_MALLOC_TUNING=tuning)
-    out = subprocess.run([sys.executable, "-c", PROGRAM], env=env, capture_output=True, text=True, check=True)
+    command = [sys.executable, "-c", PROGRAM, *map(str, threshold)]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     tuned, mib = out.stdout.split()
     return tuned, int(mib)
 
@@ -55,7 +56,21 @@ def test_a_threshold_in_bytes_replaces_the_default():
     assert allocator.THRESHOLD == 2 << 20
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_the_run_asks_for_its_threshold_and_the_environment_wins():
+    tuned, mib = released("1", 8 << 20)  # asked for 8 MiB: the 4 MiB blocks stay in the heap
+    assert tuned == "True" and mib < 50
+    assert released("1", 128 << 10) == ("True", pytest.approx(400, abs=20))
+    assert released(str(2 << 20), 8 << 20) == ("True", pytest.approx(400, abs=20))  # IFT_MALLOC_TUNING wins
+
+
+def test_checkpointed_runs_with_most_weights_frozen_get_the_small_threshold():
+    assert allocator.threshold_for(True, 0.01) == allocator.FROZEN_CHECKPOINTED_THRESHOLD == 128 << 10
+    assert allocator.threshold_for(False, 0.01) == allocator.THRESHOLD
+    assert allocator.threshold_for(True, 1.0) == allocator.threshold_for(True, 0.5) == allocator.THRESHOLD
+
+
 def test_the_tuning_can_be_switched_off(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(allocator, "_tuned", False)
+    monkeypatch.setattr(allocator, "_tuned", None)
     monkeypatch.setenv("IFT_MALLOC_TUNING", "0")
     assert allocator.tune_for_training() is False
