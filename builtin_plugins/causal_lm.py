@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import ift
-from ift.builtin_plugins import hf_loading, peft_methods, token_labels
+from ift.builtin_plugins import hf_loading, packed_attention, peft_methods, token_labels
 
 
 class CausalLMConfig(hf_loading.PretrainedModelConfig):
@@ -41,7 +41,11 @@ class CausalLMAdapter(ift.ModelAdapter):
             self.config, self.base_dir, AutoModelForCausalLM, tokenizer, task_type="CAUSAL_LM"
         )
         self._base_snapshot = loaded.base_snapshot
-        return loaded.model
+        model = loaded.model
+        if self.config.attn_implementation is None and next(model.parameters()).device.type == "cpu":
+            # no variable-length attention kernel on a CPU: packed rows are attended one example at a time
+            packed_attention.use_for(model.get_base_model() if hasattr(model, "get_base_model") else model)
+        return model
 
     def describe(self) -> dict[str, Any]:
         return hf_loading.describe_origin(self.config, base_dir=self.base_dir)
