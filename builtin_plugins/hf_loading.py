@@ -41,7 +41,11 @@ class PretrainedModelConfig(ift.ComponentConfig):
     trust_remote_code: bool = False
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
-    attn_implementation: str | None = Field(None, description="e.g. sdpa, eager, flash_attention_2.")
+    attn_implementation: str | None = Field(
+        None,
+        description="e.g. sdpa, eager, flash_attention_2. Unset: transformers' choice (the causal-lm adapter on a "
+        "CPU turns sdpa into ift_sdpa, which attends each example of a packed row on its own).",
+    )
     peft: PeftSection | None = None
 
     @model_validator(mode="after")

@@ -40,8 +40,8 @@ class TrainingConfig(TrainerConfig):
         "auto",
         description="Run each micro-batch as several forward/backward passes of whole examples holding at most "
         "this many (padded) tokens each: the same loss and gradient, less activation memory. auto: on a CPU, "
-        "the tokens whose kept activations fit in about 512 MiB (estimated from the model's shape); on a GPU, "
-        "none. none: one pass per micro-batch.",
+        "the tokens whose kept activations fit in about 256 MiB, 128 MiB with gradient checkpointing "
+        "(estimated from the model's shape); on a GPU, none. none: one pass per micro-batch.",
     )
     max_grad_norm: float | None = Field(1.0, gt=0)
     log_every: int = Field(10, gt=0)

@@ -577,8 +577,15 @@ def real_targets(results: list[dict[str, Any]]) -> list[tuple[str, bool | None, 
     ):
         r = find(label)
         if r:
-            peak = r["ift"]["peak_rss_mb"]["max"] / GIB
-            out.append((f"peak RSS with {what} <= {limit} GiB (largest of the runs)", peak <= limit, f"{peak:.2f} GiB"))
+            mib = r["ift"]["peak_rss_mb"]["max"]  # the probe's MB are MiB (ru_maxrss / 1024)
+            gb = mib * 2**20 / 1e9  # the targets are in decimal GB
+            out.append(
+                (
+                    f"peak RSS with {what} <= {limit} GB (largest of the runs)",
+                    gb <= limit,
+                    f"{gb:.2f} GB = {mib / GIB:.2f} GiB",
+                )
+            )
     for r in results:
         if not r["ift_counters_match"]:
             out.append((f"ift's own token counters match the tensors ({r['label']}, {r['data']})", False, "differ"))

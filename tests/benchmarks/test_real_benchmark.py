@@ -101,3 +101,19 @@ def test_ift_child_runs_lora_and_gradient_checkpointing(tmp_path: Path, extra: d
     else:
         recipe = (tmp_path / "work" / "recipe.toml").read_text()
         assert "gradient_checkpointing = true" in recipe
+
+
+def test_memory_targets_are_checked_in_decimal_gigabytes():
+    run = _module("run")
+    mib = 2.9 * 1024  # 2.9 GiB = 3.11 GB: within 3.0 GiB, over 3.0 GB
+    results = [
+        {
+            "label": "gradient checkpointing, default vs default",
+            "ratios": {"tokens_per_s": {"median": 3.0}},
+            "ift": {"peak_rss_mb": {"max": mib}},
+            "ift_counters_match": True,
+        }
+    ]
+    ((text, met, figure),) = run.real_targets(results)
+    assert text == "peak RSS with gradient_checkpointing = true <= 3.0 GB (largest of the runs)"
+    assert met is False and figure == "3.11 GB = 2.90 GiB"

@@ -392,6 +392,7 @@ def test_the_automatic_token_budget_follows_the_device_and_the_model_shape():
 
     from ift.batching import (
         CPU_ACTIVATION_BUDGET,
+        CPU_CHECKPOINTED_BUDGET,
         activation_bytes_per_token,
         checkpoints_by_default,
         forward_token_budget,
@@ -401,11 +402,13 @@ def test_the_automatic_token_budget_follows_the_device_and_the_model_shape():
     per_token = 30 * (10 * 576 + 4 * 1536) * 4
     assert activation_bytes_per_token(smollm2.config, 4, False) == per_token
     assert forward_token_budget("auto", smollm2, "cpu", 4, False) == CPU_ACTIVATION_BUDGET // per_token == 187
-    # checkpointed: one hidden state per layer and one layer recomputed
+    # checkpointed: one hidden state per layer and one layer recomputed, against half the budget (an 8 x 512
+    # micro-batch runs as 4 passes of 2 examples)
+    assert CPU_CHECKPOINTED_BUDGET == CPU_ACTIVATION_BUDGET // 2
     assert (
         forward_token_budget("auto", smollm2, "cpu", 4, True)
-        == CPU_ACTIVATION_BUDGET // (30 * 576 * 4 + per_token // 30)
-        == 2299
+        == CPU_CHECKPOINTED_BUDGET // (30 * 576 * 4 + per_token // 30)
+        == 1149
     )
     assert checkpoints_by_default(smollm2, "cpu", 4, 512)  # one 512-token example alone keeps 731 MB
     assert not checkpoints_by_default(smollm2, "cpu", 4, 128) and not checkpoints_by_default(smollm2, "cuda", 4, 512)
@@ -444,6 +447,7 @@ def test_automatic_checkpointing_follows_the_model_and_is_reported(make_context:
     assert result.summary["gradient_checkpointing"] is False
     assert result.summary["max_tokens_per_forward"] > 10_000
     monkeypatch.setattr(ift.batching, "CPU_ACTIVATION_BUDGET", 1000)  # the tiny model's 1,024-token example: 1.2 MB
+    monkeypatch.setattr(ift.batching, "CPU_CHECKPOINTED_BUDGET", 500)
     ctx = make_context([])
     result = ift.train(ctx, ift.NLL(ift.ObjectiveConfig()), ift.TrainingConfig(**config))
     assert result.summary["gradient_checkpointing"] is True and ctx.model.model.gradient_checkpointing
