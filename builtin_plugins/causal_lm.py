@@ -44,7 +44,7 @@ class CausalLMAdapter(ift.ModelAdapter):
         model = loaded.model
         if self.config.attn_implementation is None and next(model.parameters()).device.type == "cpu":
             # no variable-length attention kernel on a CPU: packed rows are attended one example at a time
-            packed_attention.use_for(model.get_base_model() if hasattr(model, "get_base_model") else model)
+            packed_attention.use_for(model)
         return model
 
     def describe(self) -> dict[str, Any]:

@@ -166,7 +166,9 @@ def register() -> None:
 
 
 def use_for(model: Any) -> bool:
-    """Switch ``model`` from ``sdpa`` to ``ift_sdpa`` (nothing else is switched); whether it was."""
+    """Switch ``model`` (under peft's wrapper, its base model) from ``sdpa`` to ``ift_sdpa`` (nothing else is
+    switched); whether it was."""
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(model, "config", None)
     if getattr(config, "_attn_implementation", None) != "sdpa" or not hasattr(model, "set_attn_implementation"):
         return False

@@ -168,3 +168,10 @@ def test_the_causal_lm_adapter_switches_on_a_cpu_unless_told(tmp_path: Path):
         base_dir=tmp_path,
     )
     assert told.load_model(told.load_tokenizer()).config._attn_implementation == "sdpa"
+    lora = CausalLMAdapter(
+        CausalLMAdapter.Config(tokenizer="byte-level", from_config=tiny, peft={"method": "lora", "r": 4}),
+        base_dir=tmp_path,
+    )
+    wrapped = lora.load_model(lora.load_tokenizer())
+    assert hasattr(wrapped, "get_base_model")  # peft's wrapper: its base model is switched
+    assert wrapped.get_base_model().config._attn_implementation == packed_attention.NAME
