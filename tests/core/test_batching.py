@@ -1,4 +1,5 @@
-"""Batch plans: every example once per epoch, seeded; packing bins respect capacity and fill well."""
+"""Batch plans: every example once per epoch, seeded; packing bins respect capacity and fill well; passes of
+a micro-batch and the automatic token budget per pass."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import random
 
 import pytest
 
+import ift
 from ift.batching import BatchPlan, length_grouped_batches, pack_best_fit_decreasing, random_batches
 
 
@@ -70,3 +72,47 @@ def test_batch_plan_follows_the_selected_epoch_and_skips():
 def test_unshuffled_plan_keeps_data_order():
     plan = BatchPlan("length-grouped", [5, 1, 9, 2, 7], 2, seed=1, shuffle=False)
     assert list(plan) == [[0, 1], [2, 3], [4]]
+
+
+def test_passes_are_grouped_by_length_and_an_overlong_example_runs_alone():
+    from ift.batching import split_for_passes
+
+    assert split_for_passes([5, 9, 3], 27, padded=True) == [[0, 1, 2]]  # fits: one pass, order kept
+    assert split_for_passes([5, 9, 3, 8], 20, padded=True) == [[1, 3], [0, 2]]  # 9*2, then 5*2
+    assert split_for_passes([5, 9, 3, 8], 20, padded=False) == [[1, 3], [0, 2]]  # 17, then 8
+    assert split_for_passes([40, 2, 2], 10, padded=False) == [[0], [1, 2]]
+
+
+def test_the_automatic_token_budget_follows_the_device_and_the_model_shape():
+    from types import SimpleNamespace
+
+    from ift.batching import (
+        CPU_ACTIVATION_BUDGET,
+        CPU_CHECKPOINTED_BUDGET,
+        activation_bytes_per_token,
+        checkpoints_by_default,
+        forward_token_budget,
+    )
+
+    smollm2 = SimpleNamespace(config=SimpleNamespace(hidden_size=576, intermediate_size=1536, num_hidden_layers=30))
+    per_token = 30 * (10 * 576 + 4 * 1536) * 4
+    assert activation_bytes_per_token(smollm2.config, 4, False) == per_token
+    assert forward_token_budget("auto", smollm2, "cpu", 4, False) == CPU_ACTIVATION_BUDGET // per_token == 187
+    # checkpointed: one hidden state per layer and one layer recomputed, against half the budget (an 8 x 512
+    # micro-batch runs as 4 passes of 2 examples)
+    assert CPU_CHECKPOINTED_BUDGET == CPU_ACTIVATION_BUDGET // 2
+    assert (
+        forward_token_budget("auto", smollm2, "cpu", 4, True)
+        == CPU_CHECKPOINTED_BUDGET // (30 * 576 * 4 + per_token // 30)
+        == 1149
+    )
+    assert checkpoints_by_default(smollm2, "cpu", 4, 512)  # one 512-token example alone keeps 731 MB
+    assert not checkpoints_by_default(smollm2, "cpu", 4, 128) and not checkpoints_by_default(smollm2, "cuda", 4, 512)
+    assert forward_token_budget("auto", smollm2, "cuda", 4, False) is None
+    assert forward_token_budget("none", smollm2, "cpu", 4, False) is None
+    assert forward_token_budget(1000, smollm2, "cuda", 2, False) == 1000
+    assert forward_token_budget("auto", SimpleNamespace(config=SimpleNamespace()), "cpu", 4, False) is None
+    t5 = SimpleNamespace(d_model=512, d_ff=2048, num_layers=6, num_decoder_layers=6)
+    assert activation_bytes_per_token(t5, 4, False) == 12 * (10 * 512 + 4 * 2048) * 4
+    with pytest.raises(ValueError, match="positive number of tokens"):
+        ift.TrainingConfig(max_tokens_per_forward=0)

@@ -378,50 +378,6 @@ def test_a_micro_batch_split_into_passes_trains_exactly_as_one_pass(make_context
     assert max(float((a[n] - b[n]).abs().max()) for n in a) < 1e-6
 
 
-def test_passes_are_grouped_by_length_and_an_overlong_example_runs_alone():
-    from ift.batching import split_for_passes
-
-    assert split_for_passes([5, 9, 3], 27, padded=True) == [[0, 1, 2]]  # fits: one pass, order kept
-    assert split_for_passes([5, 9, 3, 8], 20, padded=True) == [[1, 3], [0, 2]]  # 9*2, then 5*2
-    assert split_for_passes([5, 9, 3, 8], 20, padded=False) == [[1, 3], [0, 2]]  # 17, then 8
-    assert split_for_passes([40, 2, 2], 10, padded=False) == [[0], [1, 2]]
-
-
-def test_the_automatic_token_budget_follows_the_device_and_the_model_shape():
-    from types import SimpleNamespace
-
-    from ift.batching import (
-        CPU_ACTIVATION_BUDGET,
-        CPU_CHECKPOINTED_BUDGET,
-        activation_bytes_per_token,
-        checkpoints_by_default,
-        forward_token_budget,
-    )
-
-    smollm2 = SimpleNamespace(config=SimpleNamespace(hidden_size=576, intermediate_size=1536, num_hidden_layers=30))
-    per_token = 30 * (10 * 576 + 4 * 1536) * 4
-    assert activation_bytes_per_token(smollm2.config, 4, False) == per_token
-    assert forward_token_budget("auto", smollm2, "cpu", 4, False) == CPU_ACTIVATION_BUDGET // per_token == 187
-    # checkpointed: one hidden state per layer and one layer recomputed, against half the budget (an 8 x 512
-    # micro-batch runs as 4 passes of 2 examples)
-    assert CPU_CHECKPOINTED_BUDGET == CPU_ACTIVATION_BUDGET // 2
-    assert (
-        forward_token_budget("auto", smollm2, "cpu", 4, True)
-        == CPU_CHECKPOINTED_BUDGET // (30 * 576 * 4 + per_token // 30)
-        == 1149
-    )
-    assert checkpoints_by_default(smollm2, "cpu", 4, 512)  # one 512-token example alone keeps 731 MB
-    assert not checkpoints_by_default(smollm2, "cpu", 4, 128) and not checkpoints_by_default(smollm2, "cuda", 4, 512)
-    assert forward_token_budget("auto", smollm2, "cuda", 4, False) is None
-    assert forward_token_budget("none", smollm2, "cpu", 4, False) is None
-    assert forward_token_budget(1000, smollm2, "cuda", 2, False) == 1000
-    assert forward_token_budget("auto", SimpleNamespace(config=SimpleNamespace()), "cpu", 4, False) is None
-    t5 = SimpleNamespace(d_model=512, d_ff=2048, num_layers=6, num_decoder_layers=6)
-    assert activation_bytes_per_token(t5, 4, False) == 12 * (10 * 512 + 4 * 2048) * 4
-    with pytest.raises(ValueError, match="positive number of tokens"):
-        ift.TrainingConfig(max_tokens_per_forward=0)
-
-
 def test_an_objective_that_couples_its_examples_is_never_split(make_context: Any):
     class Coupled(Calls):
         def splits(self) -> bool:
