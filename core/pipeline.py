@@ -4,44 +4,31 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import platform
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any, cast
 
-from ift.cache import Prepared, PreparedCache, make_key, tokenizer_fingerprint
+from ift.cache import tokenizer_fingerprint
 from ift.components import Metric, Origin, origin_of, set_origin
-from ift.data import (
-    DataReport,
-    apply_transforms,
-    bad_record_policy,
-    data_notes,
-    encode_records,
-    read_sources,
-    split_records,
-    stop_strings,
-)
+from ift.data import DataReport, data_notes, encode_records, stop_strings
 from ift.errors import DataError, IftError, Preempted
 from ift.evaluation import Evaluator
 from ift.host import PluginHost
+from ift.preparation import DataPreparation, package_version
 from ift.progress import Progress
 from ift.recipe import Recipe
 from ift.redact import install as mask_credentials_in_logs
 from ift.redact import redact
 from ift.resume import check_same_run, checkpoint_step, choose_checkpoint, run_identity, trim_events
 from ift.rundir import RunDirectory
-from ift.runtime import finish_distributed, is_main_process, rank, seed_everything, world_size
+from ift.runtime import finish_distributed, is_main_process, seed_everything, world_size
 from ift.training import TrainContext
 
 #: The sampled generations of each stage evaluated so far; a resume takes back those it does not repeat.
@@ -94,10 +81,10 @@ class Run:
         #: what the run trained, once it has: the adapter, the model as it is in memory, tokenizer, renderer
         self.trained: tuple[Any, Any, Any, Any] | None = None
         self._stop_requested = False
-        self._fresh_records: tuple[list[Any], list[Any]] | None = None
         self.echo = echo if is_main_process() else (lambda *a, **k: None)
         self.interactive = interactive
         self.report = DataReport()
+        self.data = DataPreparation(recipe, host, output_dir, self.report, self.echo)
         self.metrics: dict[str, Any] = {}
         self.manifest: dict[str, Any] = {}
         self._evaluator: Evaluator | None = None  # the held-out split's, whose samples metrics.json keeps
@@ -162,165 +149,19 @@ class Run:
             if source.is_file():  # a missing file is reported when the renderer is built
                 rundir.write_text(f"template/{source.name}", source.read_text(encoding="utf-8"))
         self.manifest = {
-            "ift": _version("ift"),
+            "ift": package_version("ift"),
             "hook_api": _hook_api(),
             "python": platform.python_version(),
             "platform": platform.platform(),
             "command": [redact(a) for a in sys.argv],
             "seed": recipe.run.seed,
             "data_seed": recipe.run.order_seed,
-            "packages": {p: _version(p) for p in PACKAGES},
+            "packages": {p: package_version(p) for p in PACKAGES},
             "plugins": self.host.describe(),
             "git": _git_sha(recipe.base_dir),
             "started": rundir.started,
         }
         rundir.write_json("manifest.json", self.manifest)
-
-    def _prepare(self, adapter: Any, tokenizer: Any, renderer: Any) -> Prepared:
-        """Read, clean, split, render and tokenize, or reuse an identical earlier preparation."""
-        recipe, host, report = self.recipe, self.host, self.report
-        key = self._cache_key(adapter, tokenizer, renderer)
-        cache = PreparedCache()
-        started = time.perf_counter()
-        if key is not None and (hit := self._cached(cache, key)) is not None:
-            if "adapter" in hit.report:  # what the adapter learned from the training split (a classifier's labels)
-                adapter.restore_data(hit.report["adapter"])
-            self.manifest["data"] = hit.report
-            self.manifest["cache"] = {"key": key, "hit": True, "seconds": round(time.perf_counter() - started, 3)}
-            self.echo(f"data: reusing prepared data {cache.root / key}")
-            if is_main_process():
-                for saved in (cache.root / key).glob("data_report*"):
-                    shutil.copyfile(saved, self.output_dir / saved.name)
-                if (cache.root / key / "data").is_dir():
-                    shutil.copytree(cache.root / key / "data", self.output_dir / "data", dirs_exist_ok=True)
-            return hit
-        records = read_sources(recipe, host, report)
-        records = apply_transforms(recipe, host, records, report)
-        train_records, eval_records = split_records(recipe, records, report)
-        self.manifest["data"] = report.to_dict()
-        if not train_records:
-            raise DataError(
-                f"no training examples are left after filtering and the eval split (counts: {report.to_dict()})"
-            )
-        self._fresh_records = (train_records, eval_records)  # reported after training, off the critical path
-        trainer_cfg = recipe.trainer_config
-        # before encoding: e.g. a classifier's label set and the input length its generation cuts prompts to
-        adapter_state = adapter.prepare_data(train_records, max_length=trainer_cfg.max_length)
-        # The examples are streamed into column files and mapped back (ift.examples): into the cache entry being
-        # written, or into a temporary folder that is removed at once (the mapping keeps the data readable).
-        caching = key is not None and is_main_process()
-        folder = cache.begin(key) if caching and key is not None else Path(tempfile.mkdtemp(prefix="ift-prepared-"))
-        bad = bad_record_policy(recipe)
-        try:
-            train_examples, _ = encode_records(
-                train_records,
-                renderer,
-                adapter,
-                tokenizer,
-                trainer_cfg,
-                "train",
-                report,
-                bad_records=bad,
-                into=folder / "train",
-            )
-            eval_examples, eval_records = encode_records(
-                eval_records,
-                renderer,
-                adapter,
-                tokenizer,
-                trainer_cfg,
-                "eval",
-                report,
-                bad_records=bad,
-                into=folder / "eval",
-            )
-            self.manifest["data"] = report.to_dict()
-            if not len(train_examples):
-                raise DataError(
-                    f"every training example was dropped while tokenizing (trainer.max_length = "
-                    f"{trainer_cfg.max_length}): {report.encoding['train']['reasons']}"
-                )
-            prepared = Prepared(train_examples, eval_examples, eval_records, report.to_dict())
-            if adapter_state is not None:  # kept with the cached data, handed back to restore_data on a cache hit
-                prepared.report["adapter"] = self.manifest["data"]["adapter"] = adapter_state
-            self.manifest["cache"] = {"key": key, "hit": False, "seconds": round(time.perf_counter() - started, 3)}
-            if caching and key is not None:
-                self._cache_entry = cache.commit(key, folder, prepared)
-        finally:  # a committed entry was renamed away; anything else goes
-            shutil.rmtree(folder, ignore_errors=True)
-        return prepared
-
-    @staticmethod
-    def _cached(cache: PreparedCache, key: str) -> Prepared | None:
-        """The cache entry ``key``. Under torchrun on one machine global rank 0 prepares the data and commits the
-        entry, and every other rank waits for it and maps the same files (read-only memory maps: one copy in
-        the page cache, not one per rank). A rank that waits longer than ``IFT_PREPARE_WAIT_SECONDS`` (default
-        3600) prepares its own copy, as ranks on other machines (which may not share the cache folder) do."""
-        hit = cache.load(key)
-        if hit is not None or is_main_process() or os.environ.get("LOCAL_WORLD_SIZE") != str(world_size()):
-            return hit
-        wait = float(os.environ.get("IFT_PREPARE_WAIT_SECONDS", "3600"))
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-            if (cache.root / key / "complete.json").is_file() and (hit := cache.load(key)) is not None:
-                return hit
-        warnings.warn(
-            f"rank {rank()}: rank 0's prepared data did not appear in {cache.root} within {wait:g} s "
-            "(IFT_PREPARE_WAIT_SECONDS); preparing this rank's own copy",
-            stacklevel=2,
-        )
-        return None
-
-    def _report_data(self) -> None:
-        """Write the records trained and evaluated on (``data/train.jsonl``, ``data/eval.jsonl``: what a later
-        ``continual`` run replays) and let plugins write data reports (``ift_data_prepared``) for freshly
-        prepared data. These files go into the cache entry too, and come back from it on a cache hit."""
-        if not is_main_process() or self._fresh_records is None:
-            return
-        for name, records in zip(("train", "eval"), self._fresh_records, strict=True):
-            _write_records(self.output_dir / "data" / f"{name}.jsonl", records)
-        self.host.data_prepared(str(self.output_dir), *self._fresh_records)
-        entry = getattr(self, "_cache_entry", None)
-        if entry is not None and entry.is_dir():
-            for report in self.output_dir.glob("data_report*"):
-                if report.is_file():
-                    shutil.copyfile(report, entry / report.name)
-            shutil.copytree(self.output_dir / "data", entry / "data", dirs_exist_ok=True)
-
-    def _cache_key(self, adapter: Any, tokenizer: Any, renderer: Any) -> str | None:
-        recipe = self.recipe
-        if not recipe.run.cache or os.environ.get("IFT_NO_CACHE") == "1":
-            return None
-        fingerprints = []
-        for spec in recipe.data:
-            source = spec.cls(spec.config, source_name=spec.source_name, base_dir=recipe.base_dir, host=self.host)
-            fingerprint = source.content_fingerprint()
-            if fingerprint is None:
-                return None
-            fingerprints.append(fingerprint)
-        resolved = recipe.resolved()
-        return make_key(
-            {
-                "ift": _version("ift"),
-                "cache_format": 2,
-                "fingerprints": fingerprints,
-                "plugins": self.host.data_plugins(resolved),
-                "data": resolved["data"],
-                "mixture": resolved["mixture"],
-                "transforms": resolved["transforms"],
-                "split": {
-                    "seed": recipe.run.order_seed,
-                    "fraction": recipe.eval.fraction,
-                    "max_examples": recipe.eval.max_examples,
-                },
-                "template": resolved["template"],
-                "template_hash": renderer.template_hash(),
-                "tokenizer": tokenizer_fingerprint(tokenizer),
-                "model": resolved["model"],
-                "length": [recipe.trainer_config.max_length, recipe.trainer_config.overlong],
-            }
-        )
 
     def _run(self, rundir: RunDirectory) -> None:
         progress = self.progress = (
@@ -343,7 +184,7 @@ class Run:
         renderer = make_renderer(recipe, host)
         renderer.bind(tokenizer)
         self.manifest["template"] = {"name": recipe.template.name, "hash": renderer.template_hash()}
-        prepared = self._prepare(adapter, tokenizer, renderer)
+        prepared = self.data.prepare(adapter, tokenizer, renderer, self.manifest)
         train_examples, eval_examples, eval_records = prepared.train, prepared.eval, prepared.eval_records
         identity = run_identity(
             recipe.resolved(),
@@ -480,7 +321,7 @@ class Run:
         # what each source contributed to training (examples, tokens), next to the per-source eval metrics
         results["data"] = {"mixture": prepared.report.get("mixture", {})}
         progress.stage("writing reports")
-        self._report_data()
+        self.data.write_records()
         progress.stage("saving model")
         if is_main_process():
 
@@ -491,7 +332,7 @@ class Run:
                     final_path=self.output_dir / "model",
                     tokenizer=tokenizer,
                     renderer=renderer,
-                    records=[*eval_records[:256], *(self._fresh_records or ([], []))[0][:64]],  # checked on
+                    records=[*eval_records[:256], *(self.data.fresh_records or ([], []))[0][:64]],  # checked on
                     max_length=recipe.trainer_config.max_length,
                 )
                 if facts:
@@ -591,21 +432,6 @@ def _preference_line(figures: dict[str, Any]) -> str:
     )
 
 
-def _write_records(path: Path, records: list[Any]) -> None:
-    """One JSON line per record (a mixture's repeats once each), streamed to a temporary file and renamed
-    into place, so a million records never become one string in memory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    seen: set[tuple[str, str]] = set()
-    with tmp.open("w", encoding="utf-8") as handle:
-        for record in records:
-            if (record.source, record.id) in seen:
-                continue
-            seen.add((record.source, record.id))
-            handle.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def _quiet_library_progress_bars() -> None:
     """The run's own view reports progress; transformers' bars (writing shards...) would interleave with it."""
     try:
@@ -623,13 +449,6 @@ def _param_counts(model: Any) -> dict[str, int]:
 
 def _device(model: Any) -> Any:
     return next(model.parameters()).device
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def _hook_api() -> int:

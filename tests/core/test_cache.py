@@ -181,7 +181,7 @@ def test_the_key_changes_with_the_version_of_a_plugin_that_shaped_the_data(
             host.register(_JinjaFilters(), "filters", distribution="ift-filters", version=versions["filters"])
         recipe = make_recipe(transforms=[{"name": "shout"}])
         renderer = make_renderer(recipe, host)
-        result = Run(recipe, host, tmp_path / "run")._cache_key(None, tokenizer, renderer)
+        result = Run(recipe, host, tmp_path / "run").data.cache_key(None, tokenizer, renderer)
         assert result is not None
         return result
 
@@ -210,7 +210,7 @@ def test_the_key_follows_a_local_plugin_files_contents(host, make_recipe, tokeni
         plugin.write_text(body.format(suffix))
         host.load_local(plugin)
         recipe = make_recipe(transforms=[{"name": "shout"}])
-        result = Run(recipe, host, tmp_path / "run")._cache_key(None, tokenizer, make_renderer(recipe, host))
+        result = Run(recipe, host, tmp_path / "run").data.cache_key(None, tokenizer, make_renderer(recipe, host))
         assert result is not None
         return result
 

@@ -10,7 +10,7 @@ import pytest
 
 import ift
 from ift.cache import Prepared, PreparedCache
-from ift.pipeline import Run
+from ift.preparation import cached_entry
 
 
 def sample() -> Prepared:
@@ -30,7 +30,7 @@ def test_a_later_rank_waits_for_rank_0s_entry_and_maps_it(tmp_path: Path, monkey
     writer = threading.Timer(0.5, lambda: cache.store("k", sample()))
     writer.start()
     try:
-        hit = Run._cached(cache, "k")
+        hit = cached_entry(cache, "k")
     finally:
         writer.join()
     assert hit is not None and list(hit.train) == sample().train
@@ -42,14 +42,14 @@ def test_rank_0_and_ranks_on_several_machines_never_wait(tmp_path: Path, monkeyp
     cache = PreparedCache(tmp_path)
     for rank, world, local_world in ((0, 2, 2), (1, 4, 2)):
         as_rank(monkeypatch, rank, world, local_world)
-        assert Run._cached(cache, "k") is None  # at once: rank 0 prepares; another machine's rank too
+        assert cached_entry(cache, "k") is None  # at once: rank 0 prepares; another machine's rank too
 
 
 def test_a_rank_that_waits_too_long_prepares_its_own_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     as_rank(monkeypatch, 1)
     monkeypatch.setenv("IFT_PREPARE_WAIT_SECONDS", "0.2")
     with pytest.warns(UserWarning, match=r"rank 1: rank 0's prepared data did not appear .* within 0.2 s"):
-        assert Run._cached(PreparedCache(tmp_path), "k") is None
+        assert cached_entry(PreparedCache(tmp_path), "k") is None
 
 
 def test_a_damaged_entry_is_not_mapped_while_waiting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -60,4 +60,4 @@ def test_a_damaged_entry_is_not_mapped_while_waiting(tmp_path: Path, monkeypatch
     with (entry / "train" / "ids.bin").open("r+b") as handle:
         handle.write(b"\1\0\0\0")
     with pytest.warns(UserWarning, match="preparing this rank's own copy"):
-        assert Run._cached(cache, "k") is None
+        assert cached_entry(cache, "k") is None
