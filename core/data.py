@@ -20,8 +20,8 @@ from ift.config import TrainerConfig
 from ift.errors import DataError, PluginError
 from ift.examples import TableWriter
 from ift.host import PluginHost
-from ift.mixture import MixturePlan, describe, mix, plan_mixture
-from ift.recipe import Recipe, default_strategy
+from ift.mixture import MixturePlan, default_strategy, describe, mix, plan_mixture
+from ift.recipe import Recipe
 from ift.records import InstructionRecord
 
 #: Public: plugins and builtin commands may import these names (see ift.PUBLIC_MODULES).
@@ -250,7 +250,7 @@ def _mix(
     mixture = recipe.mixture
     plan = plan_mixture(
         sizes,
-        strategy=mixture.strategy or default_strategy(recipe.data),
+        strategy=mixture.strategy or default_strategy(d.weight for d in recipe.data),
         weights={d.source_name: d.weight for d in recipe.data},
         temperature=mixture.temperature,
         cap=mixture.cap,

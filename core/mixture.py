@@ -26,11 +26,15 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ift.errors import Problem
+from ift.host import did_you_mean
 from ift.records import InstructionRecord
 
 STRATEGIES = ("concat", "proportional", "weighted", "temperature")
@@ -43,6 +47,99 @@ RULES = {
     "temperature": "share_i = min(n_i, cap)^(1/T) / sum_j min(n_j, cap)^(1/T); examples_i = total * share_i "
     "(largest-remainder rounding; total defaults to sum_j min(n_j, cap))",
 }
+
+
+# --- the [mixture] section ---------------------------------------------------------------
+
+
+class MixtureSection(BaseModel):
+    """How several [[data]] tables are mixed into one training list (the arithmetic is in this module's plan).
+
+    One training epoch is one pass over the mixed list. Without a strategy, a recipe whose weights are all 1
+    concatenates its sources and one with any other weight uses ``weighted``, as recipes always did."""
+
+    model_config = ConfigDict(extra="forbid")
+    strategy: Literal["concat", "proportional", "weighted", "temperature"] | None = Field(
+        None,
+        description="concat | proportional | weighted | temperature; default: concat when every weight "
+        "is 1, else weighted.",
+    )
+    temperature: float | None = Field(None, gt=0, description="temperature only: T in rate ~ min(n, cap)^(1/T).")
+    cap: int | None = Field(
+        None,
+        gt=0,
+        description="Per-source limit: K in the rate (proportional, temperature), a hard cap on the count (weighted).",
+    )
+    total: int | None = Field(
+        None, gt=0, description="Examples in the mixed list (proportional, temperature); default: sum of min(n, cap)."
+    )
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _known_strategy(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in STRATEGIES:
+            raise ValueError(
+                f"unknown strategy {value!r}{did_you_mean(value, STRATEGIES)}; strategies are {', '.join(STRATEGIES)}"
+            )
+        return value
+
+
+def default_strategy(weights: Iterable[float]) -> str:
+    """The strategy of a recipe without ``mixture.strategy``, from its [[data]] weights: what they have always
+    meant."""
+    return "concat" if all(w == 1.0 for w in weights) else "weighted"
+
+
+# Which [mixture] keys each strategy reads; any other key given is a problem, not silently ignored.
+_MIXTURE_KEYS = {
+    "concat": (),
+    "proportional": ("cap", "total"),
+    "weighted": ("cap",),
+    "temperature": ("temperature", "cap", "total"),
+}
+
+
+def check_section(
+    mixture: MixtureSection | None, weights: Sequence[float], tables: Any, problems: list[Problem]
+) -> MixtureSection:
+    """Check a validated [mixture] section against its strategy and the [[data]] tables (``tables``: the raw
+    list, for their ``weight`` keys; ``weights``: the validated weights), adding problems; the result carries
+    the resolved strategy. ``mixture`` None (the section itself had problems): the default strategy alone."""
+    if mixture is None:
+        return MixtureSection.model_validate({"strategy": default_strategy(weights)})
+    strategy = mixture.strategy or default_strategy(weights)
+    how = f"mixture.strategy = {strategy!r}" + ("" if mixture.strategy else " (the default for these weights)")
+    for key in ("temperature", "cap", "total"):
+        if getattr(mixture, key) is not None and key not in _MIXTURE_KEYS[strategy]:
+            users = [repr(s) for s, keys in _MIXTURE_KEYS.items() if key in keys]
+            readers = (
+                f"strategy {users[0]}" if len(users) == 1 else f"strategies {', '.join(users[:-1])} and {users[-1]}"
+            )
+            verb = "reads" if len(users) == 1 else "read"
+            problems.append(Problem(f"mixture.{key}", f"is not used by {how}; only {readers} {verb} it"))
+    if strategy == "temperature" and mixture.temperature is None:
+        problems.append(
+            Problem(
+                "mixture.temperature",
+                "required by strategy 'temperature': e.g. 2.0 (1 gives "
+                "the proportional shares; larger values move the shares toward equal)",
+            )
+        )
+    if strategy in ("concat", "proportional", "temperature"):
+        for i, table in enumerate(tables if isinstance(tables, list) else []):
+            weight = table.get("weight", 1.0) if isinstance(table, dict) else 1.0
+            if isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0 and weight != 1:
+                effect = "uses every record once" if strategy == "concat" else "sets the shares from source sizes"
+                problems.append(
+                    Problem(
+                        f"data[{i}].weight",
+                        f"is {weight:g}, but {how} {effect}; only strategy 'weighted' reads weights",
+                    )
+                )
+    return mixture.model_copy(update={"strategy": strategy})
+
+
+# --- the plan ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,11 @@
 
 Components are named by their registered name; each component's keys are validated by the ``Config``
 model of the class that owns the name, so plugins validate their own sections.
+
+The recipe format's sections, loading and validation stay in this one module (over 500 lines): validation
+checks sections against each other (a trainer against ``[eval]`` and ``[model]``, ``[mixture]`` against the
+``[[data]]`` weights) and reports every problem of every section at once. The ``[mixture]`` rules live with
+the mixture arithmetic (:mod:`ift.mixture`).
 """
 
 from __future__ import annotations
@@ -12,13 +17,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ift.components import Origin, set_origin
 from ift.config import ComponentConfig, TrainerConfig
 from ift.errors import Problem, RecipeError
 from ift.host import KIND_LABELS, PluginHost, did_you_mean
-from ift.mixture import STRATEGIES
+from ift.mixture import MixtureSection, check_section, default_strategy
 from ift.redact import MASK, has_credentials, redact
 
 #: Public: plugins and builtin commands may import these names (see ift.PUBLIC_MODULES).
@@ -61,38 +66,6 @@ class EvalSection(BaseModel):
     max_new_tokens: int = Field(64, gt=0)
     batch_size: int = Field(32, gt=0)
     samples: int = Field(3, ge=0, description="Generations printed and kept in metrics.json.")
-
-
-class MixtureSection(BaseModel):
-    """How several [[data]] tables are mixed into one training list (see ``ift.mixture`` for the arithmetic).
-
-    One training epoch is one pass over the mixed list. Without a strategy, a recipe whose weights are all 1
-    concatenates its sources and one with any other weight uses ``weighted``, as recipes always did."""
-
-    model_config = ConfigDict(extra="forbid")
-    strategy: Literal["concat", "proportional", "weighted", "temperature"] | None = Field(
-        None,
-        description="concat | proportional | weighted | temperature; default: concat when every weight "
-        "is 1, else weighted.",
-    )
-    temperature: float | None = Field(None, gt=0, description="temperature only: T in rate ~ min(n, cap)^(1/T).")
-    cap: int | None = Field(
-        None,
-        gt=0,
-        description="Per-source limit: K in the rate (proportional, temperature), a hard cap on the count (weighted).",
-    )
-    total: int | None = Field(
-        None, gt=0, description="Examples in the mixed list (proportional, temperature); default: sum of min(n, cap)."
-    )
-
-    @field_validator("strategy", mode="before")
-    @classmethod
-    def _known_strategy(cls, value: Any) -> Any:
-        if isinstance(value, str) and value not in STRATEGIES:
-            raise ValueError(
-                f"unknown strategy {value!r}{did_you_mean(value, STRATEGIES)}; strategies are {', '.join(STRATEGIES)}"
-            )
-        return value
 
 
 class PluginsSection(BaseModel):
@@ -175,7 +148,7 @@ class Recipe:
             ],
             "mixture": {
                 **self.mixture.model_dump(mode="json"),
-                "strategy": self.mixture.strategy or default_strategy(self.data),
+                "strategy": self.mixture.strategy or default_strategy(d.weight for d in self.data),
             },
             "transforms": [dump(t, "name") for t in self.transforms],
             "template": dump(self.template, "name"),
@@ -520,7 +493,11 @@ def validate_recipe(
         host, "trainer", trainer_table, "name", "trainer", problems, context={"eval": eval_section, "model": model}
     )
 
-    mixture = _mixture(raw, data, problems)
+    before = len(problems)
+    mixture = _section(raw.get("mixture"), "mixture", MixtureSection, problems)
+    mixture = check_section(
+        None if len(problems) > before else mixture, [d.weight for d in data], raw.get("data"), problems
+    )
 
     if eval_section.fraction == 0 and not any(d.split == "eval" for d in data) and any(m for m in eval_section.metrics):
         problems.append(
@@ -595,59 +572,6 @@ def _metric_configs(host: PluginHost, section: EvalSection, problems: list[Probl
         )
         configs[name] = config
     return configs
-
-
-def default_strategy(data: list[DataSpec]) -> str:
-    """The strategy of a recipe without ``mixture.strategy``: what its weights have always meant."""
-    return "concat" if all(d.weight == 1.0 for d in data) else "weighted"
-
-
-# Which [mixture] keys each strategy reads; any other key given is a problem, not silently ignored.
-_MIXTURE_KEYS = {
-    "concat": (),
-    "proportional": ("cap", "total"),
-    "weighted": ("cap",),
-    "temperature": ("temperature", "cap", "total"),
-}
-
-
-def _mixture(raw: dict[str, Any], data: list[DataSpec], problems: list[Problem]) -> MixtureSection:
-    """Validate [mixture] and how it fits the [[data]] weights; the result carries the resolved strategy."""
-    before = len(problems)
-    mixture = _section(raw.get("mixture"), "mixture", MixtureSection, problems)
-    if len(problems) > before:
-        return MixtureSection.model_validate({"strategy": default_strategy(data)})
-    strategy = mixture.strategy or default_strategy(data)
-    how = f"mixture.strategy = {strategy!r}" + ("" if mixture.strategy else " (the default for these weights)")
-    for key in ("temperature", "cap", "total"):
-        if getattr(mixture, key) is not None and key not in _MIXTURE_KEYS[strategy]:
-            users = [repr(s) for s, keys in _MIXTURE_KEYS.items() if key in keys]
-            readers = (
-                f"strategy {users[0]}" if len(users) == 1 else f"strategies {', '.join(users[:-1])} and {users[-1]}"
-            )
-            verb = "reads" if len(users) == 1 else "read"
-            problems.append(Problem(f"mixture.{key}", f"is not used by {how}; only {readers} {verb} it"))
-    if strategy == "temperature" and mixture.temperature is None:
-        problems.append(
-            Problem(
-                "mixture.temperature",
-                "required by strategy 'temperature': e.g. 2.0 (1 gives "
-                "the proportional shares; larger values move the shares toward equal)",
-            )
-        )
-    if strategy in ("concat", "proportional", "temperature"):
-        tables = raw.get("data")
-        for i, table in enumerate(tables if isinstance(tables, list) else []):
-            weight = table.get("weight", 1.0) if isinstance(table, dict) else 1.0
-            if isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0 and weight != 1:
-                effect = "uses every record once" if strategy == "concat" else "sets the shares from source sizes"
-                problems.append(
-                    Problem(
-                        f"data[{i}].weight",
-                        f"is {weight:g}, but {how} {effect}; only strategy 'weighted' reads weights",
-                    )
-                )
-    return mixture.model_copy(update={"strategy": strategy})
 
 
 def _table(raw: dict[str, Any], key: str, problems: list[Problem]) -> dict[str, Any]:
