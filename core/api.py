@@ -6,6 +6,7 @@ the same run directory, lock, manifest, events and metrics. Only the output diff
 (a notebook shows stderr as warnings), as a widget bar or plain lines in a notebook (see :mod:`ift.progress`).
 
 Importing this module imports neither torch nor the pipeline; they are imported when a function is called.
+The whole public Python API is this one module (over 500 lines), so ``help(ift.api)`` shows all of it.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 class from the matching registration hook.
 
 Nothing here imports torch: recipes are validated against these classes before any model code loads.
+
+The kinds stay in one module (over 500 lines) on purpose: it is the page a plugin author reads, one section per
+kind, and the kinds share the origin and error-naming machinery at the top.
 """
 
 from __future__ import annotations
