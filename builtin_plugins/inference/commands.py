@@ -351,7 +351,8 @@ def export(
 ) -> None:
     """Write RUN_DIR's model as a standalone Hugging Face folder (tokenizer, generation config, README with the
     run, template hash and merge), and with --quantize int8 a CPU copy with its size and metric change."""
-    from ift.builtin_plugins.inference.export import export_run, summary_table
+    from ift.builtin_plugins.inference.export import export_run
+    from ift.builtin_plugins.inference.export_card import summary_table
 
     _quiet_library_progress_bars()
     report = export_run(
