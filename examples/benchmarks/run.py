@@ -16,7 +16,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -25,14 +24,13 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-DEFAULT_VENV = HERE / ".venv"  # git-ignored by the repository's ".venv/" rule
-TRL_VERSION = "1.16.0"
-TORCH_SPEC = "torch==2.13.0"
-
 sys.path.insert(0, str(HERE))
 import real_text  # noqa: E402
+from environment import ensure_venv, git_state, machine, main_venv_versions, versions  # noqa: E402
+from tables import real_targets, table, targets, update_readme  # noqa: E402
 from workload import Settings, build_model_dir, make_rows, write_jsonl  # noqa: E402
+
+DEFAULT_VENV = HERE / ".venv"  # git-ignored by the repository's ".venv/" rule
 
 # (label, data, ift batching, TRL mode, settings overrides)
 COMPARISONS: list[tuple[str, str, str, str, dict[str, Any]]] = [
@@ -74,104 +72,6 @@ REAL_COMPARISONS: list[tuple[str, str, str, str, dict[str, Any]]] = [
 REAL_LEARNING_RATE = 2e-5  # a pretrained model: a fine-tuning rate, not the toy model's 1e-3
 METRICS = ("tokens_per_s", "padding_fraction", "preprocess_s", "peak_rss_mb", "final_loss")
 PARITY_RTOL = 1e-5
-
-
-# --- the environment --------------------------------------------------------------------------------------
-
-
-def ensure_venv(venv: Path) -> Path:
-    """Create the benchmark environment once: torch, this checkout of ift (editable), then TRL with
-    torch / transformers / accelerate / datasets / tokenizers pinned to what ift resolved, so installing TRL
-    can never upgrade them on one side only."""
-    python = venv / "bin" / "python"
-    marker = venv / ".ift-bench-ready"
-    if marker.is_file():
-        return python
-    print(f"setting up {venv} (once; a few minutes) ...", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(python), "-m", "pip", "install", "--quiet"]
-    subprocess.run([*pip, TORCH_SPEC], check=True)
-    subprocess.run([*pip, "-e", str(REPO)], check=True)
-    pinned = subprocess.run(
-        [
-            str(python),
-            "-c",
-            "from importlib.metadata import version as v; "
-            "print('\\n'.join(f'{p}=={v(p)}' for p in ('torch', 'transformers', 'accelerate', 'datasets', "
-            "'tokenizers')))",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    constraints = venv / "constraints.txt"
-    constraints.write_text(pinned)
-    subprocess.run([*pip, f"trl=={TRL_VERSION}", "-c", str(constraints)], check=True)
-    marker.write_text(pinned)
-    return python
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("ift", "trl", "torch", "transformers", "accelerate", "datasets", "tokenizers", "peft"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def main_venv_versions() -> dict[str, str] | None:
-    """What the project's own environment has, to show whether the benchmark environment differs."""
-    python = REPO / ".venv" / "bin" / "python"
-    if not python.is_file():
-        return None
-    code = (
-        "from importlib.metadata import version as v; import json; "
-        "print(json.dumps({p: v(p) for p in ('torch', 'transformers', 'accelerate', 'datasets')}))"
-    )
-    try:
-        return json.loads(subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60).stdout)
-    except (OSError, ValueError, subprocess.SubprocessError):
-        return None
-
-
-def git_state() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = None
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            gpu = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "gpu": gpu,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 # --- one run -------------------------------------------------------------------------------------------
@@ -224,10 +124,11 @@ class Runner:
         threads: int | None,
         skip_data_report: bool = False,
         nice: int = 0,
+        ift_trainer: str = "",
     ) -> None:
         self.work, self.data, self.model_dir, self.pad_id = work, data, model_dir, pad_id
         self.warmup, self.precision, self.timeout, self.threads = warmup, precision, timeout, threads
-        self.skip_data_report, self.nice = skip_data_report, nice
+        self.skip_data_report, self.nice, self.ift_trainer = skip_data_report, nice, ift_trainer
         self.count = 0
 
     def run(self, side: str, settings: Settings, tag: str) -> dict[str, Any]:
@@ -243,6 +144,7 @@ class Runner:
             "warmup": self.warmup,
             "precision": self.precision,
             "skip_data_report": self.skip_data_report,
+            "trainer_extra": self.ift_trainer if side == "ift" else "",
         }
         (folder / "spec.json").write_text(json.dumps(spec, indent=2))
         # Fresh caches per run: both sides read the JSONL through `datasets`, which caches on disk, and
@@ -457,154 +359,6 @@ def compare(
     return out
 
 
-# --- report --------------------------------------------------------------------------------------------
-
-
-def fmt(s: dict[str, float | None], digits: int = 2, pct: bool = False) -> str:
-    if s["median"] is None:
-        return "n/a"
-    if pct:
-        return f"{100 * s['median']:.1f}%"
-    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}–{s['max']:.{digits}f})"
-
-
-def table(results: list[dict[str, Any]]) -> str:
-    lines = [
-        "| comparison (ift vs TRL) | data | real tokens/s | padding fraction | preprocessing time | "
-        "peak RSS | final loss |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        name = r["label"] + (f" (ift auto = {r['ift_resolved']})" if r["ift_batching"] == "auto" else "")
-        pad = r["ratios"]["padding_fraction"]
-        pad_text = fmt(pad) if pad["median"] is not None else "n/a (TRL 0%)"
-        lines.append(
-            f"| {name} | {r['data']} | {fmt(r['ratios']['tokens_per_s'])} | {pad_text} | "
-            f"{fmt(r['ratios']['preprocess_s'])} | {fmt(r['ratios']['peak_rss_mb'])} | "
-            f"{fmt(r['ratios']['final_loss'], 3)} |"
-        )
-    lines += [
-        "",
-        "Medians per side (ift / TRL):",
-        "",
-        "| comparison | data | real tokens/s | padding fraction | preprocessing s (data only) | "
-        "peak RSS MB (growth over the 2nd half) | final loss |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        i, t = r["ift"], r["trl"]
-        lines.append(
-            f"| {r['label']} | {r['data']} | {i['tokens_per_s']['median']:.0f} / {t['tokens_per_s']['median']:.0f} | "
-            f"{fmt(i['padding_fraction'], pct=True)} / {fmt(t['padding_fraction'], pct=True)} | "
-            f"{i['preprocess_s']['median']:.2f} ({r['ift_data_prep_s']['median']:.2f}) / "
-            f"{t['preprocess_s']['median']:.2f} ({r['trl_data_prep_s']['median']:.2f}) | "
-            f"{i['peak_rss_mb']['median']:.0f} ({r['rss_growth_mb']['ift']['median']:+.0f}) / "
-            f"{t['peak_rss_mb']['median']:.0f} ({r['rss_growth_mb']['trl']['median']:+.0f}) | "
-            f"{i['final_loss']['median']:.3f} / {t['final_loss']['median']:.3f} |"
-        )
-    return "\n".join(lines)
-
-
-def targets(results: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
-    def find(label: str, data: str) -> dict[str, Any] | None:
-        return next((r for r in results if r["label"] == label and r["data"] == data), None)
-
-    out: list[tuple[str, bool | None, str]] = []
-    default = find("default vs default", "lognormal")
-    if default:
-        tps = default["ratios"]["tokens_per_s"]["median"]
-        out.append(("ift default vs TRL default, real tokens/s >= 1.5x (lognormal)", tps >= 1.5, f"{tps:.2f}x"))
-        pad = default["ift"]["padding_fraction"]["median"]
-        out.append(("padding fraction <= 5% with ift's default (lognormal)", pad <= 0.05, f"{100 * pad:.1f}%"))
-        pre = default["ratios"]["preprocess_s"]["median"]
-        out.append(("preprocessing time <= TRL's", pre <= 1.0, f"{pre:.2f}x"))
-        rss = default["ratios"]["peak_rss_mb"]["median"]
-        out.append(("peak RSS <= 1.1x TRL's", rss <= 1.1, f"{rss:.2f}x"))
-    for label in (
-        "padding vs padding",
-        "packing vs packing",
-        "padding-free vs padding-free",
-        "length-grouped vs group_by_length",
-    ):
-        for data in ("lognormal", "constant"):
-            r = find(label, data)
-            if r:
-                tps = r["ratios"]["tokens_per_s"]["median"]
-                out.append((f"like-for-like {label} ({data}), real tokens/s >= 1.0x", tps >= 1.0, f"{tps:.2f}x"))
-    packing = find("packing vs packing", "lognormal")
-    if packing:
-        eff = 1 - packing["ift"]["padding_fraction"]["median"]
-        out.append(("ift packing efficiency >= 95% (lognormal)", eff >= 0.95, f"{100 * eff:.1f}%"))
-    if default:
-        growth = default["rss_growth_mb"]["ift"]["max"]
-        peak = default["ift"]["peak_rss_mb"]["median"]
-        out.append(
-            (
-                "ift's RSS flat after warm-up (grows < 1% of its peak over the 2nd half of a run)",
-                growth < 0.01 * peak,
-                f"{growth:+.1f} MB at most",
-            )
-        )
-    for r in results:
-        if not r["ift_counters_match"]:
-            out.append((f"ift's own token counters match the tensors ({r['label']}, {r['data']})", False, "differ"))
-    return out
-
-
-GIB = 1024  # the probe's RSS is in MiB
-
-
-def real_targets(results: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
-    """Issue 13's targets on a real model (full fine-tuning fp32, batch 8, max length 512)."""
-
-    def find(label: str) -> dict[str, Any] | None:
-        return next((r for r in results if r["label"] == label), None)
-
-    out: list[tuple[str, bool | None, str]] = []
-    for label, floor in (
-        ("default vs default", 3.0),
-        ("padding vs padding", 1.5),
-        ("padding-free vs padding-free", 1.2),
-    ):
-        r = find(label)
-        if r:
-            tps = r["ratios"]["tokens_per_s"]["median"]
-            out.append((f"{label}, real tokens/s ift/TRL >= {floor}x", tps >= floor, f"{tps:.2f}x"))
-    for label, what, limit in (
-        ("default vs default", "ift's defaults", 4.0),
-        ("gradient checkpointing, default vs default", "gradient_checkpointing = true", 3.0),
-        ("LoRA r=16, default vs default", "LoRA r=16", 1.5),
-    ):
-        r = find(label)
-        if r:
-            mib = r["ift"]["peak_rss_mb"]["max"]  # the probe's MB are MiB (ru_maxrss / 1024)
-            gb = mib * 2**20 / 1e9  # the issue's targets are in decimal GB
-            out.append(
-                (
-                    f"peak RSS with {what} <= {limit} GB (largest of the runs)",
-                    gb <= limit,
-                    f"{gb:.2f} GB = {mib / GIB:.2f} GiB",
-                )
-            )
-    for r in results:
-        if not r["ift_counters_match"]:
-            out.append((f"ift's own token counters match the tensors ({r['label']}, {r['data']})", False, "differ"))
-    return out
-
-
-def update_readme(block: str, marker: str = "results") -> None:
-    readme = HERE / "README.md"
-    text = readme.read_text()
-    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    if start not in text or end not in text:
-        print(f"README.md has no {start} ... {end} block; not updated")
-        return
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{block}\n{end}{tail}")
-    print(f"updated {readme}")
-
-
 # --- main ----------------------------------------------------------------------------------------------
 
 
@@ -635,7 +389,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="only the comparisons issue 5 asks for (leave out length-grouped vs group_by_length, "
         "packing on constant lengths, and TRL with its untouched defaults)",
     )
-    p.add_argument("--only", default=None, help="run only comparisons whose label contains this text")
+    p.add_argument(
+        "--only",
+        default=None,
+        help="run only comparisons whose label contains this text; several texts separated by '|' (any of them), "
+        "and a text starting with '^' matches the start of a label ('^default vs default': that row alone)",
+    )
     p.add_argument(
         "--precision", choices=("fp32", "bf16"), default="fp32", help="fp32 (CPU) or bf16 autocast on both sides (GPU)"
     )
@@ -651,6 +410,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="diagnostic: ift without the data quality report it writes before training (what moving "
         "it off the data path would give); not for the README table",
+    )
+    p.add_argument(
+        "--ift-trainer",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="diagnostic: a line added to ift's [trainer] table (TOML, e.g. 'gradient_checkpointing = false'; "
+        "repeatable); not for the README table",
     )
     p.add_argument("--venv", type=Path, default=Path(os.environ.get("IFT_BENCH_VENV", DEFAULT_VENV)))
     p.add_argument("--no-venv", action="store_true", help="use the current interpreter (needs trl installed)")
@@ -678,10 +445,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def selects(text: str, label: str) -> bool:
+    """Whether ``--only`` text ``text`` picks the comparison ``label``."""
+    return label.startswith(text[1:]) if text.startswith("^") else text in label
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.skip_ift_data_report and args.update_readme:
         raise SystemExit("--skip-ift-data-report measures a modified ift; it cannot --update-readme")
+    if args.ift_trainer and args.update_readme:
+        raise SystemExit("--ift-trainer changes ift's settings; it cannot --update-readme")
     if not args.no_venv and Path(sys.prefix).resolve() != args.venv.resolve():
         python = ensure_venv(args.venv)
         os.execv(str(python), [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
@@ -733,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         args.threads,
         args.skip_ift_data_report,
         args.nice,
+        "\n".join(args.ift_trainer),
     )
 
     report = parity(runner, args.parity_steps, args.batch_size, args.max_length, "real" if real else "lognormal", base)
@@ -749,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
 
     plan = REAL_COMPARISONS if real else COMPARISONS + ([] if args.core else EXTENDED)
     if args.only:
-        plan = [c for c in plan if args.only in c[0]]
+        plan = [c for c in plan if any(selects(text, c[0]) for text in args.only.split("|"))]
     results = []
     for label, kind, ift_batching, trl_mode, overrides in plan:
         print(f"{label} ({kind}): ift batching={ift_batching}, TRL mode={trl_mode}", flush=True)
@@ -810,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
         + (f"; children under nice -n {args.nice}" if args.nice else "")
         + "."
         + (" DIAGNOSTIC: ift ran without its data quality report." if args.skip_ift_data_report else "")
+        + (f" DIAGNOSTIC: ift's [trainer] had {'; '.join(args.ift_trainer)}." if args.ift_trainer else "")
     )
     target_lines = "\n".join(f"- {'met' if ok else 'NOT met'}: {name}: {value}" for name, ok, value in checks)
     block = (

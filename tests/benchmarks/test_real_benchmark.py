@@ -117,3 +117,52 @@ def test_memory_targets_are_checked_in_decimal_gigabytes():
     ((text, met, figure),) = run.real_targets(results)
     assert text == "peak RSS with gradient_checkpointing = true <= 3.0 GB (largest of the runs)"
     assert met is False and figure == "3.11 GB = 2.90 GiB"
+
+
+def test_only_selects_rows_by_text_or_label_start():
+    run = _module("run")
+    labels = [c[0] for c in run.REAL_COMPARISONS]
+
+    def picked(only: str) -> list[str]:
+        return [label for label in labels if any(run.selects(text, label) for text in only.split("|"))]
+
+    assert picked("^default vs default") == ["default vs default"]
+    assert picked("default vs default") == [label for label in labels if label.endswith("default vs default")]
+    assert picked("^default vs default|padding-free") == [
+        "default vs default",
+        "padding-free vs padding-free",
+        "padding-free vs padding-free, data order",
+    ]
+    assert picked("LoRA") == ["LoRA r=16, default vs default"]
+
+
+def test_ift_trainer_lines_go_into_ifts_trainer_table_and_never_into_the_readme():
+    import tomllib
+
+    run, child = _module("run"), _module("child_ift")
+    args = run.parse_args(
+        ["--ift-trainer", "gradient_checkpointing = false", "--ift-trainer", "max_tokens_per_forward = 375"]
+    )
+    assert args.ift_trainer == ["gradient_checkpointing = false", "max_tokens_per_forward = 375"]
+    with pytest.raises(SystemExit, match="cannot --update-readme"):
+        run.main(["--ift-trainer", "gradient_checkpointing = false", "--update-readme", "--no-venv"])
+    settings = {
+        "seed": 1,
+        "steps": 2,
+        "learning_rate": 1e-3,
+        "adam_betas": [0.9, 0.999],
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "batch_size": 2,
+        "max_length": 64,
+        "ift_batching": "auto",
+        "shuffle": False,
+    }
+    spec = {
+        "settings": settings,
+        "data_path": "d.jsonl",
+        "model_dir": "m",
+        "trainer_extra": "\n".join(args.ift_trainer),
+    }
+    trainer = tomllib.loads(child.recipe_text(spec))["trainer"]
+    assert trainer["gradient_checkpointing"] is False and trainer["max_tokens_per_forward"] == 375
