@@ -8,6 +8,9 @@
    here and prints no speed figures.
 4. For each comparison, runs ift (A) and TRL (B) alternately, A B A B ..., each in a fresh process, and
    reports the median of the per-pair ratios ift/TRL with min and max.
+
+Its environment (``environment.py``) and its tables and targets (``tables.py``) are modules of their own; what
+stays here (over 500 lines) is the comparison itself: the plans, one run, parity, the pairs and ``main``.
 """
 
 from __future__ import annotations
@@ -415,7 +418,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--ift-trainer",
         action="append",
         default=[],
-        metavar="KEY=VALUE",
+        metavar="LINE",
         help="diagnostic: a line added to ift's [trainer] table (TOML, e.g. 'gradient_checkpointing = false'; "
         "repeatable); not for the README table",
     )
