@@ -159,13 +159,31 @@ def map_chunks(
 
 
 def cross_entropy(states: HeadInputs, targets: Any, *, elements: int | None = None) -> Any:
-    """Per-position cross-entropy (float32, one value per selected position) of ``targets`` (their ids)."""
+    """Per-position cross-entropy (float32, one value per selected position) of ``targets`` (their ids; -100 is
+    ignored: loss 0, no gradient).
+
+    A head that is a plain ``torch.nn.Linear`` without hooks (the usual ``lm_head``, tied or not) takes
+    ``LinearHeadLoss`` (:func:`_linear_head_loss`): the same chunks and arithmetic, the head's weight gradient
+    summed into one buffer. Through :func:`map_chunks` every chunk's backward makes a whole ``[vocabulary x hidden]``
+    weight gradient that autograd then adds to the running sum: two of them alive at once (2 x 108 MiB for
+    SmolLM2-135M in fp32, 2 x 1 GiB for a 128 k x 4096 head in bf16) and a fresh allocation per chunk. Other
+    heads (LoRA on ``lm_head``, a ``modules_to_save`` copy, a hooked module) go through :func:`map_chunks`."""
+    import torch
     import torch.nn.functional as F
 
-    (losses,) = map_chunks(
+    hidden = states.hidden
+    linear = _plain_linear(states.head) if hidden is not None else None
+    if hidden is not None and linear is not None and hidden.size(0) > 0:
+        weight, bias = linear
+        step = max(1, (elements or CHUNK_ELEMENTS) // max(states.vocab, 1))
+        device = hidden.device.type
+        autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        losses: Any = _linear_head_loss().apply(hidden, weight, bias, targets, step, device, autocast)
+        return losses
+    (found,) = map_chunks(
         lambda logits, y: F.cross_entropy(logits, y, reduction="none"), [states], [targets], elements=elements
     )
-    return losses
+    return found
 
 
 def uses_chunks(model: Any) -> bool | None:
@@ -175,6 +193,95 @@ def uses_chunks(model: Any) -> bool | None:
 
 
 # --- internals -----------------------------------------------------------------------------------
+
+
+def _plain_linear(head: Any) -> tuple[Any, Any] | None:
+    """``(weight, bias)`` of a head that is exactly ``torch.nn.Linear`` with plain parameters and no hooks (what
+    ``LinearHeadLoss`` may compute without calling the module); None otherwise."""
+    import torch
+
+    if type(head) is not torch.nn.Linear or head._forward_hooks or head._forward_pre_hooks:
+        return None
+    if getattr(head, "_hf_hook", None) is not None:  # accelerate's offloading moves weights in a hook
+        return None
+    if type(head.weight) is not torch.nn.Parameter or (
+        head.bias is not None and type(head.bias) is not torch.nn.Parameter
+    ):
+        return None
+    return head.weight, head.bias
+
+
+_FUNCTION: list[Any] = []
+
+
+def _linear_head_loss() -> Any:
+    """The autograd function (:class:`LinearHeadLoss` inside), built on first use so that importing this module
+    does not import torch."""
+    if _FUNCTION:
+        return _FUNCTION[0]
+    import torch
+    import torch.nn.functional as F
+
+    class LinearHeadLoss(torch.autograd.Function):
+        """Cross-entropy of ``linear(hidden, weight, bias).float()`` per row, a chunk of rows at a time. Backward
+        recomputes each chunk's logits, turns them in place into their gradient (softmax minus the target's
+        one-hot, times the upstream gradient) and adds the chunk's weight gradient into one buffer, so one
+        ``[vocabulary x hidden]`` gradient exists, not one per chunk. Forward runs under the caller's autocast
+        state and backward under the same one, so logits and dtypes are those of ``head(hidden).float()``; the
+        gradient matmuls run in the logits' dtype, as autograd's would, and sum in the weight's dtype."""
+
+        @staticmethod
+        def forward(  # type: ignore[override]
+            ctx: Any, hidden: Any, weight: Any, bias: Any, targets: Any, step: int, device: str, autocast: Any
+        ) -> Any:
+            losses = hidden.new_empty(hidden.size(0), dtype=torch.float32)
+            with torch.autocast(device, dtype=autocast[1], enabled=autocast[0]):
+                for start in range(0, hidden.size(0), step):
+                    logits = F.linear(hidden[start : start + step], weight, bias).float()
+                    losses[start : start + step] = F.cross_entropy(
+                        logits, targets[start : start + step], reduction="none"
+                    )
+            ctx.save_for_backward(hidden, weight, bias, targets)
+            ctx.step, ctx.device, ctx.autocast = step, device, autocast
+            return losses
+
+        @staticmethod
+        def backward(ctx: Any, grad_losses: Any) -> Any:  # type: ignore[override]
+            hidden, weight, bias, targets = ctx.saved_tensors
+            want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
+            grad_hidden = torch.empty_like(hidden) if want_hidden else None
+            grad_weight = torch.zeros_like(weight) if want_weight else None
+            grad_bias = torch.zeros_like(bias) if want_bias else None
+            weight_c = None
+            for start in range(0, hidden.size(0), ctx.step):
+                rows, y = hidden[start : start + ctx.step], targets[start : start + ctx.step]
+                with torch.autocast(ctx.device, dtype=ctx.autocast[1], enabled=ctx.autocast[0]):
+                    logits = F.linear(rows, weight, bias)
+                compute = logits.dtype
+                grad = logits.float()  # a copy unless the logits are float32: then they become the gradient
+                del logits
+                grad.sub_(grad.logsumexp(dim=-1, keepdim=True)).exp_()
+                kept = (y != -100).unsqueeze(1)
+                grad.scatter_add_(1, y.clamp(min=0).unsqueeze(1), -kept.to(grad.dtype))
+                grad.mul_(grad_losses[start : start + ctx.step].unsqueeze(1) * kept)
+                grad = grad.to(compute)
+                if weight_c is None:
+                    weight_c = weight if weight.dtype == compute else weight.to(compute)
+                if grad_hidden is not None:
+                    grad_hidden[start : start + ctx.step] = grad @ weight_c
+                if grad_weight is not None:
+                    rows_c = rows if rows.dtype == compute else rows.to(compute)
+                    if grad_weight.dtype == compute:
+                        grad_weight.addmm_(grad.t(), rows_c)
+                    else:  # autocast: the chunk's gradient in the compute dtype, summed in the weight's
+                        grad_weight.add_(grad.t() @ rows_c)
+                if grad_bias is not None:
+                    grad_bias.add_(grad.sum(dim=0))
+                del grad
+            return grad_hidden, grad_weight, grad_bias, None, None, None, None
+
+    _FUNCTION.append(LinearHeadLoss)
+    return LinearHeadLoss
 
 
 def _unwrapped(model: Any) -> Any:

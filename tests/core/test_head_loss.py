@@ -238,3 +238,72 @@ def test_seq2seq_decoder_head_matches_the_full_logits(tmp_path, small_chunks):
     assert head_loss.uses_chunks(model) is True
     assert torch.allclose(sums, ref.detach(), rtol=1e-6) and torch.equal(counts, (labels != -100).sum(dim=1))
     assert_same_grads(grads(model, sums.sum()), ref_grads)
+
+
+def linear_states(weight: Any, bias: Any, hidden: Any, *, hooked: bool = False) -> head_loss.HeadInputs:
+    head = torch.nn.Linear(weight.size(1), weight.size(0), bias=bias is not None)
+    head.weight = weight
+    head.bias = bias
+    if hooked:  # a hook on the head sends the loss through map_chunks, which calls the module
+        head.register_forward_hook(lambda m, args, out: None)
+    return head_loss.HeadInputs(hidden, head, None, weight.size(0))
+
+
+def head_case(dtype: Any = torch.float32, bias: bool = True) -> tuple[Any, Any, Any, Any]:
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(50, 12).to(dtype))
+    b = torch.nn.Parameter(torch.randn(50).to(dtype)) if bias else None
+    hidden = torch.randn(17, 12).to(dtype).requires_grad_()
+    targets = torch.randint(0, 50, (17,))
+    targets[[3, 9]] = -100  # ignored rows: loss 0, no gradient
+    return weight, b, hidden, targets
+
+
+def loss_and_grads(states: head_loss.HeadInputs, targets: Any, upstream: Any) -> tuple[Any, ...]:
+    leaves = [t for t in (states.hidden, states.head.weight, states.head.bias) if t is not None and t.requires_grad]
+    losses = head_loss.cross_entropy(states, targets, elements=4 * 50)  # chunks of 4 rows: 5 chunks
+    return (losses.detach(), *torch.autograd.grad((losses * upstream).sum(), leaves))
+
+
+@pytest.mark.parametrize("case", ["float32", "no bias", "frozen head", "bf16 autocast", "bf16 weights"])
+def test_the_linear_head_path_equals_the_module_path(case):
+    """A plain nn.Linear head takes the one-buffer path; a hooked one map_chunks (the module called per chunk,
+    autograd summing the chunks' weight gradients). Same losses and gradients, in every dtype setting."""
+    dtype = torch.bfloat16 if case == "bf16 weights" else torch.float32
+    weight, bias, hidden, targets = head_case(dtype, bias=case != "no bias")
+    if case == "frozen head":
+        weight.requires_grad_(False)
+        bias.requires_grad_(False)
+    upstream = torch.linspace(0.5, 2.0, 17)  # per-row weights, as per-source losses give
+    results = []
+    for hooked in (False, True):
+        states = linear_states(weight, bias, hidden, hooked=hooked)
+        assert (head_loss._plain_linear(states.head) is None) is hooked
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "bf16 autocast"):
+            results.append(loss_and_grads(states, targets, upstream))
+    fast, reference = results
+    assert len(fast) == len(reference) == 2 + (case != "frozen head") + (case not in ("no bias", "frozen head"))
+    assert fast[0][[3, 9]].tolist() == [0.0, 0.0]
+    loose = case.startswith("bf16")
+    for got, want in zip(fast, reference, strict=True):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert torch.allclose(got.float(), want.float(), rtol=2e-2 if loose else 1e-5, atol=1e-2 if loose else 1e-6)
+    assert fast[1][[3, 9]].abs().sum() == 0  # ignored rows get no gradient on the hidden states
+
+
+def test_the_linear_head_path_keeps_one_weight_gradient_in_backward():
+    """Tensors of the head weight's size allocated in backward: one buffer on the linear-head path, one per chunk
+    (and the running sums) through map_chunks."""
+    from torch.profiler import ProfilerActivity, profile
+
+    weight, bias, hidden, targets = head_case()
+    size = weight.numel() * 4
+    counts = []
+    for hooked in (False, True):
+        states = linear_states(weight, bias, hidden, hooked=hooked)
+        losses = head_loss.cross_entropy(states, targets, elements=4 * 50)
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            losses.sum().backward()
+        counts.append(sum(1 for e in prof.events() if e.self_cpu_memory_usage == size))
+        weight.grad = bias.grad = hidden.grad = None
+    assert counts[0] == 1 and counts[1] >= 5, counts
