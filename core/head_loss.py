@@ -26,6 +26,7 @@ import torch.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -141,7 +142,7 @@ def map_chunks(
     n = streams[0].rows.size(0)
     if any(s.rows.size(0) != n for s in streams) or any(e.size(0) != n for e in extras):
         raise ValueError("every stream and extra needs one row per selected position")
-    step = max(1, (elements or CHUNK_ELEMENTS) // max(max(s.vocab for s in streams), 1))
+    step = _rows_per_chunk(max(s.vocab for s in streams), elements)
     k = len(streams)
 
     def run(*args: Any) -> tuple[Any, ...]:
@@ -175,7 +176,7 @@ def cross_entropy(states: HeadInputs, targets: Any, *, elements: int | None = No
     linear = _plain_linear(states.head) if hidden is not None else None
     if hidden is not None and linear is not None and hidden.size(0) > 0:
         weight, bias = linear
-        step = max(1, (elements or CHUNK_ELEMENTS) // max(states.vocab, 1))
+        step = _rows_per_chunk(states.vocab, elements)
         device = hidden.device.type
         autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         losses: Any = _linear_head_loss().apply(hidden, weight, bias, targets, step, device, autocast)
@@ -211,14 +212,15 @@ def _plain_linear(head: Any) -> tuple[Any, Any] | None:
     return head.weight, head.bias
 
 
-_FUNCTION: list[Any] = []
+def _rows_per_chunk(vocab: int, elements: int | None) -> int:
+    """Rows whose logits fit in ``elements`` values (:data:`CHUNK_ELEMENTS` by default), at least one."""
+    return max(1, (elements or CHUNK_ELEMENTS) // max(vocab, 1))
 
 
+@functools.cache
 def _linear_head_loss() -> Any:
     """The autograd function (:class:`LinearHeadLoss` inside), built on first use so that importing this module
     does not import torch."""
-    if _FUNCTION:
-        return _FUNCTION[0]
     import torch
     import torch.nn.functional as F
 
@@ -280,7 +282,6 @@ def _linear_head_loss() -> Any:
                 del grad
             return grad_hidden, grad_weight, grad_bias, None, None, None, None
 
-    _FUNCTION.append(LinearHeadLoss)
     return LinearHeadLoss
 
 
