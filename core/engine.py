@@ -131,7 +131,7 @@ class _Loop:
 
             sizes = [(p.numel(), p.requires_grad) for p in model.parameters()]
             trained = sum(n for n, grad in sizes if grad) / max(1, sum(n for n, _ in sizes))
-            tune_for_training(threshold_for(checkpointed, trained))
+            tune_for_training(threshold_for(checkpointed, trained, asked=cfg.gradient_checkpointing is True))
         precision = cfg.precision
         if precision == "auto":
             precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"

@@ -1,7 +1,8 @@
-"""Peak RSS and tokens/s of ift on a real pretrained model folder, with its defaults, with checkpointing and
-token-budget passes switched off, and with LoRA: ``python examples/benchmarks/real_memory.py --model-dir DIR`` (a
-SmolLM2 folder: ``smollm2_folder.py``). Each configuration runs in a fresh process through
-``child_ift.py`` (the ``ift run`` code path, measured by ``probe.py``), in rounds A B C A B C.
+"""Peak RSS and tokens/s of ift on a real pretrained model folder, with its defaults, with checkpointing
+asked for, with checkpointing and token-budget passes switched off, and with LoRA:
+``python examples/benchmarks/real_memory.py --model-dir DIR`` (a SmolLM2 folder: ``smollm2_folder.py``). Each
+configuration runs in a fresh process through ``child_ift.py`` (the ``ift run`` code path, measured by
+``probe.py``), in rounds A B C A B C.
 
 The data are seeded prompt/completion rows of English words (``workload.WORDS``), 370-600 words per example,
 so every example is cut at max_length 512 with the real tokenizer and every batch holds 8 x 512 tokens: the
@@ -29,6 +30,7 @@ LORA = (
 )
 CONFIGS = {
     "defaults": ("", ""),
+    "gradient_checkpointing = true": ("", "gradient_checkpointing = true"),
     "no checkpointing": ("", "gradient_checkpointing = false"),
     "one pass, no checkpointing (before)": ("", 'max_tokens_per_forward = "none"\ngradient_checkpointing = false'),
     "lora r=16": (LORA, ""),

@@ -64,10 +64,12 @@ def test_the_run_asks_for_its_threshold_and_the_environment_wins():
     assert released(str(2 << 20), 8 << 20) == ("True", pytest.approx(400, abs=20))  # IFT_MALLOC_TUNING wins
 
 
-def test_checkpointed_runs_with_most_weights_frozen_get_the_small_threshold():
-    assert allocator.threshold_for(True, 0.01) == allocator.FROZEN_CHECKPOINTED_THRESHOLD == 128 << 10
+def test_checkpointed_runs_with_most_weights_frozen_or_checkpointing_asked_for_get_the_small_threshold():
+    assert allocator.threshold_for(True, 0.01) == allocator.CHECKPOINTED_THRESHOLD == 128 << 10
     assert allocator.threshold_for(False, 0.01) == allocator.THRESHOLD
     assert allocator.threshold_for(True, 1.0) == allocator.threshold_for(True, 0.5) == allocator.THRESHOLD
+    assert allocator.threshold_for(True, 1.0, asked=True) == allocator.CHECKPOINTED_THRESHOLD
+    assert allocator.threshold_for(False, 1.0, asked=True) == allocator.THRESHOLD  # asked, but not available
 
 
 def test_the_tuning_can_be_switched_off(monkeypatch: pytest.MonkeyPatch):

@@ -457,18 +457,21 @@ def test_the_default_optimizer_is_not_fused_for_a_parameter_torch_cannot_fuse():
 
 
 def test_the_loop_asks_for_the_allocator_threshold_of_its_run(make_context: Any, monkeypatch: pytest.MonkeyPatch):
-    """Full fine-tuning gets the 2 MiB threshold, checkpointed or not; a checkpointed run whose weights are mostly
-    frozen gets 128 KiB (``ift.allocator.threshold_for``)."""
+    """Full fine-tuning gets the 2 MiB threshold without checkpointing and with ``auto`` checkpointing on; a
+    checkpointed run whose weights are mostly frozen, or one with ``gradient_checkpointing = true``, gets 128 KiB
+    (``ift.allocator.threshold_for``)."""
     import ift.allocator
+    import ift.batching
 
     asked: list[int] = []
     monkeypatch.setattr(ift.allocator, "tune_for_training", lambda threshold: asked.append(threshold) or True)
+    monkeypatch.setattr(ift.batching, "checkpoints_by_default", lambda *args: True)  # auto: on
     config = dict(batch_size=4, max_steps=1, shuffle=False, batching="padding")
-    for checkpointed in (False, True):
-        cfg = ift.TrainingConfig(gradient_checkpointing=checkpointed, **config)
+    for checkpointing in (False, True, "auto"):
+        cfg = ift.TrainingConfig(gradient_checkpointing=checkpointing, **config)
         ift.train(make_context([]), ift.NLL(ift.ObjectiveConfig()), cfg)
         ctx = make_context([])
         for name, p in ctx.model.named_parameters():
             p.requires_grad_("embed" in name)  # the tiny model's embeddings: a small part of its weights
         ift.train(ctx, ift.NLL(ift.ObjectiveConfig()), cfg)
-    assert asked == [2 << 20, 2 << 20, 2 << 20, 128 << 10]
+    assert asked == [2 << 20, 2 << 20, 128 << 10, 128 << 10, 2 << 20, 128 << 10]

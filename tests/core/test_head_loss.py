@@ -307,3 +307,61 @@ def test_the_linear_head_path_keeps_one_weight_gradient_in_backward():
         counts.append(sum(1 for e in prof.events() if e.self_cpu_memory_usage == size))
         weight.grad = bias.grad = hidden.grad = None
     assert counts[0] == 1 and counts[1] >= 5, counts
+
+
+def two_micro_batches(weight: Any, bias: Any, *, hooked: bool, tied: bool) -> list[Any]:
+    """Two backward passes into the same gradients (an accumulated step); with ``tied``, ``weight`` is also an
+    input embedding looked up before the head, as in a tied-embedding model."""
+    torch.manual_seed(1)
+    for _ in range(2):
+        ids = torch.randint(0, 50, (17,))
+        inputs = torch.randn(17, 12)
+        hidden = (F.embedding(ids, weight) + inputs) if tied else inputs.requires_grad_()
+        targets = torch.randint(0, 50, (17,))
+        losses = head_loss.cross_entropy(linear_states(weight, bias, hidden, hooked=hooked), targets, elements=200)
+        (losses * torch.linspace(0.5, 2.0, 17)).sum().backward()
+    return [weight.grad, bias.grad]
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_later_micro_batch_adds_the_head_gradient_into_weight_grad(tied):
+    """Once the weight has a gradient, the linear-head path adds into it in place (no buffer of its own), and
+    the sums equal the module path's, with a tied input embedding adding its own part too."""
+    from torch.profiler import ProfilerActivity, profile
+
+    results = []
+    for hooked in (False, True):
+        weight, bias, _, _ = head_case()
+        results.append(two_micro_batches(weight, bias, hooked=hooked, tied=tied))
+    for got, want in zip(*results, strict=True):  # float32 sums in another order: gradients up to ~17
+        assert torch.allclose(got, want, rtol=1e-5, atol=2e-5)
+
+    weight, bias, hidden, targets = head_case()
+    head_loss.cross_entropy(linear_states(weight, bias, hidden), targets).sum().backward()
+    before, address = weight.grad.clone(), weight.grad.data_ptr()
+    losses = head_loss.cross_entropy(linear_states(weight, bias, hidden), targets)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        losses.sum().backward()
+    assert weight.grad.data_ptr() == address
+    assert torch.allclose(weight.grad, 2 * before, rtol=1e-5, atol=1e-6)
+    assert sum(1 for e in prof.events() if e.self_cpu_memory_usage == weight.numel() * 4) == 0
+
+
+def test_the_head_gradient_is_not_added_where_autograd_would_not_add_it():
+    """torch.autograd.grad and backward(inputs=...) leave .grad alone; a gradient hook on the weight sees the
+    pass's whole gradient. In each case the in-place addition is not taken."""
+    weight, bias, hidden, targets = head_case()
+    states = linear_states(weight, bias, hidden)
+    head_loss.cross_entropy(states, targets).sum().backward()
+    first = weight.grad.clone()
+
+    (by_grad,) = torch.autograd.grad(head_loss.cross_entropy(states, targets).sum(), [hidden])
+    head_loss.cross_entropy(states, targets).sum().backward(inputs=[hidden])
+    assert torch.equal(weight.grad, first)
+    assert by_grad.abs().sum() > 0
+
+    seen = []
+    weight.register_hook(lambda g: seen.append(g.clone()))
+    head_loss.cross_entropy(states, targets).sum().backward()
+    assert len(seen) == 1 and torch.allclose(seen[0], first, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(weight.grad, 2 * first, rtol=1e-5, atol=1e-6)
