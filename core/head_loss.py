@@ -254,8 +254,10 @@ def _linear_head_loss() -> Any:
             hidden, weight, bias, targets = ctx.saved_tensors
             want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
             grad_hidden = torch.empty_like(hidden) if want_hidden else None
-            into = _grad_to_add_into(weight) if want_weight else None
-            grad_weight = into if into is not None else torch.zeros_like(weight) if want_weight else None
+            into = _grad_to_add_into(weight) if want_weight else None  # weight.grad, when it can take the sum
+            grad_weight = None
+            if want_weight:
+                grad_weight = into if into is not None else torch.zeros_like(weight)
             grad_bias = torch.zeros_like(bias) if want_bias else None
             weight_c = None
             for start in range(0, hidden.size(0), ctx.step):

@@ -30,6 +30,7 @@ from ift.config import ComponentConfig, TrainerConfig
 from ift.errors import PluginError, Problem
 from ift.hookcalls import AttributedHooks, HookImplFailed
 from ift.peft import PeftMethodConfig
+from ift.runtime import package_version
 
 if TYPE_CHECKING:
     from ift.objectives import Objective
@@ -115,7 +116,7 @@ class PluginHost:
         self.plugins: dict[str, PluginInfo] = {}
         self.failures: list[PluginFailure] = []
         self._registry: dict[str, dict[str, Registered]] | None = None
-        version = _version("ift")
+        version = package_version("ift")
         for module_name in BUILTIN_MODULES:
             module = importlib.import_module(module_name)
             self._register(module, module_name.rsplit(".", 1)[-1], "ift", version, "builtin")
@@ -444,10 +445,3 @@ class PluginHost:
             }
             for p in self.plugins.values()
         ]
-
-
-def _version(dist: str) -> str:
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        return "unknown"

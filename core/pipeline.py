@@ -21,14 +21,14 @@ from ift.data import DataReport, data_notes, encode_records, stop_strings
 from ift.errors import DataError, IftError, Preempted
 from ift.evaluation import Evaluator
 from ift.host import PluginHost
-from ift.preparation import DataPreparation, package_version
+from ift.preparation import DataPreparation
 from ift.progress import Progress
 from ift.recipe import Recipe
 from ift.redact import install as mask_credentials_in_logs
 from ift.redact import redact
 from ift.resume import check_same_run, checkpoint_step, choose_checkpoint, run_identity, trim_events
 from ift.rundir import RunDirectory
-from ift.runtime import finish_distributed, is_main_process, seed_everything, world_size
+from ift.runtime import finish_distributed, is_main_process, package_version, seed_everything, world_size
 from ift.training import TrainContext
 
 #: The sampled generations of each stage evaluated so far; a resume takes back those it does not repeat.

@@ -15,7 +15,6 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from ift.data import DataReport, apply_transforms, bad_record_policy, encode_rec
 from ift.errors import DataError
 from ift.host import PluginHost
 from ift.recipe import Recipe
-from ift.runtime import is_main_process, rank, world_size
+from ift.runtime import is_main_process, package_version, rank, world_size
 
 
 class DataPreparation:
@@ -201,11 +200,3 @@ def write_jsonl(path: Path, records: list[Any]) -> None:
             seen.add((record.source, record.id))
             handle.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
     os.replace(tmp, path)
-
-
-def package_version(dist: str) -> str:
-    """The installed version of distribution ``dist`` ("not installed" when it is not)."""
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"

@@ -1,8 +1,11 @@
-"""Where a run executes: device, precision and process rank. Imports torch only inside functions."""
+"""Where a run executes: device, precision, process rank and installed package versions.
+
+Imports torch only inside functions."""
 
 from __future__ import annotations
 
 import os
+from importlib import metadata
 from typing import Any
 
 #: Public: plugins and builtin commands may import these names (see ift.PUBLIC_MODULES).
@@ -15,6 +18,14 @@ __all__ = [
     "select_device",
     "world_size",
 ]
+
+
+def package_version(dist: str) -> str:
+    """The installed version of distribution ``dist`` ("not installed" when it is not)."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def rank() -> int:
